@@ -1,0 +1,316 @@
+"""Turn submissions into durable, queued emails.
+
+Order matters and is the whole promise: bodies are fsynced in the spool, then
+the email, recipient, event and (embedded) job rows are committed in one
+transaction, and only then does the caller answer 2xx. A crash before the
+commit leaves at most an unreferenced body, which orphan cleanup removes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.engine import Row
+
+from postline.ids import new_id
+from postline.keys import Principal
+from postline.message import Content, build_message
+from postline.metrics import Metrics
+from postline.model import EventType, RecipientStatus, derive_email_status
+from postline.outcomes import Outcome, event_row
+from postline.queue import Job, Queue
+from postline.spool import Spool
+from postline.store import domains as domain_store
+from postline.store import emails as email_store
+from postline.store.db import Database
+from postline.store.types import utcnow
+
+log = logging.getLogger("postline.accept")
+
+MAX_SCHEDULE_AHEAD = timedelta(days=30)
+
+
+class AcceptError(Exception):
+    """A submission that cannot be accepted; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, field: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Recipient:
+    address: str
+    kind: str  # "to" | "cc" | "bcc"
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One email as the API or the submission port received it, already validated."""
+
+    content: Content
+    recipients: list[Recipient]
+    source: str = "api"
+    tags: dict[str, str] = field(default_factory=dict)
+    scheduled_at: datetime | None = None
+    raw: bytes | None = None  # SMTP submission: the message exactly as received
+    envelope_from: str | None = None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    id: str
+    message_id: str
+    recipients: list[tuple[str, str]]  # (address, status)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "message_id": self.message_id,
+            "recipients": [{"address": a, "status": s} for a, s in self.recipients],
+        }
+
+
+@dataclass
+class _Prepared:
+    email_id: str
+    message_id: str
+    domain: Row[Any]
+    submission: Submission
+    body: bytes
+    recipients: list[Recipient]
+
+
+def _destination(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+class Acceptor:
+    def __init__(
+        self,
+        db: Database,
+        spool: Spool,
+        queue: Queue,
+        metrics: Metrics,
+        *,
+        hostname: str,
+        max_message_bytes: int,
+    ) -> None:
+        self.db = db
+        self.spool = spool
+        self.queue = queue
+        self.metrics = metrics
+        self.hostname = hostname
+        self.max_message_bytes = max_message_bytes
+        #: Called after each commit so a local engine looks at once, not at its next poll.
+        self.notify: Callable[[], None] | None = None
+
+    async def _sending_domain(
+        self, principal: Principal, from_address: str, field_name: str, cache: dict[str, Any]
+    ) -> Row[Any]:
+        name = _destination(from_address)
+        if name not in cache:
+            async with self.db.read() as conn:
+                cache[name] = await domain_store.get_domain_by_name(conn, name)
+        row: Row[Any] | None = cache[name]
+        if principal.domain_id is not None and (row is None or row.id != principal.domain_id):
+            raise AcceptError(
+                403, field_name, f"this API key may only send from {principal.domain_name}"
+            )
+        if row is None:
+            raise AcceptError(
+                422, field_name, f"{name} is not a sending domain; add it with POST /v1/domains"
+            )
+        return row
+
+    async def _prepare(
+        self, submissions: Sequence[Submission], principal: Principal, now: datetime
+    ) -> list[_Prepared]:
+        prepared: list[_Prepared] = []
+        cache: dict[str, Any] = {}
+        many = len(submissions) > 1
+        for index, submission in enumerate(submissions):
+            prefix = f"[{index}]." if many else ""
+            domain = await self._sending_domain(
+                principal, submission.content.from_address, prefix + "from", cache
+            )
+            if submission.scheduled_at and submission.scheduled_at > now + MAX_SCHEDULE_AHEAD:
+                raise AcceptError(422, prefix + "scheduled_at", "must be at most 30 days ahead")
+            seen: set[str] = set()
+            recipients = []
+            for recipient in submission.recipients:
+                if recipient.address not in seen:
+                    seen.add(recipient.address)
+                    recipients.append(recipient)
+            email_id = new_id("em_")
+            message_id = f"<{email_id}@{self.hostname}>"
+            body = submission.raw or build_message(
+                submission.content, message_id=message_id, date=now
+            )
+            if len(body) > self.max_message_bytes:
+                raise AcceptError(
+                    413,
+                    prefix + "attachments",
+                    f"the message is {len(body)} bytes; the limit is {self.max_message_bytes}",
+                )
+            prepared.append(_Prepared(email_id, message_id, domain, submission, body, recipients))
+        return prepared
+
+    async def accept(
+        self,
+        submissions: Sequence[Submission],
+        principal: Principal,
+        *,
+        on_commit: Any = None,
+    ) -> list[Accepted]:
+        """Accept all submissions or none. ``on_commit(conn, results)`` runs inside the commit."""
+        now = utcnow()
+        prepared = await self._prepare(submissions, principal, now)
+        await self.spool.put_many([(p.email_id, p.body) for p in prepared])
+        try:
+            results, jobs = await self._commit(prepared, now, on_commit)
+        except BaseException:
+            for item in prepared:
+                await self.spool.delete(item.email_id)
+            raise
+        if not self.queue.shares_store:
+            await self.queue.enqueue(jobs)
+        if self.notify is not None:
+            self.notify()
+        for item in prepared:
+            self.metrics.emails_accepted.labels(source=item.submission.source).inc()
+            log.info(
+                "accepted email_id=%s recipients=%d size=%d source=%s",
+                item.email_id,
+                len(item.recipients),
+                len(item.body),
+                item.submission.source,
+            )
+        return results
+
+    async def _commit(
+        self, prepared: list[_Prepared], now: datetime, on_commit: Any
+    ) -> tuple[list[Accepted], list[Job]]:
+        results: list[Accepted] = []
+        jobs: list[Job] = []
+        email_rows: list[dict[str, Any]] = []
+        recipient_rows: list[dict[str, Any]] = []
+        event_rows: list[dict[str, Any]] = []
+        async with self.db.write() as conn:
+            for item in prepared:
+                sub = item.submission
+                suppressed = await email_store.suppressed_addresses(
+                    conn, item.domain.id, (r.address for r in item.recipients), now
+                )
+                scheduled = sub.scheduled_at is not None and sub.scheduled_at > now
+                pending = RecipientStatus.SCHEDULED if scheduled else RecipientStatus.QUEUED
+                statuses = [
+                    RecipientStatus.SUPPRESSED if r.address in suppressed else pending
+                    for r in item.recipients
+                ]
+                email = {
+                    "id": item.email_id,
+                    "domain_id": item.domain.id,
+                    "source": sub.source,
+                    "message_id": item.message_id,
+                    "from_header": (
+                        f"{sub.content.from_name} <{sub.content.from_address}>"
+                        if sub.content.from_name
+                        else sub.content.from_address
+                    ),
+                    "from_address": sub.content.from_address,
+                    "envelope_from": sub.envelope_from
+                    or f"bounces+{item.email_id}@bounces.{item.domain.name}",
+                    "subject": sub.content.subject[:1000],
+                    "size": len(item.body),
+                    "body_ref": item.email_id,
+                    "tags": sub.tags,
+                    "status": str(derive_email_status(statuses)),
+                    "scheduled_at": sub.scheduled_at if scheduled else None,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                email_rows.append(email)
+                email_view = _RowView(email)
+                by_destination: dict[str, list[str]] = {}
+                for position, (recipient, status) in enumerate(
+                    zip(item.recipients, statuses, strict=True)
+                ):
+                    recipient_id = new_id("rcp_")
+                    destination = _destination(recipient.address)
+                    row = {
+                        "id": recipient_id,
+                        "email_id": item.email_id,
+                        "position": position,
+                        "address": recipient.address,
+                        "destination": destination,
+                        "kind": recipient.kind,
+                        "status": str(status),
+                        "attempts": 0,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    recipient_rows.append(row)
+                    event_type = (
+                        EventType.SUPPRESSED
+                        if status is RecipientStatus.SUPPRESSED
+                        else EventType.QUEUED
+                    )
+                    reason = (
+                        "on the suppression list" if event_type is EventType.SUPPRESSED else None
+                    )
+                    event_rows.append(
+                        event_row(
+                            email=email_view,
+                            recipient=_RowView(row),
+                            event_type=event_type,
+                            outcome=Outcome(status=status, reason=reason),
+                            attempt=0,
+                            sequence=position + 1,
+                            now=now,
+                        )
+                    )
+                    if status is not RecipientStatus.SUPPRESSED:
+                        by_destination.setdefault(destination, []).append(recipient_id)
+                for destination, recipient_ids in by_destination.items():
+                    jobs.append(
+                        Job(
+                            id=new_id("job_"),
+                            email_id=item.email_id,
+                            destination=destination,
+                            recipient_ids=recipient_ids,
+                            body_ref=item.email_id,
+                            due_at=sub.scheduled_at if scheduled and sub.scheduled_at else now,
+                        )
+                    )
+                results.append(
+                    Accepted(
+                        id=item.email_id,
+                        message_id=item.message_id,
+                        recipients=[
+                            (r.address, str(s))
+                            for r, s in zip(item.recipients, statuses, strict=True)
+                        ],
+                    )
+                )
+            await email_store.insert_emails(conn, email_rows)
+            await email_store.insert_recipients(conn, recipient_rows)
+            await email_store.insert_events(conn, event_rows)
+            if self.queue.shares_store:
+                await self.queue.enqueue(jobs, conn)
+            if on_commit is not None:
+                await on_commit(conn, results)
+        return results, jobs
+
+
+class _RowView:
+    """Attribute access over a dict, so freshly built rows share code with read rows."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)

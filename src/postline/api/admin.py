@@ -1,0 +1,129 @@
+"""/v1/domains and /v1/api-keys: managing who may send from where."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+from sqlalchemy.engine import Row
+
+from postline.api.auth import Admin, Caller, Svc
+from postline.api.problems import Problem
+from postline.api.schemas import DomainIn, DomainPatch, KeyIn
+from postline.api.views import rfc3339
+from postline.domains import DomainError, create_domain, dns_records
+from postline.keys import create_key
+from postline.store import domains as domain_store
+from postline.store import keys as key_store
+
+router = APIRouter(prefix="/v1", tags=["domains and keys"])
+
+
+def domain_view(row: Row[Any], hostname: str) -> dict[str, Any]:
+    checks = row.verification or {}
+    records = []
+    for record in dns_records(row, hostname):
+        item = {
+            "type": record.type,
+            "name": record.name,
+            "value": record.value,
+            "purpose": record.purpose,
+        }
+        if record.purpose in checks:
+            item["status"] = checks[record.purpose]
+        records.append(item)
+    return {
+        "id": row.id,
+        "name": row.name,
+        "dkim_selector": row.dkim_selector,
+        "dns_records": records,
+        "verified": row.verified,
+        "bounce_notifications": row.bounce_notifications,
+        "created_at": rfc3339(row.created_at),
+    }
+
+
+async def _visible_domain(svc: Svc, caller: Caller, domain_id: str) -> Row[Any]:
+    async with svc.db.read() as conn:
+        row = await domain_store.get_domain(conn, domain_id)
+    if row is None or not caller.may_see(row.id):
+        raise Problem(404, f"no domain {domain_id}")
+    return row
+
+
+@router.post("/domains", status_code=201, summary="Add a sending domain")
+async def add_domain(svc: Svc, _: Admin, body: DomainIn) -> dict[str, Any]:
+    try:
+        row = await create_domain(svc.db, body.name)
+    except DomainError as exc:
+        status = 409 if "already exists" in str(exc) else 422
+        raise Problem(status, str(exc), [{"field": "name", "message": str(exc)}]) from None
+    return domain_view(row, svc.settings.hostname)
+
+
+@router.get("/domains", summary="Sending domains visible to this key")
+async def list_domains(svc: Svc, caller: Caller) -> dict[str, Any]:
+    async with svc.db.read() as conn:
+        rows = await domain_store.list_domains(conn, caller.domain_id)
+    return {"data": [domain_view(r, svc.settings.hostname) for r in rows], "next_cursor": None}
+
+
+@router.get("/domains/{domain_id}", summary="One sending domain")
+async def get_domain(svc: Svc, caller: Caller, domain_id: str) -> dict[str, Any]:
+    return domain_view(await _visible_domain(svc, caller, domain_id), svc.settings.hostname)
+
+
+@router.patch("/domains/{domain_id}", summary="Change a domain's settings")
+async def patch_domain(
+    svc: Svc, caller: Caller, domain_id: str, body: DomainPatch
+) -> dict[str, Any]:
+    await _visible_domain(svc, caller, domain_id)
+    if body.bounce_notifications is not None:
+        async with svc.db.write() as conn:
+            await domain_store.set_bounce_notifications(conn, domain_id, body.bounce_notifications)
+    return domain_view(await _visible_domain(svc, caller, domain_id), svc.settings.hostname)
+
+
+@router.delete("/domains/{domain_id}", status_code=204, summary="Remove a sending domain")
+async def delete_domain(svc: Svc, caller: Admin, domain_id: str) -> Response:
+    await _visible_domain(svc, caller, domain_id)
+    async with svc.db.write() as conn:
+        if await domain_store.count_emails(conn, domain_id):
+            raise Problem(409, "this domain has sent emails; its history would be lost")
+        await domain_store.delete_domain(conn, domain_id)
+    return Response(status_code=204)
+
+
+def key_view(row: Row[Any]) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "prefix": row.prefix,
+        "domain": row.domain_name,
+        "created_at": rfc3339(row.created_at),
+        "last_used_at": rfc3339(row.last_used_at),
+    }
+
+
+@router.post("/api-keys", status_code=201, summary="Create an API key (shown once)")
+async def add_key(svc: Svc, _: Admin, body: KeyIn) -> dict[str, Any]:
+    try:
+        created = await create_key(svc.db, body.name, body.domain)
+    except (DomainError, ValueError) as exc:
+        raise Problem(422, str(exc), [{"field": "domain", "message": str(exc)}]) from None
+    return {"id": created.id, "name": created.name, "key": created.key, "domain": created.domain}
+
+
+@router.get("/api-keys", summary="API keys (no secrets)")
+async def list_keys(svc: Svc, _: Admin) -> dict[str, Any]:
+    async with svc.db.read() as conn:
+        rows = await key_store.list_keys(conn)
+    return {"data": [key_view(r) for r in rows], "next_cursor": None}
+
+
+@router.delete("/api-keys/{key_id}", status_code=204, summary="Revoke an API key at once")
+async def revoke_key(svc: Svc, _: Admin, key_id: str) -> Response:
+    async with svc.db.write() as conn:
+        if not await key_store.revoke_key(conn, key_id):
+            raise Problem(404, f"no active API key {key_id}")
+    return Response(status_code=204)

@@ -1,0 +1,38 @@
+"""Bearer-key authentication and domain scoping."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from postline.api.problems import Problem
+from postline.app import Services
+from postline.keys import Principal, authenticate
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found
+
+
+async def principal(request: Request) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Problem(401, "missing API key: send 'Authorization: Bearer <key>'")
+    found = await authenticate(services(request).db, token.strip())
+    if found is None:
+        raise Problem(401, "invalid or revoked API key")
+    return found
+
+
+async def admin(caller: Annotated[Principal, Depends(principal)]) -> Principal:
+    if not caller.is_admin:
+        raise Problem(403, "this operation needs an unscoped (admin) API key")
+    return caller
+
+
+Caller = Annotated[Principal, Depends(principal)]
+Admin = Annotated[Principal, Depends(admin)]
+Svc = Annotated[Services, Depends(services)]

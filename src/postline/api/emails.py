@@ -1,0 +1,217 @@
+"""/v1/emails: send, batch, the send log, one email's detail, cancel."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Query, Response
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from postline.accept import Accepted, Recipient, Submission
+from postline.api.auth import Caller, Svc
+from postline.api.problems import Problem
+from postline.api.schemas import EmailIn
+from postline.api.views import email_detail, email_item
+from postline.keys import Principal
+from postline.message import Attachment, Content
+from postline.model import EmailStatus, RecipientStatus
+from postline.outcomes import Outcome, apply_outcome, refresh_email_status
+from postline.store import domains as domain_store
+from postline.store import emails as email_store
+from postline.store import idempotency
+from postline.store.types import utcnow
+from postline.validation import parse_mailbox
+
+router = APIRouter(prefix="/v1/emails", tags=["emails"])
+
+
+def to_submission(email: EmailIn) -> Submission:
+    name, address = parse_mailbox(email.from_)
+    content = Content(
+        from_name=name,
+        from_address=address,
+        to=email.to,
+        cc=email.cc,
+        reply_to=email.reply_to,
+        subject=email.subject,
+        text=email.text,
+        html=email.html,
+        headers=email.headers,
+        attachments=[Attachment(a.filename, a.data, a.content_type) for a in email.attachments],
+    )
+    recipients = (
+        [Recipient(a, "to") for a in email.to]
+        + [Recipient(a, "cc") for a in email.cc]
+        + [Recipient(a, "bcc") for a in email.bcc]
+    )
+    return Submission(
+        content=content,
+        recipients=recipients,
+        tags=email.tags,
+        scheduled_at=email.scheduled_at,
+    )
+
+
+async def _accept(
+    svc: Svc,
+    caller: Principal,
+    emails: list[EmailIn],
+    idempotency_key: str | None,
+    shape: Any,
+) -> Response:
+    started = time.monotonic()
+    submissions = [to_submission(e) for e in emails]
+    if idempotency_key is not None:
+        if not 1 <= len(idempotency_key) <= 256:
+            raise Problem(422, "Idempotency-Key must be 1 to 256 characters")
+        digest = hashlib.sha256(
+            json.dumps(
+                [e.model_dump(mode="json", by_alias=True) for e in emails], sort_keys=True
+            ).encode()
+        ).hexdigest()
+        now = utcnow()
+        async with svc.db.write() as conn:
+            previous = await idempotency.find(conn, caller.key_id, idempotency_key, now)
+            if previous is not None:
+                if previous.request_hash != digest:
+                    raise Problem(409, "this Idempotency-Key was used with a different body")
+                if previous.state != "done":
+                    raise Problem(409, "a request with this Idempotency-Key is still running")
+                return _json(202, previous.response, replayed=True)
+            await idempotency.insert_running(conn, caller.key_id, idempotency_key, digest, now)
+
+    async def remember(conn: AsyncConnection, results: list[Accepted]) -> None:
+        if idempotency_key is not None:
+            await idempotency.complete(conn, caller.key_id, idempotency_key, shape(results))
+
+    try:
+        results = await svc.acceptor.accept(submissions, caller, on_commit=remember)
+    except BaseException:
+        if idempotency_key is not None:
+            async with svc.db.write() as conn:
+                await idempotency.forget(conn, caller.key_id, idempotency_key)
+        raise
+    svc.metrics.accept_seconds.observe(time.monotonic() - started)
+    return _json(202, shape(results))
+
+
+def _json(status: int, body: Any, replayed: bool = False) -> Response:
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return Response(
+        json.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+@router.post("", status_code=202, summary="Send an email")
+async def send_email(
+    svc: Svc,
+    caller: Caller,
+    email: EmailIn,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Response:
+    return await _accept(svc, caller, [email], idempotency_key, lambda r: r[0].as_dict())
+
+
+@router.post("/batch", status_code=202, summary="Send up to 500 emails")
+async def send_batch(
+    svc: Svc,
+    caller: Caller,
+    emails: Annotated[list[EmailIn], Body(min_length=1, max_length=500)],
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Response:
+    return await _accept(
+        svc, caller, emails, idempotency_key, lambda rs: {"data": [r.as_dict() for r in rs]}
+    )
+
+
+@router.get("", summary="The send log, newest first")
+async def list_emails(
+    svc: Svc,
+    caller: Caller,
+    status: EmailStatus | None = None,
+    recipient: str | None = None,
+    from_: Annotated[str | None, Query(alias="from")] = None,
+    domain: str | None = None,
+    tag: Annotated[str | None, Query(pattern=r"^[^:]+:.*$")] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    message_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    domain_id = caller.domain_id
+    async with svc.db.read() as conn:
+        if domain is not None:
+            row = await domain_store.get_domain_by_name(conn, domain)
+            if row is None or not caller.may_see(row.id):
+                return {"data": [], "next_cursor": None}
+            domain_id = row.id
+        where = email_store.EmailFilter(
+            status=str(status) if status else None,
+            recipient=recipient,
+            from_address=parse_mailbox(from_)[1] if from_ and "@" in from_ else from_,
+            domain_id=domain_id,
+            tag=tuple(tag.split(":", 1)) if tag else None,  # type: ignore[arg-type]
+            since=since,
+            until=until,
+            message_id=message_id,
+        )
+        rows = await email_store.list_emails(conn, where, cursor, limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "data": [email_item(r) for r in rows],
+        "next_cursor": rows[-1].id if more and rows else None,
+    }
+
+
+async def _visible_email(conn: AsyncConnection, caller: Principal, email_id: str) -> Any:
+    email = await email_store.get_email(conn, email_id)
+    if email is None or not caller.may_see(email.domain_id):
+        raise Problem(404, f"no email {email_id}")
+    return email
+
+
+async def _detail(conn: AsyncConnection, email: Any) -> dict[str, Any]:
+    return email_detail(
+        email,
+        await email_store.get_recipients(conn, email.id),
+        await email_store.get_attempts(conn, email.id),
+        await email_store.get_events(conn, email.id),
+    )
+
+
+@router.get("/{email_id}", summary="One email with its recipients, timelines and events")
+async def get_email(svc: Svc, caller: Caller, email_id: str) -> dict[str, Any]:
+    async with svc.db.read() as conn:
+        email = await _visible_email(conn, caller, email_id)
+        return await _detail(conn, email)
+
+
+@router.post("/{email_id}/cancel", summary="Cancel recipients not yet attempted")
+async def cancel_email(svc: Svc, caller: Caller, email_id: str) -> dict[str, Any]:
+    now = utcnow()
+    async with svc.db.write() as conn:
+        email = await email_store.lock_email(conn, email_id)
+        if email is None or not caller.may_see(email.domain_id):
+            raise Problem(404, f"no email {email_id}")
+        cancelled = 0
+        for recipient in await email_store.get_recipients(conn, email_id):
+            untouched = recipient.status in (RecipientStatus.SCHEDULED, RecipientStatus.QUEUED)
+            if untouched and recipient.attempts == 0:
+                cancelled += await apply_outcome(
+                    conn,
+                    email=email,
+                    recipient=recipient,
+                    outcome=Outcome(RecipientStatus.CANCELLED, reason="cancelled by the API"),
+                    now=now,
+                )
+        if not cancelled:
+            raise Problem(409, "no recipient of this email can still be cancelled")
+        await refresh_email_status(conn, email, now)
+        email = await email_store.get_email(conn, email_id)
+        return await _detail(conn, email)

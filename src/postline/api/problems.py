@@ -1,0 +1,139 @@
+"""RFC 9457 problem answers for every error a client can cause, and for ours."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from postline.accept import AcceptError
+from postline.spool import SpoolError, SpoolFull
+
+log = logging.getLogger("postline.api")
+
+_TITLES = {
+    400: "Malformed request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Invalid request",
+    429: "Too many requests",
+    500: "Internal error",
+    503: "Service unavailable",
+    507: "Insufficient storage",
+}
+
+
+class Problem(Exception):
+    """Raise anywhere in a request to answer with a problem object."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        errors: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    title = _TITLES.get(status, "Error")
+    body: dict[str, Any] = {
+        "type": f"https://postline.dev/problems/{title.lower().replace(' ', '-')}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if errors:
+        body["errors"] = errors
+    return JSONResponse(
+        body, status_code=status, headers=headers, media_type="application/problem+json"
+    )
+
+
+def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    """('body', 3, 'to', 0) -> '[3].to[0]' — the field names of API.md."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _validation_errors(exc: RequestValidationError) -> tuple[int, list[dict[str, str]]]:
+    errors = []
+    for error in exc.errors():
+        if error.get("type") == "json_invalid":
+            return 400, [{"field": "body", "message": "the body is not valid JSON"}]
+        loc = list(error.get("loc", ()))
+        source = loc.pop(0) if loc and loc[0] in ("body", "query", "path", "header") else ""
+        if source == "body" and not loc and error.get("type") == "missing":
+            return 400, [{"field": "body", "message": "a JSON body is required"}]
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        errors.append({"field": field_path(loc) or source or "body", "message": message})
+    return 422, errors
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def _problem(_: Request, exc: Problem) -> JSONResponse:
+        return problem_response(exc.status, exc.detail, exc.errors, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        status, errors = _validation_errors(exc)
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        return problem_response(status, detail, errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(AcceptError)
+    async def _accept(_: Request, exc: AcceptError) -> JSONResponse:
+        return problem_response(
+            exc.status, exc.message, [{"field": exc.field, "message": exc.message}]
+        )
+
+    @app.exception_handler(SpoolFull)
+    async def _full(_: Request, exc: SpoolFull) -> JSONResponse:
+        return problem_response(507, "the message spool is full; nothing was accepted")
+
+    @app.exception_handler(SpoolError)
+    async def _spool(_: Request, exc: SpoolError) -> JSONResponse:
+        log.error("spool unavailable: %s", exc)
+        return problem_response(503, "the message spool is unavailable; nothing was accepted")
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    async def _db(_: Request, exc: Exception) -> JSONResponse:
+        log.error("database unavailable: %s", type(exc).__name__)
+        return problem_response(
+            503, "storage is unavailable; nothing was accepted", headers={"Retry-After": "5"}
+        )
+
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return problem_response(500, "an internal error occurred; it has been logged")

@@ -1,0 +1,150 @@
+"""Request bodies of the emails API, validated field by field (API.md)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from postline.validation import check_custom_header, check_header_text, parse_mailbox
+
+MAX_RECIPIENTS = 1000
+
+
+def _as_list(value: Any) -> Any:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else value
+
+
+def _mailbox_address(value: str) -> str:
+    return parse_mailbox(value)[1]
+
+
+def _no_crlf(value: str) -> str:
+    check_header_text(value)
+    return value
+
+
+Address = Annotated[str, AfterValidator(_mailbox_address)]
+AddressList = Annotated[list[Address], BeforeValidator(_as_list)]
+HeaderText = Annotated[str, AfterValidator(_no_crlf)]
+_TAG_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_MIME_TYPE = re.compile(
+    r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}$"
+)
+
+
+class AttachmentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    filename: HeaderText = Field(min_length=1, max_length=255)
+    content: str = Field(description="base64")
+    content_type: str = "application/octet-stream"
+
+    @field_validator("content")
+    @classmethod
+    def _base64(cls, value: str) -> str:
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be base64-encoded") from None
+        return value
+
+    @field_validator("content_type")
+    @classmethod
+    def _mime(cls, value: str) -> str:
+        if not _MIME_TYPE.match(value):
+            raise ValueError("must be a MIME type such as application/pdf")
+        return value.lower()
+
+    @property
+    def data(self) -> bytes:
+        return base64.b64decode(self.content)
+
+
+class EmailIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: HeaderText = Field(alias="from", min_length=3, max_length=1000)
+    to: AddressList
+    cc: AddressList = Field(default_factory=list)
+    bcc: AddressList = Field(default_factory=list)
+    reply_to: AddressList = Field(default_factory=list)
+    subject: HeaderText = Field(max_length=998)
+    text: str | None = None
+    html: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    attachments: list[AttachmentIn] = Field(default_factory=list, max_length=100)
+    tags: dict[str, str] = Field(default_factory=dict)
+    scheduled_at: datetime | None = None
+
+    @field_validator("from_")
+    @classmethod
+    def _from(cls, value: str) -> str:
+        parse_mailbox(value)
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            check_custom_header(name, text)
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > 20:
+            raise ValueError("at most 20 tags")
+        for name, text in value.items():
+            if not _TAG_NAME.match(name):
+                raise ValueError(f"tag name {name!r} must be 1-64 of A-Z a-z 0-9 _ . -")
+            if len(text) > 256 or any(ord(c) < 32 for c in text):
+                raise ValueError(f"tag {name!r}: value must be at most 256 printable characters")
+        return value
+
+    @field_validator("scheduled_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("must include a time zone offset (RFC 3339), e.g. ...Z")
+        return value
+
+    @model_validator(mode="after")
+    def _whole(self) -> EmailIn:
+        if not self.to:
+            raise ValueError("'to' needs at least one recipient")
+        if len(self.to) + len(self.cc) + len(self.bcc) > MAX_RECIPIENTS:
+            raise ValueError(f"at most {MAX_RECIPIENTS} recipients in to, cc and bcc together")
+        if self.text is None and self.html is None:
+            raise ValueError("give 'text' or 'html' (or both)")
+        return self
+
+
+class DomainIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=253)
+
+
+class DomainPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bounce_notifications: bool | None = None
+
+
+class KeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    domain: str | None = None

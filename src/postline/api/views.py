@@ -1,0 +1,81 @@
+"""Rows to the JSON shapes of API.md."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Row
+
+
+def rfc3339(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def email_item(row: Row[Any], recipient_count: int | None = None) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "message_id": row.message_id,
+        "from": row.from_header,
+        "subject": row.subject,
+        "status": row.status,
+        "source": row.source,
+        "created_at": rfc3339(row.created_at),
+        "updated_at": rfc3339(row.updated_at),
+        "scheduled_at": rfc3339(row.scheduled_at),
+        "recipient_count": recipient_count
+        if recipient_count is not None
+        else getattr(row, "recipient_count", None),
+        "tags": dict(row.tags or {}),
+    }
+
+
+def email_detail(
+    email: Row[Any], recipients: list[Row[Any]], attempts: list[Row[Any]], events: list[Row[Any]]
+) -> dict[str, Any]:
+    timelines: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for attempt in attempts:
+        timelines[attempt.recipient_id].append(
+            {
+                "attempt": attempt.attempt,
+                "status": attempt.status,
+                "mx_host": attempt.mx_host,
+                "smtp_code": attempt.smtp_code,
+                "enhanced_code": attempt.enhanced_code,
+                "response": attempt.response,
+                "duration_ms": attempt.duration_ms,
+                "at": rfc3339(attempt.created_at),
+            }
+        )
+    by_id = {r.id: r.address for r in recipients}
+    body = email_item(email, len(recipients))
+    body["recipients"] = [
+        {
+            "address": r.address,
+            "kind": r.kind,
+            "status": r.status,
+            "smtp_code": r.smtp_code,
+            "enhanced_code": r.enhanced_code,
+            "response": r.response,
+            "bounce_type": r.bounce_type,
+            "attempts": r.attempts,
+            "next_attempt_at": rfc3339(r.next_attempt_at),
+            "updated_at": rfc3339(r.updated_at),
+            "timeline": timelines.get(r.id, []),
+        }
+        for r in recipients
+    ]
+    body["events"] = [
+        {
+            "id": e.id,
+            "type": e.type,
+            "recipient": by_id.get(e.recipient_id),
+            "sequence": e.sequence,
+            "created_at": rfc3339(e.created_at),
+        }
+        for e in events
+    ]
+    return body

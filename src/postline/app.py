@@ -1,0 +1,137 @@
+"""Composition root: build every part from Settings, run them, stop them.
+
+One supervisor owns the named tasks (API server, engine, housekeeping,
+sandbox) and the graceful shutdown, like Postfix's master.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from postline.accept import Acceptor
+from postline.config import Settings
+from postline.delivery.engine import Engine
+from postline.delivery.record import Recorder
+from postline.delivery.routing import Router
+from postline.delivery.smtp import SmtpDelivery, SmtpSettings
+from postline.domains import SANDBOX_DOMAIN, SIMULATOR_DOMAIN, ensure_domain
+from postline.keys import create_key
+from postline.metrics import Metrics
+from postline.queue import Queue
+from postline.queue.embedded import EmbeddedQueue
+from postline.sandbox.simulator import Simulator
+from postline.spool import Spool
+from postline.spool.files import FileSpool
+from postline.store import keys as key_store
+from postline.store.db import Database
+
+log = logging.getLogger("postline")
+
+
+@dataclass
+class Services:
+    """Everything a process needs, built once."""
+
+    settings: Settings
+    db: Database
+    spool: Spool
+    queue: Queue
+    metrics: Metrics
+    router: Router
+    acceptor: Acceptor
+    engine: Engine
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        db = Database(settings.database_url)
+        spool: Spool = FileSpool(settings.spool_path)
+        queue: Queue = EmbeddedQueue(db)
+        metrics = Metrics()
+        router = Router(
+            nameservers=settings.nameservers,
+            delivery_port=settings.delivery_port,
+            relay=settings.relay,
+        )
+        acceptor = Acceptor(
+            db,
+            spool,
+            queue,
+            metrics,
+            hostname=settings.hostname,
+            max_message_bytes=settings.max_message_bytes,
+        )
+        delivery = SmtpDelivery(
+            router,
+            SmtpSettings(
+                helo_name=settings.hostname,
+                connect_timeout=settings.smtp_connect_timeout,
+                command_timeout=settings.smtp_command_timeout,
+            ),
+        )
+        engine = Engine(
+            db=db,
+            queue=queue,
+            spool=spool,
+            router=router,
+            delivery=delivery,
+            recorder=Recorder(db, queue, metrics, settings.max_age_seconds),
+            metrics=metrics,
+            settings=settings,
+        )
+        acceptor.notify = engine.wake
+        return cls(settings, db, spool, queue, metrics, router, acceptor, engine)
+
+    async def close(self) -> None:
+        await self.queue.close()
+        await self.db.close()
+
+
+async def housekeeping(services: Services, stop: asyncio.Event, interval: float = 30.0) -> None:
+    """Periodic chores: free expired leases, refresh gauges."""
+    while not stop.is_set():
+        try:
+            recovered = await services.queue.recover_expired()
+            if recovered:
+                log.warning("recovered %d expired job leases", recovered)
+            depth = await services.queue.depth()
+            services.metrics.queue_depth.set(sum(depth.values()))
+            in_flight = await services.queue.in_flight()
+            services.metrics.queue_in_flight.set(sum(in_flight.values()))
+        except Exception:
+            log.exception("housekeeping pass failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+
+
+async def start_sandbox(services: Services) -> Simulator:
+    """Start the simulator MX and route the simulator domain to it."""
+    simulator = Simulator()
+    await simulator.start()
+    services.router.static[SIMULATOR_DOMAIN] = (simulator.host, simulator.port)
+    await ensure_domain(services.db, SANDBOX_DOMAIN)
+    return simulator
+
+
+@dataclass(frozen=True)
+class FirstKey:
+    key: str | None  # the secret, only on the run that created it
+    path: Path
+
+
+async def ensure_admin_key(services: Services) -> FirstKey | None:
+    """Create an admin key on first run, write it to a 0600 file, show it once."""
+    path = services.settings.admin_key_file
+    async with services.db.read() as conn:
+        existing = await key_store.count_keys(conn)
+    if existing:
+        return FirstKey(None, path) if path.exists() else None
+    created = await create_key(services.db, "admin (first run)")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(created.key + "\n")
+    return FirstKey(created.key, path)

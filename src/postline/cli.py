@@ -1,0 +1,252 @@
+"""The ``postline`` command: serve, migrate, domains, keys, queue.
+
+Every failure a user can cause ends in one line on stderr and exit code 2
+(configuration) or 1 (anything else) — never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from postline.app import Services, ensure_admin_key
+from postline.config import (
+    ConfigError,
+    Settings,
+    check_port_free,
+    ensure_data_dir,
+    load_settings,
+)
+from postline.domains import DomainError, create_domain, dns_records
+from postline.keys import create_key
+from postline.store import domains as domain_store
+from postline.store import keys as key_store
+from postline.store.migrate import upgrade
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Postline: transactional email.")
+domains_app = typer.Typer(no_args_is_help=True, help="Sending domains.")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys.")
+queue_app = typer.Typer(no_args_is_help=True, help="The delivery queue.")
+app.add_typer(domains_app, name="domains")
+app.add_typer(keys_app, name="keys")
+app.add_typer(queue_app, name="queue")
+
+out = Console()
+T = TypeVar("T")
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.echo(f"postline: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("aiosqlite", "asyncio", "mail.log", "uvicorn.error"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def settings_or_exit(**overrides: Any) -> Settings:
+    try:
+        settings = load_settings(**overrides)
+        ensure_data_dir(settings)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+        raise  # unreachable: fail() raises
+    return settings
+
+
+def migrate_or_exit(settings: Settings) -> None:
+    try:
+        upgrade(settings.database_url)
+    except (OperationalError, DBAPIError, OSError) as exc:
+        reason = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
+        fail(f"cannot migrate the database: {reason}", 2)
+
+
+def run_with_services(settings: Settings, work: Callable[[Services], Awaitable[T]]) -> T:
+    async def main() -> T:
+        services = Services.build(settings)
+        try:
+            return await work(services)
+        finally:
+            await services.close()
+
+    try:
+        return asyncio.run(main())
+    except (OperationalError, DBAPIError) as exc:
+        reason = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
+        fail(f"database error: {reason}")
+        raise
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema."""
+    settings = settings_or_exit()
+    migrate_or_exit(settings)
+    typer.echo("database is up to date")
+
+
+@app.command()
+def serve(
+    sandbox: Annotated[
+        bool | None, typer.Option("--sandbox/--no-sandbox", help="Run the simulator MX.")
+    ] = None,
+) -> None:
+    """Run everything in one process: API, delivery engine and (optionally) the sandbox."""
+    from postline.supervisor import serve as run_parts
+
+    overrides = {"sandbox": sandbox} if sandbox is not None else {}
+    settings = settings_or_exit(**overrides)
+    setup_logging(settings.log_level)
+    try:
+        check_port_free(settings.http_addr, "POSTLINE_HTTP_ADDR")
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    migrate_or_exit(settings)
+
+    async def main(services: Services) -> None:
+        ready = asyncio.Event()
+
+        async def announce() -> None:
+            await ready.wait()
+            first = await ensure_admin_key(services)
+            host, port = settings.http_host_port
+            # Plain echo, not rich: a key wrapped at the terminal width cannot be copied.
+            typer.echo(f"Postline is running. API: http://{host}:{port}/v1")
+            if settings.sandbox:
+                typer.echo(
+                    "Sandbox on: send from anything@sandbox.postline.test to delivered@, "
+                    "bounced@, deferred@ or blocked@simulator.postline.test"
+                )
+            if first is not None and first.key is not None:
+                typer.echo(f"Admin API key (shown once; saved to {first.path}, mode 0600):")
+                typer.echo(first.key)
+            elif first is not None:
+                typer.echo(f"Admin API key: written on first run to {first.path}")
+            sys.stdout.flush()
+
+        announcer = asyncio.create_task(announce())
+        await run_parts(services, sandbox=settings.sandbox, ready=ready)
+        announcer.cancel()
+
+    run_with_services(settings, main)
+
+
+@domains_app.command("add")
+def domains_add(name: str) -> None:
+    """Add a sending domain (generates its DKIM key) and print the DNS records to publish."""
+    settings = settings_or_exit()
+    migrate_or_exit(settings)
+
+    async def work(services: Services) -> Any:
+        return await create_domain(services.db, name)
+
+    try:
+        row = run_with_services(settings, work)
+    except DomainError as exc:
+        fail(str(exc))
+        return
+    typer.echo(f"added {row.name} (id {row.id})")
+    table = Table("type", "name", "value", "purpose")
+    for record in dns_records(row, settings.hostname):
+        table.add_row(record.type, record.name, record.value, record.purpose)
+    out.print(table)
+
+
+@domains_app.command("list")
+def domains_list() -> None:
+    """List sending domains."""
+    settings = settings_or_exit()
+
+    async def work(services: Services) -> list[Any]:
+        async with services.db.read() as conn:
+            return await domain_store.list_domains(conn)
+
+    table = Table("id", "name", "verified")
+    for row in run_with_services(settings, work):
+        table.add_row(row.id, row.name, "yes" if row.verified else "no")
+    out.print(table)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A label for the key.")],
+    domain: Annotated[str | None, typer.Option(help="Scope the key to one domain.")] = None,
+) -> None:
+    """Create an API key and print it (the only time it is shown)."""
+    settings = settings_or_exit()
+    migrate_or_exit(settings)
+
+    async def work(services: Services) -> Any:
+        return await create_key(services.db, name, domain)
+
+    try:
+        created = run_with_services(settings, work)
+    except (DomainError, ValueError) as exc:
+        fail(str(exc))
+        return
+    scope = f"scoped to {created.domain}" if created.domain else "admin (all domains)"
+    typer.echo(f"created key {created.id} ({scope}); store it now, it is not shown again:")
+    typer.echo(created.key)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List active API keys (without secrets)."""
+    settings = settings_or_exit()
+
+    async def work(services: Services) -> list[Any]:
+        async with services.db.read() as conn:
+            return await key_store.list_keys(conn)
+
+    table = Table("id", "name", "prefix", "domain")
+    for row in run_with_services(settings, work):
+        table.add_row(row.id, row.name, row.prefix + "…", row.domain_name or "(all)")
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke an API key at once."""
+    settings = settings_or_exit()
+
+    async def work(services: Services) -> bool:
+        async with services.db.write() as conn:
+            return await key_store.revoke_key(conn, key_id)
+
+    if not run_with_services(settings, work):
+        fail(f"no active key {key_id}")
+    typer.echo(f"revoked {key_id}")
+
+
+@queue_app.command("status")
+def queue_status() -> None:
+    """Jobs per destination domain: waiting and in flight."""
+    settings = settings_or_exit()
+
+    async def work(services: Services) -> tuple[dict[str, int], dict[str, int]]:
+        return await services.queue.depth(), await services.queue.in_flight()
+
+    depth, in_flight = run_with_services(settings, work)
+    table = Table("destination", "jobs", "in flight")
+    for destination in sorted(depth):
+        table.add_row(destination, str(depth[destination]), str(in_flight.get(destination, 0)))
+    out.print(table if depth else "the queue is empty")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,229 @@
+"""Configuration: environment variables ``POSTLINE_*`` validated once at start.
+
+Every setting has a safe default so ``postline serve`` runs with none of them;
+a wrong value stops the process with a one-line message (exit code 2) rather
+than failing later in the middle of a delivery.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the operator (one line, no traceback)."""
+
+
+def parse_host_port(value: str, *, default_port: int | None = None) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` for IPv6); raise ValueError with a clear reason."""
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if not sep:
+            raise ValueError(f"{value!r} is not host:port")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"{value!r} has no port (expected host:port)")
+        return host, default_port
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{value!r} has an invalid port")
+    if not host:
+        raise ValueError(f"{value!r} has no host")
+    return host, int(port_text)
+
+
+def _default_hostname() -> str:
+    name = socket.getfqdn() or socket.gethostname()
+    # An EHLO of "localhost" gets mail refused; say something that identifies us.
+    return name if name and name != "localhost" else "postline.localdomain"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="POSTLINE_", extra="ignore")
+
+    data_dir: Path = Path("./postline-data")
+    database_url: str = ""
+    queue_url: str = "embedded"
+    spool_url: str = ""
+    http_addr: str = "127.0.0.1:8080"
+    smtp_addr: str = "127.0.0.1:2587"
+    inbound_addr: str = "127.0.0.1:2525"
+    hostname: str = ""
+    dns_nameservers: str = ""
+    delivery_port: int = 25
+    relay_host: str = ""
+    sandbox: bool = False
+    webhook_allow_private: bool = False
+
+    max_message_bytes: int = 25 * 1024 * 1024
+    max_age_seconds: int = 5 * 24 * 3600
+    retry_schedule: str = "60,300,900,1800,3600,7200,14400,21600"
+    concurrency: int = 32
+    lease_seconds: int = 300
+    smtp_connect_timeout: float = 30.0
+    smtp_command_timeout: float = 60.0
+    shutdown_timeout: float = 30.0
+    poll_interval: float = 0.5
+    log_level: str = "INFO"
+
+    @field_validator("http_addr", "smtp_addr", "inbound_addr")
+    @classmethod
+    def _check_addr(cls, value: str) -> str:
+        parse_host_port(value)
+        return value
+
+    @field_validator("relay_host")
+    @classmethod
+    def _check_relay(cls, value: str) -> str:
+        if value:
+            parse_host_port(value, default_port=25)
+        return value
+
+    @field_validator("dns_nameservers")
+    @classmethod
+    def _check_nameservers(cls, value: str) -> str:
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            parse_host_port(item, default_port=53)
+        return value
+
+    @field_validator("delivery_port")
+    @classmethod
+    def _check_port(cls, value: int) -> int:
+        if not 1 <= value <= 65535:
+            raise ValueError("must be between 1 and 65535")
+        return value
+
+    @field_validator("queue_url")
+    @classmethod
+    def _check_queue(cls, value: str) -> str:
+        if value != "embedded" and urlsplit(value).scheme not in {"redis", "rediss"}:
+            raise ValueError(f"{value!r}: expected 'embedded' or redis://host:port/db")
+        return value
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _check_schedule(cls, value: str) -> str:
+        try:
+            delays = [float(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError("expected comma-separated seconds, e.g. 60,300,900") from None
+        if not delays or any(d < 0 for d in delays):
+            raise ValueError("expected at least one non-negative delay")
+        return value
+
+    @field_validator("concurrency", "lease_seconds", "max_message_bytes", "max_age_seconds")
+    @classmethod
+    def _check_positive(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        if not self.hostname:
+            self.hostname = _default_hostname()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'postline.db').absolute()}"
+        self.database_url = normalize_database_url(self.database_url)
+        if not self.spool_url:
+            self.spool_url = f"file://{(self.data_dir / 'spool').absolute()}"
+        scheme = urlsplit(self.spool_url).scheme
+        if scheme != "file" and self.spool_url != "database":
+            raise ValueError(f"POSTLINE_SPOOL_URL {self.spool_url!r}: expected file:///path")
+        if self.lease_seconds <= self.smtp_connect_timeout + 2 * self.smtp_command_timeout:
+            # A lease shorter than one SMTP conversation would hand a job to a
+            # second worker while the first is still sending it.
+            raise ValueError("POSTLINE_LEASE_SECONDS must exceed the SMTP timeouts")
+        return self
+
+    @property
+    def http_host_port(self) -> tuple[str, int]:
+        return parse_host_port(self.http_addr)
+
+    @property
+    def nameservers(self) -> list[tuple[str, int]]:
+        items = (part.strip() for part in self.dns_nameservers.split(","))
+        return [parse_host_port(item, default_port=53) for item in items if item]
+
+    @property
+    def relay(self) -> tuple[str, int] | None:
+        return parse_host_port(self.relay_host, default_port=25) if self.relay_host else None
+
+    @property
+    def retry_delays(self) -> list[float]:
+        return [float(part) for part in self.retry_schedule.split(",") if part.strip()]
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def spool_path(self) -> Path:
+        return Path(urlsplit(self.spool_url).path)
+
+    @property
+    def admin_key_file(self) -> Path:
+        return self.data_dir / "admin-key.txt"
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept the URLs operators write and pick the async driver ourselves."""
+    parts = urlsplit(url)
+    if parts.scheme in {"sqlite", "sqlite+aiosqlite"}:
+        return "sqlite+aiosqlite" + url[len(parts.scheme) :]
+    if parts.scheme in {"postgres", "postgresql", "postgresql+asyncpg"}:
+        if not parts.hostname and not parts.path.strip("/"):
+            raise ValueError(f"{url!r}: expected postgresql://user@host:port/database")
+        return "postgresql+asyncpg" + url[len(parts.scheme) :]
+    raise ValueError(
+        f"POSTLINE_DATABASE_URL {url!r}: expected sqlite:///path or postgresql://host/db"
+    )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment; raise ConfigError with one readable line."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "configuration"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        label = f"POSTLINE_{field.upper()}" if first["loc"] else "configuration"
+        raise ConfigError(f"{label}: {message}") from None
+
+
+def ensure_data_dir(settings: Settings) -> None:
+    """Create the data dir (and spool) or explain why it cannot be used."""
+    path = settings.data_dir
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if settings.spool_url.startswith("file:"):
+            settings.spool_path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"POSTLINE_DATA_DIR {path}: cannot create it ({exc.strerror})") from None
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise ConfigError(f"POSTLINE_DATA_DIR {path}: not readable and writable by this user")
+
+
+def check_port_free(addr: str, label: str) -> None:
+    """Fail at start, in one line, when a listening address is already taken."""
+    host, port = parse_host_port(addr)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"{label} {addr}: cannot listen ({exc.strerror})") from None

@@ -1,0 +1,1 @@
+"""The delivery engine: lease jobs, route, speak SMTP, record outcomes."""

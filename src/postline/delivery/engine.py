@@ -1,0 +1,222 @@
+"""The engine: a bounded window of leased jobs, each delivered and recorded.
+
+Like Postfix's qmgr it keeps at most ``concurrency`` deliveries in flight and
+takes more only as slots free up. While a job runs its lease is extended, so
+no other worker takes it; on shutdown unfinished jobs are released, not lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.engine import Row
+
+from postline.config import Settings
+from postline.delivery.record import RecipientResult, Recorder
+from postline.delivery.replies import Reply, bounce_type
+from postline.delivery.routing import RouteError, Router
+from postline.delivery.smtp import SmtpDelivery, TransactionResult
+from postline.ids import new_id
+from postline.metrics import Metrics
+from postline.model import PENDING_STATUSES, BounceType, RecipientStatus
+from postline.outcomes import Outcome, activate_scheduled
+from postline.queue import Job, Queue
+from postline.spool import Spool, SpoolMissing
+from postline.store import emails as email_store
+from postline.store.db import Database
+from postline.store.types import utcnow
+
+log = logging.getLogger("postline.engine")
+
+
+def retry_delay(delays: list[float], attempt: int) -> float:
+    """Backoff for the given attempt (0-based), with +-10% jitter to spread retries."""
+    base = delays[min(attempt, len(delays) - 1)]
+    return base * random.uniform(0.9, 1.1)
+
+
+def outcome_for(reply: Reply) -> Outcome:
+    """A reply's meaning for one recipient: 2xx delivered, 5xx bounced, else deferred."""
+    if reply.is_success:
+        status = RecipientStatus.DELIVERED
+    elif reply.is_permanent:
+        status = RecipientStatus.BOUNCED
+    else:
+        status = RecipientStatus.DEFERRED
+    return Outcome(
+        status=status,
+        smtp_code=reply.code,
+        enhanced_code=reply.enhanced_code,
+        response=reply.line,
+        bounce_type=bounce_type(reply),
+    )
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        queue: Queue,
+        spool: Spool,
+        router: Router,
+        delivery: SmtpDelivery,
+        recorder: Recorder,
+        metrics: Metrics,
+        settings: Settings,
+    ) -> None:
+        self.db = db
+        self.queue = queue
+        self.spool = spool
+        self.router = router
+        self.delivery = delivery
+        self.recorder = recorder
+        self.metrics = metrics
+        self.settings = settings
+        self.owner = f"{socket.gethostname()}:{new_id()}"
+        self._wake = asyncio.Event()
+        self._active: dict[asyncio.Task[None], Job] = {}
+
+    def wake(self) -> None:
+        """New work was queued here: look now instead of at the next poll."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("engine started owner=%s concurrency=%d", self.owner, self.settings.concurrency)
+        while not stop.is_set():
+            free = self.settings.concurrency - len(self._active)
+            leased: list[Job] = []
+            if free > 0:
+                try:
+                    leased = await self.queue.lease(self.owner, free, self.settings.lease_seconds)
+                except Exception:
+                    log.exception("leasing jobs failed; retrying")
+            for job in leased:
+                task = asyncio.create_task(self._process(job), name=f"deliver:{job.id}")
+                self._active[task] = job
+                task.add_done_callback(self._done)
+            if leased and len(self._active) < self.settings.concurrency:
+                continue
+            self._wake.clear()
+            waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait(
+                    waiters, timeout=self.settings.poll_interval, return_when="FIRST_COMPLETED"
+                )
+            for waiter in waiters:
+                waiter.cancel()
+        await self._drain()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._active.pop(task, None)
+        self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task failed", exc_info=task.exception())
+
+    async def _drain(self) -> None:
+        """Let in-flight deliveries finish up to the timeout; release the rest."""
+        if not self._active:
+            return
+        log.info("draining %d in-flight deliveries", len(self._active))
+        _, pending = await asyncio.wait(list(self._active), timeout=self.settings.shutdown_timeout)
+        for task in pending:
+            job = self._active.get(task)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            if job is not None:
+                with contextlib.suppress(Exception):
+                    await self.queue.release(job)
+        log.info("drained; released %d unfinished jobs", len(pending))
+
+    async def _keep_lease(self, job: Job) -> None:
+        interval = max(self.settings.lease_seconds / 3, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            if not await self.queue.extend(job, self.settings.lease_seconds):
+                log.warning("lease lost job_id=%s", job.id)
+                return
+
+    async def _process(self, job: Job) -> None:
+        started = time.monotonic()
+        keeper = asyncio.create_task(self._keep_lease(job))
+        try:
+            await self._deliver(job)
+        except Exception:
+            # Leave the job leased: its lease expires and it is retried then.
+            log.exception("delivery of job_id=%s failed unexpectedly", job.id)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            self.metrics.delivery_seconds.observe(time.monotonic() - started)
+
+    async def _deliver(self, job: Job) -> None:
+        now = utcnow()
+        async with self.db.read() as conn:
+            email = await email_store.get_email(conn, job.email_id)
+            recipients = await email_store.get_recipients(conn, job.email_id)
+        wanted = set(job.recipient_ids)
+        # A job leased again after a crash skips recipients already final.
+        pending = [
+            r
+            for r in recipients
+            if r.id in wanted and RecipientStatus(r.status) in PENDING_STATUSES
+        ]
+        retry_at = now + timedelta(seconds=retry_delay(self.settings.retry_delays, job.attempt))
+        if email is None or not pending:
+            await self.recorder.record(job, [], mx_host=None, duration_ms=0, retry_at=retry_at)
+            return
+        scheduled = [r.id for r in pending if r.status == RecipientStatus.SCHEDULED]
+        if scheduled:
+            async with self.db.write() as conn:
+                await activate_scheduled(conn, email, scheduled, now)
+        try:
+            body = await self.spool.get(job.body_ref)
+        except SpoolMissing:
+            lost = Outcome(status=RecipientStatus.FAILED, reason="the message body was lost")
+            results = [RecipientResult(r.id, lost, "transaction") for r in pending]
+            await self.recorder.record(job, results, mx_host=None, duration_ms=0, retry_at=retry_at)
+            return
+        try:
+            targets = await self.router.route(job.destination)
+        except RouteError as exc:
+            reply = Reply(550 if exc.permanent else None, str(exc))
+            outcome = self._route_outcome(reply, exc.permanent)
+            results = [RecipientResult(r.id, outcome, "transaction") for r in pending]
+            await self.recorder.record(job, results, mx_host=None, duration_ms=0, retry_at=retry_at)
+            return
+        result = await self.delivery.send(
+            targets, email.envelope_from, [r.address for r in pending], body
+        )
+        await self._record(job, pending, result, retry_at)
+
+    @staticmethod
+    def _route_outcome(reply: Reply, permanent: bool) -> Outcome:
+        if permanent:
+            return Outcome(
+                status=RecipientStatus.BOUNCED,
+                smtp_code=None,
+                enhanced_code="5.1.2",  # RFC 3463: bad destination system address
+                response=reply.text,
+                bounce_type=BounceType.HARD,
+            )
+        return Outcome(status=RecipientStatus.DEFERRED, response=reply.text)
+
+    async def _record(
+        self, job: Job, pending: list[Row[Any]], result: TransactionResult, retry_at: datetime
+    ) -> None:
+        results = []
+        for recipient in pending:
+            reply, scope = result.reply_for(recipient.address)
+            results.append(RecipientResult(recipient.id, outcome_for(reply), scope))
+        await self.recorder.record(
+            job, results, mx_host=result.mx_host, duration_ms=result.duration_ms, retry_at=retry_at
+        )

@@ -1,0 +1,68 @@
+"""SMTP replies: untrusted text made safe, and classified by code, never by substring."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from postline.model import BounceType
+
+MAX_REPLY_CHARS = 1024
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
+
+
+def sanitize(text: str) -> str:
+    """Printable, single-line, at most 1024 characters (cut on a character boundary)."""
+    flat = " ".join(text.replace("\r", "\n").split("\n"))
+    return _CONTROL.sub("", flat).strip()[:MAX_REPLY_CHARS]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One SMTP reply (code None: no reply at all — connection error or timeout)."""
+
+    code: int | None
+    text: str
+
+    @staticmethod
+    def of(code: int | None, text: str) -> Reply:
+        return Reply(code, sanitize(text))
+
+    @property
+    def enhanced_code(self) -> str | None:
+        match = _ENHANCED.match(self.text)
+        if not match or self.code is None or match.group(1) != str(self.code)[0]:
+            return None
+        return ".".join(match.groups())
+
+    @property
+    def is_success(self) -> bool:
+        return self.code is not None and 200 <= self.code < 300
+
+    @property
+    def is_permanent(self) -> bool:
+        return self.code is not None and 500 <= self.code < 600
+
+    @property
+    def line(self) -> str:
+        return f"{self.code} {self.text}" if self.code is not None else self.text
+
+
+def bounce_type(reply: Reply) -> BounceType | None:
+    """Refine a failure by its enhanced status code (RFC 3463)."""
+    if reply.is_success:
+        return None
+    enhanced = reply.enhanced_code
+    if not reply.is_permanent:
+        return BounceType.SOFT
+    if enhanced is None:
+        return BounceType.HARD if reply.code in (550, 551, 553) else BounceType.UNDETERMINED
+    _, subject, detail = enhanced.split(".")
+    if subject == "1" or (subject, detail) == ("2", "1"):
+        return BounceType.HARD  # the address or the mailbox does not exist
+    if subject == "7":
+        return BounceType.BLOCK  # policy: spam, reputation, authentication
+    if subject in ("2", "3"):
+        return BounceType.SOFT  # mailbox full, system full, message too big
+    return BounceType.UNDETERMINED

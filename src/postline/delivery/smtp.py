@@ -1,0 +1,132 @@
+"""One SMTP transaction to one destination: MAIL, RCPT per recipient, DATA.
+
+The outcome is reported per recipient; nothing here touches the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import aiosmtplib
+
+from postline.delivery.replies import Reply
+from postline.delivery.routing import Router, Target
+
+
+@dataclass
+class TransactionResult:
+    """What the destination said. ``error`` is a failure of the whole transaction."""
+
+    mx_host: str | None = None
+    error: Reply | None = None
+    rcpt: dict[str, Reply] = field(default_factory=dict)
+    data: Reply | None = None
+    duration_ms: int = 0
+
+    def reply_for(self, address: str) -> tuple[Reply, str]:
+        """The reply deciding this recipient, and its scope ("transaction" or "recipient")."""
+        if self.error is not None:
+            return self.error, "transaction"
+        rcpt = self.rcpt.get(address)
+        if rcpt is None:
+            return Reply(None, "no reply for this recipient"), "transaction"
+        if not rcpt.is_success:
+            return rcpt, "recipient"
+        assert self.data is not None
+        return self.data, "transaction"
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    helo_name: str
+    connect_timeout: float
+    command_timeout: float
+
+
+class SmtpDelivery:
+    def __init__(self, router: Router, settings: SmtpSettings) -> None:
+        self.router = router
+        self.settings = settings
+
+    async def send(
+        self,
+        targets: list[Target],
+        envelope_from: str,
+        recipients: list[str],
+        body: bytes,
+    ) -> TransactionResult:
+        """Try each target in order until one gives an answer that is not a connection failure."""
+        started = time.monotonic()
+        result = TransactionResult(error=Reply(None, "no MX host to try"))
+        for target in targets:
+            addresses = await self.router.addresses(target.host)
+            if not addresses:
+                result = TransactionResult(
+                    mx_host=target.mx, error=Reply(None, f"{target.mx} has no address")
+                )
+                continue
+            for address in addresses:
+                result = await self._attempt(target, address, envelope_from, recipients, body)
+                if not _try_next(result):
+                    result.duration_ms = int((time.monotonic() - started) * 1000)
+                    return result
+        result.duration_ms = int((time.monotonic() - started) * 1000)
+        return result
+
+    async def _attempt(
+        self,
+        target: Target,
+        address: str,
+        envelope_from: str,
+        recipients: list[str],
+        body: bytes,
+    ) -> TransactionResult:
+        result = TransactionResult(mx_host=target.mx)
+        client = aiosmtplib.SMTP(
+            hostname=address,
+            port=target.port,
+            local_hostname=self.settings.helo_name,
+            timeout=self.settings.command_timeout,
+            start_tls=None,  # opportunistic: upgrade when the server offers it
+            validate_certs=False,
+        )
+        try:
+            await client.connect(timeout=self.settings.connect_timeout)
+            utf8 = not (envelope_from.isascii() and all(r.isascii() for r in recipients))
+            options = ["SMTPUTF8"] if utf8 and client.supports_extension("smtputf8") else []
+            encoding = "utf-8" if utf8 else "ascii"
+            await client.mail(envelope_from, options=options, encoding=encoding)
+            for recipient in recipients:
+                try:
+                    response = await client.rcpt(recipient, encoding=encoding)
+                    result.rcpt[recipient] = Reply.of(response.code, response.message)
+                except aiosmtplib.SMTPRecipientRefused as exc:
+                    result.rcpt[recipient] = Reply.of(exc.code, exc.message)
+            if any(reply.is_success for reply in result.rcpt.values()):
+                response = await client.data(body)
+                result.data = Reply.of(response.code, response.message)
+            else:
+                await client.rset()
+        except aiosmtplib.SMTPResponseException as exc:
+            # Greeting, MAIL or DATA refused: the whole transaction failed.
+            result.error = Reply.of(exc.code, exc.message)
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            result.error = Reply.of(None, f"{type(exc).__name__}: {exc}")
+        finally:
+            if client.is_connected:
+                try:
+                    await asyncio.wait_for(client.quit(), timeout=5)
+                except (TimeoutError, aiosmtplib.SMTPException, OSError):
+                    client.close()
+        return result
+
+
+def _try_next(result: TransactionResult) -> bool:
+    """Move to the next MX on a connection failure or a 4xx before any recipient was taken."""
+    if result.error is None:
+        return False
+    if result.error.code is None:
+        return True
+    return not result.rcpt and not result.error.is_permanent

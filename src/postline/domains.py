@@ -1,0 +1,125 @@
+"""Sending domains: creation with a DKIM key, and the DNS records to publish."""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy.engine import Row
+
+from postline.ids import new_id
+from postline.store import domains as domain_store
+from postline.store.db import Database
+
+SANDBOX_DOMAIN = "sandbox.postline.test"
+SIMULATOR_DOMAIN = "simulator.postline.test"
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+class DomainError(ValueError):
+    """A domain name that cannot be a sending domain, or one that already exists."""
+
+
+def normalize_domain(name: str) -> str:
+    """Lower-case, IDNA-encode and check a domain name; raise DomainError if it is not one."""
+    text = name.strip().rstrip(".").lower()
+    try:
+        text = text.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise DomainError(f"{name!r} is not a valid domain name") from None
+    labels = text.split(".")
+    if len(text) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
+        raise DomainError(f"{name!r} is not a valid domain name")
+    return text
+
+
+def return_path_domain(domain: str) -> str:
+    """Where bounces come back: a subdomain whose MX points at Postline's inbound port."""
+    return f"bounces.{domain}"
+
+
+def _generate_dkim_key() -> tuple[str, str]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public_der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private_pem, base64.b64encode(public_der).decode()
+
+
+def dkim_public_key(private_pem: str) -> str:
+    key = serialization.load_pem_private_key(private_pem.encode(), password=None)
+    public_der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(public_der).decode()
+
+
+@dataclass(frozen=True)
+class DnsRecord:
+    type: str
+    name: str
+    value: str
+    purpose: str
+
+
+def dns_records(domain: Row[Any], hostname: str) -> list[DnsRecord]:
+    """The records an operator publishes so receivers trust mail from this domain."""
+    records: list[DnsRecord] = []
+    if domain.dkim_private_key:
+        records.append(
+            DnsRecord(
+                "TXT",
+                f"{domain.dkim_selector}._domainkey.{domain.name}",
+                f"v=DKIM1; k=rsa; p={dkim_public_key(domain.dkim_private_key)}",
+                "dkim",
+            )
+        )
+    rp = return_path_domain(domain.name)
+    records += [
+        DnsRecord("TXT", rp, f"v=spf1 a:{hostname} ~all", "spf"),
+        DnsRecord("MX", rp, f"10 {hostname}", "return_path"),
+        DnsRecord("TXT", f"_dmarc.{domain.name}", "v=DMARC1; p=none;", "dmarc"),
+    ]
+    return records
+
+
+async def create_domain(db: Database, name: str) -> Row[Any]:
+    """Create a sending domain with a fresh 2048-bit DKIM key."""
+    normalized = normalize_domain(name)
+    private_pem, _ = _generate_dkim_key()
+    selector = "pl" + new_id()[-6:]
+    async with db.write() as conn:
+        if await domain_store.get_domain_by_name(conn, normalized) is not None:
+            raise DomainError(f"domain {normalized} already exists")
+        domain_id = new_id("dom_")
+        await domain_store.insert_domain(
+            conn, domain_id=domain_id, name=normalized, selector=selector, private_key=private_pem
+        )
+        row = await domain_store.get_domain(conn, domain_id)
+    assert row is not None
+    return row
+
+
+async def ensure_domain(db: Database, name: str) -> Row[Any]:
+    """The domain, created if missing (the sandbox domain on first run)."""
+    async with db.read() as conn:
+        row = await domain_store.get_domain_by_name(conn, name)
+    if row is not None:
+        return row
+    try:
+        return await create_domain(db, name)
+    except DomainError:
+        async with db.read() as conn:
+            row = await domain_store.get_domain_by_name(conn, name)
+        assert row is not None
+        return row

@@ -1,0 +1,74 @@
+"""API keys: created once (the secret is shown only then), looked up by hash."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from postline.domains import DomainError, normalize_domain
+from postline.ids import hash_api_key, new_api_key, new_id
+from postline.store import domains as domain_store
+from postline.store import keys as key_store
+from postline.store.db import Database
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an API key, possibly scoped to one sending domain."""
+
+    key_id: str
+    name: str
+    domain_id: str | None
+    domain_name: str | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.domain_id is None
+
+    def may_see(self, domain_id: str) -> bool:
+        return self.domain_id is None or self.domain_id == domain_id
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    id: str
+    name: str
+    key: str
+    domain: str | None
+
+
+async def create_key(db: Database, name: str, domain: str | None = None) -> CreatedKey:
+    """Create a key; raise DomainError if the scope names an unknown domain."""
+    if not name.strip():
+        raise ValueError("a key needs a name")
+    secret = new_api_key()
+    async with db.write() as conn:
+        domain_id = None
+        domain_name = None
+        if domain:
+            row = await domain_store.get_domain_by_name(conn, normalize_domain(domain))
+            if row is None:
+                raise DomainError(f"unknown domain {domain}")
+            domain_id, domain_name = row.id, row.name
+        key_id = new_id("key_")
+        await key_store.insert_key(
+            conn,
+            key_id=key_id,
+            name=name.strip(),
+            prefix=secret[:10],
+            key_hash=hash_api_key(secret),
+            domain_id=domain_id,
+        )
+    return CreatedKey(id=key_id, name=name.strip(), key=secret, domain=domain_name)
+
+
+async def authenticate(db: Database, secret: str) -> Principal | None:
+    """The principal for a presented key, or None (unknown or revoked)."""
+    digest = hash_api_key(secret)
+    async with db.read() as conn:
+        row = await key_store.find_active_key(conn, digest)
+    if row is None or not hmac.compare_digest(row.key_hash, digest):
+        return None
+    return Principal(
+        key_id=row.id, name=row.name, domain_id=row.domain_id, domain_name=row.domain_name
+    )

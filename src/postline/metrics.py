@@ -1,0 +1,42 @@
+"""Prometheus metrics, in a registry owned by the application (no globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.emails_accepted = Counter(
+            "postline_emails_accepted",
+            "Emails accepted (durable and queued)",
+            ["source"],
+            registry=self.registry,
+        )
+        self.recipient_outcomes = Counter(
+            "postline_recipient_outcomes",
+            "Recipient outcomes recorded, by status",
+            ["status"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "postline_queue_depth", "Delivery jobs waiting or leased", registry=self.registry
+        )
+        self.queue_in_flight = Gauge(
+            "postline_queue_in_flight", "Delivery jobs leased right now", registry=self.registry
+        )
+        self.accept_seconds = Histogram(
+            "postline_accept_seconds",
+            "Time to make a submission durable (HTTP request handling included)",
+            registry=self.registry,
+        )
+        self.delivery_seconds = Histogram(
+            "postline_delivery_seconds",
+            "Time of one delivery attempt (DNS + SMTP + recording)",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

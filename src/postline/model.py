@@ -1,0 +1,139 @@
+"""Statuses, events and the recipient state machine shared by every layer.
+
+The state machine lives here, in one function, so that no code path can move a
+recipient by writing its status directly: a late or duplicate outcome is
+refused instead of overwriting a final one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import StrEnum
+
+
+class RecipientStatus(StrEnum):
+    """Where one recipient of one email stands."""
+
+    SCHEDULED = "scheduled"  # accepted with scheduled_at in the future
+    QUEUED = "queued"  # waiting for its first delivery attempt
+    DEFERRED = "deferred"  # a temporary failure; will be retried
+    DELIVERED = "delivered"  # the destination MX accepted it (2xx after DATA)
+    BOUNCED = "bounced"  # permanently refused
+    FAILED = "failed"  # given up: expired, or could not be attempted at all
+    SUPPRESSED = "suppressed"  # on the suppression list at accept; never sent
+    COMPLAINED = "complained"  # delivered, then reported as spam
+    CANCELLED = "cancelled"  # cancelled by the user before any attempt
+
+
+class EmailStatus(StrEnum):
+    """An email's status, derived from its recipients (never set on its own)."""
+
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    PARTIALLY_DELIVERED = "partially_delivered"
+    BOUNCED = "bounced"
+    FAILED = "failed"
+    SUPPRESSED = "suppressed"
+    CANCELLED = "cancelled"
+
+
+class BounceType(StrEnum):
+    HARD = "hard"
+    SOFT = "soft"
+    BLOCK = "block"
+    UNDETERMINED = "undetermined"
+
+
+class EventType(StrEnum):
+    QUEUED = "email.queued"
+    SCHEDULED = "email.scheduled"
+    DEFERRED = "email.deferred"
+    DELIVERED = "email.delivered"
+    BOUNCED = "email.bounced"
+    FAILED = "email.failed"
+    SUPPRESSED = "email.suppressed"
+    COMPLAINED = "email.complained"
+    CANCELLED = "email.cancelled"
+
+
+EVENT_FOR_STATUS: dict[RecipientStatus, EventType] = {
+    RecipientStatus.SCHEDULED: EventType.SCHEDULED,
+    RecipientStatus.QUEUED: EventType.QUEUED,
+    RecipientStatus.DEFERRED: EventType.DEFERRED,
+    RecipientStatus.DELIVERED: EventType.DELIVERED,
+    RecipientStatus.BOUNCED: EventType.BOUNCED,
+    RecipientStatus.FAILED: EventType.FAILED,
+    RecipientStatus.SUPPRESSED: EventType.SUPPRESSED,
+    RecipientStatus.COMPLAINED: EventType.COMPLAINED,
+    RecipientStatus.CANCELLED: EventType.CANCELLED,
+}
+
+_S = RecipientStatus
+_ALLOWED: dict[RecipientStatus, frozenset[RecipientStatus]] = {
+    _S.SCHEDULED: frozenset({_S.QUEUED, _S.CANCELLED}),
+    _S.QUEUED: frozenset(
+        {_S.DEFERRED, _S.DELIVERED, _S.BOUNCED, _S.FAILED, _S.SUPPRESSED, _S.CANCELLED}
+    ),
+    # deferred -> deferred is a further failed attempt: a new timeline row, same state.
+    _S.DEFERRED: frozenset({_S.DEFERRED, _S.DELIVERED, _S.BOUNCED, _S.FAILED, _S.CANCELLED}),
+    # An asynchronous DSN or a feedback report are the only ways out of a final state.
+    _S.DELIVERED: frozenset({_S.BOUNCED, _S.COMPLAINED}),
+    _S.BOUNCED: frozenset(),
+    _S.FAILED: frozenset(),
+    _S.SUPPRESSED: frozenset(),
+    _S.COMPLAINED: frozenset(),
+    _S.CANCELLED: frozenset(),
+}
+
+FINAL_STATUSES = frozenset(
+    {_S.DELIVERED, _S.BOUNCED, _S.FAILED, _S.SUPPRESSED, _S.COMPLAINED, _S.CANCELLED}
+)
+PENDING_STATUSES = frozenset({_S.SCHEDULED, _S.QUEUED, _S.DEFERRED})
+
+
+def can_transition(current: RecipientStatus, new: RecipientStatus) -> bool:
+    """Whether a recipient may move from ``current`` to ``new``.
+
+    Every write of a recipient status goes through this check (and the store
+    repeats it in the UPDATE's WHERE clause), so a duplicate delivery report or
+    a stale worker can never turn ``bounced`` back into ``delivered``.
+    """
+    return new in _ALLOWED[current]
+
+
+def allowed_sources(new: RecipientStatus) -> frozenset[RecipientStatus]:
+    """The statuses from which ``new`` may be reached: the guard the store writes into SQL."""
+    return frozenset(cur for cur, targets in _ALLOWED.items() if new in targets)
+
+
+def derive_email_status(statuses: Iterable[RecipientStatus]) -> EmailStatus:
+    """The email's status from its recipients' statuses (DESIGN.md)."""
+    present = set(statuses)
+    if not present:
+        return EmailStatus.QUEUED
+    pending = present & PENDING_STATUSES
+    if pending:
+        if not (present - pending) <= {_S.SUPPRESSED, _S.CANCELLED}:
+            return EmailStatus.SENDING
+        if pending == {_S.SCHEDULED}:
+            return EmailStatus.SCHEDULED
+        if pending <= {_S.SCHEDULED, _S.QUEUED}:
+            return EmailStatus.QUEUED
+        return EmailStatus.SENDING
+    delivered = present & {_S.DELIVERED, _S.COMPLAINED}
+    if delivered:
+        if present <= {_S.DELIVERED, _S.COMPLAINED}:
+            return EmailStatus.DELIVERED
+        return EmailStatus.PARTIALLY_DELIVERED
+    if _S.BOUNCED in present:
+        return EmailStatus.BOUNCED
+    if _S.FAILED in present:
+        return EmailStatus.FAILED
+    if present == {_S.SUPPRESSED}:
+        return EmailStatus.SUPPRESSED
+    if present == {_S.CANCELLED}:
+        return EmailStatus.CANCELLED
+    # A mix of only suppressed and cancelled recipients: nothing was or will be sent.
+    return EmailStatus.CANCELLED if _S.CANCELLED in present else EmailStatus.SUPPRESSED

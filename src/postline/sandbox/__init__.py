@@ -1,0 +1,1 @@
+"""The sandbox simulator MX for ``*@simulator.postline.test``."""

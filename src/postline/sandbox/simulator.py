@@ -1,0 +1,97 @@
+"""A real SMTP server on loopback that plays every outcome a newcomer wants to see.
+
+Mail to the simulator domain goes through the normal engine and a real SMTP
+conversation; only the far end is simulated:
+
+- ``delivered@``  accepted
+- ``bounced@``    ``550 5.1.1`` (hard bounce: the address does not exist)
+- ``deferred@``   ``451 4.3.0`` on the first attempt of each email, accepted later
+- ``blocked@``    ``554 5.7.1`` (a policy block)
+- ``complained@`` accepted (the complaint loop comes with the inbound MX)
+- anything else   accepted
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from postline.domains import SIMULATOR_DOMAIN
+
+log = logging.getLogger("postline.sandbox")
+
+_REPLIES = {
+    "bounced": "550 5.1.1 The email account that you tried to reach does not exist (simulated)",
+    "blocked": "554 5.7.1 Message rejected due to local policy (simulated)",
+}
+_DEFER = "451 4.3.0 Temporary failure, please try again later (simulated)"
+_REMEMBERED = 100_000
+
+
+class SimulatorHandler:
+    def __init__(self) -> None:
+        # (envelope sender, recipient) pairs already deferred once; bounded.
+        self._deferred: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self.accepted = 0
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        local, _, domain = address.lower().rpartition("@")
+        if domain != SIMULATOR_DOMAIN:
+            return "550 5.1.2 This simulator only accepts mail for " + SIMULATOR_DOMAIN
+        base = local.split("+", 1)[0]
+        if base in _REPLIES:
+            return _REPLIES[base]
+        if base == "deferred":
+            key = (str(envelope.mail_from), address.lower())
+            if key not in self._deferred:
+                self._deferred[key] = None
+                if len(self._deferred) > _REMEMBERED:
+                    self._deferred.popitem(last=False)
+                return _DEFER
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK (simulated)"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.accepted += 1
+        return "250 2.0.0 OK: queued (simulated)"
+
+
+class Simulator:
+    """Runs in the caller's event loop on 127.0.0.1 and an ephemeral port."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self.handler = SimulatorHandler()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def factory() -> Any:
+            return SMTP(
+                self.handler,
+                hostname="mx.simulator.postline.test",
+                ident="Postline sandbox simulator",
+                enable_SMTPUTF8=True,
+                data_size_limit=60 * 1024 * 1024,
+                loop=loop,
+            )
+
+        self._server = await loop.create_server(factory, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("sandbox simulator MX listening on %s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), timeout=2)
+            self._server = None

@@ -1,0 +1,92 @@
+"""The default spool: one file per body under the data dir.
+
+A body is written to a temporary name, fsynced, renamed into place and the
+directory fsynced, so after a crash a body either exists whole or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from postline.spool.base import Spool, SpoolError, SpoolFull, SpoolMissing
+
+_REF = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+
+
+class FileSpool(Spool):
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, ref: str) -> Path:
+        if not _REF.match(ref):
+            raise SpoolError(f"invalid body reference {ref!r}")
+        # Ids start with the time; their last characters are random, so shard on those.
+        return self.root / ref[-2:] / f"{ref}.eml"
+
+    def _write_all(self, items: Sequence[tuple[str, bytes]]) -> None:
+        written: list[Path] = []
+        dirs: set[Path] = set()
+        try:
+            for ref, body in items:
+                path = self._path(ref)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    view = memoryview(body)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, path)
+                written.append(path)
+                dirs.add(path.parent)
+            for directory in dirs:
+                dir_fd = os.open(directory, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+        except OSError as exc:
+            for path in written:
+                path.unlink(missing_ok=True)
+            for ref, _ in items:
+                self._path(ref).with_suffix(".tmp").unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpoolFull("the spool is full") from exc
+            raise SpoolError(f"cannot write to the spool: {exc.strerror}") from exc
+
+    async def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        if items:
+            await asyncio.to_thread(self._write_all, items)
+
+    async def get(self, ref: str) -> bytes:
+        path = self._path(ref)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            raise SpoolMissing(ref) from None
+
+    async def delete(self, ref: str) -> None:
+        await asyncio.to_thread(self._path(ref).unlink, True)
+
+    def _scan(self, moment: datetime) -> list[str]:
+        limit = moment.timestamp()
+        found: list[str] = []
+        for path in self.root.glob("*/*.eml"):
+            try:
+                if path.stat().st_mtime < limit:
+                    found.append(path.stem)
+            except FileNotFoundError:
+                continue
+        return found
+
+    async def refs_older_than(self, moment: datetime) -> list[str]:
+        return await asyncio.to_thread(self._scan, moment.astimezone(UTC))

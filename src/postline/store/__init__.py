@@ -1,0 +1,1 @@
+"""Persistence: the schema and one module of named queries per aggregate."""

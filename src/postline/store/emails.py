@@ -1,0 +1,182 @@
+"""Named queries for emails, their recipients, attempts and events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, exists, func, insert, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from postline.model import RecipientStatus
+from postline.store.schema import (
+    delivery_attempts,
+    email_recipients,
+    events,
+    sent_emails,
+    suppressions,
+)
+
+
+async def insert_emails(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(insert(sent_emails), list(rows))
+
+
+async def insert_recipients(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(insert(email_recipients), list(rows))
+
+
+async def insert_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(insert(events), list(rows))
+
+
+async def insert_attempt(conn: AsyncConnection, row: dict[str, Any]) -> None:
+    await conn.execute(insert(delivery_attempts).values(**row))
+
+
+async def suppressed_addresses(
+    conn: AsyncConnection, domain_id: str, addresses: Iterable[str], now: datetime
+) -> set[str]:
+    wanted = {address.lower() for address in addresses}
+    if not wanted:
+        return set()
+    statement = select(suppressions.c.address).where(
+        suppressions.c.domain_id == domain_id,
+        suppressions.c.address.in_(wanted),
+        (suppressions.c.expires_at.is_(None)) | (suppressions.c.expires_at > now),
+    )
+    return {row.address for row in await conn.execute(statement)}
+
+
+async def lock_email(conn: AsyncConnection, email_id: str) -> Row[Any] | None:
+    """Read the email row, holding its lock on PostgreSQL until the transaction ends.
+
+    Two workers recording outcomes for one email (two destination domains)
+    then derive its status one after the other, never from a stale read.
+    """
+    statement = select(sent_emails).where(sent_emails.c.id == email_id)
+    if conn.dialect.name != "sqlite":
+        statement = statement.with_for_update()
+    return (await conn.execute(statement)).first()
+
+
+async def get_email(conn: AsyncConnection, email_id: str) -> Row[Any] | None:
+    return (await conn.execute(select(sent_emails).where(sent_emails.c.id == email_id))).first()
+
+
+async def get_recipients(conn: AsyncConnection, email_id: str) -> list[Row[Any]]:
+    statement = (
+        select(email_recipients)
+        .where(email_recipients.c.email_id == email_id)
+        .order_by(email_recipients.c.position)
+    )
+    return list((await conn.execute(statement)).all())
+
+
+async def get_attempts(conn: AsyncConnection, email_id: str) -> list[Row[Any]]:
+    statement = (
+        select(delivery_attempts)
+        .where(delivery_attempts.c.email_id == email_id)
+        .order_by(delivery_attempts.c.id)
+    )
+    return list((await conn.execute(statement)).all())
+
+
+async def get_events(conn: AsyncConnection, email_id: str) -> list[Row[Any]]:
+    statement = select(events).where(events.c.email_id == email_id).order_by(events.c.sequence)
+    return list((await conn.execute(statement)).all())
+
+
+async def next_event_sequence(conn: AsyncConnection, email_id: str) -> int:
+    statement = select(func.coalesce(func.max(events.c.sequence), 0)).where(
+        events.c.email_id == email_id
+    )
+    return int((await conn.execute(statement)).scalar_one()) + 1
+
+
+async def set_recipient_status(
+    conn: AsyncConnection,
+    recipient_id: str,
+    new_status: RecipientStatus,
+    allowed_from: Iterable[RecipientStatus],
+    values: dict[str, Any],
+) -> bool:
+    """Move one recipient, guarded in SQL by the statuses it may come from."""
+    result = await conn.execute(
+        update(email_recipients)
+        .where(
+            email_recipients.c.id == recipient_id,
+            email_recipients.c.status.in_([str(s) for s in allowed_from]),
+        )
+        .values(status=str(new_status), **values)
+    )
+    return bool(result.rowcount)
+
+
+async def set_email_status(
+    conn: AsyncConnection, email_id: str, status: str, now: datetime
+) -> None:
+    await conn.execute(
+        update(sent_emails)
+        .where(sent_emails.c.id == email_id)
+        .values(status=status, updated_at=now)
+    )
+
+
+@dataclass(frozen=True)
+class EmailFilter:
+    status: str | None = None
+    recipient: str | None = None
+    from_address: str | None = None
+    domain_id: str | None = None
+    tag: tuple[str, str] | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    message_id: str | None = None
+
+
+async def list_emails(
+    conn: AsyncConnection, where: EmailFilter, before_id: str | None, limit: int
+) -> list[Row[Any]]:
+    """The send log, newest first; ids are time-ordered, so the cursor is an id."""
+    count = (
+        select(func.count())
+        .where(email_recipients.c.email_id == sent_emails.c.id)
+        .scalar_subquery()
+        .label("recipient_count")
+    )
+    statement = select(sent_emails, count).order_by(sent_emails.c.id.desc()).limit(limit)
+    conditions: list[Any] = []
+    if before_id:
+        conditions.append(sent_emails.c.id < before_id)
+    if where.status:
+        conditions.append(sent_emails.c.status == where.status)
+    if where.from_address:
+        conditions.append(sent_emails.c.from_address == where.from_address.lower())
+    if where.domain_id:
+        conditions.append(sent_emails.c.domain_id == where.domain_id)
+    if where.since:
+        conditions.append(sent_emails.c.created_at >= where.since)
+    if where.until:
+        conditions.append(sent_emails.c.created_at < where.until)
+    if where.message_id:
+        conditions.append(sent_emails.c.message_id == where.message_id)
+    if where.recipient:
+        conditions.append(
+            exists().where(
+                email_recipients.c.email_id == sent_emails.c.id,
+                email_recipients.c.address == where.recipient.lower(),
+            )
+        )
+    if where.tag:
+        key, value = where.tag
+        conditions.append(sent_emails.c.tags[key].as_string() == value)
+    if conditions:
+        statement = statement.where(and_(*conditions))
+    return list((await conn.execute(statement)).all())

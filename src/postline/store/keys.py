@@ -1,0 +1,68 @@
+"""Named queries for API keys (only their SHA-256 hashes are stored)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from postline.store.schema import api_keys, domains
+from postline.store.types import utcnow
+
+
+async def insert_key(
+    conn: AsyncConnection,
+    *,
+    key_id: str,
+    name: str,
+    prefix: str,
+    key_hash: str,
+    domain_id: str | None,
+) -> None:
+    await conn.execute(
+        api_keys.insert().values(
+            id=key_id,
+            name=name,
+            prefix=prefix,
+            key_hash=key_hash,
+            domain_id=domain_id,
+            created_at=utcnow(),
+        )
+    )
+
+
+_WITH_DOMAIN = select(api_keys, domains.c.name.label("domain_name")).select_from(
+    api_keys.outerjoin(domains, api_keys.c.domain_id == domains.c.id)
+)
+
+
+async def find_active_key(conn: AsyncConnection, key_hash: str) -> Row[Any] | None:
+    """The hash is the lookup key: the comparison happens inside the index, not in Python."""
+    statement = _WITH_DOMAIN.where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
+    return (await conn.execute(statement)).first()
+
+
+async def list_keys(conn: AsyncConnection) -> list[Row[Any]]:
+    statement = _WITH_DOMAIN.where(api_keys.c.revoked_at.is_(None)).order_by(api_keys.c.id)
+    return list((await conn.execute(statement)).all())
+
+
+async def count_keys(conn: AsyncConnection) -> int:
+    return len(await list_keys(conn))
+
+
+async def revoke_key(conn: AsyncConnection, key_id: str) -> bool:
+    result = await conn.execute(
+        update(api_keys)
+        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    return bool(result.rowcount)
+
+
+async def touch_key(conn: AsyncConnection, key_id: str) -> None:
+    await conn.execute(
+        update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=utcnow())
+    )

@@ -1,0 +1,265 @@
+"""Every table of Postline (DESIGN.md "Data model"), as SQLAlchemy Core metadata.
+
+Migrations under ``store/migrations`` create exactly this; a test compares the
+two so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from postline.store.types import UTCDateTime
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# An auto-increment integer key that is BIGINT on PostgreSQL and the rowid on SQLite.
+AutoId = BigInteger().with_variant(Integer(), "sqlite")
+
+domains = Table(
+    "domains",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(253), nullable=False, unique=True),
+    Column("dkim_selector", String(63), nullable=False),
+    Column("dkim_private_key", Text, nullable=True),
+    Column("verified", Boolean, nullable=False, default=False),
+    Column("verification", JSON, nullable=True),
+    Column("bounce_notifications", Boolean, nullable=False, default=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("domain_id", String(32), ForeignKey("domains.id", ondelete="CASCADE"), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    Column("last_used_at", UTCDateTime, nullable=True),
+)
+
+sent_emails = Table(
+    "sent_emails",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("domain_id", String(32), ForeignKey("domains.id"), nullable=False, index=True),
+    Column("source", String(8), nullable=False),
+    Column("message_id", String(255), nullable=False, unique=True),
+    Column("from_header", String(1000), nullable=False),
+    Column("from_address", String(320), nullable=False),
+    Column("envelope_from", String(320), nullable=False),
+    Column("subject", String(1000), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("body_ref", String(64), nullable=False),
+    Column("tags", JSON, nullable=False),
+    Column("status", String(24), nullable=False, index=True),
+    Column("scheduled_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+email_recipients = Table(
+    "email_recipients",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column(
+        "email_id",
+        String(32),
+        ForeignKey("sent_emails.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("position", Integer, nullable=False),
+    Column("address", String(320), nullable=False, index=True),
+    Column("destination", String(253), nullable=False),
+    Column("kind", String(3), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("smtp_code", Integer, nullable=True),
+    Column("enhanced_code", String(16), nullable=True),
+    Column("response", Text, nullable=True),
+    Column("bounce_type", String(16), nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+delivery_attempts = Table(
+    "delivery_attempts",
+    metadata,
+    Column("id", AutoId, primary_key=True, autoincrement=True),
+    Column("email_id", String(32), ForeignKey("sent_emails.id", ondelete="CASCADE"), index=True),
+    Column(
+        "recipient_id",
+        String(32),
+        ForeignKey("email_recipients.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    # All rows written for one SMTP transaction share it: the breaker warm-up
+    # counts message attempts, not recipient rows.
+    Column("attempt_id", String(32), nullable=False),
+    Column("destination", String(253), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    # "transaction" when the whole SMTP transaction failed (connect, greeting,
+    # MAIL, DATA, timeout) — what a circuit breaker counts; "recipient" otherwise.
+    Column("scope", String(12), nullable=False),
+    Column("mx_host", String(253), nullable=True),
+    Column("smtp_code", Integer, nullable=True),
+    Column("enhanced_code", String(16), nullable=True),
+    Column("response", Text, nullable=True),
+    Column("duration_ms", Integer, nullable=False, default=0),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_delivery_attempts_destination_created_at", "destination", "created_at"),
+)
+
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("domain_id", String(32), ForeignKey("domains.id", ondelete="CASCADE"), nullable=False),
+    Column("address", String(320), nullable=False),
+    Column("reason", String(16), nullable=False),
+    Column("source_email_id", String(32), nullable=True),
+    Column("detail", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=True),
+    UniqueConstraint("domain_id", "address"),
+)
+
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("url", String(2048), nullable=False),
+    Column("events", JSON, nullable=False),
+    Column("secret", String(100), nullable=False),
+    Column("previous_secret", String(100), nullable=True),
+    Column("secret_rotated_at", UTCDateTime, nullable=True),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("disabled_reason", Text, nullable=True),
+    Column("failing_since", UTCDateTime, nullable=True),
+    Column("domain_id", String(32), ForeignKey("domains.id", ondelete="CASCADE"), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    # Time-ordered; it is also the webhook-id receivers deduplicate on.
+    Column("id", String(32), primary_key=True),
+    Column("type", String(32), nullable=False),
+    Column("email_id", String(32), ForeignKey("sent_emails.id", ondelete="CASCADE"), index=True),
+    Column("recipient_id", String(32), nullable=True),
+    Column("domain_id", String(32), nullable=True),
+    # Per-email order, so receivers can sort what arrives out of order.
+    Column("sequence", Integer, nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("dispatched_at", UTCDateTime, nullable=True, index=True),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("event_id", String(32), ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
+    Column(
+        "webhook_id",
+        String(32),
+        ForeignKey("webhooks.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime, nullable=True, index=True),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("response_code", Integer, nullable=True),
+    Column("response_body", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("event_id", "webhook_id"),
+)
+
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column("id", AutoId, primary_key=True, autoincrement=True),
+    Column(
+        "delivery_id",
+        String(32),
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("response_code", Integer, nullable=True),
+    Column("response_body", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("duration_ms", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+# The embedded queue: one row per (email, destination domain) job.
+queue_jobs = Table(
+    "queue_jobs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("email_id", String(32), nullable=False, index=True),
+    Column("destination", String(253), nullable=False),
+    Column("recipient_ids", JSON, nullable=False),
+    Column("body_ref", String(64), nullable=False),
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_queue_jobs_due_at", "due_at"),
+)
+
+# The database spool: message bodies for installations spread over hosts.
+spool_bodies = Table(
+    "spool_bodies",
+    metadata,
+    Column("ref", String(64), primary_key=True),
+    Column("body", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("scope", String(32), primary_key=True),
+    Column("key", String(256), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("state", String(8), nullable=False),
+    Column("response", JSON, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)

@@ -1,0 +1,83 @@
+"""The supervisor: runs the chosen parts of Postline as named tasks and stops them gracefully.
+
+Like Postfix's master it owns the signals: SIGTERM or SIGINT stops taking
+work, lets in-flight deliveries finish up to the shutdown timeout and
+releases the rest to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+
+from postline.api.app import create_api
+from postline.app import Services, housekeeping, start_sandbox
+
+log = logging.getLogger("postline")
+
+
+class _Server(uvicorn.Server):
+    """Uvicorn without its own signal handling: the supervisor owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(
+    services: Services,
+    *,
+    api: bool = True,
+    engine: bool = True,
+    sandbox: bool = False,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run the chosen parts until SIGTERM/SIGINT (or ``stop``), then shut down gracefully."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    simulator = await start_sandbox(services) if sandbox else None
+    tasks: list[asyncio.Task[None]] = []
+    server: _Server | None = None
+    if api:
+        host, port = services.settings.http_host_port
+        config = uvicorn.Config(
+            create_api(services),
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+        )
+        server = _Server(config)
+        tasks.append(asyncio.create_task(server.serve(), name="api"))
+    if engine:
+        tasks.append(asyncio.create_task(services.engine.run(stop), name="engine"))
+        tasks.append(asyncio.create_task(housekeeping(services, stop), name="housekeeping"))
+    if server is not None:
+        while not server.started and not tasks[0].done():  # noqa: ASYNC110 - uvicorn has no event
+            await asyncio.sleep(0.02)
+    if ready is not None:
+        ready.set()
+    stopper = asyncio.create_task(stop.wait(), name="stop")
+    await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    log.info("shutting down")
+    if server is not None:
+        server.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if simulator is not None:
+        await simulator.stop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signum)
+    log.info("stopped")

@@ -1,0 +1,82 @@
+"""Checks on what clients send, shared by the HTTP API and SMTP submission."""
+
+from __future__ import annotations
+
+import re
+from email.utils import getaddresses, parseaddr
+
+from email_validator import EmailNotValidError, validate_email
+
+#: Headers Postline writes itself; a client setting them could forge routing,
+#: threading or recipients (a Bcc header would leak blind copies).
+STRUCTURAL_HEADERS = frozenset(
+    name.lower()
+    for name in (
+        "Bcc",
+        "Cc",
+        "To",
+        "From",
+        "Sender",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "Reply-To",
+        "Return-Path",
+        "Received",
+        "MIME-Version",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "Content-Disposition",
+        "DKIM-Signature",
+        "Delivered-To",
+    )
+)
+
+_HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")  # printable ASCII except ':' (RFC 5322 2.2)
+MAX_HEADER_VALUE = 998
+
+
+def check_header_text(value: str) -> None:
+    """Raise ValueError if text would break out of its header line."""
+    if "\r" in value or "\n" in value or "\x00" in value:
+        raise ValueError("must not contain CR, LF or NUL characters")
+
+
+def normalize_address(address: str) -> str:
+    """Validate a bare address (no display name); return it with its domain lower-cased."""
+    check_header_text(address)
+    text = address.strip()
+    if not text or "<" in text or ">" in text or " " in text:
+        raise ValueError(f"{address!r} is not a valid email address")
+    try:
+        result = validate_email(
+            text,
+            check_deliverability=False,
+            allow_smtputf8=True,
+            globally_deliverable=False,
+            test_environment=True,  # .test domains: the sandbox and labs
+        )
+    except EmailNotValidError as exc:
+        raise ValueError(f"{address!r} is not a valid email address: {exc}") from None
+    return f"{result.local_part}@{result.ascii_domain or result.domain}".lower()
+
+
+def parse_mailbox(value: str) -> tuple[str, str]:
+    """Split ``Name <addr>`` or ``addr`` into (display name, normalized address)."""
+    check_header_text(value)
+    if len(getaddresses([value])) != 1:
+        raise ValueError(f"{value!r} must be exactly one address")
+    name, address = parseaddr(value)
+    if not address:
+        raise ValueError(f"{value!r} is not a valid address")
+    return name, normalize_address(address)
+
+
+def check_custom_header(name: str, value: str) -> None:
+    if not _HEADER_NAME.match(name):
+        raise ValueError(f"header name {name!r} is not a valid header field name")
+    if name.lower() in STRUCTURAL_HEADERS:
+        raise ValueError(f"header {name!r} is set by Postline and cannot be given")
+    check_header_text(value)
+    if len(value) > MAX_HEADER_VALUE:
+        raise ValueError(f"header {name!r} is longer than {MAX_HEADER_VALUE} characters")

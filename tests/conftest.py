@@ -1,0 +1,71 @@
+"""Shared fixtures: real PostgreSQL databases, the fake MX and DNS, Postline in-process."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from tests.harness.fixtures import fake_dns, fake_mx, fake_mx_factory
+from tests.harness.postline import PostlineUnderTest, postline_factory
+
+__all__ = ["fake_dns", "fake_mx", "fake_mx_factory", "postline_factory"]
+
+PG_ADMIN_DSN = os.environ.get("POSTLINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def unavailable(service: str, reason: str) -> None:
+    """In CI a missing service fails the run; on a laptop it skips with the reason."""
+    message = f"{service} is not reachable ({reason})"
+    if os.environ.get("CI"):
+        pytest.fail(message + " — CI must provide it", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest_asyncio.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database for this test, dropped afterwards."""
+    name = f"postline_test_{secrets.token_hex(6)}"
+    try:
+        admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        unavailable("PostgreSQL", str(exc))
+        raise
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_backend(request: pytest.FixtureRequest) -> str:
+    """Parametrize a test over both stores: use with the ``database_url`` fixture."""
+    return str(request.param)
+
+
+@pytest_asyncio.fixture
+async def database_url(
+    store_backend: str, tmp_path: object, request: pytest.FixtureRequest
+) -> AsyncIterator[str]:
+    if store_backend == "sqlite":
+        yield f"sqlite:///{tmp_path}/postline.db"
+        return
+    yield request.getfixturevalue("postgres_url")
+
+
+@pytest_asyncio.fixture
+async def postline(postline_factory: object) -> AsyncIterator[PostlineUnderTest]:
+    """Postline on SQLite with its engine running, a domain example.test and an admin key."""
+    assert callable(postline_factory)
+    yield await postline_factory()

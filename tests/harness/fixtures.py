@@ -1,0 +1,47 @@
+"""Pytest fixtures for the harness. Load with ``pytest_plugins = ["tests.harness.fixtures"]``
+in the top-level ``tests/conftest.py``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+
+from tests.harness.fake_dns import FakeDNS
+from tests.harness.fake_mx import FakeMX, FakeMXFactory
+
+__all__ = ["fake_dns", "fake_mx", "fake_mx_factory"]
+
+
+@pytest_asyncio.fixture
+async def fake_mx() -> AsyncIterator[FakeMX]:
+    """A FakeMX on 127.0.0.1, random port, in the test's event loop."""
+    mx = FakeMX()
+    await mx.start()
+    try:
+        yield mx
+    finally:
+        await mx.stop()
+
+
+@pytest_asyncio.fixture
+async def fake_mx_factory() -> AsyncIterator[FakeMXFactory]:
+    """``await fake_mx_factory("127.0.0.2")`` or ``await fake_mx_factory.group("127.0.0.2",
+    "127.0.0.3")`` (same port on each); everything is stopped after the test."""
+    factory = FakeMXFactory()
+    try:
+        yield factory
+    finally:
+        await factory.aclose()
+
+
+@pytest.fixture
+def fake_dns() -> Iterator[FakeDNS]:
+    """A FakeDNS (UDP+TCP) on 127.0.0.1, random port; ``fake_dns.nameserver`` -> "127.0.0.1:P"."""
+    dns = FakeDNS()
+    dns.start()
+    try:
+        yield dns
+    finally:
+        dns.stop()

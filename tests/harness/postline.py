@@ -1,0 +1,164 @@
+"""Postline under test, in the test's event loop: real store, spool, queue and engine.
+
+The API is reached through httpx's ASGI transport (the real FastAPI app, no
+socket); deliveries go over real SMTP to FakeMX servers found through FakeDNS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest_asyncio
+
+from postline.api.app import create_api
+from postline.app import Services
+from postline.config import Settings, load_settings
+from postline.domains import create_domain
+from postline.keys import create_key
+from postline.store.migrate import upgrade_async
+from tests.harness.fake_dns import FakeDNS
+from tests.harness.fake_mx import FakeMX
+
+FINAL = {"delivered", "bounced", "failed", "suppressed", "cancelled", "complained"}
+
+
+class PostlineUnderTest:
+    def __init__(self, services: Services, client: httpx.AsyncClient, admin_key: str) -> None:
+        self.services = services
+        self.client = client
+        self.admin_key = admin_key
+        self.stop = asyncio.Event()
+        self.engine_task: asyncio.Task[None] | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    def auth(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.admin_key}"}
+
+    async def send(self, key: str | None = None, **body: Any) -> dict[str, Any]:
+        """POST /v1/emails and insist on a 202."""
+        body.setdefault("from", "Sender <sender@example.test>")
+        body.setdefault("subject", "Hello")
+        body.setdefault("text", "Hello from Postline")
+        response = await self.client.post("/v1/emails", json=body, headers=self.auth(key))
+        assert response.status_code == 202, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def email(self, email_id: str, key: str | None = None) -> dict[str, Any]:
+        response = await self.client.get(f"/v1/emails/{email_id}", headers=self.auth(key))
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def wait_for(
+        self,
+        email_id: str,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float = 15.0,
+        what: str = "condition",
+    ) -> dict[str, Any]:
+        """Poll the API until the predicate holds, with a deadline (never a bare sleep)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            detail = await self.email(email_id)
+            if predicate(detail):
+                return detail
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out waiting for {what}: {detail}")
+            await asyncio.sleep(0.05)
+
+    async def wait_for_status(
+        self, email_id: str, statuses: Iterable[str], timeout: float = 15.0
+    ) -> dict[str, Any]:
+        wanted = set(statuses)
+        return await self.wait_for(
+            email_id, lambda d: d["status"] in wanted, timeout, f"status in {sorted(wanted)}"
+        )
+
+    async def wait_until_final(self, email_id: str, timeout: float = 15.0) -> dict[str, Any]:
+        return await self.wait_for(
+            email_id,
+            lambda d: all(r["status"] in FINAL for r in d["recipients"]),
+            timeout,
+            "every recipient final",
+        )
+
+    def start_engine(self) -> None:
+        self.stop.clear()
+        self.engine_task = asyncio.create_task(self.services.engine.run(self.stop))
+
+    async def stop_engine(self) -> None:
+        if self.engine_task is not None:
+            self.stop.set()
+            await asyncio.wait_for(self.engine_task, timeout=30)
+            self.engine_task = None
+
+
+def test_settings(data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "hostname": "postline.example.test",
+        "retry_schedule": "0.2",
+        "poll_interval": 0.05,
+        "smtp_connect_timeout": 5.0,
+        "smtp_command_timeout": 10.0,
+        "lease_seconds": 60,
+        "shutdown_timeout": 5.0,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+Factory = Callable[..., Awaitable[PostlineUnderTest]]
+
+
+@pytest_asyncio.fixture
+async def postline_factory(
+    tmp_path: Path, fake_dns: FakeDNS, fake_mx: FakeMX
+) -> AsyncIterator[Factory]:
+    """Build Postline instances wired to ``fake_dns`` and ``fake_mx`` (MX for dest.test).
+
+    ``await postline_factory(engine=False, **settings)``. Destination domains
+    ``dest.test`` and ``other.test`` route to ``fake_mx``.
+    """
+    for domain in ("dest.test", "other.test"):
+        fake_dns.add_mx(domain, (10, f"mx.{domain}"))
+        fake_dns.add_a(f"mx.{domain}", fake_mx.host)
+    made: list[PostlineUnderTest] = []
+
+    async def make(
+        engine: bool = True, domains: tuple[str, ...] = ("example.test",), **overrides: Any
+    ) -> PostlineUnderTest:
+        overrides.setdefault("dns_nameservers", fake_dns.nameserver)
+        overrides.setdefault("delivery_port", fake_mx.port)
+        settings = test_settings(tmp_path / f"data{len(made)}", **overrides)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.spool_path.mkdir(parents=True, exist_ok=True)
+        await upgrade_async(settings.database_url)
+        services = Services.build(settings)
+        for name in domains:
+            await create_domain(services.db, name)
+        admin = await create_key(services.db, "test admin")
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_api(services)), base_url="http://postline"
+        )
+        under_test = PostlineUnderTest(services, client, admin.key)
+        if engine:
+            under_test.start_engine()
+        made.append(under_test)
+        return under_test
+
+    yield make
+    for under_test in made:
+        with contextlib.suppress(Exception):
+            await under_test.stop_engine()
+        await under_test.client.aclose()
+        await under_test.services.close()
