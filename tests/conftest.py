@@ -54,14 +54,12 @@ def store_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest_asyncio.fixture
-async def database_url(
-    store_backend: str, tmp_path: object, request: pytest.FixtureRequest
-) -> AsyncIterator[str]:
+@pytest.fixture
+def database_url(store_backend: str, tmp_path: object, request: pytest.FixtureRequest) -> str:
+    """A fresh database URL of each backend (operator form: sqlite:/// or postgresql://)."""
     if store_backend == "sqlite":
-        yield f"sqlite:///{tmp_path}/postline.db"
-        return
-    yield request.getfixturevalue("postgres_url")
+        return f"sqlite:///{tmp_path}/postline.db"
+    return str(request.getfixturevalue("postgres_url"))
 
 
 @pytest_asyncio.fixture

@@ -7,10 +7,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import dns.asyncresolver
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy.engine import Row
 
+from postline.delivery.routing import lookup_texts
 from postline.ids import new_id
 from postline.store import domains as domain_store
 from postline.store.db import Database
@@ -123,3 +125,32 @@ async def ensure_domain(db: Database, name: str) -> Row[Any]:
             row = await domain_store.get_domain_by_name(conn, name)
         assert row is not None
         return row
+
+
+def _matches(record: DnsRecord, found: list[str]) -> bool:
+    if record.purpose == "dkim":
+        wanted = record.value.replace(" ", "")
+        return any(text.replace(" ", "") == wanted for text in found)
+    if record.purpose == "return_path":
+        host = record.value.split()[-1].lower()
+        return any(line.split()[-1].lower() == host for line in found)
+    prefix = record.value.split()[0].lower()  # v=spf1 / v=DMARC1: present is enough
+    return any(text.lower().startswith(prefix) for text in found)
+
+
+async def verify_domain(
+    db: Database, resolver: dns.asyncresolver.Resolver, domain: Row[Any], hostname: str
+) -> Row[Any]:
+    """Look the domain's records up in DNS now and store what was found."""
+    checks: dict[str, str] = {}
+    for record in dns_records(domain, hostname):
+        found = await lookup_texts(resolver, record.name, record.type)
+        checks[record.purpose] = (
+            "verified" if _matches(record, found) else ("mismatch" if found else "missing")
+        )
+    verified = checks.get("dkim") == "verified" and checks.get("spf") == "verified"
+    async with db.write() as conn:
+        await domain_store.set_verification(conn, domain.id, checks, verified)
+        row = await domain_store.get_domain(conn, domain.id)
+    assert row is not None
+    return row

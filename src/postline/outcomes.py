@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from postline.ids import new_id
 from postline.model import (
     EVENT_FOR_STATUS,
+    FINAL_STATUSES,
     BounceType,
     EventType,
     RecipientStatus,
@@ -106,6 +107,10 @@ async def apply_outcome(
     """Move a recipient if the state machine allows it; False (and nothing written) if not."""
     current = RecipientStatus(recipient.status)
     if not can_transition(current, outcome.status):
+        return False
+    if attempt is not None and current in FINAL_STATUSES:
+        # delivered -> bounced is for an asynchronous DSN, never for a late SMTP
+        # attempt of a stale worker: an attempt only ever moves a pending recipient.
         return False
     attempts = recipient.attempts + (1 if attempt else 0)
     values: dict[str, Any] = {"updated_at": now, "attempts": attempts}

@@ -11,7 +11,7 @@ from postline.api.auth import Admin, Caller, Svc
 from postline.api.problems import Problem
 from postline.api.schemas import DomainIn, DomainPatch, KeyIn
 from postline.api.views import rfc3339
-from postline.domains import DomainError, create_domain, dns_records
+from postline.domains import DomainError, create_domain, dns_records, verify_domain
 from postline.keys import create_key
 from postline.store import domains as domain_store
 from postline.store import keys as key_store
@@ -82,6 +82,13 @@ async def patch_domain(
         async with svc.db.write() as conn:
             await domain_store.set_bounce_notifications(conn, domain_id, body.bounce_notifications)
     return domain_view(await _visible_domain(svc, caller, domain_id), svc.settings.hostname)
+
+
+@router.post("/domains/{domain_id}/verify", summary="Check the domain's DNS records now")
+async def verify(svc: Svc, caller: Caller, domain_id: str) -> dict[str, Any]:
+    row = await _visible_domain(svc, caller, domain_id)
+    checked = await verify_domain(svc.db, svc.router.resolver, row, svc.settings.hostname)
+    return domain_view(checked, svc.settings.hostname)
 
 
 @router.delete("/domains/{domain_id}", status_code=204, summary="Remove a sending domain")

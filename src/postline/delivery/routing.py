@@ -112,3 +112,16 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+async def lookup_texts(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str) -> list[str]:
+    """TXT strings (joined per record) or MX 'pref host' lines; [] when absent or unreachable."""
+    try:
+        answer = await resolver.resolve(name, rdtype)
+    except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN, dns.resolver.NoNameservers):
+        return []
+    except dns.exception.Timeout:
+        return []
+    if rdtype == "TXT":
+        return [b"".join(r.strings).decode(errors="replace") for r in answer]
+    return [f"{r.preference} {r.exchange.to_text(omit_final_dot=True)}" for r in answer]

@@ -54,6 +54,16 @@ async def set_bounce_notifications(conn: AsyncConnection, domain_id: str, enable
     )
 
 
+async def set_verification(
+    conn: AsyncConnection, domain_id: str, checks: dict[str, str], verified: bool
+) -> None:
+    await conn.execute(
+        update(domains)
+        .where(domains.c.id == domain_id)
+        .values(verification=checks, verified=verified, updated_at=utcnow())
+    )
+
+
 async def count_emails(conn: AsyncConnection, domain_id: str) -> int:
     statement = select(func.count()).where(sent_emails.c.domain_id == domain_id)
     return int((await conn.execute(statement)).scalar_one())

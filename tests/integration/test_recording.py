@@ -1,0 +1,131 @@
+"""Recording outcomes: one transaction, guarded by the state machine, on both stores."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from sqlalchemy import Table, func, select, update
+
+from postline.delivery.record import RecipientResult
+from postline.ids import new_id
+from postline.model import BounceType, RecipientStatus
+from postline.outcomes import Outcome
+from postline.queue import Job
+from postline.store.schema import delivery_attempts, events, queue_jobs
+from postline.store.types import utcnow
+from tests.harness import FakeMX
+from tests.harness.postline import Factory, PostlineUnderTest
+
+
+async def _count(pl: PostlineUnderTest, table: Table, **where: str) -> int:
+    statement = select(func.count()).select_from(table)
+    for column, value in where.items():
+        statement = statement.where(table.c[column] == value)
+    async with pl.services.db.read() as conn:
+        return int((await conn.execute(statement)).scalar_one())
+
+
+async def test_delivery_end_to_end_on_postgresql(
+    postline_factory: Factory, postgres_url: str, fake_mx: FakeMX
+) -> None:
+    pl = await postline_factory(database_url=postgres_url)
+    fake_mx.on_rcpt("gone@dest.test", "550 5.1.1 no such user")
+    fake_mx.on_rcpt("slow@dest.test", "451 4.7.1 greylisted", "250 OK")
+    sent = await pl.send(to=["ok@dest.test", "gone@dest.test", "slow@dest.test"])
+    detail = await pl.wait_for_status(sent["id"], ["partially_delivered"])
+    by_address = {r["address"]: r for r in detail["recipients"]}
+    assert by_address["ok@dest.test"]["status"] == "delivered"
+    assert by_address["gone@dest.test"]["bounce_type"] == "hard"
+    assert [t["status"] for t in by_address["slow@dest.test"]["timeline"]] == [
+        "deferred",
+        "delivered",
+    ]
+
+
+async def test_a_late_outcome_never_overwrites_a_final_one(
+    postline: PostlineUnderTest, fake_mx: FakeMX
+) -> None:
+    sent = await postline.send(to="a@dest.test")
+    await postline.wait_for_status(sent["id"], ["delivered"])
+    await postline.stop_engine()
+    detail = await postline.email(sent["id"])
+    async with postline.services.db.read() as conn:
+        recipient_id = (
+            await conn.execute(
+                select(delivery_attempts.c.recipient_id).where(
+                    delivery_attempts.c.email_id == sent["id"]
+                )
+            )
+        ).scalar_one()
+    job = _job_for(sent["id"], recipient_id)
+    await postline.services.queue.enqueue([job])
+    (leased,) = await postline.services.queue.lease("stale-worker", 1, 60)
+    late = Outcome(
+        status=RecipientStatus.BOUNCED,
+        smtp_code=550,
+        enhanced_code="5.1.1",
+        response="550 5.1.1 late",
+        bounce_type=BounceType.HARD,
+    )
+    recorder = postline.services.engine.recorder
+    await recorder.record(
+        leased,
+        [RecipientResult(recipient_id, late, "recipient")],
+        mx_host="mx.dest.test",
+        duration_ms=1,
+        retry_at=utcnow(),
+    )
+    after = await postline.email(sent["id"])
+    assert after["status"] == "delivered"
+    assert after["recipients"] == detail["recipients"]  # no timeline row, nothing changed
+    assert after["events"] == detail["events"]  # no event either
+    assert await _count(postline, queue_jobs) == 0  # the stale job was still finished
+
+
+def _job_for(email_id: str, recipient_id: str) -> Job:
+    return Job(
+        id=new_id("job_"),
+        email_id=email_id,
+        destination="dest.test",
+        recipient_ids=[recipient_id],
+        body_ref=email_id,
+        due_at=utcnow(),
+    )
+
+
+async def test_a_job_whose_worker_died_is_delivered_after_its_lease_expires(
+    postline_factory: Factory, fake_mx: FakeMX
+) -> None:
+    pl = await postline_factory(engine=False)
+    sent = await pl.send(to="a@dest.test")
+    (dead,) = await pl.services.queue.lease("worker-that-died", 10, 60)
+    async with pl.services.db.write() as conn:  # its lease ran out
+        await conn.execute(update(queue_jobs).values(lease_until=utcnow() - timedelta(seconds=1)))
+    pl.start_engine()
+    await pl.wait_for_status(sent["id"], ["delivered"])
+    assert len(fake_mx.received) == 1
+    assert dead.id  # the same job, picked up again
+
+
+async def test_redelivery_skips_recipients_already_final(
+    postline: PostlineUnderTest, fake_mx: FakeMX
+) -> None:
+    sent = await postline.send(to=["a@dest.test"])
+    await postline.wait_for_status(sent["id"], ["delivered"])
+    async with postline.services.db.read() as conn:
+        recipient_id = (
+            await conn.execute(
+                select(delivery_attempts.c.recipient_id).where(
+                    delivery_attempts.c.email_id == sent["id"]
+                )
+            )
+        ).scalar_one()
+    # A crash after recording but before the ack would leave this job behind.
+    await postline.services.queue.enqueue([_job_for(sent["id"], recipient_id)])
+    deadline = asyncio.get_running_loop().time() + 10
+    while await _count(postline, queue_jobs):
+        assert asyncio.get_running_loop().time() < deadline, "job was never finished"
+        await asyncio.sleep(0.05)
+    assert len(fake_mx.received) == 1
+    assert await _count(postline, events, type="email.delivered") == 1
