@@ -50,14 +50,7 @@ async def test_a_late_outcome_never_overwrites_a_final_one(
     await postline.wait_for_status(sent["id"], ["delivered"])
     await postline.stop_engine()
     detail = await postline.email(sent["id"])
-    async with postline.services.db.read() as conn:
-        recipient_id = (
-            await conn.execute(
-                select(delivery_attempts.c.recipient_id).where(
-                    delivery_attempts.c.email_id == sent["id"]
-                )
-            )
-        ).scalar_one()
+    recipient_id = await _only_recipient(postline, sent["id"])
     job = _job_for(sent["id"], recipient_id)
     await postline.services.queue.enqueue([job])
     (leased,) = await postline.services.queue.lease("stale-worker", 1, 60)
@@ -81,6 +74,14 @@ async def test_a_late_outcome_never_overwrites_a_final_one(
     assert after["recipients"] == detail["recipients"]  # no timeline row, nothing changed
     assert after["events"] == detail["events"]  # no event either
     assert await _count(postline, queue_jobs) == 0  # the stale job was still finished
+
+
+async def _only_recipient(pl: PostlineUnderTest, email_id: str) -> str:
+    statement = select(delivery_attempts.c.recipient_id).where(
+        delivery_attempts.c.email_id == email_id
+    )
+    async with pl.services.db.read() as conn:
+        return str((await conn.execute(statement)).scalar_one())
 
 
 def _job_for(email_id: str, recipient_id: str) -> Job:
@@ -113,14 +114,7 @@ async def test_redelivery_skips_recipients_already_final(
 ) -> None:
     sent = await postline.send(to=["a@dest.test"])
     await postline.wait_for_status(sent["id"], ["delivered"])
-    async with postline.services.db.read() as conn:
-        recipient_id = (
-            await conn.execute(
-                select(delivery_attempts.c.recipient_id).where(
-                    delivery_attempts.c.email_id == sent["id"]
-                )
-            )
-        ).scalar_one()
+    recipient_id = await _only_recipient(postline, sent["id"])
     # A crash after recording but before the ack would leave this job behind.
     await postline.services.queue.enqueue([_job_for(sent["id"], recipient_id)])
     deadline = asyncio.get_running_loop().time() + 10
