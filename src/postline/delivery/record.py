@@ -1,15 +1,20 @@
-"""Record one delivery attempt: every recipient outcome, in one transaction.
+"""Record delivery attempts: every recipient outcome of an attempt in one transaction.
 
 The recipients, their timeline rows, their events, the email's derived status
 and (with the embedded queue) the job's ack or retry commit together, so a
 crash leaves either all of an attempt's record or none of it.
+
+Attempts finishing at the same time share one commit (group commit): while
+one transaction is being written, the next ones gather, so the cost of a
+durable commit (an fsync on SQLite) is paid once per batch, not per message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -25,6 +30,8 @@ from postline.store.types import utcnow
 
 log = logging.getLogger("postline.delivery")
 
+MAX_BATCH = 200
+
 
 @dataclass(frozen=True)
 class RecipientResult:
@@ -33,12 +40,26 @@ class RecipientResult:
     scope: str  # "transaction" | "recipient"
 
 
+@dataclass
+class _Attempt:
+    job: Job
+    results: Sequence[RecipientResult]
+    mx_host: str | None
+    duration_ms: int
+    retry_at: datetime
+    done: asyncio.Future[list[str]]
+    recorded: list[tuple[str, RecipientStatus]] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+
+
 class Recorder:
     def __init__(self, db: Database, queue: Queue, metrics: Metrics, max_age_seconds: int) -> None:
         self.db = db
         self.queue = queue
         self.metrics = metrics
         self.max_age_seconds = max_age_seconds
+        self._waiting: list[_Attempt] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def record(
         self,
@@ -49,74 +70,111 @@ class Recorder:
         duration_ms: int,
         retry_at: datetime,
     ) -> list[str]:
-        """Store the attempt; return the recipient ids that will be retried."""
+        """Store the attempt durably; return the recipient ids that will be retried."""
+        attempt = _Attempt(
+            job, results, mx_host, duration_ms, retry_at, asyncio.get_running_loop().create_future()
+        )
+        self._waiting.append(attempt)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_all(), name="recorder")
+        # Shielded: a caller cancelled at shutdown still gets its outcome written.
+        return await asyncio.shield(attempt.done)
+
+    async def _write_all(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+            if not await self._write(batch) and len(batch) > 1:
+                for attempt in batch:  # one bad attempt must not sink the others
+                    await self._write([attempt])
+
+    async def _write(self, batch: list[_Attempt]) -> bool:
+        try:
+            await self._commit(batch)
+        except Exception:
+            if len(batch) == 1:
+                log.exception("recording job_id=%s failed", batch[0].job.id)
+                _settle(batch[0], error=True)
+            return False
+        for attempt in batch:
+            if not self.queue.shares_store:
+                await self._finish(attempt, None)
+            self._report(attempt)
+            _settle(attempt)
+        return True
+
+    async def _commit(self, batch: list[_Attempt]) -> None:
         now = utcnow()
-        attempt_id = new_id("att_")
-        recorded: list[tuple[str, RecipientStatus]] = []
-        still_pending: list[str] = []
         async with self.db.write() as conn:
-            email = await email_store.lock_email(conn, job.email_id)
-            if email is None:  # deleted while queued: nothing left to do
-                await self._finish(job, [], retry_at, conn)
-                return []
-            rows = {r.id: r for r in await email_store.get_recipients(conn, job.email_id)}
-            expired = (now - email.created_at).total_seconds() >= self.max_age_seconds
-            for result in results:
-                recipient = rows.get(result.recipient_id)
-                if recipient is None:
-                    continue
-                outcome = result.outcome
-                if outcome.status is RecipientStatus.DEFERRED and expired:
-                    outcome = Outcome(
-                        status=RecipientStatus.FAILED,
-                        smtp_code=outcome.smtp_code,
-                        enhanced_code=outcome.enhanced_code,
-                        response=outcome.response,
-                        bounce_type=outcome.bounce_type,
-                        reason=f"expired after {recipient.attempts + 1} attempts",
-                    )
-                attempt = AttemptInfo(
-                    attempt_id=attempt_id,
-                    attempt=recipient.attempts + 1,
-                    mx_host=mx_host,
-                    duration_ms=duration_ms,
-                    scope=result.scope,
-                    next_attempt_at=retry_at
-                    if outcome.status is RecipientStatus.DEFERRED
-                    else None,
+            for attempt in batch:
+                attempt.recorded.clear()
+                attempt.pending.clear()
+                await self._apply(conn, attempt, now)
+                if self.queue.shares_store:
+                    await self._finish(attempt, conn)
+
+    async def _apply(self, conn: AsyncConnection, attempt: _Attempt, now: datetime) -> None:
+        job = attempt.job
+        email = await email_store.lock_email(conn, job.email_id)
+        if email is None:  # deleted while queued: nothing left to do
+            return
+        rows = {r.id: r for r in await email_store.get_recipients(conn, job.email_id)}
+        expired = (now - email.created_at).total_seconds() >= self.max_age_seconds
+        attempt_id = new_id("att_")
+        for result in attempt.results:
+            recipient = rows.get(result.recipient_id)
+            if recipient is None:
+                continue
+            outcome = result.outcome
+            if outcome.status is RecipientStatus.DEFERRED and expired:
+                outcome = Outcome(
+                    status=RecipientStatus.FAILED,
+                    smtp_code=outcome.smtp_code,
+                    enhanced_code=outcome.enhanced_code,
+                    response=outcome.response,
+                    bounce_type=outcome.bounce_type,
+                    reason=f"expired after {recipient.attempts + 1} attempts",
                 )
-                moved = await apply_outcome(
-                    conn,
-                    email=email,
-                    recipient=recipient,
-                    outcome=outcome,
-                    now=now,
-                    attempt=attempt,
-                )
-                if moved:
-                    recorded.append((recipient.id, outcome.status))
-                if moved and outcome.status is RecipientStatus.DEFERRED:
-                    still_pending.append(recipient.id)
-            await refresh_email_status(conn, email, now)
-            if self.queue.shares_store:
-                await self._finish(job, still_pending, retry_at, conn)
-        if not self.queue.shares_store:
-            await self._finish(job, still_pending, retry_at, None)
-        for recipient_id, status in recorded:
+            info = AttemptInfo(
+                attempt_id=attempt_id,
+                attempt=recipient.attempts + 1,
+                mx_host=attempt.mx_host,
+                duration_ms=attempt.duration_ms,
+                scope=result.scope,
+                next_attempt_at=attempt.retry_at
+                if outcome.status is RecipientStatus.DEFERRED
+                else None,
+            )
+            moved = await apply_outcome(
+                conn, email=email, recipient=recipient, outcome=outcome, now=now, attempt=info
+            )
+            if moved:
+                attempt.recorded.append((recipient.id, outcome.status))
+                if outcome.status is RecipientStatus.DEFERRED:
+                    attempt.pending.append(recipient.id)
+        await refresh_email_status(conn, email, now)
+
+    async def _finish(self, attempt: _Attempt, conn: AsyncConnection | None) -> None:
+        if attempt.pending:
+            await self.queue.retry(attempt.job, attempt.retry_at, attempt.pending, conn)
+        else:
+            await self.queue.ack(attempt.job, conn)
+
+    def _report(self, attempt: _Attempt) -> None:
+        for recipient_id, status in attempt.recorded:
             self.metrics.recipient_outcomes.labels(status=str(status)).inc()
             log.info(
                 "outcome email_id=%s recipient_id=%s status=%s destination=%s",
-                job.email_id,
+                attempt.job.email_id,
                 recipient_id,
                 status,
-                job.destination,
+                attempt.job.destination,
             )
-        return still_pending
 
-    async def _finish(
-        self, job: Job, pending: list[str], retry_at: datetime, conn: AsyncConnection | None
-    ) -> None:
-        if pending:
-            await self.queue.retry(job, retry_at, pending, conn)
-        else:
-            await self.queue.ack(job, conn)
+
+def _settle(attempt: _Attempt, *, error: bool = False) -> None:
+    if attempt.done.done():
+        return
+    if error:
+        attempt.done.set_exception(RuntimeError(f"could not record job {attempt.job.id}"))
+    else:
+        attempt.done.set_result(list(attempt.pending))

@@ -1,0 +1,39 @@
+"""A minimal SMTP sink for benchmarks: accepts everything, counts messages.
+
+Run as its own process so it does not share the event loop (or the GIL) with
+Postline: ``python bench/sink.py PORT``. It prints ``ready`` once listening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.messages = 0
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+        self.messages += 1
+        return "250 2.0.0 OK"
+
+
+async def main(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    sink = Sink()
+
+    def factory() -> Any:
+        return SMTP(sink, hostname="sink.bench", loop=loop, data_size_limit=50_000_000)
+
+    server = await loop.create_server(factory, "127.0.0.1", port)
+    print("ready", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1])))
