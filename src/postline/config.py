@@ -7,6 +7,8 @@ than failing later in the middle of a delivery.
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 import socket
 from pathlib import Path
@@ -26,22 +28,32 @@ def parse_host_port(value: str, *, default_port: int | None = None) -> tuple[str
     text = value.strip()
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-        if not sep:
+        if not sep or (rest and not rest.startswith(":")):
             raise ValueError(f"{value!r} is not host:port")
+        port_text = rest[1:]
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
     else:
         host, port_text = text, ""
+        if ":" in host and not _is_ipv6(host):
+            raise ValueError(f"{value!r} is not host:port (write IPv6 as [addr]:port)")
+    if not host:
+        raise ValueError(f"{value!r} has no host")
     if not port_text:
         if default_port is None:
             raise ValueError(f"{value!r} has no port (expected host:port)")
         return host, default_port
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"{value!r} has an invalid port")
-    if not host:
-        raise ValueError(f"{value!r} has no host")
     return host, int(port_text)
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _default_hostname() -> str:
@@ -119,8 +131,8 @@ class Settings(BaseSettings):
             delays = [float(part) for part in value.split(",") if part.strip()]
         except ValueError:
             raise ValueError("expected comma-separated seconds, e.g. 60,300,900") from None
-        if not delays or any(d < 0 for d in delays):
-            raise ValueError("expected at least one non-negative delay")
+        if not delays or any(not math.isfinite(d) or d < 0 for d in delays):
+            raise ValueError("expected one or more finite, non-negative delays")
         return value
 
     @field_validator("concurrency", "lease_seconds", "max_message_bytes", "max_age_seconds")
@@ -185,7 +197,9 @@ def normalize_database_url(url: str) -> str:
         return "sqlite+aiosqlite" + url[len(parts.scheme) :]
     if parts.scheme in {"postgres", "postgresql", "postgresql+asyncpg"}:
         if not parts.hostname and not parts.path.strip("/"):
-            raise ValueError(f"{url!r}: expected postgresql://user@host:port/database")
+            raise ValueError(
+                f"POSTLINE_DATABASE_URL {url!r}: expected postgresql://user@host:port/database"
+            )
         return "postgresql+asyncpg" + url[len(parts.scheme) :]
     raise ValueError(
         f"POSTLINE_DATABASE_URL {url!r}: expected sqlite:///path or postgresql://host/db"

@@ -66,5 +66,6 @@ def build_message(content: Content, *, message_id: str, date: datetime) -> bytes
             subtype=subtype or "octet-stream",
             filename=attachment.filename,
         )
-    utf8 = not all(a.isascii() for a in [content.from_address, *content.to, *content.cc])
+    addresses = [content.from_address, *content.to, *content.cc, *content.reply_to]
+    utf8 = not all(a.isascii() for a in addresses)
     return msg.as_bytes(policy=policy.SMTPUTF8 if utf8 else policy.SMTP)

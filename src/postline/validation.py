@@ -36,10 +36,15 @@ _HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")  # printable ASCII except ':' (RF
 MAX_HEADER_VALUE = 998
 
 
+# Control characters except TAB, and every line boundary str.splitlines() knows
+# (the email package raises on those later, in build_message, instead of here).
+_NOT_HEADER_TEXT = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
+
+
 def check_header_text(value: str) -> None:
     """Raise ValueError if text would break out of its header line."""
-    if "\r" in value or "\n" in value or "\x00" in value:
-        raise ValueError("must not contain CR, LF or NUL characters")
+    if _NOT_HEADER_TEXT.search(value):
+        raise ValueError("must not contain CR, LF, NUL or other control characters")
 
 
 def normalize_address(address: str) -> str:

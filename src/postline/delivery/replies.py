@@ -7,15 +7,19 @@ from dataclasses import dataclass
 
 from postline.model import BounceType
 
-MAX_REPLY_CHARS = 1024
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+MAX_REPLY_BYTES = 1024
+# C0 and C1 controls (tab included) and the Unicode line/paragraph separators.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Undecodable bytes (aiosmtplib decodes with surrogateescape) cannot be stored as UTF-8.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 
 
 def sanitize(text: str) -> str:
-    """Printable, single-line, at most 1024 characters (cut on a character boundary)."""
-    flat = " ".join(text.replace("\r", "\n").split("\n"))
-    return _CONTROL.sub("", flat).strip()[:MAX_REPLY_CHARS]
+    """Printable, single-line, at most 1024 UTF-8 bytes (cut on a character boundary)."""
+    flat = " ".join(text.replace("\t", " ").splitlines())
+    clean = _CONTROL.sub("", _SURROGATE.sub("\ufffd", flat)).strip()
+    return clean.encode()[:MAX_REPLY_BYTES].decode(errors="ignore")
 
 
 @dataclass(frozen=True)
