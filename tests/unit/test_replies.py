@@ -480,3 +480,9 @@ def test_default_schedule_matches_design() -> None:
     # About 1m, 5m, 15m, 30m, 1h, 2h, 4h, then every 6h.
     settings = Settings(hostname="mx.example.test")
     assert settings.retry_delays == SCHEDULE
+
+
+def test_stored_line_with_its_code_stays_within_the_bound() -> None:
+    reply = Reply.of(550, "x" * 5000)
+    assert reply.line.startswith("550 ")
+    assert len(reply.line.encode()) <= MAX_REPLY_BYTES

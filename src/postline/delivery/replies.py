@@ -50,7 +50,8 @@ class Reply:
 
     @property
     def line(self) -> str:
-        return f"{self.code} {self.text}" if self.code is not None else self.text
+        """The reply as stored and shown: code and text, still within the 1024-byte bound."""
+        return sanitize(f"{self.code} {self.text}") if self.code is not None else self.text
 
 
 def bounce_type(reply: Reply) -> BounceType | None:
