@@ -117,7 +117,8 @@ async def add_key(svc: Svc, _: Admin, body: KeyIn) -> dict[str, Any]:
     try:
         created = await create_key(svc.db, body.name, body.domain)
     except (DomainError, ValueError) as exc:
-        raise Problem(422, str(exc), [{"field": "domain", "message": str(exc)}]) from None
+        field = "domain" if isinstance(exc, DomainError) else "name"
+        raise Problem(422, str(exc), [{"field": field, "message": str(exc)}]) from None
     return {"id": created.id, "name": created.name, "key": created.key, "domain": created.domain}
 
 

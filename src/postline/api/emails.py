@@ -62,17 +62,19 @@ async def _accept(
     emails: list[EmailIn],
     idempotency_key: str | None,
     shape: Any,
+    endpoint: str,
 ) -> Response:
     started = time.monotonic()
     submissions = [to_submission(e) for e in emails]
     if idempotency_key is not None:
         if not 1 <= len(idempotency_key) <= 256:
             raise Problem(422, "Idempotency-Key must be 1 to 256 characters")
-        digest = hashlib.sha256(
-            json.dumps(
-                [e.model_dump(mode="json", by_alias=True) for e in emails], sort_keys=True
-            ).encode()
-        ).hexdigest()
+        # The endpoint is part of the body: one email and a batch of that one email differ.
+        request = {
+            "endpoint": endpoint,
+            "emails": [e.model_dump(mode="json", by_alias=True) for e in emails],
+        }
+        digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
         now = utcnow()
         async with svc.db.write() as conn:
             previous = await idempotency.find(conn, caller.key_id, idempotency_key, now)
@@ -113,7 +115,7 @@ async def send_email(
     email: EmailIn,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
-    return await _accept(svc, caller, [email], idempotency_key, lambda r: r[0].as_dict())
+    return await _accept(svc, caller, [email], idempotency_key, lambda r: r[0].as_dict(), "email")
 
 
 @router.post("/batch", status_code=202, summary="Send up to 500 emails")
@@ -124,7 +126,12 @@ async def send_batch(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     return await _accept(
-        svc, caller, emails, idempotency_key, lambda rs: {"data": [r.as_dict() for r in rs]}
+        svc,
+        caller,
+        emails,
+        idempotency_key,
+        lambda rs: {"data": [r.as_dict() for r in rs]},
+        "batch",
     )
 
 
@@ -136,7 +143,7 @@ async def list_emails(
     recipient: str | None = None,
     from_: Annotated[str | None, Query(alias="from")] = None,
     domain: str | None = None,
-    tag: Annotated[str | None, Query(pattern=r"^[^:]+:.*$")] = None,
+    tag: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.-]{1,64}:.*$")] = None,
     since: datetime | None = None,
     until: datetime | None = None,
     message_id: str | None = None,
@@ -144,6 +151,16 @@ async def list_emails(
     cursor: str | None = None,
 ) -> dict[str, Any]:
     domain_id = caller.domain_id
+    for name, moment in (("since", since), ("until", until)):
+        if moment is not None and moment.tzinfo is None:
+            message = "must include a time zone offset (RFC 3339), e.g. ...Z"
+            raise Problem(422, f"{name}: {message}", [{"field": name, "message": message}])
+    from_address = from_
+    if from_ and "@" in from_:
+        try:
+            from_address = parse_mailbox(from_)[1]
+        except ValueError as exc:
+            raise Problem(422, f"from: {exc}", [{"field": "from", "message": str(exc)}]) from None
     async with svc.db.read() as conn:
         if domain is not None:
             row = await domain_store.get_domain_by_name(conn, domain)
@@ -153,7 +170,7 @@ async def list_emails(
         where = email_store.EmailFilter(
             status=str(status) if status else None,
             recipient=recipient,
-            from_address=parse_mailbox(from_)[1] if from_ and "@" in from_ else from_,
+            from_address=from_address,
             domain_id=domain_id,
             tag=tuple(tag.split(":", 1)) if tag else None,  # type: ignore[arg-type]
             since=since,

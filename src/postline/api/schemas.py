@@ -14,6 +14,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -38,9 +39,19 @@ def _no_crlf(value: str) -> str:
     return value
 
 
+def _unicode(value: str) -> str:
+    """Refuse text that cannot be encoded (JSON allows lone surrogates such as \\ud800)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
 Address = Annotated[str, AfterValidator(_mailbox_address)]
 AddressList = Annotated[list[Address], BeforeValidator(_as_list)]
 HeaderText = Annotated[str, AfterValidator(_no_crlf)]
+UnicodeText = Annotated[str, AfterValidator(_unicode)]
 _TAG_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _MIME_TYPE = re.compile(
     r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}$"
@@ -84,8 +95,9 @@ class EmailIn(BaseModel):
     bcc: AddressList = Field(default_factory=list)
     reply_to: AddressList = Field(default_factory=list)
     subject: HeaderText = Field(max_length=998)
-    text: str | None = None
-    html: str | None = None
+    html: UnicodeText | None = None
+    # After html, so that its check sees both and the error names "text".
+    text: UnicodeText | None = Field(default=None, validate_default=True)
     headers: dict[str, str] = Field(default_factory=dict)
     attachments: list[AttachmentIn] = Field(default_factory=list, max_length=100)
     tags: dict[str, str] = Field(default_factory=dict)
@@ -97,11 +109,26 @@ class EmailIn(BaseModel):
         parse_mailbox(value)
         return value
 
+    @field_validator("to")
+    @classmethod
+    def _some_recipient(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("needs at least one recipient")
+        return value
+
+    @field_validator("text")
+    @classmethod
+    def _some_body(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and "html" in info.data and info.data["html"] is None:
+            raise ValueError("give 'text' or 'html' (or both)")
+        return value
+
     @field_validator("headers")
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
         for name, text in value.items():
             check_custom_header(name, text)
+            _unicode(text)
         return value
 
     @field_validator("tags")
@@ -114,6 +141,7 @@ class EmailIn(BaseModel):
                 raise ValueError(f"tag name {name!r} must be 1-64 of A-Z a-z 0-9 _ . -")
             if len(text) > 256 or any(ord(c) < 32 for c in text):
                 raise ValueError(f"tag {name!r}: value must be at most 256 printable characters")
+            _unicode(text)
         return value
 
     @field_validator("scheduled_at")
@@ -125,12 +153,8 @@ class EmailIn(BaseModel):
 
     @model_validator(mode="after")
     def _whole(self) -> EmailIn:
-        if not self.to:
-            raise ValueError("'to' needs at least one recipient")
         if len(self.to) + len(self.cc) + len(self.bcc) > MAX_RECIPIENTS:
             raise ValueError(f"at most {MAX_RECIPIENTS} recipients in to, cc and bcc together")
-        if self.text is None and self.html is None:
-            raise ValueError("give 'text' or 'html' (or both)")
         return self
 
 
