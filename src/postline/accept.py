@@ -156,7 +156,7 @@ class Acceptor:
             if len(body) > self.max_message_bytes:
                 raise AcceptError(
                     413,
-                    prefix + "attachments",
+                    prefix.rstrip(".") or "body",
                     f"the message is {len(body)} bytes; the limit is {self.max_message_bytes}",
                 )
             prepared.append(_Prepared(email_id, message_id, domain, submission, body, recipients))

@@ -80,7 +80,7 @@ def parse_mailbox(value: str) -> tuple[str, str]:
 def check_custom_header(name: str, value: str) -> None:
     if not _HEADER_NAME.match(name):
         raise ValueError(f"header name {name!r} is not a valid header field name")
-    if name.lower() in STRUCTURAL_HEADERS:
+    if name.lower() in STRUCTURAL_HEADERS or name.lower().startswith(("resent-", "arc-")):
         raise ValueError(f"header {name!r} is set by Postline and cannot be given")
     check_header_text(value)
     if len(value) > MAX_HEADER_VALUE:

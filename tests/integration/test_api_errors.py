@@ -622,3 +622,14 @@ async def test_odd_inputs_never_answer_500(postline_factory: Factory) -> None:
             assert 400 <= response.status_code < 500, (query, response.text)
             assert_problem(response, response.status_code)
     await assert_nothing_accepted(postline)
+
+
+async def test_a_body_that_is_not_json_is_a_400(postline: PostlineUnderTest) -> None:
+    response = await postline.client.post(
+        "/v1/emails",
+        content=b"from=a@example.test&to=b@dest.test",
+        headers={**postline.auth(), "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert "application/json" in response.json()["detail"]

@@ -324,3 +324,9 @@ def test_accepted_mailbox_address_is_one_line(value: str) -> None:
     assert "\n" not in name + address
     assert address.count("@") == 1
     assert address == normalize_address(address)
+
+
+@pytest.mark.parametrize("name", ["Resent-Bcc", "resent-to", "ARC-Seal"])
+def test_trace_and_resent_headers_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="set by Postline"):
+        check_custom_header(name, "x@example.test")

@@ -81,7 +81,12 @@ def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
     return path
 
 
-def _validation_errors(exc: RequestValidationError) -> tuple[int, list[dict[str, str]]]:
+_WHOLE_BODY_TYPE_ERRORS = {"model_attributes_type", "dict_type", "list_type", "model_type"}
+
+
+def _validation_errors(
+    exc: RequestValidationError, sent_json: bool
+) -> tuple[int, list[dict[str, str]]]:
     errors = []
     for error in exc.errors():
         if error.get("type") == "json_invalid":
@@ -90,6 +95,10 @@ def _validation_errors(exc: RequestValidationError) -> tuple[int, list[dict[str,
         source = loc.pop(0) if loc and loc[0] in ("body", "query", "path", "header") else ""
         if source == "body" and not loc and error.get("type") == "missing":
             return 400, [{"field": "body", "message": "a JSON body is required"}]
+        if source == "body" and not loc and not sent_json:
+            if error.get("type") in _WHOLE_BODY_TYPE_ERRORS:
+                message = "the body must be JSON, sent with Content-Type: application/json"
+                return 400, [{"field": "body", "message": message}]
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         errors.append({"field": field_path(loc) or source or "body", "message": message})
     return 422, errors
@@ -101,8 +110,9 @@ def install(app: FastAPI) -> None:
         return problem_response(exc.status, exc.detail, exc.errors, exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        status, errors = _validation_errors(exc)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        content_type = request.headers.get("content-type", "")
+        status, errors = _validation_errors(exc, "json" in content_type.lower())
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
         return problem_response(status, detail, errors)
 
