@@ -90,6 +90,11 @@ def run_with_services(settings: Settings, work: Callable[[Services], Awaitable[T
         reason = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
         fail(f"database error: {reason}")
         raise
+    except OSError as exc:
+        # asyncpg raises the socket error itself (refused, unknown host, timeout).
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        fail(f"cannot reach the database: {reason}", 2)
+        raise
 
 
 @app.command()
@@ -143,7 +148,10 @@ def serve(
         await run_parts(services, sandbox=settings.sandbox, ready=ready)
         announcer.cancel()
 
-    run_with_services(settings, main)
+    try:
+        run_with_services(settings, main)
+    except ConfigError as exc:  # e.g. the port was taken after check_port_free
+        fail(str(exc), 2)
 
 
 @domains_app.command("add")
@@ -160,17 +168,17 @@ def domains_add(name: str) -> None:
     except DomainError as exc:
         fail(str(exc))
         return
-    typer.echo(f"added {row.name} (id {row.id})")
-    table = Table("type", "name", "value", "purpose")
+    typer.echo(f"added {row.name} (id {row.id}); publish these DNS records:")
+    # Plain lines, not a table: a DKIM key cut or wrapped at the terminal width cannot be copied.
     for record in dns_records(row, settings.hostname):
-        table.add_row(record.type, record.name, record.value, record.purpose)
-    out.print(table)
+        typer.echo(f"\n{record.type} {record.name} ({record.purpose})\n    {record.value}")
 
 
 @domains_app.command("list")
 def domains_list() -> None:
     """List sending domains."""
     settings = settings_or_exit()
+    migrate_or_exit(settings)
 
     async def work(services: Services) -> list[Any]:
         async with services.db.read() as conn:
@@ -208,6 +216,7 @@ def keys_create(
 def keys_list() -> None:
     """List active API keys (without secrets)."""
     settings = settings_or_exit()
+    migrate_or_exit(settings)
 
     async def work(services: Services) -> list[Any]:
         async with services.db.read() as conn:
@@ -223,6 +232,7 @@ def keys_list() -> None:
 def keys_revoke(key_id: str) -> None:
     """Revoke an API key at once."""
     settings = settings_or_exit()
+    migrate_or_exit(settings)
 
     async def work(services: Services) -> bool:
         async with services.db.write() as conn:
@@ -237,6 +247,7 @@ def keys_revoke(key_id: str) -> None:
 def queue_status() -> None:
     """Jobs per destination domain: waiting and in flight."""
     settings = settings_or_exit()
+    migrate_or_exit(settings)
 
     async def work(services: Services) -> tuple[dict[str, int], dict[str, int]]:
         return await services.queue.depth(), await services.queue.in_flight()

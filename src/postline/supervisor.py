@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Iterator
 
 import uvicorn
 
 from postline.api.app import create_api
 from postline.app import Services, housekeeping, start_sandbox
+from postline.config import ConfigError
 
 log = logging.getLogger("postline")
 
@@ -27,6 +29,21 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def listen(host: str, port: int, label: str = "POSTLINE_HTTP_ADDR") -> socket.socket:
+    """Bind and listen here, not in uvicorn: a port taken since the start-up check (another
+    instance won the race) is then a ConfigError, not uvicorn's ``sys.exit(3)`` in a task."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"{label} {host}:{port}: cannot listen ({exc.strerror})") from None
+    return sock
 
 
 async def serve(
@@ -40,6 +57,8 @@ async def serve(
 ) -> None:
     """Run the chosen parts until SIGTERM/SIGINT (or ``stop``), then shut down gracefully."""
     stop = stop or asyncio.Event()
+    host, port = services.settings.http_host_port
+    listener = listen(host, port) if api else None
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -47,8 +66,7 @@ async def serve(
     simulator = await start_sandbox(services) if sandbox else None
     tasks: list[asyncio.Task[None]] = []
     server: _Server | None = None
-    if api:
-        host, port = services.settings.http_host_port
+    if listener is not None:
         config = uvicorn.Config(
             create_api(services),
             host=host,
@@ -59,7 +77,7 @@ async def serve(
             server_header=False,
         )
         server = _Server(config)
-        tasks.append(asyncio.create_task(server.serve(), name="api"))
+        tasks.append(asyncio.create_task(server.serve(sockets=[listener]), name="api"))
     if engine:
         tasks.append(asyncio.create_task(services.engine.run(stop), name="engine"))
         tasks.append(asyncio.create_task(housekeeping(services, stop), name="housekeeping"))
@@ -75,6 +93,8 @@ async def serve(
     if server is not None:
         server.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
+    if listener is not None:
+        listener.close()
     if simulator is not None:
         await simulator.stop()
     for signum in (signal.SIGTERM, signal.SIGINT):

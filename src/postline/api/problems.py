@@ -95,10 +95,10 @@ def _validation_errors(
         source = loc.pop(0) if loc and loc[0] in ("body", "query", "path", "header") else ""
         if source == "body" and not loc and error.get("type") == "missing":
             return 400, [{"field": "body", "message": "a JSON body is required"}]
-        if source == "body" and not loc and not sent_json:
-            if error.get("type") in _WHOLE_BODY_TYPE_ERRORS:
-                message = "the body must be JSON, sent with Content-Type: application/json"
-                return 400, [{"field": "body", "message": message}]
+        whole_body_wrong = error.get("type") in _WHOLE_BODY_TYPE_ERRORS
+        if source == "body" and not loc and not sent_json and whole_body_wrong:
+            message = "the body must be JSON, sent with Content-Type: application/json"
+            return 400, [{"field": "body", "message": message}]
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         errors.append({"field": field_path(loc) or source or "body", "message": message})
     return 422, errors
