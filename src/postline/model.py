@@ -77,7 +77,10 @@ _ALLOWED: dict[RecipientStatus, frozenset[RecipientStatus]] = {
         {_S.DEFERRED, _S.DELIVERED, _S.BOUNCED, _S.FAILED, _S.SUPPRESSED, _S.CANCELLED}
     ),
     # deferred -> deferred is a further failed attempt: a new timeline row, same state.
-    _S.DEFERRED: frozenset({_S.DEFERRED, _S.DELIVERED, _S.BOUNCED, _S.FAILED, _S.CANCELLED}),
+    # deferred -> suppressed: the address was suppressed while its retry waited.
+    _S.DEFERRED: frozenset(
+        {_S.DEFERRED, _S.DELIVERED, _S.BOUNCED, _S.FAILED, _S.SUPPRESSED, _S.CANCELLED}
+    ),
     # An asynchronous DSN or a feedback report are the only ways out of a final state.
     _S.DELIVERED: frozenset({_S.BOUNCED, _S.COMPLAINED}),
     _S.BOUNCED: frozenset(),

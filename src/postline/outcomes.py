@@ -27,6 +27,7 @@ from postline.model import (
     derive_email_status,
 )
 from postline.store import emails as email_store
+from postline.store import suppressions as suppression_store
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,20 @@ def event_row(
     }
 
 
+def suppression_reason(outcome: Outcome) -> str | None:
+    """Only a recipient-invalid hard bounce (5.1.x, 5.2.1) or a complaint suppresses.
+
+    Blocks (5.7.x), full mailboxes and other soft failures say nothing about
+    the address itself, so suppressing them would lose valid recipients.
+    """
+    if outcome.status is RecipientStatus.COMPLAINED:
+        return "complaint"
+    if outcome.status is not RecipientStatus.BOUNCED or outcome.bounce_type is not BounceType.HARD:
+        return None
+    code = outcome.enhanced_code or ""
+    return "hard_bounce" if code.startswith("5.1.") or code == "5.2.1" else None
+
+
 async def apply_outcome(
     conn: AsyncConnection,
     *,
@@ -145,6 +160,19 @@ async def apply_outcome(
                 "duration_ms": attempt.duration_ms,
                 "created_at": now,
             },
+        )
+    reason = suppression_reason(outcome)
+    if reason is not None:
+        # Same transaction as the bounce and its event: never a fire-and-forget task.
+        await suppression_store.add_suppression(
+            conn,
+            suppression_id=new_id("sup_"),
+            domain_id=email.domain_id,
+            address=recipient.address,
+            reason=reason,
+            now=now,
+            source_email_id=email.id,
+            detail=outcome.response,
         )
     sequence = await email_store.next_event_sequence(conn, email.id)
     await email_store.insert_events(

@@ -27,7 +27,8 @@ E = EmailStatus
 EXPECTED: dict[RecipientStatus, set[RecipientStatus]] = {
     S.SCHEDULED: {S.QUEUED, S.CANCELLED},
     S.QUEUED: {S.DEFERRED, S.DELIVERED, S.BOUNCED, S.FAILED, S.SUPPRESSED, S.CANCELLED},
-    S.DEFERRED: {S.DEFERRED, S.DELIVERED, S.BOUNCED, S.FAILED, S.CANCELLED},
+    # suppressed while its retry waited (issue 5: checked again just before delivery)
+    S.DEFERRED: {S.DEFERRED, S.DELIVERED, S.BOUNCED, S.FAILED, S.SUPPRESSED, S.CANCELLED},
     S.DELIVERED: {S.BOUNCED, S.COMPLAINED},
     S.BOUNCED: set(),
     S.FAILED: set(),
@@ -91,8 +92,9 @@ def test_nothing_moves_back_to_pending_once_attempted() -> None:
         assert not can_transition(current, S.QUEUED)
 
 
-def test_suppressed_only_from_queued_at_accept() -> None:
-    assert allowed_sources(S.SUPPRESSED) == {S.QUEUED}
+def test_suppressed_only_before_delivery() -> None:
+    # At accept (queued), or when the address was suppressed while a retry waited.
+    assert allowed_sources(S.SUPPRESSED) == {S.QUEUED, S.DEFERRED}
 
 
 @pytest.mark.parametrize("new", list(RecipientStatus))

@@ -13,7 +13,7 @@ import logging
 import random
 import socket
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.engine import Row
@@ -22,7 +22,7 @@ from postline.config import Settings
 from postline.delivery.record import RecipientResult, Recorder
 from postline.delivery.replies import Reply, bounce_type
 from postline.delivery.routing import RouteError, Router
-from postline.delivery.smtp import SmtpDelivery, TransactionResult
+from postline.delivery.smtp import SmtpDelivery
 from postline.ids import new_id
 from postline.metrics import Metrics
 from postline.model import PENDING_STATUSES, BounceType, RecipientStatus
@@ -34,6 +34,8 @@ from postline.store.db import Database
 from postline.store.types import utcnow
 
 log = logging.getLogger("postline.engine")
+
+_SUPPRESSED = Outcome(status=RecipientStatus.SUPPRESSED, reason="on the suppression list")
 
 
 def retry_delay(delays: list[float], attempt: int) -> float:
@@ -163,13 +165,21 @@ class Engine:
         async with self.db.read() as conn:
             email = await email_store.get_email(conn, job.email_id)
             recipients = await email_store.get_recipients(conn, job.email_id)
-        wanted = set(job.recipient_ids)
-        # A job leased again after a crash skips recipients already final.
-        pending = [
-            r
-            for r in recipients
-            if r.id in wanted and RecipientStatus(r.status) in PENDING_STATUSES
-        ]
+            wanted = set(job.recipient_ids)
+            # A job leased again after a crash skips recipients already final.
+            pending = [
+                r
+                for r in recipients
+                if r.id in wanted and RecipientStatus(r.status) in PENDING_STATUSES
+            ]
+            # Checked again here: an address suppressed while the job waited is not sent to.
+            suppressed = (
+                await email_store.suppressed_addresses(
+                    conn, email.domain_id, (r.address for r in pending), now
+                )
+                if email is not None and pending
+                else set()
+            )
         retry_at = now + timedelta(seconds=retry_delay(self.settings.retry_delays, job.attempt))
         if email is None or not pending:
             await self.recorder.record(job, [], mx_host=None, duration_ms=0, retry_at=retry_at)
@@ -178,25 +188,42 @@ class Engine:
         if scheduled:
             async with self.db.write() as conn:
                 await activate_scheduled(conn, email, scheduled, now)
+        skipped = [
+            RecipientResult(r.id, _SUPPRESSED, "recipient", attempted=False)
+            for r in pending
+            if r.address in suppressed
+        ]
+        to_send = [r for r in pending if r.address not in suppressed]
+        results, mx_host, duration_ms = await self._attempt(job, email, to_send)
+        await self.recorder.record(
+            job, skipped + results, mx_host=mx_host, duration_ms=duration_ms, retry_at=retry_at
+        )
+
+    async def _attempt(
+        self, job: Job, email: Row[Any], recipients: list[Row[Any]]
+    ) -> tuple[list[RecipientResult], str | None, int]:
+        """One delivery attempt for these recipients: (results, MX host, duration in ms)."""
+        if not recipients:
+            return [], None, 0
         try:
             body = await self.spool.get(job.body_ref)
         except SpoolMissing:
             lost = Outcome(status=RecipientStatus.FAILED, reason="the message body was lost")
-            results = [RecipientResult(r.id, lost, "transaction") for r in pending]
-            await self.recorder.record(job, results, mx_host=None, duration_ms=0, retry_at=retry_at)
-            return
+            return [RecipientResult(r.id, lost, "transaction") for r in recipients], None, 0
         try:
             targets = await self.router.route(job.destination)
         except RouteError as exc:
             reply = Reply(550 if exc.permanent else None, str(exc))
             outcome = self._route_outcome(reply, exc.permanent)
-            results = [RecipientResult(r.id, outcome, "transaction") for r in pending]
-            await self.recorder.record(job, results, mx_host=None, duration_ms=0, retry_at=retry_at)
-            return
+            return [RecipientResult(r.id, outcome, "transaction") for r in recipients], None, 0
         result = await self.delivery.send(
-            targets, email.envelope_from, [r.address for r in pending], body
+            targets, email.envelope_from, [r.address for r in recipients], body
         )
-        await self._record(job, pending, result, retry_at)
+        results = []
+        for recipient in recipients:
+            reply, scope = result.reply_for(recipient.address)
+            results.append(RecipientResult(recipient.id, outcome_for(reply), scope))
+        return results, result.mx_host, result.duration_ms
 
     @staticmethod
     def _route_outcome(reply: Reply, permanent: bool) -> Outcome:
@@ -209,14 +236,3 @@ class Engine:
                 bounce_type=BounceType.HARD,
             )
         return Outcome(status=RecipientStatus.DEFERRED, response=reply.text)
-
-    async def _record(
-        self, job: Job, pending: list[Row[Any]], result: TransactionResult, retry_at: datetime
-    ) -> None:
-        results = []
-        for recipient in pending:
-            reply, scope = result.reply_for(recipient.address)
-            results.append(RecipientResult(recipient.id, outcome_for(reply), scope))
-        await self.recorder.record(
-            job, results, mx_host=result.mx_host, duration_ms=result.duration_ms, retry_at=retry_at
-        )

@@ -38,6 +38,9 @@ class RecipientResult:
     recipient_id: str
     outcome: Outcome
     scope: str  # "transaction" | "recipient"
+    #: False for a move decided without talking to the MX (suppressed before
+    #: sending): it gets its event but no timeline row.
+    attempted: bool = True
 
 
 @dataclass
@@ -145,7 +148,12 @@ class Recorder:
                 else None,
             )
             moved = await apply_outcome(
-                conn, email=email, recipient=recipient, outcome=outcome, now=now, attempt=info
+                conn,
+                email=email,
+                recipient=recipient,
+                outcome=outcome,
+                now=now,
+                attempt=info if result.attempted else None,
             )
             if moved:
                 attempt.recorded.append((recipient.id, outcome.status))

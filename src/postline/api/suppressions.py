@@ -1,0 +1,129 @@
+"""/v1/suppressions: addresses a domain never sends to."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from postline.api.auth import Caller, Svc
+from postline.api.problems import Problem
+from postline.api.schemas import Address
+from postline.api.views import rfc3339
+from postline.ids import new_id
+from postline.keys import Principal
+from postline.store import domains as domain_store
+from postline.store import suppressions as suppression_store
+from postline.store.types import utcnow
+
+router = APIRouter(prefix="/v1/suppressions", tags=["suppressions"])
+
+Reason = Literal["hard_bounce", "complaint", "manual", "unsubscribe"]
+
+
+class SuppressionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    address: Address
+    domain: str | None = Field(default=None, max_length=253)
+    reason: Reason = "manual"
+    detail: str | None = Field(default=None, max_length=1000)
+
+
+def view(row: Row[Any]) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "address": row.address,
+        "domain": row.domain_name,
+        "reason": row.reason,
+        "source_email_id": row.source_email_id,
+        "detail": row.detail,
+        "created_at": rfc3339(row.created_at),
+    }
+
+
+async def _domain_id(
+    conn: AsyncConnection, caller: Principal, name: str | None, *, required: bool
+) -> str | None:
+    """The domain a request is about: a scoped key's own, or the one named."""
+    if name is None:
+        if caller.domain_id is None and required:
+            raise Problem(
+                422,
+                "name the sending domain",
+                [{"field": "domain", "message": "required with an unscoped key"}],
+            )
+        return caller.domain_id
+    row = await domain_store.get_domain_by_name(conn, name.strip().lower())
+    if row is None or not caller.may_see(row.id):
+        raise Problem(
+            422 if row is None else 403,
+            f"unknown or forbidden domain {name}",
+            [{"field": "domain", "message": "not a sending domain this key may use"}],
+        )
+    return str(row.id)
+
+
+@router.get("", summary="The suppression list")
+async def list_suppressions(
+    svc: Svc,
+    caller: Caller,
+    domain: str | None = None,
+    address: str | None = None,
+    reason: Reason | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    async with svc.db.read() as conn:
+        domain_id = await _domain_id(conn, caller, domain, required=False)
+        where = suppression_store.SuppressionFilter(domain_id, address, reason)
+        rows = await suppression_store.list_suppressions(conn, where, cursor, limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"data": [view(r) for r in rows], "next_cursor": rows[-1].id if more else None}
+
+
+@router.post("", status_code=201, summary="Suppress an address")
+async def add_suppression(svc: Svc, caller: Caller, body: SuppressionIn) -> dict[str, Any]:
+    async with svc.db.write() as conn:
+        domain_id = await _domain_id(conn, caller, body.domain, required=True)
+        assert domain_id is not None
+        new = new_id("sup_")
+        inserted = await suppression_store.add_suppression(
+            conn,
+            suppression_id=new,
+            domain_id=domain_id,
+            address=body.address,
+            reason=body.reason,
+            now=utcnow(),
+            detail=body.detail,
+        )
+        if not inserted:
+            raise Problem(409, f"{body.address} is already suppressed for this domain")
+        row = await suppression_store.get_suppression(conn, new)
+    assert row is not None
+    return view(row)
+
+
+async def _visible(conn: AsyncConnection, caller: Principal, suppression_id: str) -> Row[Any]:
+    row = await suppression_store.get_suppression(conn, suppression_id)
+    if row is None or not caller.may_see(row.domain_id):
+        raise Problem(404, f"no suppression {suppression_id}")
+    return row
+
+
+@router.get("/{suppression_id}", summary="One suppression")
+async def get_suppression(svc: Svc, caller: Caller, suppression_id: str) -> dict[str, Any]:
+    async with svc.db.read() as conn:
+        return view(await _visible(conn, caller, suppression_id))
+
+
+@router.delete("/{suppression_id}", status_code=204, summary="Remove a suppression")
+async def delete_suppression(svc: Svc, caller: Caller, suppression_id: str) -> Response:
+    async with svc.db.write() as conn:
+        await _visible(conn, caller, suppression_id)
+        await suppression_store.delete_suppression(conn, suppression_id)
+    return Response(status_code=204)

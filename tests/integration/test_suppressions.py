@@ -1,0 +1,134 @@
+"""The suppression list: automatic on recipient-invalid hard bounces, enforced twice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.harness import FakeMX
+from tests.harness.postline import Factory, PostlineUnderTest
+
+
+async def _suppressions(pl: PostlineUnderTest, **params: str) -> list[dict[str, Any]]:
+    response = await pl.client.get("/v1/suppressions", params=params, headers=pl.auth())
+    assert response.status_code == 200, response.text
+    data: list[dict[str, Any]] = response.json()["data"]
+    return data
+
+
+async def test_hard_bounce_suppresses_and_the_next_send_is_suppressed(
+    postline: PostlineUnderTest, fake_mx: FakeMX
+) -> None:
+    fake_mx.on_rcpt("gone@dest.test", "550 5.1.1 <gone@dest.test>: Recipient address rejected")
+    first = await postline.send(to="gone@dest.test")
+    await postline.wait_for_status(first["id"], ["bounced"])
+    (entry,) = await _suppressions(postline, domain="example.test")
+    assert entry["address"] == "gone@dest.test"
+    assert entry["reason"] == "hard_bounce"
+    assert entry["source_email_id"] == first["id"]
+    assert entry["domain"] == "example.test"
+    assert "5.1.1" in entry["detail"]
+
+    second = await postline.send(to=["gone@dest.test", "fine@dest.test"])
+    assert {r["address"]: r["status"] for r in second["recipients"]} == {
+        "gone@dest.test": "suppressed",
+        "fine@dest.test": "queued",
+    }
+    detail = await postline.wait_for_status(second["id"], ["partially_delivered"])
+    types = [(e["type"], e["recipient"]) for e in detail["events"]]
+    assert ("email.suppressed", "gone@dest.test") in types
+    assert [m.rcpt_tos for m in fake_mx.received] == [["fine@dest.test"]]
+
+
+async def test_a_block_or_a_full_mailbox_does_not_suppress(
+    postline: PostlineUnderTest, fake_mx: FakeMX
+) -> None:
+    fake_mx.on_rcpt("blocked@dest.test", "554 5.7.1 Service unavailable; client host blocked")
+    fake_mx.on_rcpt("full@dest.test", "552 5.2.2 Mailbox full")
+    sent = await postline.send(to=["blocked@dest.test", "full@dest.test"])
+    detail = await postline.wait_for_status(sent["id"], ["bounced"])
+    assert {r["bounce_type"] for r in detail["recipients"]} == {"block", "soft"}
+    assert await _suppressions(postline) == []
+
+
+async def test_suppressed_while_waiting_for_a_retry_is_not_sent(
+    postline_factory: Factory, fake_mx: FakeMX
+) -> None:
+    pl = await postline_factory(retry_schedule="1")
+    fake_mx.on_rcpt("later@dest.test", "451 4.3.0 try later", "250 OK")
+    sent = await pl.send(to="later@dest.test")
+    await pl.wait_for(
+        sent["id"], lambda d: d["recipients"][0]["status"] == "deferred", what="a deferral"
+    )
+    added = await pl.client.post(
+        "/v1/suppressions",
+        json={"address": "later@dest.test", "domain": "example.test", "reason": "unsubscribe"},
+        headers=pl.auth(),
+    )
+    assert added.status_code == 201, added.text
+    detail = await pl.wait_for_status(sent["id"], ["suppressed"])
+    (recipient,) = detail["recipients"]
+    assert [t["status"] for t in recipient["timeline"]] == ["deferred"]  # no fake attempt row
+    assert detail["events"][-1]["type"] == "email.suppressed"
+    assert fake_mx.received == []
+
+
+async def test_suppression_api_crud_and_scoping(postline: PostlineUnderTest) -> None:
+    await postline.client.post(
+        "/v1/domains", json={"name": "other.example"}, headers=postline.auth()
+    )
+    scoped = await postline.client.post(
+        "/v1/api-keys", json={"name": "s", "domain": "example.test"}, headers=postline.auth()
+    )
+    key = scoped.json()["key"]
+
+    no_domain = await postline.client.post(
+        "/v1/suppressions", json={"address": "a@x.test"}, headers=postline.auth()
+    )
+    assert no_domain.status_code == 422  # an admin key must say which domain
+
+    created = await postline.client.post(
+        "/v1/suppressions", json={"address": "A@X.test"}, headers=postline.auth(key)
+    )
+    assert created.status_code == 201, created.text
+    entry = created.json()
+    assert entry["address"] == "a@x.test" and entry["reason"] == "manual"
+    assert entry["domain"] == "example.test"
+    again = await postline.client.post(
+        "/v1/suppressions", json={"address": "a@x.test"}, headers=postline.auth(key)
+    )
+    assert again.status_code == 409
+    elsewhere = await postline.client.post(
+        "/v1/suppressions",
+        json={"address": "b@x.test", "domain": "other.example"},
+        headers=postline.auth(key),
+    )
+    assert elsewhere.status_code == 403
+    other = await postline.client.post(
+        "/v1/suppressions",
+        json={"address": "c@x.test", "domain": "other.example"},
+        headers=postline.auth(),
+    )
+    assert other.status_code == 201
+    # The scoped key sees only its domain's entries, and cannot read the other one.
+    assert [e["address"] for e in await _suppressions_with(postline, key)] == ["a@x.test"]
+    hidden = await postline.client.get(
+        f"/v1/suppressions/{other.json()['id']}", headers=postline.auth(key)
+    )
+    assert hidden.status_code == 404
+    by_reason = await _suppressions(postline, reason="manual")
+    assert {e["address"] for e in by_reason} == {"a@x.test", "c@x.test"}
+
+    got = await postline.client.get(f"/v1/suppressions/{entry['id']}", headers=postline.auth(key))
+    assert got.json() == entry
+    deleted = await postline.client.delete(
+        f"/v1/suppressions/{entry['id']}", headers=postline.auth(key)
+    )
+    assert deleted.status_code == 204
+    gone = await postline.client.get(f"/v1/suppressions/{entry['id']}", headers=postline.auth(key))
+    assert gone.status_code == 404
+
+
+async def _suppressions_with(pl: PostlineUnderTest, key: str) -> list[dict[str, Any]]:
+    response = await pl.client.get("/v1/suppressions", headers=pl.auth(key))
+    data: list[dict[str, Any]] = response.json()["data"]
+    return data
