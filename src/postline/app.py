@@ -20,6 +20,7 @@ from postline.delivery.record import Recorder
 from postline.delivery.routing import Router
 from postline.delivery.smtp import SmtpDelivery, SmtpSettings
 from postline.domains import SANDBOX_DOMAIN, SIMULATOR_DOMAIN, ensure_domain
+from postline.events.dispatcher import Dispatcher
 from postline.keys import create_key
 from postline.metrics import Metrics
 from postline.queue import Queue
@@ -45,6 +46,7 @@ class Services:
     router: Router
     acceptor: Acceptor
     engine: Engine
+    dispatcher: Dispatcher
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -73,18 +75,26 @@ class Services:
                 command_timeout=settings.smtp_command_timeout,
             ),
         )
+        recorder = Recorder(db, queue, metrics, settings.max_age_seconds)
         engine = Engine(
             db=db,
             queue=queue,
             spool=spool,
             router=router,
             delivery=delivery,
-            recorder=Recorder(db, queue, metrics, settings.max_age_seconds),
+            recorder=recorder,
             metrics=metrics,
             settings=settings,
         )
-        acceptor.notify = engine.wake
-        return cls(settings, db, spool, queue, metrics, router, acceptor, engine)
+        dispatcher = Dispatcher(db, settings, metrics, router.resolver)
+
+        def work_arrived() -> None:
+            engine.wake()
+            dispatcher.wake()
+
+        acceptor.notify = work_arrived
+        recorder.notify = dispatcher.wake
+        return cls(settings, db, spool, queue, metrics, router, acceptor, engine, dispatcher)
 
     async def close(self) -> None:
         await self.queue.close()

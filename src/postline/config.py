@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     smtp_command_timeout: float = 60.0
     shutdown_timeout: float = 30.0
     poll_interval: float = 0.5
+    webhook_concurrency: int = 32
+    webhook_timeout: float = 15.0
+    webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
+    webhook_disable_after_seconds: int = 5 * 24 * 3600
     log_level: str = "INFO"
 
     @field_validator("http_addr", "smtp_addr", "inbound_addr")
@@ -124,7 +128,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r}: expected 'embedded' or redis://host:port/db")
         return value
 
-    @field_validator("retry_schedule")
+    @field_validator("retry_schedule", "webhook_retry_schedule")
     @classmethod
     def _check_schedule(cls, value: str) -> str:
         try:
@@ -135,7 +139,14 @@ class Settings(BaseSettings):
             raise ValueError("expected one or more finite, non-negative delays")
         return value
 
-    @field_validator("concurrency", "lease_seconds", "max_message_bytes", "max_age_seconds")
+    @field_validator(
+        "concurrency",
+        "lease_seconds",
+        "max_message_bytes",
+        "max_age_seconds",
+        "webhook_concurrency",
+        "webhook_disable_after_seconds",
+    )
     @classmethod
     def _check_positive(cls, value: int) -> int:
         if value <= 0:
@@ -176,6 +187,11 @@ class Settings(BaseSettings):
     @property
     def retry_delays(self) -> list[float]:
         return [float(part) for part in self.retry_schedule.split(",") if part.strip()]
+
+    @property
+    def webhook_retry_delays(self) -> list[float]:
+        """Delays before the 2nd, 3rd, ... attempt; one more attempt than entries in all."""
+        return [float(part) for part in self.webhook_retry_schedule.split(",") if part.strip()]
 
     @property
     def is_sqlite(self) -> bool:

@@ -80,6 +80,7 @@ async def serve(
         tasks.append(asyncio.create_task(server.serve(sockets=[listener]), name="api"))
     if engine:
         tasks.append(asyncio.create_task(services.engine.run(stop), name="engine"))
+        tasks.append(asyncio.create_task(services.dispatcher.run(stop), name="webhooks"))
         tasks.append(asyncio.create_task(housekeeping(services, stop), name="housekeeping"))
     if server is not None:
         while not server.started and not tasks[0].done():  # noqa: ASYNC110 - uvicorn has no event

@@ -23,6 +23,7 @@ from postline.keys import create_key
 from postline.store.migrate import upgrade_async
 from tests.harness.fake_dns import FakeDNS
 from tests.harness.fake_mx import FakeMX
+from tests.harness.receiver import LoopbackOnly
 
 FINAL = {"delivered", "bounced", "failed", "suppressed", "cancelled", "complained"}
 
@@ -34,6 +35,10 @@ class PostlineUnderTest:
         self.admin_key = admin_key
         self.stop = asyncio.Event()
         self.engine_task: asyncio.Task[None] | None = None
+        self.dispatcher_task: asyncio.Task[None] | None = None
+        # Webhook tests must never connect anywhere but loopback.
+        self.transport = LoopbackOnly()
+        services.dispatcher.transport = self.transport
 
     @property
     def settings(self) -> Settings:
@@ -92,14 +97,18 @@ class PostlineUnderTest:
         )
 
     def start_engine(self) -> None:
+        """Start delivery and webhook dispatch, as a worker does."""
         self.stop.clear()
         self.engine_task = asyncio.create_task(self.services.engine.run(self.stop))
+        self.dispatcher_task = asyncio.create_task(self.services.dispatcher.run(self.stop))
 
     async def stop_engine(self) -> None:
-        if self.engine_task is not None:
-            self.stop.set()
-            await asyncio.wait_for(self.engine_task, timeout=30)
-            self.engine_task = None
+        self.stop.set()
+        for task in (self.engine_task, self.dispatcher_task):
+            if task is not None:
+                await asyncio.wait_for(task, timeout=30)
+        self.engine_task = self.dispatcher_task = None
+        assert self.transport.violations == [], self.transport.violations
 
 
 def test_settings(data_dir: Path, **overrides: Any) -> Settings:

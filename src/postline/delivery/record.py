@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -62,6 +62,8 @@ class Recorder:
         self.metrics = metrics
         self.max_age_seconds = max_age_seconds
         self._waiting: list[_Attempt] = []
+        #: Called after each commit: new events are waiting in the outbox.
+        self.notify: Callable[[], None] | None = None
         self._writer: asyncio.Task[None] | None = None
 
     async def record(
@@ -98,6 +100,8 @@ class Recorder:
                 log.exception("recording job_id=%s failed", batch[0].job.id)
                 _settle(batch[0], error=True)
             return False
+        if self.notify is not None:
+            self.notify()
         for attempt in batch:
             if not self.queue.shares_store:
                 await self._finish(attempt, None)

@@ -1,0 +1,283 @@
+"""/v1/webhooks: endpoints, their secrets, deliveries and replays."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from postline.api.auth import Caller, Svc
+from postline.api.problems import Problem
+from postline.api.views import rfc3339
+from postline.events.signing import new_secret
+from postline.events.ssrf import UnsafeURL, checked_addresses
+from postline.ids import new_id
+from postline.keys import Principal
+from postline.model import EventType
+from postline.store import domains as domain_store
+from postline.store import webhooks as webhook_store
+from postline.store.types import utcnow
+
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+
+EVENT_TYPES = frozenset(str(t) for t in EventType)
+TEST_EVENT = "webhook.test"
+
+
+def _check_events(value: list[str]) -> list[str]:
+    unknown = sorted(set(value) - EVENT_TYPES - {"*"})
+    if unknown:
+        raise ValueError(f"unknown event types {unknown}; use {sorted(EVENT_TYPES)} or '*'")
+    return sorted(set(value))
+
+
+class WebhookIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=8, max_length=2048)
+    events: list[str] = Field(min_length=1, max_length=20)
+    domain: str | None = Field(default=None, max_length=253)
+
+    _events = field_validator("events")(_check_events)
+
+
+class WebhookPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(default=None, min_length=8, max_length=2048)
+    events: list[str] | None = Field(default=None, min_length=1, max_length=20)
+    enabled: bool | None = None
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else _check_events(value)
+
+
+def view(row: Row[Any], secret: str | None = None) -> dict[str, Any]:
+    body = {
+        "id": row.id,
+        "url": row.url,
+        "events": list(row.events),
+        "domain": row.domain_name,
+        "enabled": row.enabled,
+        "disabled_reason": row.disabled_reason,
+        "created_at": rfc3339(row.created_at),
+        "updated_at": rfc3339(row.updated_at),
+    }
+    if secret is not None:
+        body["secret"] = secret
+    return body
+
+
+def delivery_view(row: Row[Any]) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "event_id": row.event_id,
+        "event_type": row.event_type,
+        "status": row.status,
+        "attempts": row.attempts,
+        "next_attempt_at": rfc3339(row.next_attempt_at),
+        "response_code": row.response_code,
+        "response_body": row.response_body,
+        "updated_at": rfc3339(row.updated_at),
+    }
+
+
+async def _check_url(svc: Svc, url: str) -> None:
+    try:
+        await checked_addresses(
+            url, svc.router.resolver, allow_private=svc.settings.webhook_allow_private
+        )
+    except UnsafeURL as exc:
+        raise Problem(422, str(exc), [{"field": "url", "message": str(exc)}]) from None
+
+
+async def _visible(conn: AsyncConnection, caller: Principal, webhook_id: str) -> Row[Any]:
+    row = await webhook_store.get_webhook(conn, webhook_id)
+    # An unscoped endpoint (all domains) is managed with an unscoped key only.
+    if row is None or not (caller.is_admin or row.domain_id == caller.domain_id):
+        raise Problem(404, f"no webhook {webhook_id}")
+    return row
+
+
+@router.post("", status_code=201, summary="Register a webhook endpoint (secret shown once)")
+async def create_webhook(svc: Svc, caller: Caller, body: WebhookIn) -> dict[str, Any]:
+    await _check_url(svc, body.url)
+    now = utcnow()
+    secret = new_secret()
+    webhook_id = new_id("wh_")
+    async with svc.db.write() as conn:
+        domain_id = caller.domain_id
+        if body.domain is not None:
+            domain = await domain_store.get_domain_by_name(conn, body.domain.strip().lower())
+            if domain is None or not caller.may_see(domain.id):
+                raise Problem(
+                    422,
+                    f"unknown domain {body.domain}",
+                    [{"field": "domain", "message": "not a sending domain this key may use"}],
+                )
+            domain_id = domain.id
+        await webhook_store.insert_webhook(
+            conn,
+            {
+                "id": webhook_id,
+                "url": body.url,
+                "events": body.events,
+                "secret": secret,
+                "enabled": True,
+                "domain_id": domain_id,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        row = await webhook_store.get_webhook(conn, webhook_id)
+    assert row is not None
+    return view(row, secret)
+
+
+@router.get("", summary="Webhook endpoints visible to this key")
+async def list_webhooks(svc: Svc, caller: Caller) -> dict[str, Any]:
+    async with svc.db.read() as conn:
+        rows = await webhook_store.list_webhooks(conn, caller.domain_id)
+    return {"data": [view(r) for r in rows], "next_cursor": None}
+
+
+@router.get("/{webhook_id}", summary="One webhook endpoint")
+async def get_webhook(svc: Svc, caller: Caller, webhook_id: str) -> dict[str, Any]:
+    async with svc.db.read() as conn:
+        return view(await _visible(conn, caller, webhook_id))
+
+
+@router.patch("/{webhook_id}", summary="Change url, events or enabled")
+async def patch_webhook(
+    svc: Svc, caller: Caller, webhook_id: str, body: WebhookPatch
+) -> dict[str, Any]:
+    if body.url is not None:
+        await _check_url(svc, body.url)
+    values: dict[str, Any] = {"updated_at": utcnow()}
+    if body.url is not None:
+        values["url"] = body.url
+    if body.events is not None:
+        values["events"] = body.events
+    if body.enabled is not None:
+        values["enabled"] = body.enabled
+        if body.enabled:
+            values |= {"disabled_reason": None, "failing_since": None}
+    async with svc.db.write() as conn:
+        await _visible(conn, caller, webhook_id)
+        await webhook_store.update_webhook(conn, webhook_id, values)
+        row = await _visible(conn, caller, webhook_id)
+    return view(row)
+
+
+@router.delete("/{webhook_id}", status_code=204, summary="Remove an endpoint")
+async def delete_webhook(svc: Svc, caller: Caller, webhook_id: str) -> Response:
+    async with svc.db.write() as conn:
+        await _visible(conn, caller, webhook_id)
+        await webhook_store.delete_webhook(conn, webhook_id)
+    return Response(status_code=204)
+
+
+@router.post("/{webhook_id}/rotate-secret", summary="New secret; the old one signs 24 h more")
+async def rotate_secret(svc: Svc, caller: Caller, webhook_id: str) -> dict[str, Any]:
+    now = utcnow()
+    secret = new_secret()
+    async with svc.db.write() as conn:
+        row = await _visible(conn, caller, webhook_id)
+        await webhook_store.update_webhook(
+            conn,
+            webhook_id,
+            {
+                "secret": secret,
+                "previous_secret": row.secret,
+                "secret_rotated_at": now,
+                "updated_at": now,
+            },
+        )
+        row = await _visible(conn, caller, webhook_id)
+    return view(row, secret)
+
+
+@router.post("/{webhook_id}/test", status_code=202, summary="Send a test event to this endpoint")
+async def send_test(svc: Svc, caller: Caller, webhook_id: str) -> dict[str, Any]:
+    now = utcnow()
+    event_id = new_id("evt_")
+    delivery_id = new_id("whd_")
+    async with svc.db.write() as conn:
+        row = await _visible(conn, caller, webhook_id)
+        await webhook_store.insert_event(
+            conn,
+            {
+                "id": event_id,
+                "type": TEST_EVENT,
+                "email_id": None,
+                "domain_id": row.domain_id,
+                "sequence": 0,
+                "payload": {
+                    "type": TEST_EVENT,
+                    "created_at": rfc3339(now),
+                    "data": {"webhook_id": webhook_id, "message": "hello from Postline"},
+                },
+                "created_at": now,
+                # Already dispatched: it goes to this endpoint only, not to the others.
+                "dispatched_at": now,
+            },
+        )
+        await webhook_store.insert_deliveries(
+            conn,
+            [
+                {
+                    "id": delivery_id,
+                    "event_id": event_id,
+                    "webhook_id": webhook_id,
+                    "status": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            ],
+        )
+    svc.dispatcher.wake()
+    return {"event_id": event_id, "delivery_id": delivery_id}
+
+
+@router.get("/{webhook_id}/deliveries", summary="Deliveries to this endpoint, newest first")
+async def list_deliveries(
+    svc: Svc,
+    caller: Caller,
+    webhook_id: str,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    async with svc.db.read() as conn:
+        await _visible(conn, caller, webhook_id)
+        rows = await webhook_store.list_deliveries(conn, webhook_id, cursor, limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "data": [delivery_view(r) for r in rows],
+        "next_cursor": rows[-1].id if more else None,
+    }
+
+
+@router.post(
+    "/{webhook_id}/deliveries/{delivery_id}/replay",
+    status_code=202,
+    summary="Send one delivery again now (same webhook-id)",
+)
+async def replay(svc: Svc, caller: Caller, webhook_id: str, delivery_id: str) -> dict[str, Any]:
+    async with svc.db.write() as conn:
+        await _visible(conn, caller, webhook_id)
+        delivery = await webhook_store.get_delivery(conn, delivery_id)
+        if delivery is None or delivery.webhook_id != webhook_id:
+            raise Problem(404, f"no delivery {delivery_id} for this webhook")
+        await webhook_store.replay_delivery(conn, delivery_id, utcnow())
+        delivery = await webhook_store.get_delivery(conn, delivery_id)
+    svc.dispatcher.wake()
+    assert delivery is not None
+    return delivery_view(delivery)

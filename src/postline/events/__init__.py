@@ -1,0 +1,1 @@
+"""Events: the outbox turned into signed webhook deliveries."""

@@ -1,0 +1,303 @@
+"""The webhook dispatcher: outbox events -> deliveries -> signed POSTs with retries.
+
+Two steps, both safe with several worker processes at once:
+
+1. fan-out: undispatched events become one ``webhook_deliveries`` row per
+   matching enabled endpoint, in the transaction that marks them dispatched;
+2. delivery: due rows are claimed with a lease and handed to a fixed pool of
+   sender tasks (never one task per event); each attempt is recorded, then
+   the row is succeeded, rescheduled or failed.
+
+The webhook-id is the event id, the same on every retry, so receivers can
+deduplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import dns.asyncresolver
+import httpx
+
+from postline.config import Settings
+from postline.delivery.replies import sanitize
+from postline.events.signing import signature_header
+from postline.events.ssrf import UnsafeURL, checked_addresses, split_url
+from postline.ids import new_id
+from postline.metrics import Metrics
+from postline.store import webhooks as webhook_store
+from postline.store.db import Database
+from postline.store.types import utcnow
+
+log = logging.getLogger("postline.webhooks")
+
+FAN_OUT_BATCH = 500
+LEASE = timedelta(seconds=120)
+MAX_RETRY_AFTER = 24 * 3600.0
+
+
+def matches(webhook: Any, event_type: str, domain_id: str | None) -> bool:
+    wanted = webhook.events or []
+    if "*" not in wanted and event_type not in wanted:
+        return False
+    return webhook.domain_id is None or webhook.domain_id == domain_id
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    code: int | None
+    body: str | None
+    error: str | None
+    duration_ms: int
+    retry_after: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.code is not None and 200 <= self.code < 300
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        metrics: Metrics,
+        resolver: dns.asyncresolver.Resolver,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.metrics = metrics
+        self.resolver = resolver
+        self.transport = transport
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        size = self.settings.webhook_concurrency
+        work: asyncio.Queue[Any] = asyncio.Queue(maxsize=size)
+        async with httpx.AsyncClient(
+            transport=self.transport,
+            timeout=self.settings.webhook_timeout,
+            follow_redirects=False,
+            headers={"User-Agent": "Postline-Webhooks/1"},
+        ) as client:
+            senders = [
+                asyncio.create_task(self._sender(client, work), name=f"webhook-sender-{i}")
+                for i in range(size)
+            ]
+            try:
+                while not stop.is_set():
+                    busy = await self.pass_once(work)
+                    if busy:
+                        continue
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            _first(self._wake.wait(), stop.wait()),
+                            timeout=self.settings.poll_interval,
+                        )
+                # Let the senders finish what they hold; what is left is released.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(work.join(), timeout=self.settings.shutdown_timeout)
+            finally:
+                for sender in senders:
+                    sender.cancel()
+                await asyncio.gather(*senders, return_exceptions=True)
+
+    async def pass_once(self, work: asyncio.Queue[Any]) -> bool:
+        """Fan out new events and feed due deliveries to the senders; True if it found work."""
+        try:
+            fanned = await self.fan_out()
+            free = work.maxsize - work.qsize()
+            leased = await self.lease(free) if free > 0 else []
+        except Exception:
+            log.exception("webhook dispatch pass failed; retrying")
+            return False
+        for row in leased:
+            await work.put(row)
+        return bool(fanned or leased)
+
+    async def fan_out(self) -> int:
+        now = utcnow()
+        async with self.db.write() as conn:
+            pending = await webhook_store.claim_undispatched(conn, FAN_OUT_BATCH)
+            if not pending:
+                return 0
+            endpoints = await webhook_store.enabled_webhooks(conn)
+            rows = [
+                {
+                    "id": new_id("whd_"),
+                    "event_id": event.id,
+                    "webhook_id": endpoint.id,
+                    "status": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for event in pending
+                for endpoint in endpoints
+                if matches(endpoint, event.type, event.domain_id)
+            ]
+            await webhook_store.insert_deliveries(conn, rows)
+            await webhook_store.mark_dispatched(conn, [e.id for e in pending], now)
+        return len(pending)
+
+    async def lease(self, limit: int) -> list[Any]:
+        async with self.db.write() as conn:
+            return await webhook_store.lease_due_deliveries(conn, utcnow(), limit, LEASE)
+
+    async def _sender(self, client: httpx.AsyncClient, work: asyncio.Queue[Any]) -> None:
+        while True:
+            row = await work.get()
+            try:
+                await self.deliver(client, row)
+            except Exception:
+                log.exception("webhook delivery %s failed unexpectedly", row.id)
+            finally:
+                work.task_done()
+
+    async def deliver(self, client: httpx.AsyncClient, row: Any) -> None:
+        if not row.enabled:
+            return  # the lease lapses; the row waits until the endpoint is enabled again
+        result = await self.attempt(client, row)
+        await self.record(row, result)
+
+    async def attempt(self, client: httpx.AsyncClient, row: Any) -> AttemptResult:
+        started = time.monotonic()
+        body = json.dumps(row.payload, separators=(",", ":"))
+        now = utcnow()
+        try:
+            addresses = await checked_addresses(
+                row.url, self.resolver, allow_private=self.settings.webhook_allow_private
+            )
+        except UnsafeURL as exc:
+            return AttemptResult(None, None, f"refused: {exc}", 0)
+        scheme, host, port = split_url(row.url)
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": row.event_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": signature_header(
+                secret=row.secret,
+                previous_secret=row.previous_secret,
+                rotated_at=row.secret_rotated_at,
+                msg_id=row.event_id,
+                timestamp=now,
+                body=body,
+            ),
+        }
+        # Connect to the address that passed the check (no second look-up to rebind),
+        # while Host and TLS SNI still name the endpoint.
+        pinned = httpx.URL(row.url).copy_with(host=addresses[0])
+        headers["host"] = host if port in (80, 443) else f"{host}:{port}"
+        extensions = {"sni_hostname": host} if scheme == "https" else {}
+        try:
+            response = await client.post(
+                pinned, content=body.encode(), headers=headers, extensions=extensions
+            )
+        except httpx.HTTPError as exc:
+            return AttemptResult(None, None, sanitize(f"{type(exc).__name__}: {exc}"), _ms(started))
+        return AttemptResult(
+            response.status_code,
+            sanitize(response.text[:2048]),
+            None,
+            _ms(started),
+            _retry_after(response),
+        )
+
+    async def record(self, row: Any, result: AttemptResult) -> None:
+        now = utcnow()
+        attempts = row.attempts + 1
+        delays = self.settings.webhook_retry_delays
+        gone = result.code == 410
+        if result.ok:
+            status, next_at = "succeeded", None
+        elif gone or attempts > len(delays):
+            status, next_at = "failed", None
+        else:
+            delay = delays[attempts - 1]
+            if result.retry_after is not None:
+                delay = max(delay, result.retry_after)
+            status, next_at = "pending", now + timedelta(seconds=delay)
+        async with self.db.write() as conn:
+            await webhook_store.finish_attempt(
+                conn,
+                delivery_id=row.id,
+                status=status,
+                attempts=attempts,
+                next_attempt_at=next_at,
+                response_code=result.code,
+                response_body=result.body,
+                error=result.error,
+                duration_ms=result.duration_ms,
+                now=now,
+            )
+            await self._endpoint_health(conn, row, result, now)
+        self.metrics.webhook_attempts.labels(outcome="ok" if result.ok else "error").inc()
+        log.info(
+            "webhook delivery_id=%s event_id=%s attempt=%d code=%s status=%s",
+            row.id,
+            row.event_id,
+            attempts,
+            result.code,
+            status,
+        )
+
+    async def _endpoint_health(
+        self, conn: Any, row: Any, result: AttemptResult, now: datetime
+    ) -> None:
+        """Track continuous failure; disable on 410 or after the configured period."""
+        if result.ok:
+            if row.failing_since is not None:
+                await webhook_store.update_webhook(conn, row.webhook_id, {"failing_since": None})
+            return
+        if result.code == 410:
+            reason = "the endpoint answered 410 Gone"
+        elif row.failing_since is None:
+            await webhook_store.update_webhook(conn, row.webhook_id, {"failing_since": now})
+            return
+        elif (now - row.failing_since).total_seconds() >= (
+            self.settings.webhook_disable_after_seconds
+        ):
+            reason = f"failing continuously since {row.failing_since.isoformat()}"
+        else:
+            return
+        await webhook_store.update_webhook(
+            conn,
+            row.webhook_id,
+            {"enabled": False, "disabled_reason": reason, "updated_at": now},
+        )
+        log.warning("webhook_id=%s disabled: %s", row.webhook_id, reason)
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    if response.status_code not in (429, 503):
+        return None
+    value = response.headers.get("retry-after", "")
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    return None
+
+
+async def _first(*waits: Any) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -1,0 +1,207 @@
+"""Named queries for webhook endpoints, their deliveries and the events outbox."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from postline.store.schema import domains, events, webhook_attempts, webhook_deliveries, webhooks
+
+_WITH_DOMAIN = select(webhooks, domains.c.name.label("domain_name")).select_from(
+    webhooks.outerjoin(domains, webhooks.c.domain_id == domains.c.id)
+)
+
+
+async def insert_webhook(conn: AsyncConnection, values: dict[str, Any]) -> None:
+    await conn.execute(insert(webhooks).values(**values))
+
+
+async def get_webhook(conn: AsyncConnection, webhook_id: str) -> Row[Any] | None:
+    return (await conn.execute(_WITH_DOMAIN.where(webhooks.c.id == webhook_id))).first()
+
+
+async def list_webhooks(conn: AsyncConnection, domain_id: str | None) -> list[Row[Any]]:
+    statement = _WITH_DOMAIN.order_by(webhooks.c.id)
+    if domain_id is not None:
+        statement = statement.where(webhooks.c.domain_id == domain_id)
+    return list((await conn.execute(statement)).all())
+
+
+async def update_webhook(conn: AsyncConnection, webhook_id: str, values: dict[str, Any]) -> None:
+    await conn.execute(update(webhooks).where(webhooks.c.id == webhook_id).values(**values))
+
+
+async def delete_webhook(conn: AsyncConnection, webhook_id: str) -> None:
+    await conn.execute(delete(webhooks).where(webhooks.c.id == webhook_id))
+
+
+async def enabled_webhooks(conn: AsyncConnection) -> list[Row[Any]]:
+    return list((await conn.execute(select(webhooks).where(webhooks.c.enabled))).all())
+
+
+# --- the outbox -------------------------------------------------------------
+
+
+async def insert_event(conn: AsyncConnection, values: dict[str, Any]) -> None:
+    await conn.execute(insert(events).values(**values))
+
+
+async def claim_undispatched(conn: AsyncConnection, limit: int) -> list[Any]:
+    """Events not yet fanned out, oldest first, locked against other dispatchers."""
+    statement = (
+        select(events.c.id, events.c.type, events.c.domain_id)
+        .where(events.c.dispatched_at.is_(None))
+        .order_by(events.c.id)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        statement = statement.with_for_update(skip_locked=True)
+    return list((await conn.execute(statement)).all())
+
+
+async def mark_dispatched(conn: AsyncConnection, event_ids: Sequence[str], now: datetime) -> None:
+    await conn.execute(
+        update(events).where(events.c.id.in_(list(event_ids))).values(dispatched_at=now)
+    )
+
+
+async def insert_deliveries(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """One row per (event, endpoint); a repeat of the same pair is ignored."""
+    if not rows:
+        return
+    make = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    statement = make(webhook_deliveries).on_conflict_do_nothing(
+        index_elements=["event_id", "webhook_id"]
+    )
+    await conn.execute(statement, list(rows))
+
+
+# --- deliveries -------------------------------------------------------------
+
+_DUE = select(
+    webhook_deliveries,
+    events.c.payload,
+    events.c.type.label("event_type"),
+    webhooks.c.url,
+    webhooks.c.secret,
+    webhooks.c.previous_secret,
+    webhooks.c.secret_rotated_at,
+    webhooks.c.enabled,
+    webhooks.c.failing_since,
+).select_from(
+    webhook_deliveries.join(events, webhook_deliveries.c.event_id == events.c.id).join(
+        webhooks, webhook_deliveries.c.webhook_id == webhooks.c.id
+    )
+)
+
+
+async def lease_due_deliveries(
+    conn: AsyncConnection, now: datetime, limit: int, lease: timedelta
+) -> list[Row[Any]]:
+    """Claim pending deliveries that are due, so no other worker sends them meanwhile."""
+    candidates = (
+        select(webhook_deliveries.c.id)
+        .where(
+            webhook_deliveries.c.status == "pending",
+            webhook_deliveries.c.next_attempt_at <= now,
+            (webhook_deliveries.c.lease_until.is_(None)) | (webhook_deliveries.c.lease_until < now),
+            webhook_deliveries.c.webhook_id.in_(select(webhooks.c.id).where(webhooks.c.enabled)),
+        )
+        .order_by(webhook_deliveries.c.next_attempt_at)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    ids = [row.id for row in await conn.execute(candidates)]
+    if not ids:
+        return []
+    await conn.execute(
+        update(webhook_deliveries)
+        .where(webhook_deliveries.c.id.in_(ids))
+        .values(lease_until=now + lease)
+    )
+    statement = _DUE.where(webhook_deliveries.c.id.in_(ids))
+    return list((await conn.execute(statement)).all())
+
+
+async def finish_attempt(
+    conn: AsyncConnection,
+    *,
+    delivery_id: str,
+    status: str,
+    attempts: int,
+    next_attempt_at: datetime | None,
+    response_code: int | None,
+    response_body: str | None,
+    error: str | None,
+    duration_ms: int,
+    now: datetime,
+) -> None:
+    await conn.execute(
+        update(webhook_deliveries)
+        .where(webhook_deliveries.c.id == delivery_id)
+        .values(
+            status=status,
+            attempts=attempts,
+            next_attempt_at=next_attempt_at,
+            lease_until=None,
+            response_code=response_code,
+            response_body=response_body,
+            updated_at=now,
+        )
+    )
+    await conn.execute(
+        insert(webhook_attempts).values(
+            delivery_id=delivery_id,
+            response_code=response_code,
+            response_body=response_body,
+            error=error,
+            duration_ms=duration_ms,
+            created_at=now,
+        )
+    )
+
+
+async def list_deliveries(
+    conn: AsyncConnection, webhook_id: str, before_id: str | None, limit: int
+) -> list[Row[Any]]:
+    statement = (
+        select(webhook_deliveries, events.c.type.label("event_type"))
+        .select_from(webhook_deliveries.join(events, webhook_deliveries.c.event_id == events.c.id))
+        .where(webhook_deliveries.c.webhook_id == webhook_id)
+        .order_by(webhook_deliveries.c.id.desc())
+        .limit(limit)
+    )
+    if before_id:
+        statement = statement.where(webhook_deliveries.c.id < before_id)
+    return list((await conn.execute(statement)).all())
+
+
+async def get_delivery(conn: AsyncConnection, delivery_id: str) -> Row[Any] | None:
+    statement = (
+        select(webhook_deliveries, events.c.type.label("event_type"))
+        .select_from(webhook_deliveries.join(events, webhook_deliveries.c.event_id == events.c.id))
+        .where(webhook_deliveries.c.id == delivery_id)
+    )
+    return (await conn.execute(statement)).first()
+
+
+async def replay_delivery(conn: AsyncConnection, delivery_id: str, now: datetime) -> None:
+    """Send again now, with the same webhook-id; the attempt count goes on."""
+    await conn.execute(
+        update(webhook_deliveries)
+        .where(webhook_deliveries.c.id == delivery_id)
+        .values(status="pending", next_attempt_at=now, lease_until=None, updated_at=now)
+    )
+
+
+async def count_pending(conn: AsyncConnection) -> int:
+    statement = select(func.count()).where(webhook_deliveries.c.status == "pending")
+    return int((await conn.execute(statement)).scalar_one())
