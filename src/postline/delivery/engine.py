@@ -128,14 +128,13 @@ class Engine:
             return
         log.info("draining %d in-flight deliveries", len(self._active))
         _, pending = await asyncio.wait(list(self._active), timeout=self.settings.shutdown_timeout)
+        jobs = [self._active[task] for task in pending if task in self._active]
         for task in pending:
-            job = self._active.get(task)
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            if job is not None:
-                with contextlib.suppress(Exception):
-                    await self.queue.release(job)
+        await asyncio.gather(*pending, return_exceptions=True)
+        for job in jobs:
+            with contextlib.suppress(Exception):
+                await self.queue.release(job)
         log.info("drained; released %d unfinished jobs", len(pending))
 
     async def _keep_lease(self, job: Job) -> None:

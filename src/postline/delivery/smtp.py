@@ -115,12 +115,22 @@ class SmtpDelivery:
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             result.error = Reply.of(None, f"{type(exc).__name__}: {exc}")
         finally:
-            if client.is_connected:
-                try:
-                    await asyncio.wait_for(client.quit(), timeout=5)
-                except (TimeoutError, aiosmtplib.SMTPException, OSError):
-                    client.close()
+            await _close(client)
         return result
+
+
+async def _close(client: aiosmtplib.SMTP) -> None:
+    """QUIT politely, unless we are being cancelled (shutdown): then just hang up."""
+    if not client.is_connected:
+        return
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        client.close()
+        return
+    try:
+        await asyncio.wait_for(client.quit(), timeout=5)
+    except (TimeoutError, aiosmtplib.SMTPException, OSError):
+        client.close()
 
 
 def _try_next(result: TransactionResult) -> bool:

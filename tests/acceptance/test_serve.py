@@ -1,0 +1,249 @@
+"""``postline serve`` as a real process: crashes, graceful shutdown, the sandbox, health.
+
+Deliveries go over real SMTP to a FakeMX found through FakeDNS. The FakeMX runs in
+this test's event loop, so everything here is async and never blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+from typing import Any
+
+from tests.acceptance.conftest import Launcher
+from tests.acceptance.harness import Install, Server, auth
+from tests.harness.fake_dns import FakeDNS
+from tests.harness.fake_mx import FakeMX
+
+SHUTDOWN_TIMEOUT = 5.0
+
+
+def route_to(fake_dns: FakeDNS, fake_mx: FakeMX, domain: str = "dest.test") -> None:
+    fake_dns.add_mx(domain, (10, f"mx.{domain}"))
+    fake_dns.add_a(f"mx.{domain}", fake_mx.host)
+
+
+def delivery_env(fake_dns: FakeDNS, fake_mx: FakeMX) -> dict[str, str]:
+    """Deliver to the FakeMX; leases short enough to recover from a crash in seconds."""
+    return {
+        "POSTLINE_DNS_NAMESERVERS": fake_dns.nameserver,
+        "POSTLINE_DELIVERY_PORT": str(fake_mx.port),
+        "POSTLINE_RETRY_SCHEDULE": "1",
+        "POSTLINE_SMTP_CONNECT_TIMEOUT": "1",
+        "POSTLINE_SMTP_COMMAND_TIMEOUT": "2",
+        "POSTLINE_LEASE_SECONDS": "6",
+        "POSTLINE_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT),
+    }
+
+
+async def add_domain(server: Server, key: str, name: str = "example.test") -> None:
+    response = await server.client.post("/v1/domains", json={"name": name}, headers=auth(key))
+    assert response.status_code == 201, f"{response.status_code} {response.text}"
+
+
+def only_recipient(detail: dict[str, Any]) -> dict[str, Any]:
+    recipients: list[dict[str, Any]] = detail["recipients"]
+    assert len(recipients) == 1, detail
+    return recipients[0]
+
+
+def message_ids(fake_mx: FakeMX, address: str) -> list[str]:
+    return [str(r.message["Message-ID"]) for r in fake_mx.messages_for(address)]
+
+
+async def test_sigkill_during_delivery_then_restart_delivers_once(
+    install: Install, launch: Launcher, fake_dns: FakeDNS, fake_mx: FakeMX
+) -> None:
+    route_to(fake_dns, fake_mx)
+    install.extra.update(delivery_env(fake_dns, fake_mx))
+    (await install.acli("domains", "add", "example.test")).assert_ok()
+    created = (await install.acli("keys", "create", "--name", "t")).assert_ok()
+    key = created.stdout_lines[-1]
+    assert key.startswith("pl_"), created.describe()
+
+    fake_mx.stall("rcpt", 30)  # the first delivery cannot finish
+    first = await launch(install, "serve", "--no-sandbox")
+    await first.ready()
+    sent = await first.send(key, to="user@dest.test")
+    assert sent["recipients"] == [{"address": "user@dest.test", "status": "queued"}], sent
+    # The job is leased and its SMTP session open (stalled in RCPT): kill the process now.
+    await fake_mx.wait_for_connections(1, timeout=10)
+    first.proc.kill()
+    assert await first.wait_exit(10) == -signal.SIGKILL, first.describe()
+    assert fake_mx.received == [], fake_mx
+
+    fake_mx.stall("rcpt", 0)
+    second = await launch(install, "serve", "--no-sandbox")
+    await second.ready()
+    detail = await second.wait_status(key, sent["id"], "delivered", timeout=25)
+    recipient = only_recipient(detail)
+    assert recipient["status"] == "delivered", detail
+    assert [row["status"] for row in recipient["timeline"]] == ["delivered"], detail
+    # The killed session never reached DATA, so the recovered job delivers exactly once.
+    assert message_ids(fake_mx, "user@dest.test") == [sent["message_id"]], fake_mx
+
+
+async def test_sigkill_right_after_202_then_restart_delivers(
+    install: Install, launch: Launcher, fake_dns: FakeDNS, fake_mx: FakeMX
+) -> None:
+    route_to(fake_dns, fake_mx)
+    install.extra.update(delivery_env(fake_dns, fake_mx))
+    first = await launch(install, "serve", "--no-sandbox")
+    key = await first.admin_key()
+    await first.ready()
+    await add_domain(first, key)
+
+    sent = await first.send(key, to="user@dest.test")
+    first.proc.kill()  # no stall: the process may or may not have delivered it
+    assert await first.wait_exit(10) == -signal.SIGKILL, first.describe()
+    before = len(fake_mx.received)
+
+    second = await launch(install, "serve", "--no-sandbox")
+    await second.ready()
+    await second.wait_status(key, sent["id"], "delivered", timeout=25)
+    copies = message_ids(fake_mx, "user@dest.test")
+    # At least once; twice only if the kill fell between the MX's 250 and the commit.
+    assert copies and set(copies) == {sent["message_id"]}, fake_mx
+    print(f"MX received {len(copies)} (before the restart: {before})")
+
+
+async def test_sigterm_finishes_in_flight_deliveries_and_exits_0(
+    install: Install, launch: Launcher, fake_dns: FakeDNS, fake_mx: FakeMX
+) -> None:
+    route_to(fake_dns, fake_mx)
+    install.extra.update(delivery_env(fake_dns, fake_mx))
+    server = await launch(install, "serve", "--no-sandbox")
+    key = await server.admin_key()
+    await server.ready()
+    await add_domain(server, key)
+
+    fake_mx.stall("rcpt", 1)
+    addresses = [f"user{i}@dest.test" for i in range(3)]
+    sent = [await server.send(key, to=address) for address in addresses]
+    await fake_mx.wait_for_connections(len(addresses), timeout=10)  # all three in flight
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    server.signal(signal.SIGTERM)
+    code = await server.wait_exit(SHUTDOWN_TIMEOUT + 10)
+    elapsed = loop.time() - started
+    assert code == 0, server.describe()
+    assert elapsed < SHUTDOWN_TIMEOUT + 2, f"took {elapsed:.1f}s\n{server.describe()}"
+    assert any(line.endswith(" stopped") for line in server.stderr), server.describe()
+    assert not any("Traceback" in line for line in server.stderr), server.describe()
+
+    fake_mx.clear()
+    again = await launch(install, "serve", "--no-sandbox")
+    await again.ready()
+    for email in sent:
+        await again.wait_status(key, email["id"], "delivered", timeout=20)
+    for address, email in zip(addresses, sent, strict=True):
+        assert message_ids(fake_mx, address) == [email["message_id"]], fake_mx
+
+
+async def test_sigterm_releases_stuck_deliveries_within_the_timeout(
+    install: Install, launch: Launcher, fake_dns: FakeDNS, fake_mx: FakeMX
+) -> None:
+    route_to(fake_dns, fake_mx)
+    install.extra.update(delivery_env(fake_dns, fake_mx))
+    shutdown_timeout = 1.5
+    install.extra.update(
+        POSTLINE_SHUTDOWN_TIMEOUT=str(shutdown_timeout),
+        # Keep the SMTP timeouts out of the way: only the shutdown may end these sessions.
+        POSTLINE_SMTP_CONNECT_TIMEOUT="5",
+        POSTLINE_SMTP_COMMAND_TIMEOUT="20",
+        POSTLINE_LEASE_SECONDS="60",
+    )
+    server = await launch(install, "serve", "--no-sandbox")
+    key = await server.admin_key()
+    await server.ready()
+    await add_domain(server, key)
+
+    fake_mx.stall("rcpt", 30)
+    addresses = [f"stuck{i}@dest.test" for i in range(3)]
+    sent = [await server.send(key, to=address) for address in addresses]
+    await fake_mx.wait_for_connections(len(addresses), timeout=10)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    server.signal(signal.SIGTERM)
+    code = await server.wait_exit(30)
+    elapsed = loop.time() - started
+    assert code == 0, server.describe()
+    assert elapsed < shutdown_timeout + 2, f"took {elapsed:.1f}s\n{server.describe()}"
+    assert any(line.endswith(" stopped") for line in server.stderr), server.describe()
+
+    fake_mx.clear()
+    again = await launch(install, "serve", "--no-sandbox")
+    await again.ready()
+    for email in sent:
+        # Released, not leased: delivered at once, without waiting for a lease to expire.
+        await again.wait_status(key, email["id"], "delivered", timeout=10)
+    for address, email in zip(addresses, sent, strict=True):
+        assert message_ids(fake_mx, address) == [email["message_id"]], fake_mx
+
+
+async def test_sandbox_walkthrough(install: Install, launch: Launcher) -> None:
+    server = await launch(install, "serve", POSTLINE_SANDBOX="true", POSTLINE_RETRY_SCHEDULE="1")
+    key = await server.admin_key()
+    await server.ready()
+    await server.wait_for_line(r"^Sandbox on:")
+
+    sender = "hello@sandbox.postline.test"
+    ids = {}
+    for local in ("delivered", "bounced", "deferred", "blocked"):
+        sent = await server.send(key, to=f"{local}@simulator.postline.test", **{"from": sender})
+        ids[local] = sent["id"]
+
+    delivered = await server.wait_status(key, ids["delivered"], "delivered")
+    assert only_recipient(delivered)["smtp_code"] == 250, delivered
+
+    bounced = only_recipient(await server.wait_status(key, ids["bounced"], "bounced"))
+    assert bounced["status"] == "bounced", bounced
+    assert bounced["smtp_code"] == 550, bounced
+    assert bounced["enhanced_code"] == "5.1.1", bounced
+    assert bounced["bounce_type"] == "hard", bounced
+
+    blocked = only_recipient(await server.wait_status(key, ids["blocked"], "bounced"))
+    assert blocked["smtp_code"] == 554, blocked
+    assert blocked["enhanced_code"] == "5.7.1", blocked
+    assert blocked["bounce_type"] == "block", blocked
+
+    first_try = await server.wait_email(
+        key,
+        ids["deferred"],
+        lambda d: bool(only_recipient(d)["timeline"]),
+        what="the first attempt of deferred@",
+    )
+    row = only_recipient(first_try)["timeline"][0]
+    assert row["status"] == "deferred" and row["smtp_code"] == 451, first_try
+    retried = only_recipient(await server.wait_status(key, ids["deferred"], "delivered"))
+    assert [(r["status"], r["smtp_code"]) for r in retried["timeline"]] == [
+        ("deferred", 451),
+        ("delivered", 250),
+    ], retried
+    assert retried["attempts"] == 2, retried
+
+    metrics = (await server.client.get("/metrics")).text
+    for status, count in (("delivered", 2), ("bounced", 2), ("deferred", 1)):
+        pattern = rf'^postline_recipient_outcomes_total\{{status="{status}"\}} {count}\.0$'
+        assert re.search(pattern, metrics, re.MULTILINE), metrics
+
+
+async def test_health_readiness_and_metrics_over_http(install: Install, launch: Launcher) -> None:
+    server = await launch(install, "serve", "--no-sandbox")
+    await server.ready()
+
+    health = await server.client.get("/healthz")
+    assert health.status_code == 200 and health.json() == {"status": "ok"}, health.text
+    ready = await server.client.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}, ready.text
+    metrics = await server.client.get("/metrics")
+    assert metrics.status_code == 200, metrics.text
+    assert metrics.headers["content-type"].startswith("text/plain"), metrics.headers
+    assert re.search(r"^postline_queue_depth 0\.0$", metrics.text, re.MULTILINE), metrics.text
+    anonymous = await server.client.get("/v1/emails")
+    assert anonymous.status_code == 401, anonymous.text
+    assert anonymous.headers["content-type"].startswith("application/problem+json")
+
+    server.signal(signal.SIGTERM)
+    assert await server.wait_exit(15) == 0, server.describe()
