@@ -11,7 +11,6 @@ durable commit (an fsync on SQLite) is paid once per batch, not per message.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,12 +24,11 @@ from postline.model import RecipientStatus
 from postline.outcomes import AttemptInfo, Outcome, apply_outcome, refresh_email_status
 from postline.queue import Job, Queue
 from postline.store import emails as email_store
+from postline.store.batching import Batcher
 from postline.store.db import Database
 from postline.store.types import utcnow
 
 log = logging.getLogger("postline.delivery")
-
-MAX_BATCH = 200
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,6 @@ class _Attempt:
     mx_host: str | None
     duration_ms: int
     retry_at: datetime
-    done: asyncio.Future[list[str]]
     recorded: list[tuple[str, RecipientStatus]] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
 
@@ -61,10 +58,9 @@ class Recorder:
         self.queue = queue
         self.metrics = metrics
         self.max_age_seconds = max_age_seconds
-        self._waiting: list[_Attempt] = []
+        self._batcher: Batcher[_Attempt] = Batcher(self._write, name="recorder")
         #: Called after each commit: new events are waiting in the outbox.
         self.notify: Callable[[], None] | None = None
-        self._writer: asyncio.Task[None] | None = None
 
     async def record(
         self,
@@ -76,40 +72,11 @@ class Recorder:
         retry_at: datetime,
     ) -> list[str]:
         """Store the attempt durably; return the recipient ids that will be retried."""
-        attempt = _Attempt(
-            job, results, mx_host, duration_ms, retry_at, asyncio.get_running_loop().create_future()
-        )
-        self._waiting.append(attempt)
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_all(), name="recorder")
-        # Shielded: a caller cancelled at shutdown still gets its outcome written.
-        return await asyncio.shield(attempt.done)
+        attempt = _Attempt(job, results, mx_host, duration_ms, retry_at)
+        await self._batcher.submit(attempt)
+        return list(attempt.pending)
 
-    async def _write_all(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
-            if not await self._write(batch) and len(batch) > 1:
-                for attempt in batch:  # one bad attempt must not sink the others
-                    await self._write([attempt])
-
-    async def _write(self, batch: list[_Attempt]) -> bool:
-        try:
-            await self._commit(batch)
-        except Exception:
-            if len(batch) == 1:
-                log.exception("recording job_id=%s failed", batch[0].job.id)
-                _settle(batch[0], error=True)
-            return False
-        if self.notify is not None:
-            self.notify()
-        for attempt in batch:
-            if not self.queue.shares_store:
-                await self._finish(attempt, None)
-            self._report(attempt)
-            _settle(attempt)
-        return True
-
-    async def _commit(self, batch: list[_Attempt]) -> None:
+    async def _write(self, batch: list[_Attempt]) -> None:
         now = utcnow()
         async with self.db.write() as conn:
             for attempt in batch:
@@ -118,6 +85,12 @@ class Recorder:
                 await self._apply(conn, attempt, now)
                 if self.queue.shares_store:
                     await self._finish(attempt, conn)
+        if self.notify is not None:
+            self.notify()
+        for attempt in batch:
+            if not self.queue.shares_store:
+                await self._finish(attempt, None)
+            self._report(attempt)
 
     async def _apply(self, conn: AsyncConnection, attempt: _Attempt, now: datetime) -> None:
         job = attempt.job
@@ -181,12 +154,3 @@ class Recorder:
                 status,
                 attempt.job.destination,
             )
-
-
-def _settle(attempt: _Attempt, *, error: bool = False) -> None:
-    if attempt.done.done():
-        return
-    if error:
-        attempt.done.set_exception(RuntimeError(f"could not record job {attempt.job.id}"))
-    else:
-        attempt.done.set_result(list(attempt.pending))

@@ -33,6 +33,7 @@ from postline.events.ssrf import UnsafeURL, checked_addresses, split_url
 from postline.ids import new_id
 from postline.metrics import Metrics
 from postline.store import webhooks as webhook_store
+from postline.store.batching import Batcher
 from postline.store.db import Database
 from postline.store.types import utcnow
 
@@ -78,6 +79,7 @@ class Dispatcher:
         self.resolver = resolver
         self.transport = transport
         self._wake = asyncio.Event()
+        self._batcher: Batcher[tuple[Any, AttemptResult]] = Batcher(self._write, name="webhooks")
 
     def wake(self) -> None:
         self._wake.set()
@@ -217,42 +219,55 @@ class Dispatcher:
         )
 
     async def record(self, row: Any, result: AttemptResult) -> None:
+        await self._batcher.submit((row, result))
+
+    async def _write(self, batch: list[tuple[Any, AttemptResult]]) -> None:
+        """Record a batch of attempts in one transaction (group commit)."""
         now = utcnow()
+        outcomes = []
+        async with self.db.write() as conn:
+            for row, result in batch:
+                status, attempts = await self._record_one(conn, row, result, now)
+                outcomes.append((row, result, status, attempts))
+        for row, result, status, attempts in outcomes:
+            self.metrics.webhook_attempts.labels(outcome="ok" if result.ok else "error").inc()
+            log.info(
+                "webhook delivery_id=%s event_id=%s attempt=%d code=%s status=%s",
+                row.id,
+                row.event_id,
+                attempts,
+                result.code,
+                status,
+            )
+
+    async def _record_one(
+        self, conn: Any, row: Any, result: AttemptResult, now: datetime
+    ) -> tuple[str, int]:
         attempts = row.attempts + 1
         delays = self.settings.webhook_retry_delays
-        gone = result.code == 410
         if result.ok:
             status, next_at = "succeeded", None
-        elif gone or attempts > len(delays):
+        elif result.code == 410 or attempts > len(delays):
             status, next_at = "failed", None
         else:
             delay = delays[attempts - 1]
             if result.retry_after is not None:
                 delay = max(delay, result.retry_after)
             status, next_at = "pending", now + timedelta(seconds=delay)
-        async with self.db.write() as conn:
-            await webhook_store.finish_attempt(
-                conn,
-                delivery_id=row.id,
-                status=status,
-                attempts=attempts,
-                next_attempt_at=next_at,
-                response_code=result.code,
-                response_body=result.body,
-                error=result.error,
-                duration_ms=result.duration_ms,
-                now=now,
-            )
-            await self._endpoint_health(conn, row, result, now)
-        self.metrics.webhook_attempts.labels(outcome="ok" if result.ok else "error").inc()
-        log.info(
-            "webhook delivery_id=%s event_id=%s attempt=%d code=%s status=%s",
-            row.id,
-            row.event_id,
-            attempts,
-            result.code,
-            status,
+        await webhook_store.finish_attempt(
+            conn,
+            delivery_id=row.id,
+            status=status,
+            attempts=attempts,
+            next_attempt_at=next_at,
+            response_code=result.code,
+            response_body=result.body,
+            error=result.error,
+            duration_ms=result.duration_ms,
+            now=now,
         )
+        await self._endpoint_health(conn, row, result, now)
+        return status, attempts
 
     async def _endpoint_health(
         self, conn: Any, row: Any, result: AttemptResult, now: datetime

@@ -1,0 +1,62 @@
+"""Group commit: many concurrent writers, one transaction per batch.
+
+Callers ``await batcher.submit(item)``; a single writer task takes everything
+waiting (up to ``max_batch``) and hands it to ``write`` in one go, so the
+cost of a durable commit is paid once per batch. If a batch fails, its items
+are written one by one so a single bad item cannot sink the others; the
+caller of the bad item gets the exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+log = logging.getLogger("postline.store")
+
+T = TypeVar("T")
+
+
+class Batcher(Generic[T]):
+    def __init__(
+        self, write: Callable[[list[T]], Awaitable[None]], *, name: str, max_batch: int = 200
+    ) -> None:
+        self._write = write
+        self._name = name
+        self._max_batch = max_batch
+        self._waiting: list[tuple[T, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> None:
+        """Return once committed; shielded, so a cancelled caller's item is still written."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_all(), name=self._name)
+        await asyncio.shield(done)
+
+    async def _write_all(self) -> None:
+        while self._waiting:
+            batch = self._waiting[: self._max_batch]
+            del self._waiting[: self._max_batch]
+            if await self._try(batch) or len(batch) == 1:
+                continue
+            for entry in batch:
+                await self._try([entry])
+
+    async def _try(self, batch: list[tuple[T, asyncio.Future[None]]]) -> bool:
+        try:
+            await self._write([item for item, _ in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                log.exception("%s: writing one item failed", self._name)
+                _, done = batch[0]
+                if not done.done():
+                    done.set_exception(exc)
+            return False
+        for _, done in batch:
+            if not done.done():
+                done.set_result(None)
+        return True
