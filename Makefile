@@ -17,8 +17,11 @@ $(VENV)/.dev: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
+# A local lab: the sandbox on, and webhook URLs on this machine allowed.
 run: $(BIN)/postline
-	POSTLINE_SANDBOX=$${POSTLINE_SANDBOX:-true} $(BIN)/postline serve
+	POSTLINE_SANDBOX=$${POSTLINE_SANDBOX:-true} \
+	POSTLINE_WEBHOOK_ALLOW_PRIVATE=$${POSTLINE_WEBHOOK_ALLOW_PRIVATE:-true} \
+	$(BIN)/postline serve
 
 test: $(VENV)/.dev
 	$(BIN)/ruff check .

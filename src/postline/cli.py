@@ -35,9 +35,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Postline: tr
 domains_app = typer.Typer(no_args_is_help=True, help="Sending domains.")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys.")
 queue_app = typer.Typer(no_args_is_help=True, help="The delivery queue.")
+webhooks_app = typer.Typer(no_args_is_help=True, help="Webhook tools.")
 app.add_typer(domains_app, name="domains")
 app.add_typer(keys_app, name="keys")
 app.add_typer(queue_app, name="queue")
+app.add_typer(webhooks_app, name="webhooks")
 
 out = Console()
 T = TypeVar("T")
@@ -136,6 +138,11 @@ def serve(
                 typer.echo(
                     "Sandbox on: send from anything@sandbox.postline.test to delivered@, "
                     "bounced@, deferred@ or blocked@simulator.postline.test"
+                )
+            if settings.webhook_allow_private:
+                typer.echo(
+                    "Webhook URLs on loopback and private addresses are allowed "
+                    "(POSTLINE_WEBHOOK_ALLOW_PRIVATE=true): for labs, not for production"
                 )
             if first is not None and first.key is not None:
                 typer.echo(f"Admin API key (shown once; saved to {first.path}, mode 0600):")
@@ -241,6 +248,22 @@ def keys_revoke(key_id: str) -> None:
     if not run_with_services(settings, work):
         fail(f"no active key {key_id}")
     typer.echo(f"revoked {key_id}")
+
+
+@webhooks_app.command("listen")
+def webhooks_listen(
+    port: Annotated[int, typer.Option(help="Port to listen on (127.0.0.1).")] = 9000,
+    secret: Annotated[
+        str | None, typer.Option(help="The endpoint's whsec_ secret: verify each delivery.")
+    ] = None,
+) -> None:
+    """A local webhook receiver for labs: prints each event, verifying its signature."""
+    from postline.events.listener import listen
+
+    try:
+        listen(port, secret)
+    except OSError as exc:
+        fail(f"cannot listen on 127.0.0.1:{port} ({exc.strerror})", 2)
 
 
 @queue_app.command("status")
