@@ -123,3 +123,22 @@ async def test_redelivery_skips_recipients_already_final(
         await asyncio.sleep(0.05)
     assert len(fake_mx.received) == 1
     assert await _count(postline, events, type="email.delivered") == 1
+
+
+async def test_still_deferred_at_max_age_becomes_failed(
+    postline: PostlineUnderTest, fake_mx: FakeMX
+) -> None:
+    fake_mx.on_rcpt("stuck@dest.test", "451 4.7.1 greylisted, try later")
+    sent = await postline.send(to="stuck@dest.test")
+    await postline.wait_for(
+        sent["id"], lambda d: d["recipients"][0]["status"] == "deferred", what="a deferral"
+    )
+    # Six days later (max_age is five): the next attempt gives up.
+    postline.services.engine.recorder.clock = lambda: utcnow() + timedelta(days=6)
+    detail = await postline.wait_for_status(sent["id"], ["failed"])
+    (recipient,) = detail["recipients"]
+    assert recipient["status"] == "failed"
+    assert recipient["smtp_code"] == 451
+    assert [t["status"] for t in recipient["timeline"]][-1] == "failed"
+    assert detail["events"][-1]["type"] == "email.failed"
+    assert await _count(postline, queue_jobs) == 0

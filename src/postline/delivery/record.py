@@ -59,6 +59,8 @@ class Recorder:
         self.metrics = metrics
         self.max_age_seconds = max_age_seconds
         self._batcher: Batcher[_Attempt] = Batcher(self._write, name="recorder")
+        #: The time source for expiry; tests move it forward instead of waiting days.
+        self.clock: Callable[[], datetime] = utcnow
         #: Called after each commit: new events are waiting in the outbox.
         self.notify: Callable[[], None] | None = None
 
@@ -77,7 +79,7 @@ class Recorder:
         return list(attempt.pending)
 
     async def _write(self, batch: list[_Attempt]) -> None:
-        now = utcnow()
+        now = self.clock()
         async with self.db.write() as conn:
             for attempt in batch:
                 attempt.recorded.clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import time
 from dataclasses import dataclass
 
 import dns.asyncresolver
@@ -48,6 +49,8 @@ class Router:
         resolver.lifetime = lifetime
         resolver.timeout = min(lifetime, 3.0)
         self.resolver = resolver
+        # (kind, name) -> (absolute expiry, records): DNS answers live for their TTL.
+        self._cache: dict[tuple[str, str], tuple[float, list[tuple[int, str]]]] = {}
 
     async def route(self, domain: str) -> list[Target]:
         if domain in self.static:
@@ -58,52 +61,79 @@ class Router:
         return await self._mx(domain)
 
     async def _mx(self, domain: str) -> list[Target]:
+        records = await self._mx_records(domain)
+        # RFC 5321 5.1: lowest preference first, random order among equals (per attempt).
+        shuffled = random.sample(records, len(records))
+        shuffled.sort(key=lambda item: item[0])
+        return [Target(host, self.delivery_port, host) for _, host in shuffled]
+
+    async def _mx_records(self, domain: str) -> list[tuple[int, str]]:
+        """(preference, host) for the domain, cached for the records' TTL."""
+        cached = self._cache.get(("MX", domain))
+        if cached is not None and cached[0] > time.time():
+            return cached[1]
         try:
             answer = await self.resolver.resolve(domain, "MX")
         except dns.resolver.NXDOMAIN:
-            raise RouteError(f"domain {domain} does not exist", permanent=True) from None
+            raise _no_such_domain(domain) from None
         except dns.resolver.NoAnswer:
-            return await self._implicit_mx(domain)
+            records, expiration = await self._implicit_mx(domain)
         except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
-            raise RouteError(f"DNS lookup for {domain} failed: {exc}", permanent=False) from None
-        records = [(r.preference, r.exchange.to_text(omit_final_dot=True)) for r in answer]
-        if any(exchange in ("", ".") for _, exchange in records) and len(records) == 1:
-            raise RouteError(f"{domain} accepts no mail (null MX)", permanent=True)
-        # RFC 5321 5.1: lowest preference first, random order among equals.
-        random.shuffle(records)
-        records.sort(key=lambda item: item[0])
-        return [Target(host, self.delivery_port, host) for _, host in records if host]
+            raise _lookup_failed(domain, exc) from None
+        else:
+            records = [(r.preference, r.exchange.to_text(omit_final_dot=True)) for r in answer]
+            expiration = answer.expiration
+            if len(records) == 1 and records[0][1] in ("", "."):
+                raise RouteError(f"{domain} accepts no mail (null MX)", permanent=True)
+            records = [(pref, host) for pref, host in records if host not in ("", ".")]
+        self._cache[("MX", domain)] = (expiration, records)
+        return records
 
-    async def _implicit_mx(self, domain: str) -> list[Target]:
+    async def _implicit_mx(self, domain: str) -> tuple[list[tuple[int, str]], float]:
         """RFC 5321 5.1: no MX records means the domain's own address is the MX."""
         for rdtype in ("A", "AAAA"):
             try:
-                await self.resolver.resolve(domain, rdtype)
+                answer = await self.resolver.resolve(domain, rdtype)
             except dns.resolver.NoAnswer:
                 continue
             except dns.resolver.NXDOMAIN:
-                raise RouteError(f"domain {domain} does not exist", permanent=True) from None
+                raise _no_such_domain(domain) from None
             except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
                 raise RouteError(
                     f"DNS lookup for {domain} failed: {exc}", permanent=False
                 ) from None
-            return [Target(domain, self.delivery_port, domain)]
+            return [(0, domain)], answer.expiration
         raise RouteError(f"{domain} has no MX or address records", permanent=True)
 
     async def addresses(self, host: str) -> list[str]:
-        """Resolve an MX host name through our resolver (not the system's)."""
+        """Resolve an MX host name through our resolver (not the system's), TTL-cached."""
         if _is_ip(host):
             return [host]
+        cached = self._cache.get(("ADDR", host))
+        if cached is not None and cached[0] > time.time():
+            return [address for _, address in cached[1]]
         found: list[str] = []
+        expiration = time.time() + 60
         for rdtype in ("A", "AAAA"):
             try:
                 answer = await self.resolver.resolve(host, rdtype)
             except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
                 continue
             except (dns.resolver.NoNameservers, dns.exception.Timeout):
-                continue
+                return found  # not cached: try again next time
+            expiration = min(expiration, answer.expiration)
             found.extend(r.to_text() for r in answer)
+        if found:
+            self._cache[("ADDR", host)] = (expiration, [(0, address) for address in found])
         return found
+
+
+def _no_such_domain(domain: str) -> RouteError:
+    return RouteError(f"domain {domain} does not exist", permanent=True)
+
+
+def _lookup_failed(domain: str, exc: Exception) -> RouteError:
+    return RouteError(f"DNS lookup for {domain} failed: {exc}", permanent=False)
 
 
 def _is_ip(text: str) -> bool:
