@@ -16,9 +16,10 @@ from pathlib import Path
 from postline.accept import Acceptor
 from postline.config import Settings
 from postline.delivery.engine import Engine
+from postline.delivery.pool import SmtpSettings
 from postline.delivery.record import Recorder
 from postline.delivery.routing import Router
-from postline.delivery.smtp import SmtpDelivery, SmtpSettings
+from postline.delivery.smtp import SmtpDelivery
 from postline.domains import SANDBOX_DOMAIN, SIMULATOR_DOMAIN, ensure_domain
 from postline.events.dispatcher import Dispatcher
 from postline.keys import create_key
@@ -73,6 +74,8 @@ class Services:
                 helo_name=settings.hostname,
                 connect_timeout=settings.smtp_connect_timeout,
                 command_timeout=settings.smtp_command_timeout,
+                max_messages_per_session=settings.smtp_max_messages_per_session,
+                idle_seconds=settings.smtp_idle_seconds,
             ),
         )
         recorder = Recorder(db, queue, metrics, settings.max_age_seconds)
@@ -97,6 +100,7 @@ class Services:
         return cls(settings, db, spool, queue, metrics, router, acceptor, engine, dispatcher)
 
     async def close(self) -> None:
+        await self.engine.delivery.pool.close()
         await self.queue.close()
         await self.db.close()
 
@@ -108,6 +112,7 @@ async def housekeeping(services: Services, stop: asyncio.Event, interval: float 
             recovered = await services.queue.recover_expired()
             if recovered:
                 log.warning("recovered %d expired job leases", recovered)
+            await services.engine.delivery.pool.prune()
             depth = await services.queue.depth()
             services.metrics.queue_depth.set(sum(depth.values()))
             in_flight = await services.queue.in_flight()

@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     lease_seconds: int = 300
     smtp_connect_timeout: float = 30.0
     smtp_command_timeout: float = 60.0
+    smtp_max_messages_per_session: int = 100
+    smtp_idle_seconds: float = 30.0
     shutdown_timeout: float = 30.0
     poll_interval: float = 0.5
     webhook_concurrency: int = 32

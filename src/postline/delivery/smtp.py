@@ -5,12 +5,12 @@ The outcome is reported per recipient; nothing here touches the store.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 
 import aiosmtplib
 
+from postline.delivery.pool import Session, SessionPool, SmtpSettings
 from postline.delivery.replies import Reply
 from postline.delivery.routing import Router, Target
 
@@ -24,6 +24,7 @@ class TransactionResult:
     rcpt: dict[str, Reply] = field(default_factory=dict)
     data: Reply | None = None
     duration_ms: int = 0
+    stale_session: bool = False  # failed on a pooled session before any reply
 
     def reply_for(self, address: str) -> tuple[Reply, str]:
         """The reply deciding this recipient, and its scope ("transaction" or "recipient")."""
@@ -38,17 +39,11 @@ class TransactionResult:
         return self.data, "transaction"
 
 
-@dataclass(frozen=True)
-class SmtpSettings:
-    helo_name: str
-    connect_timeout: float
-    command_timeout: float
-
-
 class SmtpDelivery:
     def __init__(self, router: Router, settings: SmtpSettings) -> None:
         self.router = router
         self.settings = settings
+        self.pool = SessionPool(settings)
 
     async def send(
         self,
@@ -83,17 +78,28 @@ class SmtpDelivery:
         recipients: list[str],
         body: bytes,
     ) -> TransactionResult:
+        result = await self._transaction(target, address, envelope_from, recipients, body, False)
+        if result.error is not None and result.error.code is None and result.stale_session:
+            # The server had closed the pooled session while it sat idle: nothing was
+            # sent on it, so try once on a new connection.
+            result = await self._transaction(target, address, envelope_from, recipients, body, True)
+        return result
+
+    async def _transaction(
+        self,
+        target: Target,
+        address: str,
+        envelope_from: str,
+        recipients: list[str],
+        body: bytes,
+        fresh: bool,
+    ) -> TransactionResult:
         result = TransactionResult(mx_host=target.mx)
-        client = aiosmtplib.SMTP(
-            hostname=address,
-            port=target.port,
-            local_hostname=self.settings.helo_name,
-            timeout=self.settings.command_timeout,
-            start_tls=None,  # opportunistic: upgrade when the server offers it
-            validate_certs=False,
-        )
+        session: Session | None = None
+        clean = False
         try:
-            await client.connect(timeout=self.settings.connect_timeout)
+            session = await self.pool.session(address, target.port, fresh=fresh)
+            client = session.client
             utf8 = not (envelope_from.isascii() and all(r.isascii() for r in recipients))
             options = ["SMTPUTF8"] if utf8 and client.supports_extension("smtputf8") else []
             encoding = "utf-8" if utf8 else "ascii"
@@ -109,28 +115,17 @@ class SmtpDelivery:
                 result.data = Reply.of(response.code, response.message)
             else:
                 await client.rset()
+            clean = True
         except aiosmtplib.SMTPResponseException as exc:
             # Greeting, MAIL or DATA refused: the whole transaction failed.
             result.error = Reply.of(exc.code, exc.message)
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             result.error = Reply.of(None, f"{type(exc).__name__}: {exc}")
+            result.stale_session = session is not None and session.reused and not result.rcpt
         finally:
-            await _close(client)
+            if session is not None:
+                await self.pool.give_back(session, clean=clean)
         return result
-
-
-async def _close(client: aiosmtplib.SMTP) -> None:
-    """QUIT politely, unless we are being cancelled (shutdown): then just hang up."""
-    if not client.is_connected:
-        return
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        client.close()
-        return
-    try:
-        await asyncio.wait_for(client.quit(), timeout=5)
-    except (TimeoutError, aiosmtplib.SMTPException, OSError):
-        client.close()
 
 
 def _try_next(result: TransactionResult) -> bool:
