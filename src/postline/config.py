@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     smtp_command_timeout: float = 60.0
     smtp_max_messages_per_session: int = 100
     smtp_idle_seconds: float = 30.0
+    destination_connections: int = 20
+    destination_per_minute: int = 0
+    destination_limits: dict[str, dict[str, int]] = {}
     shutdown_timeout: float = 30.0
     poll_interval: float = 0.5
     webhook_concurrency: int = 32
@@ -123,6 +126,17 @@ class Settings(BaseSettings):
             raise ValueError("must be between 1 and 65535")
         return value
 
+    @field_validator("destination_limits")
+    @classmethod
+    def _check_limits(cls, value: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        for key, limits in value.items():
+            unknown = set(limits) - {"connections", "per_minute"}
+            if unknown or any(v < 0 for v in limits.values()) or limits.get("connections") == 0:
+                raise ValueError(
+                    f"{key}: expected {{'connections': N>0, 'per_minute': N>=0}}, got {limits}"
+                )
+        return value
+
     @field_validator("queue_url")
     @classmethod
     def _check_queue(cls, value: str) -> str:
@@ -148,6 +162,8 @@ class Settings(BaseSettings):
         "max_age_seconds",
         "webhook_concurrency",
         "webhook_disable_after_seconds",
+        "destination_connections",
+        "smtp_max_messages_per_session",
     )
     @classmethod
     def _check_positive(cls, value: int) -> int:
@@ -232,6 +248,8 @@ def load_settings(**overrides: Any) -> Settings:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "configuration"
         message = str(first["msg"]).removeprefix("Value error, ")
+        if not first["loc"] and message.startswith("POSTLINE_"):
+            raise ConfigError(message) from None  # a whole-settings check names its variable
         label = f"POSTLINE_{field.upper()}" if first["loc"] else "configuration"
         raise ConfigError(f"{label}: {message}") from None
 

@@ -39,3 +39,26 @@ async def test_a_session_the_server_closed_while_idle_is_replaced(
     sent = await pl.send(to="after@dest.test")
     detail = await pl.wait_for_status(sent["id"], ["delivered"])
     assert [t["status"] for t in detail["recipients"][0]["timeline"]] == ["delivered"]
+
+
+async def test_a_destination_connection_limit_serialises_delivery(
+    postline_factory: Factory, fake_mx: FakeMX
+) -> None:
+    fake_mx.stall("rcpt", 0.1)
+    pl = await postline_factory(destination_limits={"dest.test": {"connections": 1}})
+    ids = [(await pl.send(to=f"u{i}@dest.test"))["id"] for i in range(4)]
+    for email_id in ids:
+        await pl.wait_for_status(email_id, ["delivered"])
+    assert fake_mx.connections == 1  # without the limit, four jobs open four sessions
+
+
+async def test_without_a_limit_parallel_jobs_open_parallel_sessions(
+    postline_factory: Factory, fake_mx: FakeMX
+) -> None:
+    fake_mx.stall("rcpt", 0.1)
+    pl = await postline_factory(engine=False)
+    ids = [(await pl.send(to=f"u{i}@dest.test"))["id"] for i in range(4)]
+    pl.start_engine()
+    for email_id in ids:
+        await pl.wait_for_status(email_id, ["delivered"])
+    assert fake_mx.connections > 1

@@ -22,6 +22,7 @@ from postline.config import Settings
 from postline.delivery.record import RecipientResult, Recorder
 from postline.delivery.replies import Reply, bounce_type
 from postline.delivery.routing import RouteError, Router
+from postline.delivery.shaping import Limits, Shaper, parse_limits
 from postline.delivery.smtp import SmtpDelivery
 from postline.ids import new_id
 from postline.metrics import Metrics
@@ -83,6 +84,10 @@ class Engine:
         self.metrics = metrics
         self.settings = settings
         self.owner = f"{socket.gethostname()}:{new_id()}"
+        self.shaper = Shaper(
+            Limits(settings.destination_connections, settings.destination_per_minute),
+            parse_limits(settings.destination_limits),
+        )
         self._wake = asyncio.Event()
         self._active: dict[asyncio.Task[None], Job] = {}
 
@@ -215,9 +220,11 @@ class Engine:
             reply = Reply(550 if exc.permanent else None, str(exc))
             outcome = self._route_outcome(reply, exc.permanent)
             return [RecipientResult(r.id, outcome, "transaction") for r in recipients], None, 0
-        result = await self.delivery.send(
-            targets, email.envelope_from, [r.address for r in recipients], body
-        )
+        key = self.shaper.key(job.destination, targets[0].mx if targets else None)
+        async with self.shaper.slot(key):
+            result = await self.delivery.send(
+                targets, email.envelope_from, [r.address for r in recipients], body
+            )
         results = []
         for recipient in recipients:
             reply, scope = result.reply_for(recipient.address)
