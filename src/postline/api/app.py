@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 
 from postline import __version__
-from postline.api import admin, emails, health, problems, suppressions, webhooks
+from postline.api import admin, destinations, emails, health, problems, suppressions, webhooks
 from postline.app import Services
 
 
@@ -34,5 +34,6 @@ def create_api(services: Services) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(suppressions.router)
     app.include_router(webhooks.router)
+    app.include_router(destinations.router)
     app.include_router(health.router)
     return app

@@ -13,12 +13,14 @@ import logging
 import random
 import socket
 import time
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Row
 
 from postline.config import Settings
+from postline.delivery.breaker import Breakers, BreakerState
 from postline.delivery.record import RecipientResult, Recorder
 from postline.delivery.replies import Reply, bounce_type
 from postline.delivery.routing import RouteError, Router
@@ -31,6 +33,7 @@ from postline.outcomes import Outcome, activate_scheduled
 from postline.queue import Job, Queue
 from postline.spool import Spool, SpoolMissing
 from postline.store import emails as email_store
+from postline.store.attempts import recent_attempts
 from postline.store.db import Database
 from postline.store.types import utcnow
 
@@ -62,6 +65,14 @@ def outcome_for(reply: Reply) -> Outcome:
     )
 
 
+@dataclass
+class _AttemptOutcome:
+    results: list[RecipientResult]
+    mx_host: str | None = None
+    duration_ms: int = 0
+    retry_at: datetime | None = None  # sooner or later than the backoff (an open breaker)
+
+
 class Engine:
     def __init__(
         self,
@@ -88,6 +99,7 @@ class Engine:
             Limits(settings.destination_connections, settings.destination_per_minute),
             parse_limits(settings.destination_limits),
         )
+        self.breakers = Breakers()
         self._wake = asyncio.Event()
         self._active: dict[asyncio.Task[None], Job] = {}
 
@@ -95,7 +107,22 @@ class Engine:
         """New work was queued here: look now instead of at the next poll."""
         self._wake.set()
 
+    async def warm_up(self) -> None:
+        """Breakers start from the last hour of attempts, so a restart does not hammer a dead MX."""
+        async with self.db.read() as conn:
+            rows = await recent_attempts(conn, utcnow() - timedelta(hours=1))
+        self.breakers.warm_up(rows)
+        for view in self.breakers.views():
+            if view.state is not BreakerState.CLOSED:
+                log.warning(
+                    "breaker for %s starts %s until %s", view.domain, view.state, view.until
+                )
+
     async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self.warm_up()
+        except Exception:
+            log.exception("breaker warm-up failed; starting with every breaker closed")
         log.info("engine started owner=%s concurrency=%d", self.owner, self.settings.concurrency)
         while not stop.is_set():
             free = self.settings.concurrency - len(self._active)
@@ -198,38 +225,63 @@ class Engine:
             if r.address in suppressed
         ]
         to_send = [r for r in pending if r.address not in suppressed]
-        results, mx_host, duration_ms = await self._attempt(job, email, to_send)
+        attempt = await self._attempt(job, email, to_send)
         await self.recorder.record(
-            job, skipped + results, mx_host=mx_host, duration_ms=duration_ms, retry_at=retry_at
+            job,
+            skipped + attempt.results,
+            mx_host=attempt.mx_host,
+            duration_ms=attempt.duration_ms,
+            retry_at=attempt.retry_at or retry_at,
         )
 
     async def _attempt(
         self, job: Job, email: Row[Any], recipients: list[Row[Any]]
-    ) -> tuple[list[RecipientResult], str | None, int]:
-        """One delivery attempt for these recipients: (results, MX host, duration in ms)."""
+    ) -> _AttemptOutcome:
+        """One delivery attempt for these recipients."""
         if not recipients:
-            return [], None, 0
+            return _AttemptOutcome([])
         try:
             body = await self.spool.get(job.body_ref)
         except SpoolMissing:
             lost = Outcome(status=RecipientStatus.FAILED, reason="the message body was lost")
-            return [RecipientResult(r.id, lost, "transaction") for r in recipients], None, 0
+            return _AttemptOutcome([RecipientResult(r.id, lost, "local") for r in recipients])
         try:
             targets = await self.router.route(job.destination)
         except RouteError as exc:
             reply = Reply(550 if exc.permanent else None, str(exc))
             outcome = self._route_outcome(reply, exc.permanent)
-            return [RecipientResult(r.id, outcome, "transaction") for r in recipients], None, 0
-        key = self.shaper.key(job.destination, targets[0].mx if targets else None)
-        async with self.shaper.slot(key):
-            result = await self.delivery.send(
-                targets, email.envelope_from, [r.address for r in recipients], body
+            return _AttemptOutcome([RecipientResult(r.id, outcome, "local") for r in recipients])
+        destination = job.destination
+        if not self.breakers.allow(destination):
+            # Deferred without connecting; such rows never count as breaker failures.
+            view = self.breakers.view(destination)
+            until = view.until or utcnow()
+            outcome = Outcome(
+                status=RecipientStatus.DEFERRED,
+                response=f"circuit breaker open for {destination} until {until.isoformat()}",
             )
+            return _AttemptOutcome(
+                [RecipientResult(r.id, outcome, "breaker") for r in recipients],
+                retry_at=until + timedelta(seconds=random.uniform(0, 30)),
+            )
+        key = self.shaper.key(destination, targets[0].mx if targets else None)
+        try:
+            async with self.shaper.slot(key):
+                result = await self.delivery.send(
+                    targets, email.envelope_from, [r.address for r in recipients], body
+                )
+        except asyncio.CancelledError:
+            self.breakers.release(destination)
+            raise
+        if result.error is not None:
+            self.breakers.failure(destination, result.error.line)
+        else:
+            self.breakers.success(destination)
         results = []
         for recipient in recipients:
             reply, scope = result.reply_for(recipient.address)
             results.append(RecipientResult(recipient.id, outcome_for(reply), scope))
-        return results, result.mx_host, result.duration_ms
+        return _AttemptOutcome(results, result.mx_host, result.duration_ms)
 
     @staticmethod
     def _route_outcome(reply: Reply, permanent: bool) -> Outcome:

@@ -180,3 +180,13 @@ async def list_emails(
     if conditions:
         statement = statement.where(and_(*conditions))
     return list((await conn.execute(statement)).all())
+
+
+async def deferred_by_destination(conn: AsyncConnection) -> dict[str, int]:
+    """Recipients waiting for a retry, per destination domain."""
+    statement = (
+        select(email_recipients.c.destination, func.count())
+        .where(email_recipients.c.status == str(RecipientStatus.DEFERRED))
+        .group_by(email_recipients.c.destination)
+    )
+    return {row[0]: int(row[1]) for row in await conn.execute(statement)}
