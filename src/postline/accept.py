@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.ids import new_id
 from postline.keys import Principal
@@ -81,7 +82,7 @@ class Accepted:
 class _Prepared:
     email_id: str
     message_id: str
-    domain: Row[Any]
+    domain: Any  # a domains row (or a view with .id and .name)
     submission: Submission
     body: bytes
     recipients: list[Recipient]
@@ -197,115 +198,159 @@ class Acceptor:
     async def _commit(
         self, prepared: list[_Prepared], now: datetime, on_commit: Any
     ) -> tuple[list[Accepted], list[Job]]:
+        async with self.db.write() as conn:
+            results, jobs = await self._insert(conn, prepared, now)
+            if on_commit is not None:
+                await on_commit(conn, results)
+        return results, jobs
+
+    async def stage_notification(
+        self,
+        conn: AsyncConnection,
+        *,
+        domain_id: str,
+        domain_name: str,
+        notify_to: str,
+        build: Callable[[str], bytes],
+        now: datetime,
+    ) -> list[Job]:
+        """Queue a message Postline writes itself (a DSN) inside the caller's transaction.
+
+        ``build(message_id)`` returns the message. It goes out with the null
+        sender, so nothing ever bounces back to it. Returns the jobs a queue
+        that does not share the store must enqueue after the commit.
+        """
+        email_id = new_id("em_")
+        message_id = f"<{email_id}@{self.hostname}>"
+        body = build(message_id)
+        await self.spool.put(email_id, body)
+        sender = f"MAILER-DAEMON@{self.hostname}"
+        submission = Submission(
+            content=Content(
+                from_name="Mail Delivery System",
+                from_address=sender,
+                to=[notify_to],
+                subject="Undelivered Mail Returned to Sender",
+            ),
+            recipients=[Recipient(notify_to, "to")],
+            source="dsn",
+            raw=body,
+            envelope_from="",
+        )
+        domain = _RowView({"id": domain_id, "name": domain_name})
+        prepared = _Prepared(email_id, message_id, domain, submission, body, submission.recipients)
+        _, jobs = await self._insert(conn, [prepared], now)
+        self.metrics.emails_accepted.labels(source="dsn").inc()
+        return jobs
+
+    async def _insert(
+        self, conn: AsyncConnection, prepared: list[_Prepared], now: datetime
+    ) -> tuple[list[Accepted], list[Job]]:
+        """Write emails, recipients, events and (embedded) jobs into the caller's transaction."""
         results: list[Accepted] = []
         jobs: list[Job] = []
         email_rows: list[dict[str, Any]] = []
         recipient_rows: list[dict[str, Any]] = []
         event_rows: list[dict[str, Any]] = []
-        async with self.db.write() as conn:
-            for item in prepared:
-                sub = item.submission
-                suppressed = await email_store.suppressed_addresses(
-                    conn, item.domain.id, (r.address for r in item.recipients), now
-                )
-                scheduled = sub.scheduled_at is not None and sub.scheduled_at > now
-                pending = RecipientStatus.SCHEDULED if scheduled else RecipientStatus.QUEUED
-                statuses = [
-                    RecipientStatus.SUPPRESSED if r.address in suppressed else pending
-                    for r in item.recipients
-                ]
-                email = {
-                    "id": item.email_id,
-                    "domain_id": item.domain.id,
-                    "source": sub.source,
-                    "message_id": item.message_id,
-                    "from_header": (
-                        f"{sub.content.from_name} <{sub.content.from_address}>"
-                        if sub.content.from_name
-                        else sub.content.from_address
-                    ),
-                    "from_address": sub.content.from_address,
-                    "envelope_from": sub.envelope_from
-                    or f"bounces+{item.email_id}@bounces.{item.domain.name}",
-                    "subject": sub.content.subject[:1000],
-                    "size": len(item.body),
-                    "body_ref": item.email_id,
-                    "tags": sub.tags,
-                    "status": str(derive_email_status(statuses)),
-                    "scheduled_at": sub.scheduled_at if scheduled else None,
+        for item in prepared:
+            sub = item.submission
+            suppressed = await email_store.suppressed_addresses(
+                conn, item.domain.id, (r.address for r in item.recipients), now
+            )
+            scheduled = sub.scheduled_at is not None and sub.scheduled_at > now
+            pending = RecipientStatus.SCHEDULED if scheduled else RecipientStatus.QUEUED
+            statuses = [
+                RecipientStatus.SUPPRESSED if r.address in suppressed else pending
+                for r in item.recipients
+            ]
+            email = {
+                "id": item.email_id,
+                "domain_id": item.domain.id,
+                "source": sub.source,
+                "message_id": item.message_id,
+                "from_header": (
+                    f"{sub.content.from_name} <{sub.content.from_address}>"
+                    if sub.content.from_name
+                    else sub.content.from_address
+                ),
+                "from_address": sub.content.from_address,
+                "envelope_from": sub.envelope_from
+                if sub.envelope_from is not None
+                else f"bounces+{item.email_id}@bounces.{item.domain.name}",
+                "subject": sub.content.subject[:1000],
+                "size": len(item.body),
+                "body_ref": item.email_id,
+                "tags": sub.tags,
+                "status": str(derive_email_status(statuses)),
+                "scheduled_at": sub.scheduled_at if scheduled else None,
+                "created_at": now,
+                "updated_at": now,
+            }
+            email_rows.append(email)
+            email_view = _RowView(email)
+            by_destination: dict[str, list[str]] = {}
+            for position, (recipient, status) in enumerate(
+                zip(item.recipients, statuses, strict=True)
+            ):
+                recipient_id = new_id("rcp_")
+                destination = _destination(recipient.address)
+                row = {
+                    "id": recipient_id,
+                    "email_id": item.email_id,
+                    "position": position,
+                    "address": recipient.address,
+                    "destination": destination,
+                    "kind": recipient.kind,
+                    "status": str(status),
+                    "attempts": 0,
                     "created_at": now,
                     "updated_at": now,
                 }
-                email_rows.append(email)
-                email_view = _RowView(email)
-                by_destination: dict[str, list[str]] = {}
-                for position, (recipient, status) in enumerate(
-                    zip(item.recipients, statuses, strict=True)
-                ):
-                    recipient_id = new_id("rcp_")
-                    destination = _destination(recipient.address)
-                    row = {
-                        "id": recipient_id,
-                        "email_id": item.email_id,
-                        "position": position,
-                        "address": recipient.address,
-                        "destination": destination,
-                        "kind": recipient.kind,
-                        "status": str(status),
-                        "attempts": 0,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    recipient_rows.append(row)
-                    event_type = (
-                        EventType.SUPPRESSED
-                        if status is RecipientStatus.SUPPRESSED
-                        else EventType.QUEUED
-                    )
-                    reason = (
-                        "on the suppression list" if event_type is EventType.SUPPRESSED else None
-                    )
-                    event_rows.append(
-                        event_row(
-                            email=email_view,
-                            recipient=_RowView(row),
-                            event_type=event_type,
-                            outcome=Outcome(status=status, reason=reason),
-                            attempt=0,
-                            sequence=position + 1,
-                            now=now,
-                        )
-                    )
-                    if status is not RecipientStatus.SUPPRESSED:
-                        by_destination.setdefault(destination, []).append(recipient_id)
-                for destination, recipient_ids in by_destination.items():
-                    jobs.append(
-                        Job(
-                            id=new_id("job_"),
-                            email_id=item.email_id,
-                            destination=destination,
-                            recipient_ids=recipient_ids,
-                            body_ref=item.email_id,
-                            due_at=sub.scheduled_at if scheduled and sub.scheduled_at else now,
-                        )
-                    )
-                results.append(
-                    Accepted(
-                        id=item.email_id,
-                        message_id=item.message_id,
-                        recipients=[
-                            (r.address, str(s))
-                            for r, s in zip(item.recipients, statuses, strict=True)
-                        ],
+                recipient_rows.append(row)
+                event_type = (
+                    EventType.SUPPRESSED
+                    if status is RecipientStatus.SUPPRESSED
+                    else EventType.QUEUED
+                )
+                reason = "on the suppression list" if event_type is EventType.SUPPRESSED else None
+                event_rows.append(
+                    event_row(
+                        email=email_view,
+                        recipient=_RowView(row),
+                        event_type=event_type,
+                        outcome=Outcome(status=status, reason=reason),
+                        attempt=0,
+                        sequence=position + 1,
+                        now=now,
                     )
                 )
-            await email_store.insert_emails(conn, email_rows)
-            await email_store.insert_recipients(conn, recipient_rows)
-            await email_store.insert_events(conn, event_rows)
-            if self.queue.shares_store:
-                await self.queue.enqueue(jobs, conn)
-            if on_commit is not None:
-                await on_commit(conn, results)
+                if status is not RecipientStatus.SUPPRESSED:
+                    by_destination.setdefault(destination, []).append(recipient_id)
+            for destination, recipient_ids in by_destination.items():
+                jobs.append(
+                    Job(
+                        id=new_id("job_"),
+                        email_id=item.email_id,
+                        destination=destination,
+                        recipient_ids=recipient_ids,
+                        body_ref=item.email_id,
+                        due_at=sub.scheduled_at if scheduled and sub.scheduled_at else now,
+                    )
+                )
+            results.append(
+                Accepted(
+                    id=item.email_id,
+                    message_id=item.message_id,
+                    recipients=[
+                        (r.address, str(s)) for r, s in zip(item.recipients, statuses, strict=True)
+                    ],
+                )
+            )
+        await email_store.insert_emails(conn, email_rows)
+        await email_store.insert_recipients(conn, recipient_rows)
+        await email_store.insert_events(conn, event_rows)
+        if self.queue.shares_store:
+            await self.queue.enqueue(jobs, conn)
         return results, jobs
 
 

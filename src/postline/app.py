@@ -15,6 +15,7 @@ from pathlib import Path
 
 from postline.accept import Acceptor
 from postline.config import Settings
+from postline.delivery.bounces import BounceNotifier
 from postline.delivery.engine import Engine
 from postline.delivery.pool import SmtpSettings
 from postline.delivery.record import Recorder
@@ -79,6 +80,7 @@ class Services:
             ),
         )
         recorder = Recorder(db, queue, metrics, settings.max_age_seconds)
+        recorder.bounces = BounceNotifier(acceptor, spool, settings.hostname)
         engine = Engine(
             db=db,
             queue=queue,

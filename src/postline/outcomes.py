@@ -162,7 +162,9 @@ async def apply_outcome(
             },
         )
     reason = suppression_reason(outcome)
-    if reason is not None:
+    # A bounced DSN says the original sender is unreachable; it is not a reason to
+    # stop the domain mailing that address (and DSNs are never suppressed at all).
+    if reason is not None and email.source != "dsn":
         # Same transaction as the bounce and its event: never a fire-and-forget task.
         await suppression_store.add_suppression(
             conn,

@@ -20,6 +20,7 @@ from postline.app import Services
 from postline.config import Settings, load_settings
 from postline.domains import create_domain
 from postline.keys import create_key
+from postline.store.domains import set_bounce_notifications
 from postline.store.migrate import upgrade_async
 from tests.harness.fake_dns import FakeDNS
 from tests.harness.fake_mx import FakeMX
@@ -136,7 +137,9 @@ async def postline_factory(
     """Build Postline instances wired to ``fake_dns`` and ``fake_mx`` (MX for dest.test).
 
     ``await postline_factory(engine=False, **settings)``. Destination domains
-    ``dest.test`` and ``other.test`` route to ``fake_mx``.
+    ``dest.test`` and ``other.test`` route to ``fake_mx``. The sending domains are
+    created with DSNs off (so a bounce sends no extra mail to count) unless
+    ``bounce_notifications=True``.
     """
     for domain in ("dest.test", "other.test"):
         fake_dns.add_mx(domain, (10, f"mx.{domain}"))
@@ -144,7 +147,10 @@ async def postline_factory(
     made: list[PostlineUnderTest] = []
 
     async def make(
-        engine: bool = True, domains: tuple[str, ...] = ("example.test",), **overrides: Any
+        engine: bool = True,
+        domains: tuple[str, ...] = ("example.test",),
+        bounce_notifications: bool = False,
+        **overrides: Any,
     ) -> PostlineUnderTest:
         overrides.setdefault("dns_nameservers", fake_dns.nameserver)
         overrides.setdefault("delivery_port", fake_mx.port)
@@ -154,7 +160,10 @@ async def postline_factory(
         await upgrade_async(settings.database_url)
         services = Services.build(settings)
         for name in domains:
-            await create_domain(services.db, name)
+            domain = await create_domain(services.db, name)
+            if not bounce_notifications:
+                async with services.db.write() as conn:
+                    await set_bounce_notifications(conn, domain.id, False)
         admin = await create_key(services.db, "test admin")
         client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=create_api(services)), base_url="http://postline"

@@ -281,7 +281,8 @@ def _trip(breaker: _Breaker, until: datetime | None) -> None:
     breaker.tripped = True
     breaker.until = until
     breaker.forced = False
-    breaker.trials.clear()
+    # Trials still in flight stay counted: a new open period must not admit more
+    # than the policy allows (unsettled ones are reclaimed after open_seconds).
     breaker.successes = 0
 
 

@@ -18,6 +18,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from postline.delivery.bounces import BounceNotifier, Failure
 from postline.ids import new_id
 from postline.metrics import Metrics
 from postline.model import RecipientStatus
@@ -49,6 +50,7 @@ class _Attempt:
     duration_ms: int
     retry_at: datetime
     recorded: list[tuple[str, RecipientStatus]] = field(default_factory=list)
+    dsn_jobs: list[Job] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
 
 
@@ -59,6 +61,8 @@ class Recorder:
         self.metrics = metrics
         self.max_age_seconds = max_age_seconds
         self._batcher: Batcher[_Attempt] = Batcher(self._write, name="recorder")
+        #: Sends DSNs for bounced and expired recipients (None: never).
+        self.bounces: BounceNotifier | None = None
         #: The time source for expiry; tests move it forward instead of waiting days.
         self.clock: Callable[[], datetime] = utcnow
         #: Called after each commit: new events are waiting in the outbox.
@@ -92,6 +96,7 @@ class Recorder:
         for attempt in batch:
             if not self.queue.shares_store:
                 await self._finish(attempt, None)
+                await self.queue.enqueue(attempt.dsn_jobs)
             self._report(attempt)
 
     async def _apply(self, conn: AsyncConnection, attempt: _Attempt, now: datetime) -> None:
@@ -102,6 +107,7 @@ class Recorder:
         rows = {r.id: r for r in await email_store.get_recipients(conn, job.email_id)}
         expired = (now - email.created_at).total_seconds() >= self.max_age_seconds
         attempt_id = new_id("att_")
+        failures: list[Failure] = []
         for result in attempt.results:
             recipient = rows.get(result.recipient_id)
             if recipient is None:
@@ -138,7 +144,11 @@ class Recorder:
                 attempt.recorded.append((recipient.id, outcome.status))
                 if outcome.status is RecipientStatus.DEFERRED:
                     attempt.pending.append(recipient.id)
+                if outcome.status in (RecipientStatus.BOUNCED, RecipientStatus.FAILED):
+                    failures.append(Failure(recipient, outcome, attempt.mx_host))
         await refresh_email_status(conn, email, now)
+        if self.bounces is not None:
+            attempt.dsn_jobs = await self.bounces.notify(conn, email, failures, now)
 
     async def _finish(self, attempt: _Attempt, conn: AsyncConnection | None) -> None:
         if attempt.pending:

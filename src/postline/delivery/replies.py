@@ -31,7 +31,9 @@ class Reply:
 
     @staticmethod
     def of(code: int | None, text: str) -> Reply:
-        return Reply(code, sanitize(text))
+        # aiosmtplib reports a reply it could not parse as code -1: that is no reply at all.
+        valid = code if code is not None and 200 <= code <= 599 else None
+        return Reply(valid, sanitize(text))
 
     @property
     def enhanced_code(self) -> str | None:

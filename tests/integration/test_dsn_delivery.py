@@ -1,0 +1,110 @@
+"""DSNs: the sender's MX receives an RFC 3464 report for each bounced or expired recipient."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from email import message_from_bytes, policy
+from email.message import Message
+
+from postline.store.types import utcnow
+from tests.harness import FakeDNS, FakeMX, FakeMXFactory
+from tests.harness.postline import Factory, PostlineUnderTest
+
+
+async def _with_sender_mx(
+    postline_factory: Factory, fake_dns: FakeDNS, fake_mx_factory: FakeMXFactory, port: int
+) -> tuple[PostlineUnderTest, FakeMX]:
+    (sender_mx,) = await fake_mx_factory.group("127.0.0.7", port=port)
+    fake_dns.add_mx("example.test", (10, "mx.example.test"))
+    fake_dns.add_a("mx.example.test", "127.0.0.7")
+    return await postline_factory(bounce_notifications=True), sender_mx
+
+
+def _status_blocks(report: Message) -> list[Message]:
+    status_part = next(
+        p for p in report.walk() if p.get_content_type() == "message/delivery-status"
+    )
+    blocks = status_part.get_payload()
+    assert isinstance(blocks, list)
+    return [b for b in blocks if isinstance(b, Message)]
+
+
+async def test_bounces_produce_one_dsn_with_a_block_per_recipient(
+    postline_factory: Factory, fake_dns: FakeDNS, fake_mx: FakeMX, fake_mx_factory: FakeMXFactory
+) -> None:
+    pl, sender_mx = await _with_sender_mx(postline_factory, fake_dns, fake_mx_factory, fake_mx.port)
+    fake_mx.on_rcpt("gone@dest.test", "550 5.1.1 <gone@dest.test>: no such user")
+    fake_mx.on_rcpt("blocked@dest.test", "554 5.7.1 rejected: Subject: pwned")
+    sent = await pl.send(to=["gone@dest.test", "blocked@dest.test", "ok@dest.test"])
+    await pl.wait_for_status(sent["id"], ["partially_delivered"])
+    (dsn,) = await sender_mx.wait_for_messages(1)
+    assert dsn.mail_from == "<>"  # the null sender: a DSN never bounces back
+    assert dsn.rcpt_tos == ["sender@example.test"]
+    report = message_from_bytes(dsn.data, policy=policy.default)
+    assert report.get_content_type() == "multipart/report"
+    assert report["Auto-Submitted"] == "auto-replied"
+    assert report["Subject"] != "pwned"
+    blocks = _status_blocks(report)
+    per_recipient = {b["Final-Recipient"]: b for b in blocks[1:]}
+    assert set(per_recipient) == {"rfc822; gone@dest.test", "rfc822; blocked@dest.test"}
+    assert per_recipient["rfc822; gone@dest.test"]["Status"] == "5.1.1"
+    assert per_recipient["rfc822; blocked@dest.test"]["Status"] == "5.7.1"
+    assert "Remote-MTA" in per_recipient["rfc822; gone@dest.test"]
+    headers = next(p for p in report.walk() if p.get_content_type() == "text/rfc822-headers")
+    assert sent["message_id"].encode() in headers.get_payload(decode=True)
+
+
+async def test_no_dsn_when_the_domain_switches_them_off(
+    postline_factory: Factory, fake_dns: FakeDNS, fake_mx: FakeMX, fake_mx_factory: FakeMXFactory
+) -> None:
+    pl, sender_mx = await _with_sender_mx(postline_factory, fake_dns, fake_mx_factory, fake_mx.port)
+    domains = (await pl.client.get("/v1/domains", headers=pl.auth())).json()["data"]
+    patched = await pl.client.patch(
+        f"/v1/domains/{domains[0]['id']}", json={"bounce_notifications": False}, headers=pl.auth()
+    )
+    assert patched.json()["bounce_notifications"] is False
+    fake_mx.on_rcpt("gone@dest.test", "550 5.1.1 no such user")
+    sent = await pl.send(to="gone@dest.test")
+    detail = await pl.wait_for_status(sent["id"], ["bounced"])
+    await pl.stop_engine()
+    assert sender_mx.received == []
+    assert detail["status"] == "bounced"
+
+
+async def test_an_expired_recipient_gets_a_4_4_7_dsn(
+    postline_factory: Factory, fake_dns: FakeDNS, fake_mx: FakeMX, fake_mx_factory: FakeMXFactory
+) -> None:
+    pl, sender_mx = await _with_sender_mx(postline_factory, fake_dns, fake_mx_factory, fake_mx.port)
+    fake_mx.on_rcpt("stuck@dest.test", "451 4.2.1 mailbox busy")
+    sent = await pl.send(to="stuck@dest.test")
+    await pl.wait_for(
+        sent["id"], lambda d: d["recipients"][0]["status"] == "deferred", what="a deferral"
+    )
+    pl.services.engine.recorder.clock = lambda: utcnow() + timedelta(days=6)
+    await pl.wait_for_status(sent["id"], ["failed"])
+    (dsn,) = await sender_mx.wait_for_messages(1)
+    report = message_from_bytes(dsn.data, policy=policy.default)
+    (block,) = _status_blocks(report)[1:]
+    assert block["Status"] == "4.4.7"
+    assert block["Action"] == "failed"
+
+
+async def test_a_bouncing_dsn_never_produces_another(
+    postline_factory: Factory, fake_dns: FakeDNS, fake_mx: FakeMX, fake_mx_factory: FakeMXFactory
+) -> None:
+    pl, sender_mx = await _with_sender_mx(postline_factory, fake_dns, fake_mx_factory, fake_mx.port)
+    sender_mx.on_rcpt("sender@example.test", "550 5.1.1 no such sender")
+    fake_mx.on_rcpt("gone@dest.test", "550 5.1.1 no such user")
+    sent = await pl.send(to="gone@dest.test")
+    await pl.wait_for_status(sent["id"], ["bounced"])
+    listing = await pl.client.get("/v1/emails", headers=pl.auth())
+    deadline_ids = [e["id"] for e in listing.json()["data"]]
+    # Wait until the DSN itself has bounced at the sender's MX.
+    dsn_id = next(i for i in deadline_ids if i != sent["id"])
+    await pl.wait_for_status(dsn_id, ["bounced"])
+    await pl.stop_engine()
+    emails = (await pl.client.get("/v1/emails", headers=pl.auth())).json()["data"]
+    assert len(emails) == 2  # the original and its DSN; no DSN about the DSN
+    assert sender_mx.received == []
+    suppressions = (await pl.client.get("/v1/suppressions", headers=pl.auth())).json()["data"]
+    assert [s["address"] for s in suppressions] == ["gone@dest.test"]
