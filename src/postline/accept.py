@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from postline.delivery import dkim
 from postline.ids import new_id
 from postline.keys import Principal
 from postline.message import Content, build_message
@@ -109,8 +110,19 @@ class Acceptor:
         self.metrics = metrics
         self.hostname = hostname
         self.max_message_bytes = max_message_bytes
+        self._keys: dict[str, dkim.DkimKey] = {}
         #: Called after each commit so a local engine looks at once, not at its next poll.
         self.notify: Callable[[], None] | None = None
+
+    def _dkim_key(self, domain: Any) -> dkim.DkimKey | None:
+        """The domain's signing key, loaded once (parsing the PEM costs more than signing)."""
+        if not getattr(domain, "dkim_private_key", None):
+            return None
+        key = self._keys.get(domain.id)
+        if key is None or key.selector != domain.dkim_selector:
+            key = dkim.DkimKey(domain.name, domain.dkim_selector, domain.dkim_private_key)
+            self._keys[domain.id] = key
+        return key
 
     async def _sending_domain(
         self, principal: Principal, from_address: str, field_name: str, cache: dict[str, Any]
@@ -154,6 +166,9 @@ class Acceptor:
             body = submission.raw or build_message(
                 submission.content, message_id=message_id, date=now
             )
+            key = self._dkim_key(domain)
+            if key is not None:
+                body = dkim.sign(body, key)
             if len(body) > self.max_message_bytes:
                 raise AcceptError(
                     413,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy.engine import Row
 
+from postline.delivery.dkim import dkim_dns_value
 from postline.delivery.routing import lookup_texts
 from postline.ids import new_id
 from postline.store import domains as domain_store
@@ -45,25 +45,13 @@ def return_path_domain(domain: str) -> str:
     return f"bounces.{domain}"
 
 
-def _generate_dkim_key() -> tuple[str, str]:
+def _generate_dkim_key() -> str:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private_pem = key.private_bytes(
+    return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ).decode()
-    public_der = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return private_pem, base64.b64encode(public_der).decode()
-
-
-def dkim_public_key(private_pem: str) -> str:
-    key = serialization.load_pem_private_key(private_pem.encode(), password=None)
-    public_der = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return base64.b64encode(public_der).decode()
 
 
 @dataclass(frozen=True)
@@ -82,7 +70,7 @@ def dns_records(domain: Row[Any], hostname: str) -> list[DnsRecord]:
             DnsRecord(
                 "TXT",
                 f"{domain.dkim_selector}._domainkey.{domain.name}",
-                f"v=DKIM1; k=rsa; p={dkim_public_key(domain.dkim_private_key)}",
+                dkim_dns_value(domain.dkim_private_key),
                 "dkim",
             )
         )
@@ -98,7 +86,7 @@ def dns_records(domain: Row[Any], hostname: str) -> list[DnsRecord]:
 async def create_domain(db: Database, name: str) -> Row[Any]:
     """Create a sending domain with a fresh 2048-bit DKIM key."""
     normalized = normalize_domain(name)
-    private_pem, _ = _generate_dkim_key()
+    private_pem = _generate_dkim_key()
     selector = "pl" + new_id()[-6:]
     async with db.write() as conn:
         if await domain_store.get_domain_by_name(conn, normalized) is not None:
