@@ -77,6 +77,7 @@ class Services:
                 command_timeout=settings.smtp_command_timeout,
                 max_messages_per_session=settings.smtp_max_messages_per_session,
                 idle_seconds=settings.smtp_idle_seconds,
+                ca_file=settings.tls_ca_file or None,
             ),
         )
         recorder = Recorder(db, queue, metrics, settings.max_age_seconds)

@@ -56,6 +56,15 @@ def _is_ipv6(text: str) -> bool:
     return True
 
 
+_TLS_POLICIES = ("opportunistic", "require", "verify")
+
+
+def _tls_policy(value: str) -> str:
+    if value not in _TLS_POLICIES:
+        raise ValueError(f"{value!r}: expected one of {', '.join(_TLS_POLICIES)}")
+    return value
+
+
 def _default_hostname() -> str:
     name = socket.getfqdn() or socket.gethostname()
     # An EHLO of "localhost" gets mail refused; say something that identifies us.
@@ -91,6 +100,9 @@ class Settings(BaseSettings):
     destination_connections: int = 20
     destination_per_minute: int = 0
     destination_limits: dict[str, dict[str, int]] = {}
+    tls_default: str = "opportunistic"
+    tls_policies: dict[str, str] = {}
+    tls_ca_file: str = ""
     shutdown_timeout: float = 30.0
     poll_interval: float = 0.5
     webhook_concurrency: int = 32
@@ -136,6 +148,16 @@ class Settings(BaseSettings):
                     f"{key}: expected {{'connections': N>0, 'per_minute': N>=0}}, got {limits}"
                 )
         return value
+
+    @field_validator("tls_default")
+    @classmethod
+    def _check_tls_default(cls, value: str) -> str:
+        return _tls_policy(value)
+
+    @field_validator("tls_policies")
+    @classmethod
+    def _check_tls_policies(cls, value: dict[str, str]) -> dict[str, str]:
+        return {domain.lower(): _tls_policy(policy) for domain, policy in value.items()}
 
     @field_validator("queue_url")
     @classmethod

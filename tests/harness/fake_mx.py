@@ -14,6 +14,7 @@ import contextlib
 import email
 import email.policy
 import re
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -86,6 +87,8 @@ class Received:
     """``"ip:port"`` of the client."""
     mail_options: list[str] = field(default_factory=list)
     """ESMTP parameters of MAIL FROM, upper-cased (e.g. ``["SMTPUTF8", "BODY=8BITMIME"]``)."""
+    tls: bool = False
+    """Whether the session had switched to TLS (STARTTLS) before this message."""
     helo: str | None = None
     """The name the client gave in EHLO/HELO."""
     session: int = 0
@@ -195,6 +198,7 @@ class _Handler:
             mail_options=list(envelope.mail_options),
             helo=session.host_name,
             session=server.session_number,
+            tls=session.ssl is not None,
         )
         await mx._stall("data")
         if mx._drops_left > 0:
@@ -239,6 +243,12 @@ class FakeMX:
         self._rcpt_replies: dict[str, list[str]] = {}
         self._stalls: dict[str, float] = {}
         self._drops_left = 0
+        self.tls_context: ssl.SSLContext | None = None
+        """Set before start() to offer STARTTLS with this server context."""
+        self.smtputf8 = True
+        """Set before start(): whether to advertise SMTPUTF8."""
+        self.size_limit = DATA_SIZE_LIMIT
+        """Set before start(): the SIZE advertised in EHLO (and enforced)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -254,9 +264,10 @@ class FakeMX:
                 self._handler,
                 hostname=self.hostname,
                 ident="FakeMX ESMTP",
-                enable_SMTPUTF8=True,
+                enable_SMTPUTF8=self.smtputf8,
                 decode_data=False,
-                data_size_limit=DATA_SIZE_LIMIT,
+                data_size_limit=self.size_limit,
+                tls_context=self.tls_context,
                 loop=loop,
             )
 

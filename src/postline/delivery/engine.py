@@ -21,6 +21,7 @@ from sqlalchemy.engine import Row
 
 from postline.config import Settings
 from postline.delivery.breaker import Breakers, BreakerState
+from postline.delivery.pool import TlsPolicy
 from postline.delivery.record import RecipientResult, Recorder
 from postline.delivery.replies import Reply, bounce_type
 from postline.delivery.routing import RouteError, Router
@@ -268,12 +269,16 @@ class Engine:
         try:
             async with self.shaper.slot(key):
                 result = await self.delivery.send(
-                    targets, email.envelope_from, [r.address for r in recipients], body
+                    targets,
+                    email.envelope_from,
+                    [r.address for r in recipients],
+                    body,
+                    self._tls_policy(destination),
                 )
         except asyncio.CancelledError:
             self.breakers.release(destination)
             raise
-        if result.error is not None:
+        if result.error is not None and not result.refused_locally:
             self.breakers.failure(destination, result.error.line)
         else:
             self.breakers.success(destination)
@@ -282,6 +287,10 @@ class Engine:
             reply, scope = result.reply_for(recipient.address)
             results.append(RecipientResult(recipient.id, outcome_for(reply), scope))
         return _AttemptOutcome(results, result.mx_host, result.duration_ms)
+
+    def _tls_policy(self, destination: str) -> TlsPolicy:
+        policies = self.settings.tls_policies
+        return TlsPolicy(policies.get(destination, self.settings.tls_default))
 
     @staticmethod
     def _route_outcome(reply: Reply, permanent: bool) -> Outcome:

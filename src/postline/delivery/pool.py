@@ -9,11 +9,25 @@ transaction; RSET cleared any aborted one). Sessions retire after
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import aiosmtplib
+
+
+class TlsPolicy(StrEnum):
+    """How hard to insist on STARTTLS with a destination (Postfix's may / encrypt / verify)."""
+
+    OPPORTUNISTIC = "opportunistic"  # upgrade when offered, any certificate
+    REQUIRE = "require"  # STARTTLS or no delivery, any certificate
+    VERIFY = "verify"  # STARTTLS with a certificate valid for the MX host name
+
+
+class TlsRequired(aiosmtplib.SMTPException):
+    """The policy demands TLS this server did not give: defer, never send in plaintext."""
 
 
 @dataclass(frozen=True)
@@ -23,12 +37,13 @@ class SmtpSettings:
     command_timeout: float
     max_messages_per_session: int = 100
     idle_seconds: float = 30.0
+    ca_file: str | None = None  # trust anchors for the verify policy (default: the system's)
 
 
 @dataclass
 class Session:
     client: aiosmtplib.SMTP
-    key: tuple[str, int]
+    key: tuple[str, int, str, str]
     messages: int = 0
     idle_since: float = field(default_factory=time.monotonic)
     reused: bool = False
@@ -37,12 +52,20 @@ class Session:
 class SessionPool:
     def __init__(self, settings: SmtpSettings) -> None:
         self.settings = settings
-        self._idle: defaultdict[tuple[str, int], list[Session]] = defaultdict(list)
+        self._idle: defaultdict[tuple[str, int, str, str], list[Session]] = defaultdict(list)
         self.opened = 0
 
-    async def session(self, address: str, port: int, *, fresh: bool = False) -> Session:
+    async def session(
+        self,
+        address: str,
+        port: int,
+        *,
+        mx_name: str,
+        policy: TlsPolicy = TlsPolicy.OPPORTUNISTIC,
+        fresh: bool = False,
+    ) -> Session:
         """An open session to address:port: an idle one if there is one, else a new one."""
-        key = (address, port)
+        key = (address, port, mx_name, str(policy))
         idle = self._idle[key]
         while idle and not fresh:
             candidate = idle.pop()
@@ -52,17 +75,37 @@ class SessionPool:
                 continue
             candidate.reused = True
             return candidate
+        client = await self._open(address, port, mx_name, policy)
+        self.opened += 1
+        return Session(client, key)
+
+    async def _open(
+        self, address: str, port: int, mx_name: str, policy: TlsPolicy
+    ) -> aiosmtplib.SMTP:
         client = aiosmtplib.SMTP(
             hostname=address,
             port=port,
             local_hostname=self.settings.helo_name,
             timeout=self.settings.command_timeout,
-            start_tls=None,  # opportunistic: upgrade when the server offers it
+            start_tls=False,  # STARTTLS is decided below, by policy
             validate_certs=False,
         )
         await client.connect(timeout=self.settings.connect_timeout)
-        self.opened += 1
-        return Session(client, key)
+        try:
+            await client.ehlo()
+            if not client.supports_extension("starttls"):
+                if policy is not TlsPolicy.OPPORTUNISTIC:
+                    raise TlsRequired(f"TLS policy '{policy}': {mx_name} does not offer STARTTLS")
+                return client
+            if policy is TlsPolicy.VERIFY:
+                context = ssl.create_default_context(cafile=self.settings.ca_file)
+                await client.starttls(server_hostname=mx_name, tls_context=context)
+            else:
+                await client.starttls(validate_certs=False)
+        except BaseException:
+            client.close()
+            raise
+        return client
 
     async def give_back(self, session: Session, *, clean: bool) -> None:
         """Keep a session whose transaction ended cleanly; close anything else."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import aiosmtplib
 
-from postline.delivery.pool import Session, SessionPool, SmtpSettings
+from postline.delivery.pool import Session, SessionPool, SmtpSettings, TlsPolicy
 from postline.delivery.replies import Reply
 from postline.delivery.routing import Router, Target
 
@@ -25,6 +25,7 @@ class TransactionResult:
     data: Reply | None = None
     duration_ms: int = 0
     stale_session: bool = False  # failed on a pooled session before any reply
+    refused_locally: bool = False  # we declined to send (SIZE, SMTPUTF8): not the server's health
 
     def reply_for(self, address: str) -> tuple[Reply, str]:
         """The reply deciding this recipient, and its scope ("transaction" or "recipient")."""
@@ -51,6 +52,7 @@ class SmtpDelivery:
         envelope_from: str,
         recipients: list[str],
         body: bytes,
+        policy: TlsPolicy = TlsPolicy.OPPORTUNISTIC,
     ) -> TransactionResult:
         """Try each target in order until one gives an answer that is not a connection failure."""
         started = time.monotonic()
@@ -63,7 +65,9 @@ class SmtpDelivery:
                 )
                 continue
             for address in addresses:
-                result = await self._attempt(target, address, envelope_from, recipients, body)
+                result = await self._attempt(
+                    target, address, _Envelope(envelope_from, recipients, body, policy)
+                )
                 if not _try_next(result):
                     result.duration_ms = int((time.monotonic() - started) * 1000)
                     return result
@@ -71,47 +75,42 @@ class SmtpDelivery:
         return result
 
     async def _attempt(
-        self,
-        target: Target,
-        address: str,
-        envelope_from: str,
-        recipients: list[str],
-        body: bytes,
+        self, target: Target, address: str, envelope: _Envelope
     ) -> TransactionResult:
-        result = await self._transaction(target, address, envelope_from, recipients, body, False)
+        result = await self._transaction(target, address, envelope, fresh=False)
         if result.error is not None and result.error.code is None and result.stale_session:
             # The server had closed the pooled session while it sat idle: nothing was
             # sent on it, so try once on a new connection.
-            result = await self._transaction(target, address, envelope_from, recipients, body, True)
+            result = await self._transaction(target, address, envelope, fresh=True)
         return result
 
     async def _transaction(
-        self,
-        target: Target,
-        address: str,
-        envelope_from: str,
-        recipients: list[str],
-        body: bytes,
-        fresh: bool,
+        self, target: Target, address: str, envelope: _Envelope, *, fresh: bool
     ) -> TransactionResult:
         result = TransactionResult(mx_host=target.mx)
         session: Session | None = None
         clean = False
         try:
-            session = await self.pool.session(address, target.port, fresh=fresh)
+            session = await self.pool.session(
+                address, target.port, mx_name=target.mx, policy=envelope.policy, fresh=fresh
+            )
             client = session.client
-            utf8 = not (envelope_from.isascii() and all(r.isascii() for r in recipients))
-            options = ["SMTPUTF8"] if utf8 and client.supports_extension("smtputf8") else []
-            encoding = "utf-8" if utf8 else "ascii"
-            await client.mail(envelope_from, options=options, encoding=encoding)
-            for recipient in recipients:
+            refusal = _refusal(client, envelope)
+            if refusal is not None:
+                result.error = refusal
+                result.refused_locally = clean = True
+                return result
+            await client.mail(
+                envelope.sender, options=_mail_options(client, envelope), encoding="utf-8"
+            )
+            for recipient in envelope.recipients:
                 try:
-                    response = await client.rcpt(recipient, encoding=encoding)
+                    response = await client.rcpt(recipient, encoding="utf-8")
                     result.rcpt[recipient] = Reply.of(response.code, response.message)
                 except aiosmtplib.SMTPRecipientRefused as exc:
                     result.rcpt[recipient] = Reply.of(exc.code, exc.message)
             if any(reply.is_success for reply in result.rcpt.values()):
-                response = await client.data(body)
+                response = await client.data(envelope.body)
                 result.data = Reply.of(response.code, response.message)
             else:
                 await client.rset()
@@ -126,6 +125,46 @@ class SmtpDelivery:
             if session is not None:
                 await self.pool.give_back(session, clean=clean)
         return result
+
+
+@dataclass(frozen=True)
+class _Envelope:
+    sender: str
+    recipients: list[str]
+    body: bytes
+    policy: TlsPolicy
+
+    @property
+    def needs_smtputf8(self) -> bool:
+        return not (self.sender.isascii() and all(r.isascii() for r in self.recipients))
+
+
+def _advertised_size(client: aiosmtplib.SMTP) -> int | None:
+    value = client.esmtp_extensions.get("size", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def _refusal(client: aiosmtplib.SMTP, envelope: _Envelope) -> Reply | None:
+    """Permanent failures we can tell from the EHLO answer without sending anything."""
+    limit = _advertised_size(client)
+    if limit is not None and len(envelope.body) > limit:
+        return Reply(
+            552, f"5.3.4 message of {len(envelope.body)} bytes exceeds the server's SIZE {limit}"
+        )
+    if envelope.needs_smtputf8 and not client.supports_extension("smtputf8"):
+        return Reply(553, "5.6.7 the server does not support SMTPUTF8 for these addresses")
+    return None
+
+
+def _mail_options(client: aiosmtplib.SMTP, envelope: _Envelope) -> list[str]:
+    options = []
+    if _advertised_size(client) is not None:
+        options.append(f"SIZE={len(envelope.body)}")
+    if envelope.needs_smtputf8:
+        options.append("SMTPUTF8")
+    if not envelope.body.isascii() and client.supports_extension("8bitmime"):
+        options.append("BODY=8BITMIME")
+    return options
 
 
 def _try_next(result: TransactionResult) -> bool:

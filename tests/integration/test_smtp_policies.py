@@ -1,0 +1,107 @@
+"""STARTTLS policies, SIZE and SMTPUTF8: what the client must not send, it never sends."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest_asyncio
+
+from tests.harness import FakeDNS, FakeMX
+from tests.harness.postline import Factory
+from tests.harness.tls import ThrowawayCA
+
+MakeMX = Callable[..., Awaitable[FakeMX]]
+
+
+@pytest_asyncio.fixture
+async def special_mx(fake_mx: FakeMX, fake_dns: FakeDNS) -> AsyncIterator[MakeMX]:
+    """A FakeMX configured before it starts, for domain special.test, on fake_mx's port."""
+    started: list[FakeMX] = []
+
+    async def make(mx_name: str = "mx.special.test", **attributes: object) -> FakeMX:
+        mx = FakeMX("127.0.0.8", fake_mx.port, hostname=mx_name)
+        for name, value in attributes.items():
+            setattr(mx, name, value)
+        await mx.start()
+        started.append(mx)
+        fake_dns.add_mx("special.test", (10, mx_name))
+        fake_dns.add_a(mx_name, "127.0.0.8")
+        return mx
+
+    yield make
+    for mx in started:
+        await mx.stop()
+
+
+async def test_opportunistic_tls_upgrades_when_offered(
+    postline_factory: Factory, special_mx: MakeMX, tmp_path: Path
+) -> None:
+    ca = ThrowawayCA.create(tmp_path)
+    mx = await special_mx(tls_context=ca.server_context("mx.special.test"))
+    pl = await postline_factory()
+    sent = await pl.send(to="user@special.test")
+    await pl.wait_for_status(sent["id"], ["delivered"])
+    assert [m.tls for m in mx.received] == [True]
+
+
+async def test_require_never_falls_back_to_plaintext(
+    postline_factory: Factory, special_mx: MakeMX
+) -> None:
+    mx = await special_mx()  # no STARTTLS offered
+    pl = await postline_factory(tls_policies={"special.test": "require"})
+    sent = await pl.send(to="user@special.test")
+    detail = await pl.wait_for(
+        sent["id"], lambda d: d["recipients"][0]["status"] == "deferred", what="a deferral"
+    )
+    assert "does not offer STARTTLS" in detail["recipients"][0]["response"]
+    assert mx.received == []
+
+
+async def test_verify_refuses_a_certificate_for_another_name_and_accepts_a_valid_one(
+    postline_factory: Factory, special_mx: MakeMX, tmp_path: Path
+) -> None:
+    ca = ThrowawayCA.create(tmp_path)
+    wrong = await special_mx(tls_context=ca.server_context("imposter.test"))
+    pl = await postline_factory(
+        tls_policies={"special.test": "verify"}, tls_ca_file=str(ca.ca_file)
+    )
+    sent = await pl.send(to="user@special.test")
+    detail = await pl.wait_for(
+        sent["id"], lambda d: d["recipients"][0]["status"] == "deferred", what="a deferral"
+    )
+    assert "CERTIFICATE_VERIFY_FAILED" in detail["recipients"][0]["response"].upper()
+    assert wrong.received == []
+    await wrong.stop()
+    right = await special_mx(tls_context=ca.server_context("mx.special.test"))
+    again = await pl.send(to="other@special.test")
+    await pl.wait_for_status(again["id"], ["delivered"])
+    assert [m.tls for m in right.received] == [True]
+
+
+async def test_a_message_over_the_advertised_size_bounces_without_data(
+    postline_factory: Factory, special_mx: MakeMX
+) -> None:
+    mx = await special_mx(size_limit=2000)
+    pl = await postline_factory()
+    sent = await pl.send(to="user@special.test", text="x" * 5000)
+    detail = await pl.wait_for_status(sent["id"], ["bounced"])
+    recipient = detail["recipients"][0]
+    assert recipient["enhanced_code"] == "5.3.4"
+    assert recipient["bounce_type"] == "soft"
+    assert mx.received == [] and mx.rejected == []
+
+
+async def test_utf8_addresses_need_smtputf8(postline_factory: Factory, special_mx: MakeMX) -> None:
+    with_utf8 = await special_mx()
+    pl = await postline_factory()
+    sent = await pl.send(to="jörg@special.test")
+    await pl.wait_for_status(sent["id"], ["delivered"])
+    assert with_utf8.received[0].rcpt_tos == ["jörg@special.test"]
+    assert "SMTPUTF8" in with_utf8.received[0].mail_options
+    await with_utf8.stop()
+    without = await special_mx(smtputf8=False)
+    refused = await pl.send(to="zoë@special.test")
+    detail = await pl.wait_for_status(refused["id"], ["bounced"])
+    assert detail["recipients"][0]["enhanced_code"] == "5.6.7"
+    assert without.received == []
