@@ -213,7 +213,7 @@ def test_bounce_type_552_without_enhanced_code_is_not_hard() -> None:
     # 552 is "exceeded storage allocation": a valid recipient must not be suppressed (trap 4).
     result = bounce_type(Reply(552, "Requested mail action aborted: exceeded storage allocation"))
     assert result is not B.HARD
-    assert result is B.UNDETERMINED
+    assert result is B.SOFT  # a full mailbox (RFC 5321 4.2.2), like 5.2.2
 
 
 @pytest.mark.parametrize("code", [550, 551, 553])
@@ -221,7 +221,7 @@ def test_bounce_type_recipient_codes_without_enhanced_are_hard(code: int) -> Non
     assert bounce_type(Reply(code, "Requested action not taken: mailbox unavailable")) is B.HARD
 
 
-@pytest.mark.parametrize("code", [500, 501, 552, 554])
+@pytest.mark.parametrize("code", [500, 501, 554])
 def test_bounce_type_other_5xx_without_enhanced_undetermined(code: int) -> None:
     assert bounce_type(Reply(code, "Transaction failed")) is B.UNDETERMINED
 
@@ -311,7 +311,7 @@ REAL_REPLIES: list[tuple[str, RecipientStatus, str | None, BounceType | None]] =
         "552 Requested mail action aborted: exceeded storage allocation",
         S.BOUNCED,
         None,
-        B.UNDETERMINED,
+        B.SOFT,
     ),
     ("552 5.3.4 Message size exceeds fixed maximum message size", S.BOUNCED, "5.3.4", B.SOFT),
     (

@@ -56,20 +56,41 @@ class Reply:
         return sanitize(f"{self.code} {self.text}") if self.code is not None else self.text
 
 
+#: Permanent failures by RFC 3463 (subject, detail); None matches any detail.
+#: The most specific row wins. Only the rows marked HARD are about the address
+#: itself, and only they may suppress it.
+ENHANCED_TABLE: dict[tuple[str, str | None], BounceType] = {
+    ("1", None): BounceType.HARD,  # addressing: bad mailbox, bad domain, moved
+    ("2", "1"): BounceType.HARD,  # mailbox disabled, not accepting messages
+    ("2", None): BounceType.SOFT,  # mailbox full (2.2), message too big for it (2.3)
+    ("3", None): BounceType.SOFT,  # mail system: full, not accepting, too big
+    ("4", None): BounceType.UNDETERMINED,  # network and routing
+    ("5", None): BounceType.UNDETERMINED,  # protocol
+    ("6", None): BounceType.UNDETERMINED,  # content and media
+    ("7", None): BounceType.BLOCK,  # security and policy: spam, reputation, DMARC
+}
+
+#: Permanent replies without an enhanced code, by basic code (RFC 5321 4.2.2).
+BASIC_TABLE: dict[int, BounceType] = {
+    550: BounceType.HARD,  # mailbox unavailable
+    551: BounceType.HARD,  # user not local
+    553: BounceType.HARD,  # mailbox name not allowed
+    552: BounceType.SOFT,  # storage allocation exceeded
+    554: BounceType.UNDETERMINED,  # transaction failed
+}
+
+
 def bounce_type(reply: Reply) -> BounceType | None:
-    """Refine a failure by its enhanced status code (RFC 3463)."""
+    """Refine a failure: temporary ones are soft; permanent ones by table (RFC 3463)."""
     if reply.is_success:
         return None
-    enhanced = reply.enhanced_code
     if not reply.is_permanent:
-        return BounceType.SOFT
+        return BounceType.SOFT  # 4xx, timeouts, refused or dropped connections
+    enhanced = reply.enhanced_code
     if enhanced is None:
-        return BounceType.HARD if reply.code in (550, 551, 553) else BounceType.UNDETERMINED
+        assert reply.code is not None
+        return BASIC_TABLE.get(reply.code, BounceType.UNDETERMINED)
     _, subject, detail = enhanced.split(".")
-    if subject == "1" or (subject, detail) == ("2", "1"):
-        return BounceType.HARD  # the address or the mailbox does not exist
-    if subject == "7":
-        return BounceType.BLOCK  # policy: spam, reputation, authentication
-    if subject in ("2", "3"):
-        return BounceType.SOFT  # mailbox full, system full, message too big
-    return BounceType.UNDETERMINED
+    return ENHANCED_TABLE.get(
+        (subject, detail), ENHANCED_TABLE.get((subject, None), BounceType.UNDETERMINED)
+    )
