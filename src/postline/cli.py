@@ -28,6 +28,7 @@ from postline.config import (
 from postline.domains import DomainError, create_domain, dns_records
 from postline.keys import create_key
 from postline.store import domains as domain_store
+from postline.store import emails as email_store
 from postline.store import keys as key_store
 from postline.store.migrate import upgrade
 
@@ -268,18 +269,44 @@ def webhooks_listen(
 
 @queue_app.command("status")
 def queue_status() -> None:
-    """Jobs per destination domain: waiting and in flight."""
+    """Jobs per destination domain, in flight, deferred recipients and breaker state.
+
+    The breakers are rebuilt from the last hour of recorded attempts, the way
+    a worker warms them on start, so this works from any host.
+    """
     settings = settings_or_exit()
     migrate_or_exit(settings)
 
-    async def work(services: Services) -> tuple[dict[str, int], dict[str, int]]:
-        return await services.queue.depth(), await services.queue.in_flight()
+    async def work(services: Services) -> list[tuple[str, ...]]:
+        depth, in_flight = await services.queue.depth(), await services.queue.in_flight()
+        async with services.db.read() as conn:
+            deferred = await email_store.deferred_by_destination(conn)
+        await services.engine.warm_up()
+        breakers = services.engine.breakers
+        names = set(depth) | set(deferred) | {v.domain for v in breakers.views()}
+        rows: list[tuple[str, ...]] = []
+        for name in sorted(names):
+            view = breakers.view(name)
+            until = f" until {view.until:%Y-%m-%d %H:%M:%S}Z" if view.until else ""
+            rows.append(
+                (
+                    name,
+                    str(depth.get(name, 0)),
+                    str(in_flight.get(name, 0)),
+                    str(deferred.get(name, 0)),
+                    f"{view.state}{until}",
+                )
+            )
+        return rows
 
-    depth, in_flight = run_with_services(settings, work)
-    table = Table("destination", "jobs", "in flight")
-    for destination in sorted(depth):
-        table.add_row(destination, str(depth[destination]), str(in_flight.get(destination, 0)))
-    out.print(table if depth else "the queue is empty")
+    rows = run_with_services(settings, work)
+    if not rows:
+        typer.echo("the queue is empty")
+        return
+    table = Table("destination", "jobs", "in flight", "deferred", "breaker")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
 
 
 def main() -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 from postline.delivery.breaker import Breakers, BreakerState
@@ -43,6 +47,22 @@ async def test_five_failed_transactions_open_the_breaker_then_jobs_wait_without_
     pl.services.engine.breakers = Breakers()
     await pl.services.engine.warm_up()
     assert pl.services.engine.breakers.view("dead.test").state is BreakerState.OPEN
+
+    # ... and so does `postline queue status`, from another process.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTLINE_")}
+    env["POSTLINE_DATA_DIR"] = str(pl.settings.data_dir)
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "postline"),
+        "queue",
+        "status",
+        env=env | {"COLUMNS": "200"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, stderr.decode()
+    line = next(x for x in stdout.decode().splitlines() if "dead.test" in x)
+    assert "open until" in line
 
 
 async def test_recipient_rejections_never_open_a_breaker(
