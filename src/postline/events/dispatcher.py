@@ -20,7 +20,8 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import dns.asyncresolver
@@ -40,7 +41,6 @@ from postline.store.types import utcnow
 log = logging.getLogger("postline.webhooks")
 
 FAN_OUT_BATCH = 500
-LEASE = timedelta(seconds=120)
 MAX_RETRY_AFTER = 24 * 3600.0
 
 
@@ -79,6 +79,9 @@ class Dispatcher:
         self.resolver = resolver
         self.transport = transport
         self._wake = asyncio.Event()
+        # Long enough for one POST and its recording; short enough that a crashed
+        # worker's deliveries are picked up again soon.
+        self.lease_time = timedelta(seconds=settings.webhook_timeout * 2 + 10)
         self._batcher: Batcher[tuple[Any, AttemptResult]] = Batcher(self._write, name="webhooks")
 
     def wake(self) -> None:
@@ -115,6 +118,15 @@ class Dispatcher:
                 for sender in senders:
                     sender.cancel()
                 await asyncio.gather(*senders, return_exceptions=True)
+                await self._release(work)
+
+    async def _release(self, work: asyncio.Queue[Any]) -> None:
+        """Give back deliveries leased but not started, so another worker sends them now."""
+        left = [work.get_nowait().id for _ in range(work.qsize())]
+        if left:
+            with contextlib.suppress(Exception):
+                async with self.db.write() as conn:
+                    await webhook_store.release_deliveries(conn, left)
 
     async def pass_once(self, work: asyncio.Queue[Any]) -> bool:
         """Fan out new events and feed due deliveries to the senders; True if it found work."""
@@ -157,7 +169,7 @@ class Dispatcher:
 
     async def lease(self, limit: int) -> list[Any]:
         async with self.db.write() as conn:
-            return await webhook_store.lease_due_deliveries(conn, utcnow(), limit, LEASE)
+            return await webhook_store.lease_due_deliveries(conn, utcnow(), limit, self.lease_time)
 
     async def _sender(self, client: httpx.AsyncClient, work: asyncio.Queue[Any]) -> None:
         while True:
@@ -168,6 +180,7 @@ class Dispatcher:
                 log.exception("webhook delivery %s failed unexpectedly", row.id)
             finally:
                 work.task_done()
+                self._wake.set()  # a slot is free: lease more now, not at the next poll
 
     async def deliver(self, client: httpx.AsyncClient, row: Any) -> None:
         if not row.enabled:
@@ -301,12 +314,19 @@ def _ms(started: float) -> int:
 
 
 def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds to wait from a Retry-After of seconds or an HTTP date (RFC 9110 10.2.3)."""
     if response.status_code not in (429, 503):
         return None
-    value = response.headers.get("retry-after", "")
+    value = response.headers.get("retry-after", "").strip()
     if value.isdigit():
         return min(float(value), MAX_RETRY_AFTER)
-    return None
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return min(max((moment - utcnow()).total_seconds(), 0.0), MAX_RETRY_AFTER)
 
 
 async def _first(*waits: Any) -> None:

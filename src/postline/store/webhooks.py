@@ -205,3 +205,11 @@ async def replay_delivery(conn: AsyncConnection, delivery_id: str, now: datetime
 async def count_pending(conn: AsyncConnection) -> int:
     statement = select(func.count()).where(webhook_deliveries.c.status == "pending")
     return int((await conn.execute(statement)).scalar_one())
+
+
+async def release_deliveries(conn: AsyncConnection, delivery_ids: Sequence[str]) -> None:
+    await conn.execute(
+        update(webhook_deliveries)
+        .where(webhook_deliveries.c.id.in_(list(delivery_ids)))
+        .values(lease_until=None)
+    )
