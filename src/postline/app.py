@@ -32,6 +32,7 @@ from postline.spool import Spool
 from postline.spool.files import FileSpool
 from postline.store import keys as key_store
 from postline.store.db import Database
+from postline.store.domains import set_bounce_notifications
 
 log = logging.getLogger("postline")
 
@@ -131,7 +132,11 @@ async def start_sandbox(services: Services) -> Simulator:
     simulator = Simulator()
     await simulator.start()
     services.router.static[SIMULATOR_DOMAIN] = (simulator.host, simulator.port)
-    await ensure_domain(services.db, SANDBOX_DOMAIN)
+    domain = await ensure_domain(services.db, SANDBOX_DOMAIN)
+    if domain.bounce_notifications:
+        # Sandbox senders are not mailboxes: a DSN to them could only bounce.
+        async with services.db.write() as conn:
+            await set_bounce_notifications(conn, domain.id, False)
     return simulator
 
 
