@@ -9,8 +9,6 @@ API and deliveries observed at a real HTTP receiver and through the API.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-import uvicorn
 from sqlalchemy import insert
 
 from postline.api.views import rfc3339
@@ -50,29 +47,6 @@ class TrackingReceiver(WebhookReceiver):
     max_in_flight: int = 0
     arrivals: list[Arrival] = field(default_factory=list)
     acknowledged: Counter[str] = field(default_factory=Counter)  # 2xx answers per webhook-id
-
-    async def start(self) -> None:
-        """WebhookReceiver.start, but on a socket asyncio recognises as TCP.
-
-        The base class binds ``socket.socket(AF_INET, SOCK_STREAM)``, whose ``proto`` is 0,
-        so asyncio never sets TCP_NODELAY on the accepted connections and every response
-        on a kept-alive connection waits ~40 ms for a delayed ACK (Nagle): the receiver,
-        not the dispatcher, would set the pace.
-        """
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self._app, log_config=None, access_log=False, lifespan="off", interface="asgi3"
-        )
-        self._server = uvicorn.Server(config)
-        self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:  # uvicorn has no "started" event
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.01)
 
     async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
