@@ -1,91 +1,270 @@
 """A raw SMTP server that misbehaves on purpose (not aiosmtpd: it must be able to lie).
 
-It answers just enough SMTP to reach the chosen stage, then sends a hostile
-reply there: a 4 KB line, binary bytes, CR/LF-injected lines, a flood of
-continuation lines, or a reply dripped one byte at a time.
+``EvilMX`` speaks just enough SMTP to lead a client to the chosen stage
+(``greeting``, ``ehlo``, ``mail``, ``rcpt`` or ``data-end``) and answers there
+with a hostile reply instead of the normal one:
+
+- ``huge_line``: one reply line of more than 4 KB (ending in multi-byte characters);
+- ``binary``: NUL, invalid UTF-8, ANSI escapes, C1 controls, a bare CR, U+2028;
+- ``crlf_injection``: a 550 whose continuation lines carry another code, followed by
+  extra lines that look like a Postline log line (with the real email id, taken from
+  the bounce address in MAIL FROM) and a forged "250 queued";
+- ``multiline_flood``: 20,000 ``250-`` continuation lines (1.3 MB) before the last line;
+- ``endless_flood``: ``250-`` continuation lines that never end;
+- ``slow_drip``: the normal reply, one byte every ``drip_interval`` seconds.
+
+``replies`` overrides what the other stages answer (raw bytes, CR/LF included), and
+``EvilMX(None, None, replies=...)`` only says those: a server whose EHLO keywords, say,
+are the hostile part.
+
+It runs in the test's event loop on a loopback address, records every session and
+every command line it received, and ``stop()`` hangs up on every client (it never
+waits for one). ``async with EvilMX(...) as mx:`` starts and stops it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Literal
+import re
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Literal, get_args
 
-Stage = Literal["greeting", "ehlo", "rcpt"]
-Mode = Literal["huge_line", "binary", "crlf_injection", "multiline_flood", "slow_drip"]
+__all__ = ["MODES", "STAGES", "EvilMX", "EvilSession", "Mode", "Stage", "hostile_reply"]
 
-HOSTILE: dict[str, bytes] = {
-    "huge_line": b"550 5.1.1 " + b"A" * 4096 + b"\r\n",
-    "binary": b"550 5.1.1 \x00\xff\xfe\x1b[31mred\x1b[0m \xc3\x28 bad\x07\r\n",
-    "crlf_injection": (
-        b"550 5.1.1 bad\r\nINFO postline.delivery outcome status=delivered\r\n250 2.0.0 fake\r\n"
-    ),
-    "multiline_flood": b"".join(b"250-line %d\r\n" % i for i in range(20_000)) + b"250 ok\r\n",
+Stage = Literal["greeting", "ehlo", "mail", "rcpt", "data-end"]
+Mode = Literal[
+    "huge_line", "binary", "crlf_injection", "multiline_flood", "endless_flood", "slow_drip"
+]
+STAGES: tuple[Stage, ...] = get_args(Stage)
+MODES: tuple[Mode, ...] = get_args(Mode)
+
+#: Normal answers at each stage (what a well-behaved MX says).
+NORMAL: dict[Stage, bytes] = {
+    "greeting": b"220 evil.test ESMTP ready\r\n",
+    "ehlo": b"250-evil.test greets you\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n",
+    "mail": b"250 2.1.0 sender ok\r\n",
+    "rcpt": b"250 2.1.5 recipient ok\r\n",
+    "data-end": b"250 2.0.0 message accepted\r\n",
 }
+
+#: More than 4 KB on one line; the bytes around offset 1024 are a 3-byte character,
+#: so a cut at 1024 bytes that ignores character boundaries leaves invalid UTF-8.
+HUGE_LINE = b"550 5.1.1 " + ("A" * 1013 + "\u20ac" * 1100).encode() + b"\r\n"
+
+BINARY = (
+    b"550 5.1.1 \x00nul \xff\xfe invalid \xc3\x28 utf8 \xed\xa0\x80 surrogate "
+    b"\x1b[31mred\x1b[0m \x1b]0;title\x07 \xc2\x85nel \xc2\x9bcsi \x7fdel \x0bvt\x0cff "
+    b"bare\rCR \xe2\x80\xa8ls \x9b raw-c1 \x08\x08\x08backspace\tend\r\n"
+)
+
+#: ``{email_id}`` becomes the email id from the bounce address in MAIL FROM (Postline's
+#: ``bounces+<email id>@...``), so the forged log line names the real email.
+CRLF_INJECTION = (
+    b"550-5.1.1 mailbox unavailable\r\n"
+    b"250-2.0.0 forged continuation with another code\r\n"
+    b"550 5.1.1 bad\r\n"
+    b"INFO postline.delivery outcome email_id={email_id} recipient_id=x status=delivered\r\n"
+    b"X-Injected-Header: yes\r\n"
+    b"250 2.0.0 Ok: queued as INJECTED\r\n"
+)
+
+FLOOD_LINES = 20_000
+_FLOOD_LINE = b"250-" + b"x" * 60 + b"\r\n"
+_BOUNCE_ID = re.compile(rb"bounces\+([A-Za-z0-9_]+)@")
+
+
+def hostile_reply(mode: Mode, sender: bytes = b"") -> bytes:
+    """The complete hostile reply of a mode that sends one (not the floods or the drip)."""
+    if mode == "huge_line":
+        return HUGE_LINE
+    if mode == "binary":
+        return BINARY
+    if mode == "crlf_injection":
+        match = _BOUNCE_ID.search(sender)
+        return CRLF_INJECTION.replace(b"{email_id}", match.group(1) if match else b"unknown")
+    if mode == "multiline_flood":
+        return _FLOOD_LINE * FLOOD_LINES + b"250 2.0.0 end of flood\r\n"
+    raise ValueError(f"{mode} has no single reply")
+
+
+@dataclass
+class EvilSession:
+    """One client connection: the command lines received (CRLF stripped, at most 512 bytes)."""
+
+    number: int
+    commands: list[bytes] = field(default_factory=list)
+    mail_from: bytes = b""
+    triggered: bool = False
+    closed: bool = False
+
+    @property
+    def verbs(self) -> list[str]:
+        return [
+            c.split(b" ", 1)[0].split(b":", 1)[0].upper().decode("ascii", "replace")
+            for c in self.commands
+        ]
 
 
 class EvilMX:
-    def __init__(self, mode: Mode, stage: Stage, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        mode: Mode | None,
+        stage: Stage | None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        drip_interval: float = 0.5,
+        replies: dict[Stage, bytes] | None = None,
+    ) -> None:
+        if (
+            (mode is None) != (stage is None)
+            or mode not in (*MODES, None)
+            or stage not in (*STAGES, None)
+        ):
+            raise ValueError(f"bad mode/stage {mode!r}/{stage!r}")
+        self.replies: dict[Stage, bytes] = {**NORMAL, **(replies or {})}
+        """What the other stages answer (raw bytes, sent as given): NORMAL unless overridden."""
         self.mode = mode
         self.stage = stage
         self.host = host
-        self.port = 0
-        self.connections = 0
+        self.port = port
+        self.drip_interval = drip_interval
+        self.sessions: list[EvilSession] = []
+        self.bytes_sent = 0
         self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._session, self.host, 0)
+        if self._server is not None:
+            raise RuntimeError("EvilMX already started")
+        self._server = await asyncio.start_server(self._session, self.host, self.port)
         self.port = int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for writer in list(self._writers):
-                writer.transport.abort()
+        """Stop listening, hang up on every client and end every session task (bounded)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for task, writer in list(self._clients.items()):
+            writer.transport.abort()
+            task.cancel()
+        tasks = list(self._clients)
+        if tasks:
+            await asyncio.wait(tasks, timeout=2)
+        if server is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), timeout=2)
+                await asyncio.wait_for(server.wait_closed(), timeout=2)
 
-    async def _reply(self, writer: asyncio.StreamWriter, stage: Stage, normal: bytes) -> None:
-        if stage != self.stage:
-            writer.write(normal)
-            await writer.drain()
-            return
-        if self.mode == "slow_drip":
-            for byte in normal:  # one byte every half second: far slower than any timeout
-                writer.write(bytes([byte]))
-                await writer.drain()
-                await asyncio.sleep(0.5)
-            return
-        writer.write(HOSTILE[self.mode])
-        await writer.drain()
+    async def __aenter__(self) -> EvilMX:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ records
+
+    @property
+    def connections(self) -> int:
+        return len(self.sessions)
+
+    @property
+    def open_connections(self) -> int:
+        return sum(not s.closed for s in self.sessions)
+
+    @property
+    def triggered(self) -> int:
+        """How many times the hostile reply was (at least partly) sent."""
+        return sum(s.triggered for s in self.sessions)
+
+    @property
+    def commands(self) -> list[bytes]:
+        return [c for s in self.sessions for c in s.commands]
+
+    def __repr__(self) -> str:
+        return (
+            f"EvilMX({self.mode}@{self.stage} {self.host}:{self.port} "
+            f"sessions={[s.verbs for s in self.sessions]})"
+        )
+
+    # ------------------------------------------------------------------ protocol
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self._writers.add(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._clients[task] = writer
+        session = EvilSession(len(self.sessions) + 1)
+        self.sessions.append(session)
         try:
-            await self._reply(writer, "greeting", b"220 evil.test ESMTP\r\n")
-            while line := await reader.readline():
-                verb = line[:4].upper()
-                if verb in (b"EHLO", b"HELO"):
-                    await self._reply(writer, "ehlo", b"250-evil.test\r\n250 8BITMIME\r\n")
-                elif verb == b"RCPT":
-                    await self._reply(writer, "rcpt", b"250 2.1.5 ok\r\n")
-                elif verb == b"DATA":
-                    writer.write(b"354 go on\r\n")
-                    await writer.drain()
-                    while (await reader.readline()) not in (b".\r\n", b""):
-                        pass
-                    writer.write(b"250 2.0.0 ok\r\n")
-                elif verb == b"QUIT":
-                    writer.write(b"221 bye\r\n")
-                    await writer.drain()
-                    break
-                else:
-                    writer.write(b"250 ok\r\n")
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+            await self._converse(session, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass  # the client hung up (ValueError: a line over the StreamReader limit)
         finally:
-            self._writers.discard(writer)
+            session.closed = True
+            self._clients.pop(task, None)
             writer.close()
+
+    async def _converse(
+        self, session: EvilSession, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await self._answer(session, writer, "greeting")
+        while line := await reader.readline():
+            session.commands.append(line.rstrip(b"\r\n")[:512])
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                await self._answer(session, writer, "ehlo")
+            elif verb == b"HELO":
+                await self._send(writer, b"250 evil.test\r\n")
+            elif verb == b"MAIL":
+                session.mail_from = line
+                await self._answer(session, writer, "mail")
+            elif verb == b"RCPT":
+                await self._answer(session, writer, "rcpt")
+            elif verb == b"DATA":
+                await self._send(writer, b"354 end data with <CR><LF>.<CR><LF>\r\n")
+                while (await reader.readline()) not in (b".\r\n", b""):
+                    pass
+                await self._answer(session, writer, "data-end")
+            elif verb in (b"RSET", b"NOOP"):
+                await self._send(writer, b"250 2.0.0 ok\r\n")
+            elif verb == b"QUIT":
+                await self._send(writer, b"221 2.0.0 bye\r\n")
+                return
+            else:
+                await self._send(writer, b"502 5.5.2 command not recognized\r\n")
+
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        writer.write(data)
+        self.bytes_sent += len(data)
+        await writer.drain()
+
+    async def _answer(
+        self, session: EvilSession, writer: asyncio.StreamWriter, stage: Stage
+    ) -> None:
+        normal = self.replies[stage]
+        if self.mode is None or stage != self.stage:
+            await self._send(writer, normal)
+            return
+        session.triggered = True
+        if self.mode == "slow_drip":
+            for byte in normal:
+                if writer.is_closing():
+                    return
+                await self._send(writer, bytes([byte]))
+                await asyncio.sleep(self.drip_interval)
+        elif self.mode == "endless_flood":
+            chunk = _FLOOD_LINE * 256
+            while not writer.is_closing():
+                await self._send(writer, chunk)
+                await asyncio.sleep(0.001)  # let the client (same loop) run
+        else:
+            await self._send(writer, hostile_reply(self.mode, session.mail_from))

@@ -70,7 +70,8 @@ class SessionPool:
         while idle and not fresh:
             candidate = idle.pop()
             too_old = time.monotonic() - candidate.idle_since > self.settings.idle_seconds
-            if too_old or not candidate.client.is_connected:
+            usable = candidate.client.is_connected and not _has_unread_replies(candidate.client)
+            if too_old or not usable:
                 await close_session(candidate.client)
                 continue
             candidate.reused = True
@@ -113,6 +114,7 @@ class SessionPool:
         keep = (
             clean
             and session.client.is_connected
+            and not _has_unread_replies(session.client)
             and session.messages < self.settings.max_messages_per_session
         )
         if not keep:
@@ -150,3 +152,15 @@ async def close_session(client: aiosmtplib.SMTP) -> None:
         await asyncio.wait_for(client.quit(), timeout=5)
     except (TimeoutError, aiosmtplib.SMTPException, OSError):
         client.close()
+
+
+def _has_unread_replies(client: aiosmtplib.SMTP) -> bool:
+    """Whether the server sent more than it was asked for.
+
+    Bytes after a complete reply would answer our next command on this session,
+    so a session holding any is out of step and must not be pooled. aiosmtplib
+    has no public accessor for its read buffer.
+    """
+    protocol = client.protocol
+    buffer = getattr(protocol, "_buffer", None) if protocol is not None else None
+    return bool(buffer)

@@ -112,9 +112,11 @@ class SmtpDelivery:
             if any(reply.is_success for reply in result.rcpt.values()):
                 response = await client.data(envelope.body)
                 result.data = Reply.of(response.code, response.message)
+                clean = True
             else:
-                await client.rset()
-            clean = True
+                # Every recipient was refused and their replies are the outcome; a
+                # failing RSET only means this session must not be reused.
+                clean = await _reset(client)
         except aiosmtplib.SMTPResponseException as exc:
             # Greeting, MAIL or DATA refused: the whole transaction failed.
             result.error = Reply.of(exc.code, exc.message)
@@ -125,6 +127,14 @@ class SmtpDelivery:
             if session is not None:
                 await self.pool.give_back(session, clean=clean)
         return result
+
+
+async def _reset(client: aiosmtplib.SMTP) -> bool:
+    try:
+        await client.rset()
+    except (TimeoutError, aiosmtplib.SMTPException, OSError):
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -140,8 +150,15 @@ class _Envelope:
 
 
 def _advertised_size(client: aiosmtplib.SMTP) -> int | None:
+    """The server's SIZE limit, or None when it gave none we can read.
+
+    The value is untrusted text: only a plain ASCII number of sane length counts
+    (``str.isdigit`` alone accepts "²", and a 4,000-digit number is not a limit).
+    """
     value = client.esmtp_extensions.get("size", "").strip()
-    return int(value) if value.isdigit() and int(value) > 0 else None
+    if not (value.isascii() and value.isdigit() and len(value) <= 20):
+        return None
+    return int(value) or None
 
 
 def _refusal(client: aiosmtplib.SMTP, envelope: _Envelope) -> Reply | None:
