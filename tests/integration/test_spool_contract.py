@@ -1,21 +1,70 @@
-"""The spool contract (file spool today; the database spool joins with scale-out)."""
+"""The spool contract, run against the file spool and the database spool on both stores."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
+from postline.config import normalize_database_url
 from postline.spool import Spool, SpoolError, SpoolMissing
+from postline.spool.database import DatabaseSpool
 from postline.spool.files import FileSpool
+from postline.store.db import Database
+from postline.store.migrate import upgrade_async
 from postline.store.types import utcnow
+
+FUTURE = timedelta(seconds=5)
+
+
+@pytest.fixture(
+    params=["file", "sqlite", "postgresql"],
+    ids=["file", "database-sqlite", "database-postgresql"],
+)
+def store_backend(request: pytest.FixtureRequest) -> str:
+    """Overrides conftest's: where bodies live, files or the database spool on each store."""
+    return str(request.param)
 
 
 @pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    return FileSpool(tmp_path / "spool")
+def spool_database_url(store_backend: str, request: pytest.FixtureRequest) -> str | None:
+    """The database behind the database spool (conftest's ``database_url``); None for files."""
+    if store_backend == "file":
+        return None
+    return normalize_database_url(str(request.getfixturevalue("database_url")))
+
+
+@pytest_asyncio.fixture
+async def open_spool(
+    spool_database_url: str | None, tmp_path: Path
+) -> AsyncIterator[Callable[[], Spool]]:
+    """Open spools over one store: each call is another process, or host, reaching it."""
+    if spool_database_url is not None:
+        await upgrade_async(spool_database_url)
+    databases: list[Database] = []
+
+    def open_one() -> Spool:
+        if spool_database_url is None:
+            return FileSpool(tmp_path / "spool")
+        db = Database(spool_database_url)
+        databases.append(db)
+        return DatabaseSpool(db)
+
+    try:
+        yield open_one
+    finally:
+        for db in databases:
+            await db.close()
+
+
+@pytest.fixture
+def spool(open_spool: Callable[[], Spool]) -> Spool:
+    return open_spool()
 
 
 async def test_put_get_delete(spool: Spool) -> None:
@@ -26,18 +75,107 @@ async def test_put_get_delete(spool: Spool) -> None:
     await spool.delete("em_a1")  # deleting twice is fine
     with pytest.raises(SpoolMissing):
         await spool.get("em_a1")
+    assert await spool.get("em_b2") == b"two\r\n" * 1000
+
+
+async def test_bodies_come_back_byte_for_byte(spool: Spool) -> None:
+    body = bytes(range(256)) * 4096 + b"\x00\r\n.\r\n"  # 1 MB, every byte value, NULs
+    await spool.put("em_binary", body)
+    assert await spool.get("em_binary") == body
+
+
+async def test_another_process_reads_what_one_wrote(open_spool: Callable[[], Spool]) -> None:
+    api, worker = open_spool(), open_spool()
+    await api.put_many([("em_shared1", b"one"), ("em_shared2", b"two")])
+    assert await worker.get("em_shared1") == b"one"
+    await worker.delete("em_shared1")
+    with pytest.raises(SpoolMissing):
+        await api.get("em_shared1")
+    assert await api.get("em_shared2") == b"two"
+
+
+async def test_get_of_an_unknown_ref_is_spool_missing(spool: Spool) -> None:
+    with pytest.raises(SpoolMissing):
+        await spool.get("em_never_put")
+
+
+async def test_delete_of_a_missing_ref_is_fine(spool: Spool) -> None:
+    await spool.delete("em_never_put")
+    await spool.put("em_once", b"x")
+    await spool.delete("em_once")
+    await spool.delete("em_once")
+    with pytest.raises(SpoolMissing):
+        await spool.get("em_once")
+
+
+async def test_put_again_replaces_the_body(spool: Spool) -> None:
+    await spool.put("em_again", b"first")
+    await spool.put_many([("em_again", b"second, longer than the first")])
+    assert await spool.get("em_again") == b"second, longer than the first"
+    assert await spool.refs_older_than(utcnow() + FUTURE) == ["em_again"]
+
+
+async def test_a_ref_twice_in_one_batch_keeps_the_last_body(spool: Spool) -> None:
+    await spool.put_many([("em_twice", b"first"), ("em_twice", b"last")])
+    assert await spool.get("em_twice") == b"last"
+
+
+async def test_empty_batch_is_a_no_op(spool: Spool) -> None:
+    await spool.put_many([])
+    assert await spool.refs_older_than(utcnow() + FUTURE) == []
+
+
+@pytest.mark.parametrize("bad_at", [0, 1, 2])
+async def test_put_many_is_all_or_none(spool: Spool, bad_at: int) -> None:
+    await spool.put("em_kept", b"before")
+    batch = [("em_new1", b"1"), ("em_kept", b"overwritten?"), ("em_new2", b"2")]
+    batch.insert(bad_at, ("../escape", b"bad"))
+    with pytest.raises(SpoolError):
+        await spool.put_many(batch)
+    for ref in ("em_new1", "em_new2"):
+        with pytest.raises(SpoolMissing):
+            await spool.get(ref)
+    assert await spool.get("em_kept") == b"before"
+    assert await spool.refs_older_than(utcnow() + FUTURE) == ["em_kept"]
 
 
 async def test_refs_older_than(spool: Spool) -> None:
     await spool.put("em_old1", b"x")
     assert await spool.refs_older_than(utcnow() - timedelta(hours=1)) == []
-    assert await spool.refs_older_than(utcnow() + timedelta(seconds=5)) == ["em_old1"]
+    assert await spool.refs_older_than(utcnow() + FUTURE) == ["em_old1"]
 
 
-async def test_references_cannot_escape_the_spool(spool: Spool) -> None:
-    for ref in ("../x", "a/b", "", "x" * 100):
-        with pytest.raises(SpoolError):
-            await spool.put(ref, b"x")
+async def test_refs_older_than_excludes_newer_bodies(spool: Spool) -> None:
+    await spool.put("em_old2", b"x")
+    # Time has to pass between the two writes; file times are a few ms coarse.
+    await asyncio.sleep(0.05)
+    moment = utcnow()
+    await asyncio.sleep(0.05)
+    await spool.put_many([("em_new3", b"y"), ("em_new4", b"z")])
+    assert await spool.refs_older_than(moment) == ["em_old2"]
+    assert sorted(await spool.refs_older_than(utcnow() + FUTURE)) == [
+        "em_new3",
+        "em_new4",
+        "em_old2",
+    ]
+
+
+@pytest.mark.parametrize("ref", ["../x", "a/b", "", "x" * 65, "em_a\n", "em a", "em-é"])
+async def test_references_cannot_escape_the_spool(spool: Spool, ref: str) -> None:
+    with pytest.raises(SpoolError) as put_error:
+        await spool.put(ref, b"x")
+    assert not isinstance(put_error.value, SpoolMissing)
+    with pytest.raises(SpoolError):
+        await spool.get(ref)
+    with pytest.raises(SpoolError):
+        await spool.delete(ref)
+    assert await spool.refs_older_than(utcnow() + FUTURE) == []
+
+
+async def test_a_ref_of_64_characters_is_fine(spool: Spool) -> None:
+    ref = "em_" + "x" * 61
+    await spool.put(ref, b"x")
+    assert await spool.get(ref) == b"x"
 
 
 async def test_no_temporary_files_left(tmp_path: Path) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
+
+# Email ids: letters, digits and "_". Nothing that could name a path or need quoting.
+_REF = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 
 class SpoolError(Exception):
@@ -17,6 +21,17 @@ class SpoolFull(SpoolError):
 
 class SpoolMissing(SpoolError):
     """A body that should exist does not."""
+
+
+def check_ref(ref: str) -> str:
+    """Refuse a reference that could escape a directory or overflow a key column.
+
+    Every adapter checks the same way, so a ref one spool accepts is never
+    refused by another; ``fullmatch`` so a trailing newline cannot slip through.
+    """
+    if not _REF.fullmatch(ref):
+        raise SpoolError(f"invalid body reference {ref!r}")
+    return ref
 
 
 class Spool(ABC):

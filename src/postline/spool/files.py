@@ -9,14 +9,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from postline.spool.base import Spool, SpoolError, SpoolFull, SpoolMissing
-
-_REF = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+from postline.spool.base import Spool, SpoolError, SpoolFull, SpoolMissing, check_ref
 
 
 class FileSpool(Spool):
@@ -24,8 +21,7 @@ class FileSpool(Spool):
         self.root = root
 
     def _path(self, ref: str) -> Path:
-        if not _REF.match(ref):
-            raise SpoolError(f"invalid body reference {ref!r}")
+        check_ref(ref)
         # Ids start with the time; their last characters are random, so shard on those.
         return self.root / ref[-2:] / f"{ref}.eml"
 
@@ -64,6 +60,9 @@ class FileSpool(Spool):
             raise SpoolError(f"cannot write to the spool: {exc.strerror}") from exc
 
     async def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        # Every ref first: one bad ref found halfway would leave the bodies before it behind.
+        for ref, _ in items:
+            check_ref(ref)
         if items:
             await asyncio.to_thread(self._write_all, items)
 
