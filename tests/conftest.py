@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 import pytest_asyncio
+import redis.asyncio as aioredis
 
 from tests.harness.fixtures import fake_dns, fake_mx, fake_mx_factory
 from tests.harness.postline import PostlineUnderTest, postline_factory
@@ -16,6 +17,7 @@ from tests.harness.postline import PostlineUnderTest, postline_factory
 __all__ = ["fake_dns", "fake_mx", "fake_mx_factory", "postline_factory"]
 
 PG_ADMIN_DSN = os.environ.get("POSTLINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("POSTLINE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
 def unavailable(service: str, reason: str) -> None:
@@ -46,6 +48,36 @@ async def postgres_url() -> AsyncIterator[str]:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest_asyncio.fixture
+async def redis_url() -> str:
+    """The test Redis (shared: give each test its own key prefix, see ``redis_prefix``)."""
+    client = aioredis.Redis.from_url(
+        REDIS_URL, socket_connect_timeout=2, socket_timeout=2, retry=None
+    )
+    try:
+        await client.ping()
+    except (OSError, aioredis.RedisError) as exc:
+        unavailable("Redis", f"{REDIS_URL}: {exc}")
+        raise
+    finally:
+        await client.aclose()
+    return REDIS_URL
+
+
+@pytest_asyncio.fixture
+async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
+    """A fresh key prefix on the test Redis; every key under it is deleted afterwards."""
+    prefix = f"postline_test_{secrets.token_hex(6)}"
+    yield prefix
+    client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=500)]
+        for start in range(0, len(keys), 500):
+            await client.delete(*keys[start : start + 500])
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -13,14 +14,52 @@ from postline.config import normalize_database_url
 from postline.ids import new_id
 from postline.queue import Job, Queue
 from postline.queue.embedded import EmbeddedQueue
+from postline.queue.redis import RedisQueue
 from postline.store.db import Database
 from postline.store.migrate import upgrade_async
 from postline.store.types import utcnow
 
 
+@pytest.fixture(
+    params=[
+        pytest.param("embedded-sqlite", id="embedded-sqlite"),
+        pytest.param("embedded-postgresql", id="embedded-postgresql", marks=pytest.mark.postgres),
+        pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    ]
+)
+def adapter(request: pytest.FixtureRequest) -> str:
+    """Every adapter, and the embedded one on both stores."""
+    return str(request.param)
+
+
+@pytest.fixture
+def store_backend(adapter: str) -> str:
+    """The embedded adapter's store, for the shared ``database_url`` fixture."""
+    return "postgresql" if adapter == "embedded-postgresql" else "sqlite"
+
+
+@pytest.fixture
+def location(adapter: str, request: pytest.FixtureRequest) -> tuple[str, str]:
+    """Where the adapter keeps its jobs: a URL and, for Redis, a fresh key prefix.
+
+    Not async: the database and Redis fixtures are, and pytest-asyncio can only
+    set them up on request from outside the running event loop.
+    """
+    if adapter == "redis":
+        return request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+    return normalize_database_url(request.getfixturevalue("database_url")), ""
+
+
 @pytest_asyncio.fixture
-async def queue(database_url: str) -> AsyncIterator[Queue]:
-    url = normalize_database_url(database_url)
+async def queue(adapter: str, location: tuple[str, str]) -> AsyncIterator[Queue]:
+    url, prefix = location
+    if adapter == "redis":
+        redis = RedisQueue(url, prefix=prefix)
+        try:
+            yield redis
+        finally:
+            await redis.close()
+        return
     await upgrade_async(url)
     db = Database(url)
     try:
@@ -29,8 +68,13 @@ async def queue(database_url: str) -> AsyncIterator[Queue]:
         await db.close()
 
 
-def job(destination: str = "dest.test", due_in: float = 0, body: str | None = None) -> Job:
-    email_id = new_id("em_")
+def job(
+    destination: str = "dest.test",
+    due_in: float = 0,
+    body: str | None = None,
+    email_id: str | None = None,
+) -> Job:
+    email_id = email_id or new_id("em_")
     return Job(
         id=new_id("job_"),
         email_id=email_id,
@@ -138,3 +182,68 @@ async def test_body_refs_depth_and_in_flight(queue: Queue) -> None:
 async def test_enqueue_nothing_or_one(queue: Queue, count: int) -> None:
     await queue.enqueue([job() for _ in range(count)])
     assert sum((await queue.depth()).values()) == count
+
+
+async def test_one_job_per_email_and_destination(queue: Queue) -> None:
+    first = job("a.test")
+    again = job("a.test", email_id=first.email_id)  # e.g. rebuilt by the recovery sweep
+    other_destination = job("b.test", email_id=first.email_id)
+    twice_in_one_batch = [job("c.test"), job("c.test")]
+    twice_in_one_batch[1].email_id = twice_in_one_batch[0].email_id
+    await queue.enqueue([first])
+    await queue.enqueue([again, other_destination, *twice_in_one_batch])
+    assert await queue.depth() == {"a.test": 1, "b.test": 1, "c.test": 1}
+    leased = {j.id for j in await queue.lease("w1", 10, 60)}
+    assert leased == {first.id, other_destination.id, twice_in_one_batch[0].id}
+    # While leased too, and after a retry: the pair still has its job.
+    await queue.enqueue([job("a.test", email_id=first.email_id)])
+    assert await queue.depth() == {"a.test": 1, "b.test": 1, "c.test": 1}
+
+
+async def test_a_finished_pair_may_be_enqueued_again(queue: Queue) -> None:
+    first = job()
+    await queue.enqueue([first])
+    (leased,) = await queue.lease("w1", 10, 60)
+    await queue.ack(leased)
+    second = job(email_id=first.email_id)
+    await queue.enqueue([second])
+    assert [j.id for j in await queue.lease("w1", 10, 60)] == [second.id]
+
+
+async def test_lease_is_fair_across_destinations(queue: Queue) -> None:
+    # A big backlog, all of it older than the small destination's jobs.
+    big = [job("big.test", due_in=-3600 + i * 0.01) for i in range(2000)]
+    small = [job("small.test", due_in=-1) for _ in range(10)]
+    await queue.enqueue(big)
+    await queue.enqueue(small)
+    served: list[str] = []
+    for _ in range(20):
+        (leased,) = await queue.lease("w1", 1, 60)
+        served.append(leased.destination)
+        await queue.ack(leased)
+    assert served.count("small.test") == 10, served
+
+
+async def test_one_lease_takes_destinations_in_turn(queue: Queue) -> None:
+    await queue.enqueue([job("big.test", due_in=-3600 + i) for i in range(50)])
+    await queue.enqueue([job(d, due_in=-1) for d in ("a.test", "b.test") for _ in range(2)])
+    leased = await queue.lease("w1", 7, 60)
+    counts = Counter(j.destination for j in leased)
+    assert counts == {"big.test": 3, "a.test": 2, "b.test": 2}
+    assert [j.due_at for j in leased] == sorted(j.due_at for j in leased)
+
+
+async def test_retry_and_release_keep_the_job_fields(queue: Queue) -> None:
+    original = job()
+    await queue.enqueue([original])
+    (leased,) = await queue.lease("w1", 10, 60)
+    assert leased.email_id == original.email_id and leased.body_ref == original.body_ref
+    assert abs((leased.due_at - original.due_at).total_seconds()) < 1e-5
+    assert leased.created_at is not None
+    await queue.retry(leased, utcnow() - timedelta(seconds=1), [])
+    (again,) = await queue.lease("w2", 10, 60)
+    assert again.recipient_ids == [] and again.attempt == 1
+    await queue.release(again)
+    (third,) = await queue.lease("w3", 10, 60)
+    assert (third.attempt, third.lease_owner) == (1, "w3")
+    assert await queue.in_flight() == {"dest.test": 1}

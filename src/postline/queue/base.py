@@ -39,11 +39,25 @@ class Queue(ABC):
     shares_store: bool = False
 
     @abstractmethod
-    async def enqueue(self, jobs: Sequence[Job], conn: AsyncConnection | None = None) -> None: ...
+    async def enqueue(self, jobs: Sequence[Job], conn: AsyncConnection | None = None) -> None:
+        """Add jobs, at most one per (email_id, destination).
+
+        A job whose pair already has a job (queued earlier, or earlier in
+        ``jobs``) is skipped and the existing one kept, whatever its state. The
+        sweep that rebuilds jobs from the database after a queue loss
+        (``postline.recovery``) relies on this to run again and again safely.
+        ``conn``: the store transaction to write in, for queues that share it.
+        """
 
     @abstractmethod
     async def lease(self, owner: str, limit: int, lease_seconds: float) -> list[Job]:
-        """Claim up to ``limit`` due jobs atomically for ``owner``."""
+        """Claim up to ``limit`` due jobs atomically for ``owner``, sorted by due time.
+
+        Fair across destinations: one due job per destination in turn, the one
+        served least recently first, round after round, so that a destination
+        with a huge backlog cannot starve the others, even at ``limit=1``. An
+        expired lease counts as due.
+        """
 
     @abstractmethod
     async def extend(self, job: Job, lease_seconds: float) -> bool:

@@ -1,0 +1,239 @@
+"""The Redis queue: for installations spread over several hosts.
+
+Jobs live outside the store, so they cannot share a transaction with the rows
+they belong to: accept commits the email and then enqueues, the recorder
+commits an outcome and then acks. The database stays the record of what was
+promised, and housekeeping rebuilds missing jobs from it
+(``postline.recovery``); enqueue keeping one job per (email, destination) is
+what makes that rebuild safe to repeat.
+
+Key layout, all under ``{prefix}:`` so that several installations can share
+one Redis:
+
+``jobs``       hash   job id -> JSON (email_id, destination, recipient_ids,
+                      body_ref, attempt, due_at, lease_owner, lease_until,
+                      created_at; times in epoch seconds)
+``bodies``     hash   job id -> body_ref (``body_refs`` is one HVALS)
+``pairs``      hash   "email_id|destination" -> job id
+``due:{d}``    zset   pending job ids of destination d, scored by due time
+``domains``    zset   destinations with pending jobs, scored by their next turn
+``leased``     zset   leased job ids, scored by lease expiry
+``depth``      hash   destination -> pending + leased jobs
+``inflight``   hash   destination -> leased jobs
+
+Every change is one Lua script (``redis_lua``), so the keys always agree
+with each other; Redis must not evict keys on its own either
+(``maxmemory-policy noeviction``). "Now" is the Redis server's clock, so
+that every process agrees on lease expiry and on whose turn it is; due
+times come from the callers' clocks, as in the embedded queue, so hosts
+still keep their clocks in sync (NTP).
+
+``in_flight`` counts leases until they are recovered, expired or not (the
+embedded queue stops counting a lease when it expires).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from postline.queue import redis_lua
+from postline.queue.base import Job, Queue, QueueError
+
+#: Jobs per enqueue script, and expired leases made pending per script: a script
+#: holds up every other client of Redis while it runs, so big batches go in pieces.
+_BATCH = 500
+
+
+def _client(url: str) -> Redis:
+    """A client that fails fast and lets the caller's backoff do the waiting.
+
+    One quick retry on a broken connection covers a pooled connection that went
+    stale when Redis restarted; redis-py's default (ten retries, backing off)
+    would hold an accept for seconds while Redis is down. Timeouts are not
+    retried, as the script may well have run; a connection lost while reading a
+    reply can still run one twice, which every script tolerates (a lease run
+    twice leaves the jobs of its first run leased but unworked until they expire).
+    Options in the URL (``?socket_timeout=...``) take precedence over these.
+    """
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=5,
+        socket_timeout=10,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1, (RedisConnectionError,)),
+    )
+
+
+def _epoch(moment: datetime) -> float:
+    return moment.timestamp()
+
+
+def _moment(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+
+def _job(job_id: str, raw: str) -> Job:
+    data = json.loads(raw)
+    return Job(
+        id=job_id,
+        email_id=data["email_id"],
+        destination=data["destination"],
+        recipient_ids=list(data["recipient_ids"]),
+        body_ref=data["body_ref"],
+        attempt=int(data["attempt"]),
+        due_at=datetime.fromtimestamp(data["due_at"], UTC),
+        lease_owner=data["lease_owner"],
+        lease_until=_moment(data["lease_until"]),
+        created_at=_moment(data["created_at"]),
+    )
+
+
+def _encode(job: Job) -> str:
+    return json.dumps(
+        {
+            "email_id": job.email_id,
+            "destination": job.destination,
+            "recipient_ids": list(job.recipient_ids),
+            "body_ref": job.body_ref,
+            "attempt": job.attempt,
+            "due_at": _epoch(job.due_at),
+            "lease_owner": None,
+            "lease_until": None,
+            "created_at": None,  # the script's clock
+        }
+    )
+
+
+class RedisQueue(Queue):
+    shares_store = False
+
+    def __init__(self, url: str, prefix: str = "postline") -> None:
+        self._setup(_client(url), prefix)
+
+    @classmethod
+    def from_client(cls, client: Redis, prefix: str = "postline") -> RedisQueue:
+        """A queue over a client made elsewhere (``decode_responses=True``); it closes it."""
+        if not client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("RedisQueue needs a client made with decode_responses=True")
+        queue = cls.__new__(cls)
+        queue._setup(client, prefix)
+        return queue
+
+    def _setup(self, client: Redis, prefix: str) -> None:
+        if not prefix:
+            raise ValueError("the Redis key prefix must not be empty")
+        self.client = client
+        self.prefix = prefix
+        self._keys = [
+            f"{prefix}:{name}"
+            for name in ("jobs", "bodies", "pairs", "domains", "leased", "depth", "inflight")
+        ]
+        self._due = f"{prefix}:due:"
+        self._enqueue = client.register_script(redis_lua.ENQUEUE)
+        self._lease = client.register_script(redis_lua.LEASE)
+        self._extend = client.register_script(redis_lua.EXTEND)
+        self._ack = client.register_script(redis_lua.ACK)
+        self._retry = client.register_script(redis_lua.RETRY)
+        self._release = client.register_script(redis_lua.RELEASE)
+        self._recover = client.register_script(redis_lua.RECOVER)
+
+    async def _run(self, script: AsyncScript, *args: Any) -> Any:
+        return await script(keys=self._keys, args=[self._due, *args])
+
+    async def enqueue(self, jobs: Sequence[Job], conn: AsyncConnection | None = None) -> None:
+        for start in range(0, len(jobs), _BATCH):
+            args: list[str | float] = []
+            for job in jobs[start : start + _BATCH]:
+                args += [
+                    job.id,
+                    f"{job.email_id}|{job.destination}",
+                    job.destination,
+                    job.body_ref,
+                    _epoch(job.due_at),
+                    _encode(job),
+                ]
+            await self._run(self._enqueue, *args)
+
+    async def lease(self, owner: str, limit: int, lease_seconds: float) -> list[Job]:
+        if limit <= 0:
+            return []
+        reply = await self._run(self._lease, owner, lease_seconds, limit, _BATCH)
+        jobs = [_job(reply[i], reply[i + 1]) for i in range(0, len(reply), 2)]
+        return sorted(jobs, key=lambda job: job.due_at)
+
+    async def extend(self, job: Job, lease_seconds: float) -> bool:
+        if job.lease_owner is None:
+            return False
+        until = await self._run(self._extend, job.id, job.lease_owner, lease_seconds)
+        if until is None:
+            return False
+        job.lease_until = _moment(float(until))
+        return True
+
+    async def ack(self, job: Job, conn: AsyncConnection | None = None) -> None:
+        if job.lease_owner is not None:
+            await self._run(self._ack, job.id, job.lease_owner)
+
+    async def retry(
+        self,
+        job: Job,
+        due_at: datetime,
+        recipient_ids: Sequence[str],
+        conn: AsyncConnection | None = None,
+    ) -> None:
+        if job.lease_owner is not None:
+            pending = json.dumps(list(recipient_ids))
+            await self._run(self._retry, job.id, job.lease_owner, _epoch(due_at), pending)
+
+    async def release(self, job: Job) -> None:
+        if job.lease_owner is not None:
+            await self._run(self._release, job.id, job.lease_owner)
+
+    async def recover_expired(self) -> int:
+        total = 0
+        while True:
+            recovered = int(await self._run(self._recover, _BATCH))
+            total += recovered
+            if recovered < _BATCH:
+                return total
+
+    async def body_refs(self) -> set[str]:
+        """Fail closed: orphan cleanup deletes spooled bodies not named here, so a partial
+        or garbled answer would delete mail; any doubt is a QueueError."""
+        try:
+            refs = await self.client.hvals(self._keys[1])
+        except (RedisError, OSError) as exc:
+            raise QueueError(f"cannot list queued bodies: {exc}") from exc
+        if not isinstance(refs, list):
+            raise QueueError(f"unexpected reply listing queued bodies: {type(refs).__name__}")
+        bodies: set[str] = set()
+        for ref in refs:
+            if not isinstance(ref, str) or not ref:
+                raise QueueError(f"unexpected body reference in the queue: {ref!r}")
+            bodies.add(ref)
+        return bodies
+
+    async def _counts(self, key: str) -> dict[str, int]:
+        counts = await self.client.hgetall(key)
+        return {str(destination): int(n) for destination, n in counts.items() if int(n) > 0}
+
+    async def depth(self) -> dict[str, int]:
+        return await self._counts(self._keys[5])
+
+    async def in_flight(self) -> dict[str, int]:
+        return await self._counts(self._keys[6])
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,176 @@
+"""What only the Redis queue has to get right: sharing one Redis, failing closed,
+several processes at once, and the key layout other tools read."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from postline.queue import QueueError
+from postline.queue.redis import RedisQueue
+from postline.store.types import utcnow
+from tests.integration.test_queue_contract import job
+
+pytestmark = pytest.mark.redis
+
+Make = Callable[..., RedisQueue]
+
+
+@pytest_asyncio.fixture
+async def make(redis_url: str, redis_prefix: str) -> AsyncIterator[Make]:
+    """Build queues on the test Redis, each with its own client (as separate processes
+    would have), under ``redis_prefix`` or a prefix below it; all closed afterwards."""
+    async with AsyncExitStack() as stack:
+
+        def build(suffix: str = "", url: str = redis_url) -> RedisQueue:
+            queue = RedisQueue(url, prefix=redis_prefix + suffix)
+            stack.push_async_callback(queue.close)
+            return queue
+
+        yield build
+
+
+@pytest_asyncio.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_two_prefixes_do_not_see_each_other(make: Make) -> None:
+    first, second = make(":first"), make(":second")
+    mine = job("a.test", body="em_first")
+    await first.enqueue([mine])
+    # The same pair in the other installation is another job, not a duplicate.
+    await second.enqueue([job("a.test", email_id=mine.email_id, body="em_second")])
+    assert await first.depth() == await second.depth() == {"a.test": 1}
+    assert await first.body_refs() == {"em_first"}
+    assert await second.body_refs() == {"em_second"}
+    (leased,) = await first.lease("w1", 10, 0.01)
+    assert leased.id == mine.id
+    assert await first.in_flight() == {"a.test": 1}
+    assert await second.in_flight() == {}
+    await asyncio.sleep(0.05)
+    assert await second.recover_expired() == 0
+    (other,) = await second.lease("w2", 10, 60)
+    assert other.body_ref == "em_second"
+    assert await first.recover_expired() == 1
+
+
+async def test_body_refs_fails_closed_when_redis_is_unreachable(make: Make) -> None:
+    queue = make(url=f"redis://127.0.0.1:{closed_port()}/0")
+    with pytest.raises(QueueError):
+        await queue.body_refs()
+
+
+async def test_body_refs_fails_closed_when_redis_does_not_answer(redis_prefix: str) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answers
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = aioredis.Redis.from_url(
+        f"redis://127.0.0.1:{port}/0", decode_responses=True, socket_timeout=0.3, retry=None
+    )
+    queue = RedisQueue.from_client(client, prefix=redis_prefix)
+    try:
+        with pytest.raises(QueueError):
+            await queue.body_refs()
+    finally:
+        await queue.close()
+        server.close()
+
+
+async def test_body_refs_fails_closed_on_a_corrupted_key(
+    make: Make, raw: aioredis.Redis, redis_prefix: str
+) -> None:
+    queue = make()
+    await queue.enqueue([job()])
+    await raw.delete(f"{redis_prefix}:bodies")
+    await raw.set(f"{redis_prefix}:bodies", "not a hash")
+    with pytest.raises(QueueError):
+        await queue.body_refs()
+
+
+async def test_separate_clients_leasing_at_once_never_share_a_job(make: Make) -> None:
+    jobs = [job(f"d{i % 7}.test") for i in range(300)]
+    await make().enqueue(jobs)
+    workers = [make() for _ in range(6)]
+
+    async def drain(index: int, queue: RedisQueue) -> list[str]:
+        taken: list[str] = []
+        while batch := await queue.lease(f"w{index}", 1 + index % 5, 60):
+            taken += [j.id for j in batch]
+            assert all(j.lease_owner == f"w{index}" for j in batch)
+            await asyncio.sleep(0)
+        return taken
+
+    results = await asyncio.gather(*(drain(i, q) for i, q in enumerate(workers)))
+    leased = [job_id for taken in results for job_id in taken]
+    assert len(leased) == len(set(leased)) == 300
+    assert sum((await workers[0].in_flight()).values()) == 300
+
+
+async def test_key_layout_and_exact_times(
+    make: Make, raw: aioredis.Redis, redis_prefix: str
+) -> None:
+    """Operators and the scale-out suite read ``{prefix}:jobs`` directly; times are
+    written back by Lua, which must not round them (cjson keeps 14 digits)."""
+    queue = make()
+    due = datetime(2024, 5, 17, 8, 30, 15, 123456, tzinfo=UTC)
+    original = job()
+    original.due_at = due
+    await queue.enqueue([original])
+    (leased,) = await queue.lease("w1", 10, 60)
+    assert leased.due_at == due
+    stored = json.loads(await raw.hget(f"{redis_prefix}:jobs", original.id) or "{}")
+    assert stored["lease_owner"] == "w1"
+    assert stored["email_id"] == original.email_id
+    assert stored["recipient_ids"] == original.recipient_ids
+    assert await raw.zscore(f"{redis_prefix}:leased", original.id) is not None
+    retry_at = datetime(2024, 5, 17, 8, 31, 0, 654321, tzinfo=UTC)
+    await queue.retry(leased, retry_at, [])
+    stored = json.loads(await raw.hget(f"{redis_prefix}:jobs", original.id) or "{}")
+    assert stored["recipient_ids"] == [] and stored["lease_owner"] is None
+    assert datetime.fromtimestamp(stored["due_at"], UTC) == retry_at
+    assert await raw.zscore(f"{redis_prefix}:due:dest.test", original.id) is not None
+    assert await raw.hget(f"{redis_prefix}:pairs", f"{original.email_id}|dest.test") == (
+        original.id
+    )
+
+
+async def test_counters_stay_exact_under_stale_calls(make: Make) -> None:
+    queue = make()
+    await queue.enqueue([job(), job()])
+    first, second = await queue.lease("w1", 10, 60)
+    await queue.ack(first)
+    await queue.ack(first)  # twice
+    await queue.release(first)  # after it is gone
+    await queue.retry(first, utcnow(), [])
+    assert not await queue.extend(first, 60)
+    assert await queue.depth() == {"dest.test": 1}
+    assert await queue.in_flight() == {"dest.test": 1}
+    await queue.release(second)
+    await queue.release(second)  # no longer its owner's
+    assert await queue.in_flight() == {}
+    (again,) = await queue.lease("w2", 10, 60)
+    await queue.ack(again)
+    assert await queue.depth() == {} and await queue.in_flight() == {}
+    assert await queue.body_refs() == set()
+    assert await queue.lease("w2", 10, 60) == []
+    assert await queue.extend(again, 60) is False
