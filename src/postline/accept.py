@@ -196,7 +196,7 @@ class Acceptor:
                 await self.spool.delete(item.email_id)
             raise
         if not self.queue.shares_store:
-            await self.queue.enqueue(jobs)
+            await self._enqueue_after_commit(jobs)
         if self.notify is not None:
             self.notify()
         for item in prepared:
@@ -209,6 +209,21 @@ class Acceptor:
                 item.submission.source,
             )
         return results
+
+    async def _enqueue_after_commit(self, jobs: list[Job]) -> None:
+        """The email is durable already, so a queue outage must not turn the 202 into an error.
+
+        Housekeeping rebuilds jobs missing from the queue out of the database
+        (``recovery.restore_missing_jobs``), so these are delivered once it is back.
+        """
+        try:
+            await self.queue.enqueue(jobs)
+        except Exception as exc:
+            log.warning(
+                "queue unavailable after commit; %d jobs left for housekeeping to restore: %s",
+                len(jobs),
+                type(exc).__name__,
+            )
 
     async def _commit(
         self, prepared: list[_Prepared], now: datetime, on_commit: Any

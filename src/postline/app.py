@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from postline.accept import Acceptor
-from postline.config import Settings
+from postline.backoff import Backoff, first_line
+from postline.config import ConfigError, Settings
 from postline.delivery.bounces import BounceNotifier
 from postline.delivery.engine import Engine
 from postline.delivery.pool import SmtpSettings
@@ -27,12 +28,16 @@ from postline.keys import create_key
 from postline.metrics import Metrics
 from postline.queue import Queue
 from postline.queue.embedded import EmbeddedQueue
+from postline.queue.redis import RedisQueue
+from postline.recovery import restore_missing_jobs
 from postline.sandbox.simulator import Simulator
 from postline.spool import Spool
+from postline.spool.database import DatabaseSpool
 from postline.spool.files import FileSpool
 from postline.store import keys as key_store
 from postline.store.db import Database
 from postline.store.domains import set_bounce_notifications
+from postline.store.types import utcnow
 
 log = logging.getLogger("postline")
 
@@ -54,8 +59,8 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> Services:
         db = Database(settings.database_url)
-        spool: Spool = FileSpool(settings.spool_path)
-        queue: Queue = EmbeddedQueue(db)
+        spool = build_spool(settings, db)
+        queue = build_queue(settings, db)
         metrics = Metrics()
         router = Router(
             nameservers=settings.nameservers,
@@ -109,22 +114,60 @@ class Services:
         await self.db.close()
 
 
-async def housekeeping(services: Services, stop: asyncio.Event, interval: float = 30.0) -> None:
-    """Periodic chores: free expired leases, refresh gauges."""
+def build_spool(settings: Settings, db: Database) -> Spool:
+    if settings.spool_url == "database":
+        return DatabaseSpool(db)
+    return FileSpool(settings.spool_path)
+
+
+def build_queue(settings: Settings, db: Database) -> Queue:
+    if settings.queue_url == "embedded":
+        return EmbeddedQueue(db)
+    return RedisQueue(settings.queue_url, prefix=settings.queue_prefix)
+
+
+async def check_reachable(services: Services, timeout: float = 10.0) -> None:
+    """Fail at start when the database or the queue does not answer (ConfigError, one line)."""
+    try:
+        await asyncio.wait_for(services.db.ping(), timeout)
+    except Exception as exc:
+        reason = first_line(exc)
+        raise ConfigError(f"POSTLINE_DATABASE_URL: cannot reach the database ({reason})") from None
+    try:
+        await asyncio.wait_for(services.queue.depth(), timeout)
+    except Exception as exc:
+        reason = first_line(exc)
+        raise ConfigError(f"POSTLINE_QUEUE_URL: cannot reach the queue ({reason})") from None
+
+
+async def housekeeping_pass(services: Services) -> None:
+    """One round of chores: free expired leases, restore lost jobs, refresh gauges."""
+    recovered = await services.queue.recover_expired()
+    if recovered:
+        log.warning("recovered %d expired job leases", recovered)
+    if not services.queue.shares_store:
+        await restore_missing_jobs(
+            services.db, services.queue, utcnow(), services.settings.requeue_grace_seconds
+        )
+    await services.engine.delivery.pool.prune()
+    depth = await services.queue.depth()
+    services.metrics.queue_depth.set(sum(depth.values()))
+    in_flight = await services.queue.in_flight()
+    services.metrics.queue_in_flight.set(sum(in_flight.values()))
+
+
+async def housekeeping(services: Services, stop: asyncio.Event) -> None:
+    """Run the chores every ``POSTLINE_HOUSEKEEPING_INTERVAL``; back off while storage is away."""
+    backoff = Backoff("housekeeping", first=1.0, cap=services.settings.housekeeping_interval)
     while not stop.is_set():
+        wait = services.settings.housekeeping_interval
         try:
-            recovered = await services.queue.recover_expired()
-            if recovered:
-                log.warning("recovered %d expired job leases", recovered)
-            await services.engine.delivery.pool.prune()
-            depth = await services.queue.depth()
-            services.metrics.queue_depth.set(sum(depth.values()))
-            in_flight = await services.queue.in_flight()
-            services.metrics.queue_in_flight.set(sum(in_flight.values()))
-        except Exception:
-            log.exception("housekeeping pass failed")
+            await housekeeping_pass(services)
+            backoff.succeeded()
+        except Exception as exc:
+            wait = backoff.failed(exc)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval)
+            await asyncio.wait_for(stop.wait(), timeout=wait)
 
 
 async def start_sandbox(services: Services) -> Simulator:

@@ -17,13 +17,14 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from postline.app import Services, ensure_admin_key
+from postline.app import Services, check_reachable, ensure_admin_key
 from postline.config import (
     ConfigError,
     Settings,
     check_port_free,
     ensure_data_dir,
     load_settings,
+    redact_url,
 )
 from postline.domains import DomainError, create_domain, dns_records
 from postline.keys import create_key
@@ -115,51 +116,91 @@ def serve(
     ] = None,
 ) -> None:
     """Run everything in one process: API, delivery engine and (optionally) the sandbox."""
-    from postline.supervisor import serve as run_parts
-
     overrides = {"sandbox": sandbox} if sandbox is not None else {}
-    settings = settings_or_exit(**overrides)
+    run_parts(settings_or_exit(**overrides), api=True, engine=True)
+
+
+@app.command()
+def api() -> None:
+    """Run only the HTTP API: accept and read mail; workers deliver it.
+
+    Start as many as you like, on any host, sharing one database, queue and spool.
+    """
+    run_parts(settings_or_exit(sandbox=False), api=True, engine=False)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, help="Deliveries in flight at once (POSTLINE_CONCURRENCY)."),
+    ] = None,
+) -> None:
+    """Run only delivery, webhook dispatch and housekeeping: no HTTP port.
+
+    Start as many as you like, on any host, sharing one database, queue and spool.
+    """
+    overrides: dict[str, Any] = {"sandbox": False}
+    if concurrency is not None:
+        overrides["concurrency"] = concurrency
+    run_parts(settings_or_exit(**overrides), api=False, engine=True)
+
+
+def run_parts(settings: Settings, *, api: bool, engine: bool) -> None:
+    """Start the chosen parts under the supervisor, after one-line checks of everything."""
+    from postline.supervisor import serve as supervise
+
     setup_logging(settings.log_level)
-    try:
-        check_port_free(settings.http_addr, "POSTLINE_HTTP_ADDR")
-    except ConfigError as exc:
-        fail(str(exc), 2)
+    if api:
+        try:
+            check_port_free(settings.http_addr, "POSTLINE_HTTP_ADDR")
+        except ConfigError as exc:
+            fail(str(exc), 2)
     migrate_or_exit(settings)
 
     async def main(services: Services) -> None:
+        await check_reachable(services)
         ready = asyncio.Event()
-
-        async def announce() -> None:
-            await ready.wait()
-            first = await ensure_admin_key(services)
-            host, port = settings.http_host_port
-            # Plain echo, not rich: a key wrapped at the terminal width cannot be copied.
-            typer.echo(f"Postline is running. API: http://{host}:{port}/v1")
-            if settings.sandbox:
-                typer.echo(
-                    "Sandbox on: send from anything@sandbox.postline.test to delivered@, "
-                    "bounced@, deferred@ or blocked@simulator.postline.test"
-                )
-            if settings.webhook_allow_private:
-                typer.echo(
-                    "Webhook URLs on loopback and private addresses are allowed "
-                    "(POSTLINE_WEBHOOK_ALLOW_PRIVATE=true): for labs, not for production"
-                )
-            if first is not None and first.key is not None:
-                typer.echo(f"Admin API key (shown once; saved to {first.path}, mode 0600):")
-                typer.echo(first.key)
-            elif first is not None:
-                typer.echo(f"Admin API key: written on first run to {first.path}")
-            sys.stdout.flush()
-
-        announcer = asyncio.create_task(announce())
-        await run_parts(services, sandbox=settings.sandbox, ready=ready)
+        announcer = asyncio.create_task(announce(services, ready, api=api, engine=engine))
+        await supervise(services, api=api, engine=engine, sandbox=settings.sandbox, ready=ready)
         announcer.cancel()
 
     try:
         run_with_services(settings, main)
-    except ConfigError as exc:  # e.g. the port was taken after check_port_free
+    except ConfigError as exc:  # unreachable queue, or the port was taken after the check
         fail(str(exc), 2)
+
+
+async def announce(services: Services, ready: asyncio.Event, *, api: bool, engine: bool) -> None:
+    """Say what runs where, once it does; show the first admin key once."""
+    settings = services.settings
+    await ready.wait()
+    first = await ensure_admin_key(services) if api else None
+    # Plain echo, not rich: a key wrapped at the terminal width cannot be copied.
+    if api:
+        host, port = settings.http_host_port
+        typer.echo(f"Postline is running. API: http://{host}:{port}/v1")
+    if engine and not api:
+        typer.echo(
+            f"Postline worker is running: concurrency {settings.concurrency}, "
+            f"queue {redact_url(settings.queue_url)}"
+        )
+    if settings.sandbox:
+        typer.echo(
+            "Sandbox on: send from anything@sandbox.postline.test to delivered@, "
+            "bounced@, deferred@ or blocked@simulator.postline.test"
+        )
+    if settings.webhook_allow_private and engine:
+        typer.echo(
+            "Webhook URLs on loopback and private addresses are allowed "
+            "(POSTLINE_WEBHOOK_ALLOW_PRIVATE=true): for labs, not for production"
+        )
+    if first is not None and first.key is not None:
+        typer.echo(f"Admin API key (shown once; saved to {first.path}, mode 0600):")
+        typer.echo(first.key)
+    elif first is not None:
+        typer.echo(f"Admin API key: written on first run to {first.path}")
+    sys.stdout.flush()
 
 
 @domains_app.command("add")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./postline-data")
     database_url: str = ""
     queue_url: str = "embedded"
+    queue_prefix: str = "postline"
     spool_url: str = ""
     http_addr: str = "127.0.0.1:8080"
     smtp_addr: str = "127.0.0.1:2587"
@@ -105,6 +107,8 @@ class Settings(BaseSettings):
     tls_ca_file: str = ""
     shutdown_timeout: float = 30.0
     poll_interval: float = 0.5
+    housekeeping_interval: float = 30.0
+    requeue_grace_seconds: float = 60.0
     webhook_concurrency: int = 32
     webhook_timeout: float = 15.0
     webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
@@ -166,6 +170,13 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r}: expected 'embedded' or redis://host:port/db")
         return value
 
+    @field_validator("queue_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", value):
+            raise ValueError(f"{value!r}: 1-64 letters, digits or _.:-")
+        return value
+
     @field_validator("retry_schedule", "webhook_retry_schedule")
     @classmethod
     def _check_schedule(cls, value: str) -> str:
@@ -186,6 +197,7 @@ class Settings(BaseSettings):
         "webhook_disable_after_seconds",
         "destination_connections",
         "smtp_max_messages_per_session",
+        "housekeeping_interval",
     )
     @classmethod
     def _check_positive(cls, value: int) -> int:
@@ -204,7 +216,13 @@ class Settings(BaseSettings):
             self.spool_url = f"file://{(self.data_dir / 'spool').absolute()}"
         scheme = urlsplit(self.spool_url).scheme
         if scheme != "file" and self.spool_url != "database":
-            raise ValueError(f"POSTLINE_SPOOL_URL {self.spool_url!r}: expected file:///path")
+            raise ValueError(
+                f"POSTLINE_SPOOL_URL {self.spool_url!r}: expected file:///path or database"
+            )
+        if self.spool_url == "database" and self.database_url.startswith("sqlite"):
+            # Bodies are shared through the database only for hosts that share one;
+            # on SQLite the spool's writes would queue behind the store's single writer.
+            raise ValueError("POSTLINE_SPOOL_URL=database needs a PostgreSQL POSTLINE_DATABASE_URL")
         if self.lease_seconds <= self.smtp_connect_timeout + 2 * self.smtp_command_timeout:
             # A lease shorter than one SMTP conversation would hand a job to a
             # second worker while the first is still sending it.
@@ -299,3 +317,12 @@ def check_port_free(addr: str, label: str) -> None:
             sock.bind((host, port))
         except OSError as exc:
             raise ConfigError(f"{label} {addr}: cannot listen ({exc.strerror})") from None
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for logs and banners: any password replaced by ***."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()

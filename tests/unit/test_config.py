@@ -328,10 +328,25 @@ def test_ensure_data_dir_below_a_regular_file(tmp_path: Path) -> None:
 
 
 def test_ensure_data_dir_database_spool_creates_no_spool(tmp_path: Path) -> None:
-    settings = load_settings(data_dir=tmp_path / "d", spool_url="database")
+    settings = load_settings(
+        data_dir=tmp_path / "d",
+        spool_url="database",
+        database_url="postgresql://postgres@127.0.0.1:5432/postline",
+    )
     ensure_data_dir(settings)
     assert (tmp_path / "d").is_dir()
     assert not (tmp_path / "d" / "spool").exists()
+
+
+def test_database_spool_on_sqlite_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="POSTLINE_SPOOL_URL=database needs a PostgreSQL"):
+        load_settings(data_dir=tmp_path, spool_url="database")
+
+
+@pytest.mark.parametrize("prefix", ["", "has space", "x" * 65, "a{b}"])
+def test_bad_queue_prefix_is_refused(tmp_path: Path, prefix: str) -> None:
+    with pytest.raises(ConfigError, match="POSTLINE_QUEUE_PREFIX"):
+        load_settings(data_dir=tmp_path, queue_prefix=prefix)
 
 
 # --- check_port_free ------------------------------------------------------------------------

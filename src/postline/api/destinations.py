@@ -11,9 +11,11 @@ from pydantic import BaseModel, ConfigDict
 from postline.api.auth import Admin, Caller, Svc
 from postline.api.problems import Problem
 from postline.api.views import rfc3339
-from postline.delivery.breaker import BreakerView
+from postline.delivery.breaker import Breakers, BreakerView
 from postline.domains import DomainError, normalize_domain
+from postline.store import breakers as breaker_store
 from postline.store import emails as email_store
+from postline.store.types import utcnow
 
 router = APIRouter(prefix="/v1/destinations", tags=["operations"])
 
@@ -21,6 +23,10 @@ router = APIRouter(prefix="/v1/destinations", tags=["operations"])
 class BreakerIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     state: Literal["open", "closed"]
+
+    @property
+    def state_action(self) -> breaker_store.Action:
+        return "open" if self.state == "open" else "close"
 
 
 @dataclass(frozen=True)
@@ -49,10 +55,18 @@ def view(domain: str, breaker: BreakerView, counts: _Counts) -> dict[str, Any]:
     }
 
 
+async def _breakers(svc: Svc) -> Breakers:
+    """This process's live breakers, or, in an API-only process, the database's view of them."""
+    if svc.engine.running:
+        return svc.engine.breakers
+    breakers, _ = await svc.engine.load_breakers()
+    return breakers
+
+
 @router.get("", summary="Every destination with queued mail or a breaker that is not closed")
 async def list_destinations(svc: Svc, _: Caller) -> dict[str, Any]:
     counts = await _counts(svc)
-    breakers = svc.engine.breakers
+    breakers = await _breakers(svc)
     names = set(counts.queued) | set(counts.deferred) | {v.domain for v in breakers.views()}
     data = [view(d, breakers.view(d), counts) for d in sorted(names)]
     return {"data": data, "next_cursor": None}
@@ -64,9 +78,12 @@ async def set_breaker(svc: Svc, _: Admin, domain: str, body: BreakerIn) -> dict[
         name = normalize_domain(domain)
     except DomainError as exc:
         raise Problem(422, str(exc), [{"field": "domain", "message": str(exc)}]) from None
-    breakers = svc.engine.breakers
+    # Recorded for every worker (they apply it within seconds), and applied here at once.
+    async with svc.db.write() as conn:
+        await breaker_store.record_command(conn, name, body.state_action, utcnow())
     if body.state == "open":
-        breakers.force_open(name)
+        svc.engine.breakers.force_open(name)
     else:
-        breakers.force_close(name)
+        svc.engine.breakers.force_close(name)
+    breakers = await _breakers(svc)
     return view(name, breakers.view(name), await _counts(svc))

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy.engine import Row
 
+from postline.backoff import Backoff
 from postline.config import Settings
 from postline.delivery.breaker import Breakers, BreakerState
 from postline.delivery.pool import TlsPolicy
@@ -33,12 +34,16 @@ from postline.model import PENDING_STATUSES, BounceType, RecipientStatus
 from postline.outcomes import Outcome, activate_scheduled
 from postline.queue import Job, Queue
 from postline.spool import Spool, SpoolMissing
+from postline.store import breakers as breaker_store
 from postline.store import emails as email_store
 from postline.store.attempts import recent_attempts
 from postline.store.db import Database
 from postline.store.types import utcnow
 
 log = logging.getLogger("postline.engine")
+
+#: How often a worker looks for breakers opened or closed by hand elsewhere.
+COMMAND_SYNC_SECONDS = 2.0
 
 _SUPPRESSED = Outcome(status=RecipientStatus.SUPPRESSED, reason="on the suppression list")
 
@@ -101,6 +106,8 @@ class Engine:
             parse_limits(settings.destination_limits),
         )
         self.breakers = Breakers()
+        self.running = False
+        self._command_cursor = 0
         self._wake = asyncio.Event()
         self._active: dict[asyncio.Task[None], Job] = {}
 
@@ -108,16 +115,45 @@ class Engine:
         """New work was queued here: look now instead of at the next poll."""
         self._wake.set()
 
-    async def warm_up(self) -> None:
-        """Breakers start from the last hour of attempts, so a restart does not hammer a dead MX."""
+    async def load_breakers(self) -> tuple[Breakers, int]:
+        """Breakers as the database tells them: the last hour of attempts, then manual commands.
+
+        Returns them with the id of the newest command applied, from which
+        :meth:`sync_commands` goes on.
+        """
+        since = utcnow() - timedelta(hours=1)
         async with self.db.read() as conn:
-            rows = await recent_attempts(conn, utcnow() - timedelta(hours=1))
-        self.breakers.warm_up(rows)
+            rows = await recent_attempts(conn, since)
+            commands = await breaker_store.latest_commands(conn)
+        closed_at = {c.domain: c.created_at for c in commands if c.action == "close"}
+        # An operator's close vouches for the destination: failures before it do not count.
+        rows = [r for r in rows if r.created_at > closed_at.get(r.destination, since)]
+        breakers = Breakers()
+        breakers.warm_up(rows)
+        for command in commands:
+            if command.action == "open":
+                breakers.force_open(command.domain)
+        return breakers, max((c.id for c in commands), default=0)
+
+    async def warm_up(self) -> None:
+        """Breakers start from the database, so a restart does not hammer a dead MX."""
+        self.breakers, self._command_cursor = await self.load_breakers()
         for view in self.breakers.views():
             if view.state is not BreakerState.CLOSED:
                 log.warning(
                     "breaker for %s starts %s until %s", view.domain, view.state, view.until
                 )
+
+    async def sync_commands(self) -> None:
+        """Apply breakers opened or closed by hand on any API process since the last look."""
+        async with self.db.read() as conn:
+            commands = await breaker_store.commands_after(conn, self._command_cursor)
+        for command in commands:
+            if command.action == "open":
+                self.breakers.force_open(command.domain)
+            else:
+                self.breakers.force_close(command.domain)
+            self._command_cursor = command.id
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
@@ -125,14 +161,30 @@ class Engine:
         except Exception:
             log.exception("breaker warm-up failed; starting with every breaker closed")
         log.info("engine started owner=%s concurrency=%d", self.owner, self.settings.concurrency)
+        self.running = True
+        try:
+            await self._loop(stop)
+        finally:
+            self.running = False
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        backoff = Backoff("leasing delivery jobs")
+        loop = asyncio.get_running_loop()
+        next_sync = loop.time() + COMMAND_SYNC_SECONDS
         while not stop.is_set():
+            if loop.time() >= next_sync:
+                next_sync = loop.time() + COMMAND_SYNC_SECONDS
+                with contextlib.suppress(Exception):  # storage outages are the lease's to report
+                    await self.sync_commands()
             free = self.settings.concurrency - len(self._active)
             leased: list[Job] = []
+            wait = self.settings.poll_interval
             if free > 0:
                 try:
                     leased = await self.queue.lease(self.owner, free, self.settings.lease_seconds)
-                except Exception:
-                    log.exception("leasing jobs failed; retrying")
+                    backoff.succeeded()
+                except Exception as exc:
+                    wait = backoff.failed(exc)
             for job in leased:
                 task = asyncio.create_task(self._process(job), name=f"deliver:{job.id}")
                 self._active[task] = job
@@ -142,9 +194,7 @@ class Engine:
             self._wake.clear()
             waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait(
-                    waiters, timeout=self.settings.poll_interval, return_when="FIRST_COMPLETED"
-                )
+                await asyncio.wait(waiters, timeout=wait, return_when="FIRST_COMPLETED")
             for waiter in waiters:
                 waiter.cancel()
         await self._drain()

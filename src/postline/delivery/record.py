@@ -85,7 +85,8 @@ class Recorder:
     async def _write(self, batch: list[_Attempt]) -> None:
         now = self.clock()
         async with self.db.write() as conn:
-            for attempt in batch:
+            # Lock emails in one global order, so two workers' batches cannot deadlock.
+            for attempt in sorted(batch, key=lambda a: a.job.email_id):
                 attempt.recorded.clear()
                 attempt.pending.clear()
                 await self._apply(conn, attempt, now)
@@ -95,9 +96,25 @@ class Recorder:
             self.notify()
         for attempt in batch:
             if not self.queue.shares_store:
-                await self._finish(attempt, None)
-                await self.queue.enqueue(attempt.dsn_jobs)
+                await self._finish_outside(attempt)
             self._report(attempt)
+
+    async def _finish_outside(self, attempt: _Attempt) -> None:
+        """Ack or retry in a queue outside the store, after the outcome is committed.
+
+        If the queue is away, the outcome stands: the job's lease expires, the job
+        is leased again and finds those recipients final; DSN jobs not enqueued are
+        restored from the database by housekeeping.
+        """
+        try:
+            await self._finish(attempt, None)
+            await self.queue.enqueue(attempt.dsn_jobs)
+        except Exception as exc:
+            log.warning(
+                "queue unavailable after recording job_id=%s; its lease will expire: %s",
+                attempt.job.id,
+                type(exc).__name__,
+            )
 
     async def _apply(self, conn: AsyncConnection, attempt: _Attempt, now: datetime) -> None:
         job = attempt.job

@@ -27,6 +27,7 @@ from typing import Any
 import dns.asyncresolver
 import httpx
 
+from postline.backoff import Backoff
 from postline.config import Settings
 from postline.delivery.replies import sanitize
 from postline.events.signing import signature_header
@@ -100,17 +101,20 @@ class Dispatcher:
                 asyncio.create_task(self._sender(client, work), name=f"webhook-sender-{i}")
                 for i in range(size)
             ]
+            backoff = Backoff("webhook dispatch")
             try:
                 while not stop.is_set():
-                    busy = await self.pass_once(work)
+                    wait = self.settings.poll_interval
+                    try:
+                        busy = await self.pass_once(work)
+                        backoff.succeeded()
+                    except Exception as exc:
+                        busy, wait = False, backoff.failed(exc)
                     if busy:
                         continue
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            _first(self._wake.wait(), stop.wait()),
-                            timeout=self.settings.poll_interval,
-                        )
+                        await asyncio.wait_for(_first(self._wake.wait(), stop.wait()), timeout=wait)
                 # Let the senders finish what they hold; what is left is released.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(work.join(), timeout=self.settings.shutdown_timeout)
@@ -130,13 +134,9 @@ class Dispatcher:
 
     async def pass_once(self, work: asyncio.Queue[Any]) -> bool:
         """Fan out new events and feed due deliveries to the senders; True if it found work."""
-        try:
-            fanned = await self.fan_out()
-            free = work.maxsize - work.qsize()
-            leased = await self.lease(free) if free > 0 else []
-        except Exception:
-            log.exception("webhook dispatch pass failed; retrying")
-            return False
+        fanned = await self.fan_out()
+        free = work.maxsize - work.qsize()
+        leased = await self.lease(free) if free > 0 else []
         for row in leased:
             await work.put(row)
         return bool(fanned or leased)

@@ -263,3 +263,13 @@ idempotency_keys = Table(
     Column("response", JSON, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
 )
+
+# Breakers opened or closed by hand, as commands every worker process applies in order.
+breaker_commands = Table(
+    "breaker_commands",
+    metadata,
+    Column("id", AutoId, primary_key=True, autoincrement=True),
+    Column("domain", String(253), nullable=False),
+    Column("action", String(8), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from postline.store.db import create_engine
 from postline.store.schema import metadata
+
+#: Any fixed number: the advisory lock that serialises concurrent migrations.
+_LOCK_KEY = 0x706F73746C696E65  # "postline"
 
 
 def _run(connection: Connection) -> None:
@@ -19,6 +23,10 @@ def _run(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Several api and worker processes may start at once and each migrate:
+            # one at a time, and the later ones find the schema already at head.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
         context.run_migrations()
 
 

@@ -1,0 +1,49 @@
+"""Breakers opened or closed by hand, kept as an ordered log of commands.
+
+Each worker holds its breakers in memory; a command in the database is how an
+operator's ``POST /v1/destinations/{domain}/breaker`` on any API process
+reaches every worker, and how a restarted worker learns about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from postline.store.schema import breaker_commands
+
+Action = Literal["open", "close"]
+
+
+async def record_command(conn: AsyncConnection, domain: str, action: Action, at: datetime) -> None:
+    await conn.execute(insert(breaker_commands).values(domain=domain, action=action, created_at=at))
+
+
+async def commands_after(conn: AsyncConnection, after_id: int) -> Sequence[Row[Any]]:
+    """Commands newer than ``after_id``, oldest first."""
+    statement = (
+        select(breaker_commands)
+        .where(breaker_commands.c.id > after_id)
+        .order_by(breaker_commands.c.id)
+    )
+    return (await conn.execute(statement)).all()
+
+
+async def latest_commands(conn: AsyncConnection) -> Sequence[Row[Any]]:
+    """The newest command per domain (what a starting worker must honour), oldest first."""
+    newest = (
+        select(func.max(breaker_commands.c.id))
+        .group_by(breaker_commands.c.domain)
+        .scalar_subquery()
+    )
+    statement = (
+        select(breaker_commands)
+        .where(breaker_commands.c.id.in_(newest))
+        .order_by(breaker_commands.c.id)
+    )
+    return (await conn.execute(statement)).all()

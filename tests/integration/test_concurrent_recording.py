@@ -1,0 +1,204 @@
+"""Two workers recording outcomes for one email at the same moment lose nothing.
+
+Each destination domain of an email is its own job, so two worker processes
+can finish the same email's jobs at once. Each derives the email's status
+from all of its recipients; without the row lock in ``lock_email`` each would
+read the other's recipient as still queued and the later commit would leave
+the email "sending" forever (and two events with the same sequence number).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest_asyncio
+from sqlalchemy import func, select
+
+from postline.accept import Acceptor, Recipient, Submission
+from postline.config import normalize_database_url
+from postline.delivery.record import RecipientResult, Recorder
+from postline.domains import create_domain
+from postline.keys import Principal
+from postline.message import Content
+from postline.metrics import Metrics
+from postline.model import BounceType, RecipientStatus, derive_email_status
+from postline.outcomes import Outcome
+from postline.queue import Job
+from postline.queue.embedded import EmbeddedQueue
+from postline.spool.database import DatabaseSpool
+from postline.store import emails as email_store
+from postline.store.db import Database
+from postline.store.migrate import upgrade_async
+from postline.store.schema import queue_jobs
+from postline.store.types import utcnow
+
+ROUNDS = 20
+ADMIN = Principal(key_id="key_test", name="test", domain_id=None, domain_name=None)
+DELIVERED = Outcome(status=RecipientStatus.DELIVERED, smtp_code=250, response="250 2.0.0 OK")
+BOUNCED = Outcome(
+    status=RecipientStatus.BOUNCED,
+    smtp_code=550,
+    enhanced_code="5.1.1",
+    response="550 5.1.1 no such user",
+    bounce_type=BounceType.HARD,
+)
+#: What each destination answers: alpha.test delivers, beta.test bounces.
+OUTCOME_FOR = {"alpha.test": DELIVERED, "beta.test": BOUNCED}
+
+
+@dataclass
+class Worker:
+    """One worker process: its own engine (connections), queue handle and recorder."""
+
+    name: str
+    db: Database
+    queue: EmbeddedQueue
+    recorder: Recorder
+
+    async def lease_one(self) -> Job:
+        (job,) = await self.queue.lease(self.name, 1, 60)
+        return job
+
+    async def finish(self, job: Job) -> list[str]:
+        outcome = OUTCOME_FOR[job.destination]
+        return await self.recorder.record(
+            job,
+            [RecipientResult(rid, outcome, "recipient") for rid in job.recipient_ids],
+            mx_host=f"mx.{job.destination}",
+            duration_ms=3,
+            retry_at=utcnow(),
+        )
+
+
+@dataclass
+class Installation:
+    acceptor: Acceptor
+    workers: tuple[Worker, Worker]
+    db: Database
+
+
+@pytest_asyncio.fixture
+async def installation(database_url: str) -> AsyncIterator[Installation]:
+    """An API process and two worker processes sharing one store (and a database spool)."""
+    url = normalize_database_url(database_url)
+    await upgrade_async(url)
+    databases = [Database(url) for _ in range(3)]
+    api_db, *worker_dbs = databases
+
+    def worker(index: int, db: Database) -> Worker:
+        queue = EmbeddedQueue(db)
+        return Worker(f"worker-{index}", db, queue, Recorder(db, queue, Metrics(), 5 * 86400))
+
+    try:
+        await create_domain(api_db, "example.test")
+        acceptor = Acceptor(
+            api_db,
+            DatabaseSpool(api_db),
+            EmbeddedQueue(api_db),
+            Metrics(),
+            hostname="api.example.test",
+            max_message_bytes=1_000_000,
+        )
+        first, second = (worker(i, db) for i, db in enumerate(worker_dbs, 1))
+        yield Installation(acceptor, (first, second), api_db)
+    finally:
+        for db in databases:
+            await db.close()
+
+
+async def _accept(acceptor: Acceptor, round_: int) -> str:
+    a, b = f"a{round_}@alpha.test", f"b{round_}@beta.test"
+    submission = Submission(
+        content=Content(
+            from_name="Sender",
+            from_address="sender@example.test",
+            to=[a, b],
+            subject=f"round {round_}",
+            text="Hello",
+        ),
+        recipients=[Recipient(a, "to"), Recipient(b, "to")],
+    )
+    (accepted,) = await acceptor.accept([submission], ADMIN)
+    return accepted.id
+
+
+async def _recorded(db: Database, email_id: str) -> dict[str, Any]:
+    async with db.read() as conn:
+        email = await email_store.get_email(conn, email_id)
+        recipients = await email_store.get_recipients(conn, email_id)
+        attempts = await email_store.get_attempts(conn, email_id)
+        events = await email_store.get_events(conn, email_id)
+        jobs = (
+            await conn.execute(
+                select(func.count())
+                .select_from(queue_jobs)
+                .where(queue_jobs.c.email_id == email_id)
+            )
+        ).scalar_one()
+    assert email is not None
+    return {
+        "status": email.status,
+        "recipients": recipients,
+        "attempts": attempts,
+        "events": events,
+        "jobs": jobs,
+    }
+
+
+def _check(recorded: dict[str, Any], label: str) -> None:
+    expected = derive_email_status([RecipientStatus.DELIVERED, RecipientStatus.BOUNCED])
+    assert recorded["status"] == str(expected), label
+    by_destination = {r.destination: r for r in recorded["recipients"]}
+    for destination, outcome in OUTCOME_FOR.items():
+        recipient = by_destination[destination]
+        assert recipient.status == str(outcome.status), label
+        assert recipient.attempts == 1, label
+        assert recipient.smtp_code == outcome.smtp_code, label
+        attempts = [a for a in recorded["attempts"] if a.recipient_id == recipient.id]
+        assert [(a.status, a.attempt) for a in attempts] == [(str(outcome.status), 1)], label
+        outcome_events = [
+            e.type
+            for e in recorded["events"]
+            if e.recipient_id == recipient.id and e.type != "email.queued"
+        ]
+        assert outcome_events == [f"email.{outcome.status}"], label
+    # Two queued events at accept, then one per outcome: each sequence number once.
+    assert [e.sequence for e in recorded["events"]] == [1, 2, 3, 4], label
+    assert recorded["jobs"] == 0, label  # both jobs acked in their recording transaction
+
+
+async def test_two_workers_recording_one_email_at_once_lose_nothing(
+    installation: Installation,
+) -> None:
+    first, second = installation.workers
+    for round_ in range(ROUNDS):
+        email_id = await _accept(installation.acceptor, round_)
+        jobs = [await first.lease_one(), await second.lease_one()]
+        assert sorted(job.destination for job in jobs) == sorted(OUTCOME_FOR)
+        pending = await asyncio.gather(first.finish(jobs[0]), second.finish(jobs[1]))
+        assert list(pending) == [[], []]
+        _check(await _recorded(installation.db, email_id), f"round {round_}")
+
+
+async def test_a_burst_of_emails_recorded_by_two_workers_loses_nothing(
+    installation: Installation,
+) -> None:
+    """Each worker batches many emails into one commit, the two locking them in opposite order.
+
+    On PostgreSQL that can deadlock; the database aborts one batch and the
+    recorder writes its attempts one by one. Slower, but nothing may be lost.
+    """
+    first, second = installation.workers
+    email_ids = [await _accept(installation.acceptor, round_) for round_ in range(ROUNDS)]
+    leased = await first.queue.lease("dispatcher", 2 * ROUNDS, 60)
+    alpha = sorted((j for j in leased if j.destination == "alpha.test"), key=lambda j: j.email_id)
+    beta = sorted((j for j in leased if j.destination == "beta.test"), key=lambda j: j.email_id)
+    assert len(alpha) == len(beta) == ROUNDS
+    recording = [first.finish(job) for job in alpha] + [second.finish(job) for job in beta[::-1]]
+    pending = await asyncio.wait_for(asyncio.gather(*recording), timeout=60)
+    assert pending == [[]] * (2 * ROUNDS)
+    for email_id in email_ids:
+        _check(await _recorded(installation.db, email_id), email_id)
