@@ -55,3 +55,50 @@ async def test_a_cancelled_caller_still_gets_its_item_written() -> None:
     follower = asyncio.create_task(batcher.submit(8))
     await asyncio.wait_for(follower, timeout=5)
     assert written == [7, 8]
+
+
+async def test_an_item_is_written_again_after_the_connection_broke(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("postline.store.batching.RETRY_PAUSES", (0.0, 0.0))
+    calls: list[list[int]] = []
+
+    async def write(items: list[int]) -> None:
+        calls.append(items)
+        if len(calls) < 3:
+            raise ConnectionResetError("server closed the connection")
+
+    batcher: Batcher[int] = Batcher(write, name="test")
+    await batcher.submit(7)
+    assert calls == [[7], [7], [7]]
+
+
+async def test_a_connection_that_stays_broken_fails_the_item_in_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("postline.store.batching.RETRY_PAUSES", (0.0, 0.0))
+    calls = 0
+
+    async def write(items: list[int]) -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionResetError("server closed the connection")
+
+    batcher: Batcher[int] = Batcher(write, name="test")
+    with pytest.raises(ConnectionResetError):
+        await batcher.submit(7)
+    assert calls == 3  # the first try and one per pause
+
+
+async def test_a_data_error_is_not_retried() -> None:
+    calls = 0
+
+    async def write(items: list[int]) -> None:
+        nonlocal calls
+        calls += 1
+        raise ValueError("bad item")
+
+    batcher: Batcher[int] = Batcher(write, name="test")
+    with pytest.raises(ValueError):
+        await batcher.submit(1)
+    assert calls == 1

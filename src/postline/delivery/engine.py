@@ -45,6 +45,9 @@ log = logging.getLogger("postline.engine")
 #: How often a worker looks for breakers opened or closed by hand elsewhere.
 COMMAND_SYNC_SECONDS = 2.0
 
+#: After a delivery failed in an unexpected way, when its job is tried again.
+UNEXPECTED_RETRY_SECONDS = 10.0
+
 _SUPPRESSED = Outcome(status=RecipientStatus.SUPPRESSED, reason="on the suppression list")
 
 
@@ -224,7 +227,13 @@ class Engine:
         interval = max(self.settings.lease_seconds / 3, 0.5)
         while True:
             await asyncio.sleep(interval)
-            if not await self.queue.extend(job, self.settings.lease_seconds):
+            try:
+                kept = await self.queue.extend(job, self.settings.lease_seconds)
+            except Exception as exc:
+                # The queue is away; the lease still runs. Try again at the next tick.
+                log.warning("extending the lease of job_id=%s failed: %s", job.id, exc)
+                continue
+            if not kept:
                 log.warning("lease lost job_id=%s", job.id)
                 return
 
@@ -234,8 +243,12 @@ class Engine:
         try:
             await self._deliver(job)
         except Exception:
-            # Leave the job leased: its lease expires and it is retried then.
             log.exception("delivery of job_id=%s failed unexpectedly", job.id)
+            # Storage hiccup (a PostgreSQL failover) or a bug: try the job again soon
+            # rather than at lease expiry. If even that fails, the lease expiry does it.
+            retry_at = utcnow() + timedelta(seconds=UNEXPECTED_RETRY_SECONDS)
+            with contextlib.suppress(Exception):
+                await self.queue.retry(job, retry_at, job.recipient_ids)
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -3,8 +3,10 @@
 Callers ``await batcher.submit(item)``; a single writer task takes everything
 waiting (up to ``max_batch``) and hands it to ``write`` in one go, so the
 cost of a durable commit is paid once per batch. If a batch fails, its items
-are written one by one so a single bad item cannot sink the others; the
-caller of the bad item gets the exception.
+are written one by one so a single bad item cannot sink the others. An item
+that fails alone because the database connection broke is tried again a few
+times, with pauses, before its caller gets the exception: a PostgreSQL
+failover should cost a moment, not an outcome.
 """
 
 from __future__ import annotations
@@ -14,9 +16,25 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from sqlalchemy.exc import DBAPIError
+
 log = logging.getLogger("postline.store")
 
 T = TypeVar("T")
+
+#: Pauses before writing an item again after a broken connection.
+RETRY_PAUSES = (0.2, 1.0, 3.0)
+
+
+def connection_broke(exc: BaseException) -> bool:
+    """Whether a write failed because the connection did, not because of the data."""
+    if isinstance(exc, DBAPIError):
+        return (
+            bool(exc.connection_invalidated)
+            or isinstance(exc.orig, OSError)
+            or ("connection" in str(exc.orig).lower())
+        )
+    return isinstance(exc, OSError | ConnectionError)
 
 
 class Batcher(Generic[T]):
@@ -47,15 +65,23 @@ class Batcher(Generic[T]):
                 await self._try([entry])
 
     async def _try(self, batch: list[tuple[T, asyncio.Future[None]]]) -> bool:
-        try:
-            await self._write([item for item, _ in batch])
-        except Exception as exc:
-            if len(batch) == 1:
-                log.exception("%s: writing one item failed", self._name)
-                _, done = batch[0]
-                if not done.done():
-                    done.set_exception(exc)
-            return False
+        pauses = iter(RETRY_PAUSES if len(batch) == 1 else ())
+        while True:
+            try:
+                await self._write([item for item, _ in batch])
+                break
+            except Exception as exc:
+                pause = next(pauses, None) if connection_broke(exc) else None
+                if pause is not None:
+                    log.warning("%s: connection lost while writing; retrying", self._name)
+                    await asyncio.sleep(pause)
+                    continue
+                if len(batch) == 1:
+                    log.exception("%s: writing one item failed", self._name)
+                    _, done = batch[0]
+                    if not done.done():
+                        done.set_exception(exc)
+                return False
         for _, done in batch:
             if not done.done():
                 done.set_result(None)

@@ -72,9 +72,24 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only snapshot (a transaction that is rolled back)."""
-        async with self.engine.connect() as conn:
+        """A read-only snapshot (a transaction that is rolled back).
+
+        Once the block has read what it wanted, a connection that died since
+        (PostgreSQL restarted, the backend terminated) cannot change the answer:
+        the failed rollback only takes the connection out of the pool.
+        """
+        conn = await self.engine.connect()
+        try:
             yield conn
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.close()
+            raise
+        try:
+            await conn.close()
+        except Exception:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
