@@ -1,9 +1,12 @@
-"""The real ``postline`` command as a subprocess: environments, CLI runs and ``serve`` processes.
+"""The real ``postline`` command as a subprocess: environments, CLI runs and long-running
+``serve``, ``api`` and ``worker`` processes.
 
 Each :class:`Install` is one operator's machine: its own data dir, its own loopback
 ports and an environment without any ``POSTLINE_*`` variable inherited from the caller.
-:class:`Server` wraps a running ``postline serve``: its stdout and stderr are drained in
-background tasks (so the pipes never fill) and shown in every assertion message.
+:class:`Server` wraps a running ``postline serve`` (or ``api``, or ``worker``): its stdout
+and stderr are drained in background tasks (so the pipes never fill) and shown in every
+assertion message. :class:`RedisServer` is a private, diskless ``redis-server`` a test can
+stop and start again empty.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis.asyncio as aioredis
 
 POSTLINE = Path(sys.executable).parent / "postline"
 CLI_TIMEOUT = 60.0
@@ -40,6 +44,18 @@ def clean_env(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSTLINE_")}
     env.update(values)
     return env
+
+
+def shared_env(database_url: str, queue_url: str, queue_prefix: str) -> dict[str, str]:
+    """The settings every process of a scale-out deployment shares: one PostgreSQL
+    database, one Redis queue (under its own key prefix) and the database spool, so that
+    any worker can deliver what any API process accepted."""
+    return {
+        "POSTLINE_DATABASE_URL": database_url,
+        "POSTLINE_QUEUE_URL": queue_url,
+        "POSTLINE_QUEUE_PREFIX": queue_prefix,
+        "POSTLINE_SPOOL_URL": "database",
+    }
 
 
 @dataclass(frozen=True)
@@ -255,6 +271,18 @@ class Server:
         await self.wait_healthy(timeout)
         await self.wait_for_line(r"^Postline is running\.", timeout=timeout)
 
+    async def worker_ready(self, timeout: float = 20.0) -> str:
+        """A ``postline worker`` is up (banner out, engine leasing); return its lease owner.
+
+        The owner is the name its engine writes on every job it leases, which is how a
+        test tells which jobs a worker held when it died.
+        """
+        await self.wait_for_line(r"^Postline worker is running: ", timeout=timeout)
+        match = await self.wait_for_line(
+            r"engine started owner=(\S+)", stream="stderr", timeout=timeout
+        )
+        return match.group(1)
+
     async def admin_key(self, timeout: float = 20.0) -> str:
         """The admin key ``serve`` prints on its first run."""
         await self.wait_for_line(r"^Admin API key \(shown once", timeout=timeout)
@@ -310,6 +338,34 @@ class Server:
         result: dict[str, Any] = response.json()
         return result
 
+    async def send_batch(self, key: str, emails: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """POST /v1/emails/batch and insist on a 202; the accepted emails, in order."""
+        bodies = []
+        for email in emails:
+            body = dict(email)
+            body.setdefault("from", "Sender <sender@example.test>")
+            body.setdefault("subject", "Hello")
+            body.setdefault("text", "Hello from the acceptance tests")
+            bodies.append(body)
+        response = await self.client.post("/v1/emails/batch", json=bodies, headers=auth(key))
+        assert response.status_code == 202, f"{response.status_code} {response.text}"
+        data: list[dict[str, Any]] = response.json()["data"]
+        assert len(data) == len(bodies), data
+        return data
+
+    async def list_emails(self, key: str) -> list[dict[str, Any]]:
+        """Every email of the send log (GET /v1/emails, page by page)."""
+        items: list[dict[str, Any]] = []
+        params: dict[str, str | int] = {"limit": 500}
+        while True:
+            response = await self.client.get("/v1/emails", params=params, headers=auth(key))
+            assert response.status_code == 200, f"{response.status_code} {response.text}"
+            page = response.json()
+            items.extend(page["data"])
+            if not page["next_cursor"]:
+                return items
+            params["cursor"] = page["next_cursor"]
+
     async def email(self, key: str, email_id: str) -> dict[str, Any]:
         response = await self.client.get(f"/v1/emails/{email_id}", headers=auth(key))
         assert response.status_code == 200, f"{response.status_code} {response.text}"
@@ -357,3 +413,88 @@ class Server:
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+class RedisServer:
+    """A private ``redis-server`` on a loopback port that keeps nothing on disk.
+
+    Stopped and started again on the same port it comes back empty, like a Redis
+    that lost its memory: every queued job is gone and must be rebuilt from the database.
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None, binary: str = "redis-server"):
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.binary = binary
+        self.proc: asyncio.subprocess.Process | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def log(self) -> str:
+        path = self.workdir / "redis.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    async def start(self, timeout: float = 10.0) -> None:
+        """Start it and wait (polling PING, with a deadline) until it answers."""
+        assert not self.running, "already running"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.starts += 1
+        with (self.workdir / "redis.log").open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        client = aioredis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            while True:
+                if not self.running:
+                    raise AssertionError(f"redis-server exited at start\n{self.log()}")
+                try:
+                    if await client.ping():
+                        return
+                except (OSError, aioredis.RedisError):
+                    pass
+                if loop.time() > deadline:
+                    raise AssertionError(f"no PONG within {timeout:g}s\n{self.log()}")
+                await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+
+    async def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM and wait for the exit (a clean shutdown that saves nothing)."""
+        assert self.proc is not None and self.running, "not running"
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            await self.aclose()
+            raise AssertionError(f"redis-server ignored SIGTERM for {timeout:g}s") from None
+
+    async def aclose(self) -> None:
+        """SIGKILL (if still running) and reap; never raises."""
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), timeout=10.0)
