@@ -7,14 +7,13 @@ sandbox) and the graceful shutdown, like Postfix's master.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from postline.accept import Acceptor
-from postline.backoff import Backoff, first_line
+from postline.backoff import first_line
 from postline.config import ConfigError, Settings
 from postline.delivery.bounces import BounceNotifier
 from postline.delivery.engine import Engine
@@ -29,7 +28,6 @@ from postline.metrics import Metrics
 from postline.queue import Queue
 from postline.queue.embedded import EmbeddedQueue
 from postline.queue.redis import RedisQueue
-from postline.recovery import restore_missing_jobs
 from postline.sandbox.simulator import Simulator
 from postline.spool import Spool
 from postline.spool.database import DatabaseSpool
@@ -37,7 +35,6 @@ from postline.spool.files import FileSpool
 from postline.store import keys as key_store
 from postline.store.db import Database
 from postline.store.domains import set_bounce_notifications
-from postline.store.types import utcnow
 
 log = logging.getLogger("postline")
 
@@ -138,36 +135,6 @@ async def check_reachable(services: Services, timeout: float = 10.0) -> None:
     except Exception as exc:
         reason = first_line(exc)
         raise ConfigError(f"POSTLINE_QUEUE_URL: cannot reach the queue ({reason})") from None
-
-
-async def housekeeping_pass(services: Services) -> None:
-    """One round of chores: free expired leases, restore lost jobs, refresh gauges."""
-    recovered = await services.queue.recover_expired()
-    if recovered:
-        log.warning("recovered %d expired job leases", recovered)
-    if not services.queue.shares_store:
-        await restore_missing_jobs(
-            services.db, services.queue, utcnow(), services.settings.requeue_grace_seconds
-        )
-    await services.engine.delivery.pool.prune()
-    depth = await services.queue.depth()
-    services.metrics.queue_depth.set(sum(depth.values()))
-    in_flight = await services.queue.in_flight()
-    services.metrics.queue_in_flight.set(sum(in_flight.values()))
-
-
-async def housekeeping(services: Services, stop: asyncio.Event) -> None:
-    """Run the chores every ``POSTLINE_HOUSEKEEPING_INTERVAL``; back off while storage is away."""
-    backoff = Backoff("housekeeping", first=1.0, cap=services.settings.housekeeping_interval)
-    while not stop.is_set():
-        wait = services.settings.housekeeping_interval
-        try:
-            await housekeeping_pass(services)
-            backoff.succeeded()
-        except Exception as exc:
-            wait = backoff.failed(exc)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=wait)
 
 
 async def start_sandbox(services: Services) -> Simulator:

@@ -108,6 +108,7 @@ class Settings(BaseSettings):
     shutdown_timeout: float = 30.0
     poll_interval: float = 0.5
     housekeeping_interval: float = 30.0
+    orphan_cleanup_interval: float = 3600.0
     requeue_grace_seconds: float = 60.0
     webhook_concurrency: int = 32
     webhook_timeout: float = 15.0
@@ -198,6 +199,7 @@ class Settings(BaseSettings):
         "destination_connections",
         "smtp_max_messages_per_session",
         "housekeeping_interval",
+        "orphan_cleanup_interval",
     )
     @classmethod
     def _check_positive(cls, value: int) -> int:

@@ -17,8 +17,9 @@ from collections.abc import Iterator
 import uvicorn
 
 from postline.api.app import create_api
-from postline.app import Services, housekeeping, start_sandbox
+from postline.app import Services, start_sandbox
 from postline.config import ConfigError
+from postline.housekeeping import housekeeping
 
 log = logging.getLogger("postline")
 

@@ -7,15 +7,13 @@ share the database, the queue prefix and the spool, and nothing else.
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import redis.asyncio as aioredis
 
-from postline.app import housekeeping_pass
+from postline.housekeeping import housekeeping_pass
 from tests.harness.fake_mx import FakeMX
 from tests.harness.postline import PostlineUnderTest
 
@@ -25,12 +23,11 @@ Factory = Callable[..., Awaitable[PostlineUnderTest]]
 Shared = Callable[..., Awaitable[PostlineUnderTest]]
 
 
-@pytest_asyncio.fixture
-async def shared(
-    postline_factory: Factory, postgres_url: str, redis_url: str
-) -> AsyncIterator[Shared]:
+@pytest.fixture
+def shared(
+    postline_factory: Factory, postgres_url: str, redis_url: str, redis_prefix: str
+) -> Shared:
     """Build processes of one installation: same database, queue prefix and spool."""
-    prefix = f"postline_test_{secrets.token_hex(6)}"
     made = 0
 
     async def make(**overrides: Any) -> PostlineUnderTest:
@@ -38,7 +35,7 @@ async def shared(
         settings: dict[str, Any] = {
             "database_url": postgres_url,
             "queue_url": redis_url,
-            "queue_prefix": prefix,
+            "queue_prefix": redis_prefix,
             "spool_url": "database",
             "requeue_grace_seconds": 0,
         }
@@ -48,14 +45,7 @@ async def shared(
         made += 1
         return await postline_factory(domains=domains, **settings)
 
-    yield make
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    return make
 
 
 async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from postline.queue.base import Job, Queue
+from postline.queue.base import Job, Queue, QueueError
 from postline.store.db import Database
 from postline.store.schema import queue_jobs as jobs_table
 from postline.store.types import utcnow
@@ -268,9 +268,13 @@ class EmbeddedQueue(Queue):
         return int(result.rowcount or 0)
 
     async def body_refs(self) -> set[str]:
-        async with self.db.read() as conn:
-            rows = await conn.execute(select(jobs_table.c.body_ref).distinct())
-            return {row.body_ref for row in rows}
+        """Fail closed: orphan cleanup deletes spooled bodies not named here."""
+        try:
+            async with self.db.read() as conn:
+                rows = await conn.execute(select(jobs_table.c.body_ref).distinct())
+                return {row.body_ref for row in rows}
+        except Exception as exc:
+            raise QueueError(f"cannot list queued bodies: {type(exc).__name__}") from exc
 
     async def _count_by_destination(self, *where: Any) -> dict[str, int]:
         statement = select(jobs_table.c.destination, func.count()).group_by(

@@ -1,0 +1,68 @@
+"""Periodic chores of a worker: the lease, queue and spool upkeep nothing else does.
+
+Every worker runs them; each chore is safe to run from several processes at
+once (leases are freed atomically, restored jobs are de-duplicated by the
+queue, orphan cleanup deletes only what nothing references).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from postline.app import Services
+from postline.backoff import Backoff
+from postline.orphans import CleanupReport, clean_orphans
+from postline.recovery import restore_missing_jobs
+from postline.store.types import utcnow
+
+log = logging.getLogger("postline.housekeeping")
+
+
+async def housekeeping_pass(services: Services) -> None:
+    """One round of the frequent chores: free expired leases, restore lost jobs, gauges."""
+    recovered = await services.queue.recover_expired()
+    if recovered:
+        log.warning("recovered %d expired job leases", recovered)
+    if not services.queue.shares_store:
+        await restore_missing_jobs(
+            services.db, services.queue, utcnow(), services.settings.requeue_grace_seconds
+        )
+    await services.engine.delivery.pool.prune()
+    depth = await services.queue.depth()
+    services.metrics.queue_depth.set(sum(depth.values()))
+    in_flight = await services.queue.in_flight()
+    services.metrics.queue_in_flight.set(sum(in_flight.values()))
+
+
+async def cleanup_pass(services: Services) -> CleanupReport:
+    """Delete spool bodies older than ``POSTLINE_MAX_AGE_SECONDS`` that nothing references."""
+    return await clean_orphans(
+        services.db,
+        services.queue,
+        services.spool,
+        utcnow(),
+        services.settings.max_age_seconds,
+    )
+
+
+async def housekeeping(services: Services, stop: asyncio.Event) -> None:
+    """Chores every ``POSTLINE_HOUSEKEEPING_INTERVAL``, orphan cleanup every
+    ``POSTLINE_ORPHAN_CLEANUP_INTERVAL``; back off while storage is away."""
+    settings = services.settings
+    backoff = Backoff("housekeeping", first=1.0, cap=settings.housekeeping_interval)
+    loop = asyncio.get_running_loop()
+    next_cleanup = loop.time()
+    while not stop.is_set():
+        wait = settings.housekeeping_interval
+        try:
+            await housekeeping_pass(services)
+            if loop.time() >= next_cleanup:
+                await cleanup_pass(services)
+                next_cleanup = loop.time() + settings.orphan_cleanup_interval
+            backoff.succeeded()
+        except Exception as exc:
+            wait = backoff.failed(exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=wait)

@@ -1,0 +1,62 @@
+"""Orphan spool cleanup: remove bodies nothing will ever read again.
+
+A body becomes an orphan when accept crashed between the spool write and the
+commit, or when its email is long finished. Deleting one that is still needed
+would lose mail, so the rule is strict (DESIGN.md): only bodies older than
+``max_age``, referenced by no queue job and by no email still waiting for
+delivery; and when the queue cannot list its references completely, nothing
+is deleted at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from postline.model import EmailStatus
+from postline.queue.base import Queue, QueueError
+from postline.spool.base import Spool
+from postline.store.db import Database
+from postline.store.schema import sent_emails
+
+log = logging.getLogger("postline.housekeeping")
+
+#: Emails some recipient of which still waits for delivery: their bodies are live.
+_LIVE_EMAILS = (EmailStatus.QUEUED, EmailStatus.SCHEDULED, EmailStatus.SENDING)
+
+
+@dataclass(frozen=True)
+class CleanupReport:
+    candidates: int  # bodies older than max_age
+    deleted: int
+    refused: str | None = None  # why nothing was deleted, when it was not safe
+
+
+async def clean_orphans(
+    db: Database, queue: Queue, spool: Spool, now: datetime, max_age_seconds: float
+) -> CleanupReport:
+    candidates = set(await spool.refs_older_than(now - timedelta(seconds=max_age_seconds)))
+    if not candidates:
+        return CleanupReport(0, 0)
+    try:
+        queued = await queue.body_refs()
+    except QueueError as exc:
+        reason = f"the queue could not list its body references ({exc})"
+        log.warning("orphan cleanup deleted nothing: %s", reason)
+        return CleanupReport(len(candidates), 0, reason)
+    async with db.read() as conn:
+        rows = await conn.execute(
+            select(sent_emails.c.body_ref).where(
+                sent_emails.c.status.in_([str(s) for s in _LIVE_EMAILS])
+            )
+        )
+        waiting = {row.body_ref for row in rows}
+    orphans = candidates - queued - waiting
+    for ref in sorted(orphans):
+        await spool.delete(ref)
+    if orphans:
+        log.info("orphan cleanup deleted %d of %d old bodies", len(orphans), len(candidates))
+    return CleanupReport(len(candidates), len(orphans))
