@@ -68,6 +68,27 @@ async def queue(adapter: str, location: tuple[str, str]) -> AsyncIterator[Queue]
         await db.close()
 
 
+@pytest_asyncio.fixture
+async def elsewhere(adapter: str, location: tuple[str, str], queue: Queue) -> AsyncIterator[Queue]:
+    """A second queue object on the same jobs, as another process would have.
+
+    It asks for ``queue`` only to come after it, which sets the store up.
+    """
+    url, prefix = location
+    if adapter == "redis":
+        redis = RedisQueue(url, prefix=prefix)
+        try:
+            yield redis
+        finally:
+            await redis.close()
+        return
+    db = Database(url)
+    try:
+        yield EmbeddedQueue(db)
+    finally:
+        await db.close()
+
+
 def job(
     destination: str = "dest.test",
     due_in: float = 0,
@@ -247,3 +268,70 @@ async def test_retry_and_release_keep_the_job_fields(queue: Queue) -> None:
     (third,) = await queue.lease("w3", 10, 60)
     assert (third.attempt, third.lease_owner) == (1, "w3")
     assert await queue.in_flight() == {"dest.test": 1}
+
+
+async def test_every_destination_is_served_before_any_is_served_twice(queue: Queue) -> None:
+    destinations = [f"d{i}.test" for i in range(6)]
+    oldest = [job("d0.test", due_in=-60 + i) for i in range(3)]
+    await queue.enqueue(
+        [*oldest, *(job(d, due_in=-10 + i) for i in range(3) for d in destinations)]
+    )
+    first_round = [(await queue.lease("w1", 1, 60))[0].destination for _ in destinations]
+    assert sorted(first_round) == destinations
+    second_round = [j.destination for j in await queue.lease("w1", len(destinations), 60)]
+    assert sorted(second_round) == destinations
+
+
+async def test_jobs_enqueued_elsewhere_are_leased_fairly(queue: Queue, elsewhere: Queue) -> None:
+    await elsewhere.enqueue([job("big.test", due_in=-3600 + i * 0.01) for i in range(500)])
+    (first,) = await queue.lease("w1", 1, 60)  # the big destination is all there is
+    assert first.destination == "big.test"
+    # A destination this queue object has not seen yet: served as soon as it knows,
+    # and within a second or so, however busy the big one keeps it.
+    await elsewhere.enqueue([job("small.test", due_in=-1) for _ in range(3)])
+    served: list[str] = []
+    deadline = asyncio.get_running_loop().time() + 5
+    while "small.test" not in served:
+        assert asyncio.get_running_loop().time() < deadline, "small.test never leased"
+        (leased,) = await queue.lease("w1", 1, 60)
+        served.append(leased.destination)
+        await queue.ack(leased)
+    # From then on it takes its turn.
+    after = [(await queue.lease("w1", 1, 60))[0].destination for _ in range(4)]
+    assert after.count("small.test") == 2, after
+
+
+async def test_lease_fills_free_slots_with_jobs_of_any_destination(
+    queue: Queue, elsewhere: Queue
+) -> None:
+    await queue.enqueue([job("known.test")])
+    assert len(await queue.lease("w1", 1, 60)) == 1
+    # Destinations enqueued by another process since this one last looked.
+    unknown = [job(f"new{i}.test") for i in range(5)]
+    await elsewhere.enqueue(unknown)
+    leased = await queue.lease("w1", 10, 60)
+    assert {j.id for j in leased} == {j.id for j in unknown}
+
+
+async def test_jobs_not_yet_due_stay_after_their_destination_was_served(queue: Queue) -> None:
+    now, later = [job("a.test", due_in=-1) for _ in range(2)], [job("a.test", due_in=3600)]
+    await queue.enqueue([*now, *later])
+    assert {j.id for j in await queue.lease("w1", 2, 60)} == {j.id for j in now}
+    assert await queue.lease("w1", 10, 60) == []
+    assert await queue.lease("w2", 1, 60) == []
+
+
+async def test_two_queue_objects_never_share_a_job(queue: Queue, elsewhere: Queue) -> None:
+    jobs = [job(f"d{i % 4}.test", due_in=-i) for i in range(60)]
+    await queue.enqueue(jobs)
+    results = await asyncio.gather(
+        *(q.lease(f"w{i}", 5, 60) for i, q in enumerate([queue, elsewhere] * 8))
+    )
+    leased = [j.id for batch in results for j in batch]
+    assert len(leased) == len(set(leased)) == 60
+
+
+async def test_a_big_lease_takes_one_job_of_each_of_many_destinations(queue: Queue) -> None:
+    await queue.enqueue([job(f"d{i}.test", due_in=-1) for i in range(600) for _ in range(2)])
+    leased = await queue.lease("w1", 600, 60)
+    assert len({j.destination for j in leased}) == len({j.id for j in leased}) == 600

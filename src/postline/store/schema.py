@@ -242,6 +242,8 @@ queue_jobs = Table(
     Column("lease_until", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Index("ix_queue_jobs_due_at", "due_at"),
+    # Leasing takes each destination's earliest jobs in turn (queue/embedded.py).
+    Index("ix_queue_jobs_destination_due_at", "destination", "due_at"),
 )
 
 # The database spool: message bodies for installations spread over hosts.
