@@ -11,8 +11,11 @@ With ``--delivery-only`` every email is accepted with the same ``scheduled_at``
 a little in the future, and the delivered rate is timed from that moment: the
 engine alone, without accept competing for the CPU.
 
+With ``--recipients N`` each email goes to N addresses at the sink's domain (one
+SMTP transaction with N RCPTs); ``--pipelining`` makes the sink offer PIPELINING.
+
 Usage: .venv/bin/python bench/throughput.py [--emails 2000] [--batch 100] [--runs 3]
-       [--concurrency 32] [--no-reuse] [--delivery-only]
+       [--concurrency 32] [--no-reuse] [--delivery-only] [--recipients 1] [--pipelining]
 Results go to stdout (and nothing is written into the repository).
 """
 
@@ -61,11 +64,22 @@ async def delivered_count(client: httpx.AsyncClient) -> int:
 
 
 async def one_run(
-    emails: int, batch: int, concurrency: int, reuse: bool, delivery_only: bool
+    emails: int,
+    batch: int,
+    concurrency: int,
+    reuse: bool,
+    delivery_only: bool,
+    recipients: int = 1,
+    pipelining: bool = False,
 ) -> tuple[float, float]:
     sink_port, http_port = free_port(), free_port()
+    flags = ["--pipelining"] if pipelining else []
     sink = await asyncio.create_subprocess_exec(
-        sys.executable, str(HERE / "sink.py"), str(sink_port), stdout=asyncio.subprocess.PIPE
+        sys.executable,
+        str(HERE / "sink.py"),
+        str(sink_port),
+        *flags,
+        stdout=asyncio.subprocess.PIPE,
     )
     assert sink.stdout is not None
     await wait_line(sink.stdout, "ready")
@@ -90,9 +104,9 @@ async def one_run(
             key = (Path(data_dir) / "admin-key.txt").read_text().strip()
             body = "x" * 70 + "\n"
             text = body * 70  # ~5 KB
-            item: dict[str, str] = {
+            item: dict[str, str | list[str]] = {
                 "from": "Bench <bench@sandbox.postline.test>",
-                "to": "someone@bench.test",
+                "to": [f"someone{i}@bench.test" for i in range(recipients)],
                 "subject": "benchmark",
                 "text": text,
             }
@@ -115,7 +129,7 @@ async def one_run(
                     if accepted > lead:
                         print(f"warning: accepting took {accepted:.1f}s > lead {lead:.1f}s")
                     started += lead
-                while await delivered_count(client) < emails:
+                while await delivered_count(client) < emails * recipients:
                     await asyncio.sleep(0.05)
                 delivered = time.perf_counter() - started
         finally:
@@ -134,11 +148,19 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-reuse", action="store_true", help="one SMTP session per message")
     parser.add_argument("--delivery-only", action="store_true", help="time the engine alone")
+    parser.add_argument("--recipients", type=int, default=1, help="RCPTs per email")
+    parser.add_argument("--pipelining", action="store_true", help="the sink offers PIPELINING")
     args = parser.parse_args()
     accepts, deliveries = [], []
     for run in range(args.runs):
         accept_rate, delivered_rate = await one_run(
-            args.emails, args.batch, args.concurrency, not args.no_reuse, args.delivery_only
+            args.emails,
+            args.batch,
+            args.concurrency,
+            not args.no_reuse,
+            args.delivery_only,
+            args.recipients,
+            args.pipelining,
         )
         accepts.append(accept_rate)
         deliveries.append(delivered_rate)
@@ -149,7 +171,8 @@ async def main() -> None:
 
     print(
         f"emails={args.emails} batch={args.batch} concurrency={args.concurrency} "
-        f"reuse={not args.no_reuse} delivery_only={args.delivery_only}"
+        f"reuse={not args.no_reuse} delivery_only={args.delivery_only} "
+        f"recipients={args.recipients} pipelining={args.pipelining}"
     )
     print(f"accepted/s  min/median/max: {summary(accepts)}")
     print(f"delivered/s min/median/max: {summary(deliveries)}")

@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_DATA_REPLY",
     "DEFAULT_MAIL_REPLY",
     "DEFAULT_RCPT_REPLY",
+    "Chunk",
     "FakeMX",
     "FakeMXFactory",
     "Received",
@@ -104,6 +105,31 @@ class Received:
         return parsed
 
 
+@dataclass
+class Chunk:
+    """What one read of a FakeMX session delivered: the bytes as they came off the socket.
+
+    A client that pipelines (RFC 2920) sends MAIL, its RCPTs and DATA in one write, so they
+    arrive in one chunk; a client that waits for each reply cannot put two of them in one.
+    """
+
+    session: int
+    """1-based number of the session (as in ``Received.session``)."""
+    replies_sent: int
+    """Complete replies (the greeting included) the server had sent before the chunk came."""
+    data: bytes
+    """The chunk, cut at 512 bytes."""
+
+    @property
+    def verbs(self) -> list[str]:
+        """The first word of each line (``"MAIL"``, ``"RCPT"``, ...); body lines give junk."""
+        return [
+            line.split(b" ", 1)[0].split(b":", 1)[0].upper().decode("ascii", "replace")
+            for line in self.data.split(b"\r\n")
+            if line
+        ]
+
+
 class _FakeSMTP(SMTP):
     """aiosmtpd session protocol with connection tracking and greeting control."""
 
@@ -112,6 +138,7 @@ class _FakeSMTP(SMTP):
         self.fake_mx = mx
         self.session_number = 0
         self._greeted = False
+        self._replies_sent = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.session_number = self.fake_mx._session_opened(self)
@@ -121,7 +148,14 @@ class _FakeSMTP(SMTP):
         self.fake_mx._session_closed(self)
         super().connection_lost(error)
 
+    def data_received(self, data: bytes) -> None:
+        self.fake_mx.chunks.append(Chunk(self.session_number, self._replies_sent, data[:512]))
+        super().data_received(data)
+
     async def push(self, status: Any) -> None:
+        text = status.decode(errors="replace") if isinstance(status, bytes) else str(status)
+        if text[3:4] != "-":
+            self._replies_sent += 1  # the last line of a reply
         if self._greeted:
             await super().push(status)
             return
@@ -154,6 +188,20 @@ class _Handler:
 
     def __init__(self, mx: FakeMX) -> None:
         self._mx = mx
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        # With this hook aiosmtpd leaves recording the EHLO name to it.
+        session.host_name = hostname
+        if self._mx.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
 
     async def handle_MAIL(
         self,
@@ -249,6 +297,11 @@ class FakeMX:
         """Set before start(): whether to advertise SMTPUTF8."""
         self.size_limit = DATA_SIZE_LIMIT
         """Set before start(): the SIZE advertised in EHLO (and enforced)."""
+        self.pipelining = False
+        """Whether EHLO advertises PIPELINING (RFC 2920); read at each EHLO, so it may be
+        set on a running server. aiosmtpd reads pipelined commands one by one either way."""
+        self.chunks: list[Chunk] = []
+        """Every read of every session, in order (see ``Chunk``)."""
 
     # ------------------------------------------------------------------ lifecycle
 

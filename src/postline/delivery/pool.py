@@ -103,6 +103,9 @@ class SessionPool:
                 await client.starttls(server_hostname=mx_name, tls_context=context)
             else:
                 await client.starttls(validate_certs=False)
+            # RFC 3207 4.2: what the plaintext EHLO said is forgotten (aiosmtplib clears it).
+            # Ask again now: SIZE, SMTPUTF8 and PIPELINING are decided before MAIL.
+            await client.ehlo()
         except BaseException:
             client.close()
             raise
