@@ -45,5 +45,17 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.rate_limited = Counter(
+            "postline_rate_limited",
+            "Requests refused by the per-key rate limit (HTTP 429, SMTP 450), by source",
+            ["source"],
+            registry=self.registry,
+        )
+        self.rate_limit_unchecked = Counter(
+            "postline_rate_limit_unchecked",
+            "Requests let through unchecked because the queue backend did not answer",
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -335,3 +335,70 @@ async def test_a_big_lease_takes_one_job_of_each_of_many_destinations(queue: Que
     await queue.enqueue([job(f"d{i}.test", due_in=-1) for i in range(600) for _ in range(2)])
     leased = await queue.lease("w1", 600, 60)
     assert len({j.destination for j in leased}) == len({j.id for j in leased}) == 600
+
+
+# Rate buckets (``Queue.take_token``): the per-key rate limits, shared by every process.
+
+#: One token per 100 s: no refill worth counting while a test runs, however slow the machine.
+SLOW = 0.01
+
+
+async def test_a_bucket_allows_its_burst_then_refuses_with_a_wait(queue: Queue) -> None:
+    takes = [await queue.take_token("key:a", SLOW, 3) for _ in range(4)]
+    assert [t.allowed for t in takes] == [True, True, True, False]
+    assert [round(t.remaining) for t in takes[:3]] == [2, 1, 0]
+    assert all(t.wait == 0 for t in takes[:3])
+    refused = takes[3]
+    assert refused.remaining < 1
+    # A whole token at 0.01/s is 100 s away, less what refilled since the bucket was full.
+    assert 90 < refused.wait <= 100
+    again = await queue.take_token("key:a", SLOW, 3)
+    assert not again.allowed and 0 < again.wait <= refused.wait, "a refusal takes nothing"
+
+
+async def test_buckets_are_separate(queue: Queue) -> None:
+    assert (await queue.take_token("key:a", SLOW, 1)).allowed
+    assert not (await queue.take_token("key:a", SLOW, 1)).allowed
+    assert (await queue.take_token("key:b", SLOW, 1)).allowed
+
+
+async def test_a_bucket_refills_at_its_rate_up_to_its_burst(queue: Queue) -> None:
+    rate, burst = 20.0, 2
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    refused = await queue.take_token("key:r", rate, burst)
+    while refused.allowed:  # emptied, however fast or slow the takes run
+        assert loop.time() < deadline, "the bucket never ran out"
+        refused = await queue.take_token("key:r", rate, burst)
+    assert 0 < refused.wait <= 1 / rate
+    # Poll, paced by the wait the bucket gives, until it has a token again.
+    taken = refused
+    while not taken.allowed:
+        assert loop.time() < deadline, "the bucket never refilled"
+        await asyncio.sleep(taken.wait)
+        taken = await queue.take_token("key:r", rate, burst)
+    # Long enough idle to refill many times over: full, never more than the burst.
+    await asyncio.sleep(5 * burst / rate)
+    full = await queue.take_token("key:r", rate, burst)
+    assert full.allowed and full.remaining == pytest.approx(burst - 1, abs=1e-3)
+
+
+async def test_two_queue_objects_share_one_bucket(queue: Queue, elsewhere: Queue) -> None:
+    """What "holds across processes" means: the budget is the bucket's, not the process's."""
+    assert (await queue.take_token("key:s", SLOW, 2)).allowed
+    assert (await elsewhere.take_token("key:s", SLOW, 2)).allowed
+    assert not (await queue.take_token("key:s", SLOW, 2)).allowed
+    assert not (await elsewhere.take_token("key:s", SLOW, 2)).allowed
+
+
+async def test_concurrent_takes_never_overspend_a_bucket(queue: Queue, elsewhere: Queue) -> None:
+    takes = await asyncio.gather(
+        *(q.take_token("key:c", SLOW, 10) for q in [queue, elsewhere] * 15)
+    )
+    assert sum(t.allowed for t in takes) == 10
+
+
+async def test_a_bucket_that_could_never_hold_a_token_is_an_error(queue: Queue) -> None:
+    for rate, burst in [(0.0, 1), (-1.0, 1), (float("nan"), 1), (float("inf"), 1), (1.0, 0)]:
+        with pytest.raises(ValueError, match="rate bucket"):
+            await queue.take_token("key:x", rate, burst)

@@ -1,5 +1,5 @@
 """Delivery jobs: one per (email, destination domain), leased by workers."""
 
-from postline.queue.base import Job, Queue, QueueError
+from postline.queue.base import Job, Queue, QueueError, Tokens
 
-__all__ = ["Job", "Queue", "QueueError"]
+__all__ = ["Job", "Queue", "QueueError", "Tokens"]

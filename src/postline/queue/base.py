@@ -7,6 +7,7 @@ work and size their timeouts inside it.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,33 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 class QueueError(Exception):
     """The queue could not answer (completely): callers must not guess."""
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """What taking one token from a rate bucket found (``Queue.take_token``)."""
+
+    #: Whether a token was taken: the request may go ahead.
+    allowed: bool
+    #: Tokens left in the bucket after this take (a fraction while it refills).
+    remaining: float
+    #: Seconds until a token is available: 0 when allowed, more than 0 when not.
+    wait: float
+
+
+#: The least wait a refusal reports: time moved on between the take and the look.
+_LEAST_WAIT = 0.001
+
+
+def check_bucket(rate: float, burst: int) -> None:
+    """A bucket that could never hold a token is a caller's mistake, not a refusal."""
+    if not (math.isfinite(rate) and rate > 0) or burst < 1:
+        raise ValueError(f"a rate bucket needs rate > 0 and burst >= 1, not {rate}, {burst}")
+
+
+def wait_for_token(tokens: float, rate: float) -> float:
+    """Seconds until a bucket holding ``tokens`` (< 1) has one, at ``rate`` per second."""
+    return max((1.0 - tokens) / rate, _LEAST_WAIT)
 
 
 @dataclass
@@ -96,6 +124,17 @@ class Queue(ABC):
     @abstractmethod
     async def in_flight(self) -> dict[str, int]:
         """Leased jobs per destination domain."""
+
+    @abstractmethod
+    async def take_token(self, bucket: str, rate: float, burst: int) -> Tokens:
+        """Take one token from ``bucket``, atomically for every process sharing the queue.
+
+        A token bucket: it holds up to ``burst`` tokens (full when first used) and
+        gains ``rate`` per second. A take that finds one token or more removes one;
+        one that finds less changes nothing and says how long until there is one.
+        Kept in the queue's backend so that several API processes share one budget;
+        the backend's clock, where it has one, so that their clocks need not agree.
+        """
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -57,7 +57,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from postline.queue.base import Job, Queue, QueueError
+from postline.queue.base import Job, Queue, QueueError, Tokens, check_bucket
+from postline.queue.buckets import BucketTaker
 from postline.store.db import Database
 from postline.store.schema import queue_jobs as jobs_table
 from postline.store.types import UTCDateTime, utcnow
@@ -425,6 +426,7 @@ class EmbeddedQueue(Queue):
         self._read_after = 0.0
         #: The last destination read in this round of reads ("": a round begins).
         self._read_from = ""
+        self._buckets = BucketTaker(db)
 
     async def enqueue(self, jobs: Sequence[Job], conn: AsyncConnection | None = None) -> None:
         if not jobs:
@@ -640,3 +642,8 @@ class EmbeddedQueue(Queue):
 
     async def in_flight(self) -> dict[str, int]:
         return await self._count_by_destination(jobs_table.c.lease_until >= utcnow())
+
+    async def take_token(self, bucket: str, rate: float, burst: int) -> Tokens:
+        """A table in the store; concurrent takes share a transaction (``queue.buckets``)."""
+        check_bucket(rate, burst)
+        return await self._buckets.take(bucket, rate, burst)

@@ -20,6 +20,7 @@ one Redis:
 ``leased``     zset   leased job ids, scored by lease expiry
 ``depth``      hash   destination -> pending + leased jobs
 ``inflight``   hash   destination -> leased jobs
+``rate:{b}``   hash   token bucket b of the rate limits: tokens, ts (expires when full)
 
 Every change is one Lua script (``redis_lua``), so the keys always agree
 with each other; Redis must not evict keys on its own either
@@ -48,7 +49,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.queue import redis_lua
-from postline.queue.base import Job, Queue, QueueError
+from postline.queue.base import Job, Queue, QueueError, Tokens, check_bucket, wait_for_token
 
 #: Jobs per enqueue script, and expired leases made pending per script: a script
 #: holds up every other client of Redis while it runs, so big batches go in pieces.
@@ -148,6 +149,7 @@ class RedisQueue(Queue):
         self._retry = client.register_script(redis_lua.RETRY)
         self._release = client.register_script(redis_lua.RELEASE)
         self._recover = client.register_script(redis_lua.RECOVER)
+        self._take_token = client.register_script(redis_lua.BUCKET_TAKE)
 
     async def _run(self, script: AsyncScript, *args: Any) -> Any:
         return await script(keys=self._keys, args=[self._due, *args])
@@ -234,6 +236,16 @@ class RedisQueue(Queue):
 
     async def in_flight(self) -> dict[str, int]:
         return await self._counts(self._keys[6])
+
+    async def take_token(self, bucket: str, rate: float, burst: int) -> Tokens:
+        """One script over one key, on the Redis server's clock (``redis_lua.BUCKET_TAKE``)."""
+        check_bucket(rate, burst)
+        key = f"{self.prefix}:rate:{bucket}"
+        taken, tokens = await self._take_token(keys=[key], args=[repr(float(rate)), burst])
+        left = float(tokens)
+        if int(taken):
+            return Tokens(allowed=True, remaining=left, wait=0.0)
+        return Tokens(allowed=False, remaining=left, wait=wait_for_token(left, rate))
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -274,4 +275,14 @@ breaker_commands = Table(
     Column("domain", String(253), nullable=False),
     Column("action", String(8), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+)
+
+# Token buckets of the per-key rate limits, for the embedded queue (queue/embedded.py):
+# tokens left as of updated_at, in epoch seconds of the database's (or host's) clock.
+rate_buckets = Table(
+    "rate_buckets",
+    metadata,
+    Column("bucket", String(100), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
 )
