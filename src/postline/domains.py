@@ -20,7 +20,8 @@ from postline.store.db import Database
 SANDBOX_DOMAIN = "sandbox.postline.test"
 SIMULATOR_DOMAIN = "simulator.postline.test"
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+# \Z, not $: $ also matches before a final newline ("a\n.test" was a valid domain).
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 
 
 class DomainError(ValueError):

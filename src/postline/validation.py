@@ -32,7 +32,9 @@ STRUCTURAL_HEADERS = frozenset(
     )
 )
 
-_HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")  # printable ASCII except ':' (RFC 5322 2.2)
+# \Z, not $: $ also matches before a final newline, so "X-A\n" passed (tests/unit/
+# test_properties_validation.py) and broke the header block.
+_HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}\Z")  # printable ASCII except ':' (RFC 5322 2.2)
 MAX_HEADER_VALUE = 998
 
 

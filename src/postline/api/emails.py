@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from datetime import datetime
+from datetime import UTC
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Response
@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from postline.accept import Accepted, Recipient, Submission
 from postline.api.auth import Caller, Svc
 from postline.api.problems import Problem
-from postline.api.schemas import EmailIn
+from postline.api.responses import AUTHENTICATED, WITH_BODY, problem_responses
+from postline.api.schemas import EmailIn, Timestamp
 from postline.api.views import email_detail, email_item
 from postline.keys import Principal
 from postline.message import Attachment, Content
@@ -26,7 +27,11 @@ from postline.store import idempotency
 from postline.store.types import utcnow
 from postline.validation import parse_mailbox
 
-router = APIRouter(prefix="/v1/emails", tags=["emails"])
+router = APIRouter(
+    prefix="/v1/emails",
+    tags=["emails"],
+    responses=problem_responses(*AUTHENTICATED, *WITH_BODY, 404, 409),
+)
 
 
 def to_submission(email: EmailIn) -> Submission:
@@ -144,8 +149,8 @@ async def list_emails(
     from_: Annotated[str | None, Query(alias="from")] = None,
     domain: str | None = None,
     tag: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.-]{1,64}:.*$")] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Timestamp | None = None,
+    until: Timestamp | None = None,
     message_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
@@ -155,6 +160,13 @@ async def list_emails(
         if moment is not None and moment.tzinfo is None:
             message = "must include a time zone offset (RFC 3339), e.g. ...Z"
             raise Problem(422, f"{name}: {message}", [{"field": name, "message": message}])
+        try:
+            # The store keeps UTC: 0001-01-01T00:00+01:00 has no UTC time (found by tests/fuzz).
+            _ = moment.astimezone(UTC) if moment is not None else None
+        except OverflowError:
+            message = "is out of range once converted to UTC"
+            errors = [{"field": name, "message": message}]
+            raise Problem(422, f"{name}: {message}", errors) from None
     from_address = from_
     if from_ and "@" in from_:
         try:

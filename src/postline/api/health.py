@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+from fastapi.responses import PlainTextResponse
 
 from postline.api.auth import Svc
 from postline.api.problems import problem_response
+from postline.api.responses import problem_responses
 
 router = APIRouter(tags=["operations"])
 
@@ -15,7 +17,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The database and the queue answer", response_model=None)
+@router.get(
+    "/readyz",
+    summary="The database and the queue answer",
+    response_model=None,
+    responses=problem_responses(503),
+)
 async def readyz(svc: Svc) -> Response | dict[str, str]:
     try:
         await svc.db.ping()
@@ -25,7 +32,12 @@ async def readyz(svc: Svc) -> Response | dict[str, str]:
     return {"status": "ready"}
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=PlainTextResponse,
+    responses=problem_responses(503),
+)
 async def metrics(svc: Svc) -> Response:
     depth = await svc.queue.depth()
     svc.metrics.queue_depth.set(sum(depth.values()))

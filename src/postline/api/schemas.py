@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -49,12 +50,36 @@ def _unicode(value: str) -> str:
 
 
 Address = Annotated[str, AfterValidator(_mailbox_address)]
-AddressList = Annotated[list[Address], BeforeValidator(_as_list)]
+# One address or a list of them (API.md); the OpenAPI document says so too.
+AddressList = Annotated[
+    list[Address],
+    BeforeValidator(_as_list),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}),
+]
 HeaderText = Annotated[str, AfterValidator(_no_crlf)]
 UnicodeText = Annotated[str, AfterValidator(_unicode)]
-_TAG_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+# API.md times are RFC 3339. Pydantic alone also reads 0.5 or "1700000000" as Unix time.
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?"
+    r"([Zz]|[+-][0-9]{2}:?[0-9]{2})?"
+)
+
+
+def _rfc3339(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise ValueError("must be an RFC 3339 date-time such as 2025-01-31T12:00:00Z")
+    return value
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
+# \Z, not $: $ also matches before a final newline, so the tag "a\n" and the content
+# type "text/plain\n" (which ended its MIME part early) passed (tests/unit/test_properties_*).
+_TAG_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 _MIME_TYPE = re.compile(
-    r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}$"
+    r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}\Z"
 )
 
 
@@ -101,7 +126,7 @@ class EmailIn(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     attachments: list[AttachmentIn] = Field(default_factory=list, max_length=100)
     tags: dict[str, str] = Field(default_factory=dict)
-    scheduled_at: datetime | None = None
+    scheduled_at: Timestamp | None = None
 
     @field_validator("from_")
     @classmethod
