@@ -188,12 +188,12 @@ class Acceptor:
         """Accept all submissions or none. ``on_commit(conn, results)`` runs inside the commit."""
         now = utcnow()
         prepared = await self._prepare(submissions, principal, now)
+        # A full spool raises SpoolFull here having kept none of the bodies.
         await self.spool.put_many([(p.email_id, p.body) for p in prepared])
         try:
             results, jobs = await self._commit(prepared, now, on_commit)
         except BaseException:
-            for item in prepared:
-                await self.spool.delete(item.email_id)
+            await self._discard_bodies(prepared)
             raise
         if not self.queue.shares_store:
             await self._enqueue_after_commit(jobs)
@@ -209,6 +209,23 @@ class Acceptor:
                 item.submission.source,
             )
         return results
+
+    async def _discard_bodies(self, prepared: list[_Prepared]) -> None:
+        """The rows were not committed (database down or full): remove every body written.
+
+        Each is tried even when one fails, and a failure never hides the commit's
+        error, which is what the client must hear. A body that cannot be removed
+        now is unreferenced, so orphan cleanup removes it later.
+        """
+        for item in prepared:
+            try:
+                await self.spool.delete(item.email_id)
+            except Exception as exc:
+                log.warning(
+                    "cannot remove the body of unaccepted email_id=%s (orphan cleanup will): %s",
+                    item.email_id,
+                    type(exc).__name__,
+                )
 
     async def _enqueue_after_commit(self, jobs: list[Job]) -> None:
         """The email is durable already, so a queue outage must not turn the 202 into an error.

@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
     webhook_disable_after_seconds: int = 5 * 24 * 3600
     log_level: str = "INFO"
+    # Per API key, shared by every process on one queue (postline.ratelimit); 0 turns it off.
+    rate_limit_per_second: float = 50.0
+    rate_limit_burst: int = 100
 
     @field_validator("http_addr", "smtp_addr", "inbound_addr")
     @classmethod
@@ -205,6 +208,20 @@ class Settings(BaseSettings):
     def _check_positive(cls, value: int) -> int:
         if value <= 0:
             raise ValueError("must be positive")
+        return value
+
+    @field_validator("rate_limit_per_second")
+    @classmethod
+    def _check_rate(cls, value: float) -> float:
+        if not math.isfinite(value) or value < 0:
+            raise ValueError("must be a finite number of requests per second, 0 for no limit")
+        return value
+
+    @field_validator("rate_limit_burst")
+    @classmethod
+    def _check_burst(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be 0 (no limit) or more")
         return value
 
     @model_validator(mode="after")

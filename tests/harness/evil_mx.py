@@ -20,6 +20,10 @@ are the hostile part.
 It runs in the test's event loop on a loopback address, records every session and
 every command line it received, and ``stop()`` hangs up on every client (it never
 waits for one). ``async with EvilMX(...) as mx:`` starts and stops it.
+
+``delivered`` lists the recipients of each message whose positive end-of-data reply
+went out whole (what the server "has"); ``set_fault`` changes or ends the misbehaviour
+while clients keep coming, so a test can end an outage.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal, get_args
@@ -73,6 +78,7 @@ CRLF_INJECTION = (
 FLOOD_LINES = 20_000
 _FLOOD_LINE = b"250-" + b"x" * 60 + b"\r\n"
 _BOUNCE_ID = re.compile(rb"bounces\+([A-Za-z0-9_]+)@")
+_RCPT_ADDRESS = re.compile(rb"<([^>]*)>")
 
 
 def hostile_reply(mode: Mode, sender: bytes = b"") -> bytes:
@@ -98,6 +104,8 @@ class EvilSession:
     mail_from: bytes = b""
     triggered: bool = False
     closed: bool = False
+    rcpts: list[str] = field(default_factory=list)  # of the transaction under way
+    delivered: list[list[str]] = field(default_factory=list)  # per accepted message
 
     @property
     def verbs(self) -> list[str]:
@@ -190,6 +198,23 @@ class EvilMX:
     def commands(self) -> list[bytes]:
         return [c for s in self.sessions for c in s.commands]
 
+    @property
+    def delivered(self) -> list[list[str]]:
+        """Recipients of every message whose 2xx end-of-data reply was sent in full."""
+        return [rcpts for s in self.sessions for rcpts in s.delivered]
+
+    def copies(self) -> Counter[str]:
+        """Lower-case recipient address -> messages delivered for it."""
+        return Counter(a.lower() for rcpts in self.delivered for a in rcpts)
+
+    def set_fault(self, mode: Mode | None, stage: Stage | None) -> None:
+        """Misbehave differently from the next reply on, or (None, None) behave again."""
+        if (mode is None) != (stage is None) or mode not in (*MODES, None):
+            raise ValueError(f"bad mode/stage {mode!r}/{stage!r}")
+        if stage not in (*STAGES, None):
+            raise ValueError(f"bad stage {stage!r}")
+        self.mode, self.stage = mode, stage
+
     def __repr__(self) -> str:
         return (
             f"EvilMX({self.mode}@{self.stage} {self.host}:{self.port} "
@@ -226,15 +251,22 @@ class EvilMX:
                 await self._send(writer, b"250 evil.test\r\n")
             elif verb == b"MAIL":
                 session.mail_from = line
+                session.rcpts = []
                 await self._answer(session, writer, "mail")
             elif verb == b"RCPT":
-                await self._answer(session, writer, "rcpt")
+                if await self._answer(session, writer, "rcpt"):
+                    found = _RCPT_ADDRESS.search(line)
+                    if found:
+                        session.rcpts.append(found.group(1).decode("utf-8", "replace"))
             elif verb == b"DATA":
                 await self._send(writer, b"354 end data with <CR><LF>.<CR><LF>\r\n")
                 while (await reader.readline()) not in (b".\r\n", b""):
                     pass
-                await self._answer(session, writer, "data-end")
+                if await self._answer(session, writer, "data-end"):
+                    session.delivered.append(list(session.rcpts))
+                session.rcpts = []
             elif verb in (b"RSET", b"NOOP"):
+                session.rcpts = []
                 await self._send(writer, b"250 2.0.0 ok\r\n")
             elif verb == b"QUIT":
                 await self._send(writer, b"221 2.0.0 bye\r\n")
@@ -249,22 +281,26 @@ class EvilMX:
 
     async def _answer(
         self, session: EvilSession, writer: asyncio.StreamWriter, stage: Stage
-    ) -> None:
+    ) -> bool:
+        """Send this stage's answer; True when it was the normal (or dripped) reply, a 2xx,
+        and went out whole. Hostile replies count as refusals, whatever their code."""
         normal = self.replies[stage]
         if self.mode is None or stage != self.stage:
             await self._send(writer, normal)
-            return
+            return normal.startswith(b"2")
         session.triggered = True
         if self.mode == "slow_drip":
             for byte in normal:
                 if writer.is_closing():
-                    return
+                    return False
                 await self._send(writer, bytes([byte]))
                 await asyncio.sleep(self.drip_interval)
-        elif self.mode == "endless_flood":
+            return normal.startswith(b"2")
+        if self.mode == "endless_flood":
             chunk = _FLOOD_LINE * 256
             while not writer.is_closing():
                 await self._send(writer, chunk)
                 await asyncio.sleep(0.001)  # let the client (same loop) run
         else:
             await self._send(writer, hostile_reply(self.mode, session.mail_from))
+        return False

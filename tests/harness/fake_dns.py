@@ -6,6 +6,7 @@ Names are case-insensitive and may be given with or without the trailing dot.
 * a name without any record                           -> NXDOMAIN
 * ``servfail(name)``                                  -> SERVFAIL for every query of that name
 * ``timeout(name)``                                   -> queries of that name are never answered
+* ``restore(name)``                                   -> ends either; the records answer again
 """
 
 from __future__ import annotations
@@ -217,6 +218,12 @@ class FakeDNS:
         """Queries for ``name`` get no answer at all (until ``remove``/``clear``)."""
         with self._lock:
             self._modes[_norm(name)] = "timeout"
+
+    def restore(self, name: str) -> None:
+        """End a ``servfail``/``timeout`` of ``name``: its records are answered again
+        (unlike ``remove``, which forgets them too) - the outage is over."""
+        with self._lock:
+            self._modes.pop(_norm(name), None)
 
     def remove(self, name: str) -> None:
         """Forget all records (and servfail/timeout behaviour) of ``name``."""

@@ -9,6 +9,7 @@ from sqlalchemy.engine import Row
 
 from postline.api.auth import Admin, Caller, Svc
 from postline.api.problems import Problem
+from postline.api.responses import AUTHENTICATED, WITH_BODY, problem_responses
 from postline.api.schemas import DomainIn, DomainPatch, KeyIn
 from postline.api.views import rfc3339
 from postline.domains import DomainError, create_domain, dns_records, verify_domain
@@ -16,7 +17,11 @@ from postline.keys import create_key
 from postline.store import domains as domain_store
 from postline.store import keys as key_store
 
-router = APIRouter(prefix="/v1", tags=["domains and keys"])
+router = APIRouter(
+    prefix="/v1",
+    tags=["domains and keys"],
+    responses=problem_responses(*AUTHENTICATED, *WITH_BODY, 404, 409),
+)
 
 
 def domain_view(row: Row[Any], hostname: str) -> dict[str, Any]:

@@ -7,8 +7,19 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 
 from postline import __version__
-from postline.api import admin, destinations, emails, health, problems, suppressions, webhooks
+from postline.api import (
+    admin,
+    destinations,
+    emails,
+    health,
+    problems,
+    ratelimit,
+    responses,
+    suppressions,
+    webhooks,
+)
 from postline.app import Services
+from postline.ratelimit import RateLimiter
 
 
 def create_api(services: Services) -> FastAPI:
@@ -18,7 +29,12 @@ def create_api(services: Services) -> FastAPI:
         description="Self-hosted transactional email: send, track, get told.",
     )
     app.state.services = services
+    app.state.rate_limiter = RateLimiter.from_settings(
+        services.settings, services.queue, services.metrics
+    )
+    app.add_middleware(ratelimit.RateLimitHeaders)
     problems.install(app)
+    responses.document_problems(app)
     limit = int(services.settings.max_message_bytes * 1.4) + 1024 * 1024
 
     @app.middleware("http")

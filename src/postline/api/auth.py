@@ -1,4 +1,5 @@
-"""Bearer-key authentication and domain scoping."""
+"""Bearer-key authentication and domain scoping; each authenticated request takes a
+rate-limit token for its key (``api.ratelimit``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from postline.api import ratelimit
 from postline.api.problems import Problem
 from postline.app import Services
 from postline.keys import Principal, authenticate
@@ -24,6 +26,7 @@ async def principal(request: Request) -> Principal:
     found = await authenticate(services(request).db, token.strip())
     if found is None:
         raise Problem(401, "invalid or revoked API key")
+    await ratelimit.enforce(request, found)
     return found
 
 

@@ -8,8 +8,9 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
-from postline.api.auth import Admin, Caller, Svc
+from postline.api.auth import Admin, Svc
 from postline.api.problems import Problem
+from postline.api.responses import AUTHENTICATED, WITH_BODY, problem_responses
 from postline.api.views import rfc3339
 from postline.delivery.breaker import Breakers, BreakerView
 from postline.domains import DomainError, normalize_domain
@@ -17,7 +18,11 @@ from postline.store import breakers as breaker_store
 from postline.store import emails as email_store
 from postline.store.types import utcnow
 
-router = APIRouter(prefix="/v1/destinations", tags=["operations"])
+router = APIRouter(
+    prefix="/v1/destinations",
+    tags=["operations"],
+    responses=problem_responses(*AUTHENTICATED, *WITH_BODY),
+)
 
 
 class BreakerIn(BaseModel):
@@ -64,7 +69,9 @@ async def _breakers(svc: Svc) -> Breakers:
 
 
 @router.get("", summary="Every destination with queued mail or a breaker that is not closed")
-async def list_destinations(svc: Svc, _: Caller) -> dict[str, Any]:
+async def list_destinations(svc: Svc, _: Admin) -> dict[str, Any]:
+    """Unscoped keys only: the queue is shared, so its destinations (where every domain
+    sends, how much, the last errors) are other domains' data for a scoped key."""
     counts = await _counts(svc)
     breakers = await _breakers(svc)
     names = set(counts.queued) | set(counts.deferred) | {v.domain for v in breakers.views()}

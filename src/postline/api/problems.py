@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,7 +13,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from postline.accept import AcceptError
+from postline.backoff import first_line
 from postline.spool import SpoolError, SpoolFull
+from postline.store.errors import is_disk_full
 
 log = logging.getLogger("postline.api")
 
@@ -70,6 +73,22 @@ def problem_response(
     )
 
 
+#: Seconds a client is asked to wait after a 507: an operator has to free space first.
+FULL_RETRY_AFTER = "60"
+
+
+def storage_full(exc: BaseException) -> JSONResponse:
+    """507: the spool or the database is out of space. Accept is all or nothing, so the
+    client learns that nothing of its request was kept and may send it again later."""
+    # The driver's first line only: SQLAlchemy's message would quote the parameters.
+    log.warning("storage full, refusing new mail: %s", first_line(exc))
+    return problem_response(
+        507,
+        "storage is full (message spool or database); nothing was accepted, retry later",
+        headers={"Retry-After": FULL_RETRY_AFTER},
+    )
+
+
 def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
     """('body', 3, 'to', 0) -> '[3].to[0]' — the field names of API.md."""
     path = ""
@@ -104,6 +123,19 @@ def _validation_errors(
     return 422, errors
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the API document lists for this request's path (and HEAD with GET)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        parts = re.split(r"(\{[^/}]+\})", template)
+        pattern = "".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts)
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {method.upper() for method in operations}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:
@@ -117,8 +149,13 @@ def install(app: FastAPI) -> None:
         return problem_response(status, detail, errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem_response(exc.status_code, str(exc.detail))
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers) if exc.headers else {}
+        if exc.status_code == 405 and (allowed := allowed_methods(request)):
+            # RFC 9110 15.5.6: name every allowed method. Starlette names only those of the
+            # first route with this path (POST of /v1/emails, not its GET).
+            headers["Allow"] = ", ".join(allowed)
+        return problem_response(exc.status_code, str(exc.detail), headers=headers or None)
 
     @app.exception_handler(AcceptError)
     async def _accept(_: Request, exc: AcceptError) -> JSONResponse:
@@ -128,7 +165,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(SpoolFull)
     async def _full(_: Request, exc: SpoolFull) -> JSONResponse:
-        return problem_response(507, "the message spool is full; nothing was accepted")
+        return storage_full(exc)
 
     @app.exception_handler(SpoolError)
     async def _spool(_: Request, exc: SpoolError) -> JSONResponse:
@@ -138,6 +175,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
     async def _db(_: Request, exc: Exception) -> JSONResponse:
+        if is_disk_full(exc):
+            return storage_full(exc)
         log.error("database unavailable: %s", type(exc).__name__)
         return problem_response(
             503, "storage is unavailable; nothing was accepted", headers={"Retry-After": "5"}

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.api.auth import Caller, Svc
 from postline.api.problems import Problem
+from postline.api.responses import AUTHENTICATED, WITH_BODY, problem_responses
 from postline.api.schemas import Address
 from postline.api.views import rfc3339
 from postline.ids import new_id
@@ -19,7 +20,11 @@ from postline.store import domains as domain_store
 from postline.store import suppressions as suppression_store
 from postline.store.types import utcnow
 
-router = APIRouter(prefix="/v1/suppressions", tags=["suppressions"])
+router = APIRouter(
+    prefix="/v1/suppressions",
+    tags=["suppressions"],
+    responses=problem_responses(*AUTHENTICATED, *WITH_BODY, 404, 409),
+)
 
 Reason = Literal["hard_bounce", "complaint", "manual", "unsubscribe"]
 

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.api.auth import Caller, Svc
 from postline.api.problems import Problem
+from postline.api.responses import AUTHENTICATED, WITH_BODY, problem_responses
 from postline.api.views import rfc3339
 from postline.events.signing import new_secret
 from postline.events.ssrf import UnsafeURL, checked_addresses
@@ -21,7 +22,11 @@ from postline.store import domains as domain_store
 from postline.store import webhooks as webhook_store
 from postline.store.types import utcnow
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+router = APIRouter(
+    prefix="/v1/webhooks",
+    tags=["webhooks"],
+    responses=problem_responses(*AUTHENTICATED, *WITH_BODY, 404),
+)
 
 EVENT_TYPES = frozenset(str(t) for t in EventType)
 TEST_EVENT = "webhook.test"
@@ -115,9 +120,10 @@ async def create_webhook(svc: Svc, caller: Caller, body: WebhookIn) -> dict[str,
         if body.domain is not None:
             domain = await domain_store.get_domain_by_name(conn, body.domain.strip().lower())
             if domain is None or not caller.may_see(domain.id):
+                # 403 as API.md says for "out of scope", like /v1/suppressions.
                 raise Problem(
-                    422,
-                    f"unknown domain {body.domain}",
+                    422 if domain is None else 403,
+                    f"unknown or forbidden domain {body.domain}",
                     [{"field": "domain", "message": "not a sending domain this key may use"}],
                 )
             domain_id = domain.id

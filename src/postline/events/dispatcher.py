@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -80,6 +81,9 @@ class Dispatcher:
         self.resolver = resolver
         self.transport = transport
         self._wake = asyncio.Event()
+        # "Now" for due times, leases and endpoint health: injectable (like the
+        # recorder's and the breakers'), so tests can run hours of retries in seconds.
+        self.clock: Callable[[], datetime] = utcnow
         # Long enough for one POST and its recording; short enough that a crashed
         # worker's deliveries are picked up again soon.
         self.lease_time = timedelta(seconds=settings.webhook_timeout * 2 + 10)
@@ -142,7 +146,7 @@ class Dispatcher:
         return bool(fanned or leased)
 
     async def fan_out(self) -> int:
-        now = utcnow()
+        now = self.clock()
         async with self.db.write() as conn:
             pending = await webhook_store.claim_undispatched(conn, FAN_OUT_BATCH)
             if not pending:
@@ -169,7 +173,9 @@ class Dispatcher:
 
     async def lease(self, limit: int) -> list[Any]:
         async with self.db.write() as conn:
-            return await webhook_store.lease_due_deliveries(conn, utcnow(), limit, self.lease_time)
+            return await webhook_store.lease_due_deliveries(
+                conn, self.clock(), limit, self.lease_time
+            )
 
     async def _sender(self, client: httpx.AsyncClient, work: asyncio.Queue[Any]) -> None:
         while True:
@@ -191,7 +197,7 @@ class Dispatcher:
     async def attempt(self, client: httpx.AsyncClient, row: Any) -> AttemptResult:
         started = time.monotonic()
         body = json.dumps(row.payload, separators=(",", ":"))
-        now = utcnow()
+        now = self.clock()
         try:
             addresses = await checked_addresses(
                 row.url, self.resolver, allow_private=self.settings.webhook_allow_private
@@ -236,7 +242,7 @@ class Dispatcher:
 
     async def _write(self, batch: list[tuple[Any, AttemptResult]]) -> None:
         """Record a batch of attempts in one transaction (group commit)."""
-        now = utcnow()
+        now = self.clock()
         outcomes = []
         async with self.db.write() as conn:
             for row, result in batch:

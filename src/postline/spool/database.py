@@ -10,7 +10,6 @@ transaction per batch gives all or none for free.
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
@@ -20,32 +19,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from postline.spool.base import Spool, SpoolError, SpoolFull, SpoolMissing, check_ref
 from postline.store.db import Database
+from postline.store.errors import is_disk_full
 from postline.store.schema import spool_bodies
 from postline.store.types import utcnow
-
-#: PostgreSQL's ``disk_full`` (asyncpg raises it as DiskFullError).
-_PG_DISK_FULL = "53100"
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """The error and what it wraps: SQLAlchemy's error, the adapter's, the driver's."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        wrapped = getattr(current, "orig", None)
-        current = wrapped if isinstance(wrapped, BaseException) else current.__cause__
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    """Out of space, on either store: the API must answer 507, not a generic 503."""
-    for cause in _causes(exc):
-        if getattr(cause, "sqlstate", None) == _PG_DISK_FULL:
-            return True
-        if getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-            return True
-    return False
 
 
 def _reason(exc: BaseException) -> str:
@@ -60,7 +36,7 @@ def _spool_errors(action: str) -> Iterator[None]:
     try:
         yield
     except (SQLAlchemyError, OSError) as exc:
-        if _is_disk_full(exc):
+        if is_disk_full(exc):
             raise SpoolFull("the database spool is full") from exc
         raise SpoolError(f"cannot {action} the database spool: {_reason(exc)}") from exc
 

@@ -74,12 +74,17 @@ class FileSpool(Spool):
             raise SpoolMissing(ref) from None
 
     async def delete(self, ref: str) -> None:
-        await asyncio.to_thread(self._path(ref).unlink, True)
+        path = self._path(ref)
+        await asyncio.to_thread(path.unlink, True)
+        # A write cut short by a crash (SIGKILL before the rename) left only this.
+        await asyncio.to_thread(path.with_suffix(".tmp").unlink, True)
 
     def _scan(self, moment: datetime) -> list[str]:
         limit = moment.timestamp()
         found: list[str] = []
-        for path in self.root.glob("*/*.eml"):
+        # Temp files too: one a crash left mid-write is never renamed, and its email was
+        # never committed, so only this scan can find it (a live write is never old).
+        for path in [*self.root.glob("*/*.eml"), *self.root.glob("*/*.tmp")]:
             try:
                 if path.stat().st_mtime < limit:
                     found.append(path.stem)

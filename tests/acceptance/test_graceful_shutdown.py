@@ -1,0 +1,293 @@
+"""SIGTERM in the middle of a busy run, on both topologies: every in-flight delivery is
+finished or released within ``POSTLINE_SHUTDOWN_TIMEOUT``, the process exits 0, and
+nothing is left leased.
+
+The run: 200 emails, most to a destination whose MX answers quickly, a few to one whose
+MX holds every message past the drain timeout, so that the shutdown must both let
+deliveries finish and give some back. After the exit the queue itself is read (the
+embedded queue's lease columns; the Redis queue's ``leased`` set), then a new process
+delivers everything, and the crash-suite invariants are checked. Leases are a minute
+long here: a job the shutdown failed to release would sit leased, and the restart
+would wait for it, long after the checks below fail.
+
+The embedded run is ``postline serve`` (SQLite, embedded queue, file spool); the shared
+run is a ``postline worker`` beside ``postline api`` on PostgreSQL, Redis and the
+database spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.conftest import Launcher
+from tests.acceptance.harness import FINAL, Install, Server, auth
+from tests.acceptance.test_scale_out import (
+    Destinations,
+    RecordProperty,
+    RedisQueueKeys,
+    deployment_env,
+    destinations,
+    redis_queue,
+    report,
+    send_all,
+)
+from tests.crash.invariants import (
+    DATABASE_SPOOL,
+    Expectation,
+    InvariantReport,
+    check_invariants,
+    received_copies,
+)
+from tests.harness.fake_dns import FakeDNS
+
+__all__ = ["destinations", "redis_queue"]  # fixtures, imported for pytest
+
+SHUTDOWN_TIMEOUT = 2.0
+#: Cancelling what is left and releasing its jobs, after the drain timeout.
+DRAIN_SLACK = 1.0
+#: Closing connections and interpreter exit on a busy two-core machine: a bound that
+#: catches a process hanging on, not a measure of speed (the drain is measured above).
+EXIT_MARGIN = 10.0
+CONCURRENCY = 8
+FAST, SLOW = "alpha.test", "beta.test"  # the destinations of tests.acceptance.test_scale_out
+EMAILS, STUCK = 200, 5  # STUCK of them to SLOW: fewer than CONCURRENCY, so fast mail flows
+
+
+def shutdown_env() -> dict[str, str]:
+    """A short drain; SMTP timeouts longer than it, so only the shutdown ends a stalled
+    session; leases long enough that a job left leased cannot go unnoticed."""
+    return {
+        "POSTLINE_CONCURRENCY": str(CONCURRENCY),
+        "POSTLINE_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT),
+        "POSTLINE_SMTP_CONNECT_TIMEOUT": "5",
+        "POSTLINE_SMTP_COMMAND_TIMEOUT": "20",
+        "POSTLINE_LEASE_SECONDS": "60",
+        "POSTLINE_RETRY_SCHEDULE": "1",
+    }
+
+
+def recipients() -> list[str]:
+    fast = [f"user{i:03d}@{FAST}" for i in range(EMAILS - STUCK)]
+    return fast + [f"stuck{i}@{SLOW}" for i in range(STUCK)]
+
+
+@dataclass
+class Shutdown:
+    received_before: int  # messages the MX servers had when the signal went
+    drain_seconds: float  # "shutting down" to "stopped", by the process's log
+    exit_seconds: float  # the signal to the exit, seen from here
+    released: int  # jobs the engine gave back unfinished (its "drained" log line)
+
+    def report(
+        self, record: RecordProperty, topology: str, jobs_left: int, result: InvariantReport
+    ) -> None:
+        report(
+            record,
+            f"{topology}: {EMAILS} emails, SIGTERM after {self.received_before} received; "
+            f"drained in {self.drain_seconds:.1f}s (timeout {SHUTDOWN_TIMEOUT:g}s), exit 0 "
+            f"after {self.exit_seconds:.1f}s, {self.released} jobs released, {jobs_left} left "
+            f"and none leased; {result.summary()}",
+            drain_seconds=round(self.drain_seconds, 2),
+            exit_seconds=round(self.exit_seconds, 1),
+            released=self.released,
+            **result.measures(),
+        )
+
+
+async def sigterm_busy(process: Server, destinations: Destinations) -> Shutdown:
+    """Wait until the run is busy (every slow email stuck in DATA, fast mail flowing and
+    not done), SIGTERM ``process`` and check it drained and exited 0 in time."""
+    fast, slow = destinations.servers[FAST], destinations.servers[SLOW]
+    await slow.wait_for_connections(STUCK, timeout=30)
+    await fast.wait_for_messages(20, timeout=30)
+    received_before = destinations.total()
+    assert received_before < EMAILS - STUCK, "the run was over before SIGTERM: nothing tested"
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    process.signal(signal.SIGTERM)
+    code = await process.wait_exit(SHUTDOWN_TIMEOUT + EXIT_MARGIN)
+    elapsed = loop.time() - started
+    assert code == 0, process.describe()
+    assert not any("Traceback" in line for line in process.stderr), process.describe()
+    # The drain, by the process's own clock: from the signal's log line to the last one.
+    began = await logged_at(process, r"INFO postline shutting down$")
+    ended = await logged_at(process, r"INFO postline stopped$")
+    drain = ended - began
+    assert drain < SHUTDOWN_TIMEOUT + DRAIN_SLACK, f"drain {drain:.1f}s\n{process.describe()}"
+    match = await process.wait_for_line(r"drained; released (\d+) unfinished", stream="stderr")
+    released = int(match.group(1))
+    # The slow MX never answered: each of its deliveries was cut off and given back.
+    assert released >= STUCK, process.describe()
+    assert slow.received == [], slow
+    return Shutdown(received_before, drain, elapsed, released)
+
+
+async def logged_at(process: Server, pattern: str) -> float:
+    """When ``process`` logged its first stderr line matching ``pattern`` (epoch seconds)."""
+    match = await process.wait_for_line(rf"^(\S+ \S+) .*{pattern}", stream="stderr")
+    return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+async def add_domain(api: Server, key: str) -> None:
+    """The sending domain, through the API: one process start less than the CLI."""
+    body = {"name": "example.test"}
+    response = await api.client.post("/v1/domains", json=body, headers=auth(key))
+    assert response.status_code == 201, f"{response.status_code} {response.text}"
+
+
+async def wait_final(api: Server, key: str, ids: Iterable[str], timeout: float) -> None:
+    """Poll the send log (with a deadline) until every one of ``ids`` is final."""
+    wanted = set(ids)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        statuses = {e["id"]: e["status"] for e in await api.list_emails(key) if e["id"] in wanted}
+        waiting = Counter(s for s in statuses.values() if s not in FINAL)
+        if not waiting and len(statuses) == len(wanted):
+            return
+        if loop.time() > deadline or not api.running:
+            raise AssertionError(
+                f"{len(wanted) - len(statuses)} emails missing, not final: {dict(waiting)}\n"
+                f"{api.describe()}"
+            )
+        await asyncio.sleep(0.2)
+
+
+def expectation(sent: dict[str, str]) -> Expectation:
+    expected = Expectation()
+    for email_id, address in sent.items():
+        expected.add(email_id, [address], "delivered")
+    return expected
+
+
+def embedded_leases(database: Path) -> tuple[int, int]:
+    """(jobs, leased jobs) in the embedded queue's table, read with plain sqlite3."""
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        jobs, leased = conn.execute(
+            "SELECT count(*), count(lease_owner) + count(lease_until) FROM queue_jobs"
+        ).fetchone()
+    finally:
+        conn.close()
+    return int(jobs), int(leased)
+
+
+async def redis_leases(queue: RedisQueueKeys) -> tuple[int, int, int]:
+    """(jobs, ids in the ``leased`` set, jobs naming a lease owner) in the Redis queue."""
+    jobs = await queue.jobs()
+    leased = int(await queue.client.zcard(f"{queue.prefix}:leased"))
+    owned = sum(1 for job in jobs if job.get("lease_owner"))
+    return len(jobs), leased, owned
+
+
+async def test_sigterm_during_a_busy_serve_leaves_nothing_leased(
+    install: Install,
+    launch: Launcher,
+    fake_dns: FakeDNS,
+    destinations: Destinations,
+    record_property: RecordProperty,
+) -> None:
+    install.extra.update(
+        shutdown_env(),
+        POSTLINE_DNS_NAMESERVERS=fake_dns.nameserver,
+        POSTLINE_DELIVERY_PORT=str(destinations.port),
+    )
+    server = await launch(install, "serve", "--no-sandbox")
+    key = await server.admin_key()
+    await server.ready()
+    await add_domain(server, key)
+    destinations.servers[FAST].stall("data", 0.05)
+    destinations.servers[SLOW].stall("data", 120)
+    sent = await send_all(server, key, recipients())
+
+    shutdown = await sigterm_busy(server, destinations)
+    jobs, leased = embedded_leases(install.data_dir / "postline.db")
+    assert leased == 0, f"{leased} lease columns set on {jobs} jobs after a graceful shutdown"
+    assert jobs >= STUCK, jobs
+
+    for mx in destinations.servers.values():  # no stall now: the restart is not under test
+        mx.clear()
+    again = await launch(install, "serve", "--no-sandbox")
+    await again.ready()
+    await wait_final(again, key, sent, timeout=45)
+    again.signal(signal.SIGTERM)
+    assert await again.wait_exit(SHUTDOWN_TIMEOUT + 30) == 0, again.describe()
+
+    result = await check_invariants(
+        database_url=f"sqlite:///{install.data_dir / 'postline.db'}",
+        expectation=expectation(sent),
+        received=received_copies(destinations.servers.values()),
+        webhook_event_ids=None,
+        spool=install.data_dir / "spool",
+        in_flight_bound=shutdown.released,
+    )
+    shutdown.report(record_property, "serve", jobs, result)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_sigterm_during_a_busy_worker_leaves_nothing_leased(
+    postgres_url: str,
+    redis_queue: RedisQueueKeys,
+    install: Install,
+    launch: Launcher,
+    fake_dns: FakeDNS,
+    destinations: Destinations,
+    record_property: RecordProperty,
+) -> None:
+    install.extra.update(
+        deployment_env(
+            database_url=postgres_url,
+            queue_url=redis_queue.url,
+            prefix=redis_queue.prefix,
+            dns=fake_dns,
+            destinations=destinations,
+        )
+    )
+    install.extra.update(shutdown_env())
+    api = await launch(install, "api")  # migrates, and creates the first admin key
+    key = await api.admin_key()
+    await api.ready()
+    await add_domain(api, key)
+    worker = await launch(install, "worker")
+    await worker.worker_ready()
+    destinations.servers[FAST].stall("data", 0.05)
+    destinations.servers[SLOW].stall("data", 120)
+    sent = await send_all(api, key, recipients())
+
+    shutdown = await sigterm_busy(worker, destinations)
+    jobs, leased, owned = await redis_leases(redis_queue)
+    assert (leased, owned) == (0, 0), f"{leased} leased, {owned} owned of {jobs} after SIGTERM"
+    assert jobs >= STUCK, jobs
+    inflight = await redis_queue.client.hvals(f"{redis_queue.prefix}:inflight")
+    assert all(int(n) == 0 for n in inflight), inflight
+
+    for mx in destinations.servers.values():  # no stall now: the restart is not under test
+        mx.clear()
+    again = await launch(install, "worker")
+    await again.worker_ready()
+    await wait_final(api, key, sent, timeout=45)
+    again.signal(signal.SIGTERM)
+    assert await again.wait_exit(SHUTDOWN_TIMEOUT + 30) == 0, again.describe()
+
+    result = await check_invariants(
+        database_url=postgres_url,
+        expectation=expectation(sent),
+        received=received_copies(destinations.servers.values()),
+        webhook_event_ids=None,
+        spool=DATABASE_SPOOL,
+        in_flight_bound=shutdown.released,
+        queue_url=redis_queue.url,
+        queue_prefix=redis_queue.prefix,
+    )
+    shutdown.report(record_property, "worker", jobs, result)
