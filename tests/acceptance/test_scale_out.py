@@ -31,6 +31,16 @@ import redis.asyncio as aioredis
 from tests.acceptance.conftest import Launcher
 from tests.acceptance.harness import FINAL, Install, RedisServer, Server, auth, shared_env
 from tests.conftest import PG_ADMIN_DSN, unavailable
+from tests.crash.invariants import (
+    DATABASE_SPOOL,
+    Expectation,
+    InvariantReport,
+    assert_each_received,
+    assert_recorded_once,
+    check_invariants,
+    event_ids,
+    received_copies,
+)
 from tests.harness.fake_dns import FakeDNS
 from tests.harness.fake_mx import FakeMX, FakeMXFactory
 from tests.integration.test_webhook_dispatch import TrackingReceiver
@@ -105,11 +115,7 @@ class Destinations:
 
     def copies(self) -> Counter[str]:
         """How many times each recipient address was received, over every MX."""
-        counts: Counter[str] = Counter()
-        for mx in self.servers.values():
-            for received in mx.received:
-                counts.update(address.lower() for address in received.rcpt_tos)
-        return counts
+        return received_copies(self.servers.values())
 
     async def wait_total(self, count: int, deployment: Deployment, timeout: float) -> None:
         """Poll (with a deadline) until the MX servers received ``count`` messages in all."""
@@ -279,59 +285,6 @@ async def wait_all_final(
         await asyncio.sleep(0.5)
 
 
-async def recipient_events(database_url: str) -> list[asyncpg.Record]:
-    """Each recipient with its status and how many events of that status it has."""
-    conn = await asyncpg.connect(database_url, timeout=5)
-    try:
-        return list(
-            await conn.fetch(
-                """
-                SELECT r.address, r.status,
-                       (SELECT count(*) FROM events e
-                        WHERE e.recipient_id = r.id AND e.type = 'email.' || r.status) AS events
-                FROM email_recipients r
-                """
-            )
-        )
-    finally:
-        await conn.close()
-
-
-async def delivered_event_ids(database_url: str) -> set[str]:
-    conn = await asyncpg.connect(database_url, timeout=5)
-    try:
-        rows = await conn.fetch("SELECT id FROM events WHERE type = 'email.delivered'")
-        return {str(row["id"]) for row in rows}
-    finally:
-        await conn.close()
-
-
-async def assert_recorded_once(database_url: str, recipients: Iterable[str]) -> None:
-    """Every recipient delivered, each with exactly one ``email.delivered`` event: a job
-    run twice (after a crash, or rebuilt by housekeeping) must not record twice."""
-    rows = await recipient_events(database_url)
-    by_address = {str(r["address"]).lower(): r for r in rows}
-    expected = {address.lower() for address in recipients}
-    assert set(by_address) == expected, sorted(set(by_address) ^ expected)[:10]
-    wrong = [
-        (str(r["address"]), str(r["status"]), int(r["events"]))
-        for r in rows
-        if r["status"] != "delivered" or r["events"] != 1
-    ]
-    assert wrong == [], f"{len(wrong)} recipients not delivered exactly once: {wrong[:10]}"
-
-
-def assert_each_received(destinations: Destinations, recipients: Iterable[str]) -> Counter[str]:
-    """Every recipient reached its MX at least once and nothing else arrived; the counts."""
-    copies = destinations.copies()
-    expected = {address.lower() for address in recipients}
-    missing = expected - set(copies)
-    assert missing == set(), f"{len(missing)} recipients never received: {sorted(missing)[:10]}"
-    unexpected = set(copies) - expected
-    assert unexpected == set(), f"received for no email sent: {sorted(unexpected)[:10]}"
-    return copies
-
-
 async def terminate_backends(database_url: str) -> int:
     """Drop every connection Postline holds to its database, as a failover or restart would."""
     name = database_url.rsplit("/", 1)[1]
@@ -345,6 +298,32 @@ async def terminate_backends(database_url: str) -> int:
     finally:
         await admin.close()
     return sum(1 for row in rows if row["done"])
+
+
+async def check_delivered_invariants(
+    database_url: str,
+    sent: dict[str, str],
+    destinations: Destinations,
+    *,
+    queue_url: str,
+    queue_prefix: str,
+    in_flight_bound: int,
+) -> InvariantReport:
+    """The crash-suite invariants (tests/crash/invariants.py) for a run whose every email
+    (id -> its one recipient) was to be delivered; the deployment must be idle."""
+    expectation = Expectation()
+    for email_id, address in sent.items():
+        expectation.add(email_id, [address], "delivered")
+    return await check_invariants(
+        database_url=database_url,
+        expectation=expectation,
+        received=destinations.copies(),
+        webhook_event_ids=None,
+        spool=DATABASE_SPOOL,
+        in_flight_bound=in_flight_bound,
+        queue_url=queue_url,
+        queue_prefix=queue_prefix,
+    )
 
 
 RecordProperty = Callable[[str, object], None]
@@ -412,11 +391,11 @@ async def test_sigkill_one_of_two_workers_mid_run_loses_nothing(
     statuses = await wait_all_final(deployment, sent, timeout=60)
     finished_in = loop.time() - killed_at
     assert Counter(statuses.values()) == {"delivered": emails}, Counter(statuses.values())
-    copies = assert_each_received(destinations, recipients)
+    copies = assert_each_received(destinations.copies(), recipients)
     twice = {address: n for address, n in copies.items() if n > 1}
     await assert_recorded_once(postgres_url, recipients)
 
-    expected_hooks = await delivered_event_ids(postgres_url)
+    expected_hooks = await event_ids(postgres_url, "email.delivered")
     assert len(expected_hooks) == emails, len(expected_hooks)
     await receiver.wait_until(
         lambda _: expected_hooks <= set(receiver.acknowledged),
@@ -494,18 +473,28 @@ async def test_redis_restarting_empty_loses_no_email(
     recovered_in = loop.time() - restarted
     recipients = before + during
     assert Counter(statuses.values()) == {"delivered": len(recipients)}, Counter(statuses.values())
-    copies = assert_each_received(destinations, recipients)
+    copies = assert_each_received(destinations.copies(), recipients)
     await assert_recorded_once(postgres_url, recipients)
     twice = {address: n for address, n in copies.items() if n > 1}
+    # Only the deliveries in the worker's hands when Redis went can be sent twice.
+    invariants = await check_delivered_invariants(
+        postgres_url,
+        sent,
+        destinations,
+        queue_url=private_redis.url,
+        queue_prefix="postline",
+        in_flight_bound=concurrency,
+    )
     report(
         record_property,
         f"{len(recipients)} emails, {received_at_stop} received before Redis stopped (at "
         f"least {lost_jobs} jobs lost with it), {len(during)} accepted while it was down; all "
         f"delivered {recovered_in:.1f}s after it came back empty; "
-        f"{len(twice)} recipients received twice",
+        f"{len(twice)} recipients received twice; {invariants.summary()}",
         jobs_lost_with_redis_at_least=lost_jobs,
         delivered_after_restart_seconds=round(recovered_in, 1),
         received_twice=len(twice),
+        lost_emails=invariants.lost_emails,
     )
     deployment.check_running()
 
@@ -549,17 +538,26 @@ async def test_postgres_dropping_every_connection_loses_no_email(
     recovered_in = loop.time() - last_drop
     recipients = list(sent.values())
     assert Counter(statuses.values()) == {"delivered": len(recipients)}, Counter(statuses.values())
-    copies = assert_each_received(destinations, recipients)
+    copies = assert_each_received(destinations.copies(), recipients)
     await assert_recorded_once(postgres_url, recipients)
     twice = {address: n for address, n in copies.items() if n > 1}
+    invariants = await check_delivered_invariants(
+        postgres_url,
+        sent,
+        destinations,
+        queue_url=redis_queue.url,
+        queue_prefix=redis_queue.prefix,
+        in_flight_bound=concurrency * rounds,
+    )
     report(
         record_property,
         f"{len(recipients)} emails; connections terminated per drop: {terminated}; "
         f"all delivered {recovered_in:.1f}s after the last drop; "
-        f"{len(twice)} recipients received twice",
+        f"{len(twice)} recipients received twice; {invariants.summary()}",
         connections_terminated=terminated,
         delivered_after_last_drop_seconds=round(recovered_in, 1),
         received_twice=len(twice),
+        lost_emails=invariants.lost_emails,
     )
     # A drop can only cost the deliveries in flight at that moment their record (the MX
     # got them; the job is run again once its lease lapses).

@@ -1,0 +1,133 @@
+"""API keys: stored only as hashes, compared in constant time, refused the moment they
+are revoked, on every instance that shares the database."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from postline.cli import app as cli
+from postline.keys import authenticate, create_key
+from postline.store.schema import api_keys
+from tests.harness.postline import Factory, PostlineUnderTest
+
+
+async def _new_key(pl: PostlineUnderTest, domain: str | None = "example.test") -> Any:
+    body = {"name": "app", **({"domain": domain} if domain else {})}
+    response = await pl.client.post("/v1/api-keys", json=body, headers=pl.auth())
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def _status(pl: PostlineUnderTest, key: str, path: str = "/v1/emails") -> int:
+    return (await pl.client.get(path, headers=pl.auth(key))).status_code
+
+
+async def test_keys_are_stored_only_as_sha256_hashes(postline_factory: Factory) -> None:
+    pl = await postline_factory(engine=False)
+    created = await _new_key(pl)
+    secret: str = created["key"]
+    # A long random token: a hash of it needs no salt or slow KDF to resist guessing.
+    assert secret.startswith("pl_") and len(secret) >= 3 + 43, secret
+    async with pl.services.db.read() as conn:
+        row = (await conn.execute(select(api_keys).where(api_keys.c.id == created["id"]))).one()
+    stored = {k: str(v) for k, v in row._mapping.items() if v is not None}
+    assert stored["key_hash"] == hashlib.sha256(secret.encode()).hexdigest()
+    assert not [k for k, v in stored.items() if secret in v], stored
+    assert len(stored["prefix"]) <= 10 and secret.startswith(stored["prefix"])
+    # Nor anywhere in the database files (SQLite file and its write-ahead log).
+    data = Path(pl.settings.data_dir)
+    files = [p for p in data.iterdir() if p.is_file() and ".db" in p.name]
+    assert files, list(data.iterdir())
+    for path in files:
+        assert secret.encode() not in path.read_bytes(), path
+    # The listing shows the prefix, never the key or its hash.
+    listing = (await pl.client.get("/v1/api-keys", headers=pl.auth())).text
+    assert secret not in listing and stored["key_hash"] not in listing
+
+
+async def test_presented_keys_are_compared_with_compare_digest(
+    postline_factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row is found by the SHA-256 of the presented key (timing there reveals bits of a
+    hash, not of a key), and the final check is ``hmac.compare_digest``, never ``==``."""
+    pl = await postline_factory(engine=False)
+    created = await create_key(pl.services.db, "app", "example.test")
+    calls: list[tuple[Any, Any]] = []
+    real = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    # postline.keys calls hmac.compare_digest through the module: the spy sees each call.
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    principal = await authenticate(pl.services.db, created.key)
+    assert principal is not None and principal.domain_name == "example.test"
+    digest = hashlib.sha256(created.key.encode()).hexdigest()
+    assert calls == [(digest, digest)]
+    # One character off, or the stored hash itself presented as a key: refused.
+    assert await authenticate(pl.services.db, created.key[:-1] + "A") is None
+    assert await authenticate(pl.services.db, created.key[:-1] + "B") is None
+    assert await authenticate(pl.services.db, digest) is None
+
+
+def _cli_revoke(pl: PostlineUnderTest, key_id: str) -> str:
+    env = {
+        "POSTLINE_DATA_DIR": str(pl.settings.data_dir),
+        "POSTLINE_DATABASE_URL": pl.settings.database_url,
+    }
+    result = CliRunner().invoke(cli, ["keys", "revoke", key_id], env=env)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+async def test_a_revoked_key_is_refused_at_once_on_every_instance(
+    postline_factory: Factory,
+) -> None:
+    first = await postline_factory(engine=False)
+    # A second API process of the same installation: same database, nothing else shared.
+    second = await postline_factory(
+        engine=False, domains=(), database_url=first.settings.database_url
+    )
+    by_api, by_cli = await _new_key(first), await _new_key(first)
+    for key in (by_api["key"], by_cli["key"]):
+        for instance in (first, second):  # warm whatever either instance might remember
+            assert await _status(instance, key) == 200
+            assert await _status(instance, key) == 200
+
+    revoked = await first.client.delete(f"/v1/api-keys/{by_api['id']}", headers=first.auth())
+    assert revoked.status_code == 204, revoked.text
+    # The very next request, on either instance: no grace period, no cache window.
+    assert await _status(second, by_api["key"]) == 401
+    assert await _status(first, by_api["key"]) == 401
+
+    output = await asyncio.to_thread(_cli_revoke, first, by_cli["id"])
+    assert by_cli["id"] in output
+    assert await _status(first, by_cli["key"]) == 401
+    assert await _status(second, by_cli["key"]) == 401
+    # Other keys are untouched.
+    assert await _status(second, first.admin_key, "/v1/api-keys") == 200
+
+
+async def test_deleting_a_domain_ends_its_keys_and_never_widens_them(
+    postline_factory: Factory,
+) -> None:
+    """A scoped key whose domain is gone must not turn into an unscoped (admin) key."""
+    pl = await postline_factory(engine=False)
+    created = await pl.client.post("/v1/domains", json={"name": "gone.test"}, headers=pl.auth())
+    assert created.status_code == 201, created.text
+    scoped = await _new_key(pl, "gone.test")
+    assert await _status(pl, scoped["key"]) == 200
+    assert await _status(pl, scoped["key"], "/v1/api-keys") == 403
+    deleted = await pl.client.delete(f"/v1/domains/{created.json()['id']}", headers=pl.auth())
+    assert deleted.status_code == 204, deleted.text
+    assert await _status(pl, scoped["key"]) == 401
+    assert await _status(pl, scoped["key"], "/v1/api-keys") == 401
