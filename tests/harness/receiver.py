@@ -94,9 +94,10 @@ class WebhookReceiver:
         while not predicate(self.received):
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
+                last = [(h.status, h.headers.get("webhook-id")) for h in self.received[-10:]]
                 raise AssertionError(
                     f"receiver: timed out waiting for {what or 'condition'}; "
-                    f"got {[(h.status, h.headers.get('webhook-id')) for h in self.received]}"
+                    f"got {len(self.received)} requests, the last {len(last)}: {last}"
                 )
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
