@@ -13,11 +13,9 @@ import pytest_asyncio
 from postline.config import normalize_database_url
 from postline.ids import new_id
 from postline.queue import Job, Queue
-from postline.queue.embedded import EmbeddedQueue
 from postline.queue.redis import RedisQueue
-from postline.store.db import Database
-from postline.store.migrate import upgrade_async
 from postline.store.types import utcnow
+from tests.harness.stores import embedded_queue
 
 
 @pytest.fixture(
@@ -60,12 +58,8 @@ async def queue(adapter: str, location: tuple[str, str]) -> AsyncIterator[Queue]
         finally:
             await redis.close()
         return
-    await upgrade_async(url)
-    db = Database(url)
-    try:
-        yield EmbeddedQueue(db)
-    finally:
-        await db.close()
+    async with embedded_queue(url) as embedded:
+        yield embedded
 
 
 @pytest_asyncio.fixture
@@ -82,11 +76,8 @@ async def elsewhere(adapter: str, location: tuple[str, str], queue: Queue) -> As
         finally:
             await redis.close()
         return
-    db = Database(url)
-    try:
-        yield EmbeddedQueue(db)
-    finally:
-        await db.close()
+    async with embedded_queue(url) as embedded:  # already migrated: the upgrade is a no-op
+        yield embedded
 
 
 def job(

@@ -31,6 +31,7 @@ from postline.validation import (
     normalize_address,
     parse_mailbox,
 )
+from tests.harness.inputs import LINE_BREAKS
 
 PROPERTIES = settings(derandomize=True, deadline=None, max_examples=300)
 
@@ -40,19 +41,6 @@ ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=80)
 ADDRESSY = st.text(
     st.sampled_from(list("aZ09.-_+'@<>\"(),;:[]\\ \t\r\n\x00\x0b\x85\u2028é例")), max_size=40
 )
-LINE_BREAKS = [
-    "\r",
-    "\n",
-    "\r\n",
-    "\x0b",
-    "\x0c",
-    "\x1c",
-    "\x1d",
-    "\x1e",
-    "\x85",
-    "\u2028",
-    "\u2029",
-]
 # The "X-" headers a client may set; any name matching this regex is not structural.
 HEADER_NAME = st.from_regex(r"X-[!-9;-~]{1,40}", fullmatch=True)
 HEADER_VALUE = st.text(st.characters(exclude_categories=("Cc", "Cs", "Zl", "Zp")), max_size=200)

@@ -13,8 +13,7 @@ import pytest_asyncio
 from postline.config import ConfigError, load_settings
 from postline.queue.embedded import EmbeddedQueue
 from postline.ratelimit import Decision, RateLimiter, describe, smtp_refusal
-from postline.store.db import Database
-from postline.store.migrate import upgrade_async
+from tests.harness.stores import embedded_queue
 
 #: One token per 100 s: nothing refills while a test runs.
 SLOW = 0.01
@@ -22,13 +21,8 @@ SLOW = 0.01
 
 @pytest_asyncio.fixture
 async def queue(tmp_path: Path) -> AsyncIterator[EmbeddedQueue]:
-    url = f"sqlite+aiosqlite:///{tmp_path}/postline.db"
-    await upgrade_async(url)
-    db = Database(url)
-    try:
-        yield EmbeddedQueue(db)
-    finally:
-        await db.close()
+    async with embedded_queue(f"sqlite+aiosqlite:///{tmp_path}/postline.db") as embedded:
+        yield embedded
 
 
 async def test_decisions_round_for_headers(queue: EmbeddedQueue) -> None:
