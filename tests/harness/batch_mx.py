@@ -16,9 +16,9 @@ starts and stops it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
-from types import TracebackType
+
+from tests.harness.raw_mx import RawMX
 
 __all__ = ["BatchMX", "BatchSession"]
 
@@ -37,7 +37,7 @@ class BatchSession:
         return [c.split(b" ", 1)[0].upper().decode("ascii", "replace") for c in self.commands]
 
 
-class BatchMX:
+class BatchMX(RawMX[BatchSession]):
     def __init__(
         self,
         host: str = "127.0.0.1",
@@ -49,8 +49,7 @@ class BatchMX:
         data: bytes = b"354 end data with <CR><LF>.<CR><LF>\r\n",
         end: bytes = b"250 2.0.0 queued\r\n",
     ) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port, BatchSession)
         self.mail = mail
         self.rcpt = rcpt
         """The reply to RCPT for addresses not in ``rcpts`` (lower-case address -> reply)."""
@@ -58,49 +57,6 @@ class BatchMX:
         self.data = data
         """The reply to DATA; the body is read only if it starts with 354."""
         self.end = end
-        self.sessions: list[BatchSession] = []
-        self._server: asyncio.Server | None = None
-        self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
-
-    async def start(self) -> None:
-        if self._server is not None:
-            raise RuntimeError("BatchMX already started")
-        self._server = await asyncio.start_server(self._session, self.host, self.port)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-
-    async def stop(self) -> None:
-        """Stop listening, hang up on every client and end every session task (bounded)."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        for task, writer in list(self._clients.items()):
-            writer.transport.abort()
-            task.cancel()
-        if self._clients:
-            await asyncio.wait(list(self._clients), timeout=2)
-        if server is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), timeout=2)
-
-    async def __aenter__(self) -> BatchMX:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    @property
-    def connections(self) -> int:
-        return len(self.sessions)
-
-    @property
-    def open_connections(self) -> int:
-        return sum(not s.closed for s in self.sessions)
 
     @property
     def bodies(self) -> list[bytes]:
@@ -108,21 +64,6 @@ class BatchMX:
 
     def __repr__(self) -> str:
         return f"BatchMX({self.host}:{self.port} sessions={[s.verbs for s in self.sessions]})"
-
-    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._clients[task] = writer
-        session = BatchSession(len(self.sessions) + 1)
-        self.sessions.append(session)
-        try:
-            await self._converse(session, reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
-            pass  # the client hung up (ValueError: a line over the StreamReader limit)
-        finally:
-            session.closed = True
-            self._clients.pop(task, None)
-            writer.close()
 
     async def _converse(
         self, session: BatchSession, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -29,12 +29,12 @@ while clients keep coming, so a test can end an outage.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Literal, get_args
+
+from tests.harness.raw_mx import RawMX
 
 __all__ = ["MODES", "STAGES", "EvilMX", "EvilSession", "Mode", "Stage", "hostile_reply"]
 
@@ -115,7 +115,7 @@ class EvilSession:
         ]
 
 
-class EvilMX:
+class EvilMX(RawMX[EvilSession]):
     def __init__(
         self,
         mode: Mode | None,
@@ -132,62 +132,15 @@ class EvilMX:
             or stage not in (*STAGES, None)
         ):
             raise ValueError(f"bad mode/stage {mode!r}/{stage!r}")
+        super().__init__(host, port, EvilSession)
         self.replies: dict[Stage, bytes] = {**NORMAL, **(replies or {})}
         """What the other stages answer (raw bytes, sent as given): NORMAL unless overridden."""
         self.mode = mode
         self.stage = stage
-        self.host = host
-        self.port = port
         self.drip_interval = drip_interval
-        self.sessions: list[EvilSession] = []
         self.bytes_sent = 0
-        self._server: asyncio.Server | None = None
-        self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
-
-    # ------------------------------------------------------------------ lifecycle
-
-    async def start(self) -> None:
-        if self._server is not None:
-            raise RuntimeError("EvilMX already started")
-        self._server = await asyncio.start_server(self._session, self.host, self.port)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-
-    async def stop(self) -> None:
-        """Stop listening, hang up on every client and end every session task (bounded)."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        for task, writer in list(self._clients.items()):
-            writer.transport.abort()
-            task.cancel()
-        tasks = list(self._clients)
-        if tasks:
-            await asyncio.wait(tasks, timeout=2)
-        if server is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), timeout=2)
-
-    async def __aenter__(self) -> EvilMX:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # ------------------------------------------------------------------ records
-
-    @property
-    def connections(self) -> int:
-        return len(self.sessions)
-
-    @property
-    def open_connections(self) -> int:
-        return sum(not s.closed for s in self.sessions)
 
     @property
     def triggered(self) -> int:
@@ -222,21 +175,6 @@ class EvilMX:
         )
 
     # ------------------------------------------------------------------ protocol
-
-    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._clients[task] = writer
-        session = EvilSession(len(self.sessions) + 1)
-        self.sessions.append(session)
-        try:
-            await self._converse(session, reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
-            pass  # the client hung up (ValueError: a line over the StreamReader limit)
-        finally:
-            session.closed = True
-            self._clients.pop(task, None)
-            writer.close()
 
     async def _converse(
         self, session: EvilSession, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

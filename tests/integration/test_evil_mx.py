@@ -7,8 +7,8 @@ The evil MX listens on 127.0.0.2 on the regular FakeMX's port, so the one
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,15 +16,14 @@ import pytest
 from tests.harness import FakeDNS, FakeMX
 from tests.harness.evil_mx import MODES, STAGES, EvilMX, Mode, Stage
 from tests.harness.postline import Factory, PostlineUnderTest
+from tests.harness.raw_mx_postline import (
+    ATTEMPT_BOUND,
+    OUTCOME_DEADLINE,
+    first_attempt,
+    postline_routed_to,
+    timed_first_attempt,
+)
 
-CONNECT_TIMEOUT = 1.0
-COMMAND_TIMEOUT = 2.0
-LEASE_SECONDS = 10
-#: One misbehaving stage costs at most the connect timeout or one command timeout, then
-#: the hang-up (QUIT, which close_session gives 5 s): the bound on one attempt here.
-ATTEMPT_BOUND = CONNECT_TIMEOUT + 2 * COMMAND_TIMEOUT + 5.0
-#: How long the tests poll: the bound plus room for a slow machine.
-OUTCOME_DEADLINE = 15.0
 MAX_RESPONSE_BYTES = 1024
 
 CASES: list[tuple[Mode, Stage]] = [(mode, stage) for mode in MODES for stage in STAGES]
@@ -74,33 +73,14 @@ def _assert_logs_clean(caplog: pytest.LogCaptureFixture, email_id: str, status: 
     assert _postline_errors(caplog) == []
 
 
-async def _evil_postline(
-    postline_factory: Factory, fake_dns: FakeDNS, evil: EvilMX
-) -> PostlineUnderTest:
-    fake_dns.add_mx("evil.test", (10, "mx.evil.test"))
-    fake_dns.add_a("mx.evil.test", evil.host)
-    return await postline_factory(
-        delivery_port=evil.port,
-        smtp_connect_timeout=CONNECT_TIMEOUT,
-        smtp_command_timeout=COMMAND_TIMEOUT,
-        lease_seconds=LEASE_SECONDS,
-        retry_schedule="60",
-    )
+def _no_engine_errors(caplog: pytest.LogCaptureFixture, evil: EvilMX) -> Callable[[], None]:
+    """A check for ``first_attempt``: fail at once if the engine logged an unexpected
+    error instead of an outcome (the job would wait for its lease)."""
 
-
-async def _first_outcome(
-    pl: PostlineUnderTest, email_id: str, caplog: pytest.LogCaptureFixture, evil: EvilMX
-) -> dict[str, Any]:
-    """Poll until the recipient has its first recorded attempt; fail at once if the
-    engine logged an unexpected error instead (the job would wait for its lease)."""
-
-    def recorded(detail: dict[str, Any]) -> bool:
+    def check() -> None:
         assert _postline_errors(caplog) == [], (evil, _postline_errors(caplog))
-        return bool(detail["recipients"][0]["attempts"] >= 1)
 
-    return await pl.wait_for(
-        email_id, recorded, timeout=OUTCOME_DEADLINE, what=f"an outcome from {evil!r}"
-    )
+    return check
 
 
 async def _still_delivers(pl: PostlineUnderTest, fake_mx: FakeMX) -> None:
@@ -122,12 +102,10 @@ async def test_hostile_reply_is_bounded_clean_and_not_logged(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="postline")
     async with EvilMX(mode, stage, host="127.0.0.2", port=fake_mx.port) as evil:
-        pl = await _evil_postline(postline_factory, fake_dns, evil)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        sent = await pl.send(to="victim@evil.test")
-        detail = await _first_outcome(pl, sent["id"], caplog, evil)
-        elapsed = loop.time() - started
+        pl = await postline_routed_to(postline_factory, fake_dns, evil, "evil.test")
+        sent, detail, elapsed = await timed_first_attempt(
+            pl, "victim@evil.test", evil, _no_engine_errors(caplog, evil)
+        )
         assert elapsed < ATTEMPT_BOUND, (elapsed, evil)
         assert evil.triggered >= 1, evil  # the client really met the misbehaviour
 
@@ -171,12 +149,11 @@ async def test_hostile_ehlo_keywords_still_get_an_outcome(
     caplog.set_level(logging.DEBUG, logger="postline")
     hostile: dict[Stage, bytes] = {"ehlo": EHLO_CASES[ehlo]}
     async with EvilMX(None, None, host="127.0.0.2", port=fake_mx.port, replies=hostile) as evil:
-        pl = await _evil_postline(postline_factory, fake_dns, evil)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        sent = await pl.send(to="victim@evil.test")
-        detail = await _first_outcome(pl, sent["id"], caplog, evil)
-        assert loop.time() - started < ATTEMPT_BOUND
+        pl = await postline_routed_to(postline_factory, fake_dns, evil, "evil.test")
+        sent, detail, elapsed = await timed_first_attempt(
+            pl, "victim@evil.test", evil, _no_engine_errors(caplog, evil)
+        )
+        assert elapsed < ATTEMPT_BOUND
         (recipient,) = detail["recipients"]
         # The rest of the session is well-behaved: delivering is as right as refusing.
         assert recipient["status"] in ("delivered", "deferred", "bounced"), recipient
@@ -193,16 +170,11 @@ async def test_extra_reply_lines_do_not_answer_the_next_transaction(
         "data-end": b"250 2.0.0 queued\r\n550 5.1.1 injected for the next command\r\n"
     }
     async with EvilMX(None, None, host="127.0.0.2", port=fake_mx.port, replies=trailing) as evil:
-        pl = await _evil_postline(postline_factory, fake_dns, evil)
+        pl = await postline_routed_to(postline_factory, fake_dns, evil, "evil.test")
         first = await pl.send(to="first@evil.test")
         await pl.wait_for_status(first["id"], ["delivered"], timeout=OUTCOME_DEADLINE)
         second = await pl.send(to="second@evil.test")
-        detail = await pl.wait_for(
-            second["id"],
-            lambda d: d["recipients"][0]["attempts"] >= 1,
-            timeout=OUTCOME_DEADLINE,
-            what=f"an outcome from {evil!r}",
-        )
+        detail = await first_attempt(pl, second["id"], evil)
         (recipient,) = detail["recipients"]
         suppressions = await pl.client.get("/v1/suppressions", headers=pl.auth())
         assert suppressions.json()["data"] == []

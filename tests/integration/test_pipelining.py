@@ -20,15 +20,13 @@ import pytest
 from tests.harness import FakeDNS, FakeMX
 from tests.harness.batch_mx import BatchMX
 from tests.harness.evil_mx import MODES, EvilMX, Mode, Stage
-from tests.harness.postline import Factory, PostlineUnderTest
+from tests.harness.postline import Factory
+from tests.harness.raw_mx_postline import ATTEMPT_BOUND, postline_routed_to, timed_first_attempt
 from tests.harness.tls import ThrowawayCA
 from tests.integration.test_evil_mx import (
-    ATTEMPT_BOUND,
-    OUTCOME_DEADLINE,
     _assert_clean,
     _assert_logs_clean,
-    _evil_postline,
-    _first_outcome,
+    _no_engine_errors,
     _still_delivers,
 )
 
@@ -208,20 +206,6 @@ async def test_pipelining_over_starttls(
 # --------------------------------------------------------------- BatchMX (all replies at once)
 
 
-async def _batch_postline(
-    postline_factory: Factory, fake_dns: FakeDNS, mx: BatchMX
-) -> PostlineUnderTest:
-    fake_dns.add_mx("batch.test", (10, "mx.batch.test"))
-    fake_dns.add_a("mx.batch.test", mx.host)
-    return await postline_factory(
-        delivery_port=mx.port,
-        smtp_connect_timeout=1.0,
-        smtp_command_timeout=2.0,
-        lease_seconds=10,
-        retry_schedule="60",
-    )
-
-
 async def test_replies_that_arrive_together_are_each_read(
     postline_factory: Factory, fake_dns: FakeDNS, fake_mx: FakeMX
 ) -> None:
@@ -230,7 +214,7 @@ async def test_replies_that_arrive_together_are_each_read(
         "busy@batch.test": b"452 4.2.2 full\r\n",
     }
     async with BatchMX("127.0.0.2", fake_mx.port, rcpts=rcpts) as mx:
-        pl = await _batch_postline(postline_factory, fake_dns, mx)
+        pl = await postline_routed_to(postline_factory, fake_dns, mx, "batch.test")
         sent = await pl.send(to=["ok@batch.test", "gone@batch.test", "busy@batch.test"])
         detail = await pl.wait_for(
             sent["id"], lambda d: all(r["attempts"] for r in d["recipients"]), what="outcomes"
@@ -250,7 +234,7 @@ async def test_a_354_after_every_recipient_was_refused_gets_a_lone_dot(
 ) -> None:
     # RFC 2920 3.1: the client cannot assume the DATA fails; if it is accepted, a lone dot.
     async with BatchMX("127.0.0.2", fake_mx.port, rcpt=b"550 5.1.1 no such user\r\n") as mx:
-        pl = await _batch_postline(postline_factory, fake_dns, mx)
+        pl = await postline_routed_to(postline_factory, fake_dns, mx, "batch.test")
         sent = await pl.send(to=["x@batch.test", "y@batch.test"])
         detail = await pl.wait_for_status(sent["id"], ["bounced"])
         assert [r["smtp_code"] for r in detail["recipients"]] == [550, 550]
@@ -284,17 +268,9 @@ async def test_replies_out_of_step_close_the_session(
     for name, reply in replies.items():
         setattr(mx, name, reply)
     async with mx:
-        pl = await _batch_postline(postline_factory, fake_dns, mx)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        sent = await pl.send(to="victim@batch.test")
-        detail = await pl.wait_for(
-            sent["id"],
-            lambda d: d["recipients"][0]["attempts"] >= 1,
-            timeout=OUTCOME_DEADLINE,
-            what=f"an outcome from {mx!r}",
-        )
-        assert loop.time() - started < ATTEMPT_BOUND
+        pl = await postline_routed_to(postline_factory, fake_dns, mx, "batch.test")
+        _, detail, elapsed = await timed_first_attempt(pl, "victim@batch.test", mx)
+        assert elapsed < ATTEMPT_BOUND
         (recipient,) = detail["recipients"]
         assert recipient["status"] == status, (recipient, mx)
         assert len(mx.bodies) == bodies, mx
@@ -317,12 +293,11 @@ async def test_hostile_reply_in_a_batch_is_bounded_and_clean(
     stage: Stage = "rcpt"  # the middle of the batch
     hostile: dict[Stage, bytes] = {"ehlo": PIPELINING_EHLO}
     async with EvilMX(mode, stage, host="127.0.0.2", port=fake_mx.port, replies=hostile) as evil:
-        pl = await _evil_postline(postline_factory, fake_dns, evil)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        sent = await pl.send(to="victim@evil.test")
-        detail = await _first_outcome(pl, sent["id"], caplog, evil)
-        assert loop.time() - started < ATTEMPT_BOUND, evil
+        pl = await postline_routed_to(postline_factory, fake_dns, evil, "evil.test")
+        sent, detail, elapsed = await timed_first_attempt(
+            pl, "victim@evil.test", evil, _no_engine_errors(caplog, evil)
+        )
+        assert elapsed < ATTEMPT_BOUND, evil
         assert evil.triggered >= 1, evil
         (recipient,) = detail["recipients"]
         assert recipient["status"] in ("deferred", "bounced"), recipient
