@@ -28,8 +28,9 @@ import asyncio
 import base64
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -242,6 +243,8 @@ class Target:
     services: Services
     admin_key: str
     scoped_key: str
+    statuses: Counter[int] = field(default_factory=Counter)
+    """Every answer's status code, printed at the end for docs/RELIABILITY.md."""
 
     def run(self, coroutine: Any) -> Any:
         return self.loop.run_until_complete(coroutine)
@@ -269,6 +272,7 @@ class Target:
             prepared.method or "GET", prepared.url or BASE, headers=headers, content=body
         )
         response: httpx.Response = self.run(request)
+        self.statuses[response.status_code] += 1
         return response
 
     async def seed(self) -> dict[str, list[str]]:
@@ -351,6 +355,9 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     try:
         yield built
     finally:
+        tally = ", ".join(f"{code}: {n}" for code, n in sorted(built.statuses.items()))
+        server_errors = sum(n for code, n in built.statuses.items() if code >= 500)
+        print(f"\nfuzz: {built.statuses.total()} requests, {server_errors} answered 5xx ({tally})")
         loop.run_until_complete(built.client.aclose())
         loop.run_until_complete(built.services.close())
         loop.close()
