@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,28 +27,25 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.conftest import Launcher
-from tests.acceptance.harness import FINAL, Install, Server, auth
+from tests.acceptance.harness import Server, auth
 from tests.acceptance.test_scale_out import (
+    Deployment,
     Destinations,
     RecordProperty,
     RedisQueueKeys,
-    deployment_env,
+    Rig,
+    check_delivered_invariants,
+    delivered_expectation,
     destinations,
     redis_queue,
     report,
+    rig,
     send_all,
+    wait_all_final,
 )
-from tests.crash.invariants import (
-    DATABASE_SPOOL,
-    Expectation,
-    InvariantReport,
-    check_invariants,
-    received_copies,
-)
-from tests.harness.fake_dns import FakeDNS
+from tests.crash.invariants import InvariantReport, check_invariants
 
-__all__ = ["destinations", "redis_queue"]  # fixtures, imported for pytest
+__all__ = ["destinations", "redis_queue", "rig"]  # fixtures, imported for pytest
 
 SHUTDOWN_TIMEOUT = 2.0
 #: Cancelling what is left and releasing its jobs, after the drain timeout.
@@ -138,36 +134,41 @@ async def logged_at(process: Server, pattern: str) -> float:
     return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-async def add_domain(api: Server, key: str) -> None:
-    """The sending domain, through the API: one process start less than the CLI."""
+async def start_api(rig: Rig, *command: str) -> tuple[Server, str]:
+    """``postline <command>`` (``serve`` or ``api``), which migrates and creates the first
+    admin key, ready and with the sending domain added through the API (one process start
+    less than the CLI); the process and its key."""
+    api = await rig.launch(rig.install, *command)
+    key = await api.admin_key()
+    await api.ready()
     body = {"name": "example.test"}
     response = await api.client.post("/v1/domains", json=body, headers=auth(key))
     assert response.status_code == 201, f"{response.status_code} {response.text}"
+    return api, key
 
 
-async def wait_final(api: Server, key: str, ids: Iterable[str], timeout: float) -> None:
-    """Poll the send log (with a deadline) until every one of ``ids`` is final."""
-    wanted = set(ids)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        statuses = {e["id"]: e["status"] for e in await api.list_emails(key) if e["id"] in wanted}
-        waiting = Counter(s for s in statuses.values() if s not in FINAL)
-        if not waiting and len(statuses) == len(wanted):
-            return
-        if loop.time() > deadline or not api.running:
-            raise AssertionError(
-                f"{len(wanted) - len(statuses)} emails missing, not final: {dict(waiting)}\n"
-                f"{api.describe()}"
-            )
-        await asyncio.sleep(0.2)
+async def send_busy_run(rig: Rig, api: Server, key: str) -> dict[str, str]:
+    """Every email of the run sent through ``api``, the fast MX answering each in 50 ms
+    and the slow one holding its messages far past the drain; email id -> recipient."""
+    rig.destinations.servers[FAST].stall("data", 0.05)
+    rig.destinations.servers[SLOW].stall("data", 120)
+    return await send_all(api, key, recipients())
 
 
-def expectation(sent: dict[str, str]) -> Expectation:
-    expected = Expectation()
-    for email_id, address in sent.items():
-        expected.add(email_id, [address], "delivered")
-    return expected
+async def restart(rig: Rig, *command: str) -> Server:
+    """``postline <command>`` started again, the MX servers answering at once now: the
+    restart is not under test."""
+    for mx in rig.destinations.servers.values():
+        mx.clear()
+    return await rig.launch(rig.install, *command)
+
+
+async def finish_and_stop(deployment: Deployment, sent: Iterable[str], process: Server) -> None:
+    """Every email of ``sent`` final (as ``deployment`` reports), then ``process`` stopped
+    with SIGTERM: it must exit 0."""
+    await wait_all_final(deployment, sent, timeout=45)
+    process.signal(signal.SIGTERM)
+    assert await process.wait_exit(SHUTDOWN_TIMEOUT + 30) == 0, process.describe()
 
 
 def embedded_leases(database: Path) -> tuple[int, int]:
@@ -190,104 +191,65 @@ async def redis_leases(queue: RedisQueueKeys) -> tuple[int, int, int]:
     return len(jobs), leased, owned
 
 
-async def test_sigterm_during_a_busy_serve_leaves_nothing_leased(
-    install: Install,
-    launch: Launcher,
-    fake_dns: FakeDNS,
-    destinations: Destinations,
-    record_property: RecordProperty,
-) -> None:
-    install.extra.update(
+async def test_sigterm_during_a_busy_serve_leaves_nothing_leased(rig: Rig) -> None:
+    data_dir = rig.install.data_dir
+    rig.install.extra.update(
         shutdown_env(),
-        POSTLINE_DNS_NAMESERVERS=fake_dns.nameserver,
-        POSTLINE_DELIVERY_PORT=str(destinations.port),
+        POSTLINE_DNS_NAMESERVERS=rig.dns.nameserver,
+        POSTLINE_DELIVERY_PORT=str(rig.destinations.port),
     )
-    server = await launch(install, "serve", "--no-sandbox")
-    key = await server.admin_key()
-    await server.ready()
-    await add_domain(server, key)
-    destinations.servers[FAST].stall("data", 0.05)
-    destinations.servers[SLOW].stall("data", 120)
-    sent = await send_all(server, key, recipients())
+    server, key = await start_api(rig, "serve", "--no-sandbox")
+    sent = await send_busy_run(rig, server, key)
 
-    shutdown = await sigterm_busy(server, destinations)
-    jobs, leased = embedded_leases(install.data_dir / "postline.db")
+    shutdown = await sigterm_busy(server, rig.destinations)
+    jobs, leased = embedded_leases(data_dir / "postline.db")
     assert leased == 0, f"{leased} lease columns set on {jobs} jobs after a graceful shutdown"
     assert jobs >= STUCK, jobs
 
-    for mx in destinations.servers.values():  # no stall now: the restart is not under test
-        mx.clear()
-    again = await launch(install, "serve", "--no-sandbox")
+    again = await restart(rig, "serve", "--no-sandbox")
     await again.ready()
-    await wait_final(again, key, sent, timeout=45)
-    again.signal(signal.SIGTERM)
-    assert await again.wait_exit(SHUTDOWN_TIMEOUT + 30) == 0, again.describe()
+    await finish_and_stop(Deployment(again, key, workers=[], owners=[]), sent, again)
 
     result = await check_invariants(
-        database_url=f"sqlite:///{install.data_dir / 'postline.db'}",
-        expectation=expectation(sent),
-        received=received_copies(destinations.servers.values()),
+        database_url=f"sqlite:///{data_dir / 'postline.db'}",
+        expectation=delivered_expectation(sent),
+        received=rig.destinations.copies(),
         webhook_event_ids=None,
-        spool=install.data_dir / "spool",
+        spool=data_dir / "spool",
         in_flight_bound=shutdown.released,
     )
-    shutdown.report(record_property, "serve", jobs, result)
+    shutdown.report(rig.record, "serve", jobs, result)
 
 
 @pytest.mark.postgres
 @pytest.mark.redis
 async def test_sigterm_during_a_busy_worker_leaves_nothing_leased(
-    postgres_url: str,
-    redis_queue: RedisQueueKeys,
-    install: Install,
-    launch: Launcher,
-    fake_dns: FakeDNS,
-    destinations: Destinations,
-    record_property: RecordProperty,
+    postgres_url: str, redis_queue: RedisQueueKeys, rig: Rig
 ) -> None:
-    install.extra.update(
-        deployment_env(
-            database_url=postgres_url,
-            queue_url=redis_queue.url,
-            prefix=redis_queue.prefix,
-            dns=fake_dns,
-            destinations=destinations,
-        )
-    )
-    install.extra.update(shutdown_env())
-    api = await launch(install, "api")  # migrates, and creates the first admin key
-    key = await api.admin_key()
-    await api.ready()
-    await add_domain(api, key)
-    worker = await launch(install, "worker")
+    rig.use_shared_storage(postgres_url, redis_queue.url, redis_queue.prefix)
+    rig.install.extra.update(shutdown_env())
+    api, key = await start_api(rig, "api")
+    worker = await rig.launch(rig.install, "worker")
     await worker.worker_ready()
-    destinations.servers[FAST].stall("data", 0.05)
-    destinations.servers[SLOW].stall("data", 120)
-    sent = await send_all(api, key, recipients())
+    sent = await send_busy_run(rig, api, key)
 
-    shutdown = await sigterm_busy(worker, destinations)
+    shutdown = await sigterm_busy(worker, rig.destinations)
     jobs, leased, owned = await redis_leases(redis_queue)
     assert (leased, owned) == (0, 0), f"{leased} leased, {owned} owned of {jobs} after SIGTERM"
     assert jobs >= STUCK, jobs
     inflight = await redis_queue.client.hvals(f"{redis_queue.prefix}:inflight")
     assert all(int(n) == 0 for n in inflight), inflight
 
-    for mx in destinations.servers.values():  # no stall now: the restart is not under test
-        mx.clear()
-    again = await launch(install, "worker")
-    await again.worker_ready()
-    await wait_final(api, key, sent, timeout=45)
-    again.signal(signal.SIGTERM)
-    assert await again.wait_exit(SHUTDOWN_TIMEOUT + 30) == 0, again.describe()
+    again = await restart(rig, "worker")
+    owner = await again.worker_ready()
+    await finish_and_stop(Deployment(api, key, workers=[again], owners=[owner]), sent, again)
 
-    result = await check_invariants(
-        database_url=postgres_url,
-        expectation=expectation(sent),
-        received=received_copies(destinations.servers.values()),
-        webhook_event_ids=None,
-        spool=DATABASE_SPOOL,
-        in_flight_bound=shutdown.released,
+    result = await check_delivered_invariants(
+        postgres_url,
+        sent,
+        rig.destinations,
         queue_url=redis_queue.url,
         queue_prefix=redis_queue.prefix,
+        in_flight_bound=shutdown.released,
     )
-    shutdown.report(record_property, "worker", jobs, result)
+    shutdown.report(rig.record, "worker", jobs, result)

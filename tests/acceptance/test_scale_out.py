@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -30,7 +28,7 @@ import redis.asyncio as aioredis
 
 from tests.acceptance.conftest import Launcher
 from tests.acceptance.harness import FINAL, Install, RedisServer, Server, auth, shared_env
-from tests.conftest import PG_ADMIN_DSN, unavailable
+from tests.conftest import PG_ADMIN_DSN
 from tests.crash.invariants import (
     DATABASE_SPOOL,
     Expectation,
@@ -43,7 +41,10 @@ from tests.crash.invariants import (
 )
 from tests.harness.fake_dns import FakeDNS
 from tests.harness.fake_mx import FakeMX, FakeMXFactory
+from tests.harness.private_redis import private_redis
 from tests.integration.test_webhook_dispatch import TrackingReceiver
+
+__all__ = ["private_redis"]  # a fixture, imported for pytest
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -51,6 +52,8 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 #: Postline connects to every MX on POSTLINE_DELIVERY_PORT).
 DESTINATIONS = {"alpha.test": "127.0.0.2", "beta.test": "127.0.0.3"}
 LEASE_SECONDS = 10
+
+RecordProperty = Callable[[str, object], None]
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -78,21 +81,6 @@ async def redis_queue(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisQ
         yield RedisQueueKeys(redis_url, redis_prefix, client)
     finally:
         await client.aclose()
-
-
-@pytest_asyncio.fixture
-async def private_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    """A redis-server of this test's own (diskless), so that it can be stopped and restarted."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        unavailable("Redis", "no redis-server binary on PATH")
-        raise AssertionError("unreachable")
-    server = RedisServer(tmp_path / "redis", binary=binary)
-    try:
-        await server.start()
-        yield server
-    finally:
-        await server.aclose()
 
 
 @dataclass
@@ -147,6 +135,43 @@ async def receiver() -> AsyncIterator[TrackingReceiver]:
     await hooks.start()
     yield hooks
     await hooks.stop()
+
+
+@dataclass
+class Rig:
+    """What every process test here starts from: a fresh install, the launcher of its
+    processes, the fake network (DNS and the destinations' MX servers) and pytest's
+    ``record_property``. One fixture, so that a test names only what varies: its storage."""
+
+    install: Install
+    launch: Launcher
+    dns: FakeDNS
+    destinations: Destinations
+    record: RecordProperty
+
+    def use_shared_storage(self, database_url: str, queue_url: str, prefix: str) -> None:
+        """Every process of the install on this database, this Redis queue (under
+        ``prefix``) and the database spool, on the fake network: ``deployment_env``."""
+        self.install.extra.update(
+            deployment_env(
+                database_url=database_url,
+                queue_url=queue_url,
+                prefix=prefix,
+                dns=self.dns,
+                destinations=self.destinations,
+            )
+        )
+
+
+@pytest.fixture
+def rig(
+    install: Install,
+    launch: Launcher,
+    fake_dns: FakeDNS,
+    destinations: Destinations,
+    record_property: RecordProperty,
+) -> Rig:
+    return Rig(install, launch, fake_dns, destinations, record_property)
 
 
 # ---------------------------------------------------------------------------- deployment
@@ -219,22 +244,19 @@ class Deployment:
 
 
 async def deploy(
-    install: Install,
-    launch: Launcher,
-    *,
-    workers: int,
-    concurrency: int,
-    redis: RedisServer | None = None,
+    rig: Rig, *, workers: int, concurrency: int, redis: RedisServer | None = None
 ) -> Deployment:
     """Migrate and add the sending domain as an operator would, then start one API
     process (which creates the first admin key) and ``workers`` worker processes."""
+    install = rig.install
     (await install.acli("migrate")).assert_ok()
     (await install.acli("domains", "add", "example.test")).assert_ok()
-    api = await launch(install, "api")
+    api = await rig.launch(install, "api")
     key = await api.admin_key()
     await api.ready()
     started = [
-        await launch(install, "worker", "--concurrency", str(concurrency)) for _ in range(workers)
+        await rig.launch(install, "worker", "--concurrency", str(concurrency))
+        for _ in range(workers)
     ]
     owners = [await worker.worker_ready() for worker in started]
     assert len(set(owners)) == len(owners), owners
@@ -311,12 +333,9 @@ async def check_delivered_invariants(
 ) -> InvariantReport:
     """The crash-suite invariants (tests/crash/invariants.py) for a run whose every email
     (id -> its one recipient) was to be delivered; the deployment must be idle."""
-    expectation = Expectation()
-    for email_id, address in sent.items():
-        expectation.add(email_id, [address], "delivered")
     return await check_invariants(
         database_url=database_url,
-        expectation=expectation,
+        expectation=delivered_expectation(sent),
         received=destinations.copies(),
         webhook_event_ids=None,
         spool=DATABASE_SPOOL,
@@ -326,7 +345,13 @@ async def check_delivered_invariants(
     )
 
 
-RecordProperty = Callable[[str, object], None]
+def delivered_expectation(sent: dict[str, str]) -> Expectation:
+    """What the invariants expect of a run whose every email (id -> its one recipient)
+    was to be delivered."""
+    expectation = Expectation()
+    for email_id, address in sent.items():
+        expectation.add(email_id, [address], "delivered")
+    return expectation
 
 
 def report(record: RecordProperty, summary: str, **measures: object) -> None:
@@ -341,27 +366,13 @@ def report(record: RecordProperty, summary: str, **measures: object) -> None:
 
 
 async def test_sigkill_one_of_two_workers_mid_run_loses_nothing(
-    postgres_url: str,
-    redis_queue: RedisQueueKeys,
-    install: Install,
-    launch: Launcher,
-    fake_dns: FakeDNS,
-    destinations: Destinations,
-    receiver: TrackingReceiver,
-    record_property: RecordProperty,
+    postgres_url: str, redis_queue: RedisQueueKeys, rig: Rig, receiver: TrackingReceiver
 ) -> None:
     emails = 500
+    destinations = rig.destinations
     destinations.stall(0.05)  # a slow MX: the kill lands with deliveries open
-    install.extra.update(
-        deployment_env(
-            database_url=postgres_url,
-            queue_url=redis_queue.url,
-            prefix=redis_queue.prefix,
-            dns=fake_dns,
-            destinations=destinations,
-        )
-    )
-    deployment = await deploy(install, launch, workers=2, concurrency=8)
+    rig.use_shared_storage(postgres_url, redis_queue.url, redis_queue.prefix)
+    deployment = await deploy(rig, workers=2, concurrency=8)
     api, key = deployment.api, deployment.key
     created = await api.client.post(
         "/v1/webhooks", json={"url": receiver.url, "events": ["email.delivered"]}, headers=auth(key)
@@ -405,7 +416,7 @@ async def test_sigkill_one_of_two_workers_mid_run_loses_nothing(
     invented = set(receiver.acknowledged) - expected_hooks
     hooks_twice = sum(receiver.acknowledged.values()) - len(expected_hooks)
     report(
-        record_property,
+        rig.record,
         f"{emails} emails accepted in {accepted_in:.1f}s; SIGKILL after {received_at_kill} "
         f"received, the killed worker held {len(held)} jobs ({in_flight} recipients in "
         f"flight); {len(twice)} recipients received twice; all final {finished_in:.1f}s "
@@ -424,28 +435,13 @@ async def test_sigkill_one_of_two_workers_mid_run_loses_nothing(
 
 
 async def test_redis_restarting_empty_loses_no_email(
-    postgres_url: str,
-    private_redis: RedisServer,
-    install: Install,
-    launch: Launcher,
-    fake_dns: FakeDNS,
-    destinations: Destinations,
-    record_property: RecordProperty,
+    postgres_url: str, private_redis: RedisServer, rig: Rig
 ) -> None:
     concurrency = 4
+    destinations = rig.destinations
     destinations.stall(0.2)  # jobs still wait in Redis when it goes
-    install.extra.update(
-        deployment_env(
-            database_url=postgres_url,
-            queue_url=private_redis.url,
-            prefix="postline",
-            dns=fake_dns,
-            destinations=destinations,
-        )
-    )
-    deployment = await deploy(
-        install, launch, workers=1, concurrency=concurrency, redis=private_redis
-    )
+    rig.use_shared_storage(postgres_url, private_redis.url, "postline")
+    deployment = await deploy(rig, workers=1, concurrency=concurrency, redis=private_redis)
     api, key = deployment.api, deployment.key
     (worker,) = deployment.workers
     before = addresses(40)
@@ -486,7 +482,7 @@ async def test_redis_restarting_empty_loses_no_email(
         in_flight_bound=concurrency,
     )
     report(
-        record_property,
+        rig.record,
         f"{len(recipients)} emails, {received_at_stop} received before Redis stopped (at "
         f"least {lost_jobs} jobs lost with it), {len(during)} accepted while it was down; all "
         f"delivered {recovered_in:.1f}s after it came back empty; "
@@ -500,26 +496,13 @@ async def test_redis_restarting_empty_loses_no_email(
 
 
 async def test_postgres_dropping_every_connection_loses_no_email(
-    postgres_url: str,
-    redis_queue: RedisQueueKeys,
-    install: Install,
-    launch: Launcher,
-    fake_dns: FakeDNS,
-    destinations: Destinations,
-    record_property: RecordProperty,
+    postgres_url: str, redis_queue: RedisQueueKeys, rig: Rig
 ) -> None:
     concurrency = 8
+    destinations = rig.destinations
     destinations.stall(0.05)
-    install.extra.update(
-        deployment_env(
-            database_url=postgres_url,
-            queue_url=redis_queue.url,
-            prefix=redis_queue.prefix,
-            dns=fake_dns,
-            destinations=destinations,
-        )
-    )
-    deployment = await deploy(install, launch, workers=1, concurrency=concurrency)
+    rig.use_shared_storage(postgres_url, redis_queue.url, redis_queue.prefix)
+    deployment = await deploy(rig, workers=1, concurrency=concurrency)
     api, key = deployment.api, deployment.key
     sent: dict[str, str] = {}
     terminated: list[int] = []
@@ -550,7 +533,7 @@ async def test_postgres_dropping_every_connection_loses_no_email(
         in_flight_bound=concurrency * rounds,
     )
     report(
-        record_property,
+        rig.record,
         f"{len(recipients)} emails; connections terminated per drop: {terminated}; "
         f"all delivered {recovered_in:.1f}s after the last drop; "
         f"{len(twice)} recipients received twice; {invariants.summary()}",

@@ -6,14 +6,13 @@ ends the fault, and insists that everything finishes: every recipient with its e
 outcome, received by its MX, and every terminal event acknowledged by a webhook
 receiver that was up all along (the webhook outage scenario brings its own).
 
-Import the fixtures into a test module (``from tests.faults.scenario import topology``);
-there is no conftest here, so nothing leaks into the other tests of this directory.
+The fixtures (``topology``, ``webhook_receiver``) reach every test of this directory
+through ``tests/faults/conftest.py``; a test that does not ask for them gets neither.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +28,7 @@ from tests.crash.invariants import (
     acknowledged_ids,
     check_invariants,
 )
+from tests.harness import polling
 from tests.harness.postline import Factory, PostlineUnderTest
 from tests.harness.receiver import WebhookReceiver
 
@@ -37,6 +37,7 @@ __all__ = [
     "FaultRun",
     "Topology",
     "every_attempt",
+    "fault_modes",
     "poll",
     "topology",
     "webhook_receiver",
@@ -94,27 +95,25 @@ def topology(request: pytest.FixtureRequest) -> Topology:
 @pytest_asyncio.fixture
 async def webhook_receiver() -> AsyncIterator[WebhookReceiver]:
     """A receiver that acknowledges everything, for the invariant "no event lost"."""
-    receiver = WebhookReceiver()
-    await receiver.start()
-    try:
+    async with WebhookReceiver() as receiver:
         yield receiver
-    finally:
-        await receiver.stop()
+
+
+def fault_modes(argname: str, modes: Sequence[str], *, pg_redis: str) -> pytest.MarkDecorator:
+    """Parametrize a test over ``(topology, argname)``: every one of ``modes`` on the default
+    install, and the one named ``pg_redis`` on PostgreSQL + Redis too.
+
+    The store and the queue see the same deferrals whichever mode of a fault caused them,
+    so one mode on the second topology covers it (the fault suite's time budget)."""
+    cases = [("sqlite", mode) for mode in modes] + [("pg_redis", pg_redis)]
+    return pytest.mark.parametrize(("topology", argname), cases, indirect=["topology"])
 
 
 async def poll(
     check: Callable[[], Awaitable[Any]], *, what: str, timeout: float = PHASE_DEADLINE
 ) -> Any:
-    """Call ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.05)
+    """``tests.harness.polling.poll`` with a phase's deadline unless told otherwise."""
+    return await polling.poll(check, timeout=timeout, what=what)
 
 
 def every_attempt(detail: dict[str, Any]) -> list[dict[str, Any]]:

@@ -16,23 +16,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-import pytest
-
 from tests.crash.invariants import received_copies
-from tests.faults.scenario import (
-    ATTEMPT_BOUND_MS,
-    FaultRun,
-    Topology,
-    every_attempt,
-    topology,
-    webhook_receiver,
-)
+from tests.faults.scenario import ATTEMPT_BOUND_MS, FaultRun, Topology, every_attempt, fault_modes
 from tests.harness.fake_dns import FakeDNS
 from tests.harness.fake_mx import FakeMX
 from tests.harness.postline import Factory
 from tests.harness.receiver import WebhookReceiver
-
-__all__ = ["topology", "webhook_receiver"]  # fixtures, imported for pytest
 
 EMAILS = 4  # two recipients each, half to each domain
 #: The router's resolver gives up on a look-up after its lifetime (10 s by default, not
@@ -40,11 +29,8 @@ EMAILS = 4  # two recipients each, half to each domain
 RESOLVER_LIFETIME = 1.0
 
 
-#: Both failures on the default install, the slower one on PostgreSQL + Redis too.
-CASES = [("sqlite", "servfail"), ("sqlite", "timeout"), ("pg_redis", "timeout")]
-
-
-@pytest.mark.parametrize(("topology", "failure"), CASES, indirect=["topology"])
+# Both failures on the default install, the slower one on PostgreSQL + Redis too.
+@fault_modes("failure", ["servfail", "timeout"], pg_redis="timeout")
 async def test_dns_failure_defers_then_everything_is_delivered_when_dns_recovers(
     postline_factory: Factory,
     fake_dns: FakeDNS,

@@ -19,21 +19,12 @@ from typing import Any
 import pytest
 
 from tests.crash.invariants import received_copies
-from tests.faults.scenario import (
-    ATTEMPT_BOUND_MS,
-    FaultRun,
-    Topology,
-    every_attempt,
-    topology,
-    webhook_receiver,
-)
+from tests.faults.scenario import ATTEMPT_BOUND_MS, FaultRun, Topology, every_attempt, fault_modes
 from tests.harness.evil_mx import EvilMX
 from tests.harness.fake_dns import FakeDNS
 from tests.harness.fake_mx import FakeMX, FakeMXFactory, Stage
 from tests.harness.postline import Factory
 from tests.harness.receiver import WebhookReceiver
-
-__all__ = ["topology", "webhook_receiver"]  # fixtures, imported for pytest
 
 EMAILS = 4  # two recipients each
 DOMAINS = ("dest.test", "other.test")  # both route to the ``fake_mx`` fixture
@@ -72,15 +63,14 @@ async def test_mx_hanging_up_before_the_end_of_data_reply_defers_then_delivers(
     assert sorted(len(r.rcpt_tos) for r in fake_mx.received) == [2] * EMAILS
 
 
-#: The first reply and the last (after the whole body) on the default install; the
-#: last on PostgreSQL + Redis too. A stall in between is the slow drip's case below.
-STALLS = [("sqlite", "greeting"), ("sqlite", "data"), ("pg_redis", "data")]
 #: Scenarios whose fault is all in the SMTP conversation run on the default install
 #: only: the store and queue see the same deferrals as in the ones above (time budget).
 SQLITE_ONLY = pytest.mark.parametrize("topology", ["sqlite"], indirect=True)
 
 
-@pytest.mark.parametrize(("topology", "stage"), STALLS, indirect=["topology"])
+# The first reply and the last (after the whole body) on the default install; the
+# last on PostgreSQL + Redis too. A stall in between is the slow drip's case below.
+@fault_modes("stage", ["greeting", "data"], pg_redis="data")
 async def test_mx_stalling_past_the_command_timeout_defers_then_delivers(
     postline_factory: Factory,
     fake_mx: FakeMX,

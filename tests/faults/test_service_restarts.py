@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from postline.housekeeping import housekeeping
 from tests.acceptance.harness import RedisServer
@@ -43,13 +41,13 @@ from tests.acceptance.test_scale_out import (
     destinations,
     terminate_backends,
 )
-from tests.conftest import unavailable
 from tests.crash.invariants import InvariantReport, check_invariants, received_copies
-from tests.faults.scenario import FaultRun, Topology, poll, webhook_receiver
+from tests.faults.scenario import FaultRun, Topology, poll
 from tests.harness.postline import Factory
+from tests.harness.private_redis import private_redis
 from tests.harness.receiver import WebhookReceiver
 
-__all__ = ["destinations", "webhook_receiver"]  # fixtures, imported for pytest
+__all__ = ["destinations", "private_redis"]  # fixtures, imported for pytest
 
 pytestmark = [pytest.mark.postgres]
 
@@ -59,19 +57,23 @@ CONCURRENCY = 8
 RECOVERY = {"housekeeping_interval": 0.5, "requeue_grace_seconds": 1.0}
 
 
-@pytest_asyncio.fixture
-async def restartable_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    """A diskless redis-server of this test's own, so that it can be killed."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        unavailable("Redis", "no redis-server binary on PATH")
-        raise AssertionError("unreachable")
-    server = RedisServer(tmp_path / "redis", binary=binary)
-    try:
-        await server.start()
-        yield server
-    finally:
-        await server.aclose()
+async def start_run(
+    postline_factory: Factory,
+    topology: Topology,
+    receiver: WebhookReceiver,
+    destinations: Destinations,
+    **overrides: Any,
+) -> FaultRun:
+    """A fault run delivering to ``destinations``, CONCURRENCY deliveries at a time: enough
+    in flight that every drop lands with deliveries open."""
+    return await FaultRun.start(
+        postline_factory,
+        topology,
+        receiver,
+        delivery_port=destinations.port,
+        concurrency=CONCURRENCY,
+        **overrides,
+    )
 
 
 @contextlib.contextmanager
@@ -120,13 +122,7 @@ async def test_embedded_queue_on_postgres_survives_repeated_connection_drops(
     webhook_receiver: WebhookReceiver,
 ) -> None:
     topology = Topology("pg_embedded", {"database_url": postgres_url})
-    run = await FaultRun.start(
-        postline_factory,
-        topology,
-        webhook_receiver,
-        delivery_port=destinations.port,
-        concurrency=CONCURRENCY,
-    )
+    run = await start_run(postline_factory, topology, webhook_receiver, destinations)
     destinations.stall(0.05)  # every drop lands with deliveries open
     rounds, per_round = 4, 25
     terminated = []
@@ -149,26 +145,19 @@ async def test_embedded_queue_on_postgres_survives_repeated_connection_drops(
 
 async def test_redis_crash_and_postgres_drops_in_one_run(
     postgres_url: str,
-    restartable_redis: RedisServer,
+    private_redis: RedisServer,
     postline_factory: Factory,
     destinations: Destinations,
     webhook_receiver: WebhookReceiver,
 ) -> None:
-    redis = restartable_redis
+    redis = private_redis
     topology = Topology(
         "pg_redis",
         {"database_url": postgres_url, "queue_url": redis.url, "queue_prefix": "postline"},
         queue_url=redis.url,
         queue_prefix="postline",
     )
-    run = await FaultRun.start(
-        postline_factory,
-        topology,
-        webhook_receiver,
-        delivery_port=destinations.port,
-        concurrency=CONCURRENCY,
-        **RECOVERY,
-    )
+    run = await start_run(postline_factory, topology, webhook_receiver, destinations, **RECOVERY)
     destinations.stall(0.1)  # jobs still wait in Redis when it dies
     with housekeeping_running(run):
         before = addresses(40)

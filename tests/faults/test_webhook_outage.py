@@ -19,18 +19,15 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Literal
 
-import pytest
 from sqlalchemy import select
 
 from postline.store.schema import events, webhook_deliveries, webhooks
 from postline.store.types import utcnow
 from tests.crash.invariants import received_copies
-from tests.faults.scenario import FaultRun, Topology, poll, topology
+from tests.faults.scenario import FaultRun, Topology, fault_modes, poll
 from tests.harness.fake_mx import FakeMX
 from tests.harness.postline import Factory, PostlineUnderTest
 from tests.harness.receiver import WebhookReceiver
-
-__all__ = ["topology"]  # a fixture, imported for pytest
 
 EMAILS = 4  # two recipients each: a queued and a delivered event per recipient
 OUTAGE = timedelta(hours=1)
@@ -88,11 +85,8 @@ async def attempted(pl: PostlineUnderTest, times: int) -> list[Any] | None:
     return rows if done else None
 
 
-#: Both kinds of "down" on the default install, one on PostgreSQL + Redis too.
-CASES = [("sqlite", "http_500"), ("sqlite", "refused"), ("pg_redis", "refused")]
-
-
-@pytest.mark.parametrize(("topology", "down"), CASES, indirect=["topology"])
+# Both kinds of "down" on the default install, one on PostgreSQL + Redis too.
+@fault_modes("down", ["http_500", "refused"], pg_redis="refused")
 async def test_receiver_down_for_an_hour_gets_every_event_once_when_back(
     postline_factory: Factory,
     fake_mx: FakeMX,

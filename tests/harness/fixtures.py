@@ -17,12 +17,8 @@ __all__ = ["fake_dns", "fake_mx", "fake_mx_factory"]
 @pytest_asyncio.fixture
 async def fake_mx() -> AsyncIterator[FakeMX]:
     """A FakeMX on 127.0.0.1, random port, in the test's event loop."""
-    mx = FakeMX()
-    await mx.start()
-    try:
+    async with FakeMX() as mx:
         yield mx
-    finally:
-        await mx.stop()
 
 
 @pytest_asyncio.fixture

@@ -13,7 +13,7 @@ import json
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import uvicorn
@@ -86,6 +86,13 @@ class WebhookReceiver:
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             await asyncio.wait_for(self._task, timeout=10)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
 
     async def wait_until(
         self, predicate: Callable[[list[Hook]], bool], timeout: float = 15, what: str = ""

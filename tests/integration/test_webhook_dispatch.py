@@ -25,6 +25,7 @@ from postline.api.views import rfc3339
 from postline.ids import new_id
 from postline.store.schema import events
 from postline.store.types import utcnow
+from tests.harness.polling import poll
 from tests.harness.postline import Factory, PostlineUnderTest
 from tests.harness.receiver import LoopbackOnly, WebhookReceiver
 
@@ -160,21 +161,6 @@ async def deliveries(pl: PostlineUnderTest, webhook_id: str) -> list[dict[str, A
     assert response.status_code == 200, response.text
     data: list[dict[str, Any]] = response.json()["data"]
     return data
-
-
-async def poll(
-    check: Callable[[], Awaitable[Any]], *, timeout: float, what: str, interval: float = 0.05
-) -> Any:
-    """Call ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 async def one_delivery(pl: PostlineUnderTest, webhook_id: str) -> dict[str, Any]:
