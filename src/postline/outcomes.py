@@ -8,7 +8,9 @@ was allowed) and its outbox event, so the three can never disagree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -40,6 +42,25 @@ class Outcome:
     response: str | None = None
     bounce_type: BounceType | None = None
     reason: str | None = None
+
+
+@dataclass
+class OutcomeRows:
+    """Timeline and outbox rows of moves, inserted together by :meth:`flush`.
+
+    A recorder batch collects every attempt's rows here and inserts them in two
+    statements, instead of two per recipient: on SQLite each statement is a
+    round trip to the database thread while every other writer waits.
+    """
+
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    async def flush(self, conn: AsyncConnection) -> None:
+        await email_store.insert_attempts(conn, self.attempts)
+        await email_store.insert_events(conn, self.events)
+        self.attempts.clear()
+        self.events.clear()
 
 
 @dataclass(frozen=True)
@@ -118,8 +139,15 @@ async def apply_outcome(
     outcome: Outcome,
     now: datetime,
     attempt: AttemptInfo | None = None,
+    sequence: int | None = None,
+    rows: OutcomeRows | None = None,
 ) -> bool:
-    """Move a recipient if the state machine allows it; False (and nothing written) if not."""
+    """Move a recipient if the state machine allows it; False (and nothing written) if not.
+
+    ``sequence``: the event's place in the email's events, when the caller keeps
+    count (else read from the store). ``rows``: where to put the timeline and event
+    rows for the caller to flush before it commits (else inserted here).
+    """
     current = RecipientStatus(recipient.status)
     if not can_transition(current, outcome.status):
         return False
@@ -142,9 +170,10 @@ async def apply_outcome(
     )
     if not moved:  # someone else moved it first, inside their own transaction
         return False
+    own_rows = rows is None
+    rows = OutcomeRows() if rows is None else rows
     if attempt is not None:
-        await email_store.insert_attempt(
-            conn,
+        rows.attempts.append(
             {
                 "email_id": email.id,
                 "recipient_id": recipient.id,
@@ -159,7 +188,7 @@ async def apply_outcome(
                 "response": outcome.response,
                 "duration_ms": attempt.duration_ms,
                 "created_at": now,
-            },
+            }
         )
     reason = suppression_reason(outcome)
     # A bounced DSN says the original sender is unreachable; it is not a reason to
@@ -176,43 +205,67 @@ async def apply_outcome(
             source_email_id=email.id,
             detail=outcome.response,
         )
-    sequence = await email_store.next_event_sequence(conn, email.id)
-    await email_store.insert_events(
-        conn,
-        [
-            event_row(
-                email=email,
-                recipient=recipient,
-                event_type=EVENT_FOR_STATUS[outcome.status],
-                outcome=outcome,
-                attempt=attempts,
-                sequence=sequence,
-                now=now,
-            )
-        ],
+    if sequence is None:
+        sequence = await email_store.next_event_sequence(conn, email.id)
+    rows.events.append(
+        event_row(
+            email=email,
+            recipient=recipient,
+            event_type=EVENT_FOR_STATUS[outcome.status],
+            outcome=outcome,
+            attempt=attempts,
+            sequence=sequence,
+            now=now,
+        )
     )
+    if own_rows:
+        await rows.flush(conn)
     return True
 
 
 async def refresh_email_status(conn: AsyncConnection, email: Row[Any], now: datetime) -> str:
     """Derive the email's status from its recipients and store it if it changed."""
     recipients = await email_store.get_recipients(conn, email.id)
-    status = str(derive_email_status(RecipientStatus(r.status) for r in recipients))
-    if status != email.status:
-        await email_store.set_email_status(conn, email.id, status, now)
-    return status
+    statuses = [r.status for r in recipients]
+    await store_email_statuses(conn, [(email, statuses)], now)
+    return str(derive_email_status(RecipientStatus(s) for s in statuses))
+
+
+async def store_email_statuses(
+    conn: AsyncConnection, emails: Iterable[tuple[Any, Iterable[str]]], now: datetime
+) -> None:
+    """Store each email's status derived from its recipients' ``statuses``, where it changed.
+
+    One statement per new status, not per email: a batch of deliveries mostly
+    moves its emails to the same few statuses.
+    """
+    changed: dict[str, list[str]] = defaultdict(list)
+    for email, statuses in emails:
+        status = str(derive_email_status(RecipientStatus(s) for s in statuses))
+        if status != email.status:
+            changed[status].append(email.id)
+    for status, email_ids in changed.items():
+        await email_store.set_emails_status(conn, email_ids, status, now)
 
 
 async def activate_scheduled(
-    conn: AsyncConnection, email: Row[Any], recipient_ids: list[str], now: datetime
+    conn: AsyncConnection, due: Mapping[str, Sequence[str]], now: datetime
 ) -> None:
-    """A scheduled email's time has come: its recipients join the queue (no new event)."""
-    for recipient_id in recipient_ids:
-        await email_store.set_recipient_status(
-            conn,
-            recipient_id,
-            RecipientStatus.QUEUED,
-            [RecipientStatus.SCHEDULED],
-            {"updated_at": now},
-        )
-    await refresh_email_status(conn, email, now)
+    """Scheduled emails whose time has come: these recipients join the queue (no new event).
+
+    ``due`` maps an email id to its recipient ids. Many emails at once, in a
+    handful of statements, as deliveries starting together share one transaction.
+    """
+    emails = await email_store.lock_emails(conn, due)
+    recipient_ids = [recipient_id for ids in due.values() for recipient_id in ids]
+    await email_store.set_recipients_status(
+        conn,
+        recipient_ids,
+        RecipientStatus.QUEUED,
+        [RecipientStatus.SCHEDULED],
+        {"updated_at": now},
+    )
+    statuses: dict[str, list[str]] = defaultdict(list)
+    for recipient in await email_store.recipients_of(conn, due):
+        statuses[recipient.email_id].append(recipient.status)
+    await store_email_statuses(conn, [(email, statuses[email.id]) for email in emails], now)

@@ -202,3 +202,23 @@ async def test_a_burst_of_emails_recorded_by_two_workers_loses_nothing(
     assert pending == [[]] * (2 * ROUNDS)
     for email_id in email_ids:
         _check(await _recorded(installation.db, email_id), email_id)
+
+
+async def test_one_batch_holding_both_jobs_of_each_email_keeps_them_apart(
+    installation: Installation,
+) -> None:
+    """One recorder commit with both destinations' attempts of the same emails.
+
+    The batch reads every email, recipient and event sequence once, before it
+    writes: the second attempt of an email must see the first one's move (its
+    status and its event's sequence), not what the batch read.
+    """
+    first, _ = installation.workers
+    email_ids = [await _accept(installation.acceptor, round_) for round_ in range(ROUNDS)]
+    leased = await first.queue.lease(first.name, 2 * ROUNDS, 60)
+    assert len(leased) == 2 * ROUNDS
+    # Submitted in the same moment, so the recorder takes them as one batch.
+    pending = await asyncio.wait_for(asyncio.gather(*(first.finish(j) for j in leased)), 60)
+    assert pending == [[]] * (2 * ROUNDS)
+    for email_id in email_ids:
+        _check(await _recorded(installation.db, email_id), email_id)

@@ -13,6 +13,7 @@ import logging
 import random
 import socket
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,6 +38,7 @@ from postline.spool import Spool, SpoolMissing
 from postline.store import breakers as breaker_store
 from postline.store import emails as email_store
 from postline.store.attempts import recent_attempts
+from postline.store.batching import Batcher
 from postline.store.db import Database
 from postline.store.types import utcnow
 
@@ -113,6 +115,16 @@ class Engine:
         self._command_cursor = 0
         self._wake = asyncio.Event()
         self._active: dict[asyncio.Task[None], Job] = {}
+        #: Scheduled recipients whose delivery starts: (email id, recipient ids), activated
+        #: before sending, with those of every other delivery starting at the same time.
+        self._activator: Batcher[tuple[str, list[str]]] = Batcher(self._activate, name="activator")
+
+    async def _activate(self, batch: list[tuple[str, list[str]]]) -> None:
+        due: dict[str, list[str]] = defaultdict(list)
+        for email_id, recipient_ids in batch:
+            due[email_id] += recipient_ids
+        async with self.db.write() as conn:
+            await activate_scheduled(conn, due, utcnow())
 
     def wake(self) -> None:
         """New work was queued here: look now instead of at the next poll."""
@@ -281,8 +293,7 @@ class Engine:
             return
         scheduled = [r.id for r in pending if r.status == RecipientStatus.SCHEDULED]
         if scheduled:
-            async with self.db.write() as conn:
-                await activate_scheduled(conn, email, scheduled, now)
+            await self._activator.submit((email.id, scheduled))
         skipped = [
             RecipientResult(r.id, _SUPPRESSED, "recipient", attempted=False)
             for r in pending

@@ -12,17 +12,27 @@ durable commit (an fsync on SQLite) is paid once per batch, not per message.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import SimpleNamespace
+from typing import Any
 
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.delivery.bounces import BounceNotifier, Failure
 from postline.ids import new_id
 from postline.metrics import Metrics
 from postline.model import RecipientStatus
-from postline.outcomes import AttemptInfo, Outcome, apply_outcome, refresh_email_status
+from postline.outcomes import (
+    AttemptInfo,
+    Outcome,
+    OutcomeRows,
+    apply_outcome,
+    store_email_statuses,
+)
 from postline.queue import Job, Queue
 from postline.store import emails as email_store
 from postline.store.batching import Batcher
@@ -52,6 +62,49 @@ class _Attempt:
     recorded: list[tuple[str, RecipientStatus]] = field(default_factory=list)
     dsn_jobs: list[Job] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
+
+
+class _BatchState:
+    """What a recorder batch reads before it writes, kept current as it moves recipients.
+
+    Three statements for the whole batch instead of three per attempt; two
+    attempts of one batch for the same email (two destinations) see each
+    other's moves, as they did when each read the store again.
+    """
+
+    def __init__(
+        self, emails: list[Row[Any]], recipients: list[Row[Any]], sequences: dict[str, int]
+    ) -> None:
+        self.emails = {email.id: email for email in emails}
+        self.recipients: dict[str, Any] = {}
+        self._by_email: dict[str, list[Any]] = defaultdict(list)
+        for row in recipients:
+            recipient = SimpleNamespace(**row._mapping)
+            self.recipients[recipient.id] = recipient
+            self._by_email[recipient.email_id].append(recipient)
+        self._sequences = sequences
+
+    @classmethod
+    async def read(cls, conn: AsyncConnection, email_ids: list[str]) -> _BatchState:
+        # The emails first: on PostgreSQL this locks them, in id order.
+        emails = await email_store.lock_emails(conn, email_ids)
+        recipients = await email_store.recipients_of(conn, email_ids)
+        sequences = await email_store.last_event_sequences(conn, email_ids)
+        return cls(emails, recipients, sequences)
+
+    def recipients_of(self, email_id: str) -> list[Any]:
+        return self._by_email[email_id]
+
+    def next_sequence(self, email_id: str) -> int:
+        self._sequences[email_id] = self._sequences.get(email_id, 0) + 1
+        return self._sequences[email_id]
+
+    def unused_sequence(self, email_id: str) -> None:
+        self._sequences[email_id] -= 1
+
+    def moved(self, recipient: Any, status: RecipientStatus, *, attempted: bool) -> None:
+        recipient.status = str(status)
+        recipient.attempts += 1 if attempted else 0
 
 
 class Recorder:
@@ -85,13 +138,23 @@ class Recorder:
     async def _write(self, batch: list[_Attempt]) -> None:
         now = self.clock()
         async with self.db.write() as conn:
-            # Lock emails in one global order, so two workers' batches cannot deadlock.
+            state = await _BatchState.read(conn, [attempt.job.email_id for attempt in batch])
+            rows = OutcomeRows()
             for attempt in sorted(batch, key=lambda a: a.job.email_id):
                 attempt.recorded.clear()
                 attempt.pending.clear()
-                await self._apply(conn, attempt, now)
-                if self.queue.shares_store:
-                    await self._finish(attempt, conn)
+                await self._apply(conn, attempt, now, state, rows)
+            await rows.flush(conn)
+            await store_email_statuses(
+                conn,
+                [
+                    (email, [r.status for r in state.recipients_of(email.id)])
+                    for email in state.emails.values()
+                ],
+                now,
+            )
+            if self.queue.shares_store:
+                await self._finish_all(batch, conn)
         if self.notify is not None:
             self.notify()
         for attempt in batch:
@@ -116,18 +179,24 @@ class Recorder:
                 type(exc).__name__,
             )
 
-    async def _apply(self, conn: AsyncConnection, attempt: _Attempt, now: datetime) -> None:
+    async def _apply(
+        self,
+        conn: AsyncConnection,
+        attempt: _Attempt,
+        now: datetime,
+        state: _BatchState,
+        rows: OutcomeRows,
+    ) -> None:
         job = attempt.job
-        email = await email_store.lock_email(conn, job.email_id)
+        email = state.emails.get(job.email_id)
         if email is None:  # deleted while queued: nothing left to do
             return
-        rows = {r.id: r for r in await email_store.get_recipients(conn, job.email_id)}
         expired = (now - email.created_at).total_seconds() >= self.max_age_seconds
         attempt_id = new_id("att_")
         failures: list[Failure] = []
         for result in attempt.results:
-            recipient = rows.get(result.recipient_id)
-            if recipient is None:
+            recipient = state.recipients.get(result.recipient_id)
+            if recipient is None or recipient.email_id != email.id:
                 continue
             outcome = result.outcome
             if outcome.status is RecipientStatus.DEFERRED and expired:
@@ -156,14 +225,19 @@ class Recorder:
                 outcome=outcome,
                 now=now,
                 attempt=info if result.attempted else None,
+                sequence=state.next_sequence(email.id),
+                rows=rows,
             )
             if moved:
+                state.moved(recipient, outcome.status, attempted=result.attempted)
                 attempt.recorded.append((recipient.id, outcome.status))
                 if outcome.status is RecipientStatus.DEFERRED:
                     attempt.pending.append(recipient.id)
                 if outcome.status in (RecipientStatus.BOUNCED, RecipientStatus.FAILED):
                     failures.append(Failure(recipient, outcome, attempt.mx_host))
-        await refresh_email_status(conn, email, now)
+            else:
+                state.unused_sequence(email.id)
+        attempt.dsn_jobs = []
         if self.bounces is not None:
             attempt.dsn_jobs = await self.bounces.notify(conn, email, failures, now)
 
@@ -172,6 +246,13 @@ class Recorder:
             await self.queue.retry(attempt.job, attempt.retry_at, attempt.pending, conn)
         else:
             await self.queue.ack(attempt.job, conn)
+
+    async def _finish_all(self, batch: Sequence[_Attempt], conn: AsyncConnection) -> None:
+        """Ack or retry every job of the batch in its transaction (embedded queue)."""
+        await self.queue.ack_all([a.job for a in batch if not a.pending], conn)
+        for attempt in batch:
+            if attempt.pending:
+                await self._finish(attempt, conn)
 
     def _report(self, attempt: _Attempt) -> None:
         for recipient_id, status in attempt.recorded:

@@ -95,6 +95,11 @@ class Queue(ABC):
     async def ack(self, job: Job, conn: AsyncConnection | None = None) -> None:
         """The job is finished: remove it."""
 
+    async def ack_all(self, jobs: Sequence[Job], conn: AsyncConnection | None = None) -> None:
+        """:meth:`ack` each job; adapters that can do it in one step override this."""
+        for job in jobs:
+            await self.ack(job, conn)
+
     @abstractmethod
     async def retry(
         self,

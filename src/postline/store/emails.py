@@ -36,8 +36,10 @@ async def insert_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -
         await conn.execute(insert(events), list(rows))
 
 
-async def insert_attempt(conn: AsyncConnection, row: dict[str, Any]) -> None:
-    await conn.execute(insert(delivery_attempts).values(**row))
+async def insert_attempts(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """In list order, so their ids (the timeline's order) follow it."""
+    if rows:
+        await conn.execute(insert(delivery_attempts), list(rows))
 
 
 async def suppressed_addresses(
@@ -64,6 +66,40 @@ async def lock_email(conn: AsyncConnection, email_id: str) -> Row[Any] | None:
     if conn.dialect.name != "sqlite":
         statement = statement.with_for_update()
     return (await conn.execute(statement)).first()
+
+
+async def lock_emails(conn: AsyncConnection, email_ids: Iterable[str]) -> list[Row[Any]]:
+    """:func:`lock_email` for many, in id order: two batches locking overlapping
+    emails take their locks in the same order, so they cannot deadlock.
+    """
+    statement = (
+        select(sent_emails)
+        .where(sent_emails.c.id.in_(sorted(set(email_ids))))
+        .order_by(sent_emails.c.id)
+    )
+    if conn.dialect.name != "sqlite":
+        statement = statement.with_for_update()
+    return list((await conn.execute(statement)).all())
+
+
+async def recipients_of(conn: AsyncConnection, email_ids: Iterable[str]) -> list[Row[Any]]:
+    """Every recipient of these emails, each email's in order."""
+    statement = (
+        select(email_recipients)
+        .where(email_recipients.c.email_id.in_(sorted(set(email_ids))))
+        .order_by(email_recipients.c.email_id, email_recipients.c.position)
+    )
+    return list((await conn.execute(statement)).all())
+
+
+async def last_event_sequences(conn: AsyncConnection, email_ids: Iterable[str]) -> dict[str, int]:
+    """The highest event sequence of each of these emails (absent: no event yet)."""
+    statement = (
+        select(events.c.email_id, func.max(events.c.sequence))
+        .where(events.c.email_id.in_(sorted(set(email_ids))))
+        .group_by(events.c.email_id)
+    )
+    return {row[0]: int(row[1]) for row in await conn.execute(statement)}
 
 
 async def get_email(conn: AsyncConnection, email_id: str) -> Row[Any] | None:
@@ -119,12 +155,31 @@ async def set_recipient_status(
     return bool(result.rowcount)
 
 
-async def set_email_status(
-    conn: AsyncConnection, email_id: str, status: str, now: datetime
+async def set_recipients_status(
+    conn: AsyncConnection,
+    recipient_ids: Sequence[str],
+    new_status: RecipientStatus,
+    allowed_from: Iterable[RecipientStatus],
+    values: dict[str, Any],
+) -> None:
+    """:func:`set_recipient_status` for many, when the caller need not know which moved."""
+    if recipient_ids:
+        await conn.execute(
+            update(email_recipients)
+            .where(
+                email_recipients.c.id.in_(list(recipient_ids)),
+                email_recipients.c.status.in_([str(s) for s in allowed_from]),
+            )
+            .values(status=str(new_status), **values)
+        )
+
+
+async def set_emails_status(
+    conn: AsyncConnection, email_ids: Sequence[str], status: str, now: datetime
 ) -> None:
     await conn.execute(
         update(sent_emails)
-        .where(sent_emails.c.id == email_id)
+        .where(sent_emails.c.id.in_(list(email_ids)))
         .values(status=status, updated_at=now)
     )
 

@@ -53,14 +53,25 @@ async def insert_event(conn: AsyncConnection, values: dict[str, Any]) -> None:
     await conn.execute(insert(events).values(**values))
 
 
-async def claim_undispatched(conn: AsyncConnection, limit: int) -> list[Any]:
-    """Events not yet fanned out, oldest first, locked against other dispatchers."""
-    statement = (
+def _undispatched(limit: int) -> Any:
+    return (
         select(events.c.id, events.c.type, events.c.domain_id)
         .where(events.c.dispatched_at.is_(None))
         .order_by(events.c.id)
         .limit(limit)
     )
+
+
+async def any_undispatched(conn: AsyncConnection) -> bool:
+    """Whether :func:`claim_undispatched` would find anything (a read: see
+    :func:`any_due_deliveries`).
+    """
+    return (await conn.execute(_undispatched(1))).first() is not None
+
+
+async def claim_undispatched(conn: AsyncConnection, limit: int) -> list[Any]:
+    """Events not yet fanned out, oldest first, locked against other dispatchers."""
+    statement = _undispatched(limit)
     if conn.dialect.name == "postgresql":
         statement = statement.with_for_update(skip_locked=True)
     return list((await conn.execute(statement)).all())
@@ -102,11 +113,8 @@ _DUE = select(
 )
 
 
-async def lease_due_deliveries(
-    conn: AsyncConnection, now: datetime, limit: int, lease: timedelta
-) -> list[Row[Any]]:
-    """Claim pending deliveries that are due, so no other worker sends them meanwhile."""
-    candidates = (
+def _due_delivery_ids(now: datetime, limit: int) -> Any:
+    return (
         select(webhook_deliveries.c.id)
         .where(
             webhook_deliveries.c.status == "pending",
@@ -117,6 +125,20 @@ async def lease_due_deliveries(
         .order_by(webhook_deliveries.c.next_attempt_at)
         .limit(limit)
     )
+
+
+async def any_due_deliveries(conn: AsyncConnection, now: datetime) -> bool:
+    """Whether :func:`lease_due_deliveries` would find anything: a read, so a dispatcher
+    with nothing to send does not take SQLite's single write lock to find that out.
+    """
+    return (await conn.execute(_due_delivery_ids(now, 1))).first() is not None
+
+
+async def lease_due_deliveries(
+    conn: AsyncConnection, now: datetime, limit: int, lease: timedelta
+) -> list[Row[Any]]:
+    """Claim pending deliveries that are due, so no other worker sends them meanwhile."""
+    candidates = _due_delivery_ids(now, limit)
     if conn.dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
     ids = [row.id for row in await conn.execute(candidates)]
