@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, func, insert, select, update
+from sqlalchemy import and_, bindparam, exists, func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -18,6 +18,41 @@ from postline.store.schema import (
     events,
     sent_emails,
     suppressions,
+)
+
+# The statements run for every message are built once, with parameters: building
+# one costs more CPU than SQLite takes to run it, on the loop every delivery shares.
+
+_SUPPRESSED = select(suppressions.c.address).where(
+    suppressions.c.domain_id == bindparam("domain_id"),
+    suppressions.c.address.in_(bindparam("addresses", expanding=True)),
+    (suppressions.c.expires_at.is_(None)) | (suppressions.c.expires_at > bindparam("now")),
+)
+_EMAIL = select(sent_emails).where(sent_emails.c.id == bindparam("email_id"))
+_EMAILS = (
+    select(sent_emails)
+    .where(sent_emails.c.id.in_(bindparam("email_ids", expanding=True)))
+    .order_by(sent_emails.c.id)
+)
+_RECIPIENTS = (
+    select(email_recipients)
+    .where(email_recipients.c.email_id == bindparam("email_id"))
+    .order_by(email_recipients.c.position)
+)
+_RECIPIENTS_OF = (
+    select(email_recipients)
+    .where(email_recipients.c.email_id.in_(bindparam("email_ids", expanding=True)))
+    .order_by(email_recipients.c.email_id, email_recipients.c.position)
+)
+_LAST_SEQUENCES = (
+    select(events.c.email_id, func.max(events.c.sequence))
+    .where(events.c.email_id.in_(bindparam("email_ids", expanding=True)))
+    .group_by(events.c.email_id)
+)
+#: The columns to set come from the parameters (SQLAlchemy sets every key not bound here).
+_MOVE_RECIPIENTS = update(email_recipients).where(
+    email_recipients.c.id.in_(bindparam("recipient_ids", expanding=True)),
+    email_recipients.c.status.in_(bindparam("allowed_from", expanding=True)),
 )
 
 
@@ -45,15 +80,11 @@ async def insert_attempts(conn: AsyncConnection, rows: Sequence[dict[str, Any]])
 async def suppressed_addresses(
     conn: AsyncConnection, domain_id: str, addresses: Iterable[str], now: datetime
 ) -> set[str]:
-    wanted = {address.lower() for address in addresses}
+    wanted = sorted({address.lower() for address in addresses})
     if not wanted:
         return set()
-    statement = select(suppressions.c.address).where(
-        suppressions.c.domain_id == domain_id,
-        suppressions.c.address.in_(wanted),
-        (suppressions.c.expires_at.is_(None)) | (suppressions.c.expires_at > now),
-    )
-    return {row.address for row in await conn.execute(statement)}
+    params = {"domain_id": domain_id, "addresses": wanted, "now": now}
+    return {row.address for row in await conn.execute(_SUPPRESSED, params)}
 
 
 async def lock_email(conn: AsyncConnection, email_id: str) -> Row[Any] | None:
@@ -62,57 +93,37 @@ async def lock_email(conn: AsyncConnection, email_id: str) -> Row[Any] | None:
     Two workers recording outcomes for one email (two destination domains)
     then derive its status one after the other, never from a stale read.
     """
-    statement = select(sent_emails).where(sent_emails.c.id == email_id)
-    if conn.dialect.name != "sqlite":
-        statement = statement.with_for_update()
-    return (await conn.execute(statement)).first()
+    statement = _EMAIL if conn.dialect.name == "sqlite" else _EMAIL.with_for_update()
+    return (await conn.execute(statement, {"email_id": email_id})).first()
 
 
 async def lock_emails(conn: AsyncConnection, email_ids: Iterable[str]) -> list[Row[Any]]:
     """:func:`lock_email` for many, in id order: two batches locking overlapping
     emails take their locks in the same order, so they cannot deadlock.
     """
-    statement = (
-        select(sent_emails)
-        .where(sent_emails.c.id.in_(sorted(set(email_ids))))
-        .order_by(sent_emails.c.id)
-    )
-    if conn.dialect.name != "sqlite":
-        statement = statement.with_for_update()
-    return list((await conn.execute(statement)).all())
+    statement = _EMAILS if conn.dialect.name == "sqlite" else _EMAILS.with_for_update()
+    params = {"email_ids": sorted(set(email_ids))}
+    return list((await conn.execute(statement, params)).all())
 
 
 async def recipients_of(conn: AsyncConnection, email_ids: Iterable[str]) -> list[Row[Any]]:
     """Every recipient of these emails, each email's in order."""
-    statement = (
-        select(email_recipients)
-        .where(email_recipients.c.email_id.in_(sorted(set(email_ids))))
-        .order_by(email_recipients.c.email_id, email_recipients.c.position)
-    )
-    return list((await conn.execute(statement)).all())
+    params = {"email_ids": sorted(set(email_ids))}
+    return list((await conn.execute(_RECIPIENTS_OF, params)).all())
 
 
 async def last_event_sequences(conn: AsyncConnection, email_ids: Iterable[str]) -> dict[str, int]:
     """The highest event sequence of each of these emails (absent: no event yet)."""
-    statement = (
-        select(events.c.email_id, func.max(events.c.sequence))
-        .where(events.c.email_id.in_(sorted(set(email_ids))))
-        .group_by(events.c.email_id)
-    )
-    return {row[0]: int(row[1]) for row in await conn.execute(statement)}
+    params = {"email_ids": sorted(set(email_ids))}
+    return {row[0]: int(row[1]) for row in await conn.execute(_LAST_SEQUENCES, params)}
 
 
 async def get_email(conn: AsyncConnection, email_id: str) -> Row[Any] | None:
-    return (await conn.execute(select(sent_emails).where(sent_emails.c.id == email_id))).first()
+    return (await conn.execute(_EMAIL, {"email_id": email_id})).first()
 
 
 async def get_recipients(conn: AsyncConnection, email_id: str) -> list[Row[Any]]:
-    statement = (
-        select(email_recipients)
-        .where(email_recipients.c.email_id == email_id)
-        .order_by(email_recipients.c.position)
-    )
-    return list((await conn.execute(statement)).all())
+    return list((await conn.execute(_RECIPIENTS, {"email_id": email_id})).all())
 
 
 async def get_attempts(conn: AsyncConnection, email_id: str) -> list[Row[Any]]:
@@ -145,12 +156,7 @@ async def set_recipient_status(
 ) -> bool:
     """Move one recipient, guarded in SQL by the statuses it may come from."""
     result = await conn.execute(
-        update(email_recipients)
-        .where(
-            email_recipients.c.id == recipient_id,
-            email_recipients.c.status.in_([str(s) for s in allowed_from]),
-        )
-        .values(status=str(new_status), **values)
+        _MOVE_RECIPIENTS, _move(new_status, [recipient_id], allowed_from, values)
     )
     return bool(result.rowcount)
 
@@ -164,14 +170,21 @@ async def set_recipients_status(
 ) -> None:
     """:func:`set_recipient_status` for many, when the caller need not know which moved."""
     if recipient_ids:
-        await conn.execute(
-            update(email_recipients)
-            .where(
-                email_recipients.c.id.in_(list(recipient_ids)),
-                email_recipients.c.status.in_([str(s) for s in allowed_from]),
-            )
-            .values(status=str(new_status), **values)
-        )
+        await conn.execute(_MOVE_RECIPIENTS, _move(new_status, recipient_ids, allowed_from, values))
+
+
+def _move(
+    new_status: RecipientStatus,
+    recipient_ids: Sequence[str],
+    allowed_from: Iterable[RecipientStatus],
+    values: dict[str, Any],
+) -> dict[str, Any]:
+    allowed = [str(s) for s in allowed_from]
+    return (
+        {"recipient_ids": list(recipient_ids), "allowed_from": allowed}
+        | values
+        | {"status": str(new_status)}
+    )
 
 
 async def set_emails_status(

@@ -6,13 +6,14 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.store.schema import domains, events, webhook_attempts, webhook_deliveries, webhooks
+from postline.store.types import UTCDateTime
 
 _WITH_DOMAIN = select(webhooks, domains.c.name.label("domain_name")).select_from(
     webhooks.outerjoin(domains, webhooks.c.domain_id == domains.c.id)
@@ -62,11 +63,14 @@ def _undispatched(limit: int) -> Any:
     )
 
 
+_ANY_UNDISPATCHED = _undispatched(1)
+
+
 async def any_undispatched(conn: AsyncConnection) -> bool:
     """Whether :func:`claim_undispatched` would find anything (a read: see
     :func:`any_due_deliveries`).
     """
-    return (await conn.execute(_undispatched(1))).first() is not None
+    return (await conn.execute(_ANY_UNDISPATCHED)).first() is not None
 
 
 async def claim_undispatched(conn: AsyncConnection, limit: int) -> list[Any]:
@@ -113,7 +117,7 @@ _DUE = select(
 )
 
 
-def _due_delivery_ids(now: datetime, limit: int) -> Any:
+def _due_delivery_ids(now: Any, limit: Any) -> Any:
     return (
         select(webhook_deliveries.c.id)
         .where(
@@ -127,11 +131,14 @@ def _due_delivery_ids(now: datetime, limit: int) -> Any:
     )
 
 
+_ANY_DUE = _due_delivery_ids(bindparam("now", type_=UTCDateTime()), 1)
+
+
 async def any_due_deliveries(conn: AsyncConnection, now: datetime) -> bool:
     """Whether :func:`lease_due_deliveries` would find anything: a read, so a dispatcher
     with nothing to send does not take SQLite's single write lock to find that out.
     """
-    return (await conn.execute(_due_delivery_ids(now, 1))).first() is not None
+    return (await conn.execute(_ANY_DUE, {"now": now})).first() is not None
 
 
 async def lease_due_deliveries(
