@@ -147,9 +147,6 @@ class Dispatcher:
 
     async def fan_out(self) -> int:
         now = self.clock()
-        async with self.db.read() as conn:
-            if not await webhook_store.any_undispatched(conn):
-                return 0
         async with self.db.write() as conn:
             pending = await webhook_store.claim_undispatched(conn, FAN_OUT_BATCH)
             if not pending:
@@ -175,9 +172,6 @@ class Dispatcher:
         return len(pending)
 
     async def lease(self, limit: int) -> list[Any]:
-        async with self.db.read() as conn:
-            if not await webhook_store.any_due_deliveries(conn, self.clock()):
-                return []
         async with self.db.write() as conn:
             return await webhook_store.lease_due_deliveries(
                 conn, self.clock(), limit, self.lease_time

@@ -6,14 +6,13 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.store.schema import domains, events, webhook_attempts, webhook_deliveries, webhooks
-from postline.store.types import UTCDateTime
 
 _WITH_DOMAIN = select(webhooks, domains.c.name.label("domain_name")).select_from(
     webhooks.outerjoin(domains, webhooks.c.domain_id == domains.c.id)
@@ -54,28 +53,14 @@ async def insert_event(conn: AsyncConnection, values: dict[str, Any]) -> None:
     await conn.execute(insert(events).values(**values))
 
 
-def _undispatched(limit: int) -> Any:
-    return (
+async def claim_undispatched(conn: AsyncConnection, limit: int) -> list[Any]:
+    """Events not yet fanned out, oldest first, locked against other dispatchers."""
+    statement = (
         select(events.c.id, events.c.type, events.c.domain_id)
         .where(events.c.dispatched_at.is_(None))
         .order_by(events.c.id)
         .limit(limit)
     )
-
-
-_ANY_UNDISPATCHED = _undispatched(1)
-
-
-async def any_undispatched(conn: AsyncConnection) -> bool:
-    """Whether :func:`claim_undispatched` would find anything (a read: see
-    :func:`any_due_deliveries`).
-    """
-    return (await conn.execute(_ANY_UNDISPATCHED)).first() is not None
-
-
-async def claim_undispatched(conn: AsyncConnection, limit: int) -> list[Any]:
-    """Events not yet fanned out, oldest first, locked against other dispatchers."""
-    statement = _undispatched(limit)
     if conn.dialect.name == "postgresql":
         statement = statement.with_for_update(skip_locked=True)
     return list((await conn.execute(statement)).all())
@@ -117,8 +102,11 @@ _DUE = select(
 )
 
 
-def _due_delivery_ids(now: Any, limit: Any) -> Any:
-    return (
+async def lease_due_deliveries(
+    conn: AsyncConnection, now: datetime, limit: int, lease: timedelta
+) -> list[Row[Any]]:
+    """Claim pending deliveries that are due, so no other worker sends them meanwhile."""
+    candidates = (
         select(webhook_deliveries.c.id)
         .where(
             webhook_deliveries.c.status == "pending",
@@ -129,23 +117,6 @@ def _due_delivery_ids(now: Any, limit: Any) -> Any:
         .order_by(webhook_deliveries.c.next_attempt_at)
         .limit(limit)
     )
-
-
-_ANY_DUE = _due_delivery_ids(bindparam("now", type_=UTCDateTime()), 1)
-
-
-async def any_due_deliveries(conn: AsyncConnection, now: datetime) -> bool:
-    """Whether :func:`lease_due_deliveries` would find anything: a read, so a dispatcher
-    with nothing to send does not take SQLite's single write lock to find that out.
-    """
-    return (await conn.execute(_ANY_DUE, {"now": now})).first() is not None
-
-
-async def lease_due_deliveries(
-    conn: AsyncConnection, now: datetime, limit: int, lease: timedelta
-) -> list[Row[Any]]:
-    """Claim pending deliveries that are due, so no other worker sends them meanwhile."""
-    candidates = _due_delivery_ids(now, limit)
     if conn.dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
     ids = [row.id for row in await conn.execute(candidates)]
