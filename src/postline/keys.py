@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 from postline.domains import DomainError, normalize_domain
 from postline.ids import hash_api_key, new_api_key, new_id
 from postline.store import domains as domain_store
 from postline.store import keys as key_store
 from postline.store.db import Database
+from postline.store.types import utcnow
+
+log = logging.getLogger("postline.keys")
+
+#: How stale a key's ``last_used_at`` may be: one write per key and minute, not per request.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,13 @@ async def authenticate(db: Database, secret: str) -> Principal | None:
         row = await key_store.find_active_key(conn, digest)
     if row is None or not hmac.compare_digest(row.key_hash, digest):
         return None
+    now = utcnow()
+    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+        try:
+            async with db.write() as conn:
+                await key_store.touch_key(conn, row.id, now, LAST_USED_RESOLUTION)
+        except Exception as exc:  # bookkeeping: never the reason a request fails
+            log.warning("recording the use of key_id=%s failed: %s", row.id, type(exc).__name__)
     return Principal(
         key_id=row.id, name=row.name, domain_id=row.domain_id, domain_name=row.domain_name
     )

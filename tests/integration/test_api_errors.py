@@ -149,6 +149,10 @@ async def test_missing_or_bad_key_is_401(
     ]:
         response = await postline.client.request(method, path, json=valid_email(), headers=headers)
         assert_problem(response, 401)
+        # RFC 6750 section 3: the challenge names the scheme; a refused key says why.
+        challenge = response.headers.get("www-authenticate", "")
+        assert challenge.startswith("Bearer realm="), challenge
+        assert ('error="invalid_token"' in challenge) == (authorization == "Bearer pl_unknown")
     await assert_nothing_accepted(postline)
 
 

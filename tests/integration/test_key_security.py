@@ -6,16 +6,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from postline.cli import app as cli
 from postline.keys import authenticate, create_key
 from postline.store.schema import api_keys
+from postline.store.types import utcnow
 from tests.harness.postline import Factory, PostlineUnderTest
 
 
@@ -131,3 +133,35 @@ async def test_deleting_a_domain_ends_its_keys_and_never_widens_them(
     assert deleted.status_code == 204, deleted.text
     assert await _status(pl, scoped["key"]) == 401
     assert await _status(pl, scoped["key"], "/v1/api-keys") == 401
+
+
+async def test_a_key_records_when_it_was_last_used_once_a_minute_at_most(
+    postline_factory: Factory,
+) -> None:
+    pl = await postline_factory(engine=False)
+    created = await _new_key(pl)
+
+    async def listed() -> dict[str, Any]:
+        response = await pl.client.get("/v1/api-keys", headers=pl.auth())
+        assert response.status_code == 200, response.text
+        (row,) = [k for k in response.json()["data"] if k["id"] == created["id"]]
+        return dict(row)
+
+    assert (await listed())["last_used_at"] is None  # created, never presented
+    assert await _status(pl, created["key"]) == 200
+    first = (await listed())["last_used_at"]
+    assert first is not None
+    used_at = datetime.fromisoformat(first.replace("Z", "+00:00"))
+    assert abs(utcnow() - used_at) < timedelta(minutes=1), first
+    # Within the minute, another request writes nothing more.
+    assert await _status(pl, created["key"]) == 200
+    assert (await listed())["last_used_at"] == first
+    # A minute later (as the database sees it), the next request records again.
+    async with pl.services.db.write() as conn:
+        earlier = used_at - timedelta(minutes=2)
+        await conn.execute(
+            update(api_keys).where(api_keys.c.id == created["id"]).values(last_used_at=earlier)
+        )
+    assert await _status(pl, created["key"]) == 200
+    again = datetime.fromisoformat((await listed())["last_used_at"].replace("Z", "+00:00"))
+    assert again > earlier + timedelta(minutes=1), again

@@ -12,6 +12,10 @@ from postline.api.problems import Problem
 from postline.app import Services
 from postline.keys import Principal, authenticate
 
+#: RFC 6750: a 401 names the scheme the client should use, and why a key was refused.
+_NO_KEY = {"WWW-Authenticate": 'Bearer realm="postline"'}
+_BAD_KEY = {"WWW-Authenticate": 'Bearer realm="postline", error="invalid_token"'}
+
 
 def services(request: Request) -> Services:
     found: Services = request.app.state.services
@@ -22,10 +26,10 @@ async def principal(request: Request) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Problem(401, "missing API key: send 'Authorization: Bearer <key>'")
+        raise Problem(401, "missing API key: send 'Authorization: Bearer <key>'", headers=_NO_KEY)
     found = await authenticate(services(request).db, token.strip())
     if found is None:
-        raise Problem(401, "invalid or revoked API key")
+        raise Problem(401, "invalid or revoked API key", headers=_BAD_KEY)
     await ratelimit.enforce(request, found)
     return found
 

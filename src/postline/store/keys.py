@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -62,7 +63,15 @@ async def revoke_key(conn: AsyncConnection, key_id: str) -> bool:
     return bool(result.rowcount)
 
 
-async def touch_key(conn: AsyncConnection, key_id: str) -> None:
+async def touch_key(
+    conn: AsyncConnection, key_id: str, now: datetime, resolution: timedelta
+) -> None:
+    """Record a use, unless one within ``resolution`` is recorded (by any process) already."""
     await conn.execute(
-        update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=utcnow())
+        update(api_keys)
+        .where(
+            api_keys.c.id == key_id,
+            api_keys.c.last_used_at.is_(None) | (api_keys.c.last_used_at < now - resolution),
+        )
+        .values(last_used_at=now)
     )
