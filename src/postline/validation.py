@@ -68,9 +68,28 @@ def normalize_address(address: str) -> str:
     return f"{result.local_part}@{result.ascii_domain or result.domain}".lower()
 
 
+def _unquoted_angle_brackets(value: str) -> list[str]:
+    """The ``<`` and ``>`` outside quoted strings, in order (a display name may quote them)."""
+    found: list[str] = []
+    quoted = escaped = False
+    for char in value:
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif not quoted and char in "<>":
+            found.append(char)
+    return found
+
+
 def parse_mailbox(value: str) -> tuple[str, str]:
     """Split ``Name <addr>`` or ``addr`` into (display name, normalized address)."""
     check_header_text(value)
+    # parseaddr forgives a missing bracket ("<a@b.test", "Name <a@b.test"): refuse it.
+    if _unquoted_angle_brackets(value) not in ([], ["<", ">"]):
+        raise ValueError(f"{value!r} has unbalanced angle brackets")
     if len(getaddresses([value])) != 1:
         raise ValueError(f"{value!r} must be exactly one address")
     name, address = parseaddr(value)

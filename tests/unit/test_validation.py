@@ -106,6 +106,8 @@ def test_normalize_address_invalid(address: str) -> None:
         ("Ops <ops@Bücher.example>", ("Ops", "ops@xn--bcher-kva.example")),
         ("  Support   <support@example.com>  ", ("Support", "support@example.com")),
         ("billing@example.com (Billing)", ("Billing", "billing@example.com")),
+        ('"a<b>c" <abc@example.com>', ("a<b>c", "abc@example.com")),
+        ('"say \\"<hi>\\"" <hi@example.com>', ('say "<hi>"', "hi@example.com")),
     ],
 )
 def test_parse_mailbox_valid(value: str, expected: tuple[str, str]) -> None:
@@ -131,6 +133,12 @@ def test_parse_mailbox_valid(value: str, expected: tuple[str, str]) -> None:
         "Jane\n<a@example.com>",
         "Jane <a@example.com>\x00",
         "Jane\r <a@example.com>",
+        "<a@example.com",
+        "a@example.com>",
+        "Jane <a@example.com",
+        "Jane a@example.com>",
+        "Jane >a@example.com<",
+        "Jane <<a@example.com>>",
     ],
 )
 def test_parse_mailbox_invalid(value: str) -> None:
