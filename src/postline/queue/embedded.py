@@ -577,29 +577,24 @@ class EmbeddedQueue(Queue):
             job.lease_until = until
         return bool(result.rowcount)
 
-    async def _run(self, statement: Any, conn: AsyncConnection | None) -> None:
+    async def _run(self, statement: Any, conn: AsyncConnection | None, params: Any = None) -> None:
         if conn is not None:
-            await conn.execute(statement)
+            await conn.execute(statement, params)
             return
         async with self.db.write() as own:
-            await own.execute(statement)
+            await own.execute(statement, params)
 
     def _owned(self, job: Job) -> Any:
         return (jobs_table.c.id == job.id) & (jobs_table.c.lease_owner == job.lease_owner)
 
     async def ack(self, job: Job, conn: AsyncConnection | None = None) -> None:
-        await self._run(delete(jobs_table).where(self._owned(job)), conn)
+        await self.ack_all([job], conn)
 
     async def ack_all(self, jobs: Sequence[Job], conn: AsyncConnection | None = None) -> None:
         """One statement for the lot: the recorder acks a whole batch in its transaction."""
-        if not jobs:
-            return
-        params = [{"job_id": job.id, "owner": job.lease_owner} for job in jobs]
-        if conn is not None:
-            await conn.execute(_ack_owned(), params)
-            return
-        async with self.db.write() as own:
-            await own.execute(_ack_owned(), params)
+        if jobs:
+            params = [{"job_id": job.id, "owner": job.lease_owner} for job in jobs]
+            await self._run(_ack_owned(), conn, params)
 
     async def retry(
         self,
