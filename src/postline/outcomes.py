@@ -226,26 +226,29 @@ async def apply_outcome(
 async def refresh_email_status(conn: AsyncConnection, email: Row[Any], now: datetime) -> str:
     """Derive the email's status from its recipients and store it if it changed."""
     recipients = await email_store.get_recipients(conn, email.id)
-    statuses = [r.status for r in recipients]
-    await store_email_statuses(conn, [(email, statuses)], now)
-    return str(derive_email_status(RecipientStatus(s) for s in statuses))
+    (status,) = await store_email_statuses(conn, [(email, [r.status for r in recipients])], now)
+    return status
 
 
 async def store_email_statuses(
     conn: AsyncConnection, emails: Iterable[tuple[Any, Iterable[str]]], now: datetime
-) -> None:
-    """Store each email's status derived from its recipients' ``statuses``, where it changed.
+) -> list[str]:
+    """Store each email's status derived from its recipients' ``statuses``, where it
+    changed; return the derived statuses, in order.
 
     One statement per new status, not per email: a batch of deliveries mostly
     moves its emails to the same few statuses.
     """
+    derived: list[str] = []
     changed: dict[str, list[str]] = defaultdict(list)
     for email, statuses in emails:
         status = str(derive_email_status(RecipientStatus(s) for s in statuses))
+        derived.append(status)
         if status != email.status:
             changed[status].append(email.id)
     for status, email_ids in changed.items():
         await email_store.set_emails_status(conn, email_ids, status, now)
+    return derived
 
 
 async def activate_scheduled(

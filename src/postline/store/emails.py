@@ -34,11 +34,6 @@ _EMAILS = (
     .where(sent_emails.c.id.in_(bindparam("email_ids", expanding=True)))
     .order_by(sent_emails.c.id)
 )
-_RECIPIENTS = (
-    select(email_recipients)
-    .where(email_recipients.c.email_id == bindparam("email_id"))
-    .order_by(email_recipients.c.position)
-)
 _RECIPIENTS_OF = (
     select(email_recipients)
     .where(email_recipients.c.email_id.in_(bindparam("email_ids", expanding=True)))
@@ -93,8 +88,8 @@ async def lock_email(conn: AsyncConnection, email_id: str) -> Row[Any] | None:
     Two workers recording outcomes for one email (two destination domains)
     then derive its status one after the other, never from a stale read.
     """
-    statement = _EMAIL if conn.dialect.name == "sqlite" else _EMAIL.with_for_update()
-    return (await conn.execute(statement, {"email_id": email_id})).first()
+    found = await lock_emails(conn, [email_id])
+    return found[0] if found else None
 
 
 async def lock_emails(conn: AsyncConnection, email_ids: Iterable[str]) -> list[Row[Any]]:
@@ -123,7 +118,7 @@ async def get_email(conn: AsyncConnection, email_id: str) -> Row[Any] | None:
 
 
 async def get_recipients(conn: AsyncConnection, email_id: str) -> list[Row[Any]]:
-    return list((await conn.execute(_RECIPIENTS, {"email_id": email_id})).all())
+    return await recipients_of(conn, [email_id])
 
 
 async def get_attempts(conn: AsyncConnection, email_id: str) -> list[Row[Any]]:
