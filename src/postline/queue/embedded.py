@@ -112,12 +112,17 @@ def _live_owners(now: Any) -> Any:
     return select(heartbeats_table.c.owner).where(heartbeats_table.c.alive_until >= now)
 
 
-def _abandoned_ids(now: Any) -> Any:
-    """Leased jobs whose holder is gone: the lease expired, or the owner's heartbeat stopped."""
+def _abandoned(now: Any) -> Any:
+    """Leased jobs whose holder is gone: the lease expired, or the owner's heartbeat stopped.
+
+    A condition on the job row itself, so that PostgreSQL checks it again on a row
+    that a concurrent lease changed while the update waited for it. ``> ''`` rather
+    than ``IS NOT NULL`` (owners are never empty): SQLite then reads the leased jobs
+    through the index on lease_owner instead of every job.
+    """
     owner = jobs_table.c.lease_owner
-    return select(jobs_table.c.id).where(
-        owner.is_not(None),
-        (jobs_table.c.lease_until < now) | owner.not_in(_live_owners(now).scalar_subquery()),
+    return (owner > "") & (
+        (jobs_table.c.lease_until < now) | owner.not_in(_live_owners(now).scalar_subquery())
     )
 
 
@@ -652,15 +657,15 @@ class EmbeddedQueue(Queue):
         """
         now = utcnow()
         async with self.db.read() as conn:
-            abandoned = (await conn.execute(_abandoned_ids(now).limit(1))).first()
+            abandoned = (
+                await conn.execute(select(jobs_table.c.id).where(_abandoned(now)).limit(1))
+            ).first()
             dead = (await conn.execute(_dead_heartbeats(now).limit(1))).first()
         if abandoned is None and dead is None:
             return 0
         async with self.db.write() as conn:
             result = await conn.execute(
-                update(jobs_table)
-                .where(jobs_table.c.id.in_(_abandoned_ids(now).scalar_subquery()))
-                .values(lease_owner=None, lease_until=None)
+                update(jobs_table).where(_abandoned(now)).values(lease_owner=None, lease_until=None)
             )
             await conn.execute(delete(heartbeats_table).where(heartbeats_table.c.alive_until < now))
         return int(result.rowcount or 0)
