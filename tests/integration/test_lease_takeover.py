@@ -79,3 +79,17 @@ async def test_a_lost_lease_stops_before_the_final_dot(
     assert [t["status"] for t in recipient["timeline"]] == ["delivered"]
     assert [e["type"] for e in detail["events"]] == ["email.queued", "email.delivered"]
     assert await queue.depth() == {}
+
+
+async def test_a_running_engine_beats_and_says_goodbye_when_stopped(
+    postline_factory: Factory,
+) -> None:
+    postline = await postline_factory()
+    engine, queue = postline.services.engine, postline.services.queue
+
+    async def beating() -> bool:
+        return engine.owner in await queue.workers()
+
+    await poll(beating, timeout=10, what="the engine's first heartbeat")
+    await postline.stop_engine()
+    assert engine.owner not in await queue.workers()
