@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from postline.delivery import dkim
+from postline import dkim
 from postline.ids import new_id
 from postline.keys import Principal
 from postline.message import Content, build_message
