@@ -16,7 +16,7 @@ from postline.events.signing import new_secret
 from postline.events.ssrf import UnsafeURL, checked_addresses
 from postline.ids import new_id
 from postline.keys import Principal
-from postline.model import EventType, WebhookDeliveryStatus
+from postline.model import EventType
 from postline.store import domains as domain_store
 from postline.store import webhooks as webhook_store
 from postline.store.types import utcnow
@@ -236,16 +236,9 @@ async def send_test(svc: Svc, caller: Caller, webhook_id: str) -> dict[str, Any]
         await webhook_store.insert_deliveries(
             conn,
             [
-                {
-                    "id": delivery_id,
-                    "event_id": event_id,
-                    "webhook_id": webhook_id,
-                    "status": str(WebhookDeliveryStatus.PENDING),
-                    "attempts": 0,
-                    "next_attempt_at": now,
-                    "created_at": now,
-                    "updated_at": now,
-                }
+                webhook_store.new_delivery(
+                    delivery_id=delivery_id, event_id=event_id, webhook_id=webhook_id, now=now
+                )
             ],
         )
     svc.dispatcher.wake()

@@ -160,16 +160,9 @@ class Dispatcher:
                 return 0
             endpoints = await webhook_store.enabled_webhooks(conn)
             rows = [
-                {
-                    "id": new_id("whd_"),
-                    "event_id": event.id,
-                    "webhook_id": endpoint.id,
-                    "status": str(WebhookDeliveryStatus.PENDING),
-                    "attempts": 0,
-                    "next_attempt_at": now,
-                    "created_at": now,
-                    "updated_at": now,
-                }
+                webhook_store.new_delivery(
+                    delivery_id=new_id("whd_"), event_id=event.id, webhook_id=endpoint.id, now=now
+                )
                 for event in pending
                 for endpoint in endpoints
                 if matches(endpoint, event.type, event.domain_id)

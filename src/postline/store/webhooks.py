@@ -142,6 +142,22 @@ async def mark_dispatched(conn: AsyncConnection, event_ids: Sequence[str], now: 
     )
 
 
+def new_delivery(
+    *, delivery_id: str, event_id: str, webhook_id: str, now: datetime
+) -> dict[str, Any]:
+    """The row of a delivery not tried yet, due at once: for :func:`insert_deliveries`."""
+    return {
+        "id": delivery_id,
+        "event_id": event_id,
+        "webhook_id": webhook_id,
+        "status": _PENDING,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
 async def insert_deliveries(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
     """One row per (event, endpoint); a repeat of the same pair is ignored."""
     if not rows:
