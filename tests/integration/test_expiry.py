@@ -22,9 +22,12 @@ from postline.queue import Job
 from postline.store import emails as email_store
 from postline.store.schema import queue_jobs
 from postline.store.types import utcnow
+from tests.faults.scenario import Topology, topology
 from tests.harness import FakeMX
 from tests.harness.polling import poll
 from tests.harness.postline import Factory, PostlineUnderTest
+
+__all__ = ["topology"]  # the fixture, imported for its parameters
 
 SIX_DAYS = timedelta(days=6)
 
@@ -142,10 +145,10 @@ class _BrokenEngine(Engine):
 
 
 async def test_a_job_that_keeps_raising_backs_off_then_fails_with_internal_error(
-    postline_factory: Factory,
+    postline_factory: Factory, topology: Topology
 ) -> None:
     # First unexpected retry after 0.2 s (the schedule's first step), doubling, capped at 5 s.
-    pl = await postline_factory(engine=False, retry_schedule="0.2,5")
+    pl = await postline_factory(engine=False, retry_schedule="0.2,5", **topology.settings)
     services = pl.services
     engine = _BrokenEngine(
         db=services.db,
