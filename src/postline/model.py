@@ -129,14 +129,6 @@ class AttemptScope(StrEnum):
     BREAKER = "breaker"
 
 
-class EmailSource(StrEnum):
-    """Where an email came from: the customer's mail, or mail Postline wrote itself."""
-
-    API = "api"  # POST /v1/emails
-    SMTP = "smtp"  # the SMTP submission listener
-    DSN = "dsn"  # a delivery status notification Postline sent about a bounce
-
-
 class WebhookDeliveryStatus(StrEnum):
     """Where one (event, endpoint) webhook delivery stands."""
 
