@@ -23,6 +23,7 @@ from postline.delivery.breaker import (
     BreakerState,
     BreakerView,
 )
+from postline.model import AttemptScope, RecipientStatus
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 OPEN = timedelta(minutes=5)
@@ -364,7 +365,10 @@ def attempt(
         "breaker": ("breaker", "deferred", "circuit breaker open"),
     }[outcome]
     return [
-        AttemptRow(destination, attempt_id, scope, status, at, response) for _ in range(recipients)
+        AttemptRow(
+            destination, attempt_id, AttemptScope(scope), RecipientStatus(status), at, response
+        )
+        for _ in range(recipients)
     ]
 
 
