@@ -1,9 +1,10 @@
 """Reply classification against a table of real-world-style reply lines.
 
 Each line gives the expected recipient status, enhanced code, bounce type and
-whether it suppresses the address: hard if and only if suppressed. The texts imitate what large providers
-send (written for this test, not copied). Traps 4 and 9 of DESIGN.md: codes are
-parsed, never matched as substrings, and blocks or full mailboxes never suppress.
+whether it suppresses the address: hard if and only if suppressed. The texts
+imitate what large providers send (written for this test, not copied). Traps 4
+and 9 of DESIGN.md: codes are parsed, never matched as substrings, and blocks or
+full mailboxes never suppress.
 """
 
 from __future__ import annotations

@@ -50,13 +50,30 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Rule:
+    """A phrase rule. ``keys``: substrings of which every match contains one; the
+    pattern runs only when one is in the text (``in`` is far cheaper than a regex
+    that cannot start from a literal)."""
+
     id: str
     pattern: re.Pattern[str]
     verdict: Verdict
+    keys: tuple[str, ...] = ()
+
+    def matches(self, lowered: str, *, prefilter: bool = True) -> bool:
+        if prefilter and self.keys and not any(key in lowered for key in self.keys):
+            return False
+        return self.pattern.search(lowered) is not None
 
 
-def _rule(rule_id: str, bounce: BounceType, pattern: str, *, domain: bool = False) -> Rule:
-    return Rule(rule_id, re.compile(pattern), Verdict(bounce, rule_id, domain))
+def _rule(
+    rule_id: str,
+    bounce: BounceType,
+    pattern: str,
+    *,
+    domain: bool = False,
+    keys: tuple[str, ...] = (),
+) -> Rule:
+    return Rule(rule_id, re.compile(pattern), Verdict(bounce, rule_id, domain), keys)
 
 
 # Fragments shared by several rules (lower-case text).
@@ -75,7 +92,7 @@ _NOT_EXIST = r"(?:does ?n[o']t|did ?n[o']t|no longer|not|do ?n[o']t) exists?"
 RULES: tuple[Rule, ...] = (
     # --- 1. provider and MTA specifics
     # GMX / web.de answer "mailbox unavailable" when OUR domain's DNS is wrong.
-    _rule("gmx.sender_dns", BLOCK, r"invalid dns (?:mx|ptr|a/aaaa)|bad dns ptr"),
+    _rule("gmx.sender_dns", BLOCK, r"invalid dns (?:mx|ptr|a/aaaa)|bad dns ptr", keys=("dns",)),
     _rule("gmx.policy", BLOCK, r"reject due to policy restrictions|nemesis esmtp service not"),
     # Microsoft 365 Directory-Based Edge Blocking: the tenant has no such recipient.
     _rule(
@@ -92,13 +109,15 @@ RULES: tuple[Rule, ...] = (
     # Yahoo / AOL prefix their texts with "dd"; the bracketed TSSxx codes are throttles.
     _rule("yahoo.no_account", HARD, r"(?:does ?n[o']t|does not) have an? (?:\S+ )?account"),
     _rule("yahoo.mailbox_disabled", HARD, r"this mailbox is disabled|\(554\.30\)"),
-    _rule("yahoo.tss", BLOCK, r"\[ts[s]?0\d\]|permanently deferred"),
+    _rule("yahoo.tss", BLOCK, r"\[ts[s]?0\d\]|permanently deferred|\bvs\d+-[a-z]+\d*\b"),
     _rule("icloud.bad_alias", HARD, r"unknown or illegal alias"),
     _rule("icloud.policy", BLOCK, r"\[cs0\d\]|\[hm0\d\]"),
     _rule("mimecast.invalid_recipient", HARD, r"invalid recipient - https?://\S*mimecast"),
     _rule("mimecast.policy", BLOCK, r"mimecast|envelope blocked|anti-spoofing"),
     _rule("proofpoint.block", BLOCK, r"proofpoint|pphosted|ipcheck"),
-    _rule("barracuda.block", BLOCK, r"barracuda|\bbrts\b|\bbrbl\b"),
+    _rule(
+        "barracuda.block", BLOCK, r"barracuda|\bbrts\b|\bbrbl\b", keys=("barracuda", "brts", "brbl")
+    ),
     _rule(
         "cpanel.may_not_exist",
         HARD,
@@ -106,6 +125,13 @@ RULES: tuple[Rule, ...] = (
     ),
     _rule("zoho.unusual_activity", BLOCK, r"unusual sending activity"),
     _rule("proton.unknown", HARD, r"address does not exist|recipient address not found"),
+    # Too many of something is a rate or a count, whatever else the line says.
+    _rule(
+        "generic.too_many",
+        SOFT,
+        r"too many (?:bad |invalid |unknown )?(?:recipients|messages|connections|mails|"
+        r"e-?mails|concurrent|errors|rcpt)",
+    ),
     _rule("generic.mail_loop", UND, r"mail loop|routing loop|hop count|too many hops"),
     # Protocol and format errors say nothing about the address nor about us.
     _rule(
@@ -120,15 +146,23 @@ RULES: tuple[Rule, ...] = (
         BLOCK,
         r"\bsender\b.{0,80}?(?:rejected|denied|refused|unknown|not found|"
         + _NOT_EXIST
-        + r"|invalid|not allowed|not permitted|verif|blocked|mismatch|not owned)|"
+        + r"|invalid|not allowed|not permitted|verif|blocked|mismatch|not owned|must)|"
         r"(?:rejected|denied|refused|blocked|invalid)\s+sender|"
         r"callout verification|from address|mail from.{0,40}?(?:rejected|denied|refused)",
+        keys=("sender", "from", "callout"),
     ),
     _rule(
         "postfix.client_rejected",
         BLOCK,
         r"helo command rejected|ehlo|\bhelo\b|client host rejected|client host .{0,40}blocked|"
         r"cannot find your (?:reverse )?hostname|reverse (?:dns|hostname|lookup)|\bptr\b|\brdns\b",
+        keys=("helo", "ehlo", "client", "hostname", "reverse", "ptr", "rdns"),
+    ),
+    _rule(
+        "generic.relay_denied",
+        BLOCK,
+        r"relay(?:ing)? (?:access )?(?:denied|disallowed|not permitted|not allowed|prohibited)|"
+        r"unable to relay|allowed rcpthosts|we do not relay|not permitted to relay",
     ),
     # --- 3. the destination domain does not exist
     _rule("rfc7505.null_mx", HARD, r"null mx", domain=True),
@@ -140,6 +174,7 @@ RULES: tuple[Rule, ...] = (
         + r"|unknown)|no such domain|(?:unknown|non-?existent|invalid|unrouteable) domain|"
         r"host unknown|no mx (?:or a |record)|we weren.t able to find the recipient domain",
         domain=True,
+        keys=("domain", "host", "mx"),
     ),
     # --- 4. the address does not exist
     _rule(
@@ -156,12 +191,15 @@ RULES: tuple[Rule, ...] = (
         r"user ?(?:name )?unknown|"
         r"unknown (?:user|recipient|mailbox|address|local.part|alias|addressee)"
         r"|addressee unknown|no such (?:user|mailbox|recipient|account|address|person|local user)"
-        r"|user not local|not our customer|recipient (?:not recogni[sz]ed|unknown)",
+        r"|(?:address|recipient|mailbox) unknown|user not local|not our customer"
+        r"|recipient not recogni[sz]ed|mailbox name not allowed",
+        keys=("unknown", "no such", "not local", "customer", "recogni", "not allowed"),
     ),
     _rule(
         "generic.does_not_exist",
         HARD,
         _WHO + r".{0,40}?" + _NOT_EXIST + r"|" + _WHO + r"\S*\s+(?:was )?not found",
+        keys=("exist", "found"),
     ),
     _rule(
         "generic.invalid_address",
@@ -170,13 +208,27 @@ RULES: tuple[Rule, ...] = (
         r"(?:not|isn.t) a valid (?:recipient|mailbox|user|address|e-?mail|account)|"
         r"(?:recipient|mailbox|address|user)(?: address)? (?:is )?(?:invalid|not valid)|"
         r"undeliverable address|bad (?:recipient|destination mailbox|address)",
+        keys=("valid", "undeliverable", "bad "),
     ),
     _rule(
         "generic.account_closed",
         HARD,
         r"(?:account|mailbox|address|user)\b.{0,30}?(?:has been |was |is )?"
         r"(?:closed|deleted|terminated|removed|discontinued|deactivated|expired)\b"
-        r"|no longer (?:active|valid|in service|available|in use|used)",
+        r"|no longer (?:active|valid|in service|available|in use|used)"
+        r"|has moved|no forwarding address",
+        keys=(
+            "closed",
+            "deleted",
+            "terminated",
+            "removed",
+            "discontinued",
+            "deactivated",
+            "expired",
+            "no longer",
+            "moved",
+            "forwarding",
+        ),
     ),
     # --- 5. the mailbox cannot take it now (soft)
     _rule(
@@ -187,41 +239,78 @@ RULES: tuple[Rule, ...] = (
         r"exceed(?:s|ed)? (?:the |its |his |her )?(?:storage|quota|disk)|exceeded storage|"
         r"insufficient (?:system )?storage|"
         r"out of (?:storage|space|disk)|storage (?:space|allocation)",
+        keys=("full", "quota", "exceed", "storage", "space", "out of"),
     ),
     _rule(
         "generic.message_too_big",
         SOFT,
         r"(?:message|mail|size)\b.{0,30}?(?:too (?:big|large)|exceed)|too (?:big|large)|"
         r"size limit|exceeds? (?:the )?(?:fixed |maximum |max )?(?:message |mail )?size",
+        keys=("big", "large", "exceed", "size"),
+    ),
+    _rule(
+        "generic.expired",
+        SOFT,
+        r"message expired|delivery time expired|expired after|queue lifetime",
     ),
     # --- 6. refused for policy, reputation or content
     _rule("generic.dmarc", BLOCK, r"dmarc"),
     _rule("generic.spf", BLOCK, r"\bspf\b|not (?:permitted|authorized|allowed) to send"),
-    _rule("generic.dkim", BLOCK, r"dkim|unauthenticated|authenticat"),
+    _rule("generic.dkim", BLOCK, r"dkim|unauthenticated|authenticat|\bauth\b"),
     _rule(
         "generic.blocklist",
         BLOCK,
         r"black ?list|block ?list|deny ?list|\brbl\b|dnsbl|spamhaus|spamcop|sorbs|\blisted\b|"
         r"blocked using",
+        keys=("list", "rbl", "dnsbl", "spamhaus", "spamcop", "sorbs", "blocked using"),
     ),
     _rule(
         "generic.spam",
         BLOCK,
-        r"spam|junk|unsolicited|\bbulk\b|virus|malware|phish|suspicious|fraud|"
+        r"spam|junk|unsolicited|\bbulk\b|\bube\b|\buce\b|virus|malware|phish|suspicious|fraud|"
         r"security (?:issue|reasons|polic)",
+        keys=(
+            "spam",
+            "junk",
+            "unsolicited",
+            "bulk",
+            "ube",
+            "uce",
+            "virus",
+            "malware",
+            "phish",
+            "suspicious",
+            "fraud",
+            "security",
+        ),
     ),
     _rule("generic.reputation", BLOCK, r"reputation|complaints|abuse"),
     _rule(
-        "generic.relay_denied",
+        "generic.not_permitted",
         BLOCK,
-        r"relay|allowed rcpthosts|not (?:hosted|handled) here|not permitted|not allowed|forbidden",
+        r"relay|not (?:hosted|handled) here|not permitted|not allowed|forbidden",
     ),
     _rule(
         "generic.policy",
         BLOCK,
-        r"polic(?:y|ies)|administrative(?:ly)? prohibit|prohibited|\bbanned\b|\bblocked\b|"
+        r"polic(?:y|ies)|restrict|administrative(?:ly)? prohibit|prohibited|\bbanned\b|\bblocked\b|"
         r"\bdenied\b|refused|not accepted|not authori[sz]ed|unauthori[sz]ed|rejected for|"
         r"content (?:rejected|filter)|tls (?:is )?required|encryption required",
+        keys=(
+            "polic",
+            "restrict",
+            "prohibit",
+            "banned",
+            "blocked",
+            "denied",
+            "refused",
+            "not accepted",
+            "authori",
+            "rejected for",
+            "content",
+            "tls",
+            "encryption",
+        ),
     ),
     # --- 7. temporary conditions, though the code is permanent
     _rule(
@@ -230,6 +319,20 @@ RULES: tuple[Rule, ...] = (
         r"temporar|try (?:again )?later|retry later|rate.?limit|too many (?:messages|connections|"
         r"recipients|mails|e-?mails|concurrent)|too quickly|at a rate|greylist|expired|"
         r"timed? ?out|dns (?:query )?fail|sending (?:quota|limit)|out of memory|resources",
+        keys=(
+            "temporar",
+            "too many",
+            "later",
+            "rate",
+            "too quickly",
+            "greylist",
+            "expired",
+            "time",
+            "dns",
+            "sending",
+            "memory",
+            "resources",
+        ),
     ),
     # --- 8. weak hints that the address is gone
     _rule(
@@ -239,6 +342,7 @@ RULES: tuple[Rule, ...] = (
         r"(?:account|user) (?:is )?(?:disabled|inactive|suspended)|"
         r"(?:recipient|rcpt)(?: address)? rejected|"
         r"mailbox unavailable",
+        keys=("mailbox", "account", "user", "rejected"),
     ),
 )
 
@@ -277,11 +381,11 @@ BASIC: dict[int, Verdict] = {
 UNDETERMINED = Verdict(UND, "undetermined")
 
 
-def match_text(text: str) -> Verdict | None:
-    """The first phrase rule matching ``text``, if any."""
+def match_text(text: str, *, prefilter: bool = True) -> Verdict | None:
+    """The first phrase rule matching ``text``, if any (``prefilter``: off only in tests)."""
     lowered = text.lower()
     for rule in RULES:
-        if rule.pattern.search(lowered):
+        if rule.matches(lowered, prefilter=prefilter):
             return rule.verdict
     return None
 
