@@ -132,6 +132,10 @@ class SmtpDelivery:
                     result.rcpt[recipient] = Reply.of(response.code, response.message)
                 except aiosmtplib.SMTPRecipientRefused as exc:
                     result.rcpt[recipient] = Reply.of(exc.code, exc.message)
+                    if exc.code == pipelining.CLOSING:
+                        # RFC 5321 3.8: the server is closing; what it said so far stands.
+                        result.error = result.rcpt[recipient]
+                        return result
             if any(reply.is_success for reply in result.rcpt.values()):
                 response = await client.data(envelope.body)
                 result.data = Reply.of(response.code, response.message)
