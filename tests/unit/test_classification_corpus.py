@@ -671,6 +671,27 @@ CORPUS: list[tuple[str, str, str]] = [
     ("554 5.4.7 Delivery time expired", SOFT, REPORTED),
     ("500 5.5.1 Unrecognized command", UND, RFC5321),
     ("503 5.5.1 Error: need RCPT command", UND, POSTFIX),
+    (
+        "553 sorry, this recipient is not in my validrcptto list (#5.7.1)",
+        HARD,
+        "qmail validrcptto patch (qmail-smtpd.c, John Simpson)",
+    ),
+    (
+        "550 5.4.1 [someone@example.test]: Recipient address rejected: Access denied. "
+        "AS(201806281)",
+        HARD,
+        MS,
+    ),
+    ("550 this account has been suspended", HARD, REPORTED),
+    ("550 Address rejected", HARD, REPORTED),
+    ("550 Message rejected: sender domain has no MX", BLOCK, REPORTED),
+    ("550 Recipient address rejected: User does not exist", HARD, REPORTED),
+    (
+        "550 Message was not accepted -- invalid mailbox. Local mailbox someone@example.test is "
+        "unavailable: user not found",
+        HARD,
+        REPORTED,
+    ),
 ]
 
 

@@ -99,7 +99,7 @@ RULES: tuple[Rule, ...] = (
         "microsoft.dbeb_access_denied",
         HARD,
         r"recipient address rejected: access denied\. as\(201806281\)|"
-        r"5\.4\.1 recipient address rejected: access denied",
+        r"5\.4\.1 .{0,80}?recipient address rejected: access denied",
     ),
     _rule("microsoft.recipient_not_found", HARD, r"resolver\.adr\.recip(?:ient)?notfound"),
     _rule("microsoft.nonexistent_domain", HARD, r"dns\.nonexistentdomain", domain=True),
@@ -146,7 +146,7 @@ RULES: tuple[Rule, ...] = (
         BLOCK,
         r"\bsender\b.{0,80}?(?:rejected|denied|refused|unknown|not found|"
         + _NOT_EXIST
-        + r"|invalid|not allowed|not permitted|verif|blocked|mismatch|not owned|must)|"
+        + r"|invalid|not allowed|not permitted|verif|blocked|mismatch|not owned|must|no mx)|"
         r"(?:rejected|denied|refused|blocked|invalid)\s+sender|"
         r"callout verification|from address|mail from.{0,40}?(?:rejected|denied|refused)",
         keys=("sender", "from", "callout"),
@@ -192,8 +192,16 @@ RULES: tuple[Rule, ...] = (
         r"unknown (?:user|recipient|mailbox|address|local.part|alias|addressee)"
         r"|addressee unknown|no such (?:user|mailbox|recipient|account|address|person|local user)"
         r"|(?:address|recipient|mailbox) unknown|user not local|not our customer"
-        r"|recipient not recogni[sz]ed|mailbox name not allowed",
-        keys=("unknown", "no such", "not local", "customer", "recogni", "not allowed"),
+        r"|recipient not recogni[sz]ed|mailbox name not allowed|validrcptto",
+        keys=(
+            "unknown",
+            "no such",
+            "not local",
+            "customer",
+            "recogni",
+            "not allowed",
+            "validrcptto",
+        ),
     ),
     _rule(
         "generic.does_not_exist",
@@ -338,9 +346,9 @@ RULES: tuple[Rule, ...] = (
     _rule(
         "generic.mailbox_unavailable",
         HARD,
-        r"mailbox (?:is )?(?:unavailable|not available|disabled|inactive|suspended)|"
-        r"(?:account|user) (?:is )?(?:disabled|inactive|suspended)|"
-        r"(?:recipient|rcpt)(?: address)? rejected|"
+        r"mailbox (?:is )?(?:unavailable|not available)|"
+        r"(?:account|user|mailbox)\b.{0,20}?\b(?:disabled|inactive|suspended)|"
+        r"(?:recipient|rcpt|address) rejected|"
         r"mailbox unavailable",
         keys=("mailbox", "account", "user", "rejected"),
     ),
