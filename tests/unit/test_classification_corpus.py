@@ -760,3 +760,25 @@ def test_the_prefilter_never_changes_a_verdict(text: str) -> None:
 def test_the_prefilter_never_changes_a_verdict_on_the_corpus() -> None:
     for line, _, _ in CORPUS:
         assert match_text(line) == match_text(line, prefilter=False), line
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "rule"),
+    [
+        (554, "delivery error: dd This user doesn't have an account", "yahoo.no_account"),
+        (550, "5.0.0 <someone@example.test>... User unknown", "sendmail.user_unknown"),
+        (
+            550,
+            "5.5.0 <someone@example.test>: Recipient address rejected: User unknown in "
+            "local recipient table",
+            "postfix.user_unknown",
+        ),
+        (550, "Requested action not taken: mailbox unavailable", "generic.mailbox_unavailable"),
+        (550, "5.1.1 anything at all", "code.5.1.1"),  # a settling code: the text is not read
+        (550, "Rejected", "undetermined"),
+        (451, "4.7.1 greylisted", "temporary"),
+        (None, "SMTPServerDisconnected: Connection lost", "no_reply"),
+    ],
+)
+def test_the_deciding_rule_is_named(code: int | None, text: str, rule: str) -> None:
+    assert outcome_for(Reply.of(code, text)).bounce_rule == rule

@@ -94,6 +94,7 @@ RULES: tuple[Rule, ...] = (
     # GMX / web.de answer "mailbox unavailable" when OUR domain's DNS is wrong.
     _rule("gmx.sender_dns", BLOCK, r"invalid dns (?:mx|ptr|a/aaaa)|bad dns ptr", keys=("dns",)),
     _rule("gmx.policy", BLOCK, r"reject due to policy restrictions|nemesis esmtp service not"),
+    # Exchange (on premises and Online) name the component that refused: RESOLVER, STOREDRV.
     # Microsoft 365 Directory-Based Edge Blocking: the tenant has no such recipient.
     _rule(
         "microsoft.dbeb_access_denied",
@@ -101,10 +102,10 @@ RULES: tuple[Rule, ...] = (
         r"recipient address rejected: access denied\. as\(201806281\)|"
         r"5\.4\.1 .{0,80}?recipient address rejected: access denied",
     ),
-    _rule("microsoft.recipient_not_found", HARD, r"resolver\.adr\.recip(?:ient)?notfound"),
+    _rule("exchange.recipient_not_found", HARD, r"resolver\.adr\.recip(?:ient)?notfound"),
     _rule("microsoft.nonexistent_domain", HARD, r"dns\.nonexistentdomain", domain=True),
-    _rule("microsoft.auth_required", BLOCK, r"resolver\.rst\.|authrequired"),
-    _rule("microsoft.quota", SOFT, r"quotaexceeded|mailboxfull|storedrv\.deliver.*quota"),
+    _rule("exchange.auth_required", BLOCK, r"resolver\.rst\.|authrequired"),
+    _rule("exchange.quota", SOFT, r"quotaexceeded|mailboxfull|storedrv\.deliver.*quota"),
     _rule("microsoft.blocklist", BLOCK, r"part of their network is on our block list|\(s3150\)"),
     # Yahoo / AOL prefix their texts with "dd"; the bracketed TSSxx codes are throttles.
     _rule("yahoo.no_account", HARD, r"(?:does ?n[o']t|does not) have an? (?:\S+ )?account"),
@@ -140,7 +141,16 @@ RULES: tuple[Rule, ...] = (
         r"malformed|unrecogni[sz]ed command|command not (?:recogni[sz]ed|implemented)|"
         r"bad sequence of commands|line too long|bare (?:lf|<lf>)|need (?:mail|rcpt)",
     ),
+    # Sendmail: "<addr>... User unknown" (sendmail/parseaddr.c, the stock mailer texts).
+    _rule(
+        "sendmail.user_unknown",
+        HARD,
+        r"\.\.\. (?:user unknown|no such user|addressee unknown)",
+        keys=("...",),
+    ),
     # --- 2. the sender or the connecting client refused (not about the recipient)
+    _rule("exim.sender_verify", BLOCK, r"sender verify failed|callout verification failed"),
+    _rule("postfix.relay_access_denied", BLOCK, r"relay access denied"),
     _rule(
         "generic.sender_rejected",
         BLOCK,
