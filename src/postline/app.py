@@ -74,6 +74,7 @@ class Services:
             nameservers=settings.nameservers,
             delivery_port=settings.delivery_port,
             relay=settings.relay,
+            canary=settings.dns_canary,
         )
         acceptor = Acceptor(
             db,

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     inbound_addr: str = "127.0.0.1:2525"
     hostname: str = ""
     dns_nameservers: str = ""
+    # A name that must exist: while our resolver cannot find it, its NXDOMAIN and
+    # null-MX verdicts are not believed (deferral, not bounce). Empty: no canary.
+    dns_canary: str = "gmail.com"
     delivery_port: int = 25
     relay_host: str = ""
     sandbox: bool = False

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Row
@@ -44,6 +44,8 @@ class Outcome:
     response: str | None = None
     bounce_type: BounceType | None = None
     reason: str | None = None
+    bounce_rule: str | None = None  # the classification rule that decided bounce_type
+    domain_level: bool = False  # a hard verdict about the whole domain: suppress for a while
 
 
 @dataclass
@@ -127,18 +129,29 @@ def event_row(
     }
 
 
-def suppression_reason(outcome: Outcome) -> str | None:
-    """Only a recipient-invalid hard bounce (5.1.x, 5.2.1) or a complaint suppresses.
+#: How long a domain-level hard bounce (5.1.2, NXDOMAIN, null MX) suppresses: a
+#: verdict that may come from a resolver, ours or theirs, is never for ever.
+DOMAIN_SUPPRESSION = timedelta(hours=24)
 
-    Blocks (5.7.x), full mailboxes and other soft failures say nothing about
-    the address itself, so suppressing them would lose valid recipients.
+
+def suppression_reason(outcome: Outcome) -> str | None:
+    """A hard bounce or a complaint suppresses; nothing else does.
+
+    ``bounce_type: hard`` is given only to an address that does not exist
+    (delivery/classify.py), so the webhook's bounce type and the suppression
+    list never disagree. Blocks, full mailboxes and other soft failures say
+    nothing about the address itself: suppressing them would lose valid recipients.
     """
     if outcome.status is RecipientStatus.COMPLAINED:
         return "complaint"
-    if outcome.status is not RecipientStatus.BOUNCED or outcome.bounce_type is not BounceType.HARD:
-        return None
-    code = outcome.enhanced_code or ""
-    return "hard_bounce" if code.startswith("5.1.") or code == "5.2.1" else None
+    if outcome.status is RecipientStatus.BOUNCED and outcome.bounce_type is BounceType.HARD:
+        return "hard_bounce"
+    return None
+
+
+def suppression_expiry(outcome: Outcome, now: datetime) -> datetime | None:
+    """When the suppression ``outcome`` causes ends: None (never) unless it is about a domain."""
+    return now + DOMAIN_SUPPRESSION if outcome.domain_level else None
 
 
 async def apply_outcome(
@@ -173,6 +186,7 @@ async def apply_outcome(
             "enhanced_code": outcome.enhanced_code,
             "response": outcome.response,
             "bounce_type": str(outcome.bounce_type) if outcome.bounce_type else None,
+            "bounce_rule": outcome.bounce_rule,
             "next_attempt_at": attempt.next_attempt_at,
         }
     moved = await email_store.set_recipient_status(
@@ -196,6 +210,7 @@ async def apply_outcome(
                 "smtp_code": outcome.smtp_code,
                 "enhanced_code": outcome.enhanced_code,
                 "response": outcome.response,
+                "bounce_rule": outcome.bounce_rule,
                 "duration_ms": attempt.duration_ms,
                 "created_at": now,
             }
@@ -215,6 +230,7 @@ async def apply_outcome(
             now=now,
             source_email_id=email.id,
             detail=outcome.response,
+            expires_at=suppression_expiry(outcome, now),
         )
     if customer_mail:
         if sequence is None:

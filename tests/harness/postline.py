@@ -128,6 +128,8 @@ def test_settings(data_dir: Path, **overrides: Any) -> Settings:
         "smtp_command_timeout": 10.0,
         "lease_seconds": 60,
         "shutdown_timeout": 5.0,
+        # Never a real name: the canary is asked of the fake DNS, where dest.test exists.
+        "dns_canary": "dest.test",
     }
     values.update(overrides)
     return load_settings(**values)

@@ -47,6 +47,7 @@ def view(row: Suppression) -> dict[str, Any]:
         "source_email_id": row.source_email_id,
         "detail": row.detail,
         "created_at": rfc3339(row.created_at),
+        "expires_at": rfc3339(row.expires_at),  # set for domain-level bounces only
     }
 
 

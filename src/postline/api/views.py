@@ -54,6 +54,7 @@ def email_detail(
                 "smtp_code": attempt.smtp_code,
                 "enhanced_code": attempt.enhanced_code,
                 "response": attempt.response,
+                "bounce_rule": attempt.bounce_rule,
                 "duration_ms": attempt.duration_ms,
                 "at": rfc3339(attempt.created_at),
             }
@@ -69,6 +70,7 @@ def email_detail(
             "enhanced_code": r.enhanced_code,
             "response": r.response,
             "bounce_type": r.bounce_type,
+            "bounce_rule": r.bounce_rule,
             "attempts": r.attempts,
             "next_attempt_at": rfc3339(r.next_attempt_at),
             "updated_at": rfc3339(r.updated_at),

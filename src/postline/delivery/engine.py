@@ -25,7 +25,7 @@ from postline.config import Settings
 from postline.delivery.breaker import Breakers, BreakerState
 from postline.delivery.pool import TlsPolicy
 from postline.delivery.record import RecipientResult, Recorder
-from postline.delivery.replies import Reply, bounce_type
+from postline.delivery.replies import Reply, classify
 from postline.delivery.routing import RouteError, Router
 from postline.delivery.shaping import Limits, Shaper, parse_limits
 from postline.delivery.smtp import SmtpDelivery
@@ -94,12 +94,15 @@ def outcome_for(reply: Reply) -> Outcome:
         status = RecipientStatus.BOUNCED
     else:
         status = RecipientStatus.DEFERRED
+    verdict = classify(reply)
     return Outcome(
         status=status,
         smtp_code=reply.code,
         enhanced_code=reply.enhanced_code,
         response=reply.line,
-        bounce_type=bounce_type(reply),
+        bounce_type=verdict.bounce_type if verdict else None,
+        bounce_rule=verdict.rule if verdict else None,
+        domain_level=verdict.domain_level if verdict else False,
     )
 
 
@@ -385,8 +388,7 @@ class Engine:
         try:
             targets = await self.router.route(job.destination)
         except RouteError as exc:
-            reply = Reply(550 if exc.permanent else None, str(exc))
-            outcome = self._route_outcome(reply, exc.permanent)
+            outcome = self._route_outcome(exc)
             return _AttemptOutcome([RecipientResult(r.id, outcome, "local") for r in recipients])
         destination = job.destination
         if not self.breakers.allow(destination):
@@ -429,13 +431,22 @@ class Engine:
         return TlsPolicy(policies.get(destination, self.settings.tls_default))
 
     @staticmethod
-    def _route_outcome(reply: Reply, permanent: bool) -> Outcome:
-        if permanent:
+    def _route_outcome(exc: RouteError) -> Outcome:
+        """Our own resolver's verdict: a domain-level hard bounce (suppressed for a while
+        only), or a deferral when the resolver cannot be trusted (routing.py)."""
+        if exc.permanent:
             return Outcome(
                 status=RecipientStatus.BOUNCED,
                 smtp_code=None,
                 enhanced_code="5.1.2",  # RFC 3463: bad destination system address
-                response=reply.text,
+                response=str(exc),
                 bounce_type=BounceType.HARD,
+                bounce_rule=exc.rule,
+                domain_level=True,
             )
-        return Outcome(status=RecipientStatus.DEFERRED, response=reply.text)
+        return Outcome(
+            status=RecipientStatus.DEFERRED,
+            response=str(exc),
+            bounce_type=BounceType.SOFT,
+            bounce_rule=exc.rule,
+        )

@@ -226,6 +226,7 @@ class Recorder:
                     enhanced_code=outcome.enhanced_code,
                     response=outcome.response,
                     bounce_type=outcome.bounce_type,
+                    bounce_rule=outcome.bounce_rule,
                     reason=f"expired after {recipient.attempts + 1} attempts",
                 )
             info = AttemptInfo(

@@ -108,6 +108,8 @@ email_recipients = Table(
     Column("enhanced_code", String(16), nullable=True),
     Column("response", Text, nullable=True),
     Column("bounce_type", String(16), nullable=True),
+    # The classification rule that decided bounce_type (delivery/classify.py).
+    Column("bounce_rule", String(64), nullable=True),
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
@@ -139,6 +141,7 @@ delivery_attempts = Table(
     Column("smtp_code", Integer, nullable=True),
     Column("enhanced_code", String(16), nullable=True),
     Column("response", Text, nullable=True),
+    Column("bounce_rule", String(64), nullable=True),
     Column("duration_ms", Integer, nullable=False, default=0),
     Column("created_at", UTCDateTime, nullable=False),
     Index("ix_delivery_attempts_destination_created_at", "destination", "created_at"),

@@ -44,8 +44,13 @@ async def add_suppression(
     now: datetime,
     source_email_id: str | None = None,
     detail: str | None = None,
+    expires_at: datetime | None = None,
 ) -> bool:
-    """Insert unless the address is already suppressed for the domain; True if inserted."""
+    """Insert unless the address is already suppressed for the domain; True if written.
+
+    A suppression that expires (a domain-level bounce) gives way to a newer
+    verdict: a later expiry, or a permanent one. A permanent one stays as it is.
+    """
     values = {
         "id": suppression_id,
         "domain_id": domain_id,
@@ -54,12 +59,22 @@ async def add_suppression(
         "source_email_id": source_email_id,
         "detail": detail,
         "created_at": now,
+        "expires_at": expires_at,
     }
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     statement = (
         insert(suppressions)
         .values(**values)
-        .on_conflict_do_nothing(index_elements=["domain_id", "address"])
+        .on_conflict_do_update(
+            index_elements=["domain_id", "address"],
+            set_={
+                key: values[key]
+                for key in ("reason", "source_email_id", "detail", "created_at", "expires_at")
+            },
+            where=suppressions.c.expires_at.is_not(None)
+            if expires_at is None
+            else suppressions.c.expires_at < expires_at,
+        )
     )
     result = await conn.execute(statement)
     return bool(result.rowcount)
