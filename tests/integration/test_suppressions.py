@@ -171,7 +171,7 @@ async def test_an_expiring_suppression_gives_way_to_a_later_or_permanent_one(
             async with db.read() as conn:
                 where = suppression_store.SuppressionFilter(domain.id, "a@dest.test")
                 (row,) = await suppression_store.list_suppressions(conn, where, None, 10)
-            return row.expires_at  # type: ignore[no-any-return]
+            return row.expires_at
 
         await add(later)
         await add(soon)  # an earlier expiry does not shorten it
