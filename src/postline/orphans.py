@@ -19,6 +19,7 @@ from sqlalchemy import select
 from postline.model import EmailStatus
 from postline.queue.base import Queue, QueueError
 from postline.spool.base import Spool
+from postline.store import retention as retention_store
 from postline.store.db import Database
 from postline.store.schema import sent_emails
 
@@ -36,7 +37,13 @@ class CleanupReport:
 
 
 async def clean_orphans(
-    db: Database, queue: Queue, spool: Spool, now: datetime, max_age_seconds: float
+    db: Database,
+    queue: Queue,
+    spool: Spool,
+    now: datetime,
+    max_age_seconds: float,
+    *,
+    body_retention_seconds: float = 0,
 ) -> CleanupReport:
     candidates = set(await spool.refs_older_than(now - timedelta(seconds=max_age_seconds)))
     if not candidates:
@@ -54,6 +61,10 @@ async def clean_orphans(
             )
         )
         waiting = {row.body_ref for row in rows}
+        if body_retention_seconds > 0:
+            # Kept on purpose for support (POSTLINE_BODY_RETENTION_SECONDS), even past max_age.
+            final_after = now - timedelta(seconds=body_retention_seconds)
+            waiting |= await retention_store.bodies_kept_since(conn, final_after)
     orphans = candidates - queued - waiting
     for ref in sorted(orphans):
         await spool.delete(ref)

@@ -82,6 +82,13 @@ sent_emails = Table(
     Column("scheduled_at", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # When housekeeping removed the body from the spool (store/retention.py); NULL while
+    # it is kept: the email still waits, or is final but inside the body retention.
+    Column("body_purged_at", UTCDateTime, nullable=True),
+    # The body sweep reads the NULL prefix by status: only emails whose body is still kept.
+    Index("ix_sent_emails_body_purged_at_status", "body_purged_at", "status"),
+    # The retention purge reads the oldest emails first, never the whole table.
+    Index("ix_sent_emails_updated_at", "updated_at"),
 )
 
 email_recipients = Table(
