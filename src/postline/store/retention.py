@@ -135,7 +135,6 @@ async def claim_purgeable(
             ~_EVENT_UNDISPATCHED,
             ~_WEBHOOK_PENDING,
         )
-        .order_by(sent_emails.c.updated_at)
         .limit(limit)
     )
     if conn.dialect.name != "sqlite":

@@ -85,10 +85,16 @@ sent_emails = Table(
     # When housekeeping removed the body from the spool (store/retention.py); NULL while
     # it is kept: the email still waits, or is final but inside the body retention.
     Column("body_purged_at", UTCDateTime, nullable=True),
-    # The body sweep reads the NULL prefix by status: only emails whose body is still kept.
-    Index("ix_sent_emails_body_purged_at_status", "body_purged_at", "status"),
-    # The retention purge reads the oldest emails first, never the whole table.
-    Index("ix_sent_emails_updated_at", "updated_at"),
+    # The body sweep seeks (NULL, each final status) and reads only those final long
+    # enough: neither waiting mail nor bodies inside their retention are scanned.
+    Index(
+        "ix_sent_emails_body_purged_at_status_updated_at",
+        "body_purged_at",
+        "status",
+        "updated_at",
+    ),
+    # The retention purge seeks each final status and reads only emails past the cutoff.
+    Index("ix_sent_emails_status_updated_at", "status", "updated_at"),
 )
 
 email_recipients = Table(
