@@ -23,7 +23,7 @@ from postline.app import build_spool
 from postline.housekeeping import housekeeping
 from postline.keys import create_key
 from postline.orphans import clean_orphans
-from postline.retention import free_bodies, purge_emails, retention_pass
+from postline.retention import RetentionReport, free_bodies, purge_emails, retention_pass
 from postline.spool import SpoolMissing
 from postline.store import webhooks as webhook_store
 from postline.store.db import Database
@@ -343,24 +343,23 @@ async def test_two_processes_sweep_at_once(pl: PostlineUnderTest) -> None:
     other_db = Database(pl.settings.database_url)
     other_spool = build_spool(pl.settings, other_db)
     try:
-        now = max([await final_at(pl, e) for e in ids]) + timedelta(seconds=1)
-        reports = await asyncio.gather(
-            *(
-                retention_pass(db, spool, now, body_retention_seconds=0, retention_days=30)
-                for db, spool in ((pl.services.db, pl.services.spool), (other_db, other_spool))
+        workers = ((pl.services.db, pl.services.spool), (other_db, other_spool))
+
+        async def both_at(now: datetime) -> list[RetentionReport]:
+            return await asyncio.gather(
+                *(
+                    retention_pass(db, spool, now, body_retention_seconds=0, retention_days=30)
+                    for db, spool in workers
+                )
             )
-        )
+
+        now = max([await final_at(pl, e) for e in ids]) + timedelta(seconds=1)
+        reports = await both_at(now)
         # Each body is marked freed by exactly one of them.
         assert sum(r.bodies_freed for r in reports) == 12
         assert [e for e in ids if await body_kept(pl, e)] == []
 
-        later = now + timedelta(days=31)
-        reports = await asyncio.gather(
-            *(
-                retention_pass(db, spool, later, body_retention_seconds=0, retention_days=30)
-                for db, spool in ((pl.services.db, pl.services.spool), (other_db, other_spool))
-            )
-        )
+        reports = await both_at(now + timedelta(days=31))
         assert sum(r.emails_purged for r in reports) == 12
         assert (await rows_of(pl, ids))["sent_emails"] == 0
     finally:
