@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy.engine import Row
 
-from postline.delivery.dkim import dkim_dns_value
 from postline.delivery.routing import lookup_texts
+from postline.dkim import dkim_dns_value
 from postline.ids import new_id
 from postline.store import domains as domain_store
 from postline.store.db import Database

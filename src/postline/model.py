@@ -39,6 +39,19 @@ class EmailStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+class EmailSource(StrEnum):
+    """Where an email came from."""
+
+    API = "api"  # POST /v1/emails
+    SMTP = "smtp"  # the submission port
+    DSN = "dsn"  # a delivery status notification Postline wrote about a bounce
+
+
+#: Mail Postline writes itself: not the customer's, so never in the send log by
+#: default and never the subject of an ``email.*`` event.
+OWN_SOURCES = frozenset({EmailSource.DSN})
+
+
 class BounceType(StrEnum):
     HARD = "hard"
     SOFT = "soft"

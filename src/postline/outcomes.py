@@ -3,7 +3,8 @@
 Every move — a delivery outcome, a cancellation, a suppression at accept —
 goes through :func:`apply_outcome` inside the caller's transaction: it checks
 the state machine, writes the recipient, its timeline row (only when the move
-was allowed) and its outbox event, so the three can never disagree.
+was allowed) and its outbox event (none for mail Postline writes itself, see
+:func:`is_customer_mail`), so the three can never disagree.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from postline.ids import new_id
 from postline.model import (
     EVENT_FOR_STATUS,
     FINAL_STATUSES,
+    OWN_SOURCES,
     BounceType,
     EventType,
     RecipientStatus,
@@ -73,6 +75,14 @@ class AttemptInfo:
     duration_ms: int
     scope: str  # "transaction" | "recipient"
     next_attempt_at: datetime | None = None
+
+
+def is_customer_mail(email: Any) -> bool:
+    """False for mail Postline writes itself (a DSN): no ``email.*`` event is ever
+    written about it, so no webhook tells the customer about mail they never
+    sent, and it neither suppresses an address nor gets a DSN of its own.
+    """
+    return email.source not in OWN_SOURCES
 
 
 def event_row(
@@ -193,7 +203,8 @@ async def apply_outcome(
     reason = suppression_reason(outcome)
     # A bounced DSN says the original sender is unreachable; it is not a reason to
     # stop the domain mailing that address (and DSNs are never suppressed at all).
-    if reason is not None and email.source != "dsn":
+    customer_mail = is_customer_mail(email)
+    if reason is not None and customer_mail:
         # Same transaction as the bounce and its event: never a fire-and-forget task.
         await suppression_store.add_suppression(
             conn,
@@ -205,19 +216,20 @@ async def apply_outcome(
             source_email_id=email.id,
             detail=outcome.response,
         )
-    if sequence is None:
-        sequence = await email_store.next_event_sequence(conn, email.id)
-    rows.events.append(
-        event_row(
-            email=email,
-            recipient=recipient,
-            event_type=EVENT_FOR_STATUS[outcome.status],
-            outcome=outcome,
-            attempt=attempts,
-            sequence=sequence,
-            now=now,
+    if customer_mail:
+        if sequence is None:
+            sequence = await email_store.next_event_sequence(conn, email.id)
+        rows.events.append(
+            event_row(
+                email=email,
+                recipient=recipient,
+                event_type=EVENT_FOR_STATUS[outcome.status],
+                outcome=outcome,
+                attempt=attempts,
+                sequence=sequence,
+                now=now,
+            )
         )
-    )
     if own_rows:
         await rows.flush(conn)
     return True

@@ -8,6 +8,8 @@ from typing import Any
 
 from sqlalchemy.engine import Row
 
+from postline.store.emails import Notification
+
 
 def rfc3339(moment: datetime | None) -> str | None:
     if moment is None:
@@ -30,11 +32,17 @@ def email_item(row: Row[Any], recipient_count: int | None = None) -> dict[str, A
         if recipient_count is not None
         else getattr(row, "recipient_count", None),
         "tags": dict(row.tags or {}),
+        # Set on mail Postline wrote about another email (a DSN): that email.
+        "original_email_id": row.original_email_id,
     }
 
 
 def email_detail(
-    email: Row[Any], recipients: list[Row[Any]], attempts: list[Row[Any]], events: list[Row[Any]]
+    email: Row[Any],
+    recipients: list[Row[Any]],
+    attempts: list[Row[Any]],
+    events: list[Row[Any]],
+    notifications: list[Notification],
 ) -> dict[str, Any]:
     timelines: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for attempt in attempts:
@@ -77,5 +85,17 @@ def email_detail(
             "created_at": rfc3339(e.created_at),
         }
         for e in events
+    ]
+    # The DSNs sent about this email: not in the send log, so shown here.
+    body["notifications"] = [
+        {
+            "id": n.id,
+            "type": n.source,
+            "recipient": n.recipient,
+            "status": n.status,
+            "created_at": rfc3339(n.created_at),
+            "updated_at": rfc3339(n.updated_at),
+        }
+        for n in notifications
     ]
     return body

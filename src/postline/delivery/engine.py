@@ -47,8 +47,13 @@ log = logging.getLogger("postline.engine")
 #: How often a worker looks for breakers opened or closed by hand elsewhere.
 COMMAND_SYNC_SECONDS = 2.0
 
-#: After a delivery failed in an unexpected way, when its job is tried again.
+#: After a delivery failed in an unexpected way, when its job is first tried again;
+#: each further failure doubles the wait (see :func:`unexpected_retry_delay`).
 UNEXPECTED_RETRY_SECONDS = 10.0
+#: The longest wait between two tries of a job that keeps failing unexpectedly.
+UNEXPECTED_RETRY_CAP_SECONDS = 1800.0
+#: The reason an email.failed event gives when a job kept raising until max_age.
+INTERNAL_ERROR = "internal_error"
 
 _SUPPRESSED = Outcome(status=RecipientStatus.SUPPRESSED, reason="on the suppression list")
 
@@ -57,6 +62,28 @@ def retry_delay(delays: list[float], attempt: int) -> float:
     """Backoff for the given attempt (0-based), with +-10% jitter to spread retries."""
     base = delays[min(attempt, len(delays) - 1)]
     return base * random.uniform(0.9, 1.1)
+
+
+def unexpected_retry_delay(delays: list[float], attempt: int) -> float:
+    """Backoff after the ``attempt``-th (0-based) unexpected failure of a job, with jitter.
+
+    10 s, 20 s, 40 s ... up to a cap: a storage hiccup clears within seconds,
+    while a bug that raises every time costs a few tries an hour, not one
+    every 10 s for ever. Never slower than the configured retry schedule
+    (``delays``), whose first and last steps bound the first wait and the cap.
+    """
+    first = min(UNEXPECTED_RETRY_SECONDS, delays[0])
+    cap = max(first, min(UNEXPECTED_RETRY_CAP_SECONDS, delays[-1]))
+    base = min(first * 2.0 ** min(attempt, 64), cap)
+    return base * random.uniform(0.9, 1.1)
+
+
+def _pending(recipients: list[Row[Any]], job: Job) -> list[Row[Any]]:
+    """The job's recipients still waiting: a job leased again skips those already final."""
+    wanted = set(job.recipient_ids)
+    return [
+        r for r in recipients if r.id in wanted and RecipientStatus(r.status) in PENDING_STATUSES
+    ]
 
 
 def outcome_for(reply: Reply) -> Outcome:
@@ -255,30 +282,65 @@ class Engine:
         try:
             await self._deliver(job)
         except Exception:
-            log.exception("delivery of job_id=%s failed unexpectedly", job.id)
-            # Storage hiccup (a PostgreSQL failover) or a bug: try the job again soon
-            # rather than at lease expiry. If even that fails, the lease expiry does it.
-            retry_at = utcnow() + timedelta(seconds=UNEXPECTED_RETRY_SECONDS)
-            with contextlib.suppress(Exception):
-                await self.queue.retry(job, retry_at, job.recipient_ids)
+            await self._failed_unexpectedly(job)
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
             self.metrics.delivery_seconds.observe(time.monotonic() - started)
 
+    async def _failed_unexpectedly(self, job: Job) -> None:
+        """A delivery raised (a storage hiccup such as a failover, or a bug).
+
+        The job is tried again with a growing backoff (:func:`unexpected_retry_delay`)
+        rather than at lease expiry, and is held to ``max_age`` like a deferral:
+        once its email has waited that long since it became due, its pending
+        recipients become ``failed`` (reason ``internal_error``) with their
+        ``email.failed`` events, recorded as any outcome is. Called while the
+        exception is being handled, so the log carries its traceback. If even
+        this fails, the lease expiry tries the job again.
+        """
+        log.exception("delivery of job_id=%s failed unexpectedly", job.id)
+        try:
+            if await self._give_up_if_expired(job):
+                return
+        except Exception as exc:
+            log.warning("cannot judge the expiry of job_id=%s: %s", job.id, type(exc).__name__)
+        delay = unexpected_retry_delay(self.settings.retry_delays, job.attempt)
+        with contextlib.suppress(Exception):
+            await self.queue.retry(job, utcnow() + timedelta(seconds=delay), job.recipient_ids)
+
+    async def _give_up_if_expired(self, job: Job) -> bool:
+        """Fail the job's pending recipients if its email is past ``max_age``; whether it was."""
+        async with self.db.read() as conn:
+            email = await email_store.get_email(conn, job.email_id)
+            recipients = await email_store.get_recipients(conn, job.email_id)
+        if email is None or not self.recorder.expired(email):
+            return False
+        pending = _pending(recipients, job)
+        scheduled = [r.id for r in pending if r.status == RecipientStatus.SCHEDULED]
+        if scheduled:  # due, since the job was leased: only a queued recipient may fail
+            await self._activator.submit((email.id, scheduled))
+        failed = Outcome(
+            status=RecipientStatus.FAILED,
+            response="delivery kept failing with an internal error until max_age",
+            reason=INTERNAL_ERROR,
+        )
+        await self.recorder.record(
+            job,
+            [RecipientResult(r.id, failed, "local") for r in pending],
+            mx_host=None,
+            duration_ms=0,
+            retry_at=utcnow(),
+        )
+        return True
+
     async def _deliver(self, job: Job) -> None:
         now = utcnow()
         async with self.db.read() as conn:
             email = await email_store.get_email(conn, job.email_id)
             recipients = await email_store.get_recipients(conn, job.email_id)
-            wanted = set(job.recipient_ids)
-            # A job leased again after a crash skips recipients already final.
-            pending = [
-                r
-                for r in recipients
-                if r.id in wanted and RecipientStatus(r.status) in PENDING_STATUSES
-            ]
+            pending = _pending(recipients, job)
             # Checked again here: an address suppressed while the job waited is not sent to.
             suppressed = (
                 await email_store.suppressed_addresses(

@@ -51,6 +51,15 @@ class RecipientResult:
     #: sending): it gets its event but no timeline row.
     attempted: bool = True
 
+    @property
+    def is_real_attempt(self) -> bool:
+        """Whether delivery was really tried: only such a deferral can expire.
+
+        A job parked behind an open breaker never reached the destination, so
+        it must not turn a recipient ``failed``; its next real attempt decides.
+        """
+        return self.attempted and self.scope != "breaker"
+
 
 @dataclass
 class _Attempt:
@@ -120,6 +129,17 @@ class Recorder:
         self.clock: Callable[[], datetime] = utcnow
         #: Called after each commit: new events are waiting in the outbox.
         self.notify: Callable[[], None] | None = None
+
+    def expired(self, email: Any, now: datetime | None = None) -> bool:
+        """Whether ``email`` has waited ``max_age`` since it became due.
+
+        It became due at its ``scheduled_at`` when it was scheduled, else when it
+        was accepted: an email scheduled days ahead has its whole ``max_age``
+        from the moment it may first be sent. ``now``: the recorder's clock.
+        """
+        due: datetime = email.scheduled_at or email.created_at
+        moment = self.clock() if now is None else now
+        return (moment - due).total_seconds() >= self.max_age_seconds
 
     async def record(
         self,
@@ -191,7 +211,7 @@ class Recorder:
         email = state.emails.get(job.email_id)
         if email is None:  # deleted while queued: nothing left to do
             return
-        expired = (now - email.created_at).total_seconds() >= self.max_age_seconds
+        expired = self.expired(email, now)
         attempt_id = new_id("att_")
         failures: list[Failure] = []
         for result in attempt.results:
@@ -199,7 +219,7 @@ class Recorder:
             if recipient is None or recipient.email_id != email.id:
                 continue
             outcome = result.outcome
-            if outcome.status is RecipientStatus.DEFERRED and expired:
+            if outcome.status is RecipientStatus.DEFERRED and expired and result.is_real_attempt:
                 outcome = Outcome(
                     status=RecipientStatus.FAILED,
                     smtp_code=outcome.smtp_code,

@@ -82,6 +82,10 @@ sent_emails = Table(
     Column("scheduled_at", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # Mail Postline writes about another email (a DSN): that email's id, so its
+    # detail can show the notification. No foreign key: purging either email
+    # must not depend on the other.
+    Column("original_email_id", String(32), nullable=True, index=True),
     # When housekeeping removed the body from the spool (store/retention.py); NULL while
     # it is kept: the email still waits, or is final but inside the body retention.
     Column("body_purged_at", UTCDateTime, nullable=True),
