@@ -111,6 +111,8 @@ PENDING_STATUSES = frozenset({_S.SCHEDULED, _S.QUEUED, _S.DEFERRED})
 #: Emails some recipient of which still waits for delivery (one of PENDING_STATUSES):
 #: their jobs must exist and their bodies are live. The one place this set is spelled.
 WAITING_EMAIL_STATUSES = frozenset({EmailStatus.SCHEDULED, EmailStatus.QUEUED, EmailStatus.SENDING})
+#: Email statuses whose recipients are all final: what retention may free and purge.
+FINAL_EMAIL_STATUSES = frozenset(EmailStatus) - WAITING_EMAIL_STATUSES
 
 
 class AttemptScope(StrEnum):

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 from postline.queue.base import Queue, QueueError
 from postline.spool.base import Spool
+from postline.store import retention as retention_store
 from postline.store.db import Database
 from postline.store.recovery import waiting_body_refs
 
@@ -30,7 +31,13 @@ class CleanupReport:
 
 
 async def clean_orphans(
-    db: Database, queue: Queue, spool: Spool, now: datetime, max_age_seconds: float
+    db: Database,
+    queue: Queue,
+    spool: Spool,
+    now: datetime,
+    max_age_seconds: float,
+    *,
+    body_retention_seconds: float = 0,
 ) -> CleanupReport:
     candidates = set(await spool.refs_older_than(now - timedelta(seconds=max_age_seconds)))
     if not candidates:
@@ -43,6 +50,10 @@ async def clean_orphans(
         return CleanupReport(len(candidates), 0, reason)
     async with db.read() as conn:
         waiting = await waiting_body_refs(conn)
+        if body_retention_seconds > 0:
+            # Kept on purpose for support (POSTLINE_BODY_RETENTION_SECONDS), even past max_age.
+            final_after = now - timedelta(seconds=body_retention_seconds)
+            waiting |= await retention_store.bodies_kept_since(conn, final_after)
     orphans = candidates - queued - waiting
     for ref in sorted(orphans):
         await spool.delete(ref)

@@ -21,6 +21,7 @@ from postline.keys import Principal
 from postline.message import Attachment, Content
 from postline.model import OWN_SOURCES, EmailSource, EmailStatus, RecipientStatus
 from postline.outcomes import Outcome, apply_outcome, is_customer_mail, refresh_email_status
+from postline.spool import SpoolMissing
 from postline.store import domains as domain_store
 from postline.store import emails as email_store
 from postline.store import idempotency
@@ -238,6 +239,38 @@ async def get_email(svc: Svc, caller: Caller, email_id: str) -> dict[str, Any]:
     async with svc.db.read() as conn:
         email = await _visible_email(conn, caller, email_id)
         return await _detail(conn, email)
+
+
+#: The raw message as Postline sent it (RFC 5322, with its DKIM signature).
+_RAW_MESSAGE = {
+    200: {
+        "description": "The message, byte for byte as it was (or will be) sent",
+        "content": {"message/rfc822": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    **problem_responses(410),
+}
+
+
+@router.get(
+    "/{email_id}/content",
+    summary="The raw MIME message, while its body is kept",
+    response_class=Response,
+    responses=_RAW_MESSAGE,
+)
+async def get_email_content(svc: Svc, caller: Caller, email_id: str) -> Response:
+    """410 once housekeeping removed the body: after the email became final and
+    ``POSTLINE_BODY_RETENTION_SECONDS`` passed (or a crash lost a body nobody needed)."""
+    async with svc.db.read() as conn:
+        email = await _visible_email(conn, caller, email_id)
+    gone = Problem(410, f"the content of {email_id} is no longer kept (body retention)")
+    if email.body_purged_at is not None:
+        raise gone
+    try:
+        body = await svc.spool.get(email.body_ref)
+    except SpoolMissing:
+        # Freed between the read above and now, by another process's housekeeping.
+        raise gone from None
+    return Response(body, media_type="message/rfc822")
 
 
 @router.post("/{email_id}/cancel", summary="Cancel recipients not yet attempted")

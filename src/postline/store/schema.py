@@ -86,6 +86,19 @@ sent_emails = Table(
     # detail can show the notification. No foreign key: purging either email
     # must not depend on the other.
     Column("original_email_id", String(32), nullable=True, index=True),
+    # When housekeeping removed the body from the spool (store/retention.py); NULL while
+    # it is kept: the email still waits, or is final but inside the body retention.
+    Column("body_purged_at", UTCDateTime, nullable=True),
+    # The body sweep seeks (NULL, each final status) and reads only those final long
+    # enough: neither waiting mail nor bodies inside their retention are scanned.
+    Index(
+        "ix_sent_emails_body_purged_at_status_updated_at",
+        "body_purged_at",
+        "status",
+        "updated_at",
+    ),
+    # The retention purge seeks each final status and reads only emails past the cutoff.
+    Index("ix_sent_emails_status_updated_at", "status", "updated_at"),
 )
 
 email_recipients = Table(
