@@ -115,6 +115,42 @@ async def test_operator_opens_and_closes_a_breaker(
     assert forbidden.status_code == 403
 
 
+async def test_local_refusals_are_neither_success_nor_failure_live_or_after_a_restart(
+    postline_factory: Factory, fake_mx: FakeMX, fake_dns: FakeDNS
+) -> None:
+    """Six messages over the server's SIZE: live they neither reset the failures before
+    them nor count; a restart, warmed from what was recorded, agrees."""
+    small = FakeMX("127.0.0.7", fake_mx.port, hostname="mx.small.test")
+    small.size_limit = 2000
+    await small.start()
+    try:
+        fake_dns.add_mx("small.test", (10, "mx.small.test"))
+        fake_dns.add_a("mx.small.test", "127.0.0.7")
+        pl = await postline_factory()
+        engine = pl.services.engine
+        await poll(_running(pl), timeout=10, what="the engine warmed up")
+        for _ in range(3):
+            engine.breakers.failure("small.test", "421 4.3.2 earlier trouble")
+        for i in range(6):
+            sent = await pl.send(to=f"user{i}@small.test", text="x" * 5000)
+            detail = await pl.wait_for_status(sent["id"], ["bounced"])
+            assert detail["recipients"][0]["enhanced_code"] == "5.3.4"
+        assert small.received == []
+        view = engine.breakers.view("small.test")
+        assert (view.state, view.consecutive_failures) == (BreakerState.CLOSED, 3)
+        restarted, _ = await engine.load_breakers()
+        assert restarted.views() == []  # six refusals are not six failures
+    finally:
+        await small.stop()
+
+
+def _running(pl: PostlineUnderTest) -> Any:
+    async def check() -> bool:
+        return pl.services.engine.running
+
+    return check
+
+
 # -- waits behind an open breaker cost nothing ------------------------------------------------
 
 EMAILS = 200
