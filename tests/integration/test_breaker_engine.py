@@ -194,7 +194,7 @@ async def test_a_blackholed_destination_parks_its_mail_until_the_breaker_closes(
     of real attempts, then waits that count nothing; all 200 go once it closes."""
     # One connection at a time: the breaker opens after exactly its threshold of attempts
     # (with more, the transactions already in flight when it opens fail too).
-    pl = await postline_factory(engine=False, destination_connections=1)
+    pl = await postline_factory(engine=False, destination_connections=1, rate_limit_per_second=0)
     clock = MovableClock()
     policy = BreakerPolicy()
     pl.services.engine.breakers = Breakers(policy, clock)
