@@ -14,6 +14,8 @@ from typing import Any
 from sqlalchemy import select
 
 from postline.delivery.breaker import BreakerPolicy, Breakers, BreakerState
+from postline.delivery.record import Wait
+from postline.queue import Job
 from postline.store.schema import delivery_attempts, email_recipients, events
 from postline.store.types import utcnow
 from tests.harness import FakeDNS, FakeMX
@@ -271,3 +273,47 @@ async def test_parked_jobs_come_back_when_the_next_trial_is_due(
         "delivered",  # the trial, at the end of the open period
     ]
     assert detail["recipients"][0]["attempts"] == 2
+
+
+async def test_a_park_tells_each_recipient_once_per_opening_and_never_expires_it(
+    postline_factory: Factory,
+) -> None:
+    """The recorder's side of a park, on the store: one row and one email.deferred per
+    recipient per opening, no attempt counted, no expiry however old the email."""
+    pl = await postline_factory(engine=False)
+    accepted = await pl.send(to=["a@dest.test", "b@dest.test"])
+    recorder = pl.services.engine.recorder
+    recorder.clock = lambda: utcnow() + timedelta(days=6)  # past max_age
+    opened = utcnow()
+
+    async def park(since: datetime) -> Job:
+        job: Job = (await poll(_lease(pl), timeout=10, what="the email's job"))[0]
+        until = utcnow() + timedelta(hours=1)
+        ids = list(job.recipient_ids)
+        await recorder.park(job, ids, Wait(since, until, f"waiting: next trial at {until}"))
+        assert await pl.services.queue.lease("test", 10, 60) == []  # parked for an hour
+        assert await pl.services.queue.release_parked("dest.test") == 1
+        return job
+
+    first = await park(opened)
+    again = await park(opened)  # the same opening: told already
+    assert again.attempt == first.attempt == 0
+    detail = await pl.email(accepted["id"])
+    for recipient in detail["recipients"]:
+        assert recipient["status"] == "deferred"
+        assert recipient["attempts"] == 0
+        assert [t["response"][:19] for t in recipient["timeline"]] == ["waiting: next trial"]
+    types = Counter(e["type"] for e in detail["events"])
+    assert types["email.deferred"] == 2
+    await park(utcnow() + timedelta(days=6))  # a new opening, on the recorder's clock
+    detail = await pl.email(accepted["id"])
+    assert [len(r["timeline"]) for r in detail["recipients"]] == [2, 2]
+    assert Counter(e["type"] for e in detail["events"])["email.deferred"] == 4
+    assert {r["status"] for r in detail["recipients"]} == {"deferred"}
+
+
+def _lease(pl: PostlineUnderTest) -> Any:
+    async def lease() -> list[Job]:
+        return await pl.services.queue.lease("test", 10, 60)
+
+    return lease
