@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from postline.model import RecipientStatus
+from postline.model import AttemptScope, RecipientStatus
 from postline.store.attempts import AttemptRow
 from postline.store.types import utcnow
 
@@ -53,7 +53,7 @@ __all__ = [
 #: Rows that say nothing about the destination's health: waits behind an open
 #: breaker, and local outcomes: DNS, a lost body, and refusals before sending
 #: (the message is over the server's SIZE, or needs an SMTPUTF8 it does not offer).
-_NOT_COUNTED = frozenset({"breaker", "local"})
+_NOT_COUNTED = frozenset({AttemptScope.BREAKER, AttemptScope.LOCAL})
 
 
 class BreakerState(StrEnum):
@@ -134,7 +134,7 @@ def attempt_verdict(rows: Iterable[tuple[str, str]]) -> Verdict:
         if status == RecipientStatus.DELIVERED:
             return Verdict.SUCCESS
         answered = True
-        failed = failed or (scope == "transaction" and status in _FAILED)
+        failed = failed or (scope == AttemptScope.TRANSACTION and status in _FAILED)
     if failed:
         return Verdict.FAILURE
     return Verdict.SUCCESS if answered else Verdict.NEUTRAL
@@ -311,7 +311,7 @@ class Breakers:
                 attempt = attempts[key] = _Replayed(order=len(attempts), at=row.created_at)
             attempt.at = max(attempt.at, row.created_at)
             attempt.rows.append((row.scope, row.status))
-            if row.scope == "transaction" and row.status in _FAILED:
+            if row.scope == AttemptScope.TRANSACTION and row.status in _FAILED:
                 attempt.error = attempt.error or row.response
         for (domain, _), attempt in sorted(attempts.items(), key=lambda i: (i[1].at, i[1].order)):
             verdict = attempt_verdict(attempt.rows)

@@ -60,7 +60,11 @@ async def waited_since(
     c = delivery_attempts.c
     statement = (
         select(c.recipient_id)
-        .where(c.recipient_id.in_(recipient_ids), c.scope == AttemptScope.BREAKER, c.created_at >= since)
+        .where(
+            c.recipient_id.in_(recipient_ids),
+            c.scope == AttemptScope.BREAKER,
+            c.created_at >= since,
+        )
         .distinct()
     )
     return {row.recipient_id for row in await conn.execute(statement)}
