@@ -75,8 +75,11 @@ class AttemptInfo:
     attempt: int
     mx_host: str | None
     duration_ms: int
-    scope: str  # "transaction" | "recipient"
+    scope: str  # "transaction" | "recipient" | "local" | "breaker"
     next_attempt_at: datetime | None = None
+    #: False for a timeline row that is no attempt: a wait behind an open breaker
+    #: is shown, but the recipient's ``attempts`` stays as it was.
+    counted: bool = True
 
 
 def is_customer_mail(email: Any) -> bool:
@@ -178,7 +181,7 @@ async def apply_outcome(
         # delivered -> bounced is for an asynchronous DSN, never for a late SMTP
         # attempt of a stale worker: an attempt only ever moves a pending recipient.
         return False
-    attempts = recipient.attempts + (1 if attempt else 0)
+    attempts = recipient.attempts + (1 if attempt is not None and attempt.counted else 0)
     values: dict[str, Any] = {"updated_at": now, "attempts": attempts}
     if attempt is not None:
         values |= {

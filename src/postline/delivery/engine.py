@@ -22,13 +22,13 @@ from sqlalchemy.engine import Row
 
 from postline.backoff import Backoff
 from postline.config import Settings
-from postline.delivery.breaker import Breakers, BreakerState
+from postline.delivery.breaker import Breakers, BreakerState, attempt_verdict
 from postline.delivery.pool import TlsPolicy
-from postline.delivery.record import RecipientResult, Recorder
+from postline.delivery.record import RecipientResult, Recorder, Wait
 from postline.delivery.replies import Reply, classify
 from postline.delivery.routing import RouteError, Router
 from postline.delivery.shaping import Limits, Shaper, parse_limits
-from postline.delivery.smtp import SmtpDelivery
+from postline.delivery.smtp import SmtpDelivery, TransactionResult
 from postline.ids import new_id
 from postline.metrics import Metrics
 from postline.model import PENDING_STATUSES, BounceType, RecipientStatus
@@ -111,7 +111,8 @@ class _AttemptOutcome:
     results: list[RecipientResult]
     mx_host: str | None = None
     duration_ms: int = 0
-    retry_at: datetime | None = None  # sooner or later than the backoff (an open breaker)
+    retry_at: datetime | None = None  # sooner or later than the backoff
+    wait: Wait | None = None  # nothing was tried: the destination's breaker parks the job
 
 
 class Engine:
@@ -173,7 +174,7 @@ class Engine:
         closed_at = {c.domain: c.created_at for c in commands if c.action == "close"}
         # An operator's close vouches for the destination: failures before it do not count.
         rows = [r for r in rows if r.created_at > closed_at.get(r.destination, since)]
-        breakers = Breakers()
+        breakers = Breakers(self.breakers.policy, self.breakers.clock)
         breakers.warm_up(rows)
         for command in commands:
             if command.action == "open":
@@ -198,6 +199,7 @@ class Engine:
                 self.breakers.force_open(command.domain)
             else:
                 self.breakers.force_close(command.domain)
+                await self._release_parked(command.domain)
             self._command_cursor = command.id
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -366,6 +368,9 @@ class Engine:
         ]
         to_send = [r for r in pending if r.address not in suppressed]
         attempt = await self._attempt(job, email, to_send)
+        if attempt.wait is not None:
+            await self.recorder.park(job, [r.id for r in to_send], attempt.wait, skipped)
+            return
         await self.recorder.record(
             job,
             skipped + attempt.results,
@@ -391,21 +396,17 @@ class Engine:
             outcome = self._route_outcome(exc)
             return _AttemptOutcome([RecipientResult(r.id, outcome, "local") for r in recipients])
         destination = job.destination
-        if not self.breakers.allow(destination):
-            # Deferred without connecting; such rows never count as breaker failures.
-            view = self.breakers.view(destination)
-            until = view.until or utcnow()
-            outcome = Outcome(
-                status=RecipientStatus.DEFERRED,
-                response=f"circuit breaker open for {destination} until {until.isoformat()}",
-            )
-            return _AttemptOutcome(
-                [RecipientResult(r.id, outcome, "breaker") for r in recipients],
-                retry_at=until + timedelta(seconds=random.uniform(0, 30)),
-            )
+        if not self.breakers.admits(destination):
+            return _AttemptOutcome([], wait=self._wait(destination))
         key = self.shaper.key(destination, targets[0].mx if targets else None)
+        admitted = False
         try:
             async with self.shaper.slot(key):
+                # Asked again with the connection slot held: jobs that queued for it
+                # behind the transactions that opened the breaker wait, not connect.
+                admitted = self.breakers.allow(destination)
+                if not admitted:
+                    return _AttemptOutcome([], wait=self._wait(destination))
                 result = await self.delivery.send(
                     targets,
                     email.envelope_from,
@@ -413,18 +414,63 @@ class Engine:
                     body,
                     self._tls_policy(destination),
                 )
+                # Settled before the slot is given back: the next job in line sees it.
+                results = self._results(recipients, result)
+                verdict = attempt_verdict((r.scope, r.outcome.status) for r in results)
+                error = result.error.line if result.error is not None else None
+                reopened = self.breakers.settle(destination, verdict, error)
         except asyncio.CancelledError:
-            self.breakers.release(destination)
+            if admitted:
+                self.breakers.release(destination)
             raise
-        if result.error is not None and not result.refused_locally:
-            self.breakers.failure(destination, result.error.line)
-        else:
-            self.breakers.success(destination)
+        if reopened:
+            await self._release_parked(destination)
+        return _AttemptOutcome(results, result.mx_host, result.duration_ms)
+
+    @staticmethod
+    def _results(recipients: list[Row[Any]], result: TransactionResult) -> list[RecipientResult]:
         results = []
         for recipient in recipients:
             reply, scope = result.reply_for(recipient.address)
+            if result.refused_locally:
+                scope = "local"  # never sent: says nothing of the server's health
             results.append(RecipientResult(recipient.id, outcome_for(reply), scope))
-        return _AttemptOutcome(results, result.mx_host, result.duration_ms)
+        return results
+
+    def _wait(self, destination: str) -> Wait:
+        """The park of a job the destination's breaker refused, on the queue's clock.
+
+        The breaker's instants are moved to the queue's clock by their distance
+        from the breaker's "now", so that a test may drive the breaker's clock.
+        A breaker held open by an operator without an end is asked again after
+        ``open_seconds`` (or sooner, when closed: :meth:`sync_commands`).
+        """
+        waiting = self.breakers.waiting(destination)
+        now, breaker_now = utcnow(), self.breakers.clock()
+        if waiting.next_trial is None:
+            until = now + timedelta(seconds=self.breakers.policy.open_seconds)
+            text = f"waiting: circuit breaker for {destination}, held open by an operator"
+        else:
+            until = now + (waiting.next_trial - breaker_now)
+            text = (
+                f"waiting: circuit breaker for {destination}, "
+                f"next trial at {until.isoformat(timespec='seconds')}"
+            )
+        return Wait(since=now + (waiting.opened_at - breaker_now), until=until, response=text)
+
+    async def _release_parked(self, destination: str) -> None:
+        """The destination takes jobs again: those parked for it (by any worker) go now.
+
+        If the queue is away, they still go at the time their park gave them.
+        """
+        try:
+            released = await self.queue.release_parked(destination)
+        except Exception as exc:
+            log.warning("releasing the jobs parked for %s failed: %s", destination, exc)
+            return
+        if released:
+            log.info("breaker for %s admits jobs again: released %d", destination, released)
+            self.wake()
 
     def _tls_policy(self, destination: str) -> TlsPolicy:
         policies = self.settings.tls_policies

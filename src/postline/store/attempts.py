@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -44,3 +45,26 @@ async def recent_attempts(conn: AsyncConnection, since: datetime) -> list[Attemp
         .order_by(c.created_at, c.id)
     )
     return [AttemptRow.from_row(row) for row in await conn.execute(statement)]
+
+
+async def waited_since(
+    conn: AsyncConnection, recipient_ids: Sequence[str], since: datetime
+) -> set[str]:
+    """Those of ``recipient_ids`` with a breaker wait on their timeline at or after ``since``.
+
+    A recipient parked again in the same opening of a breaker (``since``, when
+    it opened) already has its row and its ``email.deferred``: it gets no other.
+    """
+    if not recipient_ids:
+        return set()
+    c = delivery_attempts.c
+    statement = (
+        select(c.recipient_id)
+        .where(
+            c.recipient_id.in_(recipient_ids),
+            c.scope == AttemptScope.BREAKER,
+            c.created_at >= since,
+        )
+        .distinct()
+    )
+    return {row.recipient_id for row in await conn.execute(statement)}

@@ -262,6 +262,8 @@ queue_jobs = Table(
     Column("lease_owner", String(64), nullable=True),
     Column("lease_until", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
+    # Set by a park (an open breaker): the job waits until then, unless released sooner.
+    Column("parked_until", UTCDateTime, nullable=True),
     Index("ix_queue_jobs_due_at", "due_at"),
     # Leasing takes each destination's earliest jobs in turn (queue/embedded.py).
     Index("ix_queue_jobs_destination_due_at", "destination", "due_at"),
