@@ -17,13 +17,13 @@ from typing import Any
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from postline.delivery import dkim
+from postline import dkim
 from postline.ids import new_id
 from postline.keys import Principal
 from postline.message import Content, build_message
 from postline.metrics import Metrics
-from postline.model import EventType, RecipientStatus, derive_email_status
-from postline.outcomes import Outcome, event_row
+from postline.model import EmailSource, EventType, RecipientStatus, derive_email_status
+from postline.outcomes import Outcome, event_row, is_customer_mail
 from postline.queue import Job, Queue
 from postline.spool import Spool
 from postline.store import domains as domain_store
@@ -63,6 +63,8 @@ class Submission:
     scheduled_at: datetime | None = None
     raw: bytes | None = None  # SMTP submission: the message exactly as received
     envelope_from: str | None = None
+    #: Mail Postline writes about another email (a DSN): that email's id.
+    original_email_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -260,12 +262,15 @@ class Acceptor:
         notify_to: str,
         build: Callable[[str], bytes],
         now: datetime,
+        original_email_id: str,
     ) -> list[Job]:
         """Queue a message Postline writes itself (a DSN) inside the caller's transaction.
 
         ``build(message_id)`` returns the message. It goes out with the null
-        sender, so nothing ever bounces back to it. Returns the jobs a queue
-        that does not share the store must enqueue after the commit.
+        sender, so nothing ever bounces back to it. It is linked to the email it
+        reports on (``original_email_id``), whose detail shows it, and writes no
+        ``email.*`` event: it is not the customer's mail. Returns the jobs a
+        queue that does not share the store must enqueue after the commit.
         """
         email_id = new_id("em_")
         message_id = f"<{email_id}@{self.hostname}>"
@@ -280,14 +285,15 @@ class Acceptor:
                 subject="Undelivered Mail Returned to Sender",
             ),
             recipients=[Recipient(notify_to, "to")],
-            source="dsn",
+            source=EmailSource.DSN,
             raw=body,
             envelope_from="",
+            original_email_id=original_email_id,
         )
         domain = _RowView({"id": domain_id, "name": domain_name})
         prepared = _Prepared(email_id, message_id, domain, submission, body, submission.recipients)
         _, jobs = await self._insert(conn, [prepared], now)
-        self.metrics.emails_accepted.labels(source="dsn").inc()
+        self.metrics.emails_accepted.labels(source=EmailSource.DSN).inc()
         return jobs
 
     async def _insert(
@@ -332,6 +338,7 @@ class Acceptor:
                 "scheduled_at": sub.scheduled_at if scheduled else None,
                 "created_at": now,
                 "updated_at": now,
+                "original_email_id": sub.original_email_id,
             }
             email_rows.append(email)
             email_view = _RowView(email)
@@ -360,17 +367,18 @@ class Acceptor:
                     else EventType.QUEUED
                 )
                 reason = "on the suppression list" if event_type is EventType.SUPPRESSED else None
-                event_rows.append(
-                    event_row(
-                        email=email_view,
-                        recipient=_RowView(row),
-                        event_type=event_type,
-                        outcome=Outcome(status=status, reason=reason),
-                        attempt=0,
-                        sequence=position + 1,
-                        now=now,
+                if is_customer_mail(email_view):
+                    event_rows.append(
+                        event_row(
+                            email=email_view,
+                            recipient=_RowView(row),
+                            event_type=event_type,
+                            outcome=Outcome(status=status, reason=reason),
+                            attempt=0,
+                            sequence=position + 1,
+                            now=now,
+                        )
                     )
-                )
                 if status is not RecipientStatus.SUPPRESSED:
                     by_destination.setdefault(destination, []).append(recipient_id)
             for destination, recipient_ids in by_destination.items():

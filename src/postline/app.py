@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from postline.accept import Acceptor
 from postline.backoff import first_line
 from postline.config import ConfigError, Settings
@@ -35,6 +37,7 @@ from postline.spool.files import FileSpool
 from postline.store import keys as key_store
 from postline.store.db import Database
 from postline.store.domains import set_bounce_notifications
+from postline.store.types import Clock, utcnow
 
 log = logging.getLogger("postline")
 
@@ -54,7 +57,15 @@ class Services:
     dispatcher: Dispatcher
 
     @classmethod
-    def build(cls, settings: Settings) -> Services:
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        clock: Clock = utcnow,
+        webhook_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> Services:
+        """Every part, wired. ``clock`` and ``webhook_transport`` are for tests: a
+        simulated "now" for the webhook dispatcher, and where its POSTs go."""
         db = Database(settings.database_url)
         spool = build_spool(settings, db)
         queue = build_queue(settings, db)
@@ -63,6 +74,7 @@ class Services:
             nameservers=settings.nameservers,
             delivery_port=settings.delivery_port,
             relay=settings.relay,
+            canary=settings.dns_canary,
         )
         acceptor = Acceptor(
             db,
@@ -95,7 +107,9 @@ class Services:
             metrics=metrics,
             settings=settings,
         )
-        dispatcher = Dispatcher(db, settings, metrics, router.resolver)
+        dispatcher = Dispatcher(
+            db, settings, metrics, router.resolver, clock=clock, transport=webhook_transport
+        )
 
         def work_arrived() -> None:
             engine.wake()

@@ -27,10 +27,12 @@ from postline.config import (
     redact_url,
 )
 from postline.domains import DomainError, create_domain, dns_records
-from postline.keys import create_key
+from postline.keys import CreatedKey, create_key
 from postline.store import domains as domain_store
 from postline.store import emails as email_store
 from postline.store import keys as key_store
+from postline.store.domains import Domain
+from postline.store.keys import ApiKey
 from postline.store.migrate import upgrade
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Postline: transactional email.")
@@ -209,7 +211,7 @@ def domains_add(name: str) -> None:
     settings = settings_or_exit()
     migrate_or_exit(settings)
 
-    async def work(services: Services) -> Any:
+    async def work(services: Services) -> Domain:
         return await create_domain(services.db, name)
 
     try:
@@ -229,7 +231,7 @@ def domains_list() -> None:
     settings = settings_or_exit()
     migrate_or_exit(settings)
 
-    async def work(services: Services) -> list[Any]:
+    async def work(services: Services) -> list[Domain]:
         async with services.db.read() as conn:
             return await domain_store.list_domains(conn)
 
@@ -248,7 +250,7 @@ def keys_create(
     settings = settings_or_exit()
     migrate_or_exit(settings)
 
-    async def work(services: Services) -> Any:
+    async def work(services: Services) -> CreatedKey:
         return await create_key(services.db, name, domain)
 
     try:
@@ -267,7 +269,7 @@ def keys_list() -> None:
     settings = settings_or_exit()
     migrate_or_exit(settings)
 
-    async def work(services: Services) -> list[Any]:
+    async def work(services: Services) -> list[ApiKey]:
         async with services.db.read() as conn:
             return await key_store.list_keys(conn)
 

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     inbound_addr: str = "127.0.0.1:2525"
     hostname: str = ""
     dns_nameservers: str = ""
+    # A name that must exist: while our resolver cannot find it, its NXDOMAIN and
+    # null-MX verdicts are not believed (deferral, not bounce). Empty: no canary.
+    dns_canary: str = "gmail.com"
     delivery_port: int = 25
     relay_host: str = ""
     sandbox: bool = False
@@ -122,6 +125,12 @@ class Settings(BaseSettings):
     # Per API key, shared by every process on one queue (postline.ratelimit); 0 turns it off.
     rate_limit_per_second: float = 50.0
     rate_limit_burst: int = 100
+    # Seconds a body stays in the spool after its email became final (for support and
+    # GET /v1/emails/{id}/content); 0 removes it at the next housekeeping pass.
+    body_retention_seconds: int = 0
+    # Days a final email, its recipients, attempts, events and webhook deliveries are
+    # kept before housekeeping purges them; 0 keeps them for ever.
+    retention_days: int = 30
 
     @field_validator("http_addr", "smtp_addr", "inbound_addr")
     @classmethod
@@ -226,6 +235,13 @@ class Settings(BaseSettings):
     def _check_rate(cls, value: float) -> float:
         if not math.isfinite(value) or value < 0:
             raise ValueError("must be a finite number of requests per second, 0 for no limit")
+        return value
+
+    @field_validator("body_retention_seconds", "retention_days")
+    @classmethod
+    def _check_retention(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be 0 or more")
         return value
 
     @field_validator("rate_limit_burst")

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
 import dns.asyncresolver
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from sqlalchemy.engine import Row
 
-from postline.delivery.dkim import dkim_dns_value
 from postline.delivery.routing import lookup_texts
+from postline.dkim import dkim_dns_value
 from postline.ids import new_id
 from postline.store import domains as domain_store
 from postline.store.db import Database
+from postline.store.domains import Domain
 
 SANDBOX_DOMAIN = "sandbox.postline.test"
 SIMULATOR_DOMAIN = "simulator.postline.test"
@@ -63,7 +62,7 @@ class DnsRecord:
     purpose: str
 
 
-def dns_records(domain: Row[Any], hostname: str) -> list[DnsRecord]:
+def dns_records(domain: Domain, hostname: str) -> list[DnsRecord]:
     """The records an operator publishes so receivers trust mail from this domain."""
     records: list[DnsRecord] = []
     if domain.dkim_private_key:
@@ -84,7 +83,7 @@ def dns_records(domain: Row[Any], hostname: str) -> list[DnsRecord]:
     return records
 
 
-async def create_domain(db: Database, name: str) -> Row[Any]:
+async def create_domain(db: Database, name: str) -> Domain:
     """Create a sending domain with a fresh 2048-bit DKIM key."""
     normalized = normalize_domain(name)
     private_pem = _generate_dkim_key()
@@ -101,7 +100,7 @@ async def create_domain(db: Database, name: str) -> Row[Any]:
     return row
 
 
-async def ensure_domain(db: Database, name: str) -> Row[Any]:
+async def ensure_domain(db: Database, name: str) -> Domain:
     """The domain, created if missing (the sandbox domain on first run)."""
     async with db.read() as conn:
         row = await domain_store.get_domain_by_name(conn, name)
@@ -128,8 +127,8 @@ def _matches(record: DnsRecord, found: list[str]) -> bool:
 
 
 async def verify_domain(
-    db: Database, resolver: dns.asyncresolver.Resolver, domain: Row[Any], hostname: str
-) -> Row[Any]:
+    db: Database, resolver: dns.asyncresolver.Resolver, domain: Domain, hostname: str
+) -> Domain:
     """Look the domain's records up in DNS now and store what was found."""
     checks: dict[str, str] = {}
     for record in dns_records(domain, hostname):

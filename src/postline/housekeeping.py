@@ -2,7 +2,8 @@
 
 Every worker runs them; each chore is safe to run from several processes at
 once (leases are freed atomically, restored jobs are de-duplicated by the
-queue, orphan cleanup deletes only what nothing references).
+queue, retention frees and purges idempotently, orphan cleanup deletes only
+what nothing references).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from postline.app import Services
 from postline.backoff import Backoff
 from postline.orphans import CleanupReport, clean_orphans
 from postline.recovery import restore_missing_jobs
+from postline.retention import RetentionReport, retention_pass
 from postline.store.types import utcnow
 
 log = logging.getLogger("postline.housekeeping")
@@ -34,6 +36,20 @@ async def housekeeping_pass(services: Services) -> None:
     services.metrics.queue_depth.set(sum(depth.values()))
     in_flight = await services.queue.in_flight()
     services.metrics.queue_in_flight.set(sum(in_flight.values()))
+    # Last: the chores above keep mail moving and must not wait behind a backlog here.
+    await retention_chores(services)
+
+
+async def retention_chores(services: Services) -> RetentionReport:
+    """Free the bodies of final emails, purge emails past ``POSTLINE_RETENTION_DAYS``."""
+    settings = services.settings
+    return await retention_pass(
+        services.db,
+        services.spool,
+        utcnow(),
+        body_retention_seconds=settings.body_retention_seconds,
+        retention_days=settings.retention_days,
+    )
 
 
 async def cleanup_pass(services: Services) -> CleanupReport:
@@ -44,6 +60,7 @@ async def cleanup_pass(services: Services) -> CleanupReport:
         services.spool,
         utcnow(),
         services.settings.max_age_seconds,
+        body_retention_seconds=services.settings.body_retention_seconds,
     )
 
 

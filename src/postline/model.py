@@ -39,6 +39,19 @@ class EmailStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+class EmailSource(StrEnum):
+    """Where an email came from."""
+
+    API = "api"  # POST /v1/emails
+    SMTP = "smtp"  # the submission port
+    DSN = "dsn"  # a delivery status notification Postline wrote about a bounce
+
+
+#: Mail Postline writes itself: not the customer's, so never in the send log by
+#: default and never the subject of an ``email.*`` event.
+OWN_SOURCES = frozenset({EmailSource.DSN})
+
+
 class BounceType(StrEnum):
     HARD = "hard"
     SOFT = "soft"
@@ -94,6 +107,36 @@ FINAL_STATUSES = frozenset(
     {_S.DELIVERED, _S.BOUNCED, _S.FAILED, _S.SUPPRESSED, _S.COMPLAINED, _S.CANCELLED}
 )
 PENDING_STATUSES = frozenset({_S.SCHEDULED, _S.QUEUED, _S.DEFERRED})
+
+#: Emails some recipient of which still waits for delivery (one of PENDING_STATUSES):
+#: their jobs must exist and their bodies are live. The one place this set is spelled.
+WAITING_EMAIL_STATUSES = frozenset({EmailStatus.SCHEDULED, EmailStatus.QUEUED, EmailStatus.SENDING})
+#: Email statuses whose recipients are all final: what retention may free and purge.
+FINAL_EMAIL_STATUSES = frozenset(EmailStatus) - WAITING_EMAIL_STATUSES
+
+
+class AttemptScope(StrEnum):
+    """What one ``delivery_attempts`` row's outcome is about, so a circuit breaker
+    (live or warming up) counts only what says something about the destination."""
+
+    # The reply decided the whole SMTP transaction: connect, greeting, MAIL or DATA
+    # failed, timed out, or the DATA reply. The only scope a breaker counts.
+    TRANSACTION = "transaction"
+    # A per-recipient RCPT reply: about one mailbox, not the destination.
+    RECIPIENT = "recipient"
+    # Decided here without a conversation worth counting (message over the server's
+    # SIZE, SMTPUTF8 not offered, lease lost): neither a success nor a failure.
+    LOCAL = "local"
+    # Deferred without connecting because the destination's breaker was open.
+    BREAKER = "breaker"
+
+
+class WebhookDeliveryStatus(StrEnum):
+    """Where one (event, endpoint) webhook delivery stands."""
+
+    PENDING = "pending"  # waiting for its next attempt (or never tried yet)
+    SUCCEEDED = "succeeded"  # the endpoint answered 2xx
+    FAILED = "failed"  # given up: 410 Gone, or the retry schedule ran out
 
 
 def can_transition(current: RecipientStatus, new: RecipientStatus) -> bool:

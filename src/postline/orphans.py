@@ -14,18 +14,13 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
-
-from postline.model import EmailStatus
 from postline.queue.base import Queue, QueueError
 from postline.spool.base import Spool
+from postline.store import retention as retention_store
 from postline.store.db import Database
-from postline.store.schema import sent_emails
+from postline.store.recovery import waiting_body_refs
 
 log = logging.getLogger("postline.housekeeping")
-
-#: Emails some recipient of which still waits for delivery: their bodies are live.
-_LIVE_EMAILS = (EmailStatus.QUEUED, EmailStatus.SCHEDULED, EmailStatus.SENDING)
 
 
 @dataclass(frozen=True)
@@ -36,7 +31,13 @@ class CleanupReport:
 
 
 async def clean_orphans(
-    db: Database, queue: Queue, spool: Spool, now: datetime, max_age_seconds: float
+    db: Database,
+    queue: Queue,
+    spool: Spool,
+    now: datetime,
+    max_age_seconds: float,
+    *,
+    body_retention_seconds: float = 0,
 ) -> CleanupReport:
     candidates = set(await spool.refs_older_than(now - timedelta(seconds=max_age_seconds)))
     if not candidates:
@@ -48,12 +49,11 @@ async def clean_orphans(
         log.warning("orphan cleanup deleted nothing: %s", reason)
         return CleanupReport(len(candidates), 0, reason)
     async with db.read() as conn:
-        rows = await conn.execute(
-            select(sent_emails.c.body_ref).where(
-                sent_emails.c.status.in_([str(s) for s in _LIVE_EMAILS])
-            )
-        )
-        waiting = {row.body_ref for row in rows}
+        waiting = await waiting_body_refs(conn)
+        if body_retention_seconds > 0:
+            # Kept on purpose for support (POSTLINE_BODY_RETENTION_SECONDS), even past max_age.
+            final_after = now - timedelta(seconds=body_retention_seconds)
+            waiting |= await retention_store.bodies_kept_since(conn, final_after)
     orphans = candidates - queued - waiting
     for ref in sorted(orphans):
         await spool.delete(ref)

@@ -3,7 +3,8 @@
 Every move — a delivery outcome, a cancellation, a suppression at accept —
 goes through :func:`apply_outcome` inside the caller's transaction: it checks
 the state machine, writes the recipient, its timeline row (only when the move
-was allowed) and its outbox event, so the three can never disagree.
+was allowed) and its outbox event (none for mail Postline writes itself, see
+:func:`is_customer_mail`), so the three can never disagree.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Row
@@ -21,6 +22,7 @@ from postline.ids import new_id
 from postline.model import (
     EVENT_FOR_STATUS,
     FINAL_STATUSES,
+    OWN_SOURCES,
     BounceType,
     EventType,
     RecipientStatus,
@@ -42,6 +44,8 @@ class Outcome:
     response: str | None = None
     bounce_type: BounceType | None = None
     reason: str | None = None
+    bounce_rule: str | None = None  # the classification rule that decided bounce_type
+    domain_level: bool = False  # a hard verdict about the whole domain: suppress for a while
 
 
 @dataclass
@@ -71,8 +75,19 @@ class AttemptInfo:
     attempt: int
     mx_host: str | None
     duration_ms: int
-    scope: str  # "transaction" | "recipient"
+    scope: str  # "transaction" | "recipient" | "local" | "breaker"
     next_attempt_at: datetime | None = None
+    #: False for a timeline row that is no attempt: a wait behind an open breaker
+    #: is shown, but the recipient's ``attempts`` stays as it was.
+    counted: bool = True
+
+
+def is_customer_mail(email: Any) -> bool:
+    """False for mail Postline writes itself (a DSN): no ``email.*`` event is ever
+    written about it, so no webhook tells the customer about mail they never
+    sent, and it neither suppresses an address nor gets a DSN of its own.
+    """
+    return email.source not in OWN_SOURCES
 
 
 def event_row(
@@ -117,18 +132,29 @@ def event_row(
     }
 
 
-def suppression_reason(outcome: Outcome) -> str | None:
-    """Only a recipient-invalid hard bounce (5.1.x, 5.2.1) or a complaint suppresses.
+#: How long a domain-level hard bounce (5.1.2, NXDOMAIN, null MX) suppresses: a
+#: verdict that may come from a resolver, ours or theirs, is never for ever.
+DOMAIN_SUPPRESSION = timedelta(hours=24)
 
-    Blocks (5.7.x), full mailboxes and other soft failures say nothing about
-    the address itself, so suppressing them would lose valid recipients.
+
+def suppression_reason(outcome: Outcome) -> str | None:
+    """A hard bounce or a complaint suppresses; nothing else does.
+
+    ``bounce_type: hard`` is given only to an address that does not exist
+    (delivery/classify.py), so the webhook's bounce type and the suppression
+    list never disagree. Blocks, full mailboxes and other soft failures say
+    nothing about the address itself: suppressing them would lose valid recipients.
     """
     if outcome.status is RecipientStatus.COMPLAINED:
         return "complaint"
-    if outcome.status is not RecipientStatus.BOUNCED or outcome.bounce_type is not BounceType.HARD:
-        return None
-    code = outcome.enhanced_code or ""
-    return "hard_bounce" if code.startswith("5.1.") or code == "5.2.1" else None
+    if outcome.status is RecipientStatus.BOUNCED and outcome.bounce_type is BounceType.HARD:
+        return "hard_bounce"
+    return None
+
+
+def suppression_expiry(outcome: Outcome, now: datetime) -> datetime | None:
+    """When the suppression ``outcome`` causes ends: None (never) unless it is about a domain."""
+    return now + DOMAIN_SUPPRESSION if outcome.domain_level else None
 
 
 async def apply_outcome(
@@ -155,7 +181,7 @@ async def apply_outcome(
         # delivered -> bounced is for an asynchronous DSN, never for a late SMTP
         # attempt of a stale worker: an attempt only ever moves a pending recipient.
         return False
-    attempts = recipient.attempts + (1 if attempt else 0)
+    attempts = recipient.attempts + (1 if attempt is not None and attempt.counted else 0)
     values: dict[str, Any] = {"updated_at": now, "attempts": attempts}
     if attempt is not None:
         values |= {
@@ -163,6 +189,7 @@ async def apply_outcome(
             "enhanced_code": outcome.enhanced_code,
             "response": outcome.response,
             "bounce_type": str(outcome.bounce_type) if outcome.bounce_type else None,
+            "bounce_rule": outcome.bounce_rule,
             "next_attempt_at": attempt.next_attempt_at,
         }
     moved = await email_store.set_recipient_status(
@@ -186,6 +213,7 @@ async def apply_outcome(
                 "smtp_code": outcome.smtp_code,
                 "enhanced_code": outcome.enhanced_code,
                 "response": outcome.response,
+                "bounce_rule": outcome.bounce_rule,
                 "duration_ms": attempt.duration_ms,
                 "created_at": now,
             }
@@ -193,7 +221,8 @@ async def apply_outcome(
     reason = suppression_reason(outcome)
     # A bounced DSN says the original sender is unreachable; it is not a reason to
     # stop the domain mailing that address (and DSNs are never suppressed at all).
-    if reason is not None and email.source != "dsn":
+    customer_mail = is_customer_mail(email)
+    if reason is not None and customer_mail:
         # Same transaction as the bounce and its event: never a fire-and-forget task.
         await suppression_store.add_suppression(
             conn,
@@ -204,20 +233,22 @@ async def apply_outcome(
             now=now,
             source_email_id=email.id,
             detail=outcome.response,
+            expires_at=suppression_expiry(outcome, now),
         )
-    if sequence is None:
-        sequence = await email_store.next_event_sequence(conn, email.id)
-    rows.events.append(
-        event_row(
-            email=email,
-            recipient=recipient,
-            event_type=EVENT_FOR_STATUS[outcome.status],
-            outcome=outcome,
-            attempt=attempts,
-            sequence=sequence,
-            now=now,
+    if customer_mail:
+        if sequence is None:
+            sequence = await email_store.next_event_sequence(conn, email.id)
+        rows.events.append(
+            event_row(
+                email=email,
+                recipient=recipient,
+                event_type=EVENT_FOR_STATUS[outcome.status],
+                outcome=outcome,
+                attempt=attempts,
+                sequence=sequence,
+                now=now,
+            )
         )
-    )
     if own_rows:
         await rows.flush(conn)
     return True

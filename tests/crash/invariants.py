@@ -20,7 +20,9 @@ The invariants (issue 6, "crash suite"):
    an id the store never wrote is a violation);
 5. after a cleanup pass no spool body is left without a live reference (a queue job or
    an email with a recipient still waiting), no temporary file is left behind, and no
-   body a waiting recipient needs is missing.
+   body a waiting recipient needs is missing. A body gone once every recipient of its
+   email is final is expected (housekeeping frees it, store/retention.py); only one
+   missing for a recipient still waiting is a loss.
 
 Run it with Postline stopped (or at least idle): the cleanup pass deletes every
 unreferenced body regardless of age, which would race an accept in progress.

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from postline.retention import free_bodies
+from postline.store.types import utcnow
 from tests.crash.invariants import (
     Expectation,
     InvariantReport,
@@ -160,3 +162,22 @@ async def test_a_temp_file_left_by_a_write_cut_short_is_cleaned(run: Run) -> Non
     report = await run.check()
     assert report.violations == [], report.violations
     assert report.spool_temp_files == 1 and not left.exists()
+
+
+async def test_bodies_freed_once_final_are_no_loss(run: Run) -> None:
+    """Housekeeping frees a body once its email is final: nothing is left, nothing lost."""
+    services = run.postline.services
+    assert await free_bodies(services.db, services.spool, utcnow(), 0) == 3
+    report = await run.check(cleanup=False)
+    assert report.violations == [], report.violations
+    assert report.spool_left == 0 and report.lost_emails == 0
+
+
+async def test_a_body_missing_for_waiting_mail_is_a_loss(run: Run) -> None:
+    waiting = await run.postline.send(to="later@dest.test")  # the engine is stopped: queued
+    await run.postline.services.spool.delete(waiting["id"])
+    expectation = run.expectation
+    expectation.add(waiting["id"], ["later@dest.test"], "delivered")
+    report = await run.check(expectation=expectation)
+    assert any("bodies missing that waiting recipients need" in v for v in report.violations)
+    assert report.lost_emails == 1

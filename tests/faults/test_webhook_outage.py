@@ -98,16 +98,16 @@ async def test_receiver_down_for_an_hour_gets_every_event_once_when_back(
     try:
         if down == "refused":
             await receiver.stop()  # nothing listens on its port for the hour
+        clock = SimulatedClock()
         run = await FaultRun.start(
             postline_factory,
             topology,
             receiver,
+            clock=clock,
             webhook_retry_schedule=SCHEDULE,
             webhook_disable_after_seconds=DISABLE_AFTER,
         )
-        clock = SimulatedClock()
         dispatcher = run.pl.services.dispatcher
-        dispatcher.clock = clock
         outage_ends = clock() + OUTAGE
 
         await run.send_many(EMAILS, ["dest.test"], "hook")

@@ -22,6 +22,7 @@ from postline.domains import create_domain
 from postline.keys import create_key
 from postline.store.domains import set_bounce_notifications
 from postline.store.migrate import upgrade_async
+from postline.store.types import Clock, utcnow
 from tests.harness.fake_dns import FakeDNS
 from tests.harness.fake_mx import FakeMX
 from tests.harness.receiver import LoopbackOnly
@@ -30,16 +31,21 @@ FINAL = {"delivered", "bounced", "failed", "suppressed", "cancelled", "complaine
 
 
 class PostlineUnderTest:
-    def __init__(self, services: Services, client: httpx.AsyncClient, admin_key: str) -> None:
+    def __init__(
+        self,
+        services: Services,
+        client: httpx.AsyncClient,
+        admin_key: str,
+        transport: LoopbackOnly,
+    ) -> None:
         self.services = services
         self.client = client
         self.admin_key = admin_key
         self.stop = asyncio.Event()
         self.engine_task: asyncio.Task[None] | None = None
         self.dispatcher_task: asyncio.Task[None] | None = None
-        # Webhook tests must never connect anywhere but loopback.
-        self.transport = LoopbackOnly()
-        services.dispatcher.transport = self.transport
+        # The dispatcher's: webhook tests must never connect anywhere but loopback.
+        self.transport = transport
 
     @property
     def settings(self) -> Settings:
@@ -122,6 +128,8 @@ def test_settings(data_dir: Path, **overrides: Any) -> Settings:
         "smtp_command_timeout": 10.0,
         "lease_seconds": 60,
         "shutdown_timeout": 5.0,
+        # Never a real name: the canary is asked of the fake DNS, where dest.test exists.
+        "dns_canary": "dest.test",
     }
     values.update(overrides)
     return load_settings(**values)
@@ -150,6 +158,8 @@ async def postline_factory(
         engine: bool = True,
         domains: tuple[str, ...] = ("example.test",),
         bounce_notifications: bool = False,
+        clock: Clock = utcnow,
+        webhook_transport: LoopbackOnly | None = None,
         **overrides: Any,
     ) -> PostlineUnderTest:
         overrides.setdefault("dns_nameservers", fake_dns.nameserver)
@@ -158,7 +168,8 @@ async def postline_factory(
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         settings.spool_path.mkdir(parents=True, exist_ok=True)
         await upgrade_async(settings.database_url)
-        services = Services.build(settings)
+        transport = webhook_transport or LoopbackOnly()
+        services = Services.build(settings, clock=clock, webhook_transport=transport)
         for name in domains:
             domain = await create_domain(services.db, name)
             if not bounce_notifications:
@@ -168,7 +179,7 @@ async def postline_factory(
         client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=create_api(services)), base_url="http://postline"
         )
-        under_test = PostlineUnderTest(services, client, admin.key)
+        under_test = PostlineUnderTest(services, client, admin.key, transport)
         if engine:
             under_test.start_engine()
         made.append(under_test)

@@ -5,11 +5,21 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
+from collections import Counter
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from postline.delivery.breaker import Breakers, BreakerState
+from sqlalchemy import select
+
+from postline.delivery.breaker import BreakerPolicy, Breakers, BreakerState
+from postline.delivery.record import Wait
+from postline.queue import Job
+from postline.store.schema import delivery_attempts, email_recipients, events
+from postline.store.types import utcnow
 from tests.harness import FakeDNS, FakeMX
+from tests.harness.polling import poll
 from tests.harness.postline import Factory, PostlineUnderTest
 
 
@@ -30,14 +40,16 @@ async def test_five_failed_transactions_open_the_breaker_then_jobs_wait_without_
     detail = await pl.wait_for(
         sent["id"],
         lambda d: any(
-            "circuit breaker open" in (t["response"] or "") for t in d["recipients"][0]["timeline"]
+            "waiting: circuit breaker" in (t["response"] or "")
+            for t in d["recipients"][0]["timeline"]
         ),
-        what="a deferral by the open breaker",
+        what="a wait behind the open breaker",
     )
     timeline = detail["recipients"][0]["timeline"]
     refused = [t for t in timeline if "circuit breaker" not in (t["response"] or "")]
     assert len(refused) == 5  # five real attempts, then the breaker held the job
     assert detail["recipients"][0]["status"] == "deferred"
+    assert detail["recipients"][0]["attempts"] == 5  # the wait counted nothing
     destination = await _destination(pl, "dead.test")
     assert destination["breaker"] == "open"
     assert destination["consecutive_failures"] == 5
@@ -103,3 +115,205 @@ async def test_operator_opens_and_closes_a_breaker(
         headers=postline.auth(scoped.json()["key"]),
     )
     assert forbidden.status_code == 403
+
+
+async def test_local_refusals_are_neither_success_nor_failure_live_or_after_a_restart(
+    postline_factory: Factory, fake_mx: FakeMX, fake_dns: FakeDNS
+) -> None:
+    """Six messages over the server's SIZE: live they neither reset the failures before
+    them nor count; a restart, warmed from what was recorded, agrees."""
+    small = FakeMX("127.0.0.7", fake_mx.port, hostname="mx.small.test")
+    small.size_limit = 2000
+    await small.start()
+    try:
+        fake_dns.add_mx("small.test", (10, "mx.small.test"))
+        fake_dns.add_a("mx.small.test", "127.0.0.7")
+        pl = await postline_factory()
+        engine = pl.services.engine
+        await poll(_running(pl), timeout=10, what="the engine warmed up")
+        for _ in range(3):
+            engine.breakers.failure("small.test", "421 4.3.2 earlier trouble")
+        for i in range(6):
+            sent = await pl.send(to=f"user{i}@small.test", text="x" * 5000)
+            detail = await pl.wait_for_status(sent["id"], ["bounced"])
+            assert detail["recipients"][0]["enhanced_code"] == "5.3.4"
+        assert small.received == []
+        view = engine.breakers.view("small.test")
+        assert (view.state, view.consecutive_failures) == (BreakerState.CLOSED, 3)
+        restarted, _ = await engine.load_breakers()
+        assert restarted.views() == []  # six refusals are not six failures
+    finally:
+        await small.stop()
+
+
+def _running(pl: PostlineUnderTest) -> Any:
+    async def check() -> bool:
+        return pl.services.engine.running
+
+    return check
+
+
+# -- waits behind an open breaker cost nothing ------------------------------------------------
+
+EMAILS = 200
+
+
+class MovableClock:
+    """The real time plus an offset the test moves: the breaker's injectable clock."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def __call__(self) -> datetime:
+        return utcnow() + self.offset
+
+
+async def _attempt_rows(pl: PostlineUnderTest) -> list[Any]:
+    c = delivery_attempts.c
+    async with pl.services.db.read() as conn:
+        statement = select(c.recipient_id, c.attempt_id, c.scope, c.status, c.response)
+        return list(await conn.execute(statement.where(c.destination == "dest.test")))
+
+
+async def _deferred_events(pl: PostlineUnderTest) -> Counter[str]:
+    async with pl.services.db.read() as conn:
+        rows = await conn.execute(
+            select(events.c.recipient_id).where(events.c.type == "email.deferred")
+        )
+        return Counter(row.recipient_id for row in rows)
+
+
+async def _attempts_counted(pl: PostlineUnderTest) -> dict[str, int]:
+    c = email_recipients.c
+    async with pl.services.db.read() as conn:
+        return {row.id: row.attempts for row in await conn.execute(select(c.id, c.attempts))}
+
+
+async def test_a_blackholed_destination_parks_its_mail_until_the_breaker_closes(
+    postline_factory: Factory, fake_mx: FakeMX
+) -> None:
+    """200 emails to a destination that refuses every transaction: the breaker's threshold
+    of real attempts, then waits that count nothing; all 200 go once it closes."""
+    # One connection at a time: the breaker opens after exactly its threshold of attempts
+    # (with more, the transactions already in flight when it opens fail too).
+    pl = await postline_factory(engine=False, destination_connections=1, rate_limit_per_second=0)
+    clock = MovableClock()
+    policy = BreakerPolicy()
+    pl.services.engine.breakers = Breakers(policy, clock)
+    fake_mx.on_greeting("421 4.3.2 service shutting down")  # every transaction fails
+    sent = [await pl.send(to=f"user{i}@dest.test") for i in range(EMAILS)]
+    pl.start_engine()
+
+    async def every_recipient_waits() -> list[Any] | None:
+        rows = await _attempt_rows(pl)
+        waiting = {r.recipient_id for r in rows if r.scope == "breaker"}
+        return rows if len(waiting) == EMAILS else None
+
+    rows = await poll(every_recipient_waits, timeout=120, what="every recipient parked")
+    real = {r.attempt_id for r in rows if r.scope != "breaker"}
+    assert len(real) == policy.failure_threshold
+    assert fake_mx.connections == policy.failure_threshold
+    waits = Counter(r.recipient_id for r in rows if r.scope == "breaker")
+    assert set(waits.values()) == {1}  # one row per recipient for this opening
+    assert all(
+        r.response.startswith("waiting: circuit breaker for dest.test, next trial at ")
+        for r in rows
+        if r.scope == "breaker"
+    )
+    # The waits counted no attempt: only the five that were tried have one.
+    assert sorted(Counter((await _attempts_counted(pl)).values()).items()) == [
+        (0, EMAILS - policy.failure_threshold),
+        (1, policy.failure_threshold),
+    ]
+    # One email.deferred per recipient for the wait, and one per real attempt.
+    tried = Counter(r.recipient_id for r in rows if r.scope != "breaker")
+    assert await _deferred_events(pl) == waits + tried
+    # Parked, not retried: the queue holds them all, none leased, nothing more is tried.
+    assert await pl.services.queue.in_flight() == {}
+    assert await pl.services.queue.depth() == {"dest.test": EMAILS}
+    assert len(await _attempt_rows(pl)) == len(rows)
+
+    # The destination recovers; the open period ends on the breaker's clock, and the
+    # next email to the destination is its first trial.
+    fake_mx.clear()
+    clock.offset += timedelta(seconds=policy.open_seconds)
+    trigger = await pl.send(to="trigger@dest.test")
+    started = time.monotonic()
+    await fake_mx.wait_for_messages(EMAILS + 1, timeout=120)
+    print(f"\n{EMAILS} parked emails delivered {time.monotonic() - started:.1f}s after recovery")
+    assert pl.services.engine.breakers.view("dest.test").state is BreakerState.CLOSED
+    for email in [*sent, trigger]:
+        await pl.wait_for_status(email["id"], ["delivered"], timeout=60)
+    rows = await _attempt_rows(pl)
+    failed = {r.attempt_id for r in rows if r.scope != "breaker" and r.status != "delivered"}
+    assert len(failed) == policy.failure_threshold
+    assert Counter(r.recipient_id for r in rows if r.scope == "breaker") == waits
+
+
+async def test_parked_jobs_come_back_when_the_next_trial_is_due(
+    postline_factory: Factory, fake_mx: FakeMX
+) -> None:
+    """Without any release, a parked job is due again at the end of the open period."""
+    pl = await postline_factory(engine=False, destination_connections=1)
+    policy = BreakerPolicy(failure_threshold=1, open_seconds=1, half_open_trials=1, close_after=1)
+    pl.services.engine.breakers = Breakers(policy)
+    fake_mx.on_greeting("421 4.3.2 service shutting down")
+    first = await pl.send(to="first@dest.test")
+    pl.start_engine()
+    await pl.wait_for(
+        first["id"],
+        lambda d: "waiting: circuit breaker" in (d["recipients"][0]["response"] or ""),
+        what="the job parked",
+    )
+    fake_mx.clear()
+    detail = await pl.wait_for_status(first["id"], ["delivered"], timeout=30)
+    assert [t["status"] for t in detail["recipients"][0]["timeline"]] == [
+        "deferred",  # the failure that opened the breaker
+        "deferred",  # the wait
+        "delivered",  # the trial, at the end of the open period
+    ]
+    assert detail["recipients"][0]["attempts"] == 2
+
+
+async def test_a_park_tells_each_recipient_once_per_opening_and_never_expires_it(
+    postline_factory: Factory,
+) -> None:
+    """The recorder's side of a park, on the store: one row and one email.deferred per
+    recipient per opening, no attempt counted, no expiry however old the email."""
+    pl = await postline_factory(engine=False)
+    accepted = await pl.send(to=["a@dest.test", "b@dest.test"])
+    recorder = pl.services.engine.recorder
+    recorder.clock = lambda: utcnow() + timedelta(days=6)  # past max_age
+    opened = utcnow()
+
+    async def park(since: datetime) -> Job:
+        job: Job = (await poll(_lease(pl), timeout=10, what="the email's job"))[0]
+        until = utcnow() + timedelta(hours=1)
+        ids = list(job.recipient_ids)
+        await recorder.park(job, ids, Wait(since, until, f"waiting: next trial at {until}"))
+        assert await pl.services.queue.lease("test", 10, 60) == []  # parked for an hour
+        assert await pl.services.queue.release_parked("dest.test") == 1
+        return job
+
+    first = await park(opened)
+    again = await park(opened)  # the same opening: told already
+    assert again.attempt == first.attempt == 0
+    detail = await pl.email(accepted["id"])
+    for recipient in detail["recipients"]:
+        assert recipient["status"] == "deferred"
+        assert recipient["attempts"] == 0
+        assert [t["response"][:19] for t in recipient["timeline"]] == ["waiting: next trial"]
+    types = Counter(e["type"] for e in detail["events"])
+    assert types["email.deferred"] == 2
+    await park(utcnow() + timedelta(days=6))  # a new opening, on the recorder's clock
+    detail = await pl.email(accepted["id"])
+    assert [len(r["timeline"]) for r in detail["recipients"]] == [2, 2]
+    assert Counter(e["type"] for e in detail["events"])["email.deferred"] == 4
+    assert {r["status"] for r in detail["recipients"]} == {"deferred"}
+
+
+def _lease(pl: PostlineUnderTest) -> Any:
+    async def lease() -> list[Job]:
+        return await pl.services.queue.lease("test", 10, 60)
+
+    return lease

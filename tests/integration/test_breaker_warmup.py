@@ -209,3 +209,21 @@ async def test_a_breaker_whose_last_failure_was_ten_minutes_ago_is_not_open(
     breakers, _ = await warmed(db)
     assert breakers.view("dest.test").state is BreakerState.HALF_OPEN
     assert breakers.allow("dest.test")
+
+
+async def test_local_refusals_and_waits_are_neither_success_nor_failure(db: Database) -> None:
+    history = History(db)
+    email = await history.email("dest.test")
+    for minutes_ago in range(12, 6, -1):  # six messages over the server's SIZE
+        await history.attempt(email, minutes_ago, "local", "bounced", recipients=2)
+    breakers, _ = await warmed(db)
+    assert breakers.views() == []  # not five failures: a restart opens nothing
+    await history.failures(4, first_minutes_ago=5)
+    await history.attempt(email, 1.5, "local", "bounced")  # no success either: no reset
+    await history.attempt(email, 1.2, "breaker", "deferred", recipients=5)
+    await history.failures(1, first_minutes_ago=1)
+    breakers, _ = await warmed(db)
+    view = breakers.view("dest.test")
+    assert view.state is BreakerState.OPEN
+    assert view.consecutive_failures == 5
+    assert breakers.waiting("dest.test").opened_at == NOW - timedelta(minutes=1)

@@ -5,19 +5,36 @@ from __future__ import annotations
 from datetime import timedelta
 from email import message_from_bytes, policy
 from email.message import Message
+from typing import Any
 
+from postline.keys import create_key
+from postline.store import emails as email_store
 from postline.store.types import utcnow
+from tests.faults.scenario import Topology, topology
 from tests.harness import FakeDNS, FakeMX, FakeMXFactory
 from tests.harness.postline import Factory, PostlineUnderTest
+from tests.harness.receiver import WebhookReceiver
+
+__all__ = ["topology"]  # the fixture, imported for its parameters
+
+
+async def _listed(pl: PostlineUnderTest, key: str | None = None, **query: str) -> Any:
+    response = await pl.client.get("/v1/emails", params=query, headers=pl.auth(key))
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
 
 
 async def _with_sender_mx(
-    postline_factory: Factory, fake_dns: FakeDNS, fake_mx_factory: FakeMXFactory, port: int
+    postline_factory: Factory,
+    fake_dns: FakeDNS,
+    fake_mx_factory: FakeMXFactory,
+    port: int,
+    **settings: Any,
 ) -> tuple[PostlineUnderTest, FakeMX]:
     (sender_mx,) = await fake_mx_factory.group("127.0.0.7", port=port)
     fake_dns.add_mx("example.test", (10, "mx.example.test"))
     fake_dns.add_a("mx.example.test", "127.0.0.7")
-    return await postline_factory(bounce_notifications=True), sender_mx
+    return await postline_factory(bounce_notifications=True, **settings), sender_mx
 
 
 def _status_blocks(report: Message) -> list[Message]:
@@ -97,14 +114,89 @@ async def test_a_bouncing_dsn_never_produces_another(
     fake_mx.on_rcpt("gone@dest.test", "550 5.1.1 no such user")
     sent = await pl.send(to="gone@dest.test")
     await pl.wait_for_status(sent["id"], ["bounced"])
-    listing = await pl.client.get("/v1/emails", headers=pl.auth())
-    deadline_ids = [e["id"] for e in listing.json()["data"]]
     # Wait until the DSN itself has bounced at the sender's MX.
-    dsn_id = next(i for i in deadline_ids if i != sent["id"])
-    await pl.wait_for_status(dsn_id, ["bounced"])
+    detail = await pl.wait_for(
+        sent["id"],
+        lambda d: [n["status"] for n in d["notifications"]] == ["bounced"],
+        what="the DSN bouncing",
+    )
     await pl.stop_engine()
-    emails = (await pl.client.get("/v1/emails", headers=pl.auth())).json()["data"]
-    assert len(emails) == 2  # the original and its DSN; no DSN about the DSN
+    assert [e["id"] for e in await _listed(pl)] == [sent["id"]]
+    dsns = await _listed(pl, source="dsn")
+    # One DSN, about the original; no DSN about the DSN.
+    assert [(e["id"], e["original_email_id"]) for e in dsns] == [
+        (detail["notifications"][0]["id"], sent["id"])
+    ]
     assert sender_mx.received == []
     suppressions = (await pl.client.get("/v1/suppressions", headers=pl.auth())).json()["data"]
     assert [s["address"] for s in suppressions] == ["gone@dest.test"]
+
+
+async def test_a_dsn_is_not_the_customers_mail(
+    postline_factory: Factory,
+    fake_dns: FakeDNS,
+    fake_mx: FakeMX,
+    fake_mx_factory: FakeMXFactory,
+    topology: Topology,
+) -> None:
+    """It reaches the sender's MX, yet no send-log row and no webhook mention it; the
+    original's detail shows it and its status; only an admin key lists or opens it."""
+    pl, sender_mx = await _with_sender_mx(
+        postline_factory,
+        fake_dns,
+        fake_mx_factory,
+        fake_mx.port,
+        webhook_allow_private=True,
+        webhook_retry_schedule="0.1",
+        **topology.settings,
+    )
+    async with WebhookReceiver() as receiver:
+        hook = await pl.client.post(
+            "/v1/webhooks", json={"url": receiver.url, "events": ["*"]}, headers=pl.auth()
+        )
+        assert hook.status_code == 201, hook.text
+        fake_mx.on_rcpt("gone@dest.test", "550 5.1.1 <gone@dest.test>: no such user")
+        sent = await pl.send(to="gone@dest.test")
+        (dsn,) = await sender_mx.wait_for_messages(1)
+        assert dsn.rcpt_tos == ["sender@example.test"]
+        detail = await pl.wait_for(
+            sent["id"],
+            lambda d: [n["status"] for n in d["notifications"]] == ["delivered"],
+            what="the DSN delivered",
+        )
+        (notification,) = detail["notifications"]
+        assert notification["type"] == "dsn"
+        assert notification["recipient"] == "sender@example.test"
+        assert notification["created_at"] >= detail["created_at"]
+        dsn_id = notification["id"]
+        # Every event the original has is delivered; the DSN has none to deliver.
+        await receiver.wait_until(
+            lambda hooks: (
+                {h.json["type"] for h in hooks if h.status < 300}
+                >= {"email.queued", "email.bounced"}
+            ),
+            what="the original's webhooks",
+        )
+        async with pl.services.db.read() as conn:
+            assert await email_store.get_events(conn, dsn_id) == []
+        await pl.stop_engine()  # the dispatcher drains what it has claimed
+    assert {h.json["data"]["email_id"] for h in receiver.received} == {sent["id"]}
+    assert {h.json["data"]["recipient"] for h in receiver.received} == {"gone@dest.test"}
+
+    # The send log is the customer's mail; an admin key asks for the DSNs by name.
+    assert [e["id"] for e in await _listed(pl)] == [sent["id"]]
+    assert [e["id"] for e in await _listed(pl, source="api")] == [sent["id"]]
+    (listed_dsn,) = await _listed(pl, source="dsn")
+    assert (listed_dsn["id"], listed_dsn["original_email_id"]) == (dsn_id, sent["id"])
+    assert (await pl.email(dsn_id))["recipients"][0]["status"] == "delivered"
+
+    # A domain's key sees its email and the DSN in its detail, never the DSN itself.
+    scoped = (await create_key(pl.services.db, "shop", "example.test")).key
+    assert [e["id"] for e in await _listed(pl, scoped)] == [sent["id"]]
+    refused = await pl.client.get("/v1/emails?source=dsn", headers=pl.auth(scoped))
+    assert refused.status_code == 403
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert (await pl.email(sent["id"], scoped))["notifications"] == detail["notifications"]
+    for path in (f"/v1/emails/{dsn_id}", f"/v1/emails/{dsn_id}/cancel"):
+        method = pl.client.post if path.endswith("cancel") else pl.client.get
+        assert (await method(path, headers=pl.auth(scoped))).status_code == 404

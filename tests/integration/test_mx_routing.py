@@ -1,9 +1,29 @@
-"""MX routing: preference order, fallbacks, null MX, TTL cache (RFC 5321 5.1, RFC 7505)."""
+"""MX routing: preference order, fallbacks, null MX, TTL cache (RFC 5321 5.1, RFC 7505),
+and a resolver that lies (NXDOMAIN for a domain that exists) suppressing nobody."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from tests.harness import FakeDNS, FakeMX, FakeMXFactory
-from tests.harness.postline import Factory
+from tests.harness.postline import Factory, PostlineUnderTest
+
+
+async def _suppressions(pl: PostlineUnderTest, address: str) -> list[dict[str, Any]]:
+    response = await pl.client.get(
+        "/v1/suppressions", params={"address": address}, headers=pl.auth()
+    )
+    assert response.status_code == 200, response.text
+    data: list[dict[str, Any]] = response.json()["data"]
+    return data
+
+
+def _deferred_by(rule: str) -> Any:
+    def check(detail: dict[str, Any]) -> bool:
+        timeline = detail["recipients"][0]["timeline"]
+        return any(row["status"] == "deferred" and row["bounce_rule"] == rule for row in timeline)
+
+    return check
 
 
 async def test_next_mx_when_the_first_refuses_connections_or_greets_421(
@@ -46,9 +66,58 @@ async def test_null_mx_bounces_without_connecting(
     sent = await pl.send(to="user@nomail.test")
     detail = await pl.wait_for_status(sent["id"], ["bounced"])
     recipient = detail["recipients"][0]
-    assert recipient["bounce_type"] == "hard"
+    assert (recipient["bounce_type"], recipient["bounce_rule"]) == ("hard", "dns.null_mx")
     assert "null MX" in recipient["response"]
     assert fake_mx.connections == 0
+    # Hard, so suppressed; but a DNS verdict about a domain only for a while.
+    (suppression,) = await _suppressions(pl, "user@nomail.test")
+    assert suppression["reason"] == "hard_bounce"
+    assert suppression["expires_at"] is not None
+
+
+async def test_nxdomain_with_a_healthy_resolver_bounces_and_suppresses_for_a_while(
+    postline_factory: Factory, fake_mx: FakeMX
+) -> None:
+    pl = await postline_factory()  # the canary, dest.test, resolves
+    sent = await pl.send(to="user@nowhere.test")
+    detail = await pl.wait_for_status(sent["id"], ["bounced"])
+    recipient = detail["recipients"][0]
+    assert (recipient["bounce_type"], recipient["bounce_rule"]) == ("hard", "dns.nxdomain")
+    assert recipient["timeline"][0]["bounce_rule"] == "dns.nxdomain"
+    (suppression,) = await _suppressions(pl, "user@nowhere.test")
+    assert suppression["expires_at"] is not None
+
+
+async def test_nxdomain_while_the_canary_fails_too_is_a_deferral(
+    postline_factory: Factory, fake_dns: FakeDNS, fake_mx: FakeMX
+) -> None:
+    """A filtering resolver says gmail.com does not exist: it says so of the canary too."""
+    pl = await postline_factory(dns_canary="canary.missing.test")
+    sent = await pl.send(to="someone@filtered.test")
+    detail = await pl.wait_for(sent["id"], _deferred_by("dns.canary_failed"), what="deferral")
+    assert detail["recipients"][0]["status"] == "deferred"
+    assert detail["recipients"][0]["bounce_type"] == "soft"
+    assert await _suppressions(pl, "someone@filtered.test") == []
+    # Once the resolver tells the truth again, the mail goes out.
+    fake_dns.add_mx("canary.missing.test", (10, "mx.dest.test"))
+    fake_dns.add_mx("filtered.test", (10, "mx.dest.test"))
+    await pl.wait_for_status(sent["id"], ["delivered"])
+
+
+async def test_nxdomain_for_a_domain_that_resolved_before_is_a_deferral(
+    postline_factory: Factory, fake_dns: FakeDNS, fake_mx: FakeMX
+) -> None:
+    fake_dns.add_mx("flaky.test", (10, "mx.dest.test"), ttl=0)  # not cached: asked each time
+    pl = await postline_factory()
+    first = await pl.send(to="someone@flaky.test")
+    await pl.wait_for_status(first["id"], ["delivered"])
+    fake_dns.remove("flaky.test")  # now NXDOMAIN, while the canary still resolves
+    second = await pl.send(to="someone@flaky.test")
+    detail = await pl.wait_for(
+        second["id"], _deferred_by("dns.contradicts_earlier"), what="deferral"
+    )
+    assert detail["recipients"][0]["status"] == "deferred"
+    assert await _suppressions(pl, "someone@flaky.test") == []
 
 
 async def test_no_mx_falls_back_to_the_address_record(

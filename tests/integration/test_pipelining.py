@@ -168,6 +168,50 @@ async def test_421_mid_batch_drops_the_connection_and_defers_everyone(
     assert fake_mx.connections == 2  # the session that said 421 was not reused
 
 
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_421_mid_transaction_keeps_the_refusals_already_received(
+    postline_factory: Factory, fake_mx: FakeMX, pipelining: bool
+) -> None:
+    """A definite 5xx for a RCPT stands though the server then closes with 421: that
+    recipient is bounced (and suppressed), the others deferred and sent again without it."""
+    fake_mx.pipelining = pipelining
+    fake_mx.on_rcpt("gone@dest.test", "550 5.1.1 no such user")
+    fake_mx.on_rcpt("b@dest.test", "421 4.3.2 shutting down", "250 2.1.5 OK")
+    pl = await postline_factory()
+    sent = await pl.send(to=["gone@dest.test", "b@dest.test", "c@dest.test"])
+    detail = await pl.wait_for_status(sent["id"], ["partially_delivered"])
+    assert _timeline(detail) == {
+        "gone@dest.test": [("bounced", 550)],
+        "b@dest.test": [("deferred", 421), ("delivered", 250)],
+        "c@dest.test": [("deferred", 421), ("delivered", 250)],
+    }
+    gone = next(r for r in detail["recipients"] if r["address"] == "gone@dest.test")
+    assert (gone["bounce_type"], gone["bounce_rule"]) == ("hard", "code.5.1.1")
+    assert gone["timeline"][0]["bounce_rule"] == "code.5.1.1"
+    (received,) = fake_mx.received
+    assert sorted(received.rcpt_tos) == ["b@dest.test", "c@dest.test"]
+    response = await pl.client.get(
+        "/v1/suppressions", params={"address": "gone@dest.test"}, headers=pl.auth(None)
+    )
+    (suppression,) = response.json()["data"]
+    assert (suppression["reason"], suppression["expires_at"]) == ("hard_bounce", None)
+
+
+async def test_a_drop_after_the_body_keeps_the_refusals_already_received(
+    postline_factory: Factory, fake_mx: FakeMX
+) -> None:
+    fake_mx.pipelining = True
+    fake_mx.on_rcpt("gone@dest.test", "550 5.1.1 no such user")
+    fake_mx.drop_mid_data()
+    pl = await postline_factory()
+    sent = await pl.send(to=["gone@dest.test", "here@dest.test"])
+    detail = await pl.wait_for_status(sent["id"], ["partially_delivered"])
+    timeline = _timeline(detail)
+    assert timeline["gone@dest.test"] == [("bounced", 550)]
+    assert timeline["here@dest.test"] == [("deferred", None), ("delivered", 250)]
+    assert [m.rcpt_tos for m in fake_mx.received] == [["here@dest.test"]]
+
+
 async def test_a_pooled_session_the_server_closed_is_replaced(
     postline_factory: Factory, fake_mx: FakeMX
 ) -> None:

@@ -6,6 +6,7 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import cast
 
 import pytest
 import pytest_asyncio
@@ -457,3 +458,78 @@ async def test_a_bucket_that_could_never_hold_a_token_is_an_error(queue: Queue) 
     for rate, burst in [(0.0, 1), (-1.0, 1), (float("nan"), 1), (float("inf"), 1), (1.0, 0)]:
         with pytest.raises(ValueError, match="rate bucket"):
             await queue.take_token("key:x", rate, burst)
+
+
+# -- parking: jobs waiting behind an open breaker ------------------------------------------
+
+
+async def test_park_waits_until_then_keeps_attempt_and_recipients(queue: Queue) -> None:
+    original = job()
+    await queue.enqueue([original])
+    (leased,) = await queue.lease("w1", 10, 60)
+    await queue.retry(leased, utcnow(), original.recipient_ids)  # one real attempt
+    (leased,) = await queue.lease("w1", 10, 60)
+    until = utcnow() + timedelta(seconds=0.5)
+    await queue.park(leased, until)
+    assert await queue.lease("w1", 10, 60) == []  # waiting, not leased
+    assert await queue.depth() == {"dest.test": 1}
+    assert await queue.in_flight() == {}
+    again = await poll_lease(queue)
+    assert again.attempt == 1  # the park counted nothing
+    assert again.recipient_ids == original.recipient_ids
+    assert abs(again.due_at - until) < timedelta(milliseconds=1)
+
+
+async def test_park_by_a_stale_owner_changes_nothing(queue: Queue) -> None:
+    await queue.enqueue([job()])
+    (leased,) = await queue.lease("w1", 10, 0.01)
+    taken = await poll_lease(queue, "w2")
+    await queue.park(leased, utcnow() + timedelta(hours=1))  # w1 lost it to w2
+    assert await queue.in_flight() == {"dest.test": 1}
+    await queue.release(taken)
+    assert [j.id for j in await queue.lease("w3", 10, 60)] == [taken.id]
+
+
+async def test_release_parked_makes_the_destinations_parked_jobs_due_now(
+    queue: Queue, elsewhere: Queue
+) -> None:
+    parked = [job(), job(), job(destination="other.test")]
+    await queue.enqueue(parked)
+    leased = await queue.lease("w1", 10, 60)
+    for held in leased:
+        await queue.park(held, utcnow() + timedelta(hours=1))
+    assert await queue.lease("w1", 10, 60) == []
+    # Another process's worker saw the destination recover: it frees every worker's jobs.
+    assert await elsewhere.release_parked("dest.test") == 2
+    again = await queue.lease("w2", 10, 60)
+    assert sorted(j.id for j in again) == sorted(j.id for j in parked[:2])
+    assert all(j.attempt == 0 for j in again)
+    assert await queue.release_parked("dest.test") == 0  # leased: not parked any more
+
+
+async def test_release_parked_leaves_ordinary_retries_alone(queue: Queue) -> None:
+    backoff, parked = job(), job()
+    await queue.enqueue([backoff, parked])
+    leased = {j.id: j for j in await queue.lease("w1", 10, 60)}
+    later = utcnow() + timedelta(hours=1)
+    await queue.retry(leased[backoff.id], later, backoff.recipient_ids)
+    await queue.park(leased[parked.id], later)
+    assert await queue.release_parked("dest.test") == 1
+    assert [j.id for j in await queue.lease("w1", 10, 60)] == [parked.id]
+
+
+async def test_a_parked_job_retried_later_is_not_released(queue: Queue) -> None:
+    await queue.enqueue([job()])
+    (leased,) = await queue.lease("w1", 10, 60)
+    await queue.park(leased, utcnow() + timedelta(seconds=0.3))
+    leased = await poll_lease(queue)
+    # Its trial: a real attempt, backed off for an hour, is no longer parked.
+    await queue.retry(leased, utcnow() + timedelta(hours=1), leased.recipient_ids)
+    assert await queue.release_parked("dest.test") == 0
+    assert await queue.lease("w1", 10, 60) == []
+
+
+async def poll_lease(queue: Queue, owner: str = "w1") -> Job:
+    """The next job ``queue`` leases, once one comes due."""
+    leased = await poll(lambda: queue.lease(owner, 1, 60), timeout=10, what="a job to come due")
+    return cast(Job, leased[0])

@@ -78,6 +78,21 @@ async def test_put_get_delete(spool: Spool) -> None:
     assert await spool.get("em_b2") == b"two\r\n" * 1000
 
 
+async def test_delete_many(spool: Spool) -> None:
+    await spool.put_many([("em_a1", b"one"), ("em_b2", b"two"), ("em_c3", b"three")])
+    # A bad ref anywhere in the batch: refused before anything is deleted.
+    with pytest.raises(SpoolError):
+        await spool.delete_many(["em_a1", "../etc/passwd"])
+    assert await spool.get("em_a1") == b"one"
+    # Refs already gone (or never written) are fine, as with delete.
+    await spool.delete_many(["em_a1", "em_b2", "em_never", "em_a1"])
+    await spool.delete_many([])
+    for ref in ("em_a1", "em_b2"):
+        with pytest.raises(SpoolMissing):
+            await spool.get(ref)
+    assert await spool.get("em_c3") == b"three"
+
+
 async def test_bodies_come_back_byte_for_byte(spool: Spool) -> None:
     body = bytes(range(256)) * 4096 + b"\x00\r\n.\r\n"  # 1 MB, every byte value, NULs
     await spool.put("em_binary", body)

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
+from postline.config import normalize_database_url
+from postline.domains import create_domain
+from postline.ids import new_id
+from postline.store import suppressions as suppression_store
+from postline.store.db import Database
+from postline.store.migrate import upgrade_async
+from postline.store.types import utcnow
 from tests.harness import FakeMX
 from tests.harness.postline import Factory, PostlineUnderTest
 
@@ -132,3 +140,45 @@ async def _suppressions_with(pl: PostlineUnderTest, key: str) -> list[dict[str, 
     response = await pl.client.get("/v1/suppressions", headers=pl.auth(key))
     data: list[dict[str, Any]] = response.json()["data"]
     return data
+
+
+async def test_an_expiring_suppression_gives_way_to_a_later_or_permanent_one(
+    database_url: str,
+) -> None:
+    """A domain-level bounce suppresses until a time; a later verdict about the same
+    address extends it or makes it permanent, never the other way round (both stores)."""
+    url = normalize_database_url(database_url)
+    await upgrade_async(url)
+    db = Database(url)
+    try:
+        domain = await create_domain(db, "example.test")
+        now = utcnow()
+        soon, later = now + timedelta(hours=1), now + timedelta(hours=24)
+
+        async def add(expires_at: datetime | None) -> None:
+            async with db.write() as conn:
+                await suppression_store.add_suppression(
+                    conn,
+                    suppression_id=new_id("sup_"),
+                    domain_id=domain.id,
+                    address="a@dest.test",
+                    reason="hard_bounce",
+                    now=now,
+                    expires_at=expires_at,
+                )
+
+        async def expiry() -> datetime | None:
+            async with db.read() as conn:
+                where = suppression_store.SuppressionFilter(domain.id, "a@dest.test")
+                (row,) = await suppression_store.list_suppressions(conn, where, None, 10)
+            return row.expires_at
+
+        await add(later)
+        await add(soon)  # an earlier expiry does not shorten it
+        assert await expiry() == later
+        await add(None)  # an address-level hard bounce: for good
+        assert await expiry() is None
+        await add(later)  # and a domain-level one does not undo that
+        assert await expiry() is None
+    finally:
+        await db.close()

@@ -347,14 +347,11 @@ async def test_two_dispatchers_on_one_store_never_double_send(
         "webhook_concurrency": 8,
         "webhook_retry_schedule": "0.05,0.05,0.05",
     }
-    first = await postline_factory(**settings)
-    second = await postline_factory(domains=(), **settings)  # example.test exists already
+    transports = [CountingTransport(), CountingTransport()]
+    first = await postline_factory(webhook_transport=transports[0], **settings)
+    # example.test exists already
+    second = await postline_factory(domains=(), webhook_transport=transports[1], **settings)
     assert first.settings.database_url == second.settings.database_url
-    transports = []
-    for pl in (first, second):
-        transport = CountingTransport()
-        pl.transport = pl.services.dispatcher.transport = transport
-        transports.append(transport)
 
     receiver = await receivers(delay=0.005)
     receiver.fail_next(refused, 503)

@@ -22,7 +22,11 @@ from postline.delivery.breaker import (
     Breakers,
     BreakerState,
     BreakerView,
+    Verdict,
+    Waiting,
+    attempt_verdict,
 )
+from postline.model import AttemptScope, RecipientStatus
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 OPEN = timedelta(minutes=5)
@@ -361,10 +365,17 @@ def attempt(
         "delivered": ("transaction", "delivered", "250 2.0.0 OK"),
         "user_unknown": ("recipient", "bounced", "550 5.1.1 no such user"),
         "greylisted": ("recipient", "deferred", "451 4.7.1 greylisted"),
-        "breaker": ("breaker", "deferred", "circuit breaker open"),
+        "breaker": ("breaker", "deferred", "circuit breaker open"),  # before parking
+        "waiting": ("breaker", "deferred", "waiting: circuit breaker for d, next trial at T"),
+        "too_big": ("local", "bounced", "552 5.3.4 message exceeds the server's SIZE"),
+        "no_smtputf8": ("local", "bounced", "553 5.6.7 the server does not support SMTPUTF8"),
+        "dns": ("local", "deferred", "DNS lookup timed out"),
     }[outcome]
     return [
-        AttemptRow(destination, attempt_id, scope, status, at, response) for _ in range(recipients)
+        AttemptRow(
+            destination, attempt_id, AttemptScope(scope), RecipientStatus(status), at, response
+        )
+        for _ in range(recipients)
     ]
 
 
@@ -637,7 +648,23 @@ BreakerMachine.TestCase.settings = settings(max_examples=200, stateful_step_coun
 test_breaker_state_machine = BreakerMachine.TestCase
 
 
-_OUTCOMES = st.sampled_from(["failure", "delivered", "user_unknown", "breaker", "rejected"])
+#: What each kind of attempt must mean to a breaker, live and replayed: the model.
+MEANING = {
+    "failure": Verdict.FAILURE,
+    "rejected": Verdict.FAILURE,
+    "delivered": Verdict.SUCCESS,
+    "user_unknown": Verdict.SUCCESS,
+    "greylisted": Verdict.SUCCESS,
+    # Never reached the server: neither.
+    "too_big": Verdict.NEUTRAL,
+    "no_smtputf8": Verdict.NEUTRAL,
+    "dns": Verdict.NEUTRAL,
+    "breaker": Verdict.NEUTRAL,
+    "waiting": Verdict.NEUTRAL,
+}
+#: Rows of jobs the breaker refused: never admitted, so never reported live.
+WAITS = {"breaker", "waiting"}
+_OUTCOMES = st.sampled_from(sorted(MEANING))
 
 
 @settings(max_examples=200)
@@ -652,19 +679,118 @@ _OUTCOMES = st.sampled_from(["failure", "delivered", "user_unknown", "breaker", 
 def test_warm_up_matches_living_through_the_same_history(
     history: list[tuple[int, str, int]], tail: int, seed: int
 ) -> None:
-    """Per attempt, not per row, in time order, deferrals ignored: the same logic as live."""
+    """Per attempt, not per row, in time order, waits and local refusals neither success
+    nor failure: the same logic as live, which reports what the engine reports."""
     clock = FakeClock(T0 - timedelta(hours=1))
     live = Breakers(clock=clock)
     rows: list[AttemptRow] = []
     for gap, outcome, recipients in history:
         clock.advance(gap)
-        rows += attempt(clock.now, outcome, recipients)
-        if outcome in ("failure", "rejected"):
-            live.failure(D, rows[-1].response)
-        elif outcome != "breaker":  # a deferral: refused before connecting, never reported
-            live.success(D)
+        made = attempt(clock.now, outcome, recipients)
+        rows += made
+        verdict = attempt_verdict((row.scope, row.status) for row in made)
+        assert verdict is MEANING[outcome]
+        if outcome in WAITS:
+            continue  # refused before connecting: parked, never reported
+        # Reported whatever the state now: a verdict may come late, from a transaction
+        # admitted before the breaker opened.
+        live.settle(D, verdict, made[-1].response)
     clock.advance(tail)
     random.Random(seed).shuffle(rows)
     restarted = Breakers(clock=clock)
     restarted.warm_up(rows)
     assert restarted.views() == live.views()
+    if live.view(D).state is not BreakerState.CLOSED:
+        # The same opening: a recipient told of it before the restart is not told again.
+        assert restarted.waiting(D).opened_at == live.waiting(D).opened_at
+
+
+# -- one definition of a failure -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "verdict"),
+    [
+        (["delivered"], Verdict.SUCCESS),
+        (["user_unknown", "greylisted"], Verdict.SUCCESS),  # the server answered
+        (["delivered", "failure"], Verdict.SUCCESS),  # anything delivered
+        (["failure"], Verdict.FAILURE),
+        (["rejected", "user_unknown"], Verdict.FAILURE),
+        (["too_big"], Verdict.NEUTRAL),
+        (["no_smtputf8"], Verdict.NEUTRAL),
+        (["dns"], Verdict.NEUTRAL),
+        (["waiting"], Verdict.NEUTRAL),
+        ([], Verdict.NEUTRAL),
+    ],
+)
+def test_attempt_verdict(outcomes: list[str], verdict: Verdict) -> None:
+    rows = [row for outcome in outcomes for row in attempt(T0, outcome, recipients=2)]
+    assert attempt_verdict((row.scope, row.status) for row in rows) is verdict
+
+
+def test_local_refusals_neither_reset_nor_count_live_and_at_warm_up(clock: FakeClock) -> None:
+    """Oversized messages to a failing provider: neither a success that hides its
+    failures nor failures that open it (live, it was a success; at warm-up, a failure)."""
+    live = Breakers(clock=clock)
+    rows: list[AttemptRow] = []
+    for outcome in ["failure"] * 4 + ["too_big"] * 5 + ["failure"]:
+        clock.advance(10)
+        made = attempt(clock.now, outcome)
+        rows += made
+        assert live.allow(D)
+        live.settle(D, attempt_verdict((r.scope, r.status) for r in made), made[-1].response)
+    assert live.view(D).state is BreakerState.OPEN  # five consecutive failures
+    restarted = Breakers(clock=clock)
+    restarted.warm_up(rows)
+    assert restarted.views() == live.views()
+    fresh = Breakers(clock=clock)
+    fresh.warm_up([row for m in range(6) for row in attempt(ago(m), "too_big")])
+    assert fresh.views() == []  # a restart after six big messages opens nothing
+
+
+def test_a_neutral_trial_gives_its_slot_back_and_lets_parked_jobs_go(
+    breakers: Breakers, clock: FakeClock
+) -> None:
+    trip(breakers)
+    clock.advance(OPEN.total_seconds())
+    assert breakers.allow(D) and breakers.allow(D) and not breakers.allow(D)
+    assert breakers.settle(D, Verdict.NEUTRAL)  # a slot is free again
+    assert state(breakers) is BreakerState.HALF_OPEN
+    assert breakers.allow(D)
+    assert not breakers.settle(D, Verdict.FAILURE, "timed out")  # open again
+    assert state(breakers) is BreakerState.OPEN
+
+
+def test_settle_says_when_parked_jobs_may_go(breakers: Breakers, clock: FakeClock) -> None:
+    assert not breakers.settle(D, Verdict.SUCCESS)  # never tripped: nothing is parked
+    trip(breakers)
+    clock.advance(OPEN.total_seconds())
+    assert breakers.allow(D) and breakers.allow(D)
+    assert breakers.settle(D, Verdict.SUCCESS)  # a slot freed: the next trial may go
+    assert breakers.settle(D, Verdict.SUCCESS)  # closed
+    assert state(breakers) is BreakerState.CLOSED
+
+
+def test_waiting_names_the_opening_and_the_next_trial(breakers: Breakers, clock: FakeClock) -> None:
+    fail(breakers, 4)
+    opened = clock.advance(3)
+    fail(breakers, 1)
+    clock.advance(60)
+    assert not breakers.allow(D)
+    assert breakers.waiting(D) == Waiting(opened, opened + OPEN)
+    clock.now = opened + OPEN  # half-open: two trials take the slots
+    first = clock.now
+    assert breakers.allow(D)
+    clock.advance(5)
+    assert breakers.allow(D)
+    assert not breakers.admits(D)
+    # The next trial: when the oldest slot is reclaimed, unless a verdict frees one first.
+    assert breakers.waiting(D) == Waiting(opened, first + OPEN)
+    failed = clock.advance(1)
+    breakers.failure(D, "timed out")  # a trial failed: a new opening
+    assert breakers.waiting(D) == Waiting(failed, failed + OPEN)
+
+
+def test_waiting_while_forced_open_without_an_end(breakers: Breakers, clock: FakeClock) -> None:
+    breakers.force_open(D)
+    assert breakers.waiting(D) == Waiting(clock.now, None)

@@ -1,9 +1,10 @@
 """Reply classification against a table of real-world-style reply lines.
 
 Each line gives the expected recipient status, enhanced code, bounce type and
-whether it suppresses the address. The texts imitate what large providers
-send (written for this test, not copied). Traps 4 and 9 of DESIGN.md: codes are
-parsed, never matched as substrings, and blocks or full mailboxes never suppress.
+whether it suppresses the address: hard if and only if suppressed. The texts
+imitate what large providers send (written for this test, not copied). Traps 4
+and 9 of DESIGN.md: codes are parsed, never matched as substrings, and blocks or
+full mailboxes never suppress.
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ TABLE: list[tuple[int | None, str, RecipientStatus, str | None, BounceType | Non
         HARD,
         True,
     ),
-    (550, "Requested action not taken: mailbox unavailable", B, None, HARD, False),
-    (551, "User not local; please try <forward@example.test>", B, None, HARD, False),
+    (550, "Requested action not taken: mailbox unavailable", B, None, HARD, True),
+    (551, "User not local; please try <forward@example.test>", B, None, HARD, True),
     # --- full mailboxes and size: soft, never suppress
     (
         552,
@@ -187,7 +188,16 @@ TABLE: list[tuple[int | None, str, RecipientStatus, str | None, BounceType | Non
     (421, "4.4.5 Server busy, try again later. TSS04", F, "4.4.5", SOFT, False),
     # --- other permanent failures: undetermined, never suppress
     (554, "Transaction failed", B, None, UND, False),
-    (550, "5.4.1 Recipient address rejected: Access denied. AS(201806281)", B, "5.4.1", UND, False),
+    (550, "Rejected", B, None, UND, False),  # no longer "hard" yet unsuppressed (issue 13)
+    (
+        554,
+        "delivery error: dd This user doesn't have an account on yahoo.test",
+        B,
+        None,
+        HARD,
+        True,
+    ),
+    (550, "5.4.1 Recipient address rejected: Access denied. AS(201806281)", B, "5.4.1", HARD, True),
     (554, "5.6.0 Message content rejected: malformed MIME", B, "5.6.0", UND, False),
     (500, "5.5.1 Unrecognized command", B, "5.5.1", UND, False),
     # --- a 4xx whose text carries a 5.x.x: the code decides, the text does not
@@ -237,4 +247,5 @@ def test_classification(
     assert outcome.enhanced_code == enhanced
     assert outcome.bounce_type is bounce
     assert (suppression_reason(outcome) == "hard_bounce") is suppresses
+    assert suppresses is (bounce is HARD)  # the invariant, checked on the table itself
     assert outcome.response is not None and text[:20] in outcome.response  # the real reply

@@ -353,6 +353,20 @@ def test_bad_queue_prefix_is_refused(tmp_path: Path, prefix: str) -> None:
         load_settings(data_dir=tmp_path, queue_prefix=prefix)
 
 
+def test_retention_defaults_and_bounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(data_dir=tmp_path)
+    assert (settings.body_retention_seconds, settings.retention_days) == (0, 30)
+    monkeypatch.setenv("POSTLINE_BODY_RETENTION_SECONDS", "86400")
+    monkeypatch.setenv("POSTLINE_RETENTION_DAYS", "0")
+    settings = load_settings(data_dir=tmp_path)
+    assert (settings.body_retention_seconds, settings.retention_days) == (86400, 0)
+    for name in ("POSTLINE_BODY_RETENTION_SECONDS", "POSTLINE_RETENTION_DAYS"):
+        monkeypatch.setenv(name, "-1")
+        with pytest.raises(ConfigError, match=name):
+            load_settings(data_dir=tmp_path)
+        monkeypatch.setenv(name, "0")
+
+
 # --- check_port_free ------------------------------------------------------------------------
 
 

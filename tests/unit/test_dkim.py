@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from postline.delivery.dkim import (
+from postline.dkim import (
     SIGNED_HEADERS,
     DkimKey,
     _relaxed_body,

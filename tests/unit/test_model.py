@@ -13,6 +13,7 @@ from postline.model import (
     EVENT_FOR_STATUS,
     FINAL_STATUSES,
     PENDING_STATUSES,
+    WAITING_EMAIL_STATUSES,
     EmailStatus,
     RecipientStatus,
     allowed_sources,
@@ -226,3 +227,13 @@ def test_derive_ignores_order_and_duplicates(
     shuffled = list(statuses)
     rnd.shuffle(shuffled)
     assert derive_email_status(shuffled) is derive_email_status(set(statuses))
+
+
+@given(statuses_lists)
+def test_an_email_waits_iff_one_of_its_recipients_is_pending(
+    statuses: list[RecipientStatus],
+) -> None:
+    """Job recovery and orphan cleanup select emails by WAITING_EMAIL_STATUSES: it must
+    name exactly the emails some recipient of which is still pending."""
+    waiting = derive_email_status(statuses) in WAITING_EMAIL_STATUSES
+    assert waiting == bool(set(statuses) & PENDING_STATUSES)

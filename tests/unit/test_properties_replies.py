@@ -10,11 +10,11 @@ replies. The rules checked are the module's own:
   anything else (4xx, no reply, a code out of range) deferred, whatever the
   text says: "retry in 5 minutes" or "5.1.1" in a 4xx never make it permanent;
 * an enhanced code counts only at the start of the text and only when its
-  class matches the basic code's; then its subject (and detail) pick the bounce
-  type by the RFC 3463 table, else the basic code does (550/551/553 hard, 552
-  soft, others undetermined);
-* only a recipient-invalid hard bounce (5.1.x, 5.2.1) may suppress: never a
-  block (5.7.x), a full mailbox, a 4xx or a success;
+  class matches the basic code's; where it settles the question (5.1.1, 5.1.2,
+  5.2.1, 5.7.x, ...) it decides whatever the text says; elsewhere the first
+  phrase rule that matches decides, and without one a fallback by code;
+* a bounce suppresses if and only if it is hard; never a block (5.7.x), a
+  full mailbox, a 4xx or a success;
 * what is stored is single-line, free of control characters, valid UTF-8 and
   at most 1024 bytes, and it is the real reply whenever that already was so.
 """
@@ -26,6 +26,7 @@ import unicodedata
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from postline.delivery.classify import match_text
 from postline.delivery.engine import outcome_for
 from postline.delivery.replies import MAX_REPLY_BYTES, Reply, bounce_type
 from postline.model import BounceType, RecipientStatus
@@ -62,17 +63,35 @@ def expected_status(code: int | None) -> RecipientStatus:
     return S.DEFERRED
 
 
-def expected_permanent_type(subject: str | None, detail: str | None, code: int) -> BounceType:
-    """RFC 3463 as the module documents it, written out by hand."""
-    if subject is None:
-        return {550: B.HARD, 551: B.HARD, 553: B.HARD, 552: B.SOFT}.get(code, B.UNDETERMINED)
-    if subject == "1" or (subject, detail) == ("2", "1"):
+def settled_type(subject: str, detail: str) -> BounceType | None:
+    """The enhanced codes that decide alone (RFC 3463), written out by hand."""
+    if subject == "1" and detail in ("1", "2", "3", "6"):
         return B.HARD
-    if subject in ("2", "3"):
+    if subject == "1" and detail in ("7", "8"):
+        return B.BLOCK  # about the sender
+    if (subject, detail) == ("2", "1"):
+        return B.HARD
+    if subject in ("2", "3") and detail != "0":
         return B.SOFT
-    if subject == "7":
+    if subject == "7" and detail != "0":
         return B.BLOCK
-    return B.UNDETERMINED
+    return None
+
+
+def expected_permanent_type(
+    subject: str | None, detail: str | None, code: int, text: str
+) -> BounceType:
+    """Settled codes decide; else the first phrase rule; else a fallback by code."""
+    if subject is not None and detail is not None:
+        settled = settled_type(subject, detail)
+        if settled is not None:
+            return settled
+    verdict = match_text(text)
+    if verdict is not None:
+        return verdict.bounce_type
+    if subject is None:
+        return {551: B.HARD, 552: B.SOFT}.get(code, B.UNDETERMINED)
+    return {"1": B.HARD, "2": B.SOFT, "3": B.SOFT, "7": B.BLOCK}.get(subject, B.UNDETERMINED)
 
 
 def assert_storable_line(text: str) -> None:
@@ -129,11 +148,11 @@ def test_permanent_bounce_type_follows_the_table(
     if subject is None and reply.enhanced_code is not None:
         # The arbitrary text itself began with an enhanced code: that one counts.
         _, got_subject, got_detail = reply.enhanced_code.split(".")
-        expected = expected_permanent_type(got_subject, got_detail, code)
+        expected = expected_permanent_type(got_subject, got_detail, code, reply.text)
     elif subject is None:
-        expected = expected_permanent_type(None, None, code)
+        expected = expected_permanent_type(None, None, code, reply.text)
     else:
-        expected = expected_permanent_type(str(subject), str(detail), code)
+        expected = expected_permanent_type(str(subject), str(detail), code, reply.text)
     assert bounce_type(reply) is expected
     outcome = outcome_for(reply)
     assert outcome.status is S.BOUNCED
@@ -142,17 +161,17 @@ def test_permanent_bounce_type_follows_the_table(
 
 @PROPERTIES
 @given(CODES, TEXT)
-def test_only_recipient_invalid_hard_bounces_suppress(code: int | None, text: str) -> None:
+def test_a_bounce_suppresses_if_and_only_if_it_is_hard(code: int | None, text: str) -> None:
     outcome = outcome_for(Reply.of(code, text))
     reason = suppression_reason(outcome)
-    if reason is not None:
-        assert reason == "hard_bounce"
-        assert outcome.status is S.BOUNCED and outcome.bounce_type is B.HARD
-        assert outcome.enhanced_code is not None
-        assert outcome.enhanced_code.startswith("5.1.") or outcome.enhanced_code == "5.2.1"
-    if outcome.enhanced_code is not None and outcome.enhanced_code.startswith("5.7."):
+    hard = outcome.status is S.BOUNCED and outcome.bounce_type is B.HARD
+    assert (reason == "hard_bounce") is hard
+    assert reason in (None, "hard_bounce")
+    assert hard is (outcome.bounce_rule is not None and outcome.bounce_type is B.HARD)
+    enhanced = outcome.enhanced_code
+    if enhanced is not None and enhanced.startswith("5.7.") and not enhanced.endswith(".0"):
         assert outcome.bounce_type is B.BLOCK and reason is None
-    if outcome.smtp_code == 552 and outcome.enhanced_code is None:
+    if outcome.smtp_code == 552 and enhanced is None and match_text(outcome.response or "") is None:
         assert outcome.bounce_type is B.SOFT and reason is None
 
 

@@ -184,9 +184,15 @@ def test_reply_line() -> None:
 # --- bounce_type ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("detail", range(11))
+@pytest.mark.parametrize("detail", [d for d in range(11) if d not in (7, 8)])
 def test_bounce_type_5_1_x_is_hard(detail: int) -> None:
     assert bounce_type(Reply(550, f"5.1.{detail} address problem")) is B.HARD
+
+
+@pytest.mark.parametrize("detail", [7, 8])
+def test_bounce_type_5_1_7_and_8_are_about_the_sender_so_block(detail: int) -> None:
+    # RFC 3463: bad sender's mailbox address syntax / bad sender's system address.
+    assert bounce_type(Reply(553, f"5.1.{detail} address problem")) is B.BLOCK
 
 
 def test_bounce_type_5_2_1_disabled_mailbox_is_hard() -> None:
@@ -299,7 +305,8 @@ REAL_REPLIES: list[tuple[str, RecipientStatus, str | None, BounceType | None]] =
     ),
     ("551 User not local; please try <someone@elsewhere.example>", S.BOUNCED, None, B.HARD),
     ("550 Requested action not taken: mailbox unavailable", S.BOUNCED, None, B.HARD),
-    ("550 Message rejected: see 5.1.1 in our documentation", S.BOUNCED, None, B.HARD),
+    # Trap 4: the "5.1.1" in the text is no enhanced code, and "rejected" alone says nothing.
+    ("550 Message rejected: see 5.1.1 in our documentation", S.BOUNCED, None, B.UNDETERMINED),
     (
         "552 5.2.2 The recipient's inbox is out of storage space. Please direct the recipient "
         "to https://support.example/mail",
@@ -344,13 +351,13 @@ REAL_REPLIES: list[tuple[str, RecipientStatus, str | None, BounceType | None]] =
         "disabled (554.30).",
         S.BOUNCED,
         None,
-        B.UNDETERMINED,
+        B.HARD,
     ),
     (
         "550 5.4.1 Recipient address rejected: Access denied. AS(201806281)",
         S.BOUNCED,
         "5.4.1",
-        B.UNDETERMINED,
+        B.HARD,  # Microsoft 365 Directory-Based Edge Blocking: no such recipient
     ),
     ("500 5.5.1 Unrecognized command", S.BOUNCED, "5.5.1", B.UNDETERMINED),
     ("554 5.0.0 Service unavailable", S.BOUNCED, "5.0.0", B.UNDETERMINED),

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
-from sqlalchemy.engine import Row
 
 from postline.api.auth import Admin, Caller, Svc
 from postline.api.problems import Problem
@@ -16,6 +15,8 @@ from postline.domains import DomainError, create_domain, dns_records, verify_dom
 from postline.keys import create_key
 from postline.store import domains as domain_store
 from postline.store import keys as key_store
+from postline.store.domains import Domain
+from postline.store.keys import ApiKey
 
 router = APIRouter(
     prefix="/v1",
@@ -24,7 +25,7 @@ router = APIRouter(
 )
 
 
-def domain_view(row: Row[Any], hostname: str) -> dict[str, Any]:
+def domain_view(row: Domain, hostname: str) -> dict[str, Any]:
     checks = row.verification or {}
     records = []
     for record in dns_records(row, hostname):
@@ -48,7 +49,7 @@ def domain_view(row: Row[Any], hostname: str) -> dict[str, Any]:
     }
 
 
-async def _visible_domain(svc: Svc, caller: Caller, domain_id: str) -> Row[Any]:
+async def _visible_domain(svc: Svc, caller: Caller, domain_id: str) -> Domain:
     async with svc.db.read() as conn:
         row = await domain_store.get_domain(conn, domain_id)
     if row is None or not caller.may_see(row.id):
@@ -106,7 +107,7 @@ async def delete_domain(svc: Svc, caller: Admin, domain_id: str) -> Response:
     return Response(status_code=204)
 
 
-def key_view(row: Row[Any]) -> dict[str, Any]:
+def key_view(row: ApiKey) -> dict[str, Any]:
     return {
         "id": row.id,
         "name": row.name,

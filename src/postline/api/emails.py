@@ -19,8 +19,9 @@ from postline.api.schemas import EmailIn, Timestamp
 from postline.api.views import email_detail, email_item
 from postline.keys import Principal
 from postline.message import Attachment, Content
-from postline.model import EmailStatus, RecipientStatus
-from postline.outcomes import Outcome, apply_outcome, refresh_email_status
+from postline.model import OWN_SOURCES, EmailSource, EmailStatus, RecipientStatus
+from postline.outcomes import Outcome, apply_outcome, is_customer_mail, refresh_email_status
+from postline.spool import SpoolMissing
 from postline.store import domains as domain_store
 from postline.store import emails as email_store
 from postline.store import idempotency
@@ -152,10 +153,20 @@ async def list_emails(
     since: Timestamp | None = None,
     until: Timestamp | None = None,
     message_id: str | None = None,
+    source: Annotated[
+        EmailSource | None,
+        Query(
+            description="Only emails of this source. Without it the send log holds the"
+            " customer's mail (`api`, `smtp`); `dsn` lists the delivery status"
+            " notifications Postline sent, for an unscoped (admin) key only (403 otherwise)."
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> dict[str, Any]:
     domain_id = caller.domain_id
+    if source in OWN_SOURCES and not caller.is_admin:
+        raise Problem(403, f"source={source}: Postline's own mail needs an unscoped (admin) key")
     for name, moment in (("since", since), ("until", until)):
         if moment is not None and moment.tzinfo is None:
             message = "must include a time zone offset (RFC 3339), e.g. ...Z"
@@ -188,6 +199,7 @@ async def list_emails(
             since=since,
             until=until,
             message_id=message_id,
+            source=str(source) if source else None,
         )
         rows = await email_store.list_emails(conn, where, cursor, limit + 1)
     more = len(rows) > limit
@@ -198,9 +210,16 @@ async def list_emails(
     }
 
 
+def _may_see(caller: Principal, email: Any) -> bool:
+    """A domain's key sees its customer mail; Postline's own mail (DSNs) only an admin key."""
+    if not caller.may_see(email.domain_id):
+        return False
+    return caller.is_admin or is_customer_mail(email)
+
+
 async def _visible_email(conn: AsyncConnection, caller: Principal, email_id: str) -> Any:
     email = await email_store.get_email(conn, email_id)
-    if email is None or not caller.may_see(email.domain_id):
+    if email is None or not _may_see(caller, email):
         raise Problem(404, f"no email {email_id}")
     return email
 
@@ -211,6 +230,7 @@ async def _detail(conn: AsyncConnection, email: Any) -> dict[str, Any]:
         await email_store.get_recipients(conn, email.id),
         await email_store.get_attempts(conn, email.id),
         await email_store.get_events(conn, email.id),
+        await email_store.notifications_about(conn, email.id),
     )
 
 
@@ -221,12 +241,44 @@ async def get_email(svc: Svc, caller: Caller, email_id: str) -> dict[str, Any]:
         return await _detail(conn, email)
 
 
+#: The raw message as Postline sent it (RFC 5322, with its DKIM signature).
+_RAW_MESSAGE = {
+    200: {
+        "description": "The message, byte for byte as it was (or will be) sent",
+        "content": {"message/rfc822": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    **problem_responses(410),
+}
+
+
+@router.get(
+    "/{email_id}/content",
+    summary="The raw MIME message, while its body is kept",
+    response_class=Response,
+    responses=_RAW_MESSAGE,
+)
+async def get_email_content(svc: Svc, caller: Caller, email_id: str) -> Response:
+    """410 once housekeeping removed the body: after the email became final and
+    ``POSTLINE_BODY_RETENTION_SECONDS`` passed (or a crash lost a body nobody needed)."""
+    async with svc.db.read() as conn:
+        email = await _visible_email(conn, caller, email_id)
+    gone = Problem(410, f"the content of {email_id} is no longer kept (body retention)")
+    if email.body_purged_at is not None:
+        raise gone
+    try:
+        body = await svc.spool.get(email.body_ref)
+    except SpoolMissing:
+        # Freed between the read above and now, by another process's housekeeping.
+        raise gone from None
+    return Response(body, media_type="message/rfc822")
+
+
 @router.post("/{email_id}/cancel", summary="Cancel recipients not yet attempted")
 async def cancel_email(svc: Svc, caller: Caller, email_id: str) -> dict[str, Any]:
     now = utcnow()
     async with svc.db.write() as conn:
         email = await email_store.lock_email(conn, email_id)
-        if email is None or not caller.may_see(email.domain_id):
+        if email is None or not _may_see(caller, email):
             raise Problem(404, f"no email {email_id}")
         cancelled = 0
         for recipient in await email_store.get_recipients(conn, email_id):

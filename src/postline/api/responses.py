@@ -44,6 +44,7 @@ _DESCRIPTIONS = {
     403: "The key's domain scope does not cover this (or an unscoped key is needed)",
     404: "Unknown, or not visible to this key",
     409: "Conflict with the current state (e.g. an Idempotency-Key reused with another body)",
+    410: "No longer kept (e.g. a message body past its retention)",
     413: "The request body is too large",
     422: "A field is invalid; `errors` names each one",
     429: "Rate limited: retry after `Retry-After` seconds",

@@ -6,7 +6,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.api.auth import Caller, Svc
@@ -18,6 +17,7 @@ from postline.ids import new_id
 from postline.keys import Principal
 from postline.store import domains as domain_store
 from postline.store import suppressions as suppression_store
+from postline.store.suppressions import Suppression
 from postline.store.types import utcnow
 
 router = APIRouter(
@@ -38,7 +38,7 @@ class SuppressionIn(BaseModel):
     detail: str | None = Field(default=None, max_length=1000)
 
 
-def view(row: Row[Any]) -> dict[str, Any]:
+def view(row: Suppression) -> dict[str, Any]:
     return {
         "id": row.id,
         "address": row.address,
@@ -47,6 +47,7 @@ def view(row: Row[Any]) -> dict[str, Any]:
         "source_email_id": row.source_email_id,
         "detail": row.detail,
         "created_at": rfc3339(row.created_at),
+        "expires_at": rfc3339(row.expires_at),  # set for domain-level bounces only
     }
 
 
@@ -69,7 +70,7 @@ async def _domain_id(
             f"unknown or forbidden domain {name}",
             [{"field": "domain", "message": "not a sending domain this key may use"}],
         )
-    return str(row.id)
+    return row.id
 
 
 @router.get("", summary="The suppression list")
@@ -113,7 +114,7 @@ async def add_suppression(svc: Svc, caller: Caller, body: SuppressionIn) -> dict
     return view(row)
 
 
-async def _visible(conn: AsyncConnection, caller: Principal, suppression_id: str) -> Row[Any]:
+async def _visible(conn: AsyncConnection, caller: Principal, suppression_id: str) -> Suppression:
     row = await suppression_store.get_suppression(conn, suppression_id)
     if row is None or not caller.may_see(row.domain_id):
         raise Problem(404, f"no suppression {suppression_id}")

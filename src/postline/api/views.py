@@ -8,6 +8,8 @@ from typing import Any
 
 from sqlalchemy.engine import Row
 
+from postline.store.emails import Notification
+
 
 def rfc3339(moment: datetime | None) -> str | None:
     if moment is None:
@@ -30,11 +32,17 @@ def email_item(row: Row[Any], recipient_count: int | None = None) -> dict[str, A
         if recipient_count is not None
         else getattr(row, "recipient_count", None),
         "tags": dict(row.tags or {}),
+        # Set on mail Postline wrote about another email (a DSN): that email.
+        "original_email_id": row.original_email_id,
     }
 
 
 def email_detail(
-    email: Row[Any], recipients: list[Row[Any]], attempts: list[Row[Any]], events: list[Row[Any]]
+    email: Row[Any],
+    recipients: list[Row[Any]],
+    attempts: list[Row[Any]],
+    events: list[Row[Any]],
+    notifications: list[Notification],
 ) -> dict[str, Any]:
     timelines: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for attempt in attempts:
@@ -46,6 +54,7 @@ def email_detail(
                 "smtp_code": attempt.smtp_code,
                 "enhanced_code": attempt.enhanced_code,
                 "response": attempt.response,
+                "bounce_rule": attempt.bounce_rule,
                 "duration_ms": attempt.duration_ms,
                 "at": rfc3339(attempt.created_at),
             }
@@ -61,6 +70,7 @@ def email_detail(
             "enhanced_code": r.enhanced_code,
             "response": r.response,
             "bounce_type": r.bounce_type,
+            "bounce_rule": r.bounce_rule,
             "attempts": r.attempts,
             "next_attempt_at": rfc3339(r.next_attempt_at),
             "updated_at": rfc3339(r.updated_at),
@@ -77,5 +87,17 @@ def email_detail(
             "created_at": rfc3339(e.created_at),
         }
         for e in events
+    ]
+    # The DSNs sent about this email: not in the send log, so shown here.
+    body["notifications"] = [
+        {
+            "id": n.id,
+            "type": n.source,
+            "recipient": n.recipient,
+            "status": n.status,
+            "created_at": rfc3339(n.created_at),
+            "updated_at": rfc3339(n.updated_at),
+        }
+        for n in notifications
     ]
     return body

@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.api.auth import Caller, Svc
@@ -21,6 +20,7 @@ from postline.model import EventType
 from postline.store import domains as domain_store
 from postline.store import webhooks as webhook_store
 from postline.store.types import utcnow
+from postline.store.webhooks import Webhook, WebhookDelivery
 
 router = APIRouter(
     prefix="/v1/webhooks",
@@ -62,7 +62,7 @@ class WebhookPatch(BaseModel):
         return None if value is None else _check_events(value)
 
 
-def view(row: Row[Any], secret: str | None = None) -> dict[str, Any]:
+def view(row: Webhook, secret: str | None = None) -> dict[str, Any]:
     body = {
         "id": row.id,
         "url": row.url,
@@ -78,7 +78,7 @@ def view(row: Row[Any], secret: str | None = None) -> dict[str, Any]:
     return body
 
 
-def delivery_view(row: Row[Any]) -> dict[str, Any]:
+def delivery_view(row: WebhookDelivery) -> dict[str, Any]:
     return {
         "id": row.id,
         "event_id": row.event_id,
@@ -101,7 +101,7 @@ async def _check_url(svc: Svc, url: str) -> None:
         raise Problem(422, str(exc), [{"field": "url", "message": str(exc)}]) from None
 
 
-async def _visible(conn: AsyncConnection, caller: Principal, webhook_id: str) -> Row[Any]:
+async def _visible(conn: AsyncConnection, caller: Principal, webhook_id: str) -> Webhook:
     row = await webhook_store.get_webhook(conn, webhook_id)
     # An unscoped endpoint (all domains) is managed with an unscoped key only.
     if row is None or not (caller.is_admin or row.domain_id == caller.domain_id):
@@ -236,16 +236,9 @@ async def send_test(svc: Svc, caller: Caller, webhook_id: str) -> dict[str, Any]
         await webhook_store.insert_deliveries(
             conn,
             [
-                {
-                    "id": delivery_id,
-                    "event_id": event_id,
-                    "webhook_id": webhook_id,
-                    "status": "pending",
-                    "attempts": 0,
-                    "next_attempt_at": now,
-                    "created_at": now,
-                    "updated_at": now,
-                }
+                webhook_store.new_delivery(
+                    delivery_id=delivery_id, event_id=event_id, webhook_id=webhook_id, now=now
+                )
             ],
         )
     svc.dispatcher.wake()

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from postline.accept import Acceptor
 from postline.delivery.dsn import FailedRecipient, OriginalMessage, build_dsn, needs_dsn
 from postline.model import RecipientStatus
-from postline.outcomes import Outcome
+from postline.outcomes import Outcome, is_customer_mail
 from postline.queue import Job
 from postline.spool import Spool, SpoolMissing
 from postline.store import domains as domain_store
@@ -59,7 +59,7 @@ class BounceNotifier:
         self, conn: AsyncConnection, email: Any, failures: Sequence[Failure], now: datetime
     ) -> list[Job]:
         """Queue a DSN for these failures when the domain wants them; the jobs to enqueue."""
-        if not failures or email.source == "dsn":
+        if not failures or not is_customer_mail(email):
             return []
         domain = await domain_store.get_domain(conn, email.domain_id)
         if domain is None or not domain.bounce_notifications:
@@ -108,6 +108,7 @@ class BounceNotifier:
             notify_to=notify_to,
             build=build,
             now=utcnow(),  # queued for real now, whatever clock judged the expiry
+            original_email_id=email.id,
         )
         log.info("dsn queued for email_id=%s recipients=%d", email.id, len(failures))
         return jobs

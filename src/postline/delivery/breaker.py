@@ -16,9 +16,15 @@ before it connects and reports the transaction-level verdict afterwards.
 - Half-open: at most ``half_open_trials`` unsettled trials are admitted;
   ``close_after`` successes close it, a failure re-opens it from that failure.
 
-A refusal has no side effects: the engine defers the job without connecting
-and reports nothing, so deferrals can neither count as failures nor push the
-open period forward.
+A refusal has no side effects: the engine parks the job without connecting
+and reports nothing, so waits can neither count as failures nor push the
+open period forward. :meth:`Breakers.waiting` tells it until when, and which
+opening the wait belongs to (one timeline row per recipient per opening).
+
+What counts is decided once, by :func:`attempt_verdict`, from the rows an
+attempt leaves: the engine reports a live attempt's verdict with
+:meth:`Breakers.settle`, and :meth:`Breakers.warm_up` replays recorded ones
+through the same function, so a restart reaches the state the live breaker had.
 """
 
 from __future__ import annotations
@@ -28,16 +34,26 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from postline.model import RecipientStatus
+from postline.model import AttemptScope, RecipientStatus
 from postline.store.attempts import AttemptRow
 from postline.store.types import utcnow
 
-__all__ = ["AttemptRow", "BreakerPolicy", "BreakerState", "BreakerView", "Breakers"]
+__all__ = [
+    "AttemptRow",
+    "BreakerPolicy",
+    "BreakerState",
+    "BreakerView",
+    "Breakers",
+    "Verdict",
+    "Waiting",
+    "attempt_verdict",
+]
 
 
-#: Rows that never reached the destination's SMTP server: deferrals by an open
-#: breaker, and local outcomes (DNS, a lost body) that say nothing about its health.
-_NOT_COUNTED = frozenset({"breaker", "local"})
+#: Rows that say nothing about the destination's health: waits behind an open
+#: breaker, and local outcomes: DNS, a lost body, and refusals before sending
+#: (the message is over the server's SIZE, or needs an SMTPUTF8 it does not offer).
+_NOT_COUNTED = frozenset({AttemptScope.BREAKER, AttemptScope.LOCAL})
 
 
 class BreakerState(StrEnum):
@@ -83,6 +99,8 @@ class _Breaker:
     #: Admission times of the half-open trials not yet settled.
     trials: list[datetime] = field(default_factory=list)
     successes: int = 0
+    #: When it last opened (tripped, or a trial failed): the opening waits belong to.
+    opened_at: datetime | None = None
 
 
 # A transaction-level row with one of these statuses is a failed transaction.
@@ -91,15 +109,55 @@ _FAILED = frozenset(
 )
 
 
+class Verdict(StrEnum):
+    """What one message attempt says about its destination's health."""
+
+    SUCCESS = "success"  # the server answered: something delivered, or per-recipient replies
+    FAILURE = "failure"  # the transaction failed as a whole: connect, TLS, greeting, MAIL, DATA
+    NEUTRAL = "neutral"  # nothing reached the server (a local refusal, a wait): neither
+
+
+def attempt_verdict(rows: Iterable[tuple[str, str]]) -> Verdict:
+    """The verdict of one attempt from its rows' ``(scope, status)``, one per recipient.
+
+    The one definition, used live (the engine, on the results it is about to
+    record) and at warm-up (on the rows it recorded), so that they cannot
+    disagree: any delivery is a success; else a transaction-level deferral,
+    bounce or failure is a failure; else, if the server said anything (per-
+    recipient replies), a success. Rows that never reached the server
+    (``_NOT_COUNTED``) are left out, and an attempt made only of those is neutral.
+    """
+    answered = failed = False
+    for scope, status in rows:
+        if scope in _NOT_COUNTED:
+            continue
+        if status == RecipientStatus.DELIVERED:
+            return Verdict.SUCCESS
+        answered = True
+        failed = failed or (scope == AttemptScope.TRANSACTION and status in _FAILED)
+    if failed:
+        return Verdict.FAILURE
+    return Verdict.SUCCESS if answered else Verdict.NEUTRAL
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Why a refused job waits, and for how long (:meth:`Breakers.waiting`)."""
+
+    #: When this opening began: waits of one opening share it, the next opening's do not.
+    opened_at: datetime
+    #: When a trial may be admitted next (the job is due again then); None while an
+    #: operator holds the breaker open without an end.
+    next_trial: datetime | None
+
+
 @dataclass
 class _Replayed:
     """One message attempt (all rows sharing an attempt_id) during the warm-up."""
 
     order: int
     at: datetime
-    delivered: bool = False
-    transaction: bool = False
-    failed: bool = False
+    rows: list[tuple[str, str]] = field(default_factory=list)
     error: str | None = None
 
 
@@ -122,28 +180,67 @@ class Breakers:
     # -- what the engine calls ------------------------------------------------
 
     def allow(self, domain: str) -> bool:
-        """True: connect. False: defer the job without connecting, and report nothing.
+        """True: connect. False: park the job without connecting, and report nothing.
 
         In half-open a True takes a trial slot, given back by the verdict
-        (:meth:`success`, :meth:`failure`) or by :meth:`release`. A slot whose
-        verdict never comes (a lost task) is reclaimed after ``open_seconds``,
-        so a lost verdict cannot wedge the breaker half-open forever.
+        (:meth:`settle`, :meth:`success`, :meth:`failure`) or by :meth:`release`.
+        A slot whose verdict never comes (a lost task) is reclaimed after
+        ``open_seconds``, so a lost verdict cannot wedge the breaker half-open forever.
         """
         now = self.clock()
         breaker = self._breakers.get(_key(domain))
         if breaker is None:
             return True
-        state = self._state(breaker, now)
-        if state is BreakerState.CLOSED:
-            return True
-        if state is BreakerState.OPEN:
+        if not self._admits(breaker, now):
             return False
-        horizon = now - self._open_for
-        breaker.trials = [t for t in breaker.trials if t > horizon]
-        if len(breaker.trials) >= self.policy.half_open_trials:
-            return False
-        breaker.trials.append(now)
+        if breaker.tripped:  # half-open: a trial
+            breaker.trials.append(now)
         return True
+
+    def admits(self, domain: str) -> bool:
+        """Whether :meth:`allow` would say True now, without taking a trial slot."""
+        breaker = self._breakers.get(_key(domain))
+        return breaker is None or self._admits(breaker, self.clock())
+
+    def waiting(self, domain: str) -> Waiting:
+        """For a job :meth:`allow` refused: its opening, and when the next trial is due.
+
+        Open: at the end of the open period. Half-open with every trial slot
+        taken: when the oldest trial's slot is reclaimed, unless a verdict frees
+        one sooner (:meth:`settle` says so). Asked of a breaker that would admit
+        a job, it says "now".
+        """
+        now = self.clock()
+        breaker = self._breakers.get(_key(domain))
+        if breaker is None or breaker.opened_at is None:
+            return Waiting(now, now)
+        state = self._state(breaker, now)
+        if state is BreakerState.OPEN:
+            return Waiting(breaker.opened_at, breaker.until)
+        if state is BreakerState.HALF_OPEN and not self._admits(breaker, now):
+            return Waiting(breaker.opened_at, min(breaker.trials) + self._open_for)
+        return Waiting(breaker.opened_at, now)
+
+    def settle(self, domain: str, verdict: Verdict, error: str | None = None) -> bool:
+        """Report an admitted attempt's :func:`attempt_verdict`.
+
+        A neutral one gives its trial slot back (:meth:`release`) and changes
+        nothing else. Returns True when jobs parked for the destination may go
+        now: the breaker was open or half-open, and this verdict closed it or
+        freed a trial slot.
+        """
+        key = _key(domain)
+        before = self._breakers.get(key)
+        tripped = before is not None and before.tripped
+        if verdict is Verdict.FAILURE:
+            self.failure(domain, error)
+            return False
+        if verdict is Verdict.SUCCESS:
+            self.success(domain)
+        else:
+            self.release(domain)
+        after = self._breakers.get(key)
+        return tripped and (after is None or self._admits(after, self.clock()))
 
     def success(self, domain: str) -> None:
         """The destination completed a transaction (even if it refused every recipient)."""
@@ -170,7 +267,7 @@ class Breakers:
         if until is not None and until.tzinfo is None:
             raise ValueError("force_open needs an aware datetime; use datetime.now(UTC)")
         breaker = self._breakers.setdefault(_key(domain), _Breaker())
-        _trip(breaker, until)
+        _trip(breaker, self.clock(), until)
         breaker.forced = True
 
     def force_close(self, domain: str) -> None:
@@ -197,13 +294,12 @@ class Breakers:
 
         Rows are grouped into message attempts (one SMTP transaction each, by
         ``attempt_id``): a transaction that failed for five recipients is one
-        failure, and retries of one message are separate attempts. An attempt
-        is a success if anything was delivered or only per-recipient replies
-        were recorded (the server answered); a failure if a transaction-level
-        row is deferred, bounced or failed. Rows with scope "breaker" are
-        deferrals that never connected and never count. Verdicts are replayed
-        in time order at their own instants, so an open period ends at the
-        last failure + ``open_seconds`` however long ago that was.
+        failure, and retries of one message are separate attempts. Each
+        attempt's verdict is :func:`attempt_verdict` of its rows, as live:
+        waits behind an open breaker and local refusals are neither success
+        nor failure. Verdicts are replayed in time order at their own
+        instants, so an open period ends at the last failure + ``open_seconds``
+        however long ago that was.
         """
         attempts: dict[tuple[str, str], _Replayed] = {}
         for row in rows:
@@ -214,20 +310,26 @@ class Breakers:
             if attempt is None:
                 attempt = attempts[key] = _Replayed(order=len(attempts), at=row.created_at)
             attempt.at = max(attempt.at, row.created_at)
-            if row.status == RecipientStatus.DELIVERED:
-                attempt.delivered = True
-            if row.scope == "transaction":
-                attempt.transaction = True
-                if row.status in _FAILED:
-                    attempt.failed = True
-                    attempt.error = attempt.error or row.response
+            attempt.rows.append((row.scope, row.status))
+            if row.scope == AttemptScope.TRANSACTION and row.status in _FAILED:
+                attempt.error = attempt.error or row.response
         for (domain, _), attempt in sorted(attempts.items(), key=lambda i: (i[1].at, i[1].order)):
-            if attempt.delivered or not attempt.transaction:
+            verdict = attempt_verdict(attempt.rows)
+            if verdict is Verdict.SUCCESS:
                 self._success(domain, attempt.at)
-            elif attempt.failed:
+            elif verdict is Verdict.FAILURE:
                 self._failure(domain, attempt.at, attempt.error)
 
     # -- the state machine -------------------------------------------------------
+
+    def _admits(self, breaker: _Breaker, now: datetime) -> bool:
+        """Closed, or half-open with a trial slot free (reclaiming those too old)."""
+        state = self._state(breaker, now)
+        if state is not BreakerState.HALF_OPEN:
+            return state is BreakerState.CLOSED
+        horizon = now - self._open_for
+        breaker.trials = [t for t in breaker.trials if t > horizon]
+        return len(breaker.trials) < self.policy.half_open_trials
 
     def _state(self, breaker: _Breaker, now: datetime) -> BreakerState:
         """Computed from ``until`` at every look: nothing has to "notice" the time passing."""
@@ -267,18 +369,19 @@ class Breakers:
             breaker.last_error = error
         if state is BreakerState.CLOSED:
             if breaker.failures >= self.policy.failure_threshold:
-                _trip(breaker, at + self._open_for)
+                _trip(breaker, at, at + self._open_for)
         elif state is BreakerState.OPEN:
             # A late verdict of a transaction admitted before it opened: open
             # until this, the latest failure, + open time — never "now" at a check.
             if not breaker.forced and breaker.until is not None:
                 breaker.until = max(breaker.until, at + self._open_for)
         else:
-            _trip(breaker, at + self._open_for)  # a trial failed
+            _trip(breaker, at, at + self._open_for)  # a trial failed
 
 
-def _trip(breaker: _Breaker, until: datetime | None) -> None:
+def _trip(breaker: _Breaker, at: datetime, until: datetime | None) -> None:
     breaker.tripped = True
+    breaker.opened_at = at
     breaker.until = until
     breaker.forced = False
     # Trials still in flight stay counted: a new open period must not admit more

@@ -26,14 +26,14 @@ from sqlalchemy.engine import Row
 
 from postline.backoff import Backoff
 from postline.config import Settings
-from postline.delivery.breaker import Breakers, BreakerState
+from postline.delivery.breaker import Breakers, BreakerState, attempt_verdict
 from postline.delivery.lease import LeaseGuard, LeaseLost
 from postline.delivery.pool import TlsPolicy
-from postline.delivery.record import RecipientResult, Recorder
-from postline.delivery.replies import Reply, bounce_type
+from postline.delivery.record import RecipientResult, Recorder, Wait
+from postline.delivery.replies import Reply, classify
 from postline.delivery.routing import RouteError, Router
 from postline.delivery.shaping import Limits, Shaper, parse_limits
-from postline.delivery.smtp import SmtpDelivery
+from postline.delivery.smtp import SmtpDelivery, TransactionResult
 from postline.heartbeat import Heartbeat
 from postline.ids import new_id
 from postline.metrics import Metrics
@@ -53,8 +53,13 @@ log = logging.getLogger("postline.engine")
 #: How often a worker looks for breakers opened or closed by hand elsewhere.
 COMMAND_SYNC_SECONDS = 2.0
 
-#: After a delivery failed in an unexpected way, when its job is tried again.
+#: After a delivery failed in an unexpected way, when its job is first tried again;
+#: each further failure doubles the wait (see :func:`unexpected_retry_delay`).
 UNEXPECTED_RETRY_SECONDS = 10.0
+#: The longest wait between two tries of a job that keeps failing unexpectedly.
+UNEXPECTED_RETRY_CAP_SECONDS = 1800.0
+#: The reason an email.failed event gives when a job kept raising until max_age.
+INTERNAL_ERROR = "internal_error"
 
 _SUPPRESSED = Outcome(status=RecipientStatus.SUPPRESSED, reason="on the suppression list")
 
@@ -65,6 +70,28 @@ def retry_delay(delays: list[float], attempt: int) -> float:
     return base * random.uniform(0.9, 1.1)
 
 
+def unexpected_retry_delay(delays: list[float], attempt: int) -> float:
+    """Backoff after the ``attempt``-th (0-based) unexpected failure of a job, with jitter.
+
+    10 s, 20 s, 40 s ... up to a cap: a storage hiccup clears within seconds,
+    while a bug that raises every time costs a few tries an hour, not one
+    every 10 s for ever. Never slower than the configured retry schedule
+    (``delays``), whose first and last steps bound the first wait and the cap.
+    """
+    first = min(UNEXPECTED_RETRY_SECONDS, delays[0])
+    cap = max(first, min(UNEXPECTED_RETRY_CAP_SECONDS, delays[-1]))
+    base = min(first * 2.0 ** min(attempt, 64), cap)
+    return base * random.uniform(0.9, 1.1)
+
+
+def _pending(recipients: list[Row[Any]], job: Job) -> list[Row[Any]]:
+    """The job's recipients still waiting: a job leased again skips those already final."""
+    wanted = set(job.recipient_ids)
+    return [
+        r for r in recipients if r.id in wanted and RecipientStatus(r.status) in PENDING_STATUSES
+    ]
+
+
 def outcome_for(reply: Reply) -> Outcome:
     """A reply's meaning for one recipient: 2xx delivered, 5xx bounced, else deferred."""
     if reply.is_success:
@@ -73,12 +100,15 @@ def outcome_for(reply: Reply) -> Outcome:
         status = RecipientStatus.BOUNCED
     else:
         status = RecipientStatus.DEFERRED
+    verdict = classify(reply)
     return Outcome(
         status=status,
         smtp_code=reply.code,
         enhanced_code=reply.enhanced_code,
         response=reply.line,
-        bounce_type=bounce_type(reply),
+        bounce_type=verdict.bounce_type if verdict else None,
+        bounce_rule=verdict.rule if verdict else None,
+        domain_level=verdict.domain_level if verdict else False,
     )
 
 
@@ -87,7 +117,8 @@ class _AttemptOutcome:
     results: list[RecipientResult]
     mx_host: str | None = None
     duration_ms: int = 0
-    retry_at: datetime | None = None  # sooner or later than the backoff (an open breaker)
+    retry_at: datetime | None = None  # sooner or later than the backoff
+    wait: Wait | None = None  # nothing was tried: the destination's breaker parks the job
 
 
 class Engine:
@@ -152,7 +183,7 @@ class Engine:
         closed_at = {c.domain: c.created_at for c in commands if c.action == "close"}
         # An operator's close vouches for the destination: failures before it do not count.
         rows = [r for r in rows if r.created_at > closed_at.get(r.destination, since)]
-        breakers = Breakers()
+        breakers = Breakers(self.breakers.policy, self.breakers.clock)
         breakers.warm_up(rows)
         for command in commands:
             if command.action == "open":
@@ -177,6 +208,7 @@ class Engine:
                 self.breakers.force_open(command.domain)
             else:
                 self.breakers.force_close(command.domain)
+                await self._release_parked(command.domain)
             self._command_cursor = command.id
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -269,30 +301,65 @@ class Engine:
             with contextlib.suppress(Exception):
                 await self.queue.release(job)
         except Exception:
-            log.exception("delivery of job_id=%s failed unexpectedly", job.id)
-            # Storage hiccup (a PostgreSQL failover) or a bug: try the job again soon
-            # rather than at lease expiry. If even that fails, the lease expiry does it.
-            retry_at = utcnow() + timedelta(seconds=UNEXPECTED_RETRY_SECONDS)
-            with contextlib.suppress(Exception):
-                await self.queue.retry(job, retry_at, job.recipient_ids)
+            await self._failed_unexpectedly(job)
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
             self.metrics.delivery_seconds.observe(time.monotonic() - started)
 
+    async def _failed_unexpectedly(self, job: Job) -> None:
+        """A delivery raised (a storage hiccup such as a failover, or a bug).
+
+        The job is tried again with a growing backoff (:func:`unexpected_retry_delay`)
+        rather than at lease expiry, and is held to ``max_age`` like a deferral:
+        once its email has waited that long since it became due, its pending
+        recipients become ``failed`` (reason ``internal_error``) with their
+        ``email.failed`` events, recorded as any outcome is. Called while the
+        exception is being handled, so the log carries its traceback. If even
+        this fails, the lease expiry tries the job again.
+        """
+        log.exception("delivery of job_id=%s failed unexpectedly", job.id)
+        try:
+            if await self._give_up_if_expired(job):
+                return
+        except Exception as exc:
+            log.warning("cannot judge the expiry of job_id=%s: %s", job.id, type(exc).__name__)
+        delay = unexpected_retry_delay(self.settings.retry_delays, job.attempt)
+        with contextlib.suppress(Exception):
+            await self.queue.retry(job, utcnow() + timedelta(seconds=delay), job.recipient_ids)
+
+    async def _give_up_if_expired(self, job: Job) -> bool:
+        """Fail the job's pending recipients if its email is past ``max_age``; whether it was."""
+        async with self.db.read() as conn:
+            email = await email_store.get_email(conn, job.email_id)
+            recipients = await email_store.get_recipients(conn, job.email_id)
+        if email is None or not self.recorder.expired(email):
+            return False
+        pending = _pending(recipients, job)
+        scheduled = [r.id for r in pending if r.status == RecipientStatus.SCHEDULED]
+        if scheduled:  # due, since the job was leased: only a queued recipient may fail
+            await self._activator.submit((email.id, scheduled))
+        failed = Outcome(
+            status=RecipientStatus.FAILED,
+            response="delivery kept failing with an internal error until max_age",
+            reason=INTERNAL_ERROR,
+        )
+        await self.recorder.record(
+            job,
+            [RecipientResult(r.id, failed, "local") for r in pending],
+            mx_host=None,
+            duration_ms=0,
+            retry_at=utcnow(),
+        )
+        return True
+
     async def _deliver(self, job: Job, guard: LeaseGuard) -> None:
         now = utcnow()
         async with self.db.read() as conn:
             email = await email_store.get_email(conn, job.email_id)
             recipients = await email_store.get_recipients(conn, job.email_id)
-            wanted = set(job.recipient_ids)
-            # A job leased again after a crash skips recipients already final.
-            pending = [
-                r
-                for r in recipients
-                if r.id in wanted and RecipientStatus(r.status) in PENDING_STATUSES
-            ]
+            pending = _pending(recipients, job)
             # Checked again here: an address suppressed while the job waited is not sent to.
             suppressed = (
                 await email_store.suppressed_addresses(
@@ -316,6 +383,9 @@ class Engine:
         to_send = [r for r in pending if r.address not in suppressed]
         guard.check()
         attempt = await self._attempt(job, email, to_send, guard)
+        if attempt.wait is not None:
+            await self.recorder.park(job, [r.id for r in to_send], attempt.wait, skipped)
+            return
         await self.recorder.record(
             job,
             skipped + attempt.results,
@@ -338,25 +408,20 @@ class Engine:
         try:
             targets = await self.router.route(job.destination)
         except RouteError as exc:
-            reply = Reply(550 if exc.permanent else None, str(exc))
-            outcome = self._route_outcome(reply, exc.permanent)
+            outcome = self._route_outcome(exc)
             return _AttemptOutcome([RecipientResult(r.id, outcome, "local") for r in recipients])
         destination = job.destination
-        if not self.breakers.allow(destination):
-            # Deferred without connecting; such rows never count as breaker failures.
-            view = self.breakers.view(destination)
-            until = view.until or utcnow()
-            outcome = Outcome(
-                status=RecipientStatus.DEFERRED,
-                response=f"circuit breaker open for {destination} until {until.isoformat()}",
-            )
-            return _AttemptOutcome(
-                [RecipientResult(r.id, outcome, "breaker") for r in recipients],
-                retry_at=until + timedelta(seconds=random.uniform(0, 30)),
-            )
+        if not self.breakers.admits(destination):
+            return _AttemptOutcome([], wait=self._wait(destination))
         key = self.shaper.key(destination, targets[0].mx if targets else None)
+        admitted = False
         try:
             async with self.shaper.slot(key):
+                # Asked again with the connection slot held: jobs that queued for it
+                # behind the transactions that opened the breaker wait, not connect.
+                admitted = self.breakers.allow(destination)
+                if not admitted:
+                    return _AttemptOutcome([], wait=self._wait(destination))
                 result = await self.delivery.send(
                     targets,
                     email.envelope_from,
@@ -365,31 +430,85 @@ class Engine:
                     self._tls_policy(destination),
                     guard.still_mine,
                 )
+                # Settled before the slot is given back: the next job in line sees it.
+                results = self._results(recipients, result)
+                verdict = attempt_verdict((r.scope, r.outcome.status) for r in results)
+                error = result.error.line if result.error is not None else None
+                reopened = self.breakers.settle(destination, verdict, error)
         except (asyncio.CancelledError, LeaseLost):
-            self.breakers.release(destination)
+            if admitted:
+                self.breakers.release(destination)
             raise
-        if result.error is not None and not result.refused_locally:
-            self.breakers.failure(destination, result.error.line)
-        else:
-            self.breakers.success(destination)
+        if reopened:
+            await self._release_parked(destination)
+        return _AttemptOutcome(results, result.mx_host, result.duration_ms)
+
+    @staticmethod
+    def _results(recipients: list[Row[Any]], result: TransactionResult) -> list[RecipientResult]:
         results = []
         for recipient in recipients:
             reply, scope = result.reply_for(recipient.address)
+            if result.refused_locally:
+                scope = "local"  # never sent: says nothing of the server's health
             results.append(RecipientResult(recipient.id, outcome_for(reply), scope))
-        return _AttemptOutcome(results, result.mx_host, result.duration_ms)
+        return results
+
+    def _wait(self, destination: str) -> Wait:
+        """The park of a job the destination's breaker refused, on the queue's clock.
+
+        The breaker's instants are moved to the queue's clock by their distance
+        from the breaker's "now", so that a test may drive the breaker's clock.
+        A breaker held open by an operator without an end is asked again after
+        ``open_seconds`` (or sooner, when closed: :meth:`sync_commands`).
+        """
+        waiting = self.breakers.waiting(destination)
+        now, breaker_now = utcnow(), self.breakers.clock()
+        if waiting.next_trial is None:
+            until = now + timedelta(seconds=self.breakers.policy.open_seconds)
+            text = f"waiting: circuit breaker for {destination}, held open by an operator"
+        else:
+            until = now + (waiting.next_trial - breaker_now)
+            text = (
+                f"waiting: circuit breaker for {destination}, "
+                f"next trial at {until.isoformat(timespec='seconds')}"
+            )
+        return Wait(since=now + (waiting.opened_at - breaker_now), until=until, response=text)
+
+    async def _release_parked(self, destination: str) -> None:
+        """The destination takes jobs again: those parked for it (by any worker) go now.
+
+        If the queue is away, they still go at the time their park gave them.
+        """
+        try:
+            released = await self.queue.release_parked(destination)
+        except Exception as exc:
+            log.warning("releasing the jobs parked for %s failed: %s", destination, exc)
+            return
+        if released:
+            log.info("breaker for %s admits jobs again: released %d", destination, released)
+            self.wake()
 
     def _tls_policy(self, destination: str) -> TlsPolicy:
         policies = self.settings.tls_policies
         return TlsPolicy(policies.get(destination, self.settings.tls_default))
 
     @staticmethod
-    def _route_outcome(reply: Reply, permanent: bool) -> Outcome:
-        if permanent:
+    def _route_outcome(exc: RouteError) -> Outcome:
+        """Our own resolver's verdict: a domain-level hard bounce (suppressed for a while
+        only), or a deferral when the resolver cannot be trusted (routing.py)."""
+        if exc.permanent:
             return Outcome(
                 status=RecipientStatus.BOUNCED,
                 smtp_code=None,
                 enhanced_code="5.1.2",  # RFC 3463: bad destination system address
-                response=reply.text,
+                response=str(exc),
                 bounce_type=BounceType.HARD,
+                bounce_rule=exc.rule,
+                domain_level=True,
             )
-        return Outcome(status=RecipientStatus.DEFERRED, response=reply.text)
+        return Outcome(
+            status=RecipientStatus.DEFERRED,
+            response=str(exc),
+            bounce_type=BounceType.SOFT,
+            bounce_rule=exc.rule,
+        )

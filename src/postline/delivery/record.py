@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from postline.delivery.bounces import BounceNotifier, Failure
 from postline.ids import new_id
 from postline.metrics import Metrics
-from postline.model import RecipientStatus
+from postline.model import PENDING_STATUSES, RecipientStatus
 from postline.outcomes import (
     AttemptInfo,
     Outcome,
@@ -34,6 +34,7 @@ from postline.outcomes import (
     store_email_statuses,
 )
 from postline.queue import Job, Queue
+from postline.store import attempts as attempt_store
 from postline.store import emails as email_store
 from postline.store.batching import Batcher
 from postline.store.db import Database
@@ -46,10 +47,32 @@ log = logging.getLogger("postline.delivery")
 class RecipientResult:
     recipient_id: str
     outcome: Outcome
-    scope: str  # "transaction" | "recipient"
+    scope: str  # "transaction" | "recipient" | "local" | "breaker"
     #: False for a move decided without talking to the MX (suppressed before
     #: sending): it gets its event but no timeline row.
     attempted: bool = True
+
+    @property
+    def is_real_attempt(self) -> bool:
+        """Whether delivery was really tried: only such a deferral can expire.
+
+        A job parked behind an open breaker never reached the destination, so
+        it must not turn a recipient ``failed``; its next real attempt decides.
+        """
+        return self.attempted and self.scope != "breaker"
+
+
+@dataclass(frozen=True)
+class Wait:
+    """A job parked behind its destination's open breaker: nothing was sent, nothing counts."""
+
+    #: When the breaker opened: a recipient gets one timeline row (and one
+    #: ``email.deferred``) per opening, at its first wait after this instant.
+    since: datetime
+    #: When the job is due again, unless the breaker's recovery releases it sooner.
+    until: datetime
+    #: The timeline row's text, e.g. "waiting: circuit breaker for gmail.com, next trial at T".
+    response: str
 
 
 @dataclass
@@ -62,6 +85,8 @@ class _Attempt:
     recorded: list[tuple[str, RecipientStatus]] = field(default_factory=list)
     dsn_jobs: list[Job] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
+    #: Set for a park (:meth:`Recorder.park`) instead of an attempt.
+    wait: Wait | None = None
 
 
 class _BatchState:
@@ -121,6 +146,17 @@ class Recorder:
         #: Called after each commit: new events are waiting in the outbox.
         self.notify: Callable[[], None] | None = None
 
+    def expired(self, email: Any, now: datetime | None = None) -> bool:
+        """Whether ``email`` has waited ``max_age`` since it became due.
+
+        It became due at its ``scheduled_at`` when it was scheduled, else when it
+        was accepted: an email scheduled days ahead has its whole ``max_age``
+        from the moment it may first be sent. ``now``: the recorder's clock.
+        """
+        due: datetime = email.scheduled_at or email.created_at
+        moment = self.clock() if now is None else now
+        return (moment - due).total_seconds() >= self.max_age_seconds
+
     async def record(
         self,
         job: Job,
@@ -135,6 +171,25 @@ class Recorder:
         await self._batcher.submit(attempt)
         return list(attempt.pending)
 
+    async def park(
+        self, job: Job, waiting: Sequence[str], wait: Wait, skipped: Sequence[RecipientResult] = ()
+    ) -> None:
+        """Park the job behind its breaker: no attempt counted, the retry step unchanged.
+
+        ``waiting``: the recipients that would have been sent to; those without a
+        wait row in this opening get one (deferred, with the next trial's time)
+        and their ``email.deferred``. ``skipped``: moves decided without the MX
+        (suppressed), recorded as usual. Shares the recorder's group commit.
+        """
+        results = list(skipped) + [
+            RecipientResult(
+                r, Outcome(status=RecipientStatus.DEFERRED, response=wait.response), "breaker"
+            )
+            for r in waiting
+        ]
+        attempt = _Attempt(job, results, None, 0, wait.until, wait=wait)
+        await self._batcher.submit(attempt)
+
     async def _write(self, batch: list[_Attempt]) -> None:
         now = self.clock()
         async with self.db.write() as conn:
@@ -143,7 +198,10 @@ class Recorder:
             for attempt in sorted(batch, key=lambda a: a.job.email_id):
                 attempt.recorded.clear()
                 attempt.pending.clear()
-                await self._apply(conn, attempt, now, state, rows)
+                if attempt.wait is None:
+                    await self._apply(conn, attempt, now, state, rows)
+                else:
+                    await self._apply_wait(conn, attempt, attempt.wait, now, state, rows)
             await rows.flush(conn)
             await store_email_statuses(
                 conn,
@@ -191,7 +249,7 @@ class Recorder:
         email = state.emails.get(job.email_id)
         if email is None:  # deleted while queued: nothing left to do
             return
-        expired = (now - email.created_at).total_seconds() >= self.max_age_seconds
+        expired = self.expired(email, now)
         attempt_id = new_id("att_")
         failures: list[Failure] = []
         for result in attempt.results:
@@ -199,13 +257,14 @@ class Recorder:
             if recipient is None or recipient.email_id != email.id:
                 continue
             outcome = result.outcome
-            if outcome.status is RecipientStatus.DEFERRED and expired:
+            if outcome.status is RecipientStatus.DEFERRED and expired and result.is_real_attempt:
                 outcome = Outcome(
                     status=RecipientStatus.FAILED,
                     smtp_code=outcome.smtp_code,
                     enhanced_code=outcome.enhanced_code,
                     response=outcome.response,
                     bounce_type=outcome.bounce_type,
+                    bounce_rule=outcome.bounce_rule,
                     reason=f"expired after {recipient.attempts + 1} attempts",
                 )
             info = AttemptInfo(
@@ -241,8 +300,65 @@ class Recorder:
         if self.bounces is not None:
             attempt.dsn_jobs = await self.bounces.notify(conn, email, failures, now)
 
+    async def _apply_wait(
+        self,
+        conn: AsyncConnection,
+        attempt: _Attempt,
+        wait: Wait,
+        now: datetime,
+        state: _BatchState,
+        rows: OutcomeRows,
+    ) -> None:
+        """A park's moves: no expiry and no attempt counted, as nothing was tried.
+
+        A recipient already told of this opening is left as it is (no row, no
+        event) but stays pending, so the job is parked for it again.
+        """
+        email = state.emails.get(attempt.job.email_id)
+        if email is None:
+            return
+        waiting = [r.recipient_id for r in attempt.results if r.scope == "breaker"]
+        told = await attempt_store.waited_since(conn, waiting, wait.since)
+        attempt_id = new_id("att_")
+        for result in attempt.results:
+            recipient = state.recipients.get(result.recipient_id)
+            if recipient is None or recipient.email_id != email.id:
+                continue
+            if recipient.id in told:
+                if RecipientStatus(recipient.status) in PENDING_STATUSES:
+                    attempt.pending.append(recipient.id)
+                continue
+            info = AttemptInfo(
+                attempt_id=attempt_id,
+                attempt=recipient.attempts,
+                mx_host=None,
+                duration_ms=0,
+                scope=result.scope,
+                next_attempt_at=wait.until,
+                counted=False,
+            )
+            moved = await apply_outcome(
+                conn,
+                email=email,
+                recipient=recipient,
+                outcome=result.outcome,
+                now=now,
+                attempt=info if result.attempted else None,
+                sequence=state.next_sequence(email.id),
+                rows=rows,
+            )
+            if not moved:
+                state.unused_sequence(email.id)
+                continue
+            state.moved(recipient, result.outcome.status, attempted=False)
+            attempt.recorded.append((recipient.id, result.outcome.status))
+            if result.outcome.status is RecipientStatus.DEFERRED:
+                attempt.pending.append(recipient.id)
+
     async def _finish(self, attempt: _Attempt, conn: AsyncConnection | None) -> None:
-        if attempt.pending:
+        if attempt.pending and attempt.wait is not None:
+            await self.queue.park(attempt.job, attempt.wait.until, conn)
+        elif attempt.pending:
             await self.queue.retry(attempt.job, attempt.retry_at, attempt.pending, conn)
         else:
             await self.queue.ack(attempt.job, conn)

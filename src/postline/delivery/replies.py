@@ -1,10 +1,15 @@
-"""SMTP replies: untrusted text made safe, and classified by code, never by substring."""
+"""SMTP replies: untrusted text made safe, and classified by code, then by phrase rules.
+
+Codes are parsed, never found as substrings ("retry in 5 minutes" is no 5xx);
+the text is read only where the codes leave the question open (classify.py).
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
+from postline.delivery.classify import Verdict, classify_permanent
 from postline.model import BounceType
 
 MAX_REPLY_BYTES = 1024
@@ -56,41 +61,24 @@ class Reply:
         return sanitize(f"{self.code} {self.text}") if self.code is not None else self.text
 
 
-#: Permanent failures by RFC 3463 (subject, detail); None matches any detail.
-#: The most specific row wins. Only the rows marked HARD are about the address
-#: itself, and only they may suppress it.
-ENHANCED_TABLE: dict[tuple[str, str | None], BounceType] = {
-    ("1", None): BounceType.HARD,  # addressing: bad mailbox, bad domain, moved
-    ("2", "1"): BounceType.HARD,  # mailbox disabled, not accepting messages
-    ("2", None): BounceType.SOFT,  # mailbox full (2.2), message too big for it (2.3)
-    ("3", None): BounceType.SOFT,  # mail system: full, not accepting, too big
-    ("4", None): BounceType.UNDETERMINED,  # network and routing
-    ("5", None): BounceType.UNDETERMINED,  # protocol
-    ("6", None): BounceType.UNDETERMINED,  # content and media
-    ("7", None): BounceType.BLOCK,  # security and policy: spam, reputation, DMARC
-}
+#: Failures that are not permanent: the reply may change on the next attempt.
+TEMPORARY = Verdict(BounceType.SOFT, "temporary")
+NO_REPLY = Verdict(BounceType.SOFT, "no_reply")
 
-#: Permanent replies without an enhanced code, by basic code (RFC 5321 4.2.2).
-BASIC_TABLE: dict[int, BounceType] = {
-    550: BounceType.HARD,  # mailbox unavailable
-    551: BounceType.HARD,  # user not local
-    553: BounceType.HARD,  # mailbox name not allowed
-    552: BounceType.SOFT,  # storage allocation exceeded
-    554: BounceType.UNDETERMINED,  # transaction failed
-}
+
+def classify(reply: Reply) -> Verdict | None:
+    """A failure's verdict (None for a success): temporary ones are soft, permanent ones
+    by enhanced code where it settles the question, else by phrase rules (classify.py)."""
+    if reply.is_success:
+        return None
+    if reply.code is None:
+        return NO_REPLY  # timeouts, refused or dropped connections
+    if not reply.is_permanent:
+        return TEMPORARY
+    return classify_permanent(reply.code, reply.enhanced_code, reply.text)
 
 
 def bounce_type(reply: Reply) -> BounceType | None:
-    """Refine a failure: temporary ones are soft; permanent ones by table (RFC 3463)."""
-    if reply.is_success:
-        return None
-    if not reply.is_permanent:
-        return BounceType.SOFT  # 4xx, timeouts, refused or dropped connections
-    enhanced = reply.enhanced_code
-    if enhanced is None:
-        assert reply.code is not None
-        return BASIC_TABLE.get(reply.code, BounceType.UNDETERMINED)
-    _, subject, detail = enhanced.split(".")
-    return ENHANCED_TABLE.get(
-        (subject, detail), ENHANCED_TABLE.get((subject, None), BounceType.UNDETERMINED)
-    )
+    """The bounce type alone, for callers that do not keep the rule."""
+    verdict = classify(reply)
+    return verdict.bounce_type if verdict is not None else None

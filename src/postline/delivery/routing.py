@@ -1,4 +1,11 @@
-"""Where to connect for a destination domain: static routes, a relay, or MX records."""
+"""Where to connect for a destination domain: static routes, a relay, or MX records.
+
+A resolver can lie: a laptop's filtering DNS answers NXDOMAIN for gmail.com.
+A permanent verdict (NXDOMAIN, null MX) bounces and suppresses, so it is
+believed only when the domain never resolved here before (successes are
+remembered) and a canary name that must exist still resolves; otherwise it is
+a deferral. Even a believed verdict suppresses for a while only (outcomes.py).
+"""
 
 from __future__ import annotations
 
@@ -22,11 +29,18 @@ class Target:
 
 
 class RouteError(Exception):
-    """No host to deliver to; ``permanent`` says whether to stop trying."""
+    """No host to deliver to; ``permanent`` says whether to stop trying, ``rule`` why."""
 
-    def __init__(self, message: str, *, permanent: bool) -> None:
+    def __init__(self, message: str, *, permanent: bool, rule: str = "dns.lookup_failed") -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.rule = rule
+
+
+#: Domains remembered as having resolved (the oldest are forgotten beyond this).
+MAX_REMEMBERED = 100_000
+#: How long a canary answer vouches for the resolver.
+CANARY_SECONDS = 60.0
 
 
 class Router:
@@ -38,7 +52,10 @@ class Router:
         relay: tuple[str, int] | None = None,
         static: dict[str, tuple[str, int]] | None = None,
         lifetime: float = 10.0,
+        canary: str = "",
     ) -> None:
+        """``canary``: a name that must exist, looked up before believing that a domain
+        does not; empty, no canary (only the memory of earlier successes guards)."""
         self.delivery_port = delivery_port
         self.relay = relay
         self.static = dict(static or {})
@@ -51,6 +68,11 @@ class Router:
         self.resolver = resolver
         # (kind, name) -> (absolute expiry, records): DNS answers live for their TTL.
         self._cache: dict[tuple[str, str], tuple[float, list[tuple[int, str]]]] = {}
+        self.canary = canary.strip().rstrip(".")
+        # Domains that resolved, in the order last seen: an NXDOMAIN for one of them
+        # says more about the resolver than about the domain.
+        self._resolved: dict[str, None] = {}
+        self._canary_ok_until = 0.0
 
     async def route(self, domain: str) -> list[Target]:
         if domain in self.static:
@@ -73,6 +95,16 @@ class Router:
         if cached is not None and cached[0] > time.time():
             return cached[1]
         try:
+            records = await self._lookup_mx(domain)
+        except RouteError as exc:
+            if exc.permanent:
+                raise await self._judge(domain, exc) from None
+            raise
+        self._remember(domain)
+        return records
+
+    async def _lookup_mx(self, domain: str) -> list[tuple[int, str]]:
+        try:
             answer = await self.resolver.resolve(domain, "MX")
         except dns.resolver.NXDOMAIN:
             raise _no_such_domain(domain) from None
@@ -84,7 +116,9 @@ class Router:
             records = [(r.preference, r.exchange.to_text(omit_final_dot=True)) for r in answer]
             expiration = answer.expiration
             if len(records) == 1 and records[0][1] in ("", "."):
-                raise RouteError(f"{domain} accepts no mail (null MX)", permanent=True)
+                raise RouteError(
+                    f"{domain} accepts no mail (null MX)", permanent=True, rule="dns.null_mx"
+                )
             records = [(pref, host) for pref, host in records if host not in ("", ".")]
         self._cache[("MX", domain)] = (expiration, records)
         return records
@@ -103,7 +137,45 @@ class Router:
                     f"DNS lookup for {domain} failed: {exc}", permanent=False
                 ) from None
             return [(0, domain)], answer.expiration
-        raise RouteError(f"{domain} has no MX or address records", permanent=True)
+        raise RouteError(
+            f"{domain} has no MX or address records", permanent=True, rule="dns.no_address"
+        )
+
+    def _remember(self, domain: str) -> None:
+        self._resolved.pop(domain, None)
+        self._resolved[domain] = None
+        if len(self._resolved) > MAX_REMEMBERED:
+            del self._resolved[next(iter(self._resolved))]
+
+    async def _judge(self, domain: str, verdict: RouteError) -> RouteError:
+        """A permanent DNS verdict, unless the resolver cannot be trusted: then a deferral."""
+        if domain in self._resolved:
+            return RouteError(
+                f"{verdict}, yet it resolved before: not trusted, will retry",
+                permanent=False,
+                rule="dns.contradicts_earlier",
+            )
+        if not await self._canary_resolves():
+            return RouteError(
+                f"{verdict}, yet the resolver cannot find {self.canary} either: not trusted,"
+                " will retry",
+                permanent=False,
+                rule="dns.canary_failed",
+            )
+        return verdict
+
+    async def _canary_resolves(self) -> bool:
+        """Whether the canary name exists for our resolver (a success is kept a minute)."""
+        if not self.canary or self._canary_ok_until > time.monotonic():
+            return True
+        try:
+            await self.resolver.resolve(self.canary, "MX")
+        except dns.resolver.NoAnswer:
+            pass  # the name exists, with no MX: the resolver told the truth
+        except dns.exception.DNSException:
+            return False
+        self._canary_ok_until = time.monotonic() + CANARY_SECONDS
+        return True
 
     async def addresses(self, host: str) -> list[str]:
         """Resolve an MX host name through our resolver (not the system's), TTL-cached."""
@@ -129,7 +201,7 @@ class Router:
 
 
 def _no_such_domain(domain: str) -> RouteError:
-    return RouteError(f"domain {domain} does not exist", permanent=True)
+    return RouteError(f"domain {domain} does not exist", permanent=True, rule="dns.nxdomain")
 
 
 def _lookup_failed(domain: str, exc: Exception) -> RouteError:

@@ -30,10 +30,18 @@ class TransactionResult:
     refused_locally: bool = False  # we declined to send (SIZE, SMTPUTF8): not the server's health
 
     def reply_for(self, address: str) -> tuple[Reply, str]:
-        """The reply deciding this recipient, and its scope ("transaction" or "recipient")."""
+        """The reply deciding this recipient, and its scope ("transaction" or "recipient").
+
+        A definite permanent refusal of the RCPT stands whatever happened next
+        (a 421, a dropped connection, a refused DATA): the server said no to that
+        address, and retrying it would only ask again. Everyone else shares the
+        transaction's fate.
+        """
+        rcpt = self.rcpt.get(address)
+        if rcpt is not None and rcpt.is_permanent:
+            return rcpt, "recipient"
         if self.error is not None:
             return self.error, "transaction"
-        rcpt = self.rcpt.get(address)
         if rcpt is None:
             return Reply(None, "no reply for this recipient"), "transaction"
         if not rcpt.is_success:
@@ -64,6 +72,8 @@ class SmtpDelivery:
         """
         started = time.monotonic()
         result = TransactionResult(error=Reply(None, "no MX host to try"))
+        # Permanent RCPT refusals already received: kept, and not asked of the next MX.
+        refused: dict[str, Reply] = {}
         for target in targets:
             addresses = await self.router.addresses(target.host)
             if not addresses:
@@ -72,14 +82,14 @@ class SmtpDelivery:
                 )
                 continue
             for address in addresses:
+                pending = [r for r in recipients if r not in refused]
                 result = await self._attempt(
-                    target, address, _Envelope(envelope_from, recipients, body, policy, still_mine)
+                    target, address, _Envelope(envelope_from, pending, body, policy, still_mine)
                 )
-                if not _try_next(result):
-                    result.duration_ms = int((time.monotonic() - started) * 1000)
-                    return result
-        result.duration_ms = int((time.monotonic() - started) * 1000)
-        return result
+                refused.update((r, reply) for r, reply in result.rcpt.items() if reply.is_permanent)
+                if not _try_next(result) or refused.keys() >= set(recipients):
+                    return _finished(result, refused, started)
+        return _finished(result, refused, started)
 
     async def _attempt(
         self, target: Target, address: str, envelope: _Envelope
@@ -129,6 +139,10 @@ class SmtpDelivery:
                     result.rcpt[recipient] = Reply.of(response.code, response.message)
                 except aiosmtplib.SMTPRecipientRefused as exc:
                     result.rcpt[recipient] = Reply.of(exc.code, exc.message)
+                    if exc.code == pipelining.CLOSING:
+                        # RFC 5321 3.8: the server is closing; what it said so far stands.
+                        result.error = result.rcpt[recipient]
+                        return result
             if any(reply.is_success for reply in result.rcpt.values()):
                 result.data = await pipelining.data(client, envelope.body, envelope.still_mine)
                 clean = True
@@ -146,6 +160,14 @@ class SmtpDelivery:
             if session is not None:
                 await self.pool.give_back(session, clean=clean)
         return result
+
+
+def _finished(
+    result: TransactionResult, refused: dict[str, Reply], started: float
+) -> TransactionResult:
+    result.rcpt.update(refused)
+    result.duration_ms = int((time.monotonic() - started) * 1000)
+    return result
 
 
 async def _reset(client: aiosmtplib.SMTP) -> bool:

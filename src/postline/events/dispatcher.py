@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -27,6 +26,7 @@ from typing import Any
 
 import dns.asyncresolver
 import httpx
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.backoff import Backoff
 from postline.config import Settings
@@ -35,10 +35,12 @@ from postline.events.signing import signature_header
 from postline.events.ssrf import UnsafeURL, checked_addresses, split_url
 from postline.ids import new_id
 from postline.metrics import Metrics
+from postline.model import WebhookDeliveryStatus
 from postline.store import webhooks as webhook_store
 from postline.store.batching import Batcher
 from postline.store.db import Database
-from postline.store.types import utcnow
+from postline.store.types import Clock, utcnow
+from postline.store.webhooks import DueDelivery, Webhook
 
 log = logging.getLogger("postline.webhooks")
 
@@ -46,7 +48,7 @@ FAN_OUT_BATCH = 500
 MAX_RETRY_AFTER = 24 * 3600.0
 
 
-def matches(webhook: Any, event_type: str, domain_id: str | None) -> bool:
+def matches(webhook: Webhook, event_type: str, domain_id: str | None) -> bool:
     wanted = webhook.events or []
     if "*" not in wanted and event_type not in wanted:
         return False
@@ -73,28 +75,33 @@ class Dispatcher:
         settings: Settings,
         metrics: Metrics,
         resolver: dns.asyncresolver.Resolver,
-        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        clock: Clock,
+        transport: httpx.AsyncBaseTransport | None,
     ) -> None:
+        """``clock`` is "now" for due times, leases and endpoint health (``utcnow``,
+        or a test's, to run hours of retries in seconds); ``transport`` carries the
+        POSTs (None: httpx's own, over the network)."""
         self.db = db
         self.settings = settings
         self.metrics = metrics
         self.resolver = resolver
+        self.clock = clock
         self.transport = transport
         self._wake = asyncio.Event()
-        # "Now" for due times, leases and endpoint health: injectable (like the
-        # recorder's and the breakers'), so tests can run hours of retries in seconds.
-        self.clock: Callable[[], datetime] = utcnow
         # Long enough for one POST and its recording; short enough that a crashed
         # worker's deliveries are picked up again soon.
         self.lease_time = timedelta(seconds=settings.webhook_timeout * 2 + 10)
-        self._batcher: Batcher[tuple[Any, AttemptResult]] = Batcher(self._write, name="webhooks")
+        self._batcher: Batcher[tuple[DueDelivery, AttemptResult]] = Batcher(
+            self._write, name="webhooks"
+        )
 
     def wake(self) -> None:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         size = self.settings.webhook_concurrency
-        work: asyncio.Queue[Any] = asyncio.Queue(maxsize=size)
+        work: asyncio.Queue[DueDelivery] = asyncio.Queue(maxsize=size)
         async with httpx.AsyncClient(
             transport=self.transport,
             timeout=self.settings.webhook_timeout,
@@ -128,7 +135,7 @@ class Dispatcher:
                 await asyncio.gather(*senders, return_exceptions=True)
                 await self._release(work)
 
-    async def _release(self, work: asyncio.Queue[Any]) -> None:
+    async def _release(self, work: asyncio.Queue[DueDelivery]) -> None:
         """Give back deliveries leased but not started, so another worker sends them now."""
         left = [work.get_nowait().id for _ in range(work.qsize())]
         if left:
@@ -136,7 +143,7 @@ class Dispatcher:
                 async with self.db.write() as conn:
                     await webhook_store.release_deliveries(conn, left)
 
-    async def pass_once(self, work: asyncio.Queue[Any]) -> bool:
+    async def pass_once(self, work: asyncio.Queue[DueDelivery]) -> bool:
         """Fan out new events and feed due deliveries to the senders; True if it found work."""
         fanned = await self.fan_out()
         free = work.maxsize - work.qsize()
@@ -153,16 +160,9 @@ class Dispatcher:
                 return 0
             endpoints = await webhook_store.enabled_webhooks(conn)
             rows = [
-                {
-                    "id": new_id("whd_"),
-                    "event_id": event.id,
-                    "webhook_id": endpoint.id,
-                    "status": "pending",
-                    "attempts": 0,
-                    "next_attempt_at": now,
-                    "created_at": now,
-                    "updated_at": now,
-                }
+                webhook_store.new_delivery(
+                    delivery_id=new_id("whd_"), event_id=event.id, webhook_id=endpoint.id, now=now
+                )
                 for event in pending
                 for endpoint in endpoints
                 if matches(endpoint, event.type, event.domain_id)
@@ -171,13 +171,13 @@ class Dispatcher:
             await webhook_store.mark_dispatched(conn, [e.id for e in pending], now)
         return len(pending)
 
-    async def lease(self, limit: int) -> list[Any]:
+    async def lease(self, limit: int) -> list[DueDelivery]:
         async with self.db.write() as conn:
             return await webhook_store.lease_due_deliveries(
                 conn, self.clock(), limit, self.lease_time
             )
 
-    async def _sender(self, client: httpx.AsyncClient, work: asyncio.Queue[Any]) -> None:
+    async def _sender(self, client: httpx.AsyncClient, work: asyncio.Queue[DueDelivery]) -> None:
         while True:
             row = await work.get()
             try:
@@ -188,13 +188,13 @@ class Dispatcher:
                 work.task_done()
                 self._wake.set()  # a slot is free: lease more now, not at the next poll
 
-    async def deliver(self, client: httpx.AsyncClient, row: Any) -> None:
+    async def deliver(self, client: httpx.AsyncClient, row: DueDelivery) -> None:
         if not row.enabled:
             return  # the lease lapses; the row waits until the endpoint is enabled again
         result = await self.attempt(client, row)
         await self.record(row, result)
 
-    async def attempt(self, client: httpx.AsyncClient, row: Any) -> AttemptResult:
+    async def attempt(self, client: httpx.AsyncClient, row: DueDelivery) -> AttemptResult:
         started = time.monotonic()
         body = json.dumps(row.payload, separators=(",", ":"))
         now = self.clock()
@@ -237,10 +237,10 @@ class Dispatcher:
             _retry_after(response),
         )
 
-    async def record(self, row: Any, result: AttemptResult) -> None:
+    async def record(self, row: DueDelivery, result: AttemptResult) -> None:
         await self._batcher.submit((row, result))
 
-    async def _write(self, batch: list[tuple[Any, AttemptResult]]) -> None:
+    async def _write(self, batch: list[tuple[DueDelivery, AttemptResult]]) -> None:
         """Record a batch of attempts in one transaction (group commit)."""
         now = self.clock()
         outcomes = []
@@ -260,19 +260,21 @@ class Dispatcher:
             )
 
     async def _record_one(
-        self, conn: Any, row: Any, result: AttemptResult, now: datetime
-    ) -> tuple[str, int]:
+        self, conn: AsyncConnection, row: DueDelivery, result: AttemptResult, now: datetime
+    ) -> tuple[WebhookDeliveryStatus, int]:
         attempts = row.attempts + 1
         delays = self.settings.webhook_retry_delays
+        status: WebhookDeliveryStatus
+        next_at: datetime | None = None
         if result.ok:
-            status, next_at = "succeeded", None
+            status = WebhookDeliveryStatus.SUCCEEDED
         elif result.code == 410 or attempts > len(delays):
-            status, next_at = "failed", None
+            status = WebhookDeliveryStatus.FAILED
         else:
             delay = delays[attempts - 1]
             if result.retry_after is not None:
                 delay = max(delay, result.retry_after)
-            status, next_at = "pending", now + timedelta(seconds=delay)
+            status, next_at = WebhookDeliveryStatus.PENDING, now + timedelta(seconds=delay)
         await webhook_store.finish_attempt(
             conn,
             delivery_id=row.id,
@@ -289,7 +291,7 @@ class Dispatcher:
         return status, attempts
 
     async def _endpoint_health(
-        self, conn: Any, row: Any, result: AttemptResult, now: datetime
+        self, conn: AsyncConnection, row: DueDelivery, result: AttemptResult, now: datetime
     ) -> None:
         """Track continuous failure; disable on 410 or after the configured period."""
         if result.ok:

@@ -167,3 +167,23 @@ class Queue(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+    @abstractmethod
+    async def park(self, job: Job, until: datetime, conn: AsyncConnection | None = None) -> None:
+        """Give the job back to wait until ``until`` without it counting as an attempt.
+
+        For a job whose destination refused it before any connection (an open
+        circuit breaker): ``attempt`` and the recipients stay as they are, so the
+        retry backoff does not advance. The job stays parked, due at ``until``,
+        until :meth:`release_parked` makes it due sooner; a lease, retry or park
+        after that is an ordinary one. ``conn`` as in :meth:`enqueue`.
+        """
+
+    @abstractmethod
+    async def release_parked(self, destination: str) -> int:
+        """Make the jobs parked for ``destination`` due now; return how many.
+
+        Jobs parked and then leased, retried or acked since are not touched:
+        only those still waiting at the time their park gave them. Run by the
+        worker that sees the destination recover, for the jobs every worker parked.
+        """

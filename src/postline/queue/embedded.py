@@ -721,3 +721,34 @@ class EmbeddedQueue(Queue):
         """A table in the store; concurrent takes share a transaction (``queue.buckets``)."""
         check_bucket(rate, burst)
         return await self._buckets.take(bucket, rate, burst)
+
+    async def park(self, job: Job, until: datetime, conn: AsyncConnection | None = None) -> None:
+        """``parked_until`` marks the wait: :meth:`release_parked` finds it by that
+        and by ``due_at`` still equal to it (a later retry moves ``due_at``)."""
+        statement = (
+            update(jobs_table)
+            .where(self._owned(job))
+            .values(due_at=until, parked_until=until, lease_owner=None, lease_until=None)
+        )
+        await self._run(statement, conn)
+        self._turns.note(job.destination, until)
+
+    async def release_parked(self, destination: str) -> int:
+        now = utcnow()
+        c = jobs_table.c
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                update(jobs_table)
+                .where(
+                    c.destination == destination,
+                    c.parked_until.is_not(None),
+                    c.due_at == c.parked_until,
+                    c.due_at > now,
+                    _not_leased(now),
+                )
+                .values(due_at=now, parked_until=None)
+            )
+        released = int(result.rowcount or 0)
+        if released:
+            self._turns.note(destination, now)
+        return released

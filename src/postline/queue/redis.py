@@ -21,6 +21,8 @@ one Redis:
 ``depth``      hash   destination -> pending + leased jobs
 ``inflight``   hash   destination -> leased jobs
 ``rate:{b}``   hash   token bucket b of the rate limits: tokens, ts (expires when full)
+``parked:{d}`` zset   job ids of destination d parked behind its breaker, scored by the
+                      time they wait for (``park``, ``release_parked``)
 ``worker:{o}`` string heartbeat of worker o, with a TTL: o is alive while it exists
 
 Every change is one Lua script (``redis_lua``), so the keys always agree
@@ -36,6 +38,7 @@ embedded queue stops counting a lease when it expires).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -260,3 +263,24 @@ class RedisQueue(Queue):
 
     async def close(self) -> None:
         await self.client.aclose()
+
+    @functools.cached_property
+    def _park(self) -> AsyncScript:
+        return self.client.register_script(redis_lua.PARK)
+
+    @functools.cached_property
+    def _release_parked(self) -> AsyncScript:
+        return self.client.register_script(redis_lua.RELEASE_PARKED)
+
+    async def park(self, job: Job, until: datetime, conn: AsyncConnection | None = None) -> None:
+        """Noted in ``parked:{d}`` (a zset of job ids scored by ``until``) for
+        :meth:`release_parked`, which releases only a job still due at that very time."""
+        if job.lease_owner is not None:
+            await self._run(self._park, job.id, job.lease_owner, _epoch(until), self._parked)
+
+    async def release_parked(self, destination: str) -> int:
+        return int(await self._run(self._release_parked, destination, self._parked))
+
+    @property
+    def _parked(self) -> str:
+        return f"{self.prefix}:parked:"

@@ -333,3 +333,52 @@ redis.call('HSET', KEYS[1], 'tokens', fixed(tokens), 'ts', fixed(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
 return {1, fixed(tokens)}
 """
+
+#: ARGV: due prefix, id, owner, wake (epoch), parked prefix. Pending again, due at
+#: `wake`, attempt and recipients unchanged; noted in ``parked:{d}`` (scored by `wake`),
+#: whose entries already due are dropped: nothing is left to release of those.
+PARK = (
+    _COMMON
+    + r"""
+local id, wake, PARKED = ARGV[2], tonumber(ARGV[4]), ARGV[5]
+local job = owned(id, ARGV[3])
+if not job then return 0 end
+job.due_at = wake
+unlease(id, job, wake)
+local parked = PARKED .. job.destination
+redis.call('ZREMRANGEBYSCORE', parked, '-inf', score(clock()))
+redis.call('ZADD', parked, score(wake), id)
+return 1
+"""
+)
+
+#: ARGV: due prefix, destination, parked prefix. Every job parked for the destination
+#: that still waits for the time its park gave it (not leased, due then, in the future)
+#: is due now. Returns how many.
+RELEASE_PARKED = (
+    _COMMON
+    + r"""
+local destination, PARKED = ARGV[2], ARGV[3]
+local parked = PARKED .. destination
+local now = clock()
+local entries = redis.call('ZRANGEBYSCORE', parked, '(' .. score(now), '+inf', 'WITHSCORES')
+local released = 0
+for i = 1, #entries, 2 do
+  local id, wake = entries[i], entries[i + 1]
+  local raw = redis.call('HGET', JOBS, id)
+  if raw then
+    local job = cjson.decode(raw)
+    local free = job.lease_owner == nil or job.lease_owner == cjson.null
+    if free and score(job.due_at) == score(tonumber(wake)) then
+      job.due_at = now
+      redis.call('HSET', JOBS, id, encode(job))
+      redis.call('ZADD', DUE .. destination, score(now), id)
+      redis.call('ZADD', DOMAINS, 'LT', score(now), destination)
+      released = released + 1
+    end
+  end
+end
+redis.call('DEL', parked)
+return released
+"""
+)

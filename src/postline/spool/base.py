@@ -50,5 +50,13 @@ class Spool(ABC):
     async def refs_older_than(self, moment: datetime) -> list[str]:
         """Bodies written before ``moment``: the candidates for orphan cleanup."""
 
+    async def delete_many(self, refs: Sequence[str]) -> None:
+        """Remove many bodies (housekeeping frees whole batches); gone ones are no error.
+
+        Adapters override it to pay one round trip, not one per body.
+        """
+        for ref in refs:
+            await self.delete(ref)
+
     async def put(self, ref: str, body: bytes) -> None:
         await self.put_many([(ref, body)])

@@ -85,6 +85,15 @@ class DatabaseSpool(Spool):
             async with self.db.write() as conn:
                 await conn.execute(statement)
 
+    async def delete_many(self, refs: Sequence[str]) -> None:
+        checked = sorted({check_ref(ref) for ref in refs})
+        if not checked:
+            return
+        statement = delete(spool_bodies).where(spool_bodies.c.ref.in_(checked))
+        with _spool_errors("delete from"):
+            async with self.db.write() as conn:
+                await conn.execute(statement)
+
     async def refs_older_than(self, moment: datetime) -> list[str]:
         # A naive moment is local time, as the file spool reads it.
         statement = (

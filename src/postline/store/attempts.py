@@ -2,31 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from postline.model import AttemptScope, RecipientStatus
+from postline.store.records import Record
 from postline.store.schema import delivery_attempts
 
 
-@dataclass(frozen=True)
-class AttemptRow:
+@dataclass(frozen=True, slots=True)
+class AttemptRow(Record):
     """One recipient's row of one SMTP transaction, as the breaker warm-up reads it.
 
     Several rows share ``attempt_id`` (one per recipient of the transaction).
-    ``scope`` is "transaction" (the reply decided the whole transaction: a
-    connect/greeting/MAIL/DATA failure, or the DATA reply), "recipient" (a
-    per-recipient RCPT reply) or "breaker" (deferred without connecting
-    because the breaker was open). It lives in the store, not in
+    ``scope`` says whether the outcome is about the destination at all
+    (:class:`~postline.model.AttemptScope`). It lives in the store, not in
     ``delivery/``, so the store never imports upwards.
     """
 
     destination: str
     attempt_id: str
-    scope: str
-    status: str
+    scope: AttemptScope
+    status: RecipientStatus
     created_at: datetime
     response: str | None = None
 
@@ -43,14 +44,27 @@ async def recent_attempts(conn: AsyncConnection, since: datetime) -> list[Attemp
         .where(c.created_at >= since)
         .order_by(c.created_at, c.id)
     )
-    return [
-        AttemptRow(
-            destination=row.destination,
-            attempt_id=row.attempt_id,
-            scope=row.scope,
-            status=row.status,
-            created_at=row.created_at,
-            response=row.response,
+    return [AttemptRow.from_row(row) for row in await conn.execute(statement)]
+
+
+async def waited_since(
+    conn: AsyncConnection, recipient_ids: Sequence[str], since: datetime
+) -> set[str]:
+    """Those of ``recipient_ids`` with a breaker wait on their timeline at or after ``since``.
+
+    A recipient parked again in the same opening of a breaker (``since``, when
+    it opened) already has its row and its ``email.deferred``: it gets no other.
+    """
+    if not recipient_ids:
+        return set()
+    c = delivery_attempts.c
+    statement = (
+        select(c.recipient_id)
+        .where(
+            c.recipient_id.in_(recipient_ids),
+            c.scope == AttemptScope.BREAKER,
+            c.created_at >= since,
         )
-        for row in await conn.execute(statement)
-    ]
+        .distinct()
+    )
+    return {row.recipient_id for row in await conn.execute(statement)}

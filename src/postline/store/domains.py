@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from postline.store.records import Record
 from postline.store.schema import api_keys, domains, sent_emails
 from postline.store.types import utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class Domain(Record):
+    """A sending domain, with the DKIM key that signs its mail."""
+
+    id: str
+    name: str
+    dkim_selector: str
+    dkim_private_key: str | None
+    verified: bool
+    # The last DNS check: purpose ("dkim", "spf", ...) -> "verified" | "mismatch" | "missing".
+    verification: dict[str, str] | None
+    bounce_notifications: bool
+    created_at: datetime
+    updated_at: datetime
 
 
 async def insert_domain(
@@ -30,20 +47,21 @@ async def insert_domain(
     )
 
 
-async def get_domain(conn: AsyncConnection, domain_id: str) -> Row[Any] | None:
-    return (await conn.execute(select(domains).where(domains.c.id == domain_id))).first()
+async def get_domain(conn: AsyncConnection, domain_id: str) -> Domain | None:
+    statement = select(domains).where(domains.c.id == domain_id)
+    return Domain.from_optional((await conn.execute(statement)).first())
 
 
-async def get_domain_by_name(conn: AsyncConnection, name: str) -> Row[Any] | None:
+async def get_domain_by_name(conn: AsyncConnection, name: str) -> Domain | None:
     statement = select(domains).where(domains.c.name == name.lower())
-    return (await conn.execute(statement)).first()
+    return Domain.from_optional((await conn.execute(statement)).first())
 
 
-async def list_domains(conn: AsyncConnection, only_id: str | None = None) -> list[Row[Any]]:
+async def list_domains(conn: AsyncConnection, only_id: str | None = None) -> list[Domain]:
     statement = select(domains).order_by(domains.c.name)
     if only_id is not None:
         statement = statement.where(domains.c.id == only_id)
-    return list((await conn.execute(statement)).all())
+    return [Domain.from_row(row) for row in await conn.execute(statement)]
 
 
 async def set_bounce_notifications(conn: AsyncConnection, domain_id: str, enabled: bool) -> None:

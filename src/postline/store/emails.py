@@ -11,7 +11,7 @@ from sqlalchemy import and_, bindparam, exists, func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from postline.model import RecipientStatus
+from postline.model import OWN_SOURCES, RecipientStatus
 from postline.store.schema import (
     delivery_attempts,
     email_recipients,
@@ -202,6 +202,8 @@ class EmailFilter:
     since: datetime | None = None
     until: datetime | None = None
     message_id: str | None = None
+    #: Only emails of this source; None: the customer's mail, never Postline's own.
+    source: str | None = None
 
 
 async def list_emails(
@@ -230,6 +232,10 @@ async def list_emails(
         conditions.append(sent_emails.c.created_at < where.until)
     if where.message_id:
         conditions.append(sent_emails.c.message_id == where.message_id)
+    if where.source is not None:
+        conditions.append(sent_emails.c.source == where.source)
+    else:
+        conditions.append(sent_emails.c.source.not_in([str(s) for s in OWN_SOURCES]))
     if where.recipient:
         conditions.append(
             exists().where(
@@ -243,6 +249,36 @@ async def list_emails(
     if conditions:
         statement = statement.where(and_(*conditions))
     return list((await conn.execute(statement)).all())
+
+
+@dataclass(frozen=True)
+class Notification:
+    """Mail Postline sent about an email (a DSN), as the email's detail shows it."""
+
+    id: str
+    source: str
+    status: str  # the notification's recipient's: did it reach the sender?
+    recipient: str
+    created_at: datetime
+    updated_at: datetime
+
+
+async def notifications_about(conn: AsyncConnection, email_id: str) -> list[Notification]:
+    """The mail Postline sent about this email (its DSNs), oldest first, per recipient."""
+    statement = (
+        select(
+            sent_emails.c.id,
+            sent_emails.c.source,
+            email_recipients.c.status,
+            email_recipients.c.address,
+            sent_emails.c.created_at,
+            sent_emails.c.updated_at,
+        )
+        .join(email_recipients, email_recipients.c.email_id == sent_emails.c.id)
+        .where(sent_emails.c.original_email_id == email_id)
+        .order_by(sent_emails.c.id, email_recipients.c.position)
+    )
+    return [Notification(*row) for row in await conn.execute(statement)]
 
 
 async def deferred_by_destination(conn: AsyncConnection) -> dict[str, int]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from postline.store.records import Record
 from postline.store.schema import idempotency_keys as table
 
 RETENTION = timedelta(hours=24)
@@ -16,7 +17,21 @@ RETENTION = timedelta(hours=24)
 ABANDONED = timedelta(minutes=10)
 
 
-async def find(conn: AsyncConnection, scope: str, key: str, now: datetime) -> Row[Any] | None:
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord(Record):
+    """A request made with an Idempotency-Key: its fingerprint and, once done, its answer."""
+
+    scope: str  # the API key that made it: keys never see each other's records
+    key: str
+    request_hash: str  # a replay with another body under the same key is refused
+    state: Literal["running", "done"]
+    response: Any  # the JSON answered, once done
+    created_at: datetime
+
+
+async def find(
+    conn: AsyncConnection, scope: str, key: str, now: datetime
+) -> IdempotencyRecord | None:
     await conn.execute(
         delete(table).where(
             table.c.scope == scope,
@@ -26,7 +41,7 @@ async def find(conn: AsyncConnection, scope: str, key: str, now: datetime) -> Ro
         )
     )
     statement = select(table).where(table.c.scope == scope, table.c.key == key)
-    return (await conn.execute(statement)).first()
+    return IdempotencyRecord.from_optional((await conn.execute(statement)).first())
 
 
 async def insert_running(

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from postline.store.records import Record
 from postline.store.schema import api_keys, domains
 from postline.store.types import utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey(Record):
+    """An API key as stored: its hash, never its secret, and the domain it is scoped to."""
+
+    id: str
+    name: str
+    prefix: str  # the first characters of the secret, so an operator can tell keys apart
+    key_hash: str
+    domain_id: str | None  # None: an admin key, for every domain
+    domain_name: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
 
 
 async def insert_key(
@@ -39,15 +54,15 @@ _WITH_DOMAIN = select(api_keys, domains.c.name.label("domain_name")).select_from
 )
 
 
-async def find_active_key(conn: AsyncConnection, key_hash: str) -> Row[Any] | None:
+async def find_active_key(conn: AsyncConnection, key_hash: str) -> ApiKey | None:
     """The hash is the lookup key: the comparison happens inside the index, not in Python."""
     statement = _WITH_DOMAIN.where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
-    return (await conn.execute(statement)).first()
+    return ApiKey.from_optional((await conn.execute(statement)).first())
 
 
-async def list_keys(conn: AsyncConnection) -> list[Row[Any]]:
+async def list_keys(conn: AsyncConnection) -> list[ApiKey]:
     statement = _WITH_DOMAIN.where(api_keys.c.revoked_at.is_(None)).order_by(api_keys.c.id)
-    return list((await conn.execute(statement)).all())
+    return [ApiKey.from_row(row) for row in await conn.execute(statement)]
 
 
 async def count_keys(conn: AsyncConnection) -> int:

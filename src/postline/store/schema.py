@@ -82,6 +82,23 @@ sent_emails = Table(
     Column("scheduled_at", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # Mail Postline writes about another email (a DSN): that email's id, so its
+    # detail can show the notification. No foreign key: purging either email
+    # must not depend on the other.
+    Column("original_email_id", String(32), nullable=True, index=True),
+    # When housekeeping removed the body from the spool (store/retention.py); NULL while
+    # it is kept: the email still waits, or is final but inside the body retention.
+    Column("body_purged_at", UTCDateTime, nullable=True),
+    # The body sweep seeks (NULL, each final status) and reads only those final long
+    # enough: neither waiting mail nor bodies inside their retention are scanned.
+    Index(
+        "ix_sent_emails_body_purged_at_status_updated_at",
+        "body_purged_at",
+        "status",
+        "updated_at",
+    ),
+    # The retention purge seeks each final status and reads only emails past the cutoff.
+    Index("ix_sent_emails_status_updated_at", "status", "updated_at"),
 )
 
 email_recipients = Table(
@@ -104,6 +121,8 @@ email_recipients = Table(
     Column("enhanced_code", String(16), nullable=True),
     Column("response", Text, nullable=True),
     Column("bounce_type", String(16), nullable=True),
+    # The classification rule that decided bounce_type (delivery/classify.py).
+    Column("bounce_rule", String(64), nullable=True),
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
@@ -135,6 +154,7 @@ delivery_attempts = Table(
     Column("smtp_code", Integer, nullable=True),
     Column("enhanced_code", String(16), nullable=True),
     Column("response", Text, nullable=True),
+    Column("bounce_rule", String(64), nullable=True),
     Column("duration_ms", Integer, nullable=False, default=0),
     Column("created_at", UTCDateTime, nullable=False),
     Index("ix_delivery_attempts_destination_created_at", "destination", "created_at"),
@@ -242,6 +262,8 @@ queue_jobs = Table(
     Column("lease_owner", String(64), nullable=True),
     Column("lease_until", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
+    # Set by a park (an open breaker): the job waits until then, unless released sooner.
+    Column("parked_until", UTCDateTime, nullable=True),
     Index("ix_queue_jobs_due_at", "due_at"),
     # Leasing takes each destination's earliest jobs in turn (queue/embedded.py).
     Index("ix_queue_jobs_destination_due_at", "destination", "due_at"),

@@ -3,16 +3,84 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from postline.model import WebhookDeliveryStatus
+from postline.store.records import Record
 from postline.store.schema import domains, events, webhook_attempts, webhook_deliveries, webhooks
+
+# Plain strings into SQL, as store/emails.py does: every driver binds a str.
+_PENDING = str(WebhookDeliveryStatus.PENDING)
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook(Record):
+    """A registered endpoint: where events go, signed with which secret."""
+
+    id: str
+    url: str
+    events: list[str]  # event types, or ["*"]
+    secret: str
+    previous_secret: str | None  # still signs for a while after a rotation
+    secret_rotated_at: datetime | None
+    enabled: bool
+    disabled_reason: str | None
+    failing_since: datetime | None  # start of the current run of failed attempts
+    domain_id: str | None  # None: every domain's events
+    domain_name: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery(Record):
+    """One event's delivery to one endpoint, as the API lists it."""
+
+    id: str
+    event_id: str  # also the webhook-id header: the same on every retry
+    event_type: str
+    webhook_id: str
+    status: WebhookDeliveryStatus
+    attempts: int
+    next_attempt_at: datetime | None
+    response_code: int | None
+    response_body: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DueDelivery(Record):
+    """A leased delivery with what sending it needs: the event and its endpoint."""
+
+    id: str
+    event_id: str
+    webhook_id: str
+    attempts: int
+    payload: dict[str, Any]
+    url: str
+    secret: str
+    previous_secret: str | None
+    secret_rotated_at: datetime | None
+    enabled: bool
+    failing_since: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class UndispatchedEvent(Record):
+    """An outbox event not yet fanned out to the endpoints that want it."""
+
+    id: str
+    type: str
+    domain_id: str | None
+
 
 _WITH_DOMAIN = select(webhooks, domains.c.name.label("domain_name")).select_from(
     webhooks.outerjoin(domains, webhooks.c.domain_id == domains.c.id)
@@ -23,15 +91,16 @@ async def insert_webhook(conn: AsyncConnection, values: dict[str, Any]) -> None:
     await conn.execute(insert(webhooks).values(**values))
 
 
-async def get_webhook(conn: AsyncConnection, webhook_id: str) -> Row[Any] | None:
-    return (await conn.execute(_WITH_DOMAIN.where(webhooks.c.id == webhook_id))).first()
+async def get_webhook(conn: AsyncConnection, webhook_id: str) -> Webhook | None:
+    statement = _WITH_DOMAIN.where(webhooks.c.id == webhook_id)
+    return Webhook.from_optional((await conn.execute(statement)).first())
 
 
-async def list_webhooks(conn: AsyncConnection, domain_id: str | None) -> list[Row[Any]]:
+async def list_webhooks(conn: AsyncConnection, domain_id: str | None) -> list[Webhook]:
     statement = _WITH_DOMAIN.order_by(webhooks.c.id)
     if domain_id is not None:
         statement = statement.where(webhooks.c.domain_id == domain_id)
-    return list((await conn.execute(statement)).all())
+    return [Webhook.from_row(row) for row in await conn.execute(statement)]
 
 
 async def update_webhook(conn: AsyncConnection, webhook_id: str, values: dict[str, Any]) -> None:
@@ -42,8 +111,9 @@ async def delete_webhook(conn: AsyncConnection, webhook_id: str) -> None:
     await conn.execute(delete(webhooks).where(webhooks.c.id == webhook_id))
 
 
-async def enabled_webhooks(conn: AsyncConnection) -> list[Row[Any]]:
-    return list((await conn.execute(select(webhooks).where(webhooks.c.enabled))).all())
+async def enabled_webhooks(conn: AsyncConnection) -> list[Webhook]:
+    statement = _WITH_DOMAIN.where(webhooks.c.enabled)
+    return [Webhook.from_row(row) for row in await conn.execute(statement)]
 
 
 # --- the outbox -------------------------------------------------------------
@@ -53,7 +123,7 @@ async def insert_event(conn: AsyncConnection, values: dict[str, Any]) -> None:
     await conn.execute(insert(events).values(**values))
 
 
-async def claim_undispatched(conn: AsyncConnection, limit: int) -> list[Any]:
+async def claim_undispatched(conn: AsyncConnection, limit: int) -> list[UndispatchedEvent]:
     """Events not yet fanned out, oldest first, locked against other dispatchers."""
     statement = (
         select(events.c.id, events.c.type, events.c.domain_id)
@@ -63,13 +133,29 @@ async def claim_undispatched(conn: AsyncConnection, limit: int) -> list[Any]:
     )
     if conn.dialect.name == "postgresql":
         statement = statement.with_for_update(skip_locked=True)
-    return list((await conn.execute(statement)).all())
+    return [UndispatchedEvent.from_row(row) for row in await conn.execute(statement)]
 
 
 async def mark_dispatched(conn: AsyncConnection, event_ids: Sequence[str], now: datetime) -> None:
     await conn.execute(
         update(events).where(events.c.id.in_(list(event_ids))).values(dispatched_at=now)
     )
+
+
+def new_delivery(
+    *, delivery_id: str, event_id: str, webhook_id: str, now: datetime
+) -> dict[str, Any]:
+    """The row of a delivery not tried yet, due at once: for :func:`insert_deliveries`."""
+    return {
+        "id": delivery_id,
+        "event_id": event_id,
+        "webhook_id": webhook_id,
+        "status": _PENDING,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 async def insert_deliveries(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
@@ -104,12 +190,12 @@ _DUE = select(
 
 async def lease_due_deliveries(
     conn: AsyncConnection, now: datetime, limit: int, lease: timedelta
-) -> list[Row[Any]]:
+) -> list[DueDelivery]:
     """Claim pending deliveries that are due, so no other worker sends them meanwhile."""
     candidates = (
         select(webhook_deliveries.c.id)
         .where(
-            webhook_deliveries.c.status == "pending",
+            webhook_deliveries.c.status == _PENDING,
             webhook_deliveries.c.next_attempt_at <= now,
             (webhook_deliveries.c.lease_until.is_(None)) | (webhook_deliveries.c.lease_until < now),
             webhook_deliveries.c.webhook_id.in_(select(webhooks.c.id).where(webhooks.c.enabled)),
@@ -128,14 +214,14 @@ async def lease_due_deliveries(
         .values(lease_until=now + lease)
     )
     statement = _DUE.where(webhook_deliveries.c.id.in_(ids))
-    return list((await conn.execute(statement)).all())
+    return [DueDelivery.from_row(row) for row in await conn.execute(statement)]
 
 
 async def finish_attempt(
     conn: AsyncConnection,
     *,
     delivery_id: str,
-    status: str,
+    status: WebhookDeliveryStatus,
     attempts: int,
     next_attempt_at: datetime | None,
     response_code: int | None,
@@ -148,7 +234,7 @@ async def finish_attempt(
         update(webhook_deliveries)
         .where(webhook_deliveries.c.id == delivery_id)
         .values(
-            status=status,
+            status=str(status),
             attempts=attempts,
             next_attempt_at=next_attempt_at,
             lease_until=None,
@@ -169,28 +255,27 @@ async def finish_attempt(
     )
 
 
+_WITH_EVENT_TYPE = select(webhook_deliveries, events.c.type.label("event_type")).select_from(
+    webhook_deliveries.join(events, webhook_deliveries.c.event_id == events.c.id)
+)
+
+
 async def list_deliveries(
     conn: AsyncConnection, webhook_id: str, before_id: str | None, limit: int
-) -> list[Row[Any]]:
+) -> list[WebhookDelivery]:
     statement = (
-        select(webhook_deliveries, events.c.type.label("event_type"))
-        .select_from(webhook_deliveries.join(events, webhook_deliveries.c.event_id == events.c.id))
-        .where(webhook_deliveries.c.webhook_id == webhook_id)
+        _WITH_EVENT_TYPE.where(webhook_deliveries.c.webhook_id == webhook_id)
         .order_by(webhook_deliveries.c.id.desc())
         .limit(limit)
     )
     if before_id:
         statement = statement.where(webhook_deliveries.c.id < before_id)
-    return list((await conn.execute(statement)).all())
+    return [WebhookDelivery.from_row(row) for row in await conn.execute(statement)]
 
 
-async def get_delivery(conn: AsyncConnection, delivery_id: str) -> Row[Any] | None:
-    statement = (
-        select(webhook_deliveries, events.c.type.label("event_type"))
-        .select_from(webhook_deliveries.join(events, webhook_deliveries.c.event_id == events.c.id))
-        .where(webhook_deliveries.c.id == delivery_id)
-    )
-    return (await conn.execute(statement)).first()
+async def get_delivery(conn: AsyncConnection, delivery_id: str) -> WebhookDelivery | None:
+    statement = _WITH_EVENT_TYPE.where(webhook_deliveries.c.id == delivery_id)
+    return WebhookDelivery.from_optional((await conn.execute(statement)).first())
 
 
 async def replay_delivery(conn: AsyncConnection, delivery_id: str, now: datetime) -> None:
@@ -198,12 +283,12 @@ async def replay_delivery(conn: AsyncConnection, delivery_id: str, now: datetime
     await conn.execute(
         update(webhook_deliveries)
         .where(webhook_deliveries.c.id == delivery_id)
-        .values(status="pending", next_attempt_at=now, lease_until=None, updated_at=now)
+        .values(status=_PENDING, next_attempt_at=now, lease_until=None, updated_at=now)
     )
 
 
 async def count_pending(conn: AsyncConnection) -> int:
-    statement = select(func.count()).where(webhook_deliveries.c.status == "pending")
+    statement = select(func.count()).where(webhook_deliveries.c.status == _PENDING)
     return int((await conn.execute(statement)).scalar_one())
 
 
