@@ -97,7 +97,11 @@ class Settings(BaseSettings):
     max_age_seconds: int = 5 * 24 * 3600
     retry_schedule: str = "60,300,900,1800,3600,7200,14400,21600"
     concurrency: int = 32
-    lease_seconds: int = 300
+    # A lease is renewed while its delivery runs; a worker that stops beating for
+    # heartbeat_timeout seconds has its jobs taken over (queue.base.Queue.recover_expired).
+    lease_seconds: int = 30
+    heartbeat_seconds: float = 5.0
+    heartbeat_timeout: float = 15.0
     smtp_connect_timeout: float = 30.0
     smtp_command_timeout: float = 60.0
     smtp_max_messages_per_session: int = 100
@@ -219,6 +223,13 @@ class Settings(BaseSettings):
             raise ValueError("must be positive")
         return value
 
+    @field_validator("heartbeat_seconds", "heartbeat_timeout")
+    @classmethod
+    def _check_seconds(cls, value: float) -> float:
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError("must be a positive number of seconds")
+        return value
+
     @field_validator("rate_limit_per_second")
     @classmethod
     def _check_rate(cls, value: float) -> float:
@@ -258,10 +269,9 @@ class Settings(BaseSettings):
             # Bodies are shared through the database only for hosts that share one;
             # on SQLite the spool's writes would queue behind the store's single writer.
             raise ValueError("POSTLINE_SPOOL_URL=database needs a PostgreSQL POSTLINE_DATABASE_URL")
-        if self.lease_seconds <= self.smtp_connect_timeout + 2 * self.smtp_command_timeout:
-            # A lease shorter than one SMTP conversation would hand a job to a
-            # second worker while the first is still sending it.
-            raise ValueError("POSTLINE_LEASE_SECONDS must exceed the SMTP timeouts")
+        if self.heartbeat_timeout <= self.heartbeat_seconds:
+            # A worker would look dead between two of its own heartbeats.
+            raise ValueError("POSTLINE_HEARTBEAT_TIMEOUT must exceed POSTLINE_HEARTBEAT_SECONDS")
         return self
 
     @property

@@ -23,10 +23,10 @@ log = logging.getLogger("postline.housekeeping")
 
 
 async def housekeeping_pass(services: Services) -> None:
-    """One round of the frequent chores: free expired leases, restore lost jobs, gauges."""
+    """One round of the frequent chores: free abandoned leases, restore lost jobs, gauges."""
     recovered = await services.queue.recover_expired()
     if recovered:
-        log.warning("recovered %d expired job leases", recovered)
+        log.warning("freed %d job leases (expired, or of stopped workers)", recovered)
     if not services.queue.shares_store:
         await restore_missing_jobs(
             services.db, services.queue, utcnow(), services.settings.requeue_grace_seconds

@@ -1,14 +1,14 @@
 """SIGTERM in the middle of a busy run, on both topologies: every in-flight delivery is
-finished or released within ``POSTLINE_SHUTDOWN_TIMEOUT``, the process exits 0, and
-nothing is left leased.
+finished or released within ``POSTLINE_SHUTDOWN_TIMEOUT``, the process exits 0,
+nothing is left leased and its heartbeat is gone.
 
 The run: 200 emails, most to a destination whose MX answers quickly, a few to one whose
 MX holds every message past the drain timeout, so that the shutdown must both let
 deliveries finish and give some back. After the exit the queue itself is read (the
 embedded queue's lease columns; the Redis queue's ``leased`` set), then a new process
-delivers everything, and the crash-suite invariants are checked. Leases are a minute
-long here: a job the shutdown failed to release would sit leased, and the restart
-would wait for it, long after the checks below fail.
+delivers everything, and the crash-suite invariants are checked. Lease and heartbeat
+are at their defaults: a job the shutdown failed to release would only come back when
+the heartbeat ran out, long after the checks below fail.
 
 The embedded run is ``postline serve`` (SQLite, embedded queue, file spool); the shared
 run is a ``postline worker`` beside ``postline api`` on PostgreSQL, Redis and the
@@ -60,13 +60,12 @@ EMAILS, STUCK = 200, 5  # STUCK of them to SLOW: fewer than CONCURRENCY, so fast
 
 def shutdown_env() -> dict[str, str]:
     """A short drain; SMTP timeouts longer than it, so only the shutdown ends a stalled
-    session; leases long enough that a job left leased cannot go unnoticed."""
+    session; the lease and the heartbeat at their defaults."""
     return {
         "POSTLINE_CONCURRENCY": str(CONCURRENCY),
         "POSTLINE_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT),
         "POSTLINE_SMTP_CONNECT_TIMEOUT": "5",
         "POSTLINE_SMTP_COMMAND_TIMEOUT": "20",
-        "POSTLINE_LEASE_SECONDS": "60",
         "POSTLINE_RETRY_SCHEDULE": "1",
     }
 
@@ -171,16 +170,18 @@ async def finish_and_stop(deployment: Deployment, sent: Iterable[str], process: 
     assert await process.wait_exit(SHUTDOWN_TIMEOUT + 30) == 0, process.describe()
 
 
-def embedded_leases(database: Path) -> tuple[int, int]:
-    """(jobs, leased jobs) in the embedded queue's table, read with plain sqlite3."""
+def embedded_leases(database: Path) -> tuple[int, int, int]:
+    """(jobs, leased jobs, worker heartbeats) in the embedded queue's tables, read with
+    plain sqlite3."""
     conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     try:
         jobs, leased = conn.execute(
             "SELECT count(*), count(lease_owner) + count(lease_until) FROM queue_jobs"
         ).fetchone()
+        (heartbeats,) = conn.execute("SELECT count(*) FROM worker_heartbeats").fetchone()
     finally:
         conn.close()
-    return int(jobs), int(leased)
+    return int(jobs), int(leased), int(heartbeats)
 
 
 async def redis_leases(queue: RedisQueueKeys) -> tuple[int, int, int]:
@@ -202,8 +203,9 @@ async def test_sigterm_during_a_busy_serve_leaves_nothing_leased(rig: Rig) -> No
     sent = await send_busy_run(rig, server, key)
 
     shutdown = await sigterm_busy(server, rig.destinations)
-    jobs, leased = embedded_leases(data_dir / "postline.db")
+    jobs, leased, heartbeats = embedded_leases(data_dir / "postline.db")
     assert leased == 0, f"{leased} lease columns set on {jobs} jobs after a graceful shutdown"
+    assert heartbeats == 0, f"{heartbeats} heartbeats left after a graceful shutdown"
     assert jobs >= STUCK, jobs
 
     again = await restart(rig, "serve", "--no-sandbox")
@@ -239,6 +241,8 @@ async def test_sigterm_during_a_busy_worker_leaves_nothing_leased(
     assert jobs >= STUCK, jobs
     inflight = await redis_queue.client.hvals(f"{redis_queue.prefix}:inflight")
     assert all(int(n) == 0 for n in inflight), inflight
+    heartbeats = await redis_queue.client.keys(f"{redis_queue.prefix}:worker:*")
+    assert heartbeats == [], f"heartbeats left after a graceful shutdown: {heartbeats}"
 
     again = await restart(rig, "worker")
     owner = await again.worker_ready()

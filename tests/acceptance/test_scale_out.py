@@ -39,6 +39,7 @@ from tests.crash.invariants import (
     event_ids,
     received_copies,
 )
+from tests.crash.takeover import first_redelivery
 from tests.harness.fake_dns import FakeDNS
 from tests.harness.fake_mx import FakeMX, FakeMXFactory
 from tests.harness.private_redis import private_redis
@@ -51,7 +52,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 #: Two destination domains, each with its own MX (same port, different loopback address:
 #: Postline connects to every MX on POSTLINE_DELIVERY_PORT).
 DESTINATIONS = {"alpha.test": "127.0.0.2", "beta.test": "127.0.0.3"}
-LEASE_SECONDS = 10
 
 RecordProperty = Callable[[str, object], None]
 
@@ -181,14 +181,14 @@ def deployment_env(
     *, database_url: str, queue_url: str, prefix: str, dns: FakeDNS, destinations: Destinations
 ) -> dict[str, str]:
     """Shared storage, the fake network, and timings short enough to recover in seconds:
-    a dead worker's leases lapse after LEASE_SECONDS, housekeeping runs every second and
-    rebuilds a lost job for recipients older than two seconds."""
+    housekeeping runs every second and rebuilds a lost job for recipients older than two
+    seconds. The lease and the heartbeat are left at their defaults: a dead worker's
+    jobs are taken over once its heartbeat has stopped (within 15 + 5 s)."""
     return {
         **shared_env(database_url, queue_url, prefix),
         "POSTLINE_DNS_NAMESERVERS": dns.nameserver,
         "POSTLINE_DELIVERY_PORT": str(destinations.port),
         "POSTLINE_RETRY_SCHEDULE": "1",
-        "POSTLINE_LEASE_SECONDS": str(LEASE_SECONDS),
         "POSTLINE_SMTP_CONNECT_TIMEOUT": "2",
         "POSTLINE_SMTP_COMMAND_TIMEOUT": "3",
         "POSTLINE_HOUSEKEEPING_INTERVAL": "1",
@@ -387,10 +387,10 @@ async def test_sigkill_one_of_two_workers_mid_run_loses_nothing(
     await destinations.wait_total(80, deployment, timeout=30)
 
     victim, survivor = deployment.workers
-    await deployment.kill(victim)
     killed_at = loop.time()
+    await deployment.kill(victim)
     received_at_kill = destinations.total()
-    # Nothing changes the dead worker's jobs until their leases lapse: read them now.
+    # Nothing changes the dead worker's jobs until its heartbeat runs out: read them now.
     held = [
         job for job in await redis_queue.jobs() if job.get("lease_owner") == deployment.owners[0]
     ]
@@ -401,6 +401,8 @@ async def test_sigkill_one_of_two_workers_mid_run_loses_nothing(
 
     statuses = await wait_all_final(deployment, sent, timeout=60)
     finished_in = loop.time() - killed_at
+    held_ids = {job["email_id"] for job in held}
+    takeover = first_redelivery(destinations.servers.values(), held_ids, killed_at)
     assert Counter(statuses.values()) == {"delivered": emails}, Counter(statuses.values())
     copies = assert_each_received(destinations.copies(), recipients)
     twice = {address: n for address, n in copies.items() if n > 1}
@@ -419,12 +421,15 @@ async def test_sigkill_one_of_two_workers_mid_run_loses_nothing(
         rig.record,
         f"{emails} emails accepted in {accepted_in:.1f}s; SIGKILL after {received_at_kill} "
         f"received, the killed worker held {len(held)} jobs ({in_flight} recipients in "
-        f"flight); {len(twice)} recipients received twice; all final {finished_in:.1f}s "
-        f"after the kill; {hooks_twice} webhook events acknowledged more than once",
+        f"flight); SIGKILL to the first redelivery of its mail "
+        f"{'-' if takeover is None else f'{takeover:.1f}s'}; {len(twice)} recipients received "
+        f"twice; all final {finished_in:.1f}s after the kill; {hooks_twice} webhook events "
+        "acknowledged more than once",
         received_at_kill=received_at_kill,
         in_flight_in_killed_worker=in_flight,
         received_twice=len(twice),
         final_after_kill_seconds=round(finished_in, 1),
+        sigkill_to_redelivery_seconds=None if takeover is None else round(takeover, 1),
         webhook_duplicates=hooks_twice,
     )
     assert invented == set(), sorted(invented)[:10]

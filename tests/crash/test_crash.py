@@ -9,6 +9,11 @@ When every recipient is terminal and every outcome's event acknowledged, Postlin
 stopped and the invariants of ``tests/crash/invariants.py`` are checked: no email that
 got a 2xx lost, no event lost, duplicates only what was in flight, no orphan spool body.
 
+Every process runs at the default lease and heartbeat settings: a killed engine's
+jobs come back when its heartbeat has stopped and a live engine has swept them
+(15 + 5 s), and the run prints, for each kill of an engine, the time from the SIGKILL
+to the first message of the mail it held that an MX received again.
+
 Two topologies: ``embedded`` (one ``postline serve``: SQLite, embedded queue, file
 spool) and ``shared`` (``postline api`` and ``postline worker`` on a fresh PostgreSQL
 database, Redis under a fresh prefix and the database spool).
@@ -41,6 +46,7 @@ from tests.crash.invariants import (
     received_copies,
     unsettled,
 )
+from tests.crash.takeover import first_redelivery, leased_email_ids
 from tests.harness.fake_dns import FakeDNS
 from tests.harness.fake_mx import FakeMX, FakeMXFactory
 from tests.integration.test_webhook_dispatch import TrackingReceiver
@@ -50,7 +56,6 @@ KILLS = 5
 BATCH = 50  # emails per POST /v1/emails/batch
 SENDERS = 2  # batches in flight at once, so a kill during accept always cuts one
 CONCURRENCY = 16  # deliveries in flight per engine: what one kill can leave half-done
-LEASE_SECONDS = 6  # a killed engine's jobs come back after this
 PHASES = ("accept", "delivery", "dispatch")
 
 #: Destination domain -> (its MX address, what each recipient there ends as).
@@ -111,14 +116,14 @@ async def network(fake_dns: FakeDNS, fake_mx_factory: FakeMXFactory) -> AsyncIte
 
 
 def crash_env(dns: FakeDNS, mx_port: int) -> dict[str, str]:
-    """Timings short enough to recover from five kills in seconds: a dead engine's jobs
-    come back after LEASE_SECONDS, its webhook deliveries after 2 * 2 + 10 s."""
+    """Timings short enough to recover from five kills in seconds; the lease and the
+    heartbeat are left at their defaults (a dead engine's jobs come back within 20 s).
+    A dead engine's webhook deliveries come back after 2 * 2 + 10 s."""
     return {
         "POSTLINE_DNS_NAMESERVERS": dns.nameserver,
         "POSTLINE_DELIVERY_PORT": str(mx_port),
         "POSTLINE_RETRY_SCHEDULE": "1",
         "POSTLINE_CONCURRENCY": str(CONCURRENCY),
-        "POSTLINE_LEASE_SECONDS": str(LEASE_SECONDS),
         "POSTLINE_SMTP_CONNECT_TIMEOUT": "1",
         "POSTLINE_SMTP_COMMAND_TIMEOUT": "2",
         "POSTLINE_HOUSEKEEPING_INTERVAL": "1",
@@ -169,11 +174,18 @@ class Topology:
         self.running[role] = server
         return server
 
-    async def kill(self, role: str) -> None:
+    async def kill(self, role: str) -> float:
+        """SIGKILL the process in ``role`` and reap it; the loop time of the signal."""
         server = self.running.pop(role)
         self.killed.append(server)
+        killed_at = asyncio.get_running_loop().time()
         server.proc.kill()
         assert await server.wait_exit(10) == -signal.SIGKILL, server.describe()
+        return killed_at
+
+    async def leased(self) -> set[str]:
+        """The emails whose jobs are leased now (with no engine running: the dead ones')."""
+        return await leased_email_ids(self.database_url, self.queue_url, self.queue_prefix)
 
     def check_running(self) -> None:
         dead = [s for s in self.running.values() if not s.running]
@@ -315,6 +327,12 @@ class Kill:
     requests_in_flight: int
     received: int
     acknowledged: int
+    killed_at: float = 0.0  # loop time of the SIGKILL
+    held: set[str] = field(default_factory=set)  # emails the killed engine had leased
+
+    def takeover(self, network: Network) -> float | None:
+        """Seconds from the SIGKILL to the first redelivery of the mail the engine held."""
+        return first_redelivery(network.servers.values(), self.held, self.killed_at)
 
     def describe(self) -> str:
         return (
@@ -386,7 +404,12 @@ async def run_kills(
         )
         kills.append(kill)
         for role in victims:
-            await topology.kill(role)
+            kill.killed_at = await topology.kill(role)
+        if set(victims) & {"serve", "worker"}:
+            # No engine runs now: what is leased is the dead one's, less what an earlier
+            # kill left leased and no engine has freed yet.
+            earlier = set().union(*(k.held for k in kills[:-1]))
+            kill.held = await topology.leased() - earlier
         for role in victims:
             await topology.start(role)
         print(f"kill {kill.describe()}, restarted at {loop.time() - started:.1f}s")
@@ -496,6 +519,14 @@ async def test_five_sigkills_lose_no_email_and_no_event(
         raise_on_violation=False,
     )
     runtime = loop.time() - started
+    takeovers = [
+        f"{k.phase}: held {len(k.held)}, "
+        + (f"{seconds:.1f}s" if (seconds := k.takeover(network)) is not None else "none received")
+        for k in kills
+        if k.held
+    ]
+    print(f"SIGKILL to first redelivery of the killed engine's mail: {'; '.join(takeovers)}")
+    record_property("sigkill_to_redelivery", takeovers)
     summary = (
         f"crash suite {topology_name}: seed={run_seed} kills={len(kills)} "
         f"(cut requests={sending.cut}, {sending.cut_emails} emails without a 2xx) "

@@ -50,8 +50,7 @@ COMMAND_TIMEOUT = 1.0
 #: hung past the timeout.
 ATTEMPT_BOUND_MS = int((CONNECT_TIMEOUT + 2 * COMMAND_TIMEOUT + 3.0) * 1000)
 
-#: Short timeouts and retries so a fault costs seconds; the lease still exceeds one
-#: SMTP conversation (config.py refuses anything shorter).
+#: Short timeouts and retries so a fault costs seconds.
 FAULT_SETTINGS: dict[str, Any] = {
     "smtp_connect_timeout": CONNECT_TIMEOUT,
     "smtp_command_timeout": COMMAND_TIMEOUT,

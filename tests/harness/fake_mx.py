@@ -15,6 +15,7 @@ import email
 import email.policy
 import re
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -94,6 +95,8 @@ class Received:
     """The name the client gave in EHLO/HELO."""
     session: int = 0
     """1-based number of the SMTP session (connection) that carried the message."""
+    at: float = field(default_factory=time.monotonic)
+    """When the body was in, on ``time.monotonic()`` (the event loop's clock)."""
 
     @property
     def message(self) -> EmailMessage:

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import update
 
 from postline.delivery.engine import INTERNAL_ERROR, Engine
+from postline.delivery.lease import LeaseGuard
 from postline.delivery.record import RecipientResult
 from postline.model import RecipientStatus
 from postline.outcomes import Outcome
@@ -139,7 +140,7 @@ class _BrokenEngine(Engine):
 
     tries: list[_Try]
 
-    async def _deliver(self, job: Job) -> None:
+    async def _deliver(self, job: Job, guard: LeaseGuard) -> None:
         self.tries.append(_Try(job.attempt, job.due_at, utcnow()))
         raise RuntimeError("broken on purpose")
 

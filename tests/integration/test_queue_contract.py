@@ -182,6 +182,69 @@ async def test_recover_expired_counts_freed_leases(queue: Queue) -> None:
     assert await queue.in_flight() == {}
 
 
+async def test_a_heartbeat_keeps_a_worker_live_until_it_runs_out_or_retires(
+    queue: Queue, elsewhere: Queue
+) -> None:
+    await queue.beat("steady", 60)
+    await queue.beat("fading", 0.1)
+    await queue.beat("leaving", 60)
+    assert {"steady", "fading", "leaving"} <= await elsewhere.workers()
+    await queue.retire("leaving")
+
+    async def faded() -> bool:
+        return "fading" not in await elsewhere.workers()
+
+    await poll(faded, timeout=5, what="the short heartbeat to run out")
+    live = await elsewhere.workers()
+    assert "steady" in live and "leaving" not in live
+    await queue.beat("fading", 60)  # beating again brings a worker back
+    assert "fading" in await elsewhere.workers()
+
+
+async def test_a_dead_owners_job_is_leased_again_before_its_lease_ends(
+    queue: Queue, elsewhere: Queue
+) -> None:
+    await queue.enqueue([job(), job("other.test")])
+    await queue.beat("killed", 0.1)
+    await elsewhere.beat("survivor", 60)
+    leased = await queue.lease("killed", 10, 3600)
+    assert len(leased) == 2
+    assert await elsewhere.lease("survivor", 10, 60) == []
+
+    async def freed() -> int:
+        return await elsewhere.recover_expired()
+
+    assert await poll(freed, timeout=5, what="the dead owner's jobs to be freed") == 2
+    again = await elsewhere.lease("survivor", 10, 60)
+    assert sorted(j.id for j in again) == sorted(j.id for j in leased)
+    assert all(j.lease_owner == "survivor" for j in again)
+    # The dead owner cannot extend or ack what is now the survivor's.
+    assert not await queue.extend(leased[0], 3600)
+    await queue.ack_all(leased)
+    assert sum((await queue.depth()).values()) == 2
+
+
+async def test_a_retired_owners_job_is_free_at_the_next_recovery(queue: Queue) -> None:
+    await queue.enqueue([job()])
+    await queue.beat("w1", 60)
+    (leased,) = await queue.lease("w1", 10, 3600)
+    await queue.retire("w1")
+    assert await queue.recover_expired() == 1
+    (again,) = await queue.lease("w2", 10, 60)
+    assert again.id == leased.id
+
+
+async def test_a_live_owners_job_is_not_stolen(queue: Queue, elsewhere: Queue) -> None:
+    await queue.enqueue([job()])
+    await queue.beat("alive", 60)
+    (leased,) = await queue.lease("alive", 10, 3600)
+    assert await elsewhere.recover_expired() == 0
+    assert await queue.recover_expired() == 0
+    assert await elsewhere.lease("thief", 10, 60) == []
+    assert await queue.extend(leased, 3600)
+    assert await queue.in_flight() == {"dest.test": 1}
+
+
 async def test_body_refs_depth_and_in_flight(queue: Queue) -> None:
     shared_body = "em_shared"
     jobs = [job("a.test", body=shared_body), job("b.test", body=shared_body), job("b.test")]

@@ -68,7 +68,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert settings.webhook_allow_private is False
     assert settings.max_age_seconds == 5 * 24 * 3600
     assert settings.retry_delays == [60, 300, 900, 1800, 3600, 7200, 14400, 21600]
-    assert settings.lease_seconds > settings.smtp_connect_timeout + settings.smtp_command_timeout
+    assert settings.lease_seconds == 30
+    assert (settings.heartbeat_seconds, settings.heartbeat_timeout) == (5.0, 15.0)
     assert settings.admin_key_file == Path("postline-data") / "admin-key.txt"
     # Nothing is created by merely loading settings.
     assert not (tmp_path / "postline-data").exists()
@@ -123,9 +124,10 @@ def test_relay_host_with_port() -> None:
     assert load_settings(relay_host="[smtp.example.net]:587").relay == ("smtp.example.net", 587)
 
 
-def test_lease_just_above_smtp_timeouts_is_accepted() -> None:
-    settings = load_settings(lease_seconds=151, smtp_connect_timeout=30, smtp_command_timeout=60)
-    assert settings.lease_seconds == 151
+def test_a_lease_shorter_than_the_smtp_timeouts_is_accepted() -> None:
+    """The lease is renewed while a delivery runs: the SMTP timeouts need not fit in it."""
+    settings = load_settings(lease_seconds=10, smtp_connect_timeout=30, smtp_command_timeout=60)
+    assert settings.lease_seconds == 10
 
 
 # --- load_settings errors -------------------------------------------------------------------
@@ -156,9 +158,11 @@ BAD_ENV: list[tuple[str, str]] = [
     ("POSTLINE_RETRY_SCHEDULE", "60,-5"),
     ("POSTLINE_RETRY_SCHEDULE", "60,nan"),
     ("POSTLINE_RETRY_SCHEDULE", "inf"),
-    ("POSTLINE_LEASE_SECONDS", "60"),
-    ("POSTLINE_LEASE_SECONDS", "150"),
     ("POSTLINE_LEASE_SECONDS", "0"),
+    ("POSTLINE_LEASE_SECONDS", "-30"),
+    ("POSTLINE_HEARTBEAT_SECONDS", "0"),
+    ("POSTLINE_HEARTBEAT_SECONDS", "nan"),
+    ("POSTLINE_HEARTBEAT_TIMEOUT", "-1"),
     ("POSTLINE_DELIVERY_PORT", "0"),
     ("POSTLINE_DELIVERY_PORT", "70000"),
     ("POSTLINE_DELIVERY_PORT", "smtp"),
@@ -187,11 +191,11 @@ def test_bad_url_error_quotes_the_value(monkeypatch: pytest.MonkeyPatch) -> None
     assert "'mysql://x'" in one_line_error(excinfo, "POSTLINE_DATABASE_URL")
 
 
-def test_smtp_timeouts_longer_than_lease(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("POSTLINE_SMTP_COMMAND_TIMEOUT", "200")
+def test_heartbeat_timeout_within_one_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSTLINE_HEARTBEAT_SECONDS", "20")
     with pytest.raises(ConfigError) as excinfo:
         load_settings()
-    one_line_error(excinfo, "POSTLINE_LEASE_SECONDS")
+    one_line_error(excinfo, "POSTLINE_HEARTBEAT_TIMEOUT")
 
 
 def test_bad_override_is_reported_like_env() -> None:

@@ -3,6 +3,10 @@
 Like Postfix's qmgr it keeps at most ``concurrency`` deliveries in flight and
 takes more only as slots free up. While a job runs its lease is extended, so
 no other worker takes it; on shutdown unfinished jobs are released, not lost.
+The engine beats its heartbeat while it runs (``postline.heartbeat``), so that
+if it is killed the others take its jobs over in seconds; a delivery whose
+lease went to another worker stops before the final dot and records nothing
+(``delivery.lease``).
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ from sqlalchemy.engine import Row
 from postline.backoff import Backoff
 from postline.config import Settings
 from postline.delivery.breaker import Breakers, BreakerState, attempt_verdict
+from postline.delivery.lease import LeaseGuard, LeaseLost
 from postline.delivery.pool import TlsPolicy
 from postline.delivery.record import RecipientResult, Recorder, Wait
 from postline.delivery.replies import Reply, classify
 from postline.delivery.routing import RouteError, Router
 from postline.delivery.shaping import Limits, Shaper, parse_limits
 from postline.delivery.smtp import SmtpDelivery, TransactionResult
+from postline.heartbeat import Heartbeat
 from postline.ids import new_id
 from postline.metrics import Metrics
 from postline.model import PENDING_STATUSES, BounceType, RecipientStatus
@@ -137,6 +143,9 @@ class Engine:
         self.metrics = metrics
         self.settings = settings
         self.owner = f"{socket.gethostname()}:{new_id()}"
+        self.heartbeat = Heartbeat(
+            queue, self.owner, settings.heartbeat_seconds, settings.heartbeat_timeout
+        )
         self.shaper = Shaper(
             Limits(settings.destination_connections, settings.destination_per_minute),
             parse_limits(settings.destination_limits),
@@ -210,9 +219,20 @@ class Engine:
         log.info("engine started owner=%s concurrency=%d", self.owner, self.settings.concurrency)
         self.running = True
         try:
+            await self.heartbeat.beat()  # before the first lease; the loop keeps trying
+        except Exception as exc:
+            log.warning("first heartbeat failed: %s", exc)
+        # The heartbeat stops after the drain: released jobs first, then the goodbye.
+        beating = asyncio.Event()
+        heartbeat = asyncio.create_task(self.heartbeat.run(beating), name="heartbeat")
+        try:
             await self._loop(stop)
         finally:
             self.running = False
+            beating.set()
+            with contextlib.suppress(Exception):
+                await heartbeat
+            await self.heartbeat.retire()
 
     async def _loop(self, stop: asyncio.Event) -> None:
         backoff = Backoff("leasing delivery jobs")
@@ -226,7 +246,7 @@ class Engine:
             free = self.settings.concurrency - len(self._active)
             leased: list[Job] = []
             wait = self.settings.poll_interval
-            if free > 0:
+            if free > 0 and self.heartbeat.live:
                 try:
                     leased = await self.queue.lease(self.owner, free, self.settings.lease_seconds)
                     backoff.succeeded()
@@ -267,25 +287,19 @@ class Engine:
                 await self.queue.release(job)
         log.info("drained; released %d unfinished jobs", len(pending))
 
-    async def _keep_lease(self, job: Job) -> None:
-        interval = max(self.settings.lease_seconds / 3, 0.5)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                kept = await self.queue.extend(job, self.settings.lease_seconds)
-            except Exception as exc:
-                # The queue is away; the lease still runs. Try again at the next tick.
-                log.warning("extending the lease of job_id=%s failed: %s", job.id, exc)
-                continue
-            if not kept:
-                log.warning("lease lost job_id=%s", job.id)
-                return
-
     async def _process(self, job: Job) -> None:
         started = time.monotonic()
-        keeper = asyncio.create_task(self._keep_lease(job))
+        guard = LeaseGuard(self.queue, job, self.settings.lease_seconds)
+        keeper = asyncio.create_task(guard.keep())
         try:
-            await self._deliver(job)
+            await self._deliver(job, guard)
+        except LeaseLost:
+            # Another worker owns the job now: it delivers and records; this one
+            # sent no final dot. Give the job back in case the lease was only in
+            # doubt (the queue did not answer); a lost one is not touched.
+            log.warning("lease lost job_id=%s: stopped before the end of DATA", job.id)
+            with contextlib.suppress(Exception):
+                await self.queue.release(job)
         except Exception:
             await self._failed_unexpectedly(job)
         finally:
@@ -340,7 +354,7 @@ class Engine:
         )
         return True
 
-    async def _deliver(self, job: Job) -> None:
+    async def _deliver(self, job: Job, guard: LeaseGuard) -> None:
         now = utcnow()
         async with self.db.read() as conn:
             email = await email_store.get_email(conn, job.email_id)
@@ -367,7 +381,8 @@ class Engine:
             if r.address in suppressed
         ]
         to_send = [r for r in pending if r.address not in suppressed]
-        attempt = await self._attempt(job, email, to_send)
+        guard.check()
+        attempt = await self._attempt(job, email, to_send, guard)
         if attempt.wait is not None:
             await self.recorder.park(job, [r.id for r in to_send], attempt.wait, skipped)
             return
@@ -380,7 +395,7 @@ class Engine:
         )
 
     async def _attempt(
-        self, job: Job, email: Row[Any], recipients: list[Row[Any]]
+        self, job: Job, email: Row[Any], recipients: list[Row[Any]], guard: LeaseGuard
     ) -> _AttemptOutcome:
         """One delivery attempt for these recipients."""
         if not recipients:
@@ -413,13 +428,14 @@ class Engine:
                     [r.address for r in recipients],
                     body,
                     self._tls_policy(destination),
+                    guard.still_mine,
                 )
                 # Settled before the slot is given back: the next job in line sees it.
                 results = self._results(recipients, result)
                 verdict = attempt_verdict((r.scope, r.outcome.status) for r in results)
                 error = result.error.line if result.error is not None else None
                 reopened = self.breakers.settle(destination, verdict, error)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, LeaseLost):
             if admitted:
                 self.breakers.release(destination)
             raise

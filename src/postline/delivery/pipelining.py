@@ -19,6 +19,12 @@ Replies are untrusted. A reply that cannot answer its command (354 to RCPT,
 the stream is out of step. Such a session is closed and never pooled, and the
 message body is sent only after a DATA answered 354 with nothing unread
 behind it.
+
+The final dot goes out only if the job's lease is still this worker's
+(``still_mine``, asked with the body written): a lost lease closes the
+connection without it, so the server drops the message (``lease.LeaseLost``).
+The sequential path in ``smtp.py`` sends its DATA through ``data`` here for
+the same reason.
 """
 
 from __future__ import annotations
@@ -26,13 +32,18 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aiosmtplib
 from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import SMTPProtocol, normalize_message_line_endings
 
+from postline.delivery.lease import LeaseLost, StillMine
 from postline.delivery.replies import Reply
+
+_T = TypeVar("_T")
 
 #: The same bounds as aiosmtplib's reader: one line, one whole (multi-line) reply.
 MAX_LINE_BYTES = 8192
@@ -66,6 +77,7 @@ async def transact(
     recipients: list[str],
     body: bytes,
     rcpt: dict[str, Reply],
+    still_mine: StillMine,
 ) -> Ending:
     """Send one message to ``recipients`` with pipelining.
 
@@ -76,6 +88,54 @@ async def transact(
     ``SMTPResponseException`` (``OutOfStep``) and closes the client too.
     """
     batch = _batch(sender, options, recipients)
+
+    async def converse(protocol: SMTPProtocol, reader: _ReplyReader) -> Ending:
+        return await _converse(
+            protocol, reader, batch, recipients, body, rcpt, client.timeout, still_mine
+        )
+
+    ending, unread = await _with_reader(client, converse)
+    if not ending.clean or unread:
+        # Anything left over would answer the next command on this session.
+        ending.clean = False
+        client.close()
+    return ending
+
+
+async def data(client: aiosmtplib.SMTP, body: bytes, still_mine: StillMine) -> Reply:
+    """DATA and the body on a session without pipelining; the final reply, a 2xx.
+
+    Raises like ``aiosmtplib.SMTP.data``: ``SMTPDataError`` when the DATA or the
+    body is refused; and ``LeaseLost`` (the connection closed, no final dot) when
+    ``still_mine`` says the job went to another worker.
+    """
+
+    async def converse(protocol: SMTPProtocol, reader: _ReplyReader) -> Reply:
+        reader.owe(1)
+        protocol.write(b"DATA\r\n")
+        start = await reader.next(client.timeout)
+        if start.code != START_INPUT:
+            _expect(start, "DATA", (4, 5))
+            raise aiosmtplib.SMTPDataError(start.code or -1, start.text)
+        return await _send_body(protocol, reader, body, client.timeout, still_mine)
+
+    final, unread = await _with_reader(client, converse)
+    if unread:
+        client.close()
+    if not final.is_success:
+        raise aiosmtplib.SMTPDataError(final.code or -1, final.text)
+    return final
+
+
+async def _with_reader(
+    client: aiosmtplib.SMTP,
+    converse: Callable[[SMTPProtocol, _ReplyReader], Awaitable[_T]],
+) -> tuple[_T, bool]:
+    """Run ``converse`` with ``_ReplyReader`` in place of the client's protocol.
+
+    Returns what it returned and whether the server sent anything unread. On
+    any exception the client is closed: the stream can no longer be trusted.
+    """
     protocol = client.protocol
     transport = protocol.transport if protocol is not None else None
     if protocol is None or transport is None or transport.is_closing():
@@ -83,18 +143,14 @@ async def transact(
     reader = _ReplyReader(protocol)
     transport.set_protocol(reader)
     try:
-        ending = await _converse(protocol, reader, batch, recipients, body, rcpt, client.timeout)
+        result = await converse(protocol, reader)
     except BaseException:
         client.close()
         raise
     finally:
         if not transport.is_closing():
             transport.set_protocol(protocol)
-    if not ending.clean or reader.unread:
-        # Anything left over would answer the next command on this session.
-        ending.clean = False
-        client.close()
-    return ending
+    return result, reader.unread
 
 
 async def _converse(
@@ -105,6 +161,7 @@ async def _converse(
     body: bytes,
     rcpt: dict[str, Reply],
     timeout: float | None,
+    still_mine: StillMine,
 ) -> Ending:
     reader.owe(len(recipients) + 2)
     protocol.write(batch)
@@ -131,14 +188,32 @@ async def _converse(
         if data.code == CLOSING:
             return Ending(error=data)
         return Ending(error=data, clean=await _reset(protocol, reader, timeout))
-    if reader.unread:
-        raise OutOfStep("the server sent more than the 354 before the message body")
-    reader.owe(1)
-    protocol.write(_wire_body(body))
-    final = _expect(await reader.next(timeout, final=True), "end of data", (2, 3, 4, 5))
+    final = await _send_body(protocol, reader, body, timeout, still_mine)
     if final.is_success:
         return Ending(data=final, clean=True)
     return Ending(error=final, clean=final.code != CLOSING)
+
+
+async def _send_body(
+    protocol: SMTPProtocol,
+    reader: _ReplyReader,
+    body: bytes,
+    timeout: float | None,
+    still_mine: StillMine,
+) -> Reply:
+    """After a 354: the body, then (if the lease is still ours) the final dot; its reply.
+
+    The lease is asked with the body written, as late as can be: if it was lost,
+    raising closes the connection and the server drops the unfinished message.
+    """
+    if reader.unread:
+        raise OutOfStep("the server sent more than the 354 before the message body")
+    protocol.write(_wire_content(body))
+    if not await still_mine():
+        raise LeaseLost("the job's lease was lost before the end of DATA")
+    reader.owe(1)
+    protocol.write(_END_OF_DATA)
+    return _expect(await reader.next(timeout, final=True), "end of data", (2, 3, 4, 5))
 
 
 async def _wind_down(
@@ -196,9 +271,13 @@ def _batch(sender: str, options: list[str], recipients: list[str]) -> bytes:
     return b"".join(b" ".join(line) + b"\r\n" for line in lines)
 
 
-def _wire_body(body: bytes) -> bytes:
-    """The body as aiosmtplib sends it: CRLF line endings, dot-stuffed, then the end dot."""
-    return _LEADING_DOT.sub(b"..", normalize_message_line_endings(body)) + b".\r\n"
+_END_OF_DATA = b".\r\n"
+
+
+def _wire_content(body: bytes) -> bytes:
+    """The body as aiosmtplib sends it, without the end dot: CRLF line endings (one
+    at the end too), dot-stuffed."""
+    return _LEADING_DOT.sub(b"..", normalize_message_line_endings(body))
 
 
 class _ReplyReader(asyncio.Protocol):

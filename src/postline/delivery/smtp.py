@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import aiosmtplib
 
 from postline.delivery import pipelining
+from postline.delivery.lease import StillMine, always_mine
 from postline.delivery.pool import Session, SessionPool, SmtpSettings, TlsPolicy
 from postline.delivery.replies import Reply
 from postline.delivery.routing import Router, Target
@@ -62,8 +63,13 @@ class SmtpDelivery:
         recipients: list[str],
         body: bytes,
         policy: TlsPolicy = TlsPolicy.OPPORTUNISTIC,
+        still_mine: StillMine = always_mine,
     ) -> TransactionResult:
-        """Try each target in order until one gives an answer that is not a connection failure."""
+        """Try each target in order until one gives an answer that is not a connection failure.
+
+        ``still_mine`` is asked before the final dot of DATA; when it says no, the
+        connection is closed without it and ``lease.LeaseLost`` raised.
+        """
         started = time.monotonic()
         result = TransactionResult(error=Reply(None, "no MX host to try"))
         # Permanent RCPT refusals already received: kept, and not asked of the next MX.
@@ -78,7 +84,7 @@ class SmtpDelivery:
             for address in addresses:
                 pending = [r for r in recipients if r not in refused]
                 result = await self._attempt(
-                    target, address, _Envelope(envelope_from, pending, body, policy)
+                    target, address, _Envelope(envelope_from, pending, body, policy, still_mine)
                 )
                 refused.update((r, reply) for r, reply in result.rcpt.items() if reply.is_permanent)
                 if not _try_next(result) or refused.keys() >= set(recipients):
@@ -120,6 +126,7 @@ class SmtpDelivery:
                     envelope.recipients,
                     envelope.body,
                     result.rcpt,
+                    envelope.still_mine,
                 )
                 result.error, result.data, clean = ending.error, ending.data, ending.clean
                 return result
@@ -137,8 +144,7 @@ class SmtpDelivery:
                         result.error = result.rcpt[recipient]
                         return result
             if any(reply.is_success for reply in result.rcpt.values()):
-                response = await client.data(envelope.body)
-                result.data = Reply.of(response.code, response.message)
+                result.data = await pipelining.data(client, envelope.body, envelope.still_mine)
                 clean = True
             else:
                 # Every recipient was refused and their replies are the outcome; a
@@ -178,6 +184,7 @@ class _Envelope:
     recipients: list[str]
     body: bytes
     policy: TlsPolicy
+    still_mine: StillMine
 
     @property
     def needs_smtputf8(self) -> bool:

@@ -1,8 +1,10 @@
 """The queue contract every adapter implements (embedded table, Redis).
 
 A job is leased, never popped: a worker that dies leaves a lease that
-expires, and the job is leased again. Workers extend their lease while they
-work and size their timeouts inside it.
+expires, and the job is leased again. Leases are short and workers extend
+them while they work. Each worker also announces itself with a heartbeat, so
+that the jobs of one that was killed are free again as soon as its heartbeat
+stops, not when their leases end (``recover_expired``).
 """
 
 from __future__ import annotations
@@ -116,7 +118,29 @@ class Queue(ABC):
 
     @abstractmethod
     async def recover_expired(self) -> int:
-        """Free leases whose holder is gone; return how many."""
+        """Free leases whose holder is gone; return how many.
+
+        Gone: the lease expired, or its owner has no live heartbeat (it never
+        beat, its heartbeat ran out, or it retired), whatever the lease says.
+        Workers run this every heartbeat, so a killed worker's jobs are leased
+        again within one heartbeat timeout and one heartbeat interval.
+        """
+
+    @abstractmethod
+    async def beat(self, owner: str, ttl_seconds: float) -> None:
+        """Announce that ``owner`` is alive for ``ttl_seconds`` from now.
+
+        A worker beats before its first lease and then well within the TTL;
+        without a live heartbeat its leases are free for others to take.
+        """
+
+    @abstractmethod
+    async def workers(self) -> set[str]:
+        """The owners whose heartbeat is live now."""
+
+    @abstractmethod
+    async def retire(self, owner: str) -> None:
+        """``owner`` stops: its heartbeat ends now (graceful shutdown, after releasing)."""
 
     @abstractmethod
     async def body_refs(self) -> set[str]:

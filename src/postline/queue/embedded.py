@@ -61,6 +61,7 @@ from postline.queue.base import Job, Queue, QueueError, Tokens, check_bucket
 from postline.queue.buckets import BucketTaker
 from postline.store.db import Database
 from postline.store.schema import queue_jobs as jobs_table
+from postline.store.schema import worker_heartbeats as heartbeats_table
 from postline.store.types import UTCDateTime, utcnow
 
 #: Destinations per statement when leasing by turn on SQLite, which allows at
@@ -104,6 +105,29 @@ def _not_leased(now: Any) -> Any:
 def _available(now: Any) -> Any:
     """Due, and not leased (or the lease expired): what lease may take."""
     return (jobs_table.c.due_at <= now) & _not_leased(now)
+
+
+def _live_owners(now: Any) -> Any:
+    """The owners whose heartbeat runs at ``now``."""
+    return select(heartbeats_table.c.owner).where(heartbeats_table.c.alive_until >= now)
+
+
+def _abandoned(now: Any) -> Any:
+    """Leased jobs whose holder is gone: the lease expired, or the owner's heartbeat stopped.
+
+    A condition on the job row itself, so that PostgreSQL checks it again on a row
+    that a concurrent lease changed while the update waited for it. ``> ''`` rather
+    than ``IS NOT NULL`` (owners are never empty): SQLite then reads the leased jobs
+    through the index on lease_owner instead of every job.
+    """
+    owner = jobs_table.c.lease_owner
+    return (owner > "") & (
+        (jobs_table.c.lease_until < now) | owner.not_in(_live_owners(now).scalar_subquery())
+    )
+
+
+def _dead_heartbeats(now: Any) -> Any:
+    return select(heartbeats_table.c.owner).where(heartbeats_table.c.alive_until < now)
 
 
 #: The order of the index on (destination, due_at), to read one destination's jobs by.
@@ -625,14 +649,49 @@ class EmbeddedQueue(Queue):
         self._turns.note(job.destination, job.due_at)
 
     async def recover_expired(self) -> int:
+        """Free expired leases and those of owners without a live heartbeat.
+
+        A read first, through the index on lease_owner: every worker runs this
+        at each heartbeat, and on SQLite a write, even one that changes nothing,
+        holds up every other writer. Dead workers' heartbeats go in the same write.
+        """
         now = utcnow()
+        async with self.db.read() as conn:
+            abandoned = (
+                await conn.execute(select(jobs_table.c.id).where(_abandoned(now)).limit(1))
+            ).first()
+            dead = (await conn.execute(_dead_heartbeats(now).limit(1))).first()
+        if abandoned is None and dead is None:
+            return 0
         async with self.db.write() as conn:
             result = await conn.execute(
-                update(jobs_table)
-                .where(jobs_table.c.lease_until < now)
-                .values(lease_owner=None, lease_until=None)
+                update(jobs_table).where(_abandoned(now)).values(lease_owner=None, lease_until=None)
             )
+            await conn.execute(delete(heartbeats_table).where(heartbeats_table.c.alive_until < now))
         return int(result.rowcount or 0)
+
+    async def beat(self, owner: str, ttl_seconds: float) -> None:
+        """An upsert of the owner's row: one short write per worker per heartbeat."""
+        alive_until = utcnow() + timedelta(seconds=ttl_seconds)
+        async with self.db.write() as conn:
+            renewed = await conn.execute(
+                update(heartbeats_table)
+                .where(heartbeats_table.c.owner == owner)
+                .values(alive_until=alive_until)
+            )
+            if not renewed.rowcount:
+                await conn.execute(
+                    insert(heartbeats_table).values(owner=owner, alive_until=alive_until)
+                )
+
+    async def workers(self) -> set[str]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(_live_owners(utcnow()))
+            return {row.owner for row in rows}
+
+    async def retire(self, owner: str) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(delete(heartbeats_table).where(heartbeats_table.c.owner == owner))
 
     async def body_refs(self) -> set[str]:
         """Fail closed: orphan cleanup deletes spooled bodies not named here."""

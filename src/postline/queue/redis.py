@@ -23,6 +23,7 @@ one Redis:
 ``rate:{b}``   hash   token bucket b of the rate limits: tokens, ts (expires when full)
 ``parked:{d}`` zset   job ids of destination d parked behind its breaker, scored by the
                       time they wait for (``park``, ``release_parked``)
+``worker:{o}`` string heartbeat of worker o, with a TTL: o is alive while it exists
 
 Every change is one Lua script (``redis_lua``), so the keys always agree
 with each other; Redis must not evict keys on its own either
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -145,13 +147,14 @@ class RedisQueue(Queue):
             for name in ("jobs", "bodies", "pairs", "domains", "leased", "depth", "inflight")
         ]
         self._due = f"{prefix}:due:"
+        self._worker = f"{prefix}:worker:"
         self._enqueue = client.register_script(redis_lua.ENQUEUE)
         self._lease = client.register_script(redis_lua.LEASE)
         self._extend = client.register_script(redis_lua.EXTEND)
         self._ack = client.register_script(redis_lua.ACK)
         self._retry = client.register_script(redis_lua.RETRY)
         self._release = client.register_script(redis_lua.RELEASE)
-        self._recover = client.register_script(redis_lua.RECOVER)
+        self._recover_abandoned = client.register_script(redis_lua.RECOVER_ABANDONED)
         self._take_token = client.register_script(redis_lua.BUCKET_TAKE)
 
     async def _run(self, script: AsyncScript, *args: Any) -> Any:
@@ -207,12 +210,20 @@ class RedisQueue(Queue):
             await self._run(self._release, job.id, job.lease_owner)
 
     async def recover_expired(self) -> int:
-        total = 0
-        while True:
-            recovered = int(await self._run(self._recover, _BATCH))
-            total += recovered
-            if recovered < _BATCH:
-                return total
+        """One script: expired leases, then those of owners whose heartbeat key is gone."""
+        return int(await self._run(self._recover_abandoned, self._worker))
+
+    async def beat(self, owner: str, ttl_seconds: float) -> None:
+        """A key per worker that Redis expires on its own clock when the beats stop."""
+        await self.client.set(self._worker + owner, "1", px=max(1, round(ttl_seconds * 1000)))
+
+    async def workers(self) -> set[str]:
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self._worker) + "*"
+        keys = [key async for key in self.client.scan_iter(match=pattern, count=500)]
+        return {key.removeprefix(self._worker) for key in keys}
+
+    async def retire(self, owner: str) -> None:
+        await self.client.delete(self._worker + owner)
 
     async def body_refs(self) -> set[str]:
         """Fail closed: orphan cleanup deletes spooled bodies not named here, so a partial

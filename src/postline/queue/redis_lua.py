@@ -272,11 +272,42 @@ return 1
 """
 )
 
-#: ARGV: due prefix, most. Returns how many expired leases were made pending.
-RECOVER = (
+#: ARGV: due prefix, heartbeat key prefix. Returns how many leases were made pending:
+#: those that ended (as ``RECOVER``, all of them) and those whose owner has no heartbeat
+#: key any more, whatever their lease says.
+#:
+#: Reads every leased job: leases are bounded by the workers' concurrency (hundreds,
+#: a few thousand at most), and this runs once per worker per heartbeat. Each owner's
+#: key is looked up once.
+RECOVER_ABANDONED = (
     _COMMON
     + r"""
-return recover(clock(), tonumber(ARGV[2]))
+local now = clock()
+local freed = 0
+repeat
+  local batch = recover(now, 500)
+  freed = freed + batch
+until batch < 500
+local alive = {}
+for _, id in ipairs(redis.call('ZRANGE', LEASED, 0, -1)) do
+  local raw = redis.call('HGET', JOBS, id)
+  if raw then
+    local job = cjson.decode(raw)
+    local owner = job.lease_owner
+    if owner ~= nil and owner ~= cjson.null then
+      if alive[owner] == nil then
+        alive[owner] = redis.call('EXISTS', ARGV[2] .. owner) == 1
+      end
+      if not alive[owner] then
+        unlease(id, job, math.min(job.due_at, now))
+        freed = freed + 1
+      end
+    end
+  else
+    redis.call('ZREM', LEASED, id)
+  end
+end
+return freed
 """
 )
 

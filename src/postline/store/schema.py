@@ -267,6 +267,17 @@ queue_jobs = Table(
     Index("ix_queue_jobs_due_at", "due_at"),
     # Leasing takes each destination's earliest jobs in turn (queue/embedded.py).
     Index("ix_queue_jobs_destination_due_at", "destination", "due_at"),
+    # Freeing the jobs of a worker whose heartbeat stopped reads only the leased ones.
+    Index("ix_queue_jobs_lease_owner", "lease_owner"),
+)
+
+# The embedded queue's worker heartbeats (queue/embedded.py): a worker process is
+# alive until alive_until, and a job leased by one that is not is free again.
+worker_heartbeats = Table(
+    "worker_heartbeats",
+    metadata,
+    Column("owner", String(64), primary_key=True),
+    Column("alive_until", UTCDateTime, nullable=False),
 )
 
 # The database spool: message bodies for installations spread over hosts.

@@ -1,0 +1,95 @@
+"""A worker that lost its lease mid-delivery sends no final dot and records nothing.
+
+Two engines share one store and queue. The first is stalled by a slow MX in
+the middle of a transaction when its lease goes away (its heartbeat ends, as
+when a worker stalls past its heartbeat timeout, and a sweep frees the job);
+the second engine takes the job over and delivers it. The MX must end up
+with exactly one copy, and the email with one attempt: the new owner's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from postline.delivery.engine import Engine
+from tests.harness import FakeMX
+from tests.harness.polling import poll
+from tests.harness.postline import Factory
+
+
+def second_engine(first: Engine) -> Engine:
+    """Another worker on the same store, queue and spool, with an owner of its own."""
+    return Engine(
+        db=first.db,
+        queue=first.queue,
+        spool=first.spool,
+        router=first.router,
+        delivery=first.delivery,
+        recorder=first.recorder,
+        metrics=first.metrics,
+        settings=first.settings,
+    )
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["sequential", "pipelining"])
+async def test_a_lost_lease_stops_before_the_final_dot(
+    postline_factory: Factory,
+    fake_mx: FakeMX,
+    caplog: pytest.LogCaptureFixture,
+    pipelining: bool,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="postline.engine")
+    # Heartbeats far apart: the first engine does not beat again during the test.
+    postline = await postline_factory(heartbeat_seconds=60, heartbeat_timeout=120)
+    fake_mx.pipelining = pipelining
+    fake_mx.stall("rcpt", 1.0)  # every transaction waits at RCPT: the old owner is mid-way
+    first = postline.services.engine
+    queue = postline.services.queue
+    sent = await postline.send(to="once@dest.test")
+    await fake_mx.wait_for_connections(1)
+
+    async def leased_by_first() -> bool:
+        return await queue.in_flight() == {"dest.test": 1}
+
+    await poll(leased_by_first, timeout=10, what="the first engine to hold the job")
+    await queue.retire(first.owner)
+    assert await queue.recover_expired() == 1
+
+    stop = asyncio.Event()
+    second = second_engine(first)
+    running = asyncio.create_task(second.run(stop))
+    try:
+        detail = await postline.wait_for_status(sent["id"], ["delivered"])
+        await poll(
+            lambda: asyncio.sleep(0, not first._active),
+            timeout=10,
+            what="the first engine to end its delivery",
+        )
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, timeout=30)
+    assert len(fake_mx.received) == 1
+    assert any("lease lost" in r.message for r in caplog.records)
+    assert fake_mx.connections == 2  # the first engine's transaction was cut, not finished
+    (recipient,) = detail["recipients"]
+    assert recipient["attempts"] == 1
+    assert [t["status"] for t in recipient["timeline"]] == ["delivered"]
+    assert [e["type"] for e in detail["events"]] == ["email.queued", "email.delivered"]
+    assert await queue.depth() == {}
+
+
+async def test_a_running_engine_beats_and_says_goodbye_when_stopped(
+    postline_factory: Factory,
+) -> None:
+    postline = await postline_factory()
+    engine, queue = postline.services.engine, postline.services.queue
+
+    async def beating() -> bool:
+        return engine.owner in await queue.workers()
+
+    await poll(beating, timeout=10, what="the engine's first heartbeat")
+    await postline.stop_engine()
+    assert engine.owner not in await queue.workers()
