@@ -1,7 +1,7 @@
 """worker heartbeats: a killed worker's jobs are free again in seconds, not at lease expiry
 
 Revision ID: 0005
-Revises: 0009
+Revises: 0004
 Create Date: 2026-12-05 21:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0009"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
