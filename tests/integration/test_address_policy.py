@@ -140,13 +140,13 @@ def _same(found: list[str] | tuple[str, ...] | None, address: str) -> bool:
 
 def _router(fake_dns: FakeDNS, *, allow_private: bool = False) -> Router:
     host, port = fake_dns.nameserver.rsplit(":", 1)
-    return Router(
-        nameservers=[(host, int(port))], delivery_port=25, allow_private=allow_private
-    )
+    return Router(nameservers=[(host, int(port))], delivery_port=25, allow_private=allow_private)
 
 
 @pytest.mark.parametrize(("address", "reason"), CASES, ids=IDS)
-async def test_webhook_host_resolving_to(fake_dns: FakeDNS, address: str, reason: str | None) -> None:
+async def test_webhook_host_resolving_to(
+    fake_dns: FakeDNS, address: str, reason: str | None
+) -> None:
     _publish(fake_dns, "hook.policy.test", address)
     resolver = _router(fake_dns).resolver
     url = "https://hook.policy.test/events"
@@ -251,3 +251,15 @@ async def test_operator_routes_are_not_filtered(fake_dns: FakeDNS) -> None:
     assert [(t.host, t.addresses) for t in await static.route("simulator.postline.test")] == [
         ("127.0.0.1", None)
     ]
+
+
+async def test_a_bounce_names_only_a_few_of_many_refused_addresses(fake_dns: FakeDNS) -> None:
+    fake_dns.add_mx("many.test", *((10, f"mx{i}.many.test") for i in range(6)))
+    for i in range(6):
+        fake_dns.add_a(f"mx{i}.many.test", *(f"10.0.{i}.{j}" for j in range(1, 4)))
+    with pytest.raises(RouteError) as refused:
+        await _router(fake_dns).route("many.test")
+    text = str(refused.value)
+    assert ", and 2 more resolve only to non-public addresses" in text, text
+    assert "; and 14 more)" in text, text
+    assert text.count(": private (10.0.0.0/8)") == 4, text

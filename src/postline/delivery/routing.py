@@ -69,7 +69,7 @@ class RouteError(Exception):
 MAX_REMEMBERED = 100_000
 #: How long a canary answer vouches for the resolver.
 CANARY_SECONDS = 60.0
-#: Refused addresses named in a bounce (a tenant's DNS may list hundreds).
+#: MX hosts and refused addresses named in a bounce, each.
 NAMED_ADDRESSES = 4
 
 
@@ -137,13 +137,11 @@ class Router:
         if kept or not refused:
             return kept
         hosts = list(dict.fromkeys(target.mx for target in targets))
-        named = "; ".join(describe(address) for address in refused[:NAMED_ADDRESSES])
-        more = len(refused) - NAMED_ADDRESSES
-        if more > 0:
-            named += f"; and {more} more"
+        named = _first_few([describe(address) for address in refused], "; ")
+        verb = "resolves" if len(hosts) == 1 else "resolve"
         raise RouteError(
-            f"MX {', '.join(hosts)} {'resolves' if len(hosts) == 1 else 'resolve'} only to non-public"
-            f" addresses ({named}); delivery to them needs POSTLINE_DELIVERY_ALLOW_PRIVATE=true",
+            f"MX {_first_few(hosts, ', ')} {verb} only to non-public addresses ({named}); "
+            "delivery to them needs POSTLINE_DELIVERY_ALLOW_PRIVATE=true",
             permanent=True,
             rule="dns.private_address",
             enhanced_code="5.4.4",  # RFC 3463: unable to route
@@ -266,6 +264,14 @@ class Router:
         if found:
             self._cache[("ADDR", host)] = (expiration, [(0, address) for address in found])
         return found
+
+
+def _first_few(items: list[str], separator: str) -> str:
+    """At most NAMED_ADDRESSES items, and how many more (a tenant's DNS may list hundreds)."""
+    text = separator.join(items[:NAMED_ADDRESSES])
+    if len(items) > NAMED_ADDRESSES:
+        text += f"{separator}and {len(items) - NAMED_ADDRESSES} more"
+    return text
 
 
 def _no_such_domain(domain: str) -> RouteError:
