@@ -263,3 +263,10 @@ async def test_a_bounce_names_only_a_few_of_many_refused_addresses(fake_dns: Fak
     assert ", and 2 more resolve only to non-public addresses" in text, text
     assert "; and 14 more)" in text, text
     assert text.count(": private (10.0.0.0/8)") == 4, text
+
+
+async def test_an_mx_named_by_an_address_literal_is_judged_too(fake_dns: FakeDNS) -> None:
+    """Some zones write an address as the MX "name": it is connected to as is, so judged."""
+    fake_dns.add_mx("literal.test", (10, "127.0.0.1"))
+    with pytest.raises(RouteError, match=r"MX 127\.0\.0\.1 resolves only .*127\.0\.0\.1: loopback"):
+        await _router(fake_dns).route("literal.test")
