@@ -75,6 +75,7 @@ class Services:
             delivery_port=settings.delivery_port,
             relay=settings.relay,
             canary=settings.dns_canary,
+            allow_private=settings.delivery_allow_private,
         )
         acceptor = Acceptor(
             db,

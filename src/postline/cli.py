@@ -197,6 +197,11 @@ async def announce(services: Services, ready: asyncio.Event, *, api: bool, engin
             "Webhook URLs on loopback and private addresses are allowed "
             "(POSTLINE_WEBHOOK_ALLOW_PRIVATE=true): for labs, not for production"
         )
+    if settings.delivery_allow_private and engine:
+        typer.echo(
+            "Delivery to MX hosts on loopback and private addresses is allowed "
+            "(POSTLINE_DELIVERY_ALLOW_PRIVATE=true): for labs, not for production"
+        )
     if first is not None and first.key is not None:
         typer.echo(f"Admin API key (shown once; saved to {first.path}, mode 0600):")
         typer.echo(first.key)

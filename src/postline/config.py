@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     relay_host: str = ""
     sandbox: bool = False
     webhook_allow_private: bool = False
+    # MX addresses that are not public (loopback, private, link-local, ...; netpolicy.py)
+    # are refused unless this is on. The relay host and the sandbox are never filtered.
+    delivery_allow_private: bool = False
 
     max_message_bytes: int = 25 * 1024 * 1024
     max_age_seconds: int = 5 * 24 * 3600

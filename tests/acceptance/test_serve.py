@@ -187,7 +187,15 @@ async def test_sigterm_releases_stuck_deliveries_within_the_timeout(
 
 
 async def test_sandbox_walkthrough(install: Install, launch: Launcher) -> None:
-    server = await launch(install, "serve", POSTLINE_SANDBOX="true", POSTLINE_RETRY_SCHEDULE="1")
+    # At the production default: the simulator is Postline's own MX, on loopback, and
+    # routed to without allowing private delivery.
+    server = await launch(
+        install,
+        "serve",
+        POSTLINE_SANDBOX="true",
+        POSTLINE_RETRY_SCHEDULE="1",
+        POSTLINE_DELIVERY_ALLOW_PRIVATE="false",
+    )
     key = await server.admin_key()
     await server.ready()
     await server.wait_for_line(r"^Sandbox on:")
@@ -231,6 +239,23 @@ async def test_sandbox_walkthrough(install: Install, launch: Launcher) -> None:
     for status, count in (("delivered", 2), ("bounced", 2), ("deferred", 1)):
         pattern = rf'^postline_recipient_outcomes_total\{{status="{status}"\}} {count}\.0$'
         assert re.search(pattern, metrics, re.MULTILINE), metrics
+
+
+async def test_mx_on_loopback_is_refused_at_production_defaults(
+    install: Install, launch: Launcher, fake_dns: FakeDNS, fake_mx: FakeMX
+) -> None:
+    """A tenant who controls a domain's DNS cannot steer delivery into 127.0.0.1."""
+    route_to(fake_dns, fake_mx)  # dest.test's MX is the fake MX, on 127.0.0.1
+    install.extra.update(delivery_env(fake_dns, fake_mx))
+    server = await launch(install, "serve", "--no-sandbox", POSTLINE_DELIVERY_ALLOW_PRIVATE="false")
+    key = await server.admin_key()
+    await server.ready()
+    await add_domain(server, key)
+    sent = await server.send(key, to="user@dest.test")
+    recipient = only_recipient(await server.wait_status(key, sent["id"], "bounced"))
+    assert recipient["bounce_rule"] == "dns.private_address", recipient
+    assert "resolves only to non-public addresses (127.0.0.1: loopback" in recipient["response"]
+    assert fake_mx.connections == 0 and fake_mx.received == [], fake_mx
 
 
 async def test_health_readiness_and_metrics_over_http(install: Install, launch: Launcher) -> None:

@@ -212,12 +212,20 @@ async def test_webhook_management_is_scoped(pl: PostlineUnderTest) -> None:
         "http://loopback.evil.test/hook",
         "http://localhost/hook",
         "ftp://example.test/hook",
+        # IPv6 forms that carry a private IPv4 address (ipaddress.is_global says yes)
+        "http://[64:ff9b::a9fe:a9fe]/",
+        "http://[::127.0.0.1]/",
+        "http://[::ffff:0:127.0.0.1]/",
+        "http://[2002:a9fe:a9fe::]/",
+        "http://[fec0::1]/",
+        "http://nat64.evil.test/hook",
     ],
 )
 async def test_ssrf_refused_at_create(
     postline: PostlineUnderTest, fake_dns: FakeDNS, url: str
 ) -> None:
     fake_dns.add_a("loopback.evil.test", "127.0.0.1")
+    fake_dns.add_aaaa("nat64.evil.test", "64:ff9b::a9fe:a9fe")  # 169.254.169.254
     response = await postline.client.post(
         "/v1/webhooks", json={"url": url, "events": ["*"]}, headers=postline.auth()
     )

@@ -66,6 +66,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert settings.relay is None
     assert settings.sandbox is False
     assert settings.webhook_allow_private is False
+    assert settings.delivery_allow_private is False
     assert settings.max_age_seconds == 5 * 24 * 3600
     assert settings.retry_delays == [60, 300, 900, 1800, 3600, 7200, 14400, 21600]
     assert settings.lease_seconds == 30
@@ -90,6 +91,7 @@ def test_env_values_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     monkeypatch.setenv("POSTLINE_RELAY_HOST", "smtp.example.net")
     monkeypatch.setenv("POSTLINE_SANDBOX", "true")
     monkeypatch.setenv("POSTLINE_WEBHOOK_ALLOW_PRIVATE", "1")
+    monkeypatch.setenv("POSTLINE_DELIVERY_ALLOW_PRIVATE", "true")
     monkeypatch.setenv("POSTLINE_QUEUE_URL", "redis://127.0.0.1:6379/0")
     monkeypatch.setenv("POSTLINE_RETRY_SCHEDULE", "10, 20,30,")
     monkeypatch.setenv("POSTLINE_HTTP_ADDR", "[::1]:8081")
@@ -101,6 +103,7 @@ def test_env_values_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert settings.relay == ("smtp.example.net", 25)
     assert settings.sandbox is True
     assert settings.webhook_allow_private is True
+    assert settings.delivery_allow_private is True
     assert settings.queue_url == "redis://127.0.0.1:6379/0"
     assert settings.retry_delays == [10.0, 20.0, 30.0]
     assert settings.http_host_port == ("::1", 8081)

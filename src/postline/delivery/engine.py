@@ -494,15 +494,16 @@ class Engine:
 
     @staticmethod
     def _route_outcome(exc: RouteError) -> Outcome:
-        """Our own resolver's verdict: a domain-level hard bounce (suppressed for a while
-        only), or a deferral when the resolver cannot be trusted (routing.py)."""
+        """Our own resolver's verdict: a domain-level bounce (a hard one suppressed for a
+        while only; a block, our policy refusing the MX addresses, not at all), or a
+        deferral when the resolver cannot be trusted (routing.py)."""
         if exc.permanent:
             return Outcome(
                 status=RecipientStatus.BOUNCED,
                 smtp_code=None,
-                enhanced_code="5.1.2",  # RFC 3463: bad destination system address
+                enhanced_code=exc.enhanced_code,
                 response=str(exc),
-                bounce_type=BounceType.HARD,
+                bounce_type=exc.bounce_type,
                 bounce_rule=exc.rule,
                 domain_level=True,
             )

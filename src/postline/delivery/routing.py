@@ -5,6 +5,13 @@ A permanent verdict (NXDOMAIN, null MX) bounces and suppresses, so it is
 believed only when the domain never resolved here before (successes are
 remembered) and a canary name that must exist still resolves; otherwise it is
 a deferral. Even a believed verdict suppresses for a while only (outcomes.py).
+
+Whoever controls a recipient domain's DNS chooses where its MX points, so MX
+addresses that are not public (netpolicy.py: loopback, private, link-local,
+transition forms of those ...) are dropped before anything connects, unless
+the operator allows private delivery. A domain left with none bounces without
+a connection. The relay host and static routes (the sandbox simulator) are the
+operator's own choice and are not filtered.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import dns.asyncresolver
 import dns.exception
@@ -20,27 +27,50 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
+from postline.model import BounceType
+from postline.netpolicy import describe, is_public
+
 
 @dataclass(frozen=True)
 class Target:
     host: str  # what to connect to (a name or an address)
     port: int
     mx: str  # the MX host name, for the timeline
+    # The only addresses to connect to, already checked against the address policy;
+    # None: an operator's route (relay, static), resolved when connecting.
+    addresses: tuple[str, ...] | None = None
 
 
 class RouteError(Exception):
-    """No host to deliver to; ``permanent`` says whether to stop trying, ``rule`` why."""
+    """No host to deliver to; ``permanent`` says whether to stop trying, ``rule`` why.
 
-    def __init__(self, message: str, *, permanent: bool, rule: str = "dns.lookup_failed") -> None:
+    A permanent one bounces with ``enhanced_code`` and ``bounce_type``: hard (the
+    domain does not take mail) suppresses for a while; block (our policy refuses
+    the destination) suppresses nothing.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        permanent: bool,
+        rule: str = "dns.lookup_failed",
+        enhanced_code: str = "5.1.2",  # RFC 3463: bad destination system address
+        bounce_type: BounceType = BounceType.HARD,
+    ) -> None:
         super().__init__(message)
         self.permanent = permanent
         self.rule = rule
+        self.enhanced_code = enhanced_code
+        self.bounce_type = bounce_type
 
 
 #: Domains remembered as having resolved (the oldest are forgotten beyond this).
 MAX_REMEMBERED = 100_000
 #: How long a canary answer vouches for the resolver.
 CANARY_SECONDS = 60.0
+#: MX hosts and refused addresses named in a bounce, each.
+NAMED_ADDRESSES = 4
 
 
 class Router:
@@ -53,10 +83,13 @@ class Router:
         static: dict[str, tuple[str, int]] | None = None,
         lifetime: float = 10.0,
         canary: str = "",
+        allow_private: bool = False,
     ) -> None:
         """``canary``: a name that must exist, looked up before believing that a domain
-        does not; empty, no canary (only the memory of earlier successes guards)."""
+        does not; empty, no canary (only the memory of earlier successes guards).
+        ``allow_private``: MX addresses are not filtered (labs, tests)."""
         self.delivery_port = delivery_port
+        self.allow_private = allow_private
         self.relay = relay
         self.static = dict(static or {})
         resolver = dns.asyncresolver.Resolver(configure=not nameservers)
@@ -80,7 +113,40 @@ class Router:
             return [Target(host, port, host)]
         if self.relay is not None:
             return [Target(self.relay[0], self.relay[1], self.relay[0])]
-        return await self._mx(domain)
+        targets = await self._mx(domain)
+        if self.allow_private:
+            return targets
+        return await self._public_only(targets)
+
+    async def _public_only(self, targets: list[Target]) -> list[Target]:
+        """The targets with their public addresses; a permanent RouteError if MX hosts
+        resolved and every address was refused.
+
+        Resolved here, not when connecting, so that what was checked is what is
+        connected to (a second lookup could answer differently). A host that did not
+        resolve stays, with no address: that is a deferral, as before.
+        """
+        kept: list[Target] = []
+        refused: list[str] = []
+        for target in targets:
+            found = await self.addresses(target.host)
+            public = tuple(address for address in found if is_public(address))
+            refused.extend(address for address in found if address not in public)
+            if public or not found:
+                kept.append(replace(target, addresses=public))
+        if kept or not refused:
+            return kept
+        hosts = list(dict.fromkeys(target.mx for target in targets))
+        named = _first_few([describe(address) for address in refused], "; ")
+        verb = "resolves" if len(hosts) == 1 else "resolve"
+        raise RouteError(
+            f"MX {_first_few(hosts, ', ')} {verb} only to non-public addresses ({named}); "
+            "delivery to them needs POSTLINE_DELIVERY_ALLOW_PRIVATE=true",
+            permanent=True,
+            rule="dns.private_address",
+            enhanced_code="5.4.4",  # RFC 3463: unable to route
+            bounce_type=BounceType.BLOCK,
+        )
 
     async def _mx(self, domain: str) -> list[Target]:
         records = await self._mx_records(domain)
@@ -198,6 +264,14 @@ class Router:
         if found:
             self._cache[("ADDR", host)] = (expiration, [(0, address) for address in found])
         return found
+
+
+def _first_few(items: list[str], separator: str) -> str:
+    """At most NAMED_ADDRESSES items, and how many more (a tenant's DNS may list hundreds)."""
+    text = separator.join(items[:NAMED_ADDRESSES])
+    if len(items) > NAMED_ADDRESSES:
+        text += f"{separator}and {len(items) - NAMED_ADDRESSES} more"
+    return text
 
 
 def _no_such_domain(domain: str) -> RouteError:

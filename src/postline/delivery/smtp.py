@@ -75,7 +75,9 @@ class SmtpDelivery:
         # Permanent RCPT refusals already received: kept, and not asked of the next MX.
         refused: dict[str, Reply] = {}
         for target in targets:
-            addresses = await self.router.addresses(target.host)
+            addresses = target.addresses
+            if addresses is None:  # the operator's own route: not filtered
+                addresses = tuple(await self.router.addresses(target.host))
             if not addresses:
                 result = TransactionResult(
                     mx_host=target.mx, error=Reply(None, f"{target.mx} has no address")

@@ -1,5 +1,8 @@
 """Webhook URLs must not reach into the operator's own network.
 
+Which addresses are public is decided by :mod:`postline.netpolicy`, the policy
+mail delivery uses too.
+
 A URL is checked when it is saved and again, by resolving it anew, right
 before each delivery (DNS rebinding); the delivery then connects to the
 address that passed the check, not to whatever the name resolves to later.
@@ -13,6 +16,8 @@ from urllib.parse import urlsplit
 import dns.asyncresolver
 import dns.exception
 import dns.resolver
+
+from postline.netpolicy import refusal
 
 
 class UnsafeURL(ValueError):
@@ -35,13 +40,6 @@ def split_url(url: str) -> tuple[str, str, int]:
     except ValueError:
         raise UnsafeURL("the URL has an invalid port") from None
     return parts.scheme, parts.hostname.lower(), port
-
-
-def is_public(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
 
 
 async def resolve(resolver: dns.asyncresolver.Resolver, host: str) -> list[str]:
@@ -73,9 +71,10 @@ async def checked_addresses(
     addresses = await resolve(resolver, host)
     if not allow_private:
         for address in addresses:
-            if not is_public(address):
+            reason = refusal(address)
+            if reason is not None:
                 raise UnsafeURL(
-                    f"{host} resolves to {address}, a private, loopback, link-local or "
-                    "reserved address (set POSTLINE_WEBHOOK_ALLOW_PRIVATE=true to allow)"
+                    f"{host} resolves to {address}, not a public address: {reason} "
+                    "(set POSTLINE_WEBHOOK_ALLOW_PRIVATE=true to allow)"
                 )
     return addresses
