@@ -6,9 +6,9 @@ Starlette reads a body whole before anything looks at it, and a ``Content-Length
 alone let a ``Transfer-Encoding: chunked`` upload of any size through, with or without an
 API key (issue 20). This pure ASGI middleware sits in front of the application: while it
 waits for the key's lookup uvicorn buffers at most its high-water mark (64 KiB) and then
-stops reading the socket, so an anonymous upload costs one socket buffer. Every refusal
-says ``Connection: close``: the server then stops reading the rest of the body instead of
-draining it.
+stops reading the socket, so an anonymous upload costs one socket buffer. After a refusal
+the server (``api.server.GuardedHttp``) reads nothing more of the connection and closes
+it a little later, so that the client can read the answer first.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from collections import deque
 
 from sqlalchemy.exc import DBAPIError
 from starlette.datastructures import Headers
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from postline.api.auth import SCOPE_KEY, identify
@@ -57,7 +56,7 @@ class BodyGuard:
                 await self._refuse(scope, receive, send, exc.status, exc.detail, exc.headers)
                 return
             except DBAPIError as exc:
-                await _answer(scope, receive, send, storage_unavailable(exc))
+                await storage_unavailable(exc)(scope, receive, send)
                 return
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
@@ -99,14 +98,9 @@ class BodyGuard:
         detail: str,
         headers: dict[str, str] | None,
     ) -> None:
-        await _answer(scope, receive, send, problem_response(status, detail, headers=headers))
-
-
-async def _answer(scope: Scope, receive: Receive, send: Send, response: Response) -> None:
-    """Answer without having read the body, and end the connection: the server then
-    stops reading what is left of it."""
-    response.headers["Connection"] = "close"
-    await response(scope, receive, send)
+        # Not with ``Connection: close``: uvicorn would close the socket at once, and a
+        # close with unread data is a reset that can reach the client before this answer.
+        await problem_response(status, detail, headers=headers)(scope, receive, send)
 
 
 def _replay(chunks: list[bytes], receive: Receive) -> Receive:

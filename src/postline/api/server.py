@@ -13,7 +13,9 @@ more rules:
   answered 503 and closed at once, before anything is read from it.
 
 The clock stops while a request is being answered (a long upload or a slow database
-is not a slow client) and starts again for the next request on the connection.
+is not a slow client) and starts again for the next request on the connection. A
+request answered before its body was read (``api.body_guard``'s 401 and 413) is not
+read further: the connection stops reading and is closed after the same timeout.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class GuardedHttp(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._refused = False
-        self._header_deadline: asyncio.TimerHandle | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._awaiting_headers = False
         self._header_bytes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -65,46 +68,64 @@ class GuardedHttp(HttpToolsProtocol):
         self._await_headers()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._headers_done()
+        self._stop_clock()
         if not self._refused:
             super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._refused or self.transport.is_closing():
             return
-        if self._header_deadline is not None:
+        if self._awaiting_headers:
             self._header_bytes += len(data)
         super().data_received(data)
         # Still waiting for the end of the headers after this much: refuse.
-        if self._header_deadline is not None and self._header_bytes > MAX_HEADER_BYTES:
-            self._headers_done()
+        if self._awaiting_headers and self._header_bytes > MAX_HEADER_BYTES:
+            self._stop_clock()
             if not self.transport.is_closing():
                 self.transport.write(_TOO_LARGE)
                 self.transport.close()
 
     def on_headers_complete(self) -> None:
-        self._headers_done()
+        self._stop_clock()
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
+        # Answered before the request's body was all read (a 401 or 413 of
+        # api.body_guard): the rest is never read.
+        unread_body = self.cycle is not None and self.cycle.more_body
         # A pipelined request's headers are already in; it starts now, not its clock.
         pipelined = bool(self.pipeline)
         super().on_response_complete()
-        if not pipelined and not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if unread_body:
+            self._linger()
+        elif not pipelined:
             self._await_headers()
 
     def _await_headers(self) -> None:
-        self._headers_done()
+        self._stop_clock()
+        self._awaiting_headers = True
         self._header_bytes = 0
-        self._header_deadline = self.loop.call_later(self.header_timeout, self._too_slow)
+        self._deadline = self.loop.call_later(self.header_timeout, self._close)
 
-    def _headers_done(self) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
+    def _linger(self) -> None:
+        """Stop reading, and close only after the header timeout: closing a socket with
+        unread data resets it, and a client still sending would lose the answer it was
+        given (uvicorn instead reads, and drops, the rest of the body: 60 MB, say)."""
+        self._stop_clock()
+        self.flow.pause_reading()
+        self._deadline = self.loop.call_later(self.header_timeout, self._close)
 
-    def _too_slow(self) -> None:
-        self._header_deadline = None
+    def _stop_clock(self) -> None:
+        self._awaiting_headers = False
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _close(self) -> None:
+        self._deadline = None
+        self._awaiting_headers = False
         if not self.transport.is_closing():
             self.transport.close()
 
