@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -40,6 +41,11 @@ def _check_events(value: list[str]) -> list[str]:
     return sorted(set(value))
 
 
+#: A bracketed IPv6 literal or a name, and an optional port; urlsplit lets
+#: ``[::1]x`` through as the host ::1.
+_HOSTPORT = re.compile(r"(\[[^\[\]]+\]|[^\[\]:]+)(:[0-9]*)?")
+
+
 def _check_url(value: str) -> str:
     """Refuse a URL that cannot be parsed or whose host cannot be a DNS name or an IP
     literal, as a 422 of its own: ``http://[::1/``, a 64-character label or a name over
@@ -55,7 +61,10 @@ def _check_url(value: str) -> str:
     host = parts.hostname
     if not host:
         raise ValueError("the URL has no host")
-    if parts.netloc.rpartition("@")[2].startswith("["):
+    hostport = parts.netloc.rpartition("@")[2]
+    if not _HOSTPORT.fullmatch(hostport):
+        raise ValueError(f"{hostport[:80]!r} is not a host with an optional port")
+    if hostport.startswith("["):
         try:
             ipaddress.IPv6Address(host.partition("%")[0])
         except ValueError:
