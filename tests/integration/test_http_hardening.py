@@ -24,13 +24,11 @@ from postline.api.server import MAX_HEADER_BYTES
 from postline.supervisor import serve
 from tests.harness.polling import poll
 from tests.harness.postline import Factory, PostlineUnderTest
+from tests.harness.raw_http import CHUNK, DEADLINE, chunked_upload, closed, read_answer
 
 MB = 1024 * 1024
-CHUNK = 64 * 1024
 #: What the attack run sent: far beyond the default limit (25 MB message -> ~36 MB body).
 UPLOAD = 60 * MB
-#: Generous deadlines for a loaded machine; a test never asserts how long anything took.
-DEADLINE = 120.0
 
 
 def email(**overrides: Any) -> dict[str, Any]:
@@ -158,68 +156,11 @@ async def connect(postline: PostlineUnderTest) -> tuple[asyncio.StreamReader, as
     return await asyncio.open_connection("127.0.0.1", port_of(postline))
 
 
-async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE)
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in lines if line)
-    body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return int(status_line.split()[1]), headers, body
-
-
-async def closed(reader: asyncio.StreamReader) -> bool:
-    """True once the server ended the connection (EOF or a reset)."""
-    try:
-        return await asyncio.wait_for(reader.read(), DEADLINE) is not None
-    except ConnectionError:
-        return True
-
-
-async def chunked_upload(
-    postline: PostlineUnderTest, total: int, auth: dict[str, str]
-) -> tuple[int, dict[str, Any], int]:
-    """POST ``total`` bytes chunked while listening for the answer: the answer's status,
-    body and how many bytes had been handed to the socket when it came."""
-    reader, writer = await connect(postline)
-    head = [
-        "POST /v1/emails/batch HTTP/1.1",
-        f"Host: 127.0.0.1:{port_of(postline)}",
-        "Content-Type: application/json",
-        "Transfer-Encoding: chunked",
-        *(f"{name}: {value}" for name, value in auth.items()),
-    ]
-    writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
-    sent = 0
-    framed = f"{CHUNK:x}\r\n".encode() + b"x" * CHUNK + b"\r\n"
-
-    async def send_all() -> None:
-        nonlocal sent
-        while sent < total:
-            writer.write(framed)
-            await writer.drain()
-            sent += CHUNK
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
-
-    sender = asyncio.create_task(send_all())
-    try:
-        status, _, body = await read_answer(reader)
-        sent_when_answered = sent
-        sender.cancel()
-        # The server reads no more of it, and ends the connection after a grace period.
-        assert await closed(reader)
-    finally:
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-            await sender
-        writer.close()
-    return status, json.loads(body), sent_when_answered
-
-
 async def test_an_anonymous_60_mb_chunked_upload_is_401_before_it_is_sent(
     postline_factory: Factory,
 ) -> None:
     async with serving(postline_factory) as postline:
-        status, body, sent = await chunked_upload(postline, UPLOAD, {})
+        status, body, sent = await chunked_upload(port_of(postline), UPLOAD, {})
         assert status == 401, body
         assert body["status"] == 401
         assert sent < UPLOAD
@@ -231,7 +172,7 @@ async def test_a_60_mb_chunked_upload_with_a_key_is_413_before_it_is_sent(
     postline_factory: Factory,
 ) -> None:
     async with serving(postline_factory) as postline:
-        status, body, sent = await chunked_upload(postline, UPLOAD, postline.auth())
+        status, body, sent = await chunked_upload(port_of(postline), UPLOAD, postline.auth())
         assert status == 413, body
         assert body["detail"].startswith("the request body is larger than")
         assert sent < UPLOAD
