@@ -156,7 +156,12 @@ async def _visible(conn: AsyncConnection, caller: Principal, webhook_id: str) ->
     return row
 
 
-@router.post("", status_code=201, summary="Register a webhook endpoint (secret shown once)")
+@router.post(
+    "",
+    status_code=201,
+    summary="Register a webhook endpoint (secret shown once)",
+    responses=problem_responses(409),
+)
 async def create_webhook(svc: Svc, caller: Caller, body: WebhookIn) -> dict[str, Any]:
     await _check_address(svc, body.url)
     now = utcnow()
