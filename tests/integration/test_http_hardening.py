@@ -255,3 +255,17 @@ async def test_connections_past_the_cap_are_refused_and_served_again_once_one_cl
         await poll(served, timeout=DEADLINE, what="a request served once a slot is free")
         for _, held_writer in held:
             held_writer.close()
+
+
+async def test_pipelined_and_kept_alive_requests_are_served(postline_factory: Factory) -> None:
+    """The header clock stops and starts per request, never in the middle of one."""
+    async with serving(postline_factory) as postline:
+        reader, writer = await connect(postline)
+        request = b"GET /healthz HTTP/1.1\r\nHost: postline\r\n\r\n"
+        writer.write(request * 3)
+        for _ in range(3):
+            status, _, body = await read_answer(reader)
+            assert (status, json.loads(body)) == (200, {"status": "ok"})
+        writer.write(request)
+        assert (await read_answer(reader))[0] == 200
+        writer.close()
