@@ -97,6 +97,15 @@ class Settings(BaseSettings):
     delivery_allow_private: bool = False
 
     max_message_bytes: int = 25 * 1024 * 1024
+    # The whole HTTP request body (a batch included), counted as it arrives; 0: derived
+    # from max_message_bytes (one email base64-encoded, plus 1 MiB of JSON).
+    max_request_bytes: int = 0
+    # Seconds a client has to finish sending a request's headers (slowloris), and the
+    # most HTTP connections held open at once (more are answered 503 and closed).
+    http_header_timeout: float = 10.0
+    http_max_connections: int = 1000
+    # Webhook endpoints per sending domain (and for the unscoped ones, together).
+    webhooks_per_domain: int = 20
     max_age_seconds: int = 5 * 24 * 3600
     retry_schedule: str = "60,300,900,1800,3600,7200,14400,21600"
     concurrency: int = 32
@@ -219,6 +228,9 @@ class Settings(BaseSettings):
         "smtp_max_messages_per_session",
         "housekeeping_interval",
         "orphan_cleanup_interval",
+        "http_header_timeout",
+        "http_max_connections",
+        "webhooks_per_domain",
     )
     @classmethod
     def _check_positive(cls, value: int) -> int:
@@ -240,7 +252,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a finite number of requests per second, 0 for no limit")
         return value
 
-    @field_validator("body_retention_seconds", "retention_days")
+    @field_validator("body_retention_seconds", "retention_days", "max_request_bytes")
     @classmethod
     def _check_retention(cls, value: int) -> int:
         if value < 0:
@@ -280,6 +292,12 @@ class Settings(BaseSettings):
     @property
     def http_host_port(self) -> tuple[str, int]:
         return parse_host_port(self.http_addr)
+
+    @property
+    def request_limit(self) -> int:
+        """Bytes an HTTP request body may have: one email at the largest size, base64
+        encoded (4/3, rounded up generously) plus room for its JSON, unless set."""
+        return self.max_request_bytes or int(self.max_message_bytes * 1.4) + 1024 * 1024
 
     @property
     def nameservers(self) -> list[tuple[str, int]]:

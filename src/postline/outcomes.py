@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from postline.addresses import quoted_from
 from postline.ids import new_id
 from postline.model import (
     EVENT_FOR_STATUS,
@@ -117,7 +118,7 @@ def event_row(
                 "email_id": email.id,
                 "message_id": email.message_id,
                 "domain": email.from_address.rpartition("@")[2],
-                "from": email.from_header,
+                "from": quoted_from(email.from_header, email.from_address),
                 "recipient": recipient.address,
                 "status": str(outcome.status),
                 "smtp_code": outcome.smtp_code,

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from postline.api.app import create_api
+from postline.api.server import server_config
 from postline.app import Services, start_sandbox
 from postline.config import ConfigError
 from postline.housekeeping import housekeeping
@@ -70,15 +71,7 @@ async def serve(
     tasks: list[asyncio.Task[None]] = []
     server: _Server | None = None
     if listener is not None:
-        config = uvicorn.Config(
-            create_api(services),
-            host=host,
-            port=port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            server_header=False,
-        )
+        config = server_config(create_api(services), services.settings)
         server = _Server(config)
         tasks.append(asyncio.create_task(server.serve(sockets=[listener]), name="api"))
     if engine:

@@ -32,6 +32,26 @@ STRUCTURAL_HEADERS = frozenset(
     )
 )
 
+#: Trace and authentication headers: written by the servers a message passes through
+#: and by the receiving side's checks. A client setting them could make a message look
+#: relayed, verified or addressed in ways it never was. (Received, Return-Path,
+#: Delivered-To and DKIM-Signature are in STRUCTURAL_HEADERS: Postline writes them.)
+TRACE_HEADERS = frozenset(
+    name.lower()
+    for name in (
+        "X-Received",
+        "Authentication-Results",
+        "Received-SPF",
+        "DomainKey-Signature",
+        "X-Google-DKIM-Signature",
+        "X-Forwarded-To",
+        "X-Forwarded-For",
+    )
+)
+#: Families of the same: ARC-Seal and ARC-Message-Signature, X-Original-To and
+#: X-Original-From, Resent-From and the other resent fields.
+TRACE_PREFIXES = ("arc-", "x-original-", "resent-")
+
 # \Z, not $: $ also matches before a final newline, so "X-A\n" passed (tests/unit/
 # test_properties_validation.py) and broke the header block.
 _HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}\Z")  # printable ASCII except ':' (RFC 5322 2.2)
@@ -98,11 +118,30 @@ def parse_mailbox(value: str) -> tuple[str, str]:
     return name, normalize_address(address)
 
 
+#: Types whose MIME structure Postline writes itself: as an attachment's type they made
+#: a part that claimed sub-parts (or a whole message) it did not have.
+_STRUCTURAL_TYPES = ("multipart/", "message/")
+
+
+def check_attachment_type(content_type: str) -> None:
+    if content_type.lower().startswith(_STRUCTURAL_TYPES):
+        raise ValueError(
+            f"{content_type} is a structural MIME type; send the content as a file type "
+            "such as application/octet-stream"
+        )
+
+
 def check_custom_header(name: str, value: str) -> None:
     if not _HEADER_NAME.match(name):
         raise ValueError(f"header name {name!r} is not a valid header field name")
-    if name.lower() in STRUCTURAL_HEADERS or name.lower().startswith(("resent-", "arc-")):
+    lower = name.lower()
+    if lower in STRUCTURAL_HEADERS:
         raise ValueError(f"header {name!r} is set by Postline and cannot be given")
+    if lower in TRACE_HEADERS or lower.startswith(TRACE_PREFIXES):
+        raise ValueError(
+            f"header {name!r} is a trace or authentication header, written by the servers "
+            "that carry and check a message; it cannot be given"
+        )
     check_header_text(value)
     if len(value) > MAX_HEADER_VALUE:
         raise ValueError(f"header {name!r} is longer than {MAX_HEADER_VALUE} characters")

@@ -370,6 +370,26 @@ def test_retention_defaults_and_bounds(tmp_path: Path, monkeypatch: pytest.Monke
         monkeypatch.setenv(name, "0")
 
 
+def test_http_limits_defaults_and_bounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(data_dir=tmp_path)
+    assert (settings.http_header_timeout, settings.http_max_connections) == (10.0, 1000)
+    assert settings.webhooks_per_domain == 20
+    # The whole request (a batch too): one largest email, base64, plus 1 MiB of JSON.
+    assert settings.request_limit == int(25 * 1024 * 1024 * 1.4) + 1024 * 1024
+    monkeypatch.setenv("POSTLINE_MAX_REQUEST_BYTES", "5000000")
+    assert load_settings(data_dir=tmp_path).request_limit == 5_000_000
+    for name in (
+        "POSTLINE_HTTP_HEADER_TIMEOUT",
+        "POSTLINE_HTTP_MAX_CONNECTIONS",
+        "POSTLINE_WEBHOOKS_PER_DOMAIN",
+        "POSTLINE_MAX_REQUEST_BYTES",
+    ):
+        monkeypatch.setenv(name, "-1")
+        with pytest.raises(ConfigError, match=name):
+            load_settings(data_dir=tmp_path)
+        monkeypatch.delenv(name)
+
+
 # --- check_port_free ------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from postline.validation import (
     MAX_HEADER_VALUE,
     STRUCTURAL_HEADERS,
+    check_attachment_type,
     check_custom_header,
     check_header_text,
     normalize_address,
@@ -316,7 +317,25 @@ def test_accepted_mailbox_address_is_one_line(value: str) -> None:
     assert address == normalize_address(address)
 
 
-@pytest.mark.parametrize("name", ["Resent-Bcc", "resent-to", "ARC-Seal"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Resent-Bcc",
+        "resent-to",
+        "ARC-Seal",
+        "Authentication-Results",
+        "received-spf",
+        "X-Original-To",
+        "X-Received",
+    ],
+)
 def test_trace_and_resent_headers_are_refused(name: str) -> None:
-    with pytest.raises(ValueError, match="set by Postline"):
+    with pytest.raises(ValueError, match=f"header '{name}' .*cannot be given"):
         check_custom_header(name, "x@example.test")
+
+
+@pytest.mark.parametrize("content_type", ["multipart/mixed", "MESSAGE/rfc822", "message/partial"])
+def test_structural_attachment_types_are_refused(content_type: str) -> None:
+    with pytest.raises(ValueError, match="structural MIME type"):
+        check_attachment_type(content_type)
+    check_attachment_type("application/pdf")

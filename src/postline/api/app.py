@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
 from postline import __version__
 from postline.api import (
     admin,
+    body_guard,
     destinations,
     emails,
     health,
@@ -35,16 +34,8 @@ def create_api(services: Services) -> FastAPI:
     app.add_middleware(ratelimit.RateLimitHeaders)
     problems.install(app)
     responses.document_problems(app)
-    limit = int(services.settings.max_message_bytes * 1.4) + 1024 * 1024
-
-    @app.middleware("http")
-    async def _size_limit(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return problems.problem_response(413, f"the request body is larger than {limit} bytes")
-        return await call_next(request)
+    # Added last, so outermost: nothing reads a body before it has counted it.
+    app.add_middleware(body_guard.BodyGuard, db=services.db, limit=services.settings.request_limit)
 
     app.include_router(emails.router)
     app.include_router(admin.router)

@@ -6,11 +6,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.api import ratelimit
 from postline.api.problems import Problem
 from postline.app import Services
 from postline.keys import Principal, authenticate
+from postline.store import domains as domain_store
+from postline.store.db import Database
 
 #: RFC 6750: a 401 names the scheme the client should use, and why a key was refused.
 _NO_KEY = {"WWW-Authenticate": 'Bearer realm="postline"'}
@@ -22,14 +25,26 @@ def services(request: Request) -> Services:
     return found
 
 
-async def principal(request: Request) -> Principal:
-    header = request.headers.get("authorization", "")
+#: Where ``api.body_guard`` leaves the principal it found before reading a body.
+SCOPE_KEY = "postline.principal"
+
+
+async def identify(db: Database, header: str) -> Principal:
+    """The principal of an ``Authorization`` header, or a 401 Problem."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Problem(401, "missing API key: send 'Authorization: Bearer <key>'", headers=_NO_KEY)
-    found = await authenticate(services(request).db, token.strip())
+    found = await authenticate(db, token.strip())
     if found is None:
         raise Problem(401, "invalid or revoked API key", headers=_BAD_KEY)
+    return found
+
+
+async def principal(request: Request) -> Principal:
+    # A request with a body was authenticated before it was read (api.body_guard).
+    found = request.scope.get(SCOPE_KEY)
+    if not isinstance(found, Principal):
+        found = await identify(services(request).db, request.headers.get("authorization", ""))
     await ratelimit.enforce(request, found)
     return found
 
@@ -38,6 +53,24 @@ async def admin(caller: Annotated[Principal, Depends(principal)]) -> Principal:
     if not caller.is_admin:
         raise Problem(403, "this operation needs an unscoped (admin) API key")
     return caller
+
+
+async def domain_in_scope(conn: AsyncConnection, caller: Principal, name: str) -> str:
+    """The id of the sending domain a request names. A scoped key gets the same 403 for
+    every domain but its own, whether it exists or not (a 422 for unknown names told it
+    which other domains exist); an unscoped key gets 422 for an unknown one."""
+    wanted = name.strip().lower()
+    problem = Problem(
+        422 if caller.is_admin else 403,
+        f"unknown or forbidden domain {name}",
+        [{"field": "domain", "message": "not a sending domain this key may use"}],
+    )
+    if not caller.is_admin and wanted != caller.domain_name:
+        raise problem
+    row = await domain_store.get_domain_by_name(conn, wanted)
+    if row is None or not caller.may_see(row.id):
+        raise problem
+    return row.id
 
 
 Caller = Annotated[Principal, Depends(principal)]

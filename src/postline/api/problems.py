@@ -90,6 +90,16 @@ def storage_full(exc: BaseException) -> JSONResponse:
     )
 
 
+def storage_unavailable(exc: BaseException) -> JSONResponse:
+    """507 when the database is full, else 503: the client may try again shortly."""
+    if is_disk_full(exc):
+        return storage_full(exc)
+    log.error("database unavailable: %s", type(exc).__name__)
+    return problem_response(
+        503, "storage is unavailable; nothing was accepted", headers={"Retry-After": "5"}
+    )
+
+
 def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
     """('body', 3, 'to', 0) -> '[3].to[0]' — the field names of API.md."""
     path = ""
@@ -176,12 +186,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
     async def _db(_: Request, exc: Exception) -> JSONResponse:
-        if is_disk_full(exc):
-            return storage_full(exc)
-        log.error("database unavailable: %s", type(exc).__name__)
-        return problem_response(
-            503, "storage is unavailable; nothing was accepted", headers={"Retry-After": "5"}
-        )
+        return storage_unavailable(exc)
 
     @app.exception_handler(Exception)
     async def _bug(_: Request, exc: Exception) -> JSONResponse:

@@ -20,7 +20,12 @@ from pydantic import (
     model_validator,
 )
 
-from postline.validation import check_custom_header, check_header_text, parse_mailbox
+from postline.validation import (
+    check_attachment_type,
+    check_custom_header,
+    check_header_text,
+    parse_mailbox,
+)
 
 MAX_RECIPIENTS = 1000
 
@@ -104,6 +109,7 @@ class AttachmentIn(BaseModel):
     def _mime(cls, value: str) -> str:
         if not _MIME_TYPE.match(value):
             raise ValueError("must be a MIME type such as application/pdf")
+        check_attachment_type(value)
         return value.lower()
 
     @property

@@ -8,14 +8,13 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from postline.api.auth import Caller, Svc
+from postline.api.auth import Caller, Svc, domain_in_scope
 from postline.api.problems import Problem
 from postline.api.responses import AUTHENTICATED, WITH_BODY, problem_responses
 from postline.api.schemas import Address
 from postline.api.views import rfc3339
 from postline.ids import new_id
 from postline.keys import Principal
-from postline.store import domains as domain_store
 from postline.store import suppressions as suppression_store
 from postline.store.suppressions import Suppression
 from postline.store.types import utcnow
@@ -63,14 +62,7 @@ async def _domain_id(
                 [{"field": "domain", "message": "required with an unscoped key"}],
             )
         return caller.domain_id
-    row = await domain_store.get_domain_by_name(conn, name.strip().lower())
-    if row is None or not caller.may_see(row.id):
-        raise Problem(
-            422 if row is None else 403,
-            f"unknown or forbidden domain {name}",
-            [{"field": "domain", "message": "not a sending domain this key may use"}],
-        )
-    return row.id
+    return await domain_in_scope(conn, caller, name)
 
 
 @router.get("", summary="The suppression list")

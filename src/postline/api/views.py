@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.engine import Row
 
+from postline.addresses import quoted_from
 from postline.store.emails import Notification
 
 
@@ -21,7 +22,7 @@ def email_item(row: Row[Any], recipient_count: int | None = None) -> dict[str, A
     return {
         "id": row.id,
         "message_id": row.message_id,
-        "from": row.from_header,
+        "from": quoted_from(row.from_header, row.from_address),
         "subject": row.subject,
         "status": row.status,
         "source": row.source,

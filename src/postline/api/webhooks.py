@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from postline.api.auth import Caller, Svc
+from postline.api.auth import Caller, Svc, domain_in_scope
 from postline.api.problems import Problem
 from postline.api.responses import AUTHENTICATED, WITH_BODY, problem_responses
 from postline.api.views import rfc3339
@@ -17,7 +20,6 @@ from postline.events.ssrf import UnsafeURL, checked_addresses
 from postline.ids import new_id
 from postline.keys import Principal
 from postline.model import EventType
-from postline.store import domains as domain_store
 from postline.store import webhooks as webhook_store
 from postline.store.types import utcnow
 from postline.store.webhooks import Webhook, WebhookDelivery
@@ -39,6 +41,45 @@ def _check_events(value: list[str]) -> list[str]:
     return sorted(set(value))
 
 
+#: A bracketed IPv6 literal or a name, and an optional port; urlsplit lets
+#: ``[::1]x`` through as the host ::1.
+_HOSTPORT = re.compile(r"(\[[^\[\]]+\]|[^\[\]:]+)(:[0-9]*)?")
+
+
+def _check_url(value: str) -> str:
+    """Refuse a URL that cannot be parsed or whose host cannot be a DNS name or an IP
+    literal, as a 422 of its own: ``http://[::1/``, a 64-character label or a name over
+    253 characters used to reach the resolver and answer 500. Whether the address is
+    allowed is ``events.ssrf``'s decision, after this."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not 0-65535
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must start with http:// or https://")
+    host = parts.hostname
+    if not host:
+        raise ValueError("the URL has no host")
+    hostport = parts.netloc.rpartition("@")[2]
+    if not _HOSTPORT.fullmatch(hostport):
+        raise ValueError(f"{hostport[:80]!r} is not a host with an optional port")
+    if hostport.startswith("["):
+        try:
+            ipaddress.IPv6Address(host.partition("%")[0])
+        except ValueError:
+            raise ValueError(f"[{host}] is not an IPv6 address") from None
+        return value
+    try:
+        ascii_host = host.rstrip(".").encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValueError(f"{host[:80]!r} is not a valid host name") from None
+    labels = ascii_host.split(".")
+    if len(ascii_host) > 253 or any(not 1 <= len(label) <= 63 for label in labels):
+        raise ValueError("the host name must be at most 253 characters in labels of 1 to 63")
+    return value
+
+
 class WebhookIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -47,6 +88,7 @@ class WebhookIn(BaseModel):
     domain: str | None = Field(default=None, max_length=253)
 
     _events = field_validator("events")(_check_events)
+    _url = field_validator("url")(_check_url)
 
 
 class WebhookPatch(BaseModel):
@@ -60,6 +102,11 @@ class WebhookPatch(BaseModel):
     @classmethod
     def _events(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else _check_events(value)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_url(value)
 
 
 def view(row: Webhook, secret: str | None = None) -> dict[str, Any]:
@@ -92,7 +139,7 @@ def delivery_view(row: WebhookDelivery) -> dict[str, Any]:
     }
 
 
-async def _check_url(svc: Svc, url: str) -> None:
+async def _check_address(svc: Svc, url: str) -> None:
     try:
         await checked_addresses(
             url, svc.router.resolver, allow_private=svc.settings.webhook_allow_private
@@ -109,24 +156,29 @@ async def _visible(conn: AsyncConnection, caller: Principal, webhook_id: str) ->
     return row
 
 
-@router.post("", status_code=201, summary="Register a webhook endpoint (secret shown once)")
+@router.post(
+    "",
+    status_code=201,
+    summary="Register a webhook endpoint (secret shown once)",
+    responses=problem_responses(409),
+)
 async def create_webhook(svc: Svc, caller: Caller, body: WebhookIn) -> dict[str, Any]:
-    await _check_url(svc, body.url)
+    await _check_address(svc, body.url)
     now = utcnow()
     secret = new_secret()
     webhook_id = new_id("wh_")
     async with svc.db.write() as conn:
         domain_id = caller.domain_id
         if body.domain is not None:
-            domain = await domain_store.get_domain_by_name(conn, body.domain.strip().lower())
-            if domain is None or not caller.may_see(domain.id):
-                # 403 as API.md says for "out of scope", like /v1/suppressions.
-                raise Problem(
-                    422 if domain is None else 403,
-                    f"unknown or forbidden domain {body.domain}",
-                    [{"field": "domain", "message": "not a sending domain this key may use"}],
-                )
-            domain_id = domain.id
+            domain_id = await domain_in_scope(conn, caller, body.domain)
+        count = await webhook_store.count_webhooks(conn, domain_id)
+        if count >= svc.settings.webhooks_per_domain:
+            raise Problem(
+                409,
+                f"{'this domain' if domain_id else 'the unscoped endpoints'} already "
+                f"{'has' if domain_id else 'are'} {count} webhook endpoints, the most "
+                "allowed (POSTLINE_WEBHOOKS_PER_DOMAIN); delete one first",
+            )
         await webhook_store.insert_webhook(
             conn,
             {
@@ -163,7 +215,7 @@ async def patch_webhook(
     svc: Svc, caller: Caller, webhook_id: str, body: WebhookPatch
 ) -> dict[str, Any]:
     if body.url is not None:
-        await _check_url(svc, body.url)
+        await _check_address(svc, body.url)
     values: dict[str, Any] = {"updated_at": utcnow()}
     if body.url is not None:
         values["url"] = body.url

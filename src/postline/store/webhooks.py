@@ -103,6 +103,14 @@ async def list_webhooks(conn: AsyncConnection, domain_id: str | None) -> list[We
     return [Webhook.from_row(row) for row in await conn.execute(statement)]
 
 
+async def count_webhooks(conn: AsyncConnection, domain_id: str | None) -> int:
+    """Endpoints of one domain, or the unscoped ones (``None``)."""
+    column = webhooks.c.domain_id
+    where = column.is_(None) if domain_id is None else column == domain_id
+    found = await conn.scalar(select(func.count()).select_from(webhooks).where(where))
+    return int(found or 0)
+
+
 async def update_webhook(conn: AsyncConnection, webhook_id: str, values: dict[str, Any]) -> None:
     await conn.execute(update(webhooks).where(webhooks.c.id == webhook_id).values(**values))
 
