@@ -163,8 +163,6 @@ def run_parts(settings: Settings, *, api: bool, engine: bool) -> None:
     from postline.supervisor import serve as supervise
 
     setup_logging(settings.log_level)
-    for line in start_warnings(settings):
-        logging.getLogger("postline").warning(line)
     if api:
         try:
             check_port_free(settings.http_addr, "POSTLINE_HTTP_ADDR")
@@ -174,6 +172,8 @@ def run_parts(settings: Settings, *, api: bool, engine: bool) -> None:
 
     async def main(services: Services) -> None:
         await check_reachable(services)
+        for line in start_warnings(settings):
+            logging.getLogger("postline").warning(line)
         ready = asyncio.Event()
         announcer = asyncio.create_task(announce(services, ready, api=api, engine=engine))
         await supervise(services, api=api, engine=engine, sandbox=settings.sandbox, ready=ready)

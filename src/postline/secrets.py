@@ -51,7 +51,7 @@ async def prepare_secrets(db: Database) -> int:
         raise ConfigError("no secret key")
     try:
         async with db.write() as conn:
-            await secret_store.check_key(conn, box)
+            await secret_store.verify_key(conn, box)
             sealed = await secret_store.seal_plaintext(conn, box)
     except SecretKeyError as exc:
         raise ConfigError(str(exc)) from None

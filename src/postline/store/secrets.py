@@ -26,7 +26,7 @@ _SECRET_COLUMNS: tuple[Column[str], ...] = (
 )
 
 
-async def check_key(conn: AsyncConnection, box: SecretBox) -> None:
+async def verify_key(conn: AsyncConnection, box: SecretBox) -> None:
     """Raise SecretKeyError unless ``box`` opens what the database holds sealed.
 
     The first process to start on a database leaves its check row; a process with
