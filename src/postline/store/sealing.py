@@ -34,12 +34,13 @@ class SecretKeyError(Exception):
 
 def check_key(text: str) -> bytes:
     """The key as bytes, or ValueError when it is not urlsafe base64 of 32 bytes."""
+    wrong = "expected 32 bytes in urlsafe base64 (44 characters)"
     try:
         raw = base64.urlsafe_b64decode(text.strip().encode("ascii"))
     except (binascii.Error, ValueError, UnicodeEncodeError):
-        raise ValueError("expected 32 bytes in urlsafe base64 (postline secret-key)") from None
+        raise ValueError(wrong) from None
     if len(raw) != 32:
-        raise ValueError("expected 32 bytes in urlsafe base64 (postline secret-key)")
+        raise ValueError(wrong)
     return text.strip().encode("ascii")
 
 
