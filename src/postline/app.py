@@ -27,10 +27,12 @@ from postline.domains import SANDBOX_DOMAIN, SIMULATOR_DOMAIN, ensure_domain
 from postline.events.dispatcher import Dispatcher
 from postline.keys import create_key
 from postline.metrics import Metrics
+from postline.private_files import permission_warnings
 from postline.queue import Queue
 from postline.queue.embedded import EmbeddedQueue
 from postline.queue.redis import RedisQueue
 from postline.sandbox.simulator import Simulator
+from postline.secrets import load_box, shared_database_without_key
 from postline.spool import Spool
 from postline.spool.database import DatabaseSpool
 from postline.spool.files import FileSpool
@@ -66,7 +68,7 @@ class Services:
     ) -> Services:
         """Every part, wired. ``clock`` and ``webhook_transport`` are for tests: a
         simulated "now" for the webhook dispatcher, and where its POSTs go."""
-        db = Database(settings.database_url)
+        db = Database(settings.database_url, load_box(settings))
         spool = build_spool(settings, db)
         queue = build_queue(settings, db)
         metrics = Metrics()
@@ -136,6 +138,24 @@ def build_queue(settings: Settings, db: Database) -> Queue:
     if settings.queue_url == "embedded":
         return EmbeddedQueue(db)
     return RedisQueue(settings.queue_url, prefix=settings.queue_prefix)
+
+
+def start_warnings(settings: Settings) -> list[str]:
+    """What an operator should fix, said once at start: files other users can read,
+    and a shared database whose hosts may each have made a key of their own."""
+    extra: list[Path] = []
+    if settings.sqlite_path is not None:
+        db_file = settings.sqlite_path
+        extra = [db_file, *(db_file.with_name(db_file.name + s) for s in ("-wal", "-shm"))]
+    spool = settings.spool_path if settings.spool_url.startswith("file:") else None
+    lines = permission_warnings(settings.data_dir, extra, spool)
+    if shared_database_without_key(settings):
+        lines.append(
+            f"POSTLINE_SECRET_KEY is not set: the secrets in this shared database are sealed "
+            f"with {settings.secret_key_file}, which every other host needs too; set "
+            "POSTLINE_SECRET_KEY to the same key on each host"
+        )
+    return lines
 
 
 async def check_reachable(services: Services, timeout: float = 10.0) -> None:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from postline.app import Services, check_reachable, ensure_admin_key
+from postline.app import Services, check_reachable, ensure_admin_key, start_warnings
 from postline.config import (
     ConfigError,
     Settings,
@@ -28,6 +28,7 @@ from postline.config import (
 )
 from postline.domains import DomainError, create_domain, dns_records
 from postline.keys import CreatedKey, create_key
+from postline.secrets import prepare_secrets
 from postline.store import domains as domain_store
 from postline.store import emails as email_store
 from postline.store import keys as key_store
@@ -86,12 +87,16 @@ def run_with_services(settings: Settings, work: Callable[[Services], Awaitable[T
     async def main() -> T:
         services = Services.build(settings)
         try:
+            await prepare_secrets(services.db)
             return await work(services)
         finally:
             await services.close()
 
     try:
         return asyncio.run(main())
+    except ConfigError as exc:  # the secret key, the queue, or the port taken after the check
+        fail(str(exc), 2)
+        raise
     except (OperationalError, DBAPIError) as exc:
         reason = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
         fail(f"database error: {reason}")
@@ -108,6 +113,11 @@ def migrate() -> None:
     """Create or upgrade the database schema."""
     settings = settings_or_exit()
     migrate_or_exit(settings)
+
+    async def nothing(_services: Services) -> None:
+        """Opening the services checks the secret key and seals plaintext secrets."""
+
+    run_with_services(settings, nothing)
     typer.echo("database is up to date")
 
 
@@ -162,15 +172,14 @@ def run_parts(settings: Settings, *, api: bool, engine: bool) -> None:
 
     async def main(services: Services) -> None:
         await check_reachable(services)
+        for line in start_warnings(settings):
+            logging.getLogger("postline").warning(line)
         ready = asyncio.Event()
         announcer = asyncio.create_task(announce(services, ready, api=api, engine=engine))
         await supervise(services, api=api, engine=engine, sandbox=settings.sandbox, ready=ready)
         announcer.cancel()
 
-    try:
-        run_with_services(settings, main)
-    except ConfigError as exc:  # unreachable queue, or the port was taken after the check
-        fail(str(exc), 2)
+    run_with_services(settings, main)
 
 
 async def announce(services: Services, ready: asyncio.Event, *, api: bool, engine: bool) -> None:

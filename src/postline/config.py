@@ -16,8 +16,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import ValidationError, field_validator, model_validator
+from pydantic import SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import make_url
+
+from postline.private_files import make_private_dir
+from postline.store.sealing import check_key
 
 
 class ConfigError(Exception):
@@ -95,6 +99,10 @@ class Settings(BaseSettings):
     # MX addresses that are not public (loopback, private, link-local, ...; netpolicy.py)
     # are refused unless this is on. The relay host and the sandbox are never filtered.
     delivery_allow_private: bool = False
+    # Seals DKIM keys and webhook secrets in the database (postline.secrets); empty: the
+    # key in <data dir>/secret.key, created on first run. Hosts sharing a database
+    # need the same one.
+    secret_key: SecretStr = SecretStr("")
 
     max_message_bytes: int = 25 * 1024 * 1024
     # The whole HTTP request body (a batch included), counted as it arrives; 0: derived
@@ -148,6 +156,13 @@ class Settings(BaseSettings):
     @classmethod
     def _check_addr(cls, value: str) -> str:
         parse_host_port(value)
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret_key(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value():
+            check_key(value.get_secret_value())  # the message never quotes the key
         return value
 
     @field_validator("relay_host")
@@ -329,6 +344,18 @@ class Settings(BaseSettings):
     def admin_key_file(self) -> Path:
         return self.data_dir / "admin-key.txt"
 
+    @property
+    def secret_key_file(self) -> Path:
+        return self.data_dir / "secret.key"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite database file, or None on PostgreSQL."""
+        if not self.is_sqlite:
+            return None
+        database = make_url(self.database_url).database
+        return Path(database) if database and database != ":memory:" else None
+
 
 def normalize_database_url(url: str) -> str:
     """Accept the URLs operators write and pick the async driver ourselves."""
@@ -361,12 +388,12 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def ensure_data_dir(settings: Settings) -> None:
-    """Create the data dir (and spool) or explain why it cannot be used."""
+    """Create the data dir (and spool), 0700, or explain why it cannot be used."""
     path = settings.data_dir
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path)
         if settings.spool_url.startswith("file:"):
-            settings.spool_path.mkdir(parents=True, exist_ok=True)
+            make_private_dir(settings.spool_path)
     except OSError as exc:
         raise ConfigError(f"POSTLINE_DATA_DIR {path}: cannot create it ({exc.strerror})") from None
     if not os.access(path, os.R_OK | os.W_OK | os.X_OK):

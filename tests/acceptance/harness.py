@@ -29,6 +29,8 @@ import redis.asyncio as aioredis
 
 POSTLINE = Path(sys.executable).parent / "postline"
 CLI_TIMEOUT = 60.0
+#: POSTLINE_SECRET_KEY of the processes of one shared database (shared_env).
+SHARED_SECRET_KEY = "c2NhbGUtb3V0LXRlc3RzLXNoYXJlZC1zZWNyZXRrZXk="
 FINAL = {"delivered", "bounced", "failed", "suppressed", "cancelled", "complained"}
 
 
@@ -49,8 +51,10 @@ def clean_env(**values: str) -> dict[str, str]:
 def shared_env(database_url: str, queue_url: str, queue_prefix: str) -> dict[str, str]:
     """The settings every process of a scale-out deployment shares: one PostgreSQL
     database, one Redis queue (under its own key prefix) and the database spool, so that
-    any worker can deliver what any API process accepted."""
+    any worker can deliver what any API process accepted, and one secret key: a key
+    file per host would seal with keys the other hosts do not have."""
     return {
+        "POSTLINE_SECRET_KEY": SHARED_SECRET_KEY,
         "POSTLINE_DATABASE_URL": database_url,
         "POSTLINE_QUEUE_URL": queue_url,
         "POSTLINE_QUEUE_PREFIX": queue_prefix,

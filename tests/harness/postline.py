@@ -20,12 +20,17 @@ from postline.app import Services
 from postline.config import Settings, load_settings
 from postline.domains import create_domain
 from postline.keys import create_key
+from postline.secrets import prepare_secrets
 from postline.store.domains import set_bounce_notifications
 from postline.store.migrate import upgrade_async
 from postline.store.types import Clock, utcnow
 from tests.harness.fake_dns import FakeDNS
 from tests.harness.fake_mx import FakeMX
 from tests.harness.receiver import LoopbackOnly
+
+#: Every in-process instance's secret key: tests often point a second instance (or a
+#: subprocess) at the first one's database, as hosts sharing PostgreSQL do.
+TEST_SECRET_KEY = "cG9zdGxpbmUtdGVzdHMtc2VjcmV0LWtleS0zMmJ5dGU="
 
 FINAL = {"delivered", "bounced", "failed", "suppressed", "cancelled", "complained"}
 
@@ -132,6 +137,7 @@ def test_settings(data_dir: Path, **overrides: Any) -> Settings:
         "dns_canary": "dest.test",
         # The fake MXs listen on loopback, which production refuses to deliver to.
         "delivery_allow_private": True,
+        "secret_key": TEST_SECRET_KEY,
     }
     values.update(overrides)
     return load_settings(**values)
@@ -172,6 +178,7 @@ async def postline_factory(
         await upgrade_async(settings.database_url)
         transport = webhook_transport or LoopbackOnly()
         services = Services.build(settings, clock=clock, webhook_transport=transport)
+        await prepare_secrets(services.db)
         for name in domains:
             domain = await create_domain(services.db, name)
             if not bounce_notifications:

@@ -20,7 +20,7 @@ from postline.store.schema import delivery_attempts, email_recipients, events
 from postline.store.types import utcnow
 from tests.harness import FakeDNS, FakeMX
 from tests.harness.polling import poll
-from tests.harness.postline import Factory, PostlineUnderTest
+from tests.harness.postline import TEST_SECRET_KEY, Factory, PostlineUnderTest
 
 
 async def _destination(pl: PostlineUnderTest, domain: str) -> dict[str, Any]:
@@ -63,6 +63,7 @@ async def test_five_failed_transactions_open_the_breaker_then_jobs_wait_without_
     # ... and so does `postline queue status`, from another process.
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSTLINE_")}
     env["POSTLINE_DATA_DIR"] = str(pl.settings.data_dir)
+    env["POSTLINE_SECRET_KEY"] = TEST_SECRET_KEY
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "postline"),
         "queue",

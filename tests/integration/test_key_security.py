@@ -18,7 +18,7 @@ from postline.cli import app as cli
 from postline.keys import authenticate, create_key
 from postline.store.schema import api_keys
 from postline.store.types import utcnow
-from tests.harness.postline import Factory, PostlineUnderTest
+from tests.harness.postline import TEST_SECRET_KEY, Factory, PostlineUnderTest
 
 
 async def _new_key(pl: PostlineUnderTest, domain: str | None = "example.test") -> Any:
@@ -85,6 +85,7 @@ def _cli_revoke(pl: PostlineUnderTest, key_id: str) -> str:
     env = {
         "POSTLINE_DATA_DIR": str(pl.settings.data_dir),
         "POSTLINE_DATABASE_URL": pl.settings.database_url,
+        "POSTLINE_SECRET_KEY": TEST_SECRET_KEY,
     }
     result = CliRunner().invoke(cli, ["keys", "revoke", key_id], env=env)
     assert result.exit_code == 0, result.output

@@ -31,7 +31,8 @@ class FileSpool(Spool):
         try:
             for ref, body in items:
                 path = self._path(ref)
-                path.parent.mkdir(parents=True, exist_ok=True)
+                # 0700 like the data dir (postline.private_files), the bodies 0600.
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 try:

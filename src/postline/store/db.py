@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import event, make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from postline.store.sealing import OPTION, SecretBox
 
 _SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -41,20 +44,45 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def create_engine(url: str) -> AsyncEngine:
+def _create_private_sqlite_file(url: str) -> None:
+    """Create a new SQLite database file 0600 before SQLite does (with the umask's
+    0644): it holds the sealed secrets and every email, and SQLite gives the -wal and
+    -shm files it creates next to it the database file's own mode."""
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return  # it exists (its mode is the operator's: see postline.private_files), or
+        # its directory does not, which SQLite itself reports on connect
+    os.close(fd)
+
+
+def create_engine(url: str, secrets: SecretBox | None = None) -> AsyncEngine:
+    options: dict[str, Any] = {OPTION: secrets} if secrets is not None else {}
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, pool_size=8, max_overflow=8)
+        _create_private_sqlite_file(url)
+        engine = create_async_engine(url, pool_size=8, max_overflow=8, execution_options=options)
         _install_sqlite_hooks(engine)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_async_engine(
+        url, pool_size=10, max_overflow=20, pool_pre_ping=True, execution_options=options
+    )
 
 
 class Database:
-    """Owns the engine; hands out transactions."""
+    """Owns the engine; hands out transactions.
 
-    def __init__(self, url: str) -> None:
+    ``secrets`` seals and opens the secret columns (postline.store.sealing); a handle
+    without one reads plaintext and sealed-nothing rows only, and refuses to write a
+    secret rather than store it in the clear.
+    """
+
+    def __init__(self, url: str, secrets: SecretBox | None = None) -> None:
         self.url = url
-        self.engine = create_engine(url)
+        self.secrets = secrets
+        self.engine = create_engine(url, secrets)
         self.is_sqlite = url.startswith("sqlite")
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
 

@@ -8,8 +8,9 @@ from datetime import datetime
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from postline.store.records import Record
+from postline.store.records import AnyRow, Record
 from postline.store.schema import api_keys, domains, sent_emails
+from postline.store.sealing import seal, unseal
 from postline.store.types import utcnow
 
 
@@ -20,7 +21,7 @@ class Domain(Record):
     id: str
     name: str
     dkim_selector: str
-    dkim_private_key: str | None
+    dkim_private_key: str | None  # plaintext here; sealed in the database
     verified: bool
     # The last DNS check: purpose ("dkim", "spf", ...) -> "verified" | "mismatch" | "missing".
     verification: dict[str, str] | None
@@ -38,7 +39,7 @@ async def insert_domain(
             id=domain_id,
             name=name,
             dkim_selector=selector,
-            dkim_private_key=private_key,
+            dkim_private_key=seal(conn, private_key),
             verified=False,
             bounce_notifications=True,
             created_at=now,
@@ -47,21 +48,29 @@ async def insert_domain(
     )
 
 
+def _domain(conn: AsyncConnection, row: AnyRow) -> Domain:
+    values = dict(row._mapping)
+    values["dkim_private_key"] = unseal(conn, values["dkim_private_key"])
+    return Domain.from_mapping(values)
+
+
 async def get_domain(conn: AsyncConnection, domain_id: str) -> Domain | None:
     statement = select(domains).where(domains.c.id == domain_id)
-    return Domain.from_optional((await conn.execute(statement)).first())
+    row = (await conn.execute(statement)).first()
+    return None if row is None else _domain(conn, row)
 
 
 async def get_domain_by_name(conn: AsyncConnection, name: str) -> Domain | None:
     statement = select(domains).where(domains.c.name == name.lower())
-    return Domain.from_optional((await conn.execute(statement)).first())
+    row = (await conn.execute(statement)).first()
+    return None if row is None else _domain(conn, row)
 
 
 async def list_domains(conn: AsyncConnection, only_id: str | None = None) -> list[Domain]:
     statement = select(domains).order_by(domains.c.name)
     if only_id is not None:
         statement = statement.where(domains.c.id == only_id)
-    return [Domain.from_row(row) for row in await conn.execute(statement)]
+    return [_domain(conn, row) for row in await conn.execute(statement)]
 
 
 async def set_bounce_notifications(conn: AsyncConnection, domain_id: str, enabled: bool) -> None:

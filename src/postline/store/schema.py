@@ -180,8 +180,9 @@ webhooks = Table(
     Column("id", String(32), primary_key=True),
     Column("url", String(2048), nullable=False),
     Column("events", JSON, nullable=False),
-    Column("secret", String(100), nullable=False),
-    Column("previous_secret", String(100), nullable=True),
+    # Sealed (store.sealing): "enc:v1:" and a Fernet token, longer than the secret.
+    Column("secret", Text, nullable=False),
+    Column("previous_secret", Text, nullable=True),
     Column("secret_rotated_at", UTCDateTime, nullable=True),
     Column("enabled", Boolean, nullable=False, default=True),
     Column("disabled_reason", Text, nullable=True),
@@ -189,6 +190,16 @@ webhooks = Table(
     Column("domain_id", String(32), ForeignKey("domains.id", ondelete="CASCADE"), nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# One row: a known text sealed with the key of the first process that started, so a
+# host started later with another key fails at start, not at its first secret.
+secret_check = Table(
+    "secret_check",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("token", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
 )
 
 events = Table(

@@ -13,8 +13,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.model import WebhookDeliveryStatus
-from postline.store.records import Record
+from postline.store.records import AnyRow, Record
 from postline.store.schema import domains, events, webhook_attempts, webhook_deliveries, webhooks
+from postline.store.sealing import seal, unseal
 
 # Plain strings into SQL, as store/emails.py does: every driver binds a str.
 _PENDING = str(WebhookDeliveryStatus.PENDING)
@@ -27,6 +28,7 @@ class Webhook(Record):
     id: str
     url: str
     events: list[str]  # event types, or ["*"]
+    # Both secrets in plaintext here; sealed in the database (store.sealing).
     secret: str
     previous_secret: str | None  # still signs for a while after a rotation
     secret_rotated_at: datetime | None
@@ -82,25 +84,43 @@ class UndispatchedEvent(Record):
     domain_id: str | None
 
 
+_SECRETS = ("secret", "previous_secret")
+
+
+def _sealed(conn: AsyncConnection, values: dict[str, Any]) -> dict[str, Any]:
+    """Column values to write, with the secrets among them sealed."""
+    return {k: seal(conn, v) if k in _SECRETS else v for k, v in values.items()}
+
+
+def _opened(conn: AsyncConnection, row: AnyRow) -> dict[str, Any]:
+    """A row's values with its secrets in plaintext, for a record."""
+    return {k: unseal(conn, v) if k in _SECRETS else v for k, v in row._mapping.items()}
+
+
+def _webhook(conn: AsyncConnection, row: AnyRow) -> Webhook:
+    return Webhook.from_mapping(_opened(conn, row))
+
+
 _WITH_DOMAIN = select(webhooks, domains.c.name.label("domain_name")).select_from(
     webhooks.outerjoin(domains, webhooks.c.domain_id == domains.c.id)
 )
 
 
 async def insert_webhook(conn: AsyncConnection, values: dict[str, Any]) -> None:
-    await conn.execute(insert(webhooks).values(**values))
+    await conn.execute(insert(webhooks).values(**_sealed(conn, values)))
 
 
 async def get_webhook(conn: AsyncConnection, webhook_id: str) -> Webhook | None:
     statement = _WITH_DOMAIN.where(webhooks.c.id == webhook_id)
-    return Webhook.from_optional((await conn.execute(statement)).first())
+    row = (await conn.execute(statement)).first()
+    return None if row is None else _webhook(conn, row)
 
 
 async def list_webhooks(conn: AsyncConnection, domain_id: str | None) -> list[Webhook]:
     statement = _WITH_DOMAIN.order_by(webhooks.c.id)
     if domain_id is not None:
         statement = statement.where(webhooks.c.domain_id == domain_id)
-    return [Webhook.from_row(row) for row in await conn.execute(statement)]
+    return [_webhook(conn, row) for row in await conn.execute(statement)]
 
 
 async def count_webhooks(conn: AsyncConnection, domain_id: str | None) -> int:
@@ -112,7 +132,8 @@ async def count_webhooks(conn: AsyncConnection, domain_id: str | None) -> int:
 
 
 async def update_webhook(conn: AsyncConnection, webhook_id: str, values: dict[str, Any]) -> None:
-    await conn.execute(update(webhooks).where(webhooks.c.id == webhook_id).values(**values))
+    statement = update(webhooks).where(webhooks.c.id == webhook_id)
+    await conn.execute(statement.values(**_sealed(conn, values)))
 
 
 async def delete_webhook(conn: AsyncConnection, webhook_id: str) -> None:
@@ -121,7 +142,7 @@ async def delete_webhook(conn: AsyncConnection, webhook_id: str) -> None:
 
 async def enabled_webhooks(conn: AsyncConnection) -> list[Webhook]:
     statement = _WITH_DOMAIN.where(webhooks.c.enabled)
-    return [Webhook.from_row(row) for row in await conn.execute(statement)]
+    return [_webhook(conn, row) for row in await conn.execute(statement)]
 
 
 # --- the outbox -------------------------------------------------------------
@@ -222,7 +243,8 @@ async def lease_due_deliveries(
         .values(lease_until=now + lease)
     )
     statement = _DUE.where(webhook_deliveries.c.id.in_(ids))
-    return [DueDelivery.from_row(row) for row in await conn.execute(statement)]
+    rows = await conn.execute(statement)
+    return [DueDelivery.from_mapping(_opened(conn, row)) for row in rows]
 
 
 async def finish_attempt(
