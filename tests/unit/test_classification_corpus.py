@@ -405,6 +405,8 @@ CORPUS: list[tuple[str, str, str]] = [
     ),
     ("550 No such user (someone@example.test)", HARD, BARRACUDA),
     ("554 5.7.1 Message blocked by content filter (BRTS)", BLOCK, BARRACUDA),
+    # Exim ACL "deny message = ... unacceptable content" as reported in bounce threads
+    ("550 Message rejected because of unacceptable content", BLOCK, EXIM),
     (
         "550 permanent failure for one or more recipients (someone@example.test:550 5.1.1 "
         "<someone@example.test>... User unknown)",

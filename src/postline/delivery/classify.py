@@ -313,7 +313,8 @@ RULES: tuple[Rule, ...] = (
         BLOCK,
         r"polic(?:y|ies)|restrict|administrative(?:ly)? prohibit|prohibited|\bbanned\b|\bblocked\b|"
         r"\bdenied\b|refused|not accepted|not authori[sz]ed|unauthori[sz]ed|rejected for|"
-        r"content (?:rejected|filter)|tls (?:is )?required|encryption required",
+        r"content (?:rejected|filter)|(?:unacceptable|prohibited|objectionable) content|"
+        r"tls (?:is )?required|encryption required",
         keys=(
             "polic",
             "restrict",
