@@ -33,6 +33,7 @@ from postline.store import emails as email_store
 from postline.store.db import Database
 from postline.store.migrate import upgrade_async
 from postline.store.schema import queue_jobs
+from postline.store.sealing import SecretBox, new_key
 from postline.store.types import utcnow
 from postline.wakeups import Wakeups
 
@@ -86,7 +87,9 @@ async def installation(database_url: str) -> AsyncIterator[Installation]:
     """An API process and two worker processes sharing one store (and a database spool)."""
     url = normalize_database_url(database_url)
     await upgrade_async(url)
-    databases = [Database(url) for _ in range(3)]
+    # One secret key for the three handles, as hosts sharing a database have.
+    box = SecretBox(new_key(), "test")
+    databases = [Database(url, box) for _ in range(3)]
     api_db, *worker_dbs = databases
 
     def worker(index: int, db: Database) -> Worker:
