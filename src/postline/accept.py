@@ -9,12 +9,11 @@ commit leaves at most an unreferenced body, which orphan cleanup removes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline import dkim
@@ -29,7 +28,11 @@ from postline.spool import Spool
 from postline.store import domains as domain_store
 from postline.store import emails as email_store
 from postline.store.db import Database
+from postline.store.domains import Domain
+from postline.store.emails import Email
+from postline.store.emails import Recipient as EmailRecipient
 from postline.store.types import utcnow
+from postline.wakeups import Wakeups
 
 log = logging.getLogger("postline.accept")
 
@@ -58,7 +61,7 @@ class Submission:
 
     content: Content
     recipients: list[Recipient]
-    source: str = "api"
+    source: EmailSource = EmailSource.API
     tags: dict[str, str] = field(default_factory=dict)
     scheduled_at: datetime | None = None
     raw: bytes | None = None  # SMTP submission: the message exactly as received
@@ -81,11 +84,15 @@ class Accepted:
         }
 
 
+#: Run inside the accepting transaction with its results (the API stores its idempotency key).
+OnCommit = Callable[[AsyncConnection, list[Accepted]], Awaitable[None]]
+
+
 @dataclass
 class _Prepared:
     email_id: str
     message_id: str
-    domain: Any  # a domains row (or a view with .id and .name)
+    domain: Domain
     submission: Submission
     body: bytes
     recipients: list[Recipient]
@@ -105,6 +112,7 @@ class Acceptor:
         *,
         hostname: str,
         max_message_bytes: int,
+        wakeups: Wakeups,
     ) -> None:
         self.db = db
         self.spool = spool
@@ -113,12 +121,12 @@ class Acceptor:
         self.hostname = hostname
         self.max_message_bytes = max_message_bytes
         self._keys: dict[str, dkim.DkimKey] = {}
-        #: Called after each commit so a local engine looks at once, not at its next poll.
-        self.notify: Callable[[], None] | None = None
+        #: Told after each commit, so a local engine looks at once, not at its next poll.
+        self.wakeups = wakeups
 
-    def _dkim_key(self, domain: Any) -> dkim.DkimKey | None:
+    def _dkim_key(self, domain: Domain) -> dkim.DkimKey | None:
         """The domain's signing key, loaded once (parsing the PEM costs more than signing)."""
-        if not getattr(domain, "dkim_private_key", None):
+        if not domain.dkim_private_key:
             return None
         key = self._keys.get(domain.id)
         if key is None or key.selector != domain.dkim_selector:
@@ -127,13 +135,17 @@ class Acceptor:
         return key
 
     async def _sending_domain(
-        self, principal: Principal, from_address: str, field_name: str, cache: dict[str, Any]
-    ) -> Row[Any]:
+        self,
+        principal: Principal,
+        from_address: str,
+        field_name: str,
+        cache: dict[str, Domain | None],
+    ) -> Domain:
         name = _destination(from_address)
         if name not in cache:
             async with self.db.read() as conn:
                 cache[name] = await domain_store.get_domain_by_name(conn, name)
-        row: Row[Any] | None = cache[name]
+        row = cache[name]
         if principal.domain_id is not None and (row is None or row.id != principal.domain_id):
             raise AcceptError(
                 403, field_name, f"this API key may only send from {principal.domain_name}"
@@ -148,7 +160,7 @@ class Acceptor:
         self, submissions: Sequence[Submission], principal: Principal, now: datetime
     ) -> list[_Prepared]:
         prepared: list[_Prepared] = []
-        cache: dict[str, Any] = {}
+        cache: dict[str, Domain | None] = {}
         many = len(submissions) > 1
         for index, submission in enumerate(submissions):
             prefix = f"[{index}]." if many else ""
@@ -185,7 +197,7 @@ class Acceptor:
         submissions: Sequence[Submission],
         principal: Principal,
         *,
-        on_commit: Any = None,
+        on_commit: OnCommit | None = None,
     ) -> list[Accepted]:
         """Accept all submissions or none. ``on_commit(conn, results)`` runs inside the commit."""
         now = utcnow()
@@ -199,8 +211,7 @@ class Acceptor:
             raise
         if not self.queue.shares_store:
             await self._enqueue_after_commit(jobs)
-        if self.notify is not None:
-            self.notify()
+        self.wakeups.work_arrived()
         for item in prepared:
             self.metrics.emails_accepted.labels(source=item.submission.source).inc()
             log.info(
@@ -245,7 +256,7 @@ class Acceptor:
             )
 
     async def _commit(
-        self, prepared: list[_Prepared], now: datetime, on_commit: Any
+        self, prepared: list[_Prepared], now: datetime, on_commit: OnCommit | None
     ) -> tuple[list[Accepted], list[Job]]:
         async with self.db.write() as conn:
             results, jobs = await self._insert(conn, prepared, now)
@@ -257,8 +268,7 @@ class Acceptor:
         self,
         conn: AsyncConnection,
         *,
-        domain_id: str,
-        domain_name: str,
+        domain: Domain,
         notify_to: str,
         build: Callable[[str], bytes],
         now: datetime,
@@ -290,7 +300,6 @@ class Acceptor:
             envelope_from="",
             original_email_id=original_email_id,
         )
-        domain = _RowView({"id": domain_id, "name": domain_name})
         prepared = _Prepared(email_id, message_id, domain, submission, body, submission.recipients)
         _, jobs = await self._insert(conn, [prepared], now)
         self.metrics.emails_accepted.labels(source=EmailSource.DSN).inc()
@@ -339,9 +348,12 @@ class Acceptor:
                 "created_at": now,
                 "updated_at": now,
                 "original_email_id": sub.original_email_id,
+                "body_purged_at": None,
             }
             email_rows.append(email)
-            email_view = _RowView(email)
+            # The records the event rows are made of, as the store would read them back.
+            customer_mail = is_customer_mail(sub)
+            email_record = Email.from_mapping(email) if customer_mail else None
             by_destination: dict[str, list[str]] = {}
             for position, (recipient, status) in enumerate(
                 zip(item.recipients, statuses, strict=True)
@@ -356,7 +368,13 @@ class Acceptor:
                     "destination": destination,
                     "kind": recipient.kind,
                     "status": str(status),
+                    "smtp_code": None,
+                    "enhanced_code": None,
+                    "response": None,
+                    "bounce_type": None,
+                    "bounce_rule": None,
                     "attempts": 0,
+                    "next_attempt_at": None,
                     "created_at": now,
                     "updated_at": now,
                 }
@@ -367,11 +385,11 @@ class Acceptor:
                     else EventType.QUEUED
                 )
                 reason = "on the suppression list" if event_type is EventType.SUPPRESSED else None
-                if is_customer_mail(email_view):
+                if email_record is not None:
                     event_rows.append(
                         event_row(
-                            email=email_view,
-                            recipient=_RowView(row),
+                            email=email_record,
+                            recipient=EmailRecipient.from_mapping(row),
                             event_type=event_type,
                             outcome=Outcome(status=status, reason=reason),
                             attempt=0,
@@ -407,10 +425,3 @@ class Acceptor:
         if self.queue.shares_store:
             await self.queue.enqueue(jobs, conn)
         return results, jobs
-
-
-class _RowView:
-    """Attribute access over a dict, so freshly built rows share code with read rows."""
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self.__dict__.update(values)

@@ -18,6 +18,7 @@ from postline.accept import Acceptor
 from postline.backoff import first_line
 from postline.config import ConfigError, Settings
 from postline.delivery.bounces import BounceNotifier
+from postline.delivery.breaker import Breakers
 from postline.delivery.engine import Engine
 from postline.delivery.pool import SmtpSettings
 from postline.delivery.record import Recorder
@@ -40,6 +41,7 @@ from postline.store import keys as key_store
 from postline.store.db import Database
 from postline.store.domains import set_bounce_notifications
 from postline.store.types import Clock, utcnow
+from postline.wakeups import Wakeups
 
 log = logging.getLogger("postline")
 
@@ -65,13 +67,18 @@ class Services:
         *,
         clock: Clock = utcnow,
         webhook_transport: httpx.AsyncBaseTransport | None = None,
+        breakers: Breakers | None = None,
     ) -> Services:
-        """Every part, wired. ``clock`` and ``webhook_transport`` are for tests: a
-        simulated "now" for the webhook dispatcher, and where its POSTs go."""
+        """Every part, wired. ``clock``, ``webhook_transport`` and ``breakers`` are for
+        tests: a simulated "now" for the webhook dispatcher and the recorder's expiry,
+        where the dispatcher's POSTs go, and the engine's circuit breakers."""
         db = Database(settings.database_url, load_box(settings))
         spool = build_spool(settings, db)
         queue = build_queue(settings, db)
         metrics = Metrics()
+        # The engine and the dispatcher listen here; the acceptor and the recorder
+        # tell it when they commit work, without needing either to exist first.
+        wakeups = Wakeups()
         router = Router(
             nameservers=settings.nameservers,
             delivery_port=settings.delivery_port,
@@ -86,6 +93,7 @@ class Services:
             metrics,
             hostname=settings.hostname,
             max_message_bytes=settings.max_message_bytes,
+            wakeups=wakeups,
         )
         delivery = SmtpDelivery(
             router,
@@ -98,8 +106,15 @@ class Services:
                 ca_file=settings.tls_ca_file or None,
             ),
         )
-        recorder = Recorder(db, queue, metrics, settings.max_age_seconds)
-        recorder.bounces = BounceNotifier(acceptor, spool, settings.hostname)
+        recorder = Recorder(
+            db,
+            queue,
+            metrics,
+            settings.max_age_seconds,
+            bounces=BounceNotifier(acceptor, spool, settings.hostname),
+            wakeups=wakeups,
+            clock=clock,
+        )
         engine = Engine(
             db=db,
             queue=queue,
@@ -109,17 +124,13 @@ class Services:
             recorder=recorder,
             metrics=metrics,
             settings=settings,
+            breakers=breakers,
         )
         dispatcher = Dispatcher(
             db, settings, metrics, router.resolver, clock=clock, transport=webhook_transport
         )
-
-        def work_arrived() -> None:
-            engine.wake()
-            dispatcher.wake()
-
-        acceptor.notify = work_arrived
-        recorder.notify = dispatcher.wake
+        wakeups.on_work(engine.wake)
+        wakeups.on_events(dispatcher.wake)
         return cls(settings, db, spool, queue, metrics, router, acceptor, engine, dispatcher)
 
     async def close(self) -> None:

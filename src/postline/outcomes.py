@@ -13,9 +13,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.addresses import quoted_from
@@ -24,7 +23,10 @@ from postline.model import (
     EVENT_FOR_STATUS,
     FINAL_STATUSES,
     OWN_SOURCES,
+    AttemptScope,
     BounceType,
+    EmailSource,
+    EmailStatus,
     EventType,
     RecipientStatus,
     allowed_sources,
@@ -33,6 +35,7 @@ from postline.model import (
 )
 from postline.store import emails as email_store
 from postline.store import suppressions as suppression_store
+from postline.store.emails import Email, Recipient
 
 
 @dataclass(frozen=True)
@@ -76,14 +79,21 @@ class AttemptInfo:
     attempt: int
     mx_host: str | None
     duration_ms: int
-    scope: str  # "transaction" | "recipient" | "local" | "breaker"
+    scope: AttemptScope
     next_attempt_at: datetime | None = None
     #: False for a timeline row that is no attempt: a wait behind an open breaker
     #: is shown, but the recipient's ``attempts`` stays as it was.
     counted: bool = True
 
 
-def is_customer_mail(email: Any) -> bool:
+class Sourced(Protocol):
+    """An email, as stored or as submitted: anything that knows where it came from."""
+
+    @property
+    def source(self) -> EmailSource: ...
+
+
+def is_customer_mail(email: Sourced) -> bool:
     """False for mail Postline writes itself (a DSN): no ``email.*`` event is ever
     written about it, so no webhook tells the customer about mail they never
     sent, and it neither suppresses an address nor gets a DSN of its own.
@@ -93,8 +103,8 @@ def is_customer_mail(email: Any) -> bool:
 
 def event_row(
     *,
-    email: Any,
-    recipient: Any,
+    email: Email,
+    recipient: Recipient,
     event_type: EventType,
     outcome: Outcome,
     attempt: int,
@@ -161,8 +171,8 @@ def suppression_expiry(outcome: Outcome, now: datetime) -> datetime | None:
 async def apply_outcome(
     conn: AsyncConnection,
     *,
-    email: Row[Any],
-    recipient: Row[Any],
+    email: Email,
+    recipient: Recipient,
     outcome: Outcome,
     now: datetime,
     attempt: AttemptInfo | None = None,
@@ -175,7 +185,7 @@ async def apply_outcome(
     count (else read from the store). ``rows``: where to put the timeline and event
     rows for the caller to flush before it commits (else inserted here).
     """
-    current = RecipientStatus(recipient.status)
+    current = recipient.status
     if not can_transition(current, outcome.status):
         return False
     if attempt is not None and current in FINAL_STATUSES:
@@ -209,7 +219,7 @@ async def apply_outcome(
                 "destination": recipient.destination,
                 "attempt": attempt.attempt,
                 "status": str(outcome.status),
-                "scope": attempt.scope,
+                "scope": str(attempt.scope),
                 "mx_host": attempt.mx_host,
                 "smtp_code": outcome.smtp_code,
                 "enhanced_code": outcome.enhanced_code,
@@ -255,7 +265,7 @@ async def apply_outcome(
     return True
 
 
-async def refresh_email_status(conn: AsyncConnection, email: Row[Any], now: datetime) -> str:
+async def refresh_email_status(conn: AsyncConnection, email: Email, now: datetime) -> EmailStatus:
     """Derive the email's status from its recipients and store it if it changed."""
     recipients = await email_store.get_recipients(conn, email.id)
     (status,) = await store_email_statuses(conn, [(email, [r.status for r in recipients])], now)
@@ -263,18 +273,20 @@ async def refresh_email_status(conn: AsyncConnection, email: Row[Any], now: date
 
 
 async def store_email_statuses(
-    conn: AsyncConnection, emails: Iterable[tuple[Any, Iterable[str]]], now: datetime
-) -> list[str]:
+    conn: AsyncConnection,
+    emails: Iterable[tuple[Email, Iterable[RecipientStatus]]],
+    now: datetime,
+) -> list[EmailStatus]:
     """Store each email's status derived from its recipients' ``statuses``, where it
     changed; return the derived statuses, in order.
 
     One statement per new status, not per email: a batch of deliveries mostly
     moves its emails to the same few statuses.
     """
-    derived: list[str] = []
-    changed: dict[str, list[str]] = defaultdict(list)
+    derived: list[EmailStatus] = []
+    changed: dict[EmailStatus, list[str]] = defaultdict(list)
     for email, statuses in emails:
-        status = str(derive_email_status(RecipientStatus(s) for s in statuses))
+        status = derive_email_status(statuses)
         derived.append(status)
         if status != email.status:
             changed[status].append(email.id)
@@ -300,7 +312,7 @@ async def activate_scheduled(
         [RecipientStatus.SCHEDULED],
         {"updated_at": now},
     )
-    statuses: dict[str, list[str]] = defaultdict(list)
+    statuses: dict[str, list[RecipientStatus]] = defaultdict(list)
     for recipient in await email_store.recipients_of(conn, due):
         statuses[recipient.email_id].append(recipient.status)
     await store_email_statuses(conn, [(email, statuses[email.id]) for email in emails], now)

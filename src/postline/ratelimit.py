@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from postline.config import Settings
 from postline.metrics import Metrics
+from postline.model import EmailSource
 from postline.queue import Queue
 
 log = logging.getLogger("postline.ratelimit")
@@ -97,7 +98,7 @@ class RateLimiter:
     def describe(self) -> str:
         return describe(self.rate, self.burst)
 
-    async def check(self, key_id: str, source: str = "api") -> Decision | None:
+    async def check(self, key_id: str, source: EmailSource = EmailSource.API) -> Decision | None:
         """Take a token for ``key_id``; None when limits are off or the backend failed."""
         if not self.enabled:
             return None

@@ -120,6 +120,17 @@ def every_attempt(detail: dict[str, Any]) -> list[dict[str, Any]]:
     return [row for r in detail["recipients"] for row in r["timeline"]]
 
 
+def relaxed_breakers() -> Breakers:
+    """Breakers that never open (warm-up keeps their policy).
+
+    Every fault here fails transactions fast enough to open a real breaker, which
+    then holds the destination for five minutes plus up to 30 s of jitter: by design,
+    and tested in tests/integration/test_breaker_engine.py. The fault suite is about
+    what happens to the mail, so it keeps the breakers out of the timing.
+    """
+    return Breakers(BreakerPolicy(failure_threshold=1_000_000))
+
+
 @dataclass
 class FaultRun:
     """One Postline under a fault, and what was sent to it."""
@@ -141,9 +152,9 @@ class FaultRun:
         """Postline with its engine running, the breakers out of the way, and ``receiver``
         (if any) registered for every event before the first email."""
         settings = {**FAULT_SETTINGS, **topology.settings, **overrides}
-        pl = await postline_factory(**settings)
+        pl = await postline_factory(breakers=relaxed_breakers(), **settings)
         run = cls(pl, topology, receiver)
-        await run.relax_breakers()
+        await run.engine_started()
         if receiver is not None:
             response = await pl.client.post(
                 "/v1/webhooks", json={"url": receiver.url, "events": ["*"]}, headers=pl.auth()
@@ -151,21 +162,14 @@ class FaultRun:
             assert response.status_code == 201, response.text
         return run
 
-    async def relax_breakers(self) -> None:
-        """Breakers that never open, once the engine has warmed its own up.
-
-        Every fault here fails transactions fast enough to open a real breaker, which
-        then holds the destination for five minutes plus up to 30 s of jitter: by design,
-        and tested in tests/integration/test_breaker_engine.py. The fault suite is about
-        what happens to the mail, so it keeps the breakers out of the timing.
-        """
+    async def engine_started(self) -> None:
+        """Wait until the engine has warmed its breakers up and leases jobs."""
         engine = self.pl.services.engine
 
-        async def warmed() -> bool:
+        async def started() -> bool:
             return engine.running
 
-        await poll(warmed, what="the engine to start", timeout=10)
-        engine.breakers = Breakers(BreakerPolicy(failure_threshold=1_000_000))
+        await poll(started, what="the engine to start", timeout=10)
 
     async def send(self, to: list[str], outcome: str = "delivered", **body: Any) -> str:
         sent = await self.pl.send(to=to, **body)

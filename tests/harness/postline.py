@@ -18,6 +18,7 @@ import pytest_asyncio
 from postline.api.app import create_api
 from postline.app import Services
 from postline.config import Settings, load_settings
+from postline.delivery.breaker import Breakers
 from postline.domains import create_domain
 from postline.keys import create_key
 from postline.secrets import prepare_secrets
@@ -168,6 +169,7 @@ async def postline_factory(
         bounce_notifications: bool = False,
         clock: Clock = utcnow,
         webhook_transport: LoopbackOnly | None = None,
+        breakers: Breakers | None = None,
         **overrides: Any,
     ) -> PostlineUnderTest:
         overrides.setdefault("dns_nameservers", fake_dns.nameserver)
@@ -177,7 +179,9 @@ async def postline_factory(
         settings.spool_path.mkdir(parents=True, exist_ok=True)
         await upgrade_async(settings.database_url)
         transport = webhook_transport or LoopbackOnly()
-        services = Services.build(settings, clock=clock, webhook_transport=transport)
+        services = Services.build(
+            settings, clock=clock, webhook_transport=transport, breakers=breakers
+        )
         await prepare_secrets(services.db)
         for name in domains:
             domain = await create_domain(services.db, name)

@@ -19,6 +19,7 @@ from postline.queue import Job
 from postline.store.schema import delivery_attempts, email_recipients, events
 from postline.store.types import utcnow
 from tests.harness import FakeDNS, FakeMX
+from tests.harness.clock import MovableClock
 from tests.harness.polling import poll
 from tests.harness.postline import TEST_SECRET_KEY, Factory, PostlineUnderTest
 
@@ -55,8 +56,7 @@ async def test_five_failed_transactions_open_the_breaker_then_jobs_wait_without_
     assert destination["consecutive_failures"] == 5
     assert "SMTPConnectError" in destination["last_error"]
 
-    # A restart warms the breaker from the recorded attempts: still open.
-    pl.services.engine.breakers = Breakers()
+    # A restart warms the breaker from the recorded attempts (fresh breakers): still open.
     await pl.services.engine.warm_up()
     assert pl.services.engine.breakers.view("dead.test").state is BreakerState.OPEN
 
@@ -159,16 +159,6 @@ def _running(pl: PostlineUnderTest) -> Any:
 EMAILS = 200
 
 
-class MovableClock:
-    """The real time plus an offset the test moves: the breaker's injectable clock."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta()
-
-    def __call__(self) -> datetime:
-        return utcnow() + self.offset
-
-
 async def _attempt_rows(pl: PostlineUnderTest) -> list[Any]:
     c = delivery_attempts.c
     async with pl.services.db.read() as conn:
@@ -197,10 +187,14 @@ async def test_a_blackholed_destination_parks_its_mail_until_the_breaker_closes(
     of real attempts, then waits that count nothing; all 200 go once it closes."""
     # One connection at a time: the breaker opens after exactly its threshold of attempts
     # (with more, the transactions already in flight when it opens fail too).
-    pl = await postline_factory(engine=False, destination_connections=1, rate_limit_per_second=0)
     clock = MovableClock()
     policy = BreakerPolicy()
-    pl.services.engine.breakers = Breakers(policy, clock)
+    pl = await postline_factory(
+        engine=False,
+        destination_connections=1,
+        rate_limit_per_second=0,
+        breakers=Breakers(policy, clock),
+    )
     fake_mx.on_greeting("421 4.3.2 service shutting down")  # every transaction fails
     sent = [await pl.send(to=f"user{i}@dest.test") for i in range(EMAILS)]
     pl.start_engine()
@@ -255,9 +249,8 @@ async def test_parked_jobs_come_back_when_the_next_trial_is_due(
     postline_factory: Factory, fake_mx: FakeMX
 ) -> None:
     """Without any release, a parked job is due again at the end of the open period."""
-    pl = await postline_factory(engine=False, destination_connections=1)
     policy = BreakerPolicy(failure_threshold=1, open_seconds=1, half_open_trials=1, close_after=1)
-    pl.services.engine.breakers = Breakers(policy)
+    pl = await postline_factory(engine=False, destination_connections=1, breakers=Breakers(policy))
     fake_mx.on_greeting("421 4.3.2 service shutting down")
     first = await pl.send(to="first@dest.test")
     pl.start_engine()
@@ -281,10 +274,11 @@ async def test_a_park_tells_each_recipient_once_per_opening_and_never_expires_it
 ) -> None:
     """The recorder's side of a park, on the store: one row and one email.deferred per
     recipient per opening, no attempt counted, no expiry however old the email."""
-    pl = await postline_factory(engine=False)
+    clock = MovableClock()
+    pl = await postline_factory(engine=False, clock=clock)
     accepted = await pl.send(to=["a@dest.test", "b@dest.test"])
     recorder = pl.services.engine.recorder
-    recorder.clock = lambda: utcnow() + timedelta(days=6)  # past max_age
+    clock.offset = timedelta(days=6)  # past max_age
     opened = utcnow()
 
     async def park(since: datetime) -> Job:

@@ -24,7 +24,7 @@ from postline.domains import create_domain
 from postline.keys import Principal
 from postline.message import Content
 from postline.metrics import Metrics
-from postline.model import BounceType, RecipientStatus, derive_email_status
+from postline.model import AttemptScope, BounceType, RecipientStatus, derive_email_status
 from postline.outcomes import Outcome
 from postline.queue import Job
 from postline.queue.embedded import EmbeddedQueue
@@ -33,7 +33,9 @@ from postline.store import emails as email_store
 from postline.store.db import Database
 from postline.store.migrate import upgrade_async
 from postline.store.schema import queue_jobs
+from postline.store.sealing import SecretBox, new_key
 from postline.store.types import utcnow
+from postline.wakeups import Wakeups
 
 ROUNDS = 20
 ADMIN = Principal(key_id="key_test", name="test", domain_id=None, domain_name=None)
@@ -66,7 +68,7 @@ class Worker:
         outcome = OUTCOME_FOR[job.destination]
         return await self.recorder.record(
             job,
-            [RecipientResult(rid, outcome, "recipient") for rid in job.recipient_ids],
+            [RecipientResult(rid, outcome, AttemptScope.RECIPIENT) for rid in job.recipient_ids],
             mx_host=f"mx.{job.destination}",
             duration_ms=3,
             retry_at=utcnow(),
@@ -85,12 +87,15 @@ async def installation(database_url: str) -> AsyncIterator[Installation]:
     """An API process and two worker processes sharing one store (and a database spool)."""
     url = normalize_database_url(database_url)
     await upgrade_async(url)
-    databases = [Database(url) for _ in range(3)]
+    # One secret key for the three handles, as hosts sharing a database have.
+    box = SecretBox(new_key(), "test")
+    databases = [Database(url, box) for _ in range(3)]
     api_db, *worker_dbs = databases
 
     def worker(index: int, db: Database) -> Worker:
         queue = EmbeddedQueue(db)
-        return Worker(f"worker-{index}", db, queue, Recorder(db, queue, Metrics(), 5 * 86400))
+        recorder = Recorder(db, queue, Metrics(), 5 * 86400, bounces=None, wakeups=Wakeups())
+        return Worker(f"worker-{index}", db, queue, recorder)
 
     try:
         await create_domain(api_db, "example.test")
@@ -101,6 +106,7 @@ async def installation(database_url: str) -> AsyncIterator[Installation]:
             Metrics(),
             hostname="api.example.test",
             max_message_bytes=1_000_000,
+            wakeups=Wakeups(),
         )
         first, second = (worker(i, db) for i, db in enumerate(worker_dbs, 1))
         yield Installation(acceptor, (first, second), api_db)

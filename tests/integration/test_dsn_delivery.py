@@ -9,9 +9,9 @@ from typing import Any
 
 from postline.keys import create_key
 from postline.store import emails as email_store
-from postline.store.types import utcnow
 from tests.faults.scenario import Topology, topology
 from tests.harness import FakeDNS, FakeMX, FakeMXFactory
+from tests.harness.clock import MovableClock
 from tests.harness.postline import Factory, PostlineUnderTest
 from tests.harness.receiver import WebhookReceiver
 
@@ -91,13 +91,16 @@ async def test_no_dsn_when_the_domain_switches_them_off(
 async def test_an_expired_recipient_gets_a_4_4_7_dsn(
     postline_factory: Factory, fake_dns: FakeDNS, fake_mx: FakeMX, fake_mx_factory: FakeMXFactory
 ) -> None:
-    pl, sender_mx = await _with_sender_mx(postline_factory, fake_dns, fake_mx_factory, fake_mx.port)
+    clock = MovableClock()
+    pl, sender_mx = await _with_sender_mx(
+        postline_factory, fake_dns, fake_mx_factory, fake_mx.port, clock=clock
+    )
     fake_mx.on_rcpt("stuck@dest.test", "451 4.2.1 mailbox busy")
     sent = await pl.send(to="stuck@dest.test")
     await pl.wait_for(
         sent["id"], lambda d: d["recipients"][0]["status"] == "deferred", what="a deferral"
     )
-    pl.services.engine.recorder.clock = lambda: utcnow() + timedelta(days=6)
+    clock.offset = timedelta(days=6)
     await pl.wait_for_status(sent["id"], ["failed"])
     (dsn,) = await sender_mx.wait_for_messages(1)
     report = message_from_bytes(dsn.data, policy=policy.default)

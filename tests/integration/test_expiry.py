@@ -17,7 +17,7 @@ from sqlalchemy import update
 from postline.delivery.engine import INTERNAL_ERROR, Engine
 from postline.delivery.lease import LeaseGuard
 from postline.delivery.record import RecipientResult
-from postline.model import RecipientStatus
+from postline.model import AttemptScope, RecipientStatus
 from postline.outcomes import Outcome
 from postline.queue import Job
 from postline.store import emails as email_store
@@ -25,6 +25,7 @@ from postline.store.schema import queue_jobs
 from postline.store.types import utcnow
 from tests.faults.scenario import Topology, topology
 from tests.harness import FakeMX
+from tests.harness.clock import MovableClock
 from tests.harness.polling import poll
 from tests.harness.postline import Factory, PostlineUnderTest
 
@@ -55,12 +56,13 @@ async def test_a_scheduled_email_greylisted_at_its_first_attempt_is_deferred_the
     postline_factory: Factory, fake_mx: FakeMX
 ) -> None:
     """Scheduled six days ahead (past the 5-day max_age from acceptance), greylisted once."""
-    pl = await postline_factory()
+    clock = MovableClock()
+    pl = await postline_factory(clock=clock)
     fake_mx.on_rcpt("grey@dest.test", "451 4.7.1 greylisted, try again later", "250 2.1.5 OK")
     accepted = await pl.send(to="grey@dest.test", scheduled_at=_rfc3339(utcnow() + SIX_DAYS))
     assert accepted["recipients"][0]["status"] == "scheduled"
     # Six days pass for the recorder; the queue is told the job is due.
-    pl.services.engine.recorder.clock = lambda: utcnow() + SIX_DAYS
+    clock.offset = SIX_DAYS
     await _make_due_now(pl, accepted["id"])
     detail = await pl.wait_until_final(accepted["id"])
     (recipient,) = detail["recipients"]
@@ -73,13 +75,14 @@ async def test_a_scheduled_email_greylisted_at_its_first_attempt_is_deferred_the
 async def test_an_unscheduled_email_past_max_age_fails_with_its_event(
     postline_factory: Factory, fake_mx: FakeMX
 ) -> None:
-    pl = await postline_factory()
+    clock = MovableClock()
+    pl = await postline_factory(clock=clock)
     fake_mx.on_rcpt("stuck@dest.test", "451 4.2.1 mailbox busy")
     accepted = await pl.send(to="stuck@dest.test")
     await pl.wait_for(
         accepted["id"], lambda d: d["recipients"][0]["status"] == "deferred", what="a deferral"
     )
-    pl.services.engine.recorder.clock = lambda: utcnow() + SIX_DAYS
+    clock.offset = SIX_DAYS
     detail = await pl.wait_for_status(accepted["id"], ["failed"])
     assert detail["recipients"][0]["timeline"][-1]["status"] == "failed"
     failed = [e for e in await _events(pl, accepted["id"]) if e["type"] == "email.failed"]
@@ -100,14 +103,15 @@ async def test_only_a_real_attempt_moves_an_expired_recipient_to_failed(
     postline_factory: Factory,
 ) -> None:
     """A deferral decided without connecting (a parked breaker) never expires a recipient."""
-    pl = await postline_factory(engine=False)
+    clock = MovableClock()
+    pl = await postline_factory(engine=False, clock=clock)
     accepted = await pl.send(to="late@dest.test")
     async with pl.services.db.read() as conn:
         (recipient,) = await email_store.get_recipients(conn, accepted["id"])
     recorder = pl.services.engine.recorder
-    recorder.clock = lambda: utcnow() + SIX_DAYS
+    clock.offset = SIX_DAYS
 
-    async def record(job: Job, scope: str) -> None:
+    async def record(job: Job, scope: AttemptScope) -> None:
         deferred = Outcome(status=RecipientStatus.DEFERRED, smtp_code=451, response="451 later")
         await recorder.record(
             job,
@@ -117,9 +121,9 @@ async def test_only_a_real_attempt_moves_an_expired_recipient_to_failed(
             retry_at=utcnow(),
         )
 
-    await record(await _leased(pl, accepted["id"]), "breaker")
+    await record(await _leased(pl, accepted["id"]), AttemptScope.BREAKER)
     assert (await pl.email(accepted["id"]))["recipients"][0]["status"] == "deferred"
-    await record(await _leased(pl, accepted["id"]), "transaction")
+    await record(await _leased(pl, accepted["id"]), AttemptScope.TRANSACTION)
     detail = await pl.email(accepted["id"])
     assert detail["recipients"][0]["status"] == "failed"
     assert [step["status"] for step in detail["recipients"][0]["timeline"]] == [
@@ -149,7 +153,10 @@ async def test_a_job_that_keeps_raising_backs_off_then_fails_with_internal_error
     postline_factory: Factory, topology: Topology
 ) -> None:
     # First unexpected retry after 0.2 s (the schedule's first step), doubling, capped at 5 s.
-    pl = await postline_factory(engine=False, retry_schedule="0.2,5", **topology.settings)
+    clock = MovableClock()
+    pl = await postline_factory(
+        engine=False, clock=clock, retry_schedule="0.2,5", **topology.settings
+    )
     services = pl.services
     engine = _BrokenEngine(
         db=services.db,
@@ -178,7 +185,7 @@ async def test_a_job_that_keeps_raising_backs_off_then_fails_with_internal_error
         assert wait >= 0.9 * 0.2 * 2**failure, waits
     assert (await pl.email(accepted["id"]))["recipients"][0]["status"] == "queued"
 
-    services.engine.recorder.clock = lambda: utcnow() + SIX_DAYS
+    clock.offset = SIX_DAYS
     detail = await pl.wait_for_status(accepted["id"], ["failed"], timeout=30)
     await pl.stop_engine()
     (recipient,) = detail["recipients"]

@@ -133,11 +133,22 @@ async def test_expired_lease_is_leased_again(queue: Queue) -> None:
 
 
 async def test_extend_keeps_the_lease(queue: Queue) -> None:
-    await queue.enqueue([job()])
-    (leased,) = await queue.lease("w1", 10, 0.2)
-    assert await queue.extend(leased, 60)
-    assert leased.lease_until is not None and leased.lease_until > utcnow() + timedelta(seconds=30)
+    """Extended, a short lease outlives its first term; its twin, not extended, does not.
+
+    The lease lives in the queue, not in the (frozen) job the worker holds.
+    """
+    kept, twin = job(), job("other.test")
+    await queue.enqueue([kept, twin])
+    leased = {j.id: j for j in await queue.lease("w1", 10, 0.2)}
+    assert await queue.extend(leased[kept.id], 60)
     assert await queue.lease("w2", 10, 60) == []
+
+    async def twin_free() -> list[Job]:
+        return await queue.lease("w2", 10, 60)
+
+    again = await poll(twin_free, timeout=5, what="the lease not extended to run out")
+    assert [j.id for j in again] == [twin.id]
+    assert await queue.lease("w3", 10, 60) == []  # the extended one is still w1's
 
 
 async def test_ack_removes_and_retry_reschedules(queue: Queue) -> None:
@@ -265,8 +276,8 @@ async def test_one_job_per_email_and_destination(queue: Queue) -> None:
     first = job("a.test")
     again = job("a.test", email_id=first.email_id)  # e.g. rebuilt by the recovery sweep
     other_destination = job("b.test", email_id=first.email_id)
-    twice_in_one_batch = [job("c.test"), job("c.test")]
-    twice_in_one_batch[1].email_id = twice_in_one_batch[0].email_id
+    first_of_batch = job("c.test")
+    twice_in_one_batch = [first_of_batch, job("c.test", email_id=first_of_batch.email_id)]
     await queue.enqueue([first])
     await queue.enqueue([again, other_destination, *twice_in_one_batch])
     assert await queue.depth() == {"a.test": 1, "b.test": 1, "c.test": 1}

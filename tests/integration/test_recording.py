@@ -9,12 +9,13 @@ from sqlalchemy import Table, func, select, update
 
 from postline.delivery.record import RecipientResult
 from postline.ids import new_id
-from postline.model import BounceType, RecipientStatus
+from postline.model import AttemptScope, BounceType, RecipientStatus
 from postline.outcomes import Outcome
 from postline.queue import Job
 from postline.store.schema import delivery_attempts, events, queue_jobs
 from postline.store.types import utcnow
 from tests.harness import FakeMX
+from tests.harness.clock import MovableClock
 from tests.harness.postline import Factory, PostlineUnderTest
 
 
@@ -64,7 +65,7 @@ async def test_a_late_outcome_never_overwrites_a_final_one(
     recorder = postline.services.engine.recorder
     await recorder.record(
         leased,
-        [RecipientResult(recipient_id, late, "recipient")],
+        [RecipientResult(recipient_id, late, AttemptScope.RECIPIENT)],
         mx_host="mx.dest.test",
         duration_ms=1,
         retry_at=utcnow(),
@@ -126,15 +127,17 @@ async def test_redelivery_skips_recipients_already_final(
 
 
 async def test_still_deferred_at_max_age_becomes_failed(
-    postline: PostlineUnderTest, fake_mx: FakeMX
+    postline_factory: Factory, fake_mx: FakeMX
 ) -> None:
+    clock = MovableClock()
+    postline = await postline_factory(clock=clock)
     fake_mx.on_rcpt("stuck@dest.test", "451 4.7.1 greylisted, try later")
     sent = await postline.send(to="stuck@dest.test")
     await postline.wait_for(
         sent["id"], lambda d: d["recipients"][0]["status"] == "deferred", what="a deferral"
     )
     # Six days later (max_age is five): the next attempt gives up.
-    postline.services.engine.recorder.clock = lambda: utcnow() + timedelta(days=6)
+    clock.offset = timedelta(days=6)
     detail = await postline.wait_for_status(sent["id"], ["failed"])
     (recipient,) = detail["recipients"]
     assert recipient["status"] == "failed"

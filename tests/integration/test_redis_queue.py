@@ -4,6 +4,7 @@ several processes at once, and the key layout other tools read."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -133,8 +134,7 @@ async def test_key_layout_and_exact_times(
     written back by Lua, which must not round them (cjson keeps 14 digits)."""
     queue = make()
     due = datetime(2024, 5, 17, 8, 30, 15, 123456, tzinfo=UTC)
-    original = job()
-    original.due_at = due
+    original = dataclasses.replace(job(), due_at=due)
     await queue.enqueue([original])
     (leased,) = await queue.lease("w1", 10, 60)
     assert leased.due_at == due

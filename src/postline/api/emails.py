@@ -25,6 +25,7 @@ from postline.spool import SpoolMissing
 from postline.store import domains as domain_store
 from postline.store import emails as email_store
 from postline.store import idempotency
+from postline.store.emails import Email
 from postline.store.types import utcnow
 from postline.validation import parse_mailbox
 
@@ -191,7 +192,7 @@ async def list_emails(
                 return {"data": [], "next_cursor": None}
             domain_id = row.id
         where = email_store.EmailFilter(
-            status=str(status) if status else None,
+            status=status,
             recipient=recipient,
             from_address=from_address,
             domain_id=domain_id,
@@ -199,32 +200,32 @@ async def list_emails(
             since=since,
             until=until,
             message_id=message_id,
-            source=str(source) if source else None,
+            source=source,
         )
         rows = await email_store.list_emails(conn, where, cursor, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     return {
-        "data": [email_item(r) for r in rows],
-        "next_cursor": rows[-1].id if more and rows else None,
+        "data": [email_item(r.email, r.recipient_count) for r in rows],
+        "next_cursor": rows[-1].email.id if more and rows else None,
     }
 
 
-def _may_see(caller: Principal, email: Any) -> bool:
+def _may_see(caller: Principal, email: Email) -> bool:
     """A domain's key sees its customer mail; Postline's own mail (DSNs) only an admin key."""
     if not caller.may_see(email.domain_id):
         return False
     return caller.is_admin or is_customer_mail(email)
 
 
-async def _visible_email(conn: AsyncConnection, caller: Principal, email_id: str) -> Any:
+async def _visible_email(conn: AsyncConnection, caller: Principal, email_id: str) -> Email:
     email = await email_store.get_email(conn, email_id)
     if email is None or not _may_see(caller, email):
         raise Problem(404, f"no email {email_id}")
     return email
 
 
-async def _detail(conn: AsyncConnection, email: Any) -> dict[str, Any]:
+async def _detail(conn: AsyncConnection, email: Email) -> dict[str, Any]:
     return email_detail(
         email,
         await email_store.get_recipients(conn, email.id),
@@ -294,5 +295,6 @@ async def cancel_email(svc: Svc, caller: Caller, email_id: str) -> dict[str, Any
         if not cancelled:
             raise Problem(409, "no recipient of this email can still be cancelled")
         await refresh_email_status(conn, email, now)
-        email = await email_store.get_email(conn, email_id)
-        return await _detail(conn, email)
+        refreshed = await email_store.get_email(conn, email_id)
+        assert refreshed is not None  # locked above: nobody deleted it since
+        return await _detail(conn, refreshed)

@@ -6,10 +6,8 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.engine import Row
-
 from postline.addresses import quoted_from
-from postline.store.emails import Notification
+from postline.store.emails import Attempt, Email, Event, Notification, Recipient
 
 
 def rfc3339(moment: datetime | None) -> str | None:
@@ -18,7 +16,7 @@ def rfc3339(moment: datetime | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def email_item(row: Row[Any], recipient_count: int | None = None) -> dict[str, Any]:
+def email_item(row: Email, recipient_count: int) -> dict[str, Any]:
     return {
         "id": row.id,
         "message_id": row.message_id,
@@ -29,9 +27,7 @@ def email_item(row: Row[Any], recipient_count: int | None = None) -> dict[str, A
         "created_at": rfc3339(row.created_at),
         "updated_at": rfc3339(row.updated_at),
         "scheduled_at": rfc3339(row.scheduled_at),
-        "recipient_count": recipient_count
-        if recipient_count is not None
-        else getattr(row, "recipient_count", None),
+        "recipient_count": recipient_count,
         "tags": dict(row.tags or {}),
         # Set on mail Postline wrote about another email (a DSN): that email.
         "original_email_id": row.original_email_id,
@@ -39,10 +35,10 @@ def email_item(row: Row[Any], recipient_count: int | None = None) -> dict[str, A
 
 
 def email_detail(
-    email: Row[Any],
-    recipients: list[Row[Any]],
-    attempts: list[Row[Any]],
-    events: list[Row[Any]],
+    email: Email,
+    recipients: list[Recipient],
+    attempts: list[Attempt],
+    events: list[Event],
     notifications: list[Notification],
 ) -> dict[str, Any]:
     timelines: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -83,7 +79,7 @@ def email_detail(
         {
             "id": e.id,
             "type": e.type,
-            "recipient": by_id.get(e.recipient_id),
+            "recipient": by_id.get(e.recipient_id) if e.recipient_id else None,
             "sequence": e.sequence,
             "created_at": rfc3339(e.created_at),
         }

@@ -11,17 +11,17 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.accept import Acceptor
 from postline.delivery.dsn import FailedRecipient, OriginalMessage, build_dsn, needs_dsn
-from postline.model import RecipientStatus
+from postline.model import EmailSource, RecipientStatus
 from postline.outcomes import Outcome, is_customer_mail
 from postline.queue import Job
 from postline.spool import Spool, SpoolMissing
 from postline.store import domains as domain_store
+from postline.store.emails import Email, Recipient
 from postline.store.types import utcnow
 
 log = logging.getLogger("postline.bounces")
@@ -29,7 +29,7 @@ log = logging.getLogger("postline.bounces")
 
 @dataclass(frozen=True)
 class Failure:
-    recipient: Any  # an email_recipients row
+    recipient: Recipient
     outcome: Outcome
     mx_host: str | None
 
@@ -56,7 +56,7 @@ class BounceNotifier:
         self.hostname = hostname
 
     async def notify(
-        self, conn: AsyncConnection, email: Any, failures: Sequence[Failure], now: datetime
+        self, conn: AsyncConnection, email: Email, failures: Sequence[Failure], now: datetime
     ) -> list[Job]:
         """Queue a DSN for these failures when the domain wants them; the jobs to enqueue."""
         if not failures or not is_customer_mail(email):
@@ -65,7 +65,7 @@ class BounceNotifier:
         if domain is None or not domain.bounce_notifications:
             return []
         # The original sender: MAIL FROM of submitted mail, the From address of API mail.
-        notify_to = email.envelope_from if email.source == "smtp" else email.from_address
+        notify_to = email.envelope_from if email.source is EmailSource.SMTP else email.from_address
         try:
             body = await self.spool.get(email.body_ref)
         except SpoolMissing:
@@ -103,8 +103,7 @@ class BounceNotifier:
 
         jobs = await self.acceptor.stage_notification(
             conn,
-            domain_id=domain.id,
-            domain_name=domain.name,
+            domain=domain,
             notify_to=notify_to,
             build=build,
             now=utcnow(),  # queued for real now, whatever clock judged the expiry

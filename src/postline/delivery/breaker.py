@@ -104,9 +104,7 @@ class _Breaker:
 
 
 # A transaction-level row with one of these statuses is a failed transaction.
-_FAILED = frozenset(
-    str(s) for s in (RecipientStatus.DEFERRED, RecipientStatus.BOUNCED, RecipientStatus.FAILED)
-)
+_FAILED = frozenset({RecipientStatus.DEFERRED, RecipientStatus.BOUNCED, RecipientStatus.FAILED})
 
 
 class Verdict(StrEnum):
@@ -117,7 +115,7 @@ class Verdict(StrEnum):
     NEUTRAL = "neutral"  # nothing reached the server (a local refusal, a wait): neither
 
 
-def attempt_verdict(rows: Iterable[tuple[str, str]]) -> Verdict:
+def attempt_verdict(rows: Iterable[tuple[AttemptScope, RecipientStatus]]) -> Verdict:
     """The verdict of one attempt from its rows' ``(scope, status)``, one per recipient.
 
     The one definition, used live (the engine, on the results it is about to
@@ -134,7 +132,7 @@ def attempt_verdict(rows: Iterable[tuple[str, str]]) -> Verdict:
         if status == RecipientStatus.DELIVERED:
             return Verdict.SUCCESS
         answered = True
-        failed = failed or (scope == AttemptScope.TRANSACTION and status in _FAILED)
+        failed = failed or (scope is AttemptScope.TRANSACTION and status in _FAILED)
     if failed:
         return Verdict.FAILURE
     return Verdict.SUCCESS if answered else Verdict.NEUTRAL
@@ -157,7 +155,7 @@ class _Replayed:
 
     order: int
     at: datetime
-    rows: list[tuple[str, str]] = field(default_factory=list)
+    rows: list[tuple[AttemptScope, RecipientStatus]] = field(default_factory=list)
     error: str | None = None
 
 
@@ -311,7 +309,7 @@ class Breakers:
                 attempt = attempts[key] = _Replayed(order=len(attempts), at=row.created_at)
             attempt.at = max(attempt.at, row.created_at)
             attempt.rows.append((row.scope, row.status))
-            if row.scope == AttemptScope.TRANSACTION and row.status in _FAILED:
+            if row.scope is AttemptScope.TRANSACTION and row.status in _FAILED:
                 attempt.error = attempt.error or row.response
         for (domain, _), attempt in sorted(attempts.items(), key=lambda i: (i[1].at, i[1].order)):
             verdict = attempt_verdict(attempt.rows)

@@ -20,9 +20,6 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
-
-from sqlalchemy.engine import Row
 
 from postline.backoff import Backoff
 from postline.config import Settings
@@ -37,7 +34,7 @@ from postline.delivery.smtp import SmtpDelivery, TransactionResult
 from postline.heartbeat import Heartbeat
 from postline.ids import new_id
 from postline.metrics import Metrics
-from postline.model import PENDING_STATUSES, BounceType, RecipientStatus
+from postline.model import PENDING_STATUSES, AttemptScope, BounceType, RecipientStatus
 from postline.outcomes import Outcome, activate_scheduled
 from postline.queue import Job, Queue
 from postline.spool import Spool, SpoolMissing
@@ -46,6 +43,7 @@ from postline.store import emails as email_store
 from postline.store.attempts import recent_attempts
 from postline.store.batching import Batcher
 from postline.store.db import Database
+from postline.store.emails import Email, Recipient
 from postline.store.types import utcnow
 
 log = logging.getLogger("postline.engine")
@@ -84,12 +82,10 @@ def unexpected_retry_delay(delays: list[float], attempt: int) -> float:
     return base * random.uniform(0.9, 1.1)
 
 
-def _pending(recipients: list[Row[Any]], job: Job) -> list[Row[Any]]:
+def _pending(recipients: list[Recipient], job: Job) -> list[Recipient]:
     """The job's recipients still waiting: a job leased again skips those already final."""
     wanted = set(job.recipient_ids)
-    return [
-        r for r in recipients if r.id in wanted and RecipientStatus(r.status) in PENDING_STATUSES
-    ]
+    return [r for r in recipients if r.id in wanted and r.status in PENDING_STATUSES]
 
 
 def outcome_for(reply: Reply) -> Outcome:
@@ -133,7 +129,10 @@ class Engine:
         recorder: Recorder,
         metrics: Metrics,
         settings: Settings,
+        breakers: Breakers | None = None,
     ) -> None:
+        """``breakers``: the circuit breakers to start from (their policy and clock are
+        kept when warm-up rebuilds them from the database); default ones if None."""
         self.db = db
         self.queue = queue
         self.spool = spool
@@ -150,7 +149,7 @@ class Engine:
             Limits(settings.destination_connections, settings.destination_per_minute),
             parse_limits(settings.destination_limits),
         )
-        self.breakers = Breakers()
+        self.breakers = breakers if breakers is not None else Breakers()
         self.running = False
         self._command_cursor = 0
         self._wake = asyncio.Event()
@@ -347,7 +346,7 @@ class Engine:
         )
         await self.recorder.record(
             job,
-            [RecipientResult(r.id, failed, "local") for r in pending],
+            [RecipientResult(r.id, failed, AttemptScope.LOCAL) for r in pending],
             mx_host=None,
             duration_ms=0,
             retry_at=utcnow(),
@@ -376,7 +375,7 @@ class Engine:
         if scheduled:
             await self._activator.submit((email.id, scheduled))
         skipped = [
-            RecipientResult(r.id, _SUPPRESSED, "recipient", attempted=False)
+            RecipientResult(r.id, _SUPPRESSED, AttemptScope.RECIPIENT, attempted=False)
             for r in pending
             if r.address in suppressed
         ]
@@ -395,7 +394,7 @@ class Engine:
         )
 
     async def _attempt(
-        self, job: Job, email: Row[Any], recipients: list[Row[Any]], guard: LeaseGuard
+        self, job: Job, email: Email, recipients: list[Recipient], guard: LeaseGuard
     ) -> _AttemptOutcome:
         """One delivery attempt for these recipients."""
         if not recipients:
@@ -404,12 +403,16 @@ class Engine:
             body = await self.spool.get(job.body_ref)
         except SpoolMissing:
             lost = Outcome(status=RecipientStatus.FAILED, reason="the message body was lost")
-            return _AttemptOutcome([RecipientResult(r.id, lost, "local") for r in recipients])
+            return _AttemptOutcome(
+                [RecipientResult(r.id, lost, AttemptScope.LOCAL) for r in recipients]
+            )
         try:
             targets = await self.router.route(job.destination)
         except RouteError as exc:
             outcome = self._route_outcome(exc)
-            return _AttemptOutcome([RecipientResult(r.id, outcome, "local") for r in recipients])
+            return _AttemptOutcome(
+                [RecipientResult(r.id, outcome, AttemptScope.LOCAL) for r in recipients]
+            )
         destination = job.destination
         if not self.breakers.admits(destination):
             return _AttemptOutcome([], wait=self._wait(destination))
@@ -444,12 +447,12 @@ class Engine:
         return _AttemptOutcome(results, result.mx_host, result.duration_ms)
 
     @staticmethod
-    def _results(recipients: list[Row[Any]], result: TransactionResult) -> list[RecipientResult]:
+    def _results(recipients: list[Recipient], result: TransactionResult) -> list[RecipientResult]:
         results = []
         for recipient in recipients:
             reply, scope = result.reply_for(recipient.address)
             if result.refused_locally:
-                scope = "local"  # never sent: says nothing of the server's health
+                scope = AttemptScope.LOCAL  # never sent: says nothing of the server's health
             results.append(RecipientResult(recipient.id, outcome_for(reply), scope))
         return results
 

@@ -11,21 +11,19 @@ durable commit (an fsync on SQLite) is paid once per batch, not per message.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import SimpleNamespace
-from typing import Any
 
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.delivery.bounces import BounceNotifier, Failure
 from postline.ids import new_id
 from postline.metrics import Metrics
-from postline.model import PENDING_STATUSES, RecipientStatus
+from postline.model import PENDING_STATUSES, AttemptScope, RecipientStatus
 from postline.outcomes import (
     AttemptInfo,
     Outcome,
@@ -38,7 +36,9 @@ from postline.store import attempts as attempt_store
 from postline.store import emails as email_store
 from postline.store.batching import Batcher
 from postline.store.db import Database
-from postline.store.types import utcnow
+from postline.store.emails import Email, Recipient
+from postline.store.types import Clock, utcnow
+from postline.wakeups import Wakeups
 
 log = logging.getLogger("postline.delivery")
 
@@ -47,7 +47,7 @@ log = logging.getLogger("postline.delivery")
 class RecipientResult:
     recipient_id: str
     outcome: Outcome
-    scope: str  # "transaction" | "recipient" | "local" | "breaker"
+    scope: AttemptScope
     #: False for a move decided without talking to the MX (suppressed before
     #: sending): it gets its event but no timeline row.
     attempted: bool = True
@@ -59,7 +59,7 @@ class RecipientResult:
         A job parked behind an open breaker never reached the destination, so
         it must not turn a recipient ``failed``; its next real attempt decides.
         """
-        return self.attempted and self.scope != "breaker"
+        return self.attempted and self.scope is not AttemptScope.BREAKER
 
 
 @dataclass(frozen=True)
@@ -98,15 +98,15 @@ class _BatchState:
     """
 
     def __init__(
-        self, emails: list[Row[Any]], recipients: list[Row[Any]], sequences: dict[str, int]
+        self, emails: list[Email], recipients: list[Recipient], sequences: dict[str, int]
     ) -> None:
         self.emails = {email.id: email for email in emails}
-        self.recipients: dict[str, Any] = {}
-        self._by_email: dict[str, list[Any]] = defaultdict(list)
-        for row in recipients:
-            recipient = SimpleNamespace(**row._mapping)
+        #: Each recipient as it stands now, in this batch: replaced (frozen) when it moves.
+        self.recipients: dict[str, Recipient] = {}
+        self._by_email: dict[str, list[str]] = defaultdict(list)
+        for recipient in recipients:
             self.recipients[recipient.id] = recipient
-            self._by_email[recipient.email_id].append(recipient)
+            self._by_email[recipient.email_id].append(recipient.id)
         self._sequences = sequences
 
     @classmethod
@@ -117,8 +117,8 @@ class _BatchState:
         sequences = await email_store.last_event_sequences(conn, email_ids)
         return cls(emails, recipients, sequences)
 
-    def recipients_of(self, email_id: str) -> list[Any]:
-        return self._by_email[email_id]
+    def recipients_of(self, email_id: str) -> list[Recipient]:
+        return [self.recipients[recipient_id] for recipient_id in self._by_email[email_id]]
 
     def next_sequence(self, email_id: str) -> int:
         self._sequences[email_id] = self._sequences.get(email_id, 0) + 1
@@ -127,33 +127,45 @@ class _BatchState:
     def unused_sequence(self, email_id: str) -> None:
         self._sequences[email_id] -= 1
 
-    def moved(self, recipient: Any, status: RecipientStatus, *, attempted: bool) -> None:
-        recipient.status = str(status)
-        recipient.attempts += 1 if attempted else 0
+    def moved(self, recipient: Recipient, status: RecipientStatus, *, attempted: bool) -> None:
+        attempts = recipient.attempts + (1 if attempted else 0)
+        self.recipients[recipient.id] = dataclasses.replace(
+            recipient, status=status, attempts=attempts
+        )
 
 
 class Recorder:
-    def __init__(self, db: Database, queue: Queue, metrics: Metrics, max_age_seconds: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        queue: Queue,
+        metrics: Metrics,
+        max_age_seconds: int,
+        *,
+        bounces: BounceNotifier | None,
+        wakeups: Wakeups,
+        clock: Clock = utcnow,
+    ) -> None:
         self.db = db
         self.queue = queue
         self.metrics = metrics
         self.max_age_seconds = max_age_seconds
         self._batcher: Batcher[_Attempt] = Batcher(self._write, name="recorder")
         #: Sends DSNs for bounced and expired recipients (None: never).
-        self.bounces: BounceNotifier | None = None
+        self.bounces = bounces
+        #: Told after each commit: new events are waiting in the outbox.
+        self.wakeups = wakeups
         #: The time source for expiry; tests move it forward instead of waiting days.
-        self.clock: Callable[[], datetime] = utcnow
-        #: Called after each commit: new events are waiting in the outbox.
-        self.notify: Callable[[], None] | None = None
+        self.clock = clock
 
-    def expired(self, email: Any, now: datetime | None = None) -> bool:
+    def expired(self, email: Email, now: datetime | None = None) -> bool:
         """Whether ``email`` has waited ``max_age`` since it became due.
 
         It became due at its ``scheduled_at`` when it was scheduled, else when it
         was accepted: an email scheduled days ahead has its whole ``max_age``
         from the moment it may first be sent. ``now``: the recorder's clock.
         """
-        due: datetime = email.scheduled_at or email.created_at
+        due = email.due_at
         moment = self.clock() if now is None else now
         return (moment - due).total_seconds() >= self.max_age_seconds
 
@@ -183,7 +195,9 @@ class Recorder:
         """
         results = list(skipped) + [
             RecipientResult(
-                r, Outcome(status=RecipientStatus.DEFERRED, response=wait.response), "breaker"
+                r,
+                Outcome(status=RecipientStatus.DEFERRED, response=wait.response),
+                AttemptScope.BREAKER,
             )
             for r in waiting
         ]
@@ -213,8 +227,7 @@ class Recorder:
             )
             if self.queue.shares_store:
                 await self._finish_all(batch, conn)
-        if self.notify is not None:
-            self.notify()
+        self.wakeups.events_written()
         for attempt in batch:
             if not self.queue.shares_store:
                 await self._finish_outside(attempt)
@@ -317,7 +330,7 @@ class Recorder:
         email = state.emails.get(attempt.job.email_id)
         if email is None:
             return
-        waiting = [r.recipient_id for r in attempt.results if r.scope == "breaker"]
+        waiting = [r.recipient_id for r in attempt.results if r.scope is AttemptScope.BREAKER]
         told = await attempt_store.waited_since(conn, waiting, wait.since)
         attempt_id = new_id("att_")
         for result in attempt.results:
@@ -325,7 +338,7 @@ class Recorder:
             if recipient is None or recipient.email_id != email.id:
                 continue
             if recipient.id in told:
-                if RecipientStatus(recipient.status) in PENDING_STATUSES:
+                if recipient.status in PENDING_STATUSES:
                     attempt.pending.append(recipient.id)
                 continue
             info = AttemptInfo(

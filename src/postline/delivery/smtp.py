@@ -15,6 +15,7 @@ from postline.delivery.lease import StillMine, always_mine
 from postline.delivery.pool import Session, SessionPool, SmtpSettings, TlsPolicy
 from postline.delivery.replies import Reply
 from postline.delivery.routing import Router, Target
+from postline.model import AttemptScope
 
 
 @dataclass
@@ -29,8 +30,8 @@ class TransactionResult:
     stale_session: bool = False  # failed on a pooled session before any reply
     refused_locally: bool = False  # we declined to send (SIZE, SMTPUTF8): not the server's health
 
-    def reply_for(self, address: str) -> tuple[Reply, str]:
-        """The reply deciding this recipient, and its scope ("transaction" or "recipient").
+    def reply_for(self, address: str) -> tuple[Reply, AttemptScope]:
+        """The reply deciding this recipient, and its scope (transaction or recipient).
 
         A definite permanent refusal of the RCPT stands whatever happened next
         (a 421, a dropped connection, a refused DATA): the server said no to that
@@ -39,15 +40,15 @@ class TransactionResult:
         """
         rcpt = self.rcpt.get(address)
         if rcpt is not None and rcpt.is_permanent:
-            return rcpt, "recipient"
+            return rcpt, AttemptScope.RECIPIENT
         if self.error is not None:
-            return self.error, "transaction"
+            return self.error, AttemptScope.TRANSACTION
         if rcpt is None:
-            return Reply(None, "no reply for this recipient"), "transaction"
+            return Reply(None, "no reply for this recipient"), AttemptScope.TRANSACTION
         if not rcpt.is_success:
-            return rcpt, "recipient"
+            return rcpt, AttemptScope.RECIPIENT
         assert self.data is not None
-        return self.data, "transaction"
+        return self.data, AttemptScope.TRANSACTION
 
 
 class SmtpDelivery:

@@ -17,6 +17,8 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from postline.store.records import Record
+
 
 class QueueError(Exception):
     """The queue could not answer (completely): callers must not guess."""
@@ -49,8 +51,14 @@ def wait_for_token(tokens: float, rate: float) -> float:
     return max((1.0 - tokens) / rate, _LEAST_WAIT)
 
 
-@dataclass
-class Job:
+@dataclass(frozen=True, slots=True)
+class Job(Record):
+    """One delivery job: an email's recipients at one destination, as leased.
+
+    Frozen: what a worker holds is the job as it was leased. Its lease lives in
+    the queue (``extend`` renews it there), not in this copy.
+    """
+
     id: str
     email_id: str
     destination: str

@@ -78,21 +78,6 @@ _ROUND_SECONDS = 1.0
 _READ_COST_FACTOR = 20
 
 
-def _job(row: Any) -> Job:
-    return Job(
-        id=row.id,
-        email_id=row.email_id,
-        destination=row.destination,
-        recipient_ids=list(row.recipient_ids),
-        body_ref=row.body_ref,
-        attempt=row.attempt,
-        due_at=row.due_at,
-        lease_owner=row.lease_owner,
-        lease_until=row.lease_until,
-        created_at=row.created_at,
-    )
-
-
 #: Email ids looked up per query when enqueueing: under every driver's bind parameter limit.
 _LOOKUP_CHUNK = 1000
 
@@ -541,7 +526,7 @@ class EmbeddedQueue(Queue):
         except BaseException:
             self._turns.restore(picked)
             raise
-        jobs = sorted((_job(row) for row in rows), key=lambda job: job.due_at)
+        jobs = sorted((Job.from_row(row) for row in rows), key=lambda job: job.due_at)
         self._turns.settle(now, quotas, jobs)
         return jobs
 
@@ -597,8 +582,6 @@ class EmbeddedQueue(Queue):
                 .where(jobs_table.c.id == job.id, jobs_table.c.lease_owner == job.lease_owner)
                 .values(lease_until=until)
             )
-        if result.rowcount:
-            job.lease_until = until
         return bool(result.rowcount)
 
     async def _run(self, statement: Any, conn: AsyncConnection | None, params: Any = None) -> None:

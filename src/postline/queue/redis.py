@@ -185,10 +185,7 @@ class RedisQueue(Queue):
         if job.lease_owner is None:
             return False
         until = await self._run(self._extend, job.id, job.lease_owner, lease_seconds)
-        if until is None:
-            return False
-        job.lease_until = _moment(float(until))
-        return True
+        return until is not None
 
     async def ack(self, job: Job, conn: AsyncConnection | None = None) -> None:
         if job.lease_owner is not None:

@@ -8,10 +8,18 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, exists, func, insert, select, update
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from postline.model import OWN_SOURCES, RecipientStatus
+from postline.model import (
+    OWN_SOURCES,
+    AttemptScope,
+    BounceType,
+    EmailSource,
+    EmailStatus,
+    EventType,
+    RecipientStatus,
+)
+from postline.store.records import Record
 from postline.store.schema import (
     delivery_attempts,
     email_recipients,
@@ -19,6 +27,103 @@ from postline.store.schema import (
     sent_emails,
     suppressions,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Email(Record):
+    """One ``sent_emails`` row: an email as accepted, with its derived status."""
+
+    id: str
+    domain_id: str
+    source: EmailSource
+    message_id: str
+    from_header: str
+    from_address: str
+    envelope_from: str
+    subject: str
+    size: int
+    body_ref: str
+    tags: dict[str, str]
+    status: EmailStatus
+    scheduled_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    #: Mail Postline wrote about another email (a DSN): that email's id.
+    original_email_id: str | None
+    #: When housekeeping removed the body from the spool; None while it is kept.
+    body_purged_at: datetime | None
+
+    @property
+    def due_at(self) -> datetime:
+        """When it could first be sent: its ``scheduled_at``, else its acceptance."""
+        return self.scheduled_at or self.created_at
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient(Record):
+    """One ``email_recipients`` row: where one address of one email stands."""
+
+    id: str
+    email_id: str
+    position: int
+    address: str
+    destination: str
+    kind: str  # "to" | "cc" | "bcc"
+    status: RecipientStatus
+    smtp_code: int | None
+    enhanced_code: str | None
+    response: str | None
+    bounce_type: BounceType | None
+    bounce_rule: str | None
+    attempts: int
+    next_attempt_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt(Record):
+    """One ``delivery_attempts`` row: a step of one recipient's timeline."""
+
+    id: int
+    email_id: str
+    recipient_id: str
+    attempt_id: str
+    destination: str
+    attempt: int
+    status: RecipientStatus
+    scope: AttemptScope
+    mx_host: str | None
+    smtp_code: int | None
+    enhanced_code: str | None
+    response: str | None
+    bounce_rule: str | None
+    duration_ms: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Event(Record):
+    """One ``events`` row: an outbox entry the webhook dispatcher sends."""
+
+    id: str
+    type: EventType
+    email_id: str
+    recipient_id: str | None
+    domain_id: str | None
+    sequence: int
+    payload: dict[str, Any]
+    created_at: datetime
+    dispatched_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ListedEmail:
+    """An email of the send log, with how many recipients it has."""
+
+    email: Email
+    recipient_count: int
+
 
 # The statements run for every message are built once, with parameters: building
 # one costs more CPU than SQLite takes to run it, on the loop every delivery shares.
@@ -82,7 +187,7 @@ async def suppressed_addresses(
     return {row.address for row in await conn.execute(_SUPPRESSED, params)}
 
 
-async def lock_email(conn: AsyncConnection, email_id: str) -> Row[Any] | None:
+async def lock_email(conn: AsyncConnection, email_id: str) -> Email | None:
     """Read the email row, holding its lock on PostgreSQL until the transaction ends.
 
     Two workers recording outcomes for one email (two destination domains)
@@ -92,19 +197,19 @@ async def lock_email(conn: AsyncConnection, email_id: str) -> Row[Any] | None:
     return found[0] if found else None
 
 
-async def lock_emails(conn: AsyncConnection, email_ids: Iterable[str]) -> list[Row[Any]]:
+async def lock_emails(conn: AsyncConnection, email_ids: Iterable[str]) -> list[Email]:
     """:func:`lock_email` for many, in id order: two batches locking overlapping
     emails take their locks in the same order, so they cannot deadlock.
     """
     statement = _EMAILS if conn.dialect.name == "sqlite" else _EMAILS.with_for_update()
     params = {"email_ids": sorted(set(email_ids))}
-    return list((await conn.execute(statement, params)).all())
+    return [Email.from_row(row) for row in await conn.execute(statement, params)]
 
 
-async def recipients_of(conn: AsyncConnection, email_ids: Iterable[str]) -> list[Row[Any]]:
+async def recipients_of(conn: AsyncConnection, email_ids: Iterable[str]) -> list[Recipient]:
     """Every recipient of these emails, each email's in order."""
     params = {"email_ids": sorted(set(email_ids))}
-    return list((await conn.execute(_RECIPIENTS_OF, params)).all())
+    return [Recipient.from_row(row) for row in await conn.execute(_RECIPIENTS_OF, params)]
 
 
 async def last_event_sequences(conn: AsyncConnection, email_ids: Iterable[str]) -> dict[str, int]:
@@ -113,26 +218,27 @@ async def last_event_sequences(conn: AsyncConnection, email_ids: Iterable[str]) 
     return {row[0]: int(row[1]) for row in await conn.execute(_LAST_SEQUENCES, params)}
 
 
-async def get_email(conn: AsyncConnection, email_id: str) -> Row[Any] | None:
-    return (await conn.execute(_EMAIL, {"email_id": email_id})).first()
+async def get_email(conn: AsyncConnection, email_id: str) -> Email | None:
+    return Email.from_optional((await conn.execute(_EMAIL, {"email_id": email_id})).first())
 
 
-async def get_recipients(conn: AsyncConnection, email_id: str) -> list[Row[Any]]:
+async def get_recipients(conn: AsyncConnection, email_id: str) -> list[Recipient]:
     return await recipients_of(conn, [email_id])
 
 
-async def get_attempts(conn: AsyncConnection, email_id: str) -> list[Row[Any]]:
+async def get_attempts(conn: AsyncConnection, email_id: str) -> list[Attempt]:
+    """The email's timeline rows, in the order they were written."""
     statement = (
         select(delivery_attempts)
         .where(delivery_attempts.c.email_id == email_id)
         .order_by(delivery_attempts.c.id)
     )
-    return list((await conn.execute(statement)).all())
+    return [Attempt.from_row(row) for row in await conn.execute(statement)]
 
 
-async def get_events(conn: AsyncConnection, email_id: str) -> list[Row[Any]]:
+async def get_events(conn: AsyncConnection, email_id: str) -> list[Event]:
     statement = select(events).where(events.c.email_id == email_id).order_by(events.c.sequence)
-    return list((await conn.execute(statement)).all())
+    return [Event.from_row(row) for row in await conn.execute(statement)]
 
 
 async def next_event_sequence(conn: AsyncConnection, email_id: str) -> int:
@@ -183,18 +289,18 @@ def _move(
 
 
 async def set_emails_status(
-    conn: AsyncConnection, email_ids: Sequence[str], status: str, now: datetime
+    conn: AsyncConnection, email_ids: Sequence[str], status: EmailStatus, now: datetime
 ) -> None:
     await conn.execute(
         update(sent_emails)
         .where(sent_emails.c.id.in_(list(email_ids)))
-        .values(status=status, updated_at=now)
+        .values(status=str(status), updated_at=now)
     )
 
 
 @dataclass(frozen=True)
 class EmailFilter:
-    status: str | None = None
+    status: EmailStatus | None = None
     recipient: str | None = None
     from_address: str | None = None
     domain_id: str | None = None
@@ -203,12 +309,12 @@ class EmailFilter:
     until: datetime | None = None
     message_id: str | None = None
     #: Only emails of this source; None: the customer's mail, never Postline's own.
-    source: str | None = None
+    source: EmailSource | None = None
 
 
 async def list_emails(
     conn: AsyncConnection, where: EmailFilter, before_id: str | None, limit: int
-) -> list[Row[Any]]:
+) -> list[ListedEmail]:
     """The send log, newest first; ids are time-ordered, so the cursor is an id."""
     count = (
         select(func.count())
@@ -221,7 +327,7 @@ async def list_emails(
     if before_id:
         conditions.append(sent_emails.c.id < before_id)
     if where.status:
-        conditions.append(sent_emails.c.status == where.status)
+        conditions.append(sent_emails.c.status == str(where.status))
     if where.from_address:
         conditions.append(sent_emails.c.from_address == where.from_address.lower())
     if where.domain_id:
@@ -233,7 +339,7 @@ async def list_emails(
     if where.message_id:
         conditions.append(sent_emails.c.message_id == where.message_id)
     if where.source is not None:
-        conditions.append(sent_emails.c.source == where.source)
+        conditions.append(sent_emails.c.source == str(where.source))
     else:
         conditions.append(sent_emails.c.source.not_in([str(s) for s in OWN_SOURCES]))
     if where.recipient:
@@ -248,16 +354,19 @@ async def list_emails(
         conditions.append(sent_emails.c.tags[key].as_string() == value)
     if conditions:
         statement = statement.where(and_(*conditions))
-    return list((await conn.execute(statement)).all())
+    return [
+        ListedEmail(Email.from_row(row), int(row.recipient_count))
+        for row in await conn.execute(statement)
+    ]
 
 
-@dataclass(frozen=True)
-class Notification:
+@dataclass(frozen=True, slots=True)
+class Notification(Record):
     """Mail Postline sent about an email (a DSN), as the email's detail shows it."""
 
     id: str
-    source: str
-    status: str  # the notification's recipient's: did it reach the sender?
+    source: EmailSource
+    status: RecipientStatus  # the notification's recipient's: did it reach the sender?
     recipient: str
     created_at: datetime
     updated_at: datetime
@@ -270,7 +379,7 @@ async def notifications_about(conn: AsyncConnection, email_id: str) -> list[Noti
             sent_emails.c.id,
             sent_emails.c.source,
             email_recipients.c.status,
-            email_recipients.c.address,
+            email_recipients.c.address.label("recipient"),
             sent_emails.c.created_at,
             sent_emails.c.updated_at,
         )
@@ -278,7 +387,7 @@ async def notifications_about(conn: AsyncConnection, email_id: str) -> list[Noti
         .where(sent_emails.c.original_email_id == email_id)
         .order_by(sent_emails.c.id, email_recipients.c.position)
     )
-    return [Notification(*row) for row in await conn.execute(statement)]
+    return [Notification.from_row(row) for row in await conn.execute(statement)]
 
 
 async def deferred_by_destination(conn: AsyncConnection) -> dict[str, int]:

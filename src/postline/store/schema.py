@@ -147,8 +147,9 @@ delivery_attempts = Table(
     Column("destination", String(253), nullable=False),
     Column("attempt", Integer, nullable=False),
     Column("status", String(16), nullable=False),
-    # "transaction" when the whole SMTP transaction failed (connect, greeting,
-    # MAIL, DATA, timeout) — what a circuit breaker counts; "recipient" otherwise.
+    # What the outcome is about, a model.AttemptScope: "transaction" (the whole SMTP
+    # transaction: connect, greeting, MAIL, DATA, timeout; what a circuit breaker
+    # counts), "recipient" (one RCPT), "local" (decided here), "breaker" (a wait).
     Column("scope", String(12), nullable=False),
     Column("mx_host", String(253), nullable=True),
     Column("smtp_code", Integer, nullable=True),
