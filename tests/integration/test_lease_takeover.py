@@ -42,8 +42,10 @@ async def test_a_lost_lease_stops_before_the_final_dot(
     pipelining: bool,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="postline.engine")
-    # Heartbeats far apart: the first engine does not beat again during the test.
-    postline = await postline_factory(heartbeat_seconds=60, heartbeat_timeout=120)
+    # Heartbeats far apart: the first engine does not beat again during the test. One
+    # delivery at a time: while its stalled one runs, it cannot lease the freed job
+    # again before the second engine does (it does not know its heartbeat was ended).
+    postline = await postline_factory(heartbeat_seconds=60, heartbeat_timeout=120, concurrency=1)
     fake_mx.pipelining = pipelining
     fake_mx.stall("rcpt", 1.0)  # every transaction waits at RCPT: the old owner is mid-way
     first = postline.services.engine
