@@ -11,6 +11,7 @@ from postline.ids import new_id
 from postline.store import suppressions as suppression_store
 from postline.store.db import Database
 from postline.store.migrate import upgrade_async
+from postline.store.sealing import SecretBox, new_key
 from postline.store.types import utcnow
 from tests.harness import FakeMX
 from tests.harness.postline import Factory, PostlineUnderTest
@@ -149,7 +150,7 @@ async def test_an_expiring_suppression_gives_way_to_a_later_or_permanent_one(
     address extends it or makes it permanent, never the other way round (both stores)."""
     url = normalize_database_url(database_url)
     await upgrade_async(url)
-    db = Database(url)
+    db = Database(url, secrets=SecretBox(new_key(), "test"))  # the domain's DKIM key is sealed
     try:
         domain = await create_domain(db, "example.test")
         now = utcnow()
