@@ -14,6 +14,8 @@ RFC 3339 strings (``views.rfc3339``), ``None`` where the row has none.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
@@ -37,6 +39,11 @@ __all__ = [
     "WebhookList",
     "WebhookTestSent",
     "WebhookWithSecret",
+    "email_links",
+    "link",
+    "links",
+    "replay_links",
+    "webhook_links",
 ]
 
 
@@ -264,3 +271,64 @@ class DestinationList(_Page):
 
 class Status(_Answer):
     status: str
+
+
+# -- links: where an answer leads (OpenAPI 3 links) -----------------------------------------
+
+
+def link(method: str, path: str, **parameters: str) -> dict[str, Any]:
+    """An OpenAPI link to the operation ``method path``, its parameters taken from the
+    answer (``$response.body#/id``) or the request (``$request.path.webhook_id``)."""
+    pointer = path.replace("~", "~0").replace("/", "~1")
+    return {"operationRef": f"#/paths/{pointer}/{method}", "parameters": parameters}
+
+
+def links(status: int, **named: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` of a route whose ``status`` answer leads to other operations.
+
+    Clients read them as documentation; schemathesis' stateful runs
+    (tests/fuzz/test_openapi.py) follow them, from a created resource to its uses.
+    """
+    return {"responses": {str(status): {"links": named}}}
+
+
+_EMAIL = "/v1/emails/{email_id}"
+_WEBHOOK = "/v1/webhooks/{webhook_id}"
+
+
+def email_links(status: int, id_pointer: str) -> dict[str, Any]:
+    """Links from an answer that names an email (at ``id_pointer``) to what it allows."""
+    email_id = f"$response.body#{id_pointer}"
+    return links(
+        status,
+        GetEmail=link("get", _EMAIL, email_id=email_id),
+        GetEmailContent=link("get", f"{_EMAIL}/content", email_id=email_id),
+        CancelEmail=link("post", f"{_EMAIL}/cancel", email_id=email_id),
+    )
+
+
+def webhook_links(status: int) -> dict[str, Any]:
+    """Links from an answer that is a webhook endpoint to what may be done with it."""
+    webhook_id = "$response.body#/id"
+    return links(
+        status,
+        GetWebhook=link("get", _WEBHOOK, webhook_id=webhook_id),
+        PatchWebhook=link("patch", _WEBHOOK, webhook_id=webhook_id),
+        DeleteWebhook=link("delete", _WEBHOOK, webhook_id=webhook_id),
+        RotateSecret=link("post", f"{_WEBHOOK}/rotate-secret", webhook_id=webhook_id),
+        SendTest=link("post", f"{_WEBHOOK}/test", webhook_id=webhook_id),
+        ListDeliveries=link("get", f"{_WEBHOOK}/deliveries", webhook_id=webhook_id),
+    )
+
+
+def replay_links(status: int) -> dict[str, Any]:
+    """From a test event sent to an endpoint to a replay of its delivery."""
+    return links(
+        status,
+        ReplayDelivery=link(
+            "post",
+            f"{_WEBHOOK}/deliveries/{{delivery_id}}/replay",
+            webhook_id="$request.path.webhook_id",
+            delivery_id="$response.body#/delivery_id",
+        ),
+    )

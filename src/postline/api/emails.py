@@ -116,7 +116,13 @@ def _json(status: int, body: Any, replayed: bool = False) -> Response:
     )
 
 
-@router.post("", status_code=202, summary="Send an email", response_model=answers.EmailAccepted)
+@router.post(
+    "",
+    status_code=202,
+    summary="Send an email",
+    response_model=answers.EmailAccepted,
+    openapi_extra=answers.email_links(202, "/id"),
+)
 async def send_email(
     svc: Svc,
     caller: Caller,
@@ -127,7 +133,11 @@ async def send_email(
 
 
 @router.post(
-    "/batch", status_code=202, summary="Send up to 500 emails", response_model=answers.BatchAccepted
+    "/batch",
+    status_code=202,
+    summary="Send up to 500 emails",
+    response_model=answers.BatchAccepted,
+    openapi_extra=answers.email_links(202, "/data/0/id"),
 )
 async def send_batch(
     svc: Svc,

@@ -163,6 +163,7 @@ async def _visible(conn: AsyncConnection, caller: Principal, webhook_id: str) ->
     summary="Register a webhook endpoint (secret shown once)",
     response_model=answers.WebhookWithSecret,
     responses=problem_responses(409),
+    openapi_extra=answers.webhook_links(201),
 )
 async def create_webhook(svc: Svc, caller: Caller, body: WebhookIn) -> dict[str, Any]:
     await _check_address(svc, body.url)
@@ -273,6 +274,7 @@ async def rotate_secret(svc: Svc, caller: Caller, webhook_id: str) -> dict[str, 
     status_code=202,
     summary="Send a test event to this endpoint",
     response_model=answers.WebhookTestSent,
+    openapi_extra=answers.replay_links(202),
 )
 async def send_test(svc: Svc, caller: Caller, webhook_id: str) -> dict[str, Any]:
     now = utcnow()
