@@ -22,6 +22,10 @@ The order of a jump matters: the breakers' clock moves first, then the due times
 other way round, the engine could lease a job made due while the breaker still sees the
 past, find it open, and park the job again for the whole jump.
 
+The queue's view of whose turn it is (queue/embedded.py ``_Turns``) still holds the due
+times from before a jump until its next read of the store, within a second: the jobs a
+jump made due go then. That costs real time, not virtual time.
+
 The embedded queue only (SQLite or PostgreSQL store): the Redis queue keeps its due
 times in Redis, with Redis' own clock.
 """
