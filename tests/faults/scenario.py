@@ -147,12 +147,20 @@ class FaultRun:
         postline_factory: Factory,
         topology: Topology,
         receiver: WebhookReceiver | None,
+        *,
+        defaults: bool = False,
         **overrides: Any,
     ) -> FaultRun:
         """Postline with its engine running, the breakers out of the way, and ``receiver``
-        (if any) registered for every event before the first email."""
-        settings = {**FAULT_SETTINGS, **topology.settings, **overrides}
-        pl = await postline_factory(breakers=relaxed_breakers(), **settings)
+        (if any) registered for every event before the first email.
+
+        ``defaults``: neither ``FAULT_SETTINGS`` nor the relaxed breakers, for a scenario
+        of the real policies; it passes its own breakers and clock in ``overrides``
+        (``postline_factory``'s ``breakers`` and ``clock``: tests/faults/virtual_time.py).
+        """
+        tuned = {} if defaults else {**FAULT_SETTINGS, "breakers": relaxed_breakers()}
+        settings = {**tuned, **topology.settings, **overrides}
+        pl = await postline_factory(**settings)
         run = cls(pl, topology, receiver)
         await run.engine_started()
         if receiver is not None:

@@ -25,7 +25,8 @@ from tests.harness.receiver import WebhookReceiver
 
 EMAILS = 4  # two recipients each, half to each domain
 #: The router's resolver gives up on a look-up after its lifetime (10 s by default, not
-#: a setting); a shorter one keeps each timed-out attempt to about a second here.
+#: a setting); a shorter one keeps each timed-out attempt to about a second here. The
+#: default lifetime, with the default retry schedule, is test_recovery_at_defaults.py's.
 RESOLVER_LIFETIME = 1.0
 
 

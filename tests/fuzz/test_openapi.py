@@ -14,23 +14,27 @@ path are replaced by ids of real resources created first, and the body of a
 send, suppression, webhook, domain or key by one that mostly passes validation
 with fuzzed text inside, so the code behind the 404 and the 422 is fuzzed too.
 A second, smaller run (fuzzing phase only) uses a key scoped to one domain.
-Stateful runs (schemathesis links) are not used: the document has no links and
-its success bodies are free-form, so there is nothing for them to follow.
+A third is stateful: schemathesis follows the document's links (answers.py) from a
+created email or webhook to its uses (read, cancel, patch, rotate, test, replay,
+delete), in random sequences of steps.
 
-Run on its own: ``.venv/bin/pytest tests/fuzz -q``; a failure prints a curl
-command that reproduces it. ``derandomize=True`` makes every run generate the
-same requests, so CI failures reproduce locally.
+Each run draws new requests from a random seed, printed at the start (pytest's
+header) and on failure; ``POSTLINE_FUZZ_SEED=<seed>`` replays it (tests/fuzz/replay.py).
+Run on its own: ``.venv/bin/pytest tests/fuzz -q -s``; a failure also prints a curl
+command that reproduces it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import os
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,11 +43,13 @@ import httpx
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, seed, settings
 from hypothesis import strategies as st
 from schemathesis import Case as GenericCase
 from schemathesis.checks import not_a_server_error
 from schemathesis.config import SchemathesisConfig
+from schemathesis.core.transport import Response
+from schemathesis.generation.stateful.state_machine import APIStateMachine
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     missing_required_header,
@@ -60,6 +66,7 @@ from postline.config import Settings
 from postline.domains import create_domain
 from postline.keys import create_key
 from postline.store.migrate import upgrade_async
+from tests.fuzz.replay import SEED, replay_hint
 from tests.harness import postline as harness
 from tests.harness.fake_dns import FakeDNS
 
@@ -78,10 +85,12 @@ CHECKS = [
 #: Fuzzing-phase examples per operation, valid and invalid together (the coverage phase
 #: adds its own deterministic cases: about 5 to 190 per operation).
 #: ``POSTLINE_FUZZ_EXAMPLES=500`` for a longer hunt on a workstation.
-ADMIN_EXAMPLES = int(os.environ.get("POSTLINE_FUZZ_EXAMPLES", "25"))
+ADMIN_EXAMPLES = int(os.environ.get("POSTLINE_FUZZ_EXAMPLES", "40"))
 SCOPED_EXAMPLES = max(5, ADMIN_EXAMPLES * 2 // 5)
+#: Stateful scenarios (sequences of linked calls), and the most steps in one.
+STATEFUL_EXAMPLES = max(5, ADMIN_EXAMPLES // 2)
+STATEFUL_STEPS = 8
 FUZZ = settings(
-    derandomize=True,
     deadline=None,
     database=None,
     # Each example is a request through the whole app: slow by Hypothesis' standards.
@@ -110,11 +119,21 @@ def openapi_document() -> dict[str, Any]:
 DOCUMENT = openapi_document()
 #: Every phase: schema examples, the coverage phase (boundary values, missing required
 #: parts, undeclared methods) and fuzzing (valid and invalid requests).
-schema = schemathesis.openapi.from_dict(DOCUMENT, config=SchemathesisConfig.from_dict({}))
+schema = schemathesis.openapi.from_dict(
+    DOCUMENT, config=SchemathesisConfig.from_dict({"seed": SEED})
+)
 #: The scoped key checks what a key may see and do, not the input space again: fuzzing only.
 scoped_schema = schemathesis.openapi.from_dict(
-    DOCUMENT, config=SchemathesisConfig.from_dict({"phases": {"coverage": {"enabled": False}}})
+    DOCUMENT,
+    config=SchemathesisConfig.from_dict({"seed": SEED, "phases": {"coverage": {"enabled": False}}}),
 )
+#: The stateful runs, one per resource whose answers link onwards.
+LINKED = {
+    resource: schemathesis.openapi.from_dict(
+        DOCUMENT, config=SchemathesisConfig.from_dict({"seed": SEED})
+    ).include(path_regex=f"^/v1/{resource}")
+    for resource in ("emails", "webhooks")
+}
 
 #: Ids of real resources by path parameter ("DELETE name" for the ones a DELETE may
 #: destroy, so that deleting them does not starve the other operations). Filled by
@@ -182,9 +201,14 @@ BODIES: dict[str, st.SearchStrategy[Any]] = {
     ),
     "POST /v1/webhooks": st.fixed_dictionaries(
         {
-            "url": st.builds("http://127.0.0.1:9/{}".format, _TEXT)
+            # Mostly a URL that passes, so that the stateful runs have endpoints to follow.
+            "url": st.builds("http://127.0.0.1:9/{}".format, _LOCAL)
+            | st.builds("http://127.0.0.1:9/{}".format, _TEXT)
             | st.sampled_from(["https://hooks.nowhere.test/x", "ftp://127.0.0.1/x"]),
-            "events": st.lists(st.sampled_from(["*", "email.delivered", "email.nope"]), min_size=1),
+            "events": st.lists(
+                st.sampled_from(["*", "email.delivered", "email.bounced"]), min_size=1
+            )
+            | st.lists(st.sampled_from(["*", "email.delivered", "email.nope"]), min_size=1),
         },
         optional={"domain": st.sampled_from(["example.test", "spare.test", "no.test"])},
     ),
@@ -230,8 +254,40 @@ def flatmap_case(context: Any, case: Case) -> st.SearchStrategy[Case]:
     return st.tuples(_real_ids(case), new_bodies).map(aimed)
 
 
+#: Bodies that create the resource (for the stateful runs, so that most sequences have
+#: something to follow): a reachable endpoint with known events, an email as above.
+CREATES: dict[str, st.SearchStrategy[Any]] = {
+    "POST /v1/emails": EMAIL,
+    "POST /v1/webhooks": st.fixed_dictionaries(
+        {
+            "url": st.builds("http://127.0.0.1:9/{}".format, _LOCAL),
+            "events": st.lists(
+                st.sampled_from(["*", "email.delivered", "email.bounced"]), min_size=1
+            ),
+        }
+    ),
+}
+
+
+def flatmap_linked(context: Any, case: Case) -> st.SearchStrategy[Case]:
+    """As ``flatmap_case``, and a creating body half the time for the creating calls."""
+    aimed = flatmap_case(context, case)
+    creating = CREATES.get(case.operation.label)
+    meta = case.meta
+    if creating is None or (meta is not None and meta.generation.mode.is_negative):
+        return aimed
+
+    def created(body: Any) -> Case:
+        case.body = body
+        return case
+
+    return creating.map(created) | aimed
+
+
 schema.hook(flatmap_case)
 scoped_schema.hook(flatmap_case)
+for linked in LINKED.values():
+    linked.hook("flatmap_case")(flatmap_linked)
 
 
 @dataclass
@@ -243,11 +299,20 @@ class Target:
     services: Services
     admin_key: str
     scoped_key: str
-    statuses: Counter[int] = field(default_factory=Counter)
+    nameserver: str
+    statuses: Counter[int]
     """Every answer's status code, printed at the end for docs/RELIABILITY.md."""
+    real_ids: dict[str, list[str]] = field(default_factory=dict)
+    """The ids of the resources ``seed`` made (for ``REAL_IDS``)."""
+    followed: Counter[str] = field(default_factory=Counter)
+    """Stateful steps that used an id a step before them created, by operation and status."""
 
     def run(self, coroutine: Any) -> Any:
         return self.loop.run_until_complete(coroutine)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        await self.services.close()
 
     def send(self, case: Case, key: str) -> httpx.Response:
         """Serialise the case as schemathesis does (requests), send it through ASGI (httpx)."""
@@ -328,50 +393,144 @@ class Target:
         }
 
 
+async def open_target(
+    data_dir: Path, nameserver: str, loop: asyncio.AbstractEventLoop, statuses: Counter[int]
+) -> Target:
+    """A new Postline on its own SQLite database in ``data_dir``, its resources seeded."""
+    settings_ = fuzz_settings(data_dir, nameserver)
+    settings_.data_dir.mkdir(parents=True, exist_ok=True)
+    settings_.spool_path.mkdir(parents=True, exist_ok=True)
+    await upgrade_async(settings_.database_url)
+    services = Services.build(settings_)
+    await create_domain(services.db, "example.test")
+    admin = await create_key(services.db, "fuzz admin")
+    scoped = await create_key(services.db, "fuzz scoped", "example.test")
+    built = Target(loop, _client(services), services, admin.key, scoped.key, nameserver, statuses)
+    built.real_ids = await built.seed()
+    return built
+
+
+def _client(services: Services) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_api(services), raise_app_exceptions=False),
+        base_url=BASE,
+    )
+
+
+def copy_target(closed: Target, data_dir: Path) -> Target:
+    """A Postline on a copy of the data directory of ``closed`` (closed): the same
+    resources and keys, in milliseconds rather than a migration and a seeding."""
+    shutil.copytree(closed.services.settings.data_dir, data_dir)
+    services = Services.build(fuzz_settings(data_dir, closed.nameserver))
+    return replace(closed, client=_client(services), services=services)
+
+
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     dns = FakeDNS()
     dns.start()
-    settings_ = fuzz_settings(tmp_path_factory.mktemp("fuzz") / "data", dns.nameserver)
-    settings_.data_dir.mkdir(parents=True, exist_ok=True)
-    settings_.spool_path.mkdir(parents=True, exist_ok=True)
     loop = asyncio.new_event_loop()
-
-    async def build() -> Target:
-        await upgrade_async(settings_.database_url)
-        services = Services.build(settings_)
-        await create_domain(services.db, "example.test")
-        admin = await create_key(services.db, "fuzz admin")
-        scoped = await create_key(services.db, "fuzz scoped", "example.test")
-        client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_api(services), raise_app_exceptions=False),
-            base_url=BASE,
-        )
-        built = Target(loop, client, services, admin.key, scoped.key)
-        REAL_IDS.update(await built.seed())
-        return built
-
-    built = loop.run_until_complete(build())
+    data_dir = tmp_path_factory.mktemp("fuzz") / "data"
+    built = loop.run_until_complete(open_target(data_dir, dns.nameserver, loop, Counter()))
+    REAL_IDS.update(built.real_ids)
+    print(f"\n{replay_hint()}")
     try:
         yield built
     finally:
         tally = ", ".join(f"{code}: {n}" for code, n in sorted(built.statuses.items()))
         server_errors = sum(n for code, n in built.statuses.items() if code >= 500)
         print(f"\nfuzz: {built.statuses.total()} requests, {server_errors} answered 5xx ({tally})")
-        loop.run_until_complete(built.client.aclose())
-        loop.run_until_complete(built.services.close())
+        links = ", ".join(f"{step}: {n}" for step, n in sorted(built.followed.items()))
+        print(f"fuzz: {built.followed.total()} stateful steps on created resources ({links})")
+        loop.run_until_complete(built.close())
         loop.close()
         dns.stop()
         REAL_IDS.clear()
 
 
+def validate(case: Case, response: httpx.Response | Response) -> None:
+    """Every check, with the seed that replays the run on the failure."""
+    try:
+        case.validate_response(response, checks=CHECKS)
+    except BaseException as exc:
+        exc.add_note(replay_hint())
+        raise
+
+
 @schema.parametrize()
 @settings(FUZZ, max_examples=ADMIN_EXAMPLES)
 def test_every_operation_admin_key(case: Case, target: Target) -> None:
-    case.validate_response(target.send(case, target.admin_key), checks=CHECKS)
+    validate(case, target.send(case, target.admin_key))
 
 
 @scoped_schema.parametrize()
 @settings(FUZZ, max_examples=SCOPED_EXAMPLES)
 def test_every_operation_scoped_key(case: Case, target: Target) -> None:
-    case.validate_response(target.send(case, target.scoped_key), checks=CHECKS)
+    validate(case, target.send(case, target.scoped_key))
+
+
+#: A created email's or webhook's id: ``(method, path template)`` of the step that made it.
+_CREATES = {("POST", "/v1/emails"), ("POST", "/v1/emails/batch"), ("POST", "/v1/webhooks")}
+
+
+def _created_ids(case: Case, response: httpx.Response) -> list[str]:
+    if (case.method.upper(), case.path) not in _CREATES or response.status_code >= 300:
+        return []
+    body = response.json()
+    items = body.get("data", [body]) if isinstance(body, dict) else []
+    return [str(item["id"]) for item in items if isinstance(item, dict) and "id" in item]
+
+
+@pytest.mark.parametrize("resource", ["emails", "webhooks"])
+def test_linked_calls(resource: str, target: Target, tmp_path: Path) -> None:
+    """Sequences of calls that follow the links: send, then read, cancel or fetch the
+    content of what was sent; register an endpoint, then read, patch, rotate, test,
+    replay and delete it. Each step is checked as in the runs above.
+
+    Each sequence runs on a Postline of its own (a copy of one seeded as ``target`` is,
+    on its own SQLite database): with state left over from the sequences before, the
+    same draws would meet other answers, which Hypothesis refuses as flaky data
+    generation.
+    """
+    worlds = itertools.count()
+    shared_ids = dict(REAL_IDS)
+    template = target.run(
+        open_target(tmp_path / "template", target.nameserver, target.loop, target.statuses)
+    )
+    target.run(template.close())
+
+    class Linked(LINKED[resource].as_state_machine()):  # type: ignore[misc]
+        def setup(self) -> None:
+            self.created: set[str] = set()
+            self.world = copy_target(template, tmp_path / f"world{next(worlds)}")
+            REAL_IDS.clear()
+            REAL_IDS.update(self.world.real_ids)
+
+        def teardown(self) -> None:
+            target.run(self.world.close())
+
+        def call(self, case: Case, **kwargs: Any) -> Response:
+            response = self.world.send(case, self.world.admin_key)
+            used = set((case.path_parameters or {}).values()) & self.created
+            if used:
+                target.followed[f"{case.operation.label} {response.status_code}"] += 1
+            self.created.update(_created_ids(case, response))
+            return Response.from_any(response)
+
+        def validate_response(
+            self, response: Response, case: Case, additional_checks: Any = None, **kwargs: Any
+        ) -> None:
+            validate(case, response)
+
+    machine: type[APIStateMachine] = seed(SEED)(Linked)
+    try:
+        machine.run(
+            settings=settings(
+                FUZZ, max_examples=STATEFUL_EXAMPLES, stateful_step_count=STATEFUL_STEPS
+            )
+        )
+    finally:
+        REAL_IDS.clear()
+        REAL_IDS.update(shared_ids)
+    # The links were followed: some step used a resource that an earlier step created.
+    assert any(f"/v1/{resource}/{{" in label for label in target.followed), target.followed

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
+from postline.api import answers
 from postline.api.auth import Admin, Caller, Svc
 from postline.api.problems import Problem
 from postline.api.responses import AUTHENTICATED, WITH_BODY, problem_responses
@@ -23,6 +24,11 @@ router = APIRouter(
     tags=["domains and keys"],
     responses=problem_responses(*AUTHENTICATED, *WITH_BODY, 404, 409),
 )
+
+
+#: A domain's answer: its DNS records carry ``status`` only once checked, so keys the
+#: view left out stay out (``exclude_unset``) rather than appearing as null.
+_DOMAIN: dict[str, Any] = {"response_model": answers.Domain, "response_model_exclude_unset": True}
 
 
 def domain_view(row: Domain, hostname: str) -> dict[str, Any]:
@@ -57,7 +63,7 @@ async def _visible_domain(svc: Svc, caller: Caller, domain_id: str) -> Domain:
     return row
 
 
-@router.post("/domains", status_code=201, summary="Add a sending domain")
+@router.post("/domains", status_code=201, summary="Add a sending domain", **_DOMAIN)
 async def add_domain(svc: Svc, _: Admin, body: DomainIn) -> dict[str, Any]:
     try:
         row = await create_domain(svc.db, body.name)
@@ -67,19 +73,24 @@ async def add_domain(svc: Svc, _: Admin, body: DomainIn) -> dict[str, Any]:
     return domain_view(row, svc.settings.hostname)
 
 
-@router.get("/domains", summary="Sending domains visible to this key")
+@router.get(
+    "/domains",
+    summary="Sending domains visible to this key",
+    response_model=answers.DomainList,
+    response_model_exclude_unset=True,
+)
 async def list_domains(svc: Svc, caller: Caller) -> dict[str, Any]:
     async with svc.db.read() as conn:
         rows = await domain_store.list_domains(conn, caller.domain_id)
     return {"data": [domain_view(r, svc.settings.hostname) for r in rows], "next_cursor": None}
 
 
-@router.get("/domains/{domain_id}", summary="One sending domain")
+@router.get("/domains/{domain_id}", summary="One sending domain", **_DOMAIN)
 async def get_domain(svc: Svc, caller: Caller, domain_id: str) -> dict[str, Any]:
     return domain_view(await _visible_domain(svc, caller, domain_id), svc.settings.hostname)
 
 
-@router.patch("/domains/{domain_id}", summary="Change a domain's settings")
+@router.patch("/domains/{domain_id}", summary="Change a domain's settings", **_DOMAIN)
 async def patch_domain(
     svc: Svc, caller: Caller, domain_id: str, body: DomainPatch
 ) -> dict[str, Any]:
@@ -90,7 +101,7 @@ async def patch_domain(
     return domain_view(await _visible_domain(svc, caller, domain_id), svc.settings.hostname)
 
 
-@router.post("/domains/{domain_id}/verify", summary="Check the domain's DNS records now")
+@router.post("/domains/{domain_id}/verify", summary="Check the domain's DNS records now", **_DOMAIN)
 async def verify(svc: Svc, caller: Caller, domain_id: str) -> dict[str, Any]:
     row = await _visible_domain(svc, caller, domain_id)
     checked = await verify_domain(svc.db, svc.router.resolver, row, svc.settings.hostname)
@@ -118,7 +129,12 @@ def key_view(row: ApiKey) -> dict[str, Any]:
     }
 
 
-@router.post("/api-keys", status_code=201, summary="Create an API key (shown once)")
+@router.post(
+    "/api-keys",
+    status_code=201,
+    summary="Create an API key (shown once)",
+    response_model=answers.ApiKeyCreated,
+)
 async def add_key(svc: Svc, _: Admin, body: KeyIn) -> dict[str, Any]:
     try:
         created = await create_key(svc.db, body.name, body.domain)
@@ -128,7 +144,7 @@ async def add_key(svc: Svc, _: Admin, body: KeyIn) -> dict[str, Any]:
     return {"id": created.id, "name": created.name, "key": created.key, "domain": created.domain}
 
 
-@router.get("/api-keys", summary="API keys (no secrets)")
+@router.get("/api-keys", summary="API keys (no secrets)", response_model=answers.ApiKeyList)
 async def list_keys(svc: Svc, _: Admin) -> dict[str, Any]:
     async with svc.db.read() as conn:
         rows = await key_store.list_keys(conn)

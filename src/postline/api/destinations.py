@@ -8,6 +8,7 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
+from postline.api import answers
 from postline.api.auth import Admin, Svc
 from postline.api.problems import Problem
 from postline.api.responses import AUTHENTICATED, WITH_BODY, problem_responses
@@ -68,7 +69,11 @@ async def _breakers(svc: Svc) -> Breakers:
     return breakers
 
 
-@router.get("", summary="Every destination with queued mail or a breaker that is not closed")
+@router.get(
+    "",
+    summary="Every destination with queued mail or a breaker that is not closed",
+    response_model=answers.DestinationList,
+)
 async def list_destinations(svc: Svc, _: Admin) -> dict[str, Any]:
     """Unscoped keys only: the queue is shared, so its destinations (where every domain
     sends, how much, the last errors) are other domains' data for a scoped key."""
@@ -79,7 +84,11 @@ async def list_destinations(svc: Svc, _: Admin) -> dict[str, Any]:
     return {"data": data, "next_cursor": None}
 
 
-@router.post("/{domain}/breaker", summary="Open or close a destination's breaker by hand")
+@router.post(
+    "/{domain}/breaker",
+    summary="Open or close a destination's breaker by hand",
+    response_model=answers.Destination,
+)
 async def set_breaker(svc: Svc, _: Admin, domain: str, body: BreakerIn) -> dict[str, Any]:
     try:
         name = normalize_domain(domain)

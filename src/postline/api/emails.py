@@ -12,6 +12,7 @@ from fastapi import APIRouter, Body, Header, Query, Response
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.accept import Accepted, Recipient, Submission
+from postline.api import answers
 from postline.api.auth import Caller, Svc
 from postline.api.problems import Problem
 from postline.api.responses import AUTHENTICATED, WITH_BODY, problem_responses
@@ -115,7 +116,13 @@ def _json(status: int, body: Any, replayed: bool = False) -> Response:
     )
 
 
-@router.post("", status_code=202, summary="Send an email")
+@router.post(
+    "",
+    status_code=202,
+    summary="Send an email",
+    response_model=answers.EmailAccepted,
+    openapi_extra=answers.email_links(202, "/id"),
+)
 async def send_email(
     svc: Svc,
     caller: Caller,
@@ -125,7 +132,13 @@ async def send_email(
     return await _accept(svc, caller, [email], idempotency_key, lambda r: r[0].as_dict(), "email")
 
 
-@router.post("/batch", status_code=202, summary="Send up to 500 emails")
+@router.post(
+    "/batch",
+    status_code=202,
+    summary="Send up to 500 emails",
+    response_model=answers.BatchAccepted,
+    openapi_extra=answers.email_links(202, "/data/0/id"),
+)
 async def send_batch(
     svc: Svc,
     caller: Caller,
@@ -142,7 +155,7 @@ async def send_batch(
     )
 
 
-@router.get("", summary="The send log, newest first")
+@router.get("", summary="The send log, newest first", response_model=answers.EmailList)
 async def list_emails(
     svc: Svc,
     caller: Caller,
@@ -235,7 +248,11 @@ async def _detail(conn: AsyncConnection, email: Email) -> dict[str, Any]:
     )
 
 
-@router.get("/{email_id}", summary="One email with its recipients, timelines and events")
+@router.get(
+    "/{email_id}",
+    summary="One email with its recipients, timelines and events",
+    response_model=answers.EmailDetail,
+)
 async def get_email(svc: Svc, caller: Caller, email_id: str) -> dict[str, Any]:
     async with svc.db.read() as conn:
         email = await _visible_email(conn, caller, email_id)
@@ -274,7 +291,11 @@ async def get_email_content(svc: Svc, caller: Caller, email_id: str) -> Response
     return Response(body, media_type="message/rfc822")
 
 
-@router.post("/{email_id}/cancel", summary="Cancel recipients not yet attempted")
+@router.post(
+    "/{email_id}/cancel",
+    summary="Cancel recipients not yet attempted",
+    response_model=answers.EmailDetail,
+)
 async def cancel_email(svc: Svc, caller: Caller, email_id: str) -> dict[str, Any]:
     now = utcnow()
     async with svc.db.write() as conn:

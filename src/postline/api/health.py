@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 
+from postline.api import answers
 from postline.api.auth import Svc
 from postline.api.problems import problem_response
 from postline.api.responses import problem_responses
@@ -12,7 +13,7 @@ from postline.api.responses import problem_responses
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", summary="The process is alive")
+@router.get("/healthz", summary="The process is alive", response_model=answers.Status)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -21,7 +22,7 @@ async def healthz() -> dict[str, str]:
     "/readyz",
     summary="The database and the queue answer",
     response_model=None,
-    responses=problem_responses(503),
+    responses={200: {"model": answers.Status}, **problem_responses(503)},
 )
 async def readyz(svc: Svc) -> Response | dict[str, str]:
     try:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from postline.api import answers
 from postline.api.auth import Caller, Svc, domain_in_scope
 from postline.api.problems import Problem
 from postline.api.responses import AUTHENTICATED, WITH_BODY, problem_responses
@@ -65,7 +66,7 @@ async def _domain_id(
     return await domain_in_scope(conn, caller, name)
 
 
-@router.get("", summary="The suppression list")
+@router.get("", summary="The suppression list", response_model=answers.SuppressionList)
 async def list_suppressions(
     svc: Svc,
     caller: Caller,
@@ -84,7 +85,7 @@ async def list_suppressions(
     return {"data": [view(r) for r in rows], "next_cursor": rows[-1].id if more else None}
 
 
-@router.post("", status_code=201, summary="Suppress an address")
+@router.post("", status_code=201, summary="Suppress an address", response_model=answers.Suppression)
 async def add_suppression(svc: Svc, caller: Caller, body: SuppressionIn) -> dict[str, Any]:
     async with svc.db.write() as conn:
         domain_id = await _domain_id(conn, caller, body.domain, required=True)
@@ -113,7 +114,7 @@ async def _visible(conn: AsyncConnection, caller: Principal, suppression_id: str
     return row
 
 
-@router.get("/{suppression_id}", summary="One suppression")
+@router.get("/{suppression_id}", summary="One suppression", response_model=answers.Suppression)
 async def get_suppression(svc: Svc, caller: Caller, suppression_id: str) -> dict[str, Any]:
     async with svc.db.read() as conn:
         return view(await _visible(conn, caller, suppression_id))

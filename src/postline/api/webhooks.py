@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from postline.api import answers
 from postline.api.auth import Caller, Svc, domain_in_scope
 from postline.api.problems import Problem
 from postline.api.responses import AUTHENTICATED, WITH_BODY, problem_responses
@@ -160,7 +161,9 @@ async def _visible(conn: AsyncConnection, caller: Principal, webhook_id: str) ->
     "",
     status_code=201,
     summary="Register a webhook endpoint (secret shown once)",
+    response_model=answers.WebhookWithSecret,
     responses=problem_responses(409),
+    openapi_extra=answers.webhook_links(201),
 )
 async def create_webhook(svc: Svc, caller: Caller, body: WebhookIn) -> dict[str, Any]:
     await _check_address(svc, body.url)
@@ -197,20 +200,22 @@ async def create_webhook(svc: Svc, caller: Caller, body: WebhookIn) -> dict[str,
     return view(row, secret)
 
 
-@router.get("", summary="Webhook endpoints visible to this key")
+@router.get("", summary="Webhook endpoints visible to this key", response_model=answers.WebhookList)
 async def list_webhooks(svc: Svc, caller: Caller) -> dict[str, Any]:
     async with svc.db.read() as conn:
         rows = await webhook_store.list_webhooks(conn, caller.domain_id)
     return {"data": [view(r) for r in rows], "next_cursor": None}
 
 
-@router.get("/{webhook_id}", summary="One webhook endpoint")
+@router.get("/{webhook_id}", summary="One webhook endpoint", response_model=answers.Webhook)
 async def get_webhook(svc: Svc, caller: Caller, webhook_id: str) -> dict[str, Any]:
     async with svc.db.read() as conn:
         return view(await _visible(conn, caller, webhook_id))
 
 
-@router.patch("/{webhook_id}", summary="Change url, events or enabled")
+@router.patch(
+    "/{webhook_id}", summary="Change url, events or enabled", response_model=answers.Webhook
+)
 async def patch_webhook(
     svc: Svc, caller: Caller, webhook_id: str, body: WebhookPatch
 ) -> dict[str, Any]:
@@ -240,7 +245,11 @@ async def delete_webhook(svc: Svc, caller: Caller, webhook_id: str) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/{webhook_id}/rotate-secret", summary="New secret; the old one signs 24 h more")
+@router.post(
+    "/{webhook_id}/rotate-secret",
+    summary="New secret; the old one signs 24 h more",
+    response_model=answers.WebhookWithSecret,
+)
 async def rotate_secret(svc: Svc, caller: Caller, webhook_id: str) -> dict[str, Any]:
     now = utcnow()
     secret = new_secret()
@@ -260,7 +269,13 @@ async def rotate_secret(svc: Svc, caller: Caller, webhook_id: str) -> dict[str, 
     return view(row, secret)
 
 
-@router.post("/{webhook_id}/test", status_code=202, summary="Send a test event to this endpoint")
+@router.post(
+    "/{webhook_id}/test",
+    status_code=202,
+    summary="Send a test event to this endpoint",
+    response_model=answers.WebhookTestSent,
+    openapi_extra=answers.replay_links(202),
+)
 async def send_test(svc: Svc, caller: Caller, webhook_id: str) -> dict[str, Any]:
     now = utcnow()
     event_id = new_id("evt_")
@@ -297,7 +312,11 @@ async def send_test(svc: Svc, caller: Caller, webhook_id: str) -> dict[str, Any]
     return {"event_id": event_id, "delivery_id": delivery_id}
 
 
-@router.get("/{webhook_id}/deliveries", summary="Deliveries to this endpoint, newest first")
+@router.get(
+    "/{webhook_id}/deliveries",
+    summary="Deliveries to this endpoint, newest first",
+    response_model=answers.WebhookDeliveryList,
+)
 async def list_deliveries(
     svc: Svc,
     caller: Caller,
@@ -320,6 +339,7 @@ async def list_deliveries(
     "/{webhook_id}/deliveries/{delivery_id}/replay",
     status_code=202,
     summary="Send one delivery again now (same webhook-id)",
+    response_model=answers.WebhookDelivery,
 )
 async def replay(svc: Svc, caller: Caller, webhook_id: str, delivery_id: str) -> dict[str, Any]:
     async with svc.db.write() as conn:

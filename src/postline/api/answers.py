@@ -1,0 +1,334 @@
+"""The shapes of the API's success answers, for the OpenAPI document (API.md in code).
+
+The views (views.py and each router's ``view``) build plain dicts; these models only
+describe them, so that ``/openapi.json`` says what every 2xx answer carries and a
+client generator, or schemathesis' response checks, have something to hold the
+answers to. A route names its model with ``response_model``: FastAPI then checks each dict
+answer against it, and documents (without checking) the body of a route that builds
+its own ``Response`` (the sends, for the idempotency replay).
+
+Every model allows extra keys (``extra="allow"``), so an answer's JSON is exactly the
+dict its view built even if a view gains a field before its model does. Times are
+RFC 3339 strings (``views.rfc3339``), ``None`` where the row has none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ApiKey",
+    "ApiKeyCreated",
+    "ApiKeyList",
+    "BatchAccepted",
+    "Destination",
+    "DestinationList",
+    "Domain",
+    "DomainList",
+    "EmailAccepted",
+    "EmailDetail",
+    "EmailList",
+    "Status",
+    "Suppression",
+    "SuppressionList",
+    "Webhook",
+    "WebhookDelivery",
+    "WebhookDeliveryList",
+    "WebhookList",
+    "WebhookTestSent",
+    "WebhookWithSecret",
+    "email_links",
+    "link",
+    "links",
+    "replay_links",
+    "webhook_links",
+]
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class _Page(_Answer):
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: last")
+
+
+# -- emails ---------------------------------------------------------------------------------
+
+
+class AcceptedRecipient(_Answer):
+    address: str
+    status: str = Field(description="`queued`, `scheduled` or `suppressed`")
+
+
+class EmailAccepted(_Answer):
+    """A send was accepted: the email's id, for ``GET /v1/emails/{email_id}``."""
+
+    id: str
+    message_id: str
+    recipients: list[AcceptedRecipient]
+
+
+class BatchAccepted(_Answer):
+    data: list[EmailAccepted]
+
+
+class EmailItem(_Answer):
+    id: str
+    message_id: str
+    from_: str = Field(alias="from")
+    subject: str
+    status: str
+    source: str
+    created_at: str | None
+    updated_at: str | None
+    scheduled_at: str | None
+    recipient_count: int | None
+    tags: dict[str, str]
+    original_email_id: str | None = Field(description="Set on a DSN: the email it is about")
+
+
+class EmailList(_Page):
+    data: list[EmailItem]
+
+
+class Attempt(_Answer):
+    attempt: int | None
+    status: str
+    mx_host: str | None
+    smtp_code: int | None
+    enhanced_code: str | None
+    response: str | None
+    bounce_rule: str | None
+    duration_ms: int | None
+    at: str | None
+
+
+class RecipientDetail(_Answer):
+    address: str
+    kind: str
+    status: str
+    smtp_code: int | None
+    enhanced_code: str | None
+    response: str | None
+    bounce_type: str | None
+    bounce_rule: str | None
+    attempts: int
+    next_attempt_at: str | None
+    updated_at: str | None
+    timeline: list[Attempt]
+
+
+class EmailEvent(_Answer):
+    id: str
+    type: str
+    recipient: str | None
+    sequence: int | None
+    created_at: str | None
+
+
+class Notification(_Answer):
+    id: str
+    type: str
+    recipient: str | None
+    status: str
+    created_at: str | None
+    updated_at: str | None
+
+
+class EmailDetail(EmailItem):
+    recipients: list[RecipientDetail]
+    events: list[EmailEvent]
+    notifications: list[Notification]
+
+
+# -- domains and keys -----------------------------------------------------------------------
+
+
+class DnsRecord(_Answer):
+    type: str
+    name: str
+    value: str
+    purpose: str
+    #: Only once the record was checked (``POST .../verify``): left out before.
+    status: str | None = Field(default=None, description="Absent until checked")
+
+
+class Domain(_Answer):
+    id: str
+    name: str
+    dkim_selector: str | None
+    dns_records: list[DnsRecord]
+    verified: bool
+    bounce_notifications: bool
+    created_at: str | None
+
+
+class DomainList(_Page):
+    data: list[Domain]
+
+
+class ApiKeyCreated(_Answer):
+    id: str
+    name: str
+    key: str = Field(description="The secret: shown in this answer only")
+    domain: str | None
+
+
+class ApiKey(_Answer):
+    id: str
+    name: str
+    prefix: str
+    domain: str | None
+    created_at: str | None
+    last_used_at: str | None
+
+
+class ApiKeyList(_Page):
+    data: list[ApiKey]
+
+
+# -- suppressions ---------------------------------------------------------------------------
+
+
+class Suppression(_Answer):
+    id: str
+    address: str
+    domain: str | None
+    reason: str
+    source_email_id: str | None
+    detail: str | None
+    created_at: str | None
+    expires_at: str | None = Field(description="Set for domain-level bounces only")
+
+
+class SuppressionList(_Page):
+    data: list[Suppression]
+
+
+# -- webhooks -------------------------------------------------------------------------------
+
+
+class Webhook(_Answer):
+    id: str
+    url: str
+    events: list[str]
+    domain: str | None
+    enabled: bool
+    disabled_reason: str | None
+    created_at: str | None
+    updated_at: str | None
+
+
+class WebhookWithSecret(Webhook):
+    secret: str = Field(description="The signing secret: shown in this answer only")
+
+
+class WebhookList(_Page):
+    data: list[Webhook]
+
+
+class WebhookTestSent(_Answer):
+    event_id: str
+    delivery_id: str
+
+
+class WebhookDelivery(_Answer):
+    id: str
+    event_id: str
+    event_type: str
+    status: str
+    attempts: int
+    next_attempt_at: str | None
+    response_code: int | None
+    response_body: str | None
+    updated_at: str | None
+
+
+class WebhookDeliveryList(_Page):
+    data: list[WebhookDelivery]
+
+
+# -- operations -----------------------------------------------------------------------------
+
+
+class Destination(_Answer):
+    domain: str
+    queued: int
+    deferred: int
+    in_flight: int
+    breaker: str = Field(description="`closed`, `open` or `half_open`")
+    breaker_until: str | None
+    consecutive_failures: int
+    last_error: str | None
+
+
+class DestinationList(_Page):
+    data: list[Destination]
+
+
+class Status(_Answer):
+    status: str
+
+
+# -- links: where an answer leads (OpenAPI 3 links) -----------------------------------------
+
+
+def link(method: str, path: str, **parameters: str) -> dict[str, Any]:
+    """An OpenAPI link to the operation ``method path``, its parameters taken from the
+    answer (``$response.body#/id``) or the request (``$request.path.webhook_id``)."""
+    pointer = path.replace("~", "~0").replace("/", "~1")
+    return {"operationRef": f"#/paths/{pointer}/{method}", "parameters": parameters}
+
+
+def links(status: int, **named: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` of a route whose ``status`` answer leads to other operations.
+
+    Clients read them as documentation; schemathesis' stateful runs
+    (tests/fuzz/test_openapi.py) follow them, from a created resource to its uses.
+    """
+    return {"responses": {str(status): {"links": named}}}
+
+
+_EMAIL = "/v1/emails/{email_id}"
+_WEBHOOK = "/v1/webhooks/{webhook_id}"
+
+
+def email_links(status: int, id_pointer: str) -> dict[str, Any]:
+    """Links from an answer that names an email (at ``id_pointer``) to what it allows."""
+    email_id = f"$response.body#{id_pointer}"
+    return links(
+        status,
+        GetEmail=link("get", _EMAIL, email_id=email_id),
+        GetEmailContent=link("get", f"{_EMAIL}/content", email_id=email_id),
+        CancelEmail=link("post", f"{_EMAIL}/cancel", email_id=email_id),
+    )
+
+
+def webhook_links(status: int) -> dict[str, Any]:
+    """Links from an answer that is a webhook endpoint to what may be done with it."""
+    webhook_id = "$response.body#/id"
+    return links(
+        status,
+        GetWebhook=link("get", _WEBHOOK, webhook_id=webhook_id),
+        PatchWebhook=link("patch", _WEBHOOK, webhook_id=webhook_id),
+        DeleteWebhook=link("delete", _WEBHOOK, webhook_id=webhook_id),
+        RotateSecret=link("post", f"{_WEBHOOK}/rotate-secret", webhook_id=webhook_id),
+        SendTest=link("post", f"{_WEBHOOK}/test", webhook_id=webhook_id),
+        ListDeliveries=link("get", f"{_WEBHOOK}/deliveries", webhook_id=webhook_id),
+    )
+
+
+def replay_links(status: int) -> dict[str, Any]:
+    """From a test event sent to an endpoint to a replay of its delivery."""
+    return links(
+        status,
+        ReplayDelivery=link(
+            "post",
+            f"{_WEBHOOK}/deliveries/{{delivery_id}}/replay",
+            webhook_id="$request.path.webhook_id",
+            delivery_id="$response.body#/delivery_id",
+        ),
+    )
