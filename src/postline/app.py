@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import httpx
 
 from postline.accept import Acceptor
 from postline.backoff import first_line
+from postline.compose import new_pool
 from postline.config import ConfigError, Settings
 from postline.delivery.bounces import BounceNotifier
 from postline.delivery.engine import Engine
@@ -55,6 +57,8 @@ class Services:
     acceptor: Acceptor
     engine: Engine
     dispatcher: Dispatcher
+    #: Where messages are built and signed, off the event loop; shut down by :meth:`close`.
+    compose_pool: Executor
 
     @classmethod
     def build(
@@ -70,6 +74,7 @@ class Services:
         spool = build_spool(settings, db)
         queue = build_queue(settings, db)
         metrics = Metrics()
+        compose_pool = new_pool()
         router = Router(
             nameservers=settings.nameservers,
             delivery_port=settings.delivery_port,
@@ -84,6 +89,7 @@ class Services:
             metrics,
             hostname=settings.hostname,
             max_message_bytes=settings.max_message_bytes,
+            compose_pool=compose_pool,
         )
         delivery = SmtpDelivery(
             router,
@@ -118,12 +124,16 @@ class Services:
 
         acceptor.notify = work_arrived
         recorder.notify = dispatcher.wake
-        return cls(settings, db, spool, queue, metrics, router, acceptor, engine, dispatcher)
+        return cls(
+            settings, db, spool, queue, metrics, router, acceptor, engine, dispatcher, compose_pool
+        )
 
     async def close(self) -> None:
         await self.engine.delivery.pool.close()
         await self.queue.close()
         await self.db.close()
+        # In a thread: joining the workers must not hold up the loop.
+        await asyncio.to_thread(self.compose_pool.shutdown, wait=True, cancel_futures=True)
 
 
 def build_spool(settings: Settings, db: Database) -> Spool:

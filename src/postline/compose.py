@@ -1,0 +1,83 @@
+"""Building and signing messages off the event loop.
+
+The stdlib ``email`` package and DKIM canonicalisation are pure Python: one batch
+of large messages kept the loop busy for seconds, and with it ``/healthz`` and
+every delivery (issue 20). They now run in a worker pool the composition root
+owns (``app.Services``) and hands to the acceptor.
+
+A process pool, not a thread pool (measured with ``bench/offloop.py``, numbers in
+docs/SECURITY.md): a worker thread holds the GIL while it builds and gives it back
+only every switch interval, so with a worker per core the loop still waited about
+100 ms at a time, and over 600 ms behind the single long C calls a large
+attachment makes; worker processes left it under 90 ms and built a batch faster.
+The price is pickling (the content there, the body back, done by the executor's
+own threads) and start-up: workers come from a ``forkserver`` that preloads this
+module, so a new one costs a fork, not an interpreter. Keys cross as PEM and are
+parsed once per worker (:func:`_signing_key`).
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+
+from postline import dkim
+from postline.message import Content, build_message
+
+
+@dataclass(frozen=True)
+class Composition:
+    """What to build: the client's content (or a message as received) and how to sign it."""
+
+    content: Content
+    message_id: str
+    date: datetime
+    raw: bytes | None = None
+    signer: Signer | None = None
+
+
+@dataclass(frozen=True)
+class Signer:
+    """A domain's DKIM key as stored: plain values, so it crosses to a worker process."""
+
+    domain: str
+    selector: str
+    private_key_pem: str
+
+
+@functools.lru_cache(maxsize=256)
+def _signing_key(signer: Signer) -> dkim.DkimKey:
+    """Parsed once per worker: parsing the PEM costs more than a signature."""
+    return dkim.DkimKey(signer.domain, signer.selector, signer.private_key_pem)
+
+
+def compose(item: Composition) -> bytes:
+    """The message ready for the spool: built unless given whole, then DKIM-signed."""
+    body = item.raw or build_message(item.content, message_id=item.message_id, date=item.date)
+    if item.signer is not None:
+        body = dkim.sign(body, _signing_key(item.signer))
+    return body
+
+
+def pool_size() -> int:
+    """One worker per core this process may use: more would only queue on the GIL."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        cores = os.cpu_count() or 1
+    return max(1, cores)
+
+
+def new_pool(workers: int = 0) -> Executor:
+    """The pool ``Services.build`` creates and ``Services.close`` shuts down.
+
+    ``forkserver``, not ``fork``: forking a process that runs threads (the executor's,
+    the database driver's) can copy a lock held by one of them into the child.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["postline.compose"])
+    return ProcessPoolExecutor(max_workers=workers or pool_size(), mp_context=context)
