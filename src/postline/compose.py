@@ -64,12 +64,16 @@ def compose(item: Composition) -> bytes:
 
 
 def pool_size() -> int:
-    """One worker per core this process may use: more would only queue on the GIL."""
+    """A worker per core this process may use, but one: the event loop keeps a core.
+
+    Workers on every core made the loop wait its turn for the CPU behind them
+    (``tests/acceptance/test_responsive.py`` measured /healthz at ~200 ms on two cores).
+    """
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on every platform
         cores = os.cpu_count() or 1
-    return max(1, cores)
+    return max(1, cores - 1)
 
 
 def new_pool(workers: int = 0) -> Executor:

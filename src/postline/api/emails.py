@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
 from datetime import UTC
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.accept import Accepted, Recipient, Submission
+from postline.api import ratelimit
 from postline.api.auth import Caller, Svc
 from postline.api.problems import Problem
 from postline.api.responses import AUTHENTICATED, WITH_BODY, problem_responses
-from postline.api.schemas import EmailIn, Timestamp
+from postline.api.schemas import Batch, BatchBody, EmailBody, EmailIn, Timestamp
 from postline.api.views import email_detail, email_item
 from postline.keys import Principal
 from postline.message import Attachment, Content
@@ -26,13 +30,64 @@ from postline.store import domains as domain_store
 from postline.store import emails as email_store
 from postline.store import idempotency
 from postline.store.types import utcnow
-from postline.validation import parse_mailbox
+from postline.validation import OverLimit, SubmissionLimits, check_request_limits, parse_mailbox
 
 router = APIRouter(
     prefix="/v1/emails",
     tags=["emails"],
     responses=problem_responses(*AUTHENTICATED, *WITH_BODY, 404, 409),
 )
+
+
+async def _within_limits(request: Request, svc: Svc, caller: Caller, *, batch: bool) -> None:
+    """Count what the request asks for before FastAPI validates a field of it.
+
+    FastAPI parses the JSON before it solves dependencies and validates the body
+    after them; Starlette keeps the parsed JSON on the request (``_json``), so this
+    counts it without parsing again. Then the rest of the rate-limit tokens are
+    taken: one per recipient, the request's own token (``api.auth``) included.
+    """
+    parsed = getattr(request, "_json", None)  # absent: not JSON, which validation refuses
+    if parsed is None:
+        return
+    emails = parsed if batch and isinstance(parsed, list) else [parsed]
+    try:
+        recipients = check_request_limits(
+            emails, SubmissionLimits.from_settings(svc.settings), batch=batch
+        )
+    except OverLimit as exc:
+        errors = [{"field": exc.field, "message": exc.message}] if exc.field else None
+        raise Problem(exc.status, exc.message, errors) from None
+    await ratelimit.charge_recipients(request, caller, recipients)
+
+
+T = TypeVar("T")
+_ONE = TypeAdapter(EmailIn)
+_MANY = TypeAdapter(Batch)
+
+
+async def validated(adapter: TypeAdapter[T], body: Any) -> T:
+    """Validate a send request's body in a worker thread, not on the event loop.
+
+    The thread holds the GIL while it runs, but validators are Python and the
+    interpreter hands the GIL to the loop every switch interval, so the loop keeps
+    answering. A refusal is the same 422 FastAPI gives for a body it validates.
+    """
+    try:
+        return await asyncio.to_thread(adapter.validate_python, body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in errors]
+        ) from None
+
+
+async def _one_within_limits(request: Request, svc: Svc, caller: Caller) -> None:
+    await _within_limits(request, svc, caller, batch=False)
+
+
+async def _batch_within_limits(request: Request, svc: Svc, caller: Caller) -> None:
+    await _within_limits(request, svc, caller, batch=True)
 
 
 def to_submission(email: EmailIn) -> Submission:
@@ -114,23 +169,32 @@ def _json(status: int, body: Any, replayed: bool = False) -> Response:
     )
 
 
-@router.post("", status_code=202, summary="Send an email")
+@router.post(
+    "", status_code=202, summary="Send an email", dependencies=[Depends(_one_within_limits)]
+)
 async def send_email(
     svc: Svc,
     caller: Caller,
-    email: EmailIn,
+    body: Annotated[EmailBody, Body()],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
+    email = await validated(_ONE, body)
     return await _accept(svc, caller, [email], idempotency_key, lambda r: r[0].as_dict(), "email")
 
 
-@router.post("/batch", status_code=202, summary="Send up to 500 emails")
+@router.post(
+    "/batch",
+    status_code=202,
+    summary="Send up to 500 emails",
+    dependencies=[Depends(_batch_within_limits)],
+)
 async def send_batch(
     svc: Svc,
     caller: Caller,
-    emails: Annotated[list[EmailIn], Body(min_length=1, max_length=500)],
+    body: Annotated[BatchBody, Body(title="Emails")],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
+    emails = await validated(_MANY, body)
     return await _accept(
         svc,
         caller,
