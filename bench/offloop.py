@@ -25,22 +25,11 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import UTC, datetime
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from postline.compose import Composition, Signer, compose, new_pool, pool_size
+from postline.domains import _generate_dkim_key
 from postline.message import Attachment, Content
 
 TICK = 0.005
-
-
-def _pem() -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
 
 
 def _batch() -> list[Content]:
@@ -99,7 +88,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    signer = Signer("example.test", "bench", _pem())
+    signer = Signer("example.test", "bench", _generate_dkim_key())
     date = datetime.now(UTC)
     threads = ThreadPoolExecutor(max_workers=pool_size())
     processes = new_pool()
