@@ -5,15 +5,16 @@ of large messages kept the loop busy for seconds, and with it ``/healthz`` and
 every delivery (issue 20). They now run in a worker pool the composition root
 owns (``app.Services``) and hands to the acceptor.
 
-A process pool, not a thread pool (measured with ``bench/offloop.py``, numbers in
-docs/SECURITY.md): a worker thread holds the GIL while it builds and gives it back
-only every switch interval, so with a worker per core the loop still waited about
-100 ms at a time, and over 600 ms behind the single long C calls a large
-attachment makes; worker processes left it under 90 ms and built a batch faster.
-The price is pickling (the content there, the body back, done by the executor's
-own threads) and start-up: workers come from a ``forkserver`` that preloads this
-module, so a new one costs a fork, not an interpreter. Keys cross as PEM and are
-parsed once per worker (:func:`_signing_key`).
+A process pool, not a thread pool (measured with ``bench/offloop.py``): a worker
+thread holds the GIL while it builds and gives it back only at switch intervals
+and never inside one long C call, so the loop still stalled 110-160 ms behind a
+batch and 0.6-1.1 s behind the base64 and DKIM passes over a large attachment;
+with worker processes those were 90-155 ms and 65-125 ms on a loaded two-core
+machine, and a batch built as fast or faster. The price is pickling (the content
+there, the body back, done by the executor's own threads) and start-up: workers
+come from a ``forkserver`` that preloads this module, so a new one costs a fork,
+not an interpreter. Keys cross as PEM and are parsed once per worker
+(:func:`_signing_key`).
 """
 
 from __future__ import annotations

