@@ -20,14 +20,23 @@ not an interpreter. Keys cross as PEM and are parsed once per worker
 from __future__ import annotations
 
 import functools
+import logging
 import multiprocessing
 import os
-from concurrent.futures import Executor, ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
+from typing import ParamSpec, TypeVar
 
 from postline import dkim
 from postline.message import Content, build_message
+
+log = logging.getLogger("postline.compose")
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -77,12 +86,40 @@ def pool_size() -> int:
     return max(1, cores - 1)
 
 
-def new_pool(workers: int = 0) -> Executor:
-    """The pool ``Services.build`` creates and ``Services.close`` shuts down.
-
-    ``forkserver``, not ``fork``: forking a process that runs threads (the executor's,
-    the database driver's) can copy a lock held by one of them into the child.
-    """
+def _process_pool(workers: int) -> ProcessPoolExecutor:
+    """``forkserver``, not ``fork``: forking a process that runs threads (the executor's,
+    the database driver's) can copy a lock held by one of them into the child."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["postline.compose"])
-    return ProcessPoolExecutor(max_workers=workers or pool_size(), mp_context=context)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+
+
+class RenewingPool(Executor):
+    """A process pool that starts afresh once broken.
+
+    When one worker dies (killed for memory, say) a ``ProcessPoolExecutor`` fails what
+    it was running and refuses everything after: without this, one lost worker would
+    have refused all mail until a restart. The requests in flight then fail; the next
+    one gets new workers.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool = _process_pool(workers)
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        try:
+            return self._pool.submit(fn, *args, **kwargs)
+        except BrokenProcessPool:
+            log.warning("a compose worker died; starting %d new ones", self.workers)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = _process_pool(self.workers)
+            return self._pool.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+def new_pool(workers: int = 0) -> Executor:
+    """The pool ``Services.build`` creates and ``Services.close`` shuts down."""
+    return RenewingPool(workers or pool_size())
