@@ -94,6 +94,8 @@ async def one_run(
             "POSTLINE_DESTINATION_CONNECTIONS": str(max(concurrency, 20)),
             "POSTLINE_SMTP_MAX_MESSAGES_PER_SESSION": "100" if reuse else "1",
             "POSTLINE_LOG_LEVEL": "WARNING",
+            # The pipeline, not the per-key limit: an email send takes a token per recipient.
+            "POSTLINE_RATE_LIMIT_PER_SECOND": "0",
         }
         server = await asyncio.create_subprocess_exec(
             str(POSTLINE), "serve", env=env, stdout=asyncio.subprocess.PIPE

@@ -8,18 +8,20 @@ commit leaves at most an unreferenced body, which orphan cleanup removes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from postline import dkim
+from postline.compose import Composition, Signer, compose
 from postline.ids import new_id
 from postline.keys import Principal
-from postline.message import Content, build_message
+from postline.message import Content
 from postline.metrics import Metrics
 from postline.model import EmailSource, EventType, RecipientStatus, derive_email_status
 from postline.outcomes import Outcome, event_row, is_customer_mail
@@ -113,6 +115,7 @@ class Acceptor:
         hostname: str,
         max_message_bytes: int,
         wakeups: Wakeups,
+        compose_pool: Executor,
     ) -> None:
         self.db = db
         self.spool = spool
@@ -120,19 +123,20 @@ class Acceptor:
         self.metrics = metrics
         self.hostname = hostname
         self.max_message_bytes = max_message_bytes
-        self._keys: dict[str, dkim.DkimKey] = {}
         #: Told after each commit, so a local engine looks at once, not at its next poll.
         self.wakeups = wakeups
+        #: Where messages are built and signed: never on the event loop (``postline.compose``).
+        #: The composition root owns it and shuts it down.
+        self.compose_pool = compose_pool
 
-    def _dkim_key(self, domain: Domain) -> dkim.DkimKey | None:
-        """The domain's signing key, loaded once (parsing the PEM costs more than signing)."""
-        if not domain.dkim_private_key:
-            return None
-        key = self._keys.get(domain.id)
-        if key is None or key.selector != domain.dkim_selector:
-            key = dkim.DkimKey(domain.name, domain.dkim_selector, domain.dkim_private_key)
-            self._keys[domain.id] = key
-        return key
+    async def _compose_all(self, items: list[Composition]) -> list[bytes]:
+        """Build and sign in the pool, all at once: the loop only waits."""
+        loop = asyncio.get_running_loop()
+        return list(
+            await asyncio.gather(
+                *(loop.run_in_executor(self.compose_pool, compose, item) for item in items)
+            )
+        )
 
     async def _sending_domain(
         self,
@@ -160,6 +164,7 @@ class Acceptor:
         self, submissions: Sequence[Submission], principal: Principal, now: datetime
     ) -> list[_Prepared]:
         prepared: list[_Prepared] = []
+        compositions: list[Composition] = []
         cache: dict[str, Domain | None] = {}
         many = len(submissions) > 1
         for index, submission in enumerate(submissions):
@@ -177,19 +182,22 @@ class Acceptor:
                     recipients.append(recipient)
             email_id = new_id("em_")
             message_id = f"<{email_id}@{self.hostname}>"
-            body = submission.raw or build_message(
-                submission.content, message_id=message_id, date=now
+            signer = None
+            if domain.dkim_private_key:
+                signer = Signer(domain.name, domain.dkim_selector, domain.dkim_private_key)
+            compositions.append(
+                Composition(submission.content, message_id, now, submission.raw, signer)
             )
-            key = self._dkim_key(domain)
-            if key is not None:
-                body = dkim.sign(body, key)
+            prepared.append(_Prepared(email_id, message_id, domain, submission, b"", recipients))
+        bodies = await self._compose_all(compositions)
+        for index, (item, body) in enumerate(zip(prepared, bodies, strict=True)):
             if len(body) > self.max_message_bytes:
                 raise AcceptError(
                     413,
-                    prefix.rstrip(".") or "body",
+                    f"[{index}]" if many else "body",
                     f"the message is {len(body)} bytes; the limit is {self.max_message_bytes}",
                 )
-            prepared.append(_Prepared(email_id, message_id, domain, submission, body, recipients))
+            item.body = body
         return prepared
 
     async def accept(
@@ -276,7 +284,8 @@ class Acceptor:
     ) -> list[Job]:
         """Queue a message Postline writes itself (a DSN) inside the caller's transaction.
 
-        ``build(message_id)`` returns the message. It goes out with the null
+        ``build(message_id)`` returns the message; it runs in the compose pool, so
+        it must pickle (a ``functools.partial`` of a module function). It goes out with the null
         sender, so nothing ever bounces back to it. It is linked to the email it
         reports on (``original_email_id``), whose detail shows it, and writes no
         ``email.*`` event: it is not the customer's mail. Returns the jobs a
@@ -284,7 +293,8 @@ class Acceptor:
         """
         email_id = new_id("em_")
         message_id = f"<{email_id}@{self.hostname}>"
-        body = build(message_id)
+        loop = asyncio.get_running_loop()
+        body = await loop.run_in_executor(self.compose_pool, build, message_id)
         await self.spool.put(email_id, body)
         sender = f"MAILER-DAEMON@{self.hostname}"
         submission = Submission(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import httpx
 
 from postline.accept import Acceptor
 from postline.backoff import first_line
+from postline.compose import new_pool
 from postline.config import ConfigError, Settings
 from postline.delivery.bounces import BounceNotifier
 from postline.delivery.breaker import Breakers
@@ -59,6 +61,8 @@ class Services:
     acceptor: Acceptor
     engine: Engine
     dispatcher: Dispatcher
+    #: Where messages are built and signed, off the event loop; shut down by :meth:`close`.
+    compose_pool: Executor
 
     @classmethod
     def build(
@@ -79,6 +83,7 @@ class Services:
         # The engine and the dispatcher listen here; the acceptor and the recorder
         # tell it when they commit work, without needing either to exist first.
         wakeups = Wakeups()
+        compose_pool = new_pool()
         router = Router(
             nameservers=settings.nameservers,
             delivery_port=settings.delivery_port,
@@ -94,6 +99,7 @@ class Services:
             hostname=settings.hostname,
             max_message_bytes=settings.max_message_bytes,
             wakeups=wakeups,
+            compose_pool=compose_pool,
         )
         delivery = SmtpDelivery(
             router,
@@ -131,12 +137,16 @@ class Services:
         )
         wakeups.on_work(engine.wake)
         wakeups.on_events(dispatcher.wake)
-        return cls(settings, db, spool, queue, metrics, router, acceptor, engine, dispatcher)
+        return cls(
+            settings, db, spool, queue, metrics, router, acceptor, engine, dispatcher, compose_pool
+        )
 
     async def close(self) -> None:
         await self.engine.delivery.pool.close()
         await self.queue.close()
         await self.db.close()
+        # In a thread: joining the workers must not hold up the loop.
+        await asyncio.to_thread(self.compose_pool.shutdown, wait=True, cancel_futures=True)
 
 
 def build_spool(settings: Settings, db: Database) -> Spool:

@@ -108,6 +108,14 @@ class Settings(BaseSettings):
     # The whole HTTP request body (a batch included), counted as it arrives; 0: derived
     # from max_message_bytes (one email base64-encoded, plus 1 MiB of JSON).
     max_request_bytes: int = 0
+    # What one send request may ask to build (validation.SubmissionLimits): recipients
+    # (to, cc and bcc of all its emails together), and per email the custom headers
+    # (how many, and their bytes together) and attachments. Each recipient also takes a
+    # rate-limit token, so a full bucket (rate_limit_burst) holds one largest request.
+    max_recipients_per_request: int = 1000
+    max_custom_headers: int = 50
+    max_custom_header_bytes: int = 16 * 1024
+    max_attachments: int = 50
     # Seconds a client has to finish sending a request's headers (slowloris), and the
     # most HTTP connections held open at once (more are answered 503 and closed).
     http_header_timeout: float = 10.0
@@ -143,8 +151,9 @@ class Settings(BaseSettings):
     webhook_disable_after_seconds: int = 5 * 24 * 3600
     log_level: str = "INFO"
     # Per API key, shared by every process on one queue (postline.ratelimit); 0 turns it off.
+    # A request takes a token, an email send one per recipient.
     rate_limit_per_second: float = 50.0
-    rate_limit_burst: int = 100
+    rate_limit_burst: int = 1000
     # Seconds a body stays in the spool after its email became final (for support and
     # GET /v1/emails/{id}/content); 0 removes it at the next housekeeping pass.
     body_retention_seconds: int = 0
@@ -272,6 +281,20 @@ class Settings(BaseSettings):
     def _check_retention(cls, value: int) -> int:
         if value < 0:
             raise ValueError("must be 0 or more")
+        return value
+
+    @field_validator("max_recipients_per_request", "max_custom_headers", "max_custom_header_bytes")
+    @classmethod
+    def _check_positive_cap(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be 1 or more")
+        return value
+
+    @field_validator("max_attachments")
+    @classmethod
+    def _check_attachment_cap(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be 0 (no attachments) or more")
         return value
 
     @field_validator("rate_limit_burst")

@@ -1,10 +1,14 @@
 """Per-key rate limits: a token bucket per API key, shared by every process.
 
 Each authenticated HTTP request, and each message submitted over SMTP, takes
-one token from its key's bucket. A bucket holds up to ``burst`` tokens and
-refills at ``rate`` per second; it lives in the queue's backend (a table of
-the embedded queue's database, or a Redis key), so API processes that share a
-queue share the budget instead of each granting the whole of it.
+one token from its key's bucket; an email send takes one per recipient (to, cc
+and bcc of all its emails), so the limit counts the work asked for, not the
+requests that carry it. A request needing more tokens than the burst could
+never go through and is refused outright (``api.ratelimit``), not told to wait.
+A bucket holds up to ``burst`` tokens and refills at ``rate`` per second; it
+lives in the queue's backend (a table of the embedded queue's database, or a
+Redis key), so API processes that share a queue share the budget instead of
+each granting the whole of it.
 
 When the backend does not answer, the request goes through unchecked (fail
 open) and a warning is logged, at most once a minute. The limit protects the
@@ -98,12 +102,15 @@ class RateLimiter:
     def describe(self) -> str:
         return describe(self.rate, self.burst)
 
-    async def check(self, key_id: str, source: EmailSource = EmailSource.API) -> Decision | None:
-        """Take a token for ``key_id``; None when limits are off or the backend failed."""
+    async def check(
+        self, key_id: str, source: EmailSource = EmailSource.API, count: int = 1
+    ) -> Decision | None:
+        """Take ``count`` tokens (1 to the burst) for ``key_id``; None when limits are off
+        or the backend failed."""
         if not self.enabled:
             return None
         try:
-            tokens = await self.queue.take_token(bucket_of(key_id), self.rate, self.burst)
+            tokens = await self.queue.take_token(bucket_of(key_id), self.rate, self.burst, count)
         except Exception as exc:
             self._let_through(exc)
             return None

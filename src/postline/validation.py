@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import re
+from dataclasses import dataclass
 from email.utils import getaddresses, parseaddr
+from typing import TYPE_CHECKING, Any
 
 from email_validator import EmailNotValidError, validate_email
+
+if TYPE_CHECKING:
+    from postline.config import Settings
 
 #: Headers Postline writes itself; a client setting them could forge routing,
 #: threading or recipients (a Bcc header would leak blind copies).
@@ -104,8 +110,14 @@ def _unquoted_angle_brackets(value: str) -> list[str]:
     return found
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_mailbox(value: str) -> tuple[str, str]:
-    """Split ``Name <addr>`` or ``addr`` into (display name, normalized address)."""
+    """Split ``Name <addr>`` or ``addr`` into (display name, normalized address).
+
+    Cached: a batch names the same sender in each of its emails, and parsing is the
+    dearest part of validating one (issue 20: validation runs on the event loop). A
+    refusal raises, so only valid mailboxes are kept, at most 4,096 of them.
+    """
     check_header_text(value)
     # parseaddr forgives a missing bracket ("<a@b.test", "Name <a@b.test"): refuse it.
     if _unquoted_angle_brackets(value) not in ([], ["<", ">"]):
@@ -145,3 +157,125 @@ def check_custom_header(name: str, value: str) -> None:
     check_header_text(value)
     if len(value) > MAX_HEADER_VALUE:
         raise ValueError(f"header {name!r} is longer than {MAX_HEADER_VALUE} characters")
+
+
+@dataclass(frozen=True)
+class SubmissionLimits:
+    """What one send request may ask Postline to build (``POSTLINE_MAX_*``).
+
+    Building and signing are the expensive part of accepting mail, and a request
+    could ask for a lot of it: 500 emails of 1,000 recipients each, or 20,000
+    custom headers, once held the event loop for seconds (issue 20). Each cap is
+    checked on the JSON as parsed, before any field is validated, so a request
+    over it costs a count and nothing more.
+    """
+
+    recipients_per_request: int = 1000
+    custom_headers: int = 50
+    custom_header_bytes: int = 16 * 1024
+    attachments: int = 50
+    message_bytes: int = 25 * 1024 * 1024
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SubmissionLimits:
+        return cls(
+            recipients_per_request=settings.max_recipients_per_request,
+            custom_headers=settings.max_custom_headers,
+            custom_header_bytes=settings.max_custom_header_bytes,
+            attachments=settings.max_attachments,
+            message_bytes=settings.max_message_bytes,
+        )
+
+
+class OverLimit(ValueError):
+    """A request past one of the caps; ``status`` is 422, or 413 for a size."""
+
+    def __init__(self, status: int, field: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.field = field
+        self.message = message
+
+
+def _count(value: Any) -> int:
+    """Addresses in a to/cc/bcc value as sent: one string or a list (else validation says)."""
+    if isinstance(value, str):
+        return 1
+    return len(value) if isinstance(value, list) else 0
+
+
+def _header_bytes(headers: dict[Any, Any]) -> int:
+    """Bytes of ``Name: value`` CRLF lines, as the headers are written (before folding)."""
+    return sum(
+        len(str(name).encode("utf-8", "surrogatepass"))
+        + len(str(value).encode("utf-8", "surrogatepass"))
+        + 4
+        for name, value in headers.items()
+    )
+
+
+def _check_email_limits(email: dict[Any, Any], limits: SubmissionLimits, prefix: str) -> None:
+    headers = email.get("headers")
+    if isinstance(headers, dict):
+        if len(headers) > limits.custom_headers:
+            raise OverLimit(
+                422,
+                prefix + "headers",
+                f"{len(headers)} custom headers; the limit is {limits.custom_headers} an email "
+                "(POSTLINE_MAX_CUSTOM_HEADERS)",
+            )
+        size = _header_bytes(headers)
+        if size > limits.custom_header_bytes:
+            raise OverLimit(
+                422,
+                prefix + "headers",
+                f"the custom headers are {size} bytes; the limit is {limits.custom_header_bytes}"
+                " an email (POSTLINE_MAX_CUSTOM_HEADER_BYTES)",
+            )
+    attachments = email.get("attachments")
+    if isinstance(attachments, list):
+        if len(attachments) > limits.attachments:
+            raise OverLimit(
+                422,
+                prefix + "attachments",
+                f"{len(attachments)} attachments; the limit is {limits.attachments} an email "
+                "(POSTLINE_MAX_ATTACHMENTS)",
+            )
+        # base64 holds 3 bytes in 4 characters: what the files weigh once decoded.
+        size = sum(
+            len(item["content"]) * 3 // 4
+            for item in attachments
+            if isinstance(item, dict) and isinstance(item.get("content"), str)
+        )
+        if size > limits.message_bytes:
+            raise OverLimit(
+                413,
+                prefix + "attachments",
+                f"the attachments are {size} bytes; the whole message may be at most "
+                f"{limits.message_bytes} (POSTLINE_MAX_MESSAGE_BYTES)",
+            )
+
+
+def check_request_limits(emails: list[Any], limits: SubmissionLimits, *, batch: bool) -> int:
+    """Check a send request's JSON against ``limits``; the recipients it names.
+
+    Runs on the body as parsed, before validation: only counts and lengths, so a
+    request that asks for too much is refused (``OverLimit``) before any address
+    is parsed or any message built. Values of the wrong shape count as nothing
+    here; validation refuses them next.
+    """
+    recipients = 0
+    for index, email in enumerate(emails):
+        if not isinstance(email, dict):
+            continue
+        recipients += sum(_count(email.get(kind)) for kind in ("to", "cc", "bcc"))
+        _check_email_limits(email, limits, f"[{index}]." if batch else "")
+    if recipients > limits.recipients_per_request:
+        where = "the emails of this batch have" if batch else "this email has"
+        raise OverLimit(
+            422,
+            "" if batch else "to",
+            f"{where} {recipients} recipients (to, cc and bcc together); the limit is "
+            f"{limits.recipients_per_request} a request (POSTLINE_MAX_RECIPIENTS_PER_REQUEST)",
+        )
+    return recipients

@@ -18,6 +18,7 @@ import pytest_asyncio
 from sqlalchemy import func, select
 
 from postline.accept import Acceptor, Recipient, Submission
+from postline.compose import new_pool
 from postline.config import normalize_database_url
 from postline.delivery.record import RecipientResult, Recorder
 from postline.domains import create_domain
@@ -91,6 +92,7 @@ async def installation(database_url: str) -> AsyncIterator[Installation]:
     box = SecretBox(new_key(), "test")
     databases = [Database(url, box) for _ in range(3)]
     api_db, *worker_dbs = databases
+    pool = new_pool(1)
 
     def worker(index: int, db: Database) -> Worker:
         queue = EmbeddedQueue(db)
@@ -107,12 +109,14 @@ async def installation(database_url: str) -> AsyncIterator[Installation]:
             hostname="api.example.test",
             max_message_bytes=1_000_000,
             wakeups=Wakeups(),
+            compose_pool=pool,
         )
         first, second = (worker(i, db) for i, db in enumerate(worker_dbs, 1))
         yield Installation(acceptor, (first, second), api_db)
     finally:
         for db in databases:
             await db.close()
+        pool.shutdown()
 
 
 async def _accept(acceptor: Acceptor, round_: int) -> str:

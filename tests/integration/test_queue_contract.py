@@ -423,6 +423,20 @@ async def test_a_bucket_allows_its_burst_then_refuses_with_a_wait(queue: Queue) 
     assert not again.allowed and 0 < again.wait <= refused.wait, "a refusal takes nothing"
 
 
+async def test_a_take_of_many_tokens_is_all_or_nothing(queue: Queue) -> None:
+    """Email sends take a token per recipient (``ratelimit``): one take, whole or refused."""
+    first = await queue.take_token("key:n", SLOW, 10, count=7)
+    assert first.allowed and round(first.remaining) == 3
+    refused = await queue.take_token("key:n", SLOW, 10, count=4)
+    assert not refused.allowed and round(refused.remaining) == 3, "a refusal takes nothing"
+    # One token at 0.01/s is 100 s away, less what refilled since.
+    assert 90 < refused.wait <= 100
+    rest = await queue.take_token("key:n", SLOW, 10, count=3)
+    assert rest.allowed and rest.remaining < 1
+    with pytest.raises(ValueError):
+        await queue.take_token("key:n", SLOW, 10, count=11)
+
+
 async def test_buckets_are_separate(queue: Queue) -> None:
     assert (await queue.take_token("key:a", SLOW, 1)).allowed
     assert not (await queue.take_token("key:a", SLOW, 1)).allowed

@@ -74,4 +74,4 @@ def test_settings_refuse_a_negative_or_infinite_limit(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_settings(data_dir=tmp_path, hostname="h.test", **{field: value})
     defaults = load_settings(data_dir=tmp_path, hostname="h.test")
-    assert (defaults.rate_limit_per_second, defaults.rate_limit_burst) == (50.0, 100)
+    assert (defaults.rate_limit_per_second, defaults.rate_limit_burst) == (50.0, 1000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -11,9 +12,12 @@ from hypothesis import strategies as st
 from postline.validation import (
     MAX_HEADER_VALUE,
     STRUCTURAL_HEADERS,
+    OverLimit,
+    SubmissionLimits,
     check_attachment_type,
     check_custom_header,
     check_header_text,
+    check_request_limits,
     normalize_address,
     parse_mailbox,
 )
@@ -339,3 +343,61 @@ def test_structural_attachment_types_are_refused(content_type: str) -> None:
     with pytest.raises(ValueError, match="structural MIME type"):
         check_attachment_type(content_type)
     check_attachment_type("application/pdf")
+
+
+# --- what one send request may ask for (check_request_limits) -----------------------------
+
+LIMITS = SubmissionLimits(
+    recipients_per_request=5,
+    custom_headers=2,
+    custom_header_bytes=40,
+    attachments=1,
+    message_bytes=30,
+)
+
+
+def _email(**fields: Any) -> dict[str, Any]:
+    return {"from": "a@example.test", "to": "b@dest.test"} | fields
+
+
+def test_request_limits_count_every_recipient_of_every_email() -> None:
+    emails = [_email(to=["1@d.test", "2@d.test"], cc="3@d.test"), _email(bcc=["4@d.test"])]
+    assert check_request_limits(emails, LIMITS, batch=True) == 5
+    emails.append(_email())
+    with pytest.raises(OverLimit) as raised:
+        check_request_limits(emails, LIMITS, batch=True)
+    assert raised.value.status == 422
+    assert "6 recipients" in raised.value.message
+    assert "POSTLINE_MAX_RECIPIENTS_PER_REQUEST" in raised.value.message
+
+
+def test_request_limits_ignore_shapes_that_validation_refuses() -> None:
+    """Counting only: a wrong shape is validation's to refuse, with its own message."""
+    emails: list[Any] = [None, "x", _email(to=7, headers=[1], attachments="no")]
+    assert check_request_limits(emails, LIMITS, batch=True) == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "field"),
+    [
+        ({"headers": {"X-A": "1", "X-B": "2", "X-C": "3"}}, 422, "[0].headers"),
+        ({"headers": {"X-A": "v" * 40}}, 422, "[0].headers"),
+        ({"attachments": [{"content": "QQ=="}, {"content": "QQ=="}]}, 422, "[0].attachments"),
+        ({"attachments": [{"content": "QUJD" * 11}]}, 413, "[0].attachments"),
+    ],
+)
+def test_request_limits_on_headers_and_attachments(
+    fields: dict[str, Any], status: int, field: str
+) -> None:
+    with pytest.raises(OverLimit) as raised:
+        check_request_limits([_email(**fields)], LIMITS, batch=True)
+    assert (raised.value.status, raised.value.field) == (status, field)
+
+
+def test_request_limits_at_their_edges_pass() -> None:
+    # 2 headers of "X-A: " + 15 + CRLF = 22 and 18 bytes: 40 together, the limit.
+    fields = {
+        "headers": {"X-A": "v" * 15, "X-B": "v" * 11},
+        "attachments": [{"content": "QUJD" * 10}],
+    }
+    assert check_request_limits([_email(**fields)], LIMITS, batch=False) == 1

@@ -1,10 +1,11 @@
 """The per-key rate limit at the HTTP door (``postline.ratelimit``).
 
 Every authenticated request takes a token once its key is known; without one
-it is answered 429 with ``Retry-After``. ``/healthz``, ``/readyz`` and
-``/metrics`` take none. Every authenticated answer, success or problem,
-carries ``ratelimit-limit`` (the burst), ``ratelimit-remaining`` and
-``ratelimit-reset`` (seconds until the bucket is full again), as API.md
+it is answered 429 with ``Retry-After``. An email send takes the rest of its
+tokens, one per recipient, once its body is counted (:func:`charge_recipients`).
+``/healthz``, ``/readyz`` and ``/metrics`` take none. Every authenticated answer,
+success or problem, carries ``ratelimit-limit`` (the burst), ``ratelimit-remaining``
+and ``ratelimit-reset`` (seconds until the bucket is full again), as API.md
 promises: the dependency leaves its decision in the request's state and
 ``RateLimitHeaders`` writes it on whatever answer goes out.
 """
@@ -31,12 +32,36 @@ def headers(decision: Decision) -> dict[str, str]:
     }
 
 
-async def enforce(request: Request, caller: Principal) -> None:
-    """Take a token for the caller's key; raise the 429 problem when there is none."""
+def _limiter(request: Request) -> RateLimiter | None:
     limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
+    return limiter if limiter is not None and limiter.enabled else None
+
+
+async def charge_recipients(request: Request, caller: Principal, recipients: int) -> None:
+    """An email send costs a token per recipient, its request's own (taken at
+    authentication) included. More than the burst could never be granted, so that is
+    the 422 problem at once, not a 429 to wait on."""
+    limiter = _limiter(request)
     if limiter is None:
         return
-    decision = await limiter.check(caller.key_id)
+    if recipients > limiter.burst:
+        raise Problem(
+            422,
+            f"this request needs {recipients} rate-limit tokens (one per recipient) and this "
+            f"key's bucket holds at most {limiter.burst} (POSTLINE_RATE_LIMIT_BURST); "
+            "send the recipients in smaller requests",
+        )
+    if recipients > 1:
+        await enforce(request, caller, count=recipients - 1)
+
+
+async def enforce(request: Request, caller: Principal, count: int = 1) -> None:
+    """Take ``count`` tokens (at most the burst) for the caller's key; raise the 429
+    problem when there are too few."""
+    limiter = _limiter(request)
+    if limiter is None:
+        return
+    decision = await limiter.check(caller.key_id, count=count)
     if decision is None:
         return
     setattr(request.state, _STATE_KEY, decision)

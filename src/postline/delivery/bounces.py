@@ -7,10 +7,12 @@ engine; a DSN about a DSN, or about mail from a null sender, is never sent.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -90,16 +92,16 @@ class BounceNotifier:
             for f in failures
         ]
 
-        def build(message_id: str) -> bytes:
-            return build_dsn(
-                reporting_mta=self.hostname,
-                original=original,
-                recipients=recipients,
-                notify_to=notify_to,
-                arrival=email.created_at,
-                now=now,
-                message_id=message_id,
-            )
+        # A partial of a module function, not a closure: it is built in the compose pool.
+        build = functools.partial(
+            _build,
+            reporting_mta=self.hostname,
+            original=original,
+            recipients=recipients,
+            notify_to=notify_to,
+            arrival=email.created_at,
+            now=now,
+        )
 
         jobs = await self.acceptor.stage_notification(
             conn,
@@ -111,3 +113,8 @@ class BounceNotifier:
         )
         log.info("dsn queued for email_id=%s recipients=%d", email.id, len(failures))
         return jobs
+
+
+def _build(message_id: str, **fields: Any) -> bytes:
+    """``build_dsn`` with the message id first, as ``Acceptor.stage_notification`` calls it."""
+    return build_dsn(message_id=message_id, **fields)

@@ -40,15 +40,19 @@ class Tokens:
 _LEAST_WAIT = 0.001
 
 
-def check_bucket(rate: float, burst: int) -> None:
-    """A bucket that could never hold a token is a caller's mistake, not a refusal."""
+def check_bucket(rate: float, burst: int, count: int = 1) -> None:
+    """A bucket that could never hold the tokens asked for is a caller's mistake, not a
+    refusal: the caller refuses such a request itself (``ratelimit.RateLimiter.check``)."""
     if not (math.isfinite(rate) and rate > 0) or burst < 1:
         raise ValueError(f"a rate bucket needs rate > 0 and burst >= 1, not {rate}, {burst}")
+    if not 1 <= count <= burst:
+        raise ValueError(f"a take needs 1 to burst ({burst}) tokens, not {count}")
 
 
-def wait_for_token(tokens: float, rate: float) -> float:
-    """Seconds until a bucket holding ``tokens`` (< 1) has one, at ``rate`` per second."""
-    return max((1.0 - tokens) / rate, _LEAST_WAIT)
+def wait_for_token(tokens: float, rate: float, count: int = 1) -> float:
+    """Seconds until a bucket holding ``tokens`` (< ``count``) has ``count``, at ``rate``
+    per second."""
+    return max((count - tokens) / rate, _LEAST_WAIT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,12 +167,13 @@ class Queue(ABC):
         """Leased jobs per destination domain."""
 
     @abstractmethod
-    async def take_token(self, bucket: str, rate: float, burst: int) -> Tokens:
-        """Take one token from ``bucket``, atomically for every process sharing the queue.
+    async def take_token(self, bucket: str, rate: float, burst: int, count: int = 1) -> Tokens:
+        """Take ``count`` tokens (1 to ``burst``) from ``bucket``, atomically for every
+        process sharing the queue.
 
         A token bucket: it holds up to ``burst`` tokens (full when first used) and
-        gains ``rate`` per second. A take that finds one token or more removes one;
-        one that finds less changes nothing and says how long until there is one.
+        gains ``rate`` per second. A take that finds ``count`` tokens or more removes
+        them; one that finds fewer changes nothing and says how long until there are.
         Kept in the queue's backend so that several API processes share one budget;
         the backend's clock, where it has one, so that their clocks need not agree.
         """

@@ -30,6 +30,7 @@ class _Take:
     bucket: str
     rate: float
     burst: int
+    count: int
     done: asyncio.Future[Tokens] = field(repr=False)
 
 
@@ -39,9 +40,9 @@ class BucketTaker:
         self._waiting: list[_Take] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def take(self, bucket: str, rate: float, burst: int) -> Tokens:
+    async def take(self, bucket: str, rate: float, burst: int, count: int = 1) -> Tokens:
         done: asyncio.Future[Tokens] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Take(bucket, rate, burst, done))
+        self._waiting.append(_Take(bucket, rate, burst, count, done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_all(), name="rate-buckets")
         return await done
@@ -66,11 +67,11 @@ class BucketTaker:
         async with self.db.write() as conn:
             for take in batch:
                 taken, tokens = await rate_buckets.take(
-                    conn, self.db.is_sqlite, take.bucket, take.rate, take.burst
+                    conn, self.db.is_sqlite, take.bucket, take.rate, take.burst, take.count
                 )
                 if taken:
                     results.append(Tokens(allowed=True, remaining=tokens, wait=0.0))
                 else:
-                    wait = wait_for_token(tokens, take.rate)
+                    wait = wait_for_token(tokens, take.rate, take.count)
                     results.append(Tokens(allowed=False, remaining=tokens, wait=wait))
         return results

@@ -700,10 +700,10 @@ class EmbeddedQueue(Queue):
     async def in_flight(self) -> dict[str, int]:
         return await self._count_by_destination(jobs_table.c.lease_until >= utcnow())
 
-    async def take_token(self, bucket: str, rate: float, burst: int) -> Tokens:
+    async def take_token(self, bucket: str, rate: float, burst: int, count: int = 1) -> Tokens:
         """A table in the store; concurrent takes share a transaction (``queue.buckets``)."""
-        check_bucket(rate, burst)
-        return await self._buckets.take(bucket, rate, burst)
+        check_bucket(rate, burst, count)
+        return await self._buckets.take(bucket, rate, burst, count)
 
     async def park(self, job: Job, until: datetime, conn: AsyncConnection | None = None) -> None:
         """``parked_until`` marks the wait: :meth:`release_parked` finds it by that

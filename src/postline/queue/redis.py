@@ -248,15 +248,16 @@ class RedisQueue(Queue):
     async def in_flight(self) -> dict[str, int]:
         return await self._counts(self._keys[6])
 
-    async def take_token(self, bucket: str, rate: float, burst: int) -> Tokens:
+    async def take_token(self, bucket: str, rate: float, burst: int, count: int = 1) -> Tokens:
         """One script over one key, on the Redis server's clock (``redis_lua.BUCKET_TAKE``)."""
-        check_bucket(rate, burst)
+        check_bucket(rate, burst, count)
         key = f"{self.prefix}:rate:{bucket}"
-        taken, tokens = await self._take_token(keys=[key], args=[repr(float(rate)), burst])
+        args: list[str | int] = [repr(float(rate)), burst, count]
+        taken, tokens = await self._take_token(keys=[key], args=args)
         left = float(tokens)
         if int(taken):
             return Tokens(allowed=True, remaining=left, wait=0.0)
-        return Tokens(allowed=False, remaining=left, wait=wait_for_token(left, rate))
+        return Tokens(allowed=False, remaining=left, wait=wait_for_token(left, rate, count))
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -311,15 +311,16 @@ return freed
 """
 )
 
-#: KEYS: the bucket's hash. ARGV: rate (tokens per second), burst. Returns {1, tokens left}
-#: when a token was taken, {0, tokens available} when there was less than one.
+#: KEYS: the bucket's hash. ARGV: rate (tokens per second), burst, count (tokens to take,
+#: 1 to burst). Returns {1, tokens left} when they were taken, {0, tokens available} when
+#: there were fewer.
 #:
 #: Not built on ``_COMMON``: a bucket is one key of its own, declared, and has nothing to
 #: do with the jobs. The hash holds ``tokens`` as of ``ts`` (the server's clock, epoch
 #: seconds); a refusal writes nothing. The key expires when the bucket would be full
 #: again, so idle buckets vanish, and a bucket that does not exist is a full one.
 BUCKET_TAKE = r"""
-local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rate, burst, count = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3] or '1')
 local t = redis.call('TIME')
 local now = tonumber(string.format('%d.%06d', t[1], t[2]))
 local function fixed(value) return string.format('%.6f', value) end
@@ -327,8 +328,8 @@ local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens, ts = tonumber(state[1]), tonumber(state[2])
 if tokens == nil or ts == nil then tokens, ts = burst, now end
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-if tokens < 1 then return {0, fixed(tokens)} end
-tokens = tokens - 1
+if tokens < count then return {0, fixed(tokens)} end
+tokens = tokens - count
 redis.call('HSET', KEYS[1], 'tokens', fixed(tokens), 'ts', fixed(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
 return {1, fixed(tokens)}

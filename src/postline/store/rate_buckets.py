@@ -45,23 +45,24 @@ def _available(is_sqlite: bool) -> Any:
 
 @functools.cache
 def _take(is_sqlite: bool) -> Any:
-    """Parameters: ``bucket``, ``rate``, ``burst`` (and ``now`` on SQLite).
+    """Parameters: ``bucket``, ``rate``, ``burst``, ``count`` (and ``now`` on SQLite).
 
-    Returns ``tokens`` left if a token was taken, no row if the bucket had less
-    than one (the row is left as it was). A new bucket starts full.
+    Returns ``tokens`` left if ``count`` tokens were taken, no row if the bucket had
+    fewer (the row is left as it was). A new bucket starts full.
     """
     dialect: Any = sqlite if is_sqlite else postgresql
     now = _now(is_sqlite)
     available = _available(is_sqlite)
+    count = bindparam("count", type_=Float())
     statement = dialect.insert(rate_buckets).values(
         bucket=bindparam("bucket", type_=String()),
-        tokens=bindparam("burst", type_=Float()) - 1.0,
+        tokens=bindparam("burst", type_=Float()) - count,
         updated_at=now,
     )
     return statement.on_conflict_do_update(
         index_elements=[rate_buckets.c.bucket],
-        set_={"tokens": available - 1.0, "updated_at": now},
-        where=available >= 1.0,
+        set_={"tokens": available - count, "updated_at": now},
+        where=available >= count,
     ).returning(rate_buckets.c.tokens)
 
 
@@ -74,10 +75,16 @@ def _look(is_sqlite: bool) -> Any:
 
 
 async def take(
-    conn: AsyncConnection, is_sqlite: bool, bucket: str, rate: float, burst: float
+    conn: AsyncConnection, is_sqlite: bool, bucket: str, rate: float, burst: float, count: int = 1
 ) -> tuple[bool, float]:
-    """Take a token in the caller's write transaction: (taken, tokens left or available)."""
-    params: dict[str, Any] = {"bucket": bucket, "rate": rate, "burst": float(burst)}
+    """Take ``count`` tokens in the caller's write transaction: (taken, tokens left or
+    available). ``count`` is at most ``burst`` (``queue.base.check_bucket``)."""
+    params: dict[str, Any] = {
+        "bucket": bucket,
+        "rate": rate,
+        "burst": float(burst),
+        "count": float(count),
+    }
     if is_sqlite:
         params["now"] = time.time()
     left = (await conn.execute(_take(is_sqlite), params)).scalar()

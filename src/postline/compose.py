@@ -1,0 +1,125 @@
+"""Building and signing messages off the event loop.
+
+The stdlib ``email`` package and DKIM canonicalisation are pure Python: one batch
+of large messages kept the loop busy for seconds, and with it ``/healthz`` and
+every delivery (issue 20). They now run in a worker pool the composition root
+owns (``app.Services``) and hands to the acceptor.
+
+A process pool, not a thread pool (measured with ``bench/offloop.py``): a worker
+thread holds the GIL while it builds and gives it back only at switch intervals
+and never inside one long C call, so the loop still stalled 110-160 ms behind a
+batch and 0.6-1.1 s behind the base64 and DKIM passes over a large attachment;
+with worker processes those were 90-155 ms and 65-125 ms on a loaded two-core
+machine, and a batch built as fast or faster. The price is pickling (the content
+there, the body back, done by the executor's own threads) and start-up: workers
+come from a ``forkserver`` that preloads this module, so a new one costs a fork,
+not an interpreter. Keys cross as PEM and are parsed once per worker
+(:func:`_signing_key`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from datetime import datetime
+from typing import ParamSpec, TypeVar
+
+from postline import dkim
+from postline.message import Content, build_message
+
+log = logging.getLogger("postline.compose")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Composition:
+    """What to build: the client's content (or a message as received) and how to sign it."""
+
+    content: Content
+    message_id: str
+    date: datetime
+    raw: bytes | None = None
+    signer: Signer | None = None
+
+
+@dataclass(frozen=True)
+class Signer:
+    """A domain's DKIM key as stored: plain values, so it crosses to a worker process."""
+
+    domain: str
+    selector: str
+    private_key_pem: str
+
+
+@functools.lru_cache(maxsize=256)
+def _signing_key(signer: Signer) -> dkim.DkimKey:
+    """Parsed once per worker: parsing the PEM costs more than a signature."""
+    return dkim.DkimKey(signer.domain, signer.selector, signer.private_key_pem)
+
+
+def compose(item: Composition) -> bytes:
+    """The message ready for the spool: built unless given whole, then DKIM-signed."""
+    body = item.raw or build_message(item.content, message_id=item.message_id, date=item.date)
+    if item.signer is not None:
+        body = dkim.sign(body, _signing_key(item.signer))
+    return body
+
+
+def pool_size() -> int:
+    """A worker per core this process may use, but one: the event loop keeps a core.
+
+    Workers on every core made the loop wait its turn for the CPU behind them
+    (``tests/acceptance/test_responsive.py`` measured /healthz at ~200 ms on two cores).
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
+def _process_pool(workers: int) -> ProcessPoolExecutor:
+    """``forkserver``, not ``fork``: forking a process that runs threads (the executor's,
+    the database driver's) can copy a lock held by one of them into the child."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["postline.compose"])
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+
+
+class RenewingPool(Executor):
+    """A process pool that starts afresh once broken.
+
+    When one worker dies (killed for memory, say) a ``ProcessPoolExecutor`` fails what
+    it was running and refuses everything after: without this, one lost worker would
+    have refused all mail until a restart. The requests in flight then fail; the next
+    one gets new workers.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool = _process_pool(workers)
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        try:
+            return self._pool.submit(fn, *args, **kwargs)
+        except BrokenProcessPool:
+            log.warning("a compose worker died; starting %d new ones", self.workers)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = _process_pool(self.workers)
+            return self._pool.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+def new_pool(workers: int = 0) -> Executor:
+    """The pool ``Services.build`` creates and ``Services.close`` shuts down."""
+    return RenewingPool(workers or pool_size())
