@@ -22,7 +22,9 @@ from __future__ import annotations
 import functools
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -91,7 +93,28 @@ def _process_pool(workers: int) -> ProcessPoolExecutor:
     the database driver's) can copy a lock held by one of them into the child."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["postline.compose"])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_die_with_parent
+    )
+
+
+def _die_with_parent() -> None:
+    """A worker ends when the process that owns the pool does, even by SIGKILL.
+
+    Without this a killed ``postline`` leaves its workers waiting on their call queue
+    for ever, holding its stdout and stderr open; and the forkserver cannot notice
+    either, since every worker holds its "alive" pipe too. Each worker gets a pipe
+    end from its owner (the parent sentinel) that reaches EOF when the owner dies.
+    """
+    owner = multiprocessing.parent_process()
+    if owner is None:  # not a pool worker (called by hand)
+        return
+    threading.Thread(target=_exit_on_eof, args=(owner.sentinel,), daemon=True).start()
+
+
+def _exit_on_eof(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(0)
 
 
 class RenewingPool(Executor):
