@@ -285,7 +285,12 @@ class Engine:
         for job in jobs:
             with contextlib.suppress(Exception):
                 released += await self.queue.release(job)
-        log.info("drained; released %d of %d unfinished jobs", released, len(pending))
+        log.info("drained; released %d unfinished jobs", released)
+        if released < len(jobs):
+            log.info(
+                "%d unfinished jobs were another worker's or could not be released",
+                len(jobs) - released,
+            )
 
     async def _process(self, job: Job) -> None:
         started = time.monotonic()
