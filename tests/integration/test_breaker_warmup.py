@@ -30,18 +30,7 @@ async def db(database_url: str) -> AsyncIterator[Database]:
     url = normalize_database_url(database_url)
     await upgrade_async(url)
     database = Database(url)
-    async with database.write() as conn:
-        await conn.execute(
-            insert(domains).values(
-                id="dom_1",
-                name="example.test",
-                dkim_selector="s1",
-                verified=True,
-                bounce_notifications=True,
-                created_at=NOW,
-                updated_at=NOW,
-            )
-        )
+    await _history_domain(database, "example.test")
     try:
         yield database
     finally:
@@ -238,7 +227,7 @@ async def test_an_operators_close_outlasts_a_restart(postline_factory: Factory) 
     """Warm-up counts only the failures after the operator's last close of a destination:
     a worker restarted after the close must not reopen the breaker from older ones."""
     pl = await postline_factory(engine=False)
-    await _history_domain(pl.services.db)
+    await _history_domain(pl.services.db, "history.test")  # example.test is Postline's
     now = utcnow().replace(microsecond=0)
     history = History(pl.services.db, now=now)
     await history.failures(5, first_minutes_ago=8)  # 8..4 minutes ago: open until 1 from now
@@ -253,13 +242,13 @@ async def test_an_operators_close_outlasts_a_restart(postline_factory: Factory) 
     assert (view.state, view.consecutive_failures) == (BreakerState.CLOSED, 2)
 
 
-async def _history_domain(db: Database) -> None:
-    """The sending domain ``History`` writes its emails under, in a Postline's own store."""
+async def _history_domain(db: Database, name: str) -> None:
+    """The sending domain ``History`` writes its emails under (id ``dom_1``)."""
     async with db.write() as conn:
         await conn.execute(
             insert(domains).values(
                 id="dom_1",
-                name="history.test",
+                name=name,
                 dkim_selector="s1",
                 verified=True,
                 bounce_notifications=True,
