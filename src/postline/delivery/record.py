@@ -404,7 +404,8 @@ def _taken_over(jobs: Sequence[Job], lost: int) -> None:
     """The queue refused to finish jobs whose lease had gone to another worker.
 
     The lease is asked for right before the final dot, so this is a worker that
-    stalled between the dot and its recording: the new owner delivers again.
+    stalled between the dot and its recording. The outcomes are recorded all the
+    same; the new owner finds those recipients final and does not send to them again.
     """
     log.warning(
         "lease lost before recording: %d of job(s) %s belong to another worker now",
