@@ -11,6 +11,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
+from tests.harness.capability import missing
 from tests.harness.fixtures import fake_dns, fake_mx, fake_mx_factory
 from tests.harness.postline import PostlineUnderTest, postline_factory
 
@@ -20,14 +21,6 @@ PG_ADMIN_DSN = os.environ.get("POSTLINE_TEST_PG", "postgresql://postgres@127.0.0
 REDIS_URL = os.environ.get("POSTLINE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
-def unavailable(service: str, reason: str) -> None:
-    """In CI a missing service fails the run; on a laptop it skips with the reason."""
-    message = f"{service} is not reachable ({reason})"
-    if os.environ.get("CI"):
-        pytest.fail(message + " — CI must provide it", pytrace=False)
-    pytest.skip(message)
-
-
 @pytest_asyncio.fixture
 async def postgres_url() -> AsyncIterator[str]:
     """A fresh, empty PostgreSQL database for this test, dropped afterwards."""
@@ -35,8 +28,7 @@ async def postgres_url() -> AsyncIterator[str]:
     try:
         admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
     except (OSError, asyncpg.PostgresError) as exc:
-        unavailable("PostgreSQL", str(exc))
-        raise
+        missing("PostgreSQL", str(exc))
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
@@ -59,8 +51,7 @@ async def redis_url() -> str:
     try:
         await client.ping()
     except (OSError, aioredis.RedisError) as exc:
-        unavailable("Redis", f"{REDIS_URL}: {exc}")
-        raise
+        missing("Redis", f"{REDIS_URL}: {exc}")
     finally:
         await client.aclose()
     return REDIS_URL

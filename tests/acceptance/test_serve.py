@@ -17,6 +17,9 @@ from tests.harness.fake_dns import FakeDNS
 from tests.harness.fake_mx import FakeMX
 
 SHUTDOWN_TIMEOUT = 5.0
+#: How long a stopping process may take before the test calls it hung: far more than the
+#: drain, so that a loaded machine never fails it; the tests assert what the exit left.
+EXIT_BOUND = SHUTDOWN_TIMEOUT + 60
 
 
 def route_to(fake_dns: FakeDNS, fake_mx: FakeMX, domain: str = "dest.test") -> None:
@@ -46,6 +49,12 @@ def only_recipient(detail: dict[str, Any]) -> dict[str, Any]:
     recipients: list[dict[str, Any]] = detail["recipients"]
     assert len(recipients) == 1, detail
     return recipients[0]
+
+
+def _released_some(line: str) -> bool:
+    """A drain log line that gave jobs back unfinished."""
+    match = re.search(r"drained; released (\d+) unfinished", line)
+    return match is not None and int(match.group(1)) > 0
 
 
 def message_ids(fake_mx: FakeMX, address: str) -> list[str]:
@@ -126,15 +135,15 @@ async def test_sigterm_finishes_in_flight_deliveries_and_exits_0(
     addresses = [f"user{i}@dest.test" for i in range(3)]
     sent = [await server.send(key, to=address) for address in addresses]
     await fake_mx.wait_for_connections(len(addresses), timeout=10)  # all three in flight
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     server.signal(signal.SIGTERM)
-    code = await server.wait_exit(SHUTDOWN_TIMEOUT + 10)
-    elapsed = loop.time() - started
-    assert code == 0, server.describe()
-    assert elapsed < SHUTDOWN_TIMEOUT + 2, f"took {elapsed:.1f}s\n{server.describe()}"
+    # A bound that catches a hang only: how fast the exit comes is not what is tested.
+    assert await server.wait_exit(EXIT_BOUND) == 0, server.describe()
     assert any(line.endswith(" stopped") for line in server.stderr), server.describe()
     assert not any("Traceback" in line for line in server.stderr), server.describe()
+    # Finished before the exit, not given back: every message is at the MX already.
+    for address, email in zip(addresses, sent, strict=True):
+        assert message_ids(fake_mx, address) == [email["message_id"]], server.describe()
+    assert not any(_released_some(line) for line in server.stderr), server.describe()
 
     fake_mx.clear()
     again = await launch(install, "serve", "--no-sandbox")
@@ -167,14 +176,13 @@ async def test_sigterm_releases_stuck_deliveries_within_the_timeout(
     addresses = [f"stuck{i}@dest.test" for i in range(3)]
     sent = [await server.send(key, to=address) for address in addresses]
     await fake_mx.wait_for_connections(len(addresses), timeout=10)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     server.signal(signal.SIGTERM)
-    code = await server.wait_exit(30)
-    elapsed = loop.time() - started
-    assert code == 0, server.describe()
-    assert elapsed < shutdown_timeout + 2, f"took {elapsed:.1f}s\n{server.describe()}"
+    assert await server.wait_exit(EXIT_BOUND) == 0, server.describe()
     assert any(line.endswith(" stopped") for line in server.stderr), server.describe()
+    # Cut off at the drain timeout and given back, not waited for: the MX has nothing.
+    assert fake_mx.received == [], fake_mx
+    released = await server.wait_for_line(r"drained; released (\d+) unfinished", stream="stderr")
+    assert int(released.group(1)) == len(addresses), server.describe()
 
     fake_mx.clear()
     again = await launch(install, "serve", "--no-sandbox")

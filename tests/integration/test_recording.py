@@ -105,9 +105,13 @@ async def test_a_job_whose_worker_died_is_delivered_after_its_lease_expires(
     async with pl.services.db.write() as conn:  # its lease ran out
         await conn.execute(update(queue_jobs).values(lease_until=utcnow() - timedelta(seconds=1)))
     pl.start_engine()
-    await pl.wait_for_status(sent["id"], ["delivered"])
+    detail = await pl.wait_for_status(sent["id"], ["delivered"])
     assert len(fake_mx.received) == 1
-    assert dead.id  # the same job, picked up again
+    assert detail["recipients"][0]["attempts"] == 1
+    # The same job, picked up again and finished: none is left, and the dead worker's
+    # lease on it is no longer anything to ack.
+    assert await pl.services.queue.depth() == {}
+    assert not await pl.services.queue.ack(dead)
 
 
 async def test_redelivery_skips_recipients_already_final(

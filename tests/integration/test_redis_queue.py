@@ -158,18 +158,19 @@ async def test_counters_stay_exact_under_stale_calls(make: Make) -> None:
     queue = make()
     await queue.enqueue([job(), job()])
     first, second = await queue.lease("w1", 10, 60)
-    await queue.ack(first)
-    await queue.ack(first)  # twice
-    await queue.release(first)  # after it is gone
-    await queue.retry(first, utcnow(), [])
+    assert await queue.ack(first)
+    assert not await queue.ack(first)  # twice
+    assert not await queue.release(first)  # after it is gone
+    assert not await queue.retry(first, utcnow(), [])
+    assert not await queue.park(first, utcnow())
     assert not await queue.extend(first, 60)
     assert await queue.depth() == {"dest.test": 1}
     assert await queue.in_flight() == {"dest.test": 1}
-    await queue.release(second)
-    await queue.release(second)  # no longer its owner's
+    assert await queue.release(second)
+    assert not await queue.release(second)  # no longer its owner's
     assert await queue.in_flight() == {}
     (again,) = await queue.lease("w2", 10, 60)
-    await queue.ack(again)
+    assert await queue.ack(again)
     assert await queue.depth() == {} and await queue.in_flight() == {}
     assert await queue.body_refs() == set()
     assert await queue.lease("w2", 10, 60) == []

@@ -18,6 +18,7 @@ from postline.config import (
     normalize_database_url,
     parse_host_port,
 )
+from tests.harness.capability import missing
 
 
 @pytest.fixture(autouse=True)
@@ -406,12 +407,12 @@ def test_check_port_free_on_a_port_in_use() -> None:
 
 def test_check_port_free_on_ipv6_port_in_use() -> None:
     if not socket.has_ipv6:
-        pytest.skip("no IPv6 on this machine")
+        missing("IPv6", "no IPv6 on this machine")
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as listener:
         try:
             listener.bind(("::1", 0))
         except OSError as exc:
-            pytest.skip(f"no IPv6 loopback: {exc}")
+            missing("IPv6 loopback", str(exc))
         listener.listen()
         port = listener.getsockname()[1]
         with pytest.raises(ConfigError) as excinfo:

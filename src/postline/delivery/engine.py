@@ -281,10 +281,16 @@ class Engine:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        released = 0
         for job in jobs:
             with contextlib.suppress(Exception):
-                await self.queue.release(job)
-        log.info("drained; released %d unfinished jobs", len(pending))
+                released += await self.queue.release(job)
+        log.info("drained; released %d unfinished jobs", released)
+        if released < len(jobs):
+            log.info(
+                "%d unfinished jobs were another worker's or could not be released",
+                len(jobs) - released,
+            )
 
     async def _process(self, job: Job) -> None:
         started = time.monotonic()
@@ -298,7 +304,8 @@ class Engine:
             # doubt (the queue did not answer); a lost one is not touched.
             log.warning("lease lost job_id=%s: stopped before the end of DATA", job.id)
             with contextlib.suppress(Exception):
-                await self.queue.release(job)
+                if not await self.queue.release(job):
+                    log.info("job_id=%s is another worker's: left as it is", job.id)
         except Exception:
             await self._failed_unexpectedly(job)
         finally:
@@ -326,7 +333,10 @@ class Engine:
             log.warning("cannot judge the expiry of job_id=%s: %s", job.id, type(exc).__name__)
         delay = unexpected_retry_delay(self.settings.retry_delays, job.attempt)
         with contextlib.suppress(Exception):
-            await self.queue.retry(job, utcnow() + timedelta(seconds=delay), job.recipient_ids)
+            if not await self.queue.retry(
+                job, utcnow() + timedelta(seconds=delay), job.recipient_ids
+            ):
+                log.warning("job_id=%s went to another worker before its retry", job.id)
 
     async def _give_up_if_expired(self, job: Job) -> bool:
         """Fail the job's pending recipients if its email is past ``max_age``; whether it was."""

@@ -370,15 +370,20 @@ class Recorder:
 
     async def _finish(self, attempt: _Attempt, conn: AsyncConnection | None) -> None:
         if attempt.pending and attempt.wait is not None:
-            await self.queue.park(attempt.job, attempt.wait.until, conn)
+            done = await self.queue.park(attempt.job, attempt.wait.until, conn)
         elif attempt.pending:
-            await self.queue.retry(attempt.job, attempt.retry_at, attempt.pending, conn)
+            done = await self.queue.retry(attempt.job, attempt.retry_at, attempt.pending, conn)
         else:
-            await self.queue.ack(attempt.job, conn)
+            done = await self.queue.ack(attempt.job, conn)
+        if not done:
+            _taken_over([attempt.job], 1)
 
     async def _finish_all(self, batch: Sequence[_Attempt], conn: AsyncConnection) -> None:
         """Ack or retry every job of the batch in its transaction (embedded queue)."""
-        await self.queue.ack_all([a.job for a in batch if not a.pending], conn)
+        finished = [a.job for a in batch if not a.pending]
+        acked = await self.queue.ack_all(finished, conn)
+        if acked < len(finished):
+            _taken_over(finished, len(finished) - acked)
         for attempt in batch:
             if attempt.pending:
                 await self._finish(attempt, conn)
@@ -393,3 +398,17 @@ class Recorder:
                 status,
                 attempt.job.destination,
             )
+
+
+def _taken_over(jobs: Sequence[Job], lost: int) -> None:
+    """The queue refused to finish jobs whose lease had gone to another worker.
+
+    The lease is asked for right before the final dot, so this is a worker that
+    stalled between the dot and its recording. The outcomes are recorded all the
+    same; the new owner finds those recipients final and does not send to them again.
+    """
+    log.warning(
+        "lease lost before recording: %d of job(s) %s belong to another worker now",
+        lost,
+        ",".join(job.id for job in jobs),
+    )

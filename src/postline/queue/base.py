@@ -2,9 +2,18 @@
 
 A job is leased, never popped: a worker that dies leaves a lease that
 expires, and the job is leased again. Leases are short and workers extend
-them while they work. Each worker also announces itself with a heartbeat, so
-that the jobs of one that was killed are free again as soon as its heartbeat
-stops, not when their leases end (``recover_expired``).
+them while they work.
+
+Every call that changes a leased job (``extend``, ``ack``, ``retry``,
+``release``, ``park``) acts only for the job's current owner, the
+``lease_owner`` of the ``Job`` the caller leased. A worker whose lease lapsed
+and went to another worker changes nothing, and is told so: these calls
+return False (``ack_all``: how many it removed), so that the late worker can
+say in its log that its work was taken over instead of believing it finished.
+
+Each worker also announces itself with a heartbeat, so that the jobs of one
+that was killed are free again as soon as its heartbeat stops, not when their
+leases end (``recover_expired``).
 """
 
 from __future__ import annotations
@@ -106,13 +115,18 @@ class Queue(ABC):
         """Push the lease further out; False if it was lost to another worker."""
 
     @abstractmethod
-    async def ack(self, job: Job, conn: AsyncConnection | None = None) -> None:
-        """The job is finished: remove it."""
+    async def ack(self, job: Job, conn: AsyncConnection | None = None) -> bool:
+        """The job is finished: remove it. False if the lease is not ``job``'s owner's."""
 
-    async def ack_all(self, jobs: Sequence[Job], conn: AsyncConnection | None = None) -> None:
-        """:meth:`ack` each job; adapters that can do it in one step override this."""
+    async def ack_all(self, jobs: Sequence[Job], conn: AsyncConnection | None = None) -> int:
+        """:meth:`ack` each job; how many were removed (those still their owner's).
+
+        Adapters that can do it in one step override this.
+        """
+        acked = 0
         for job in jobs:
-            await self.ack(job, conn)
+            acked += await self.ack(job, conn)
+        return acked
 
     @abstractmethod
     async def retry(
@@ -121,12 +135,18 @@ class Queue(ABC):
         due_at: datetime,
         recipient_ids: Sequence[str],
         conn: AsyncConnection | None = None,
-    ) -> None:
-        """Release the job to run again at ``due_at`` for the recipients still pending."""
+    ) -> bool:
+        """Release the job to run again at ``due_at`` for the recipients still pending.
+
+        False, changing nothing, if the lease is not ``job``'s owner's any more.
+        """
 
     @abstractmethod
-    async def release(self, job: Job) -> None:
-        """Give an unfinished job back now (graceful shutdown), attempt unchanged."""
+    async def release(self, job: Job) -> bool:
+        """Give an unfinished job back now (graceful shutdown), attempt unchanged.
+
+        False, changing nothing, if the lease is not ``job``'s owner's any more.
+        """
 
     @abstractmethod
     async def recover_expired(self) -> int:
@@ -182,8 +202,10 @@ class Queue(ABC):
         """Release connections."""
 
     @abstractmethod
-    async def park(self, job: Job, until: datetime, conn: AsyncConnection | None = None) -> None:
+    async def park(self, job: Job, until: datetime, conn: AsyncConnection | None = None) -> bool:
         """Give the job back to wait until ``until`` without it counting as an attempt.
+
+        False, changing nothing, if the lease is not ``job``'s owner's any more.
 
         For a job whose destination refused it before any connection (an open
         circuit breaker): ``attempt`` and the recipients stay as they are, so the

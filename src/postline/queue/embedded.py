@@ -46,6 +46,7 @@ from sqlalchemy import (
     any_,
     bindparam,
     delete,
+    false,
     func,
     insert,
     literal_column,
@@ -236,9 +237,14 @@ def _claim_earliest(sqlite: bool) -> Any:
 
 @functools.cache
 def _ack_owned() -> Any:
-    """Delete a job if its lease is still ``owner``'s; parameters ``job_id``, ``owner``."""
+    """Delete the jobs ``ids`` whose lease is still ``owner``'s.
+
+    One owner per statement, not one statement per job run as executemany:
+    the row count of an executemany is not reported by every driver, and
+    ``ack_all`` says how many it removed.
+    """
     return delete(jobs_table).where(
-        jobs_table.c.id == bindparam("job_id"),
+        jobs_table.c.id.in_(bindparam("ids", expanding=True)),
         jobs_table.c.lease_owner == bindparam("owner"),
     )
 
@@ -578,30 +584,40 @@ class EmbeddedQueue(Queue):
         until = utcnow() + timedelta(seconds=lease_seconds)
         async with self.db.write() as conn:
             result = await conn.execute(
-                update(jobs_table)
-                .where(jobs_table.c.id == job.id, jobs_table.c.lease_owner == job.lease_owner)
-                .values(lease_until=until)
+                update(jobs_table).where(self._owned(job)).values(lease_until=until)
             )
         return bool(result.rowcount)
 
-    async def _run(self, statement: Any, conn: AsyncConnection | None, params: Any = None) -> None:
+    async def _run(self, statement: Any, conn: AsyncConnection | None, params: Any = None) -> int:
+        """Run ``statement`` in ``conn``, or in a write of its own; how many rows it changed."""
         if conn is not None:
-            await conn.execute(statement, params)
-            return
-        async with self.db.write() as own:
-            await own.execute(statement, params)
+            result = await conn.execute(statement, params)
+        else:
+            async with self.db.write() as own:
+                result = await own.execute(statement, params)
+        return int(result.rowcount or 0)
 
     def _owned(self, job: Job) -> Any:
+        """The job, while ``job``'s owner holds its lease (never a job nobody holds:
+        ``== None`` would be IS NULL, and match it)."""
+        if job.lease_owner is None:
+            return false()
         return (jobs_table.c.id == job.id) & (jobs_table.c.lease_owner == job.lease_owner)
 
-    async def ack(self, job: Job, conn: AsyncConnection | None = None) -> None:
-        await self.ack_all([job], conn)
+    async def ack(self, job: Job, conn: AsyncConnection | None = None) -> bool:
+        return await self.ack_all([job], conn) == 1
 
-    async def ack_all(self, jobs: Sequence[Job], conn: AsyncConnection | None = None) -> None:
-        """One statement for the lot: the recorder acks a whole batch in its transaction."""
-        if jobs:
-            params = [{"job_id": job.id, "owner": job.lease_owner} for job in jobs]
-            await self._run(_ack_owned(), conn, params)
+    async def ack_all(self, jobs: Sequence[Job], conn: AsyncConnection | None = None) -> int:
+        """One statement per owner (a batch has one): the recorder acks a whole batch
+        in its transaction."""
+        by_owner: dict[str, list[str]] = {}
+        for job in jobs:
+            if job.lease_owner is not None:
+                by_owner.setdefault(job.lease_owner, []).append(job.id)
+        acked = 0
+        for owner, ids in by_owner.items():
+            acked += await self._run(_ack_owned(), conn, {"ids": ids, "owner": owner})
+        return acked
 
     async def retry(
         self,
@@ -609,7 +625,7 @@ class EmbeddedQueue(Queue):
         due_at: datetime,
         recipient_ids: Sequence[str],
         conn: AsyncConnection | None = None,
-    ) -> None:
+    ) -> bool:
         statement = (
             update(jobs_table)
             .where(self._owned(job))
@@ -621,15 +637,19 @@ class EmbeddedQueue(Queue):
                 lease_until=None,
             )
         )
-        await self._run(statement, conn)
+        if not await self._run(statement, conn):
+            return False
         self._turns.note(job.destination, due_at)
+        return True
 
-    async def release(self, job: Job) -> None:
+    async def release(self, job: Job) -> bool:
         statement = (
             update(jobs_table).where(self._owned(job)).values(lease_owner=None, lease_until=None)
         )
-        await self._run(statement, None)
+        if not await self._run(statement, None):
+            return False
         self._turns.note(job.destination, job.due_at)
+        return True
 
     async def recover_expired(self) -> int:
         """Free expired leases and those of owners without a live heartbeat.
@@ -705,7 +725,7 @@ class EmbeddedQueue(Queue):
         check_bucket(rate, burst, count)
         return await self._buckets.take(bucket, rate, burst, count)
 
-    async def park(self, job: Job, until: datetime, conn: AsyncConnection | None = None) -> None:
+    async def park(self, job: Job, until: datetime, conn: AsyncConnection | None = None) -> bool:
         """``parked_until`` marks the wait: :meth:`release_parked` finds it by that
         and by ``due_at`` still equal to it (a later retry moves ``due_at``)."""
         statement = (
@@ -713,8 +733,10 @@ class EmbeddedQueue(Queue):
             .where(self._owned(job))
             .values(due_at=until, parked_until=until, lease_owner=None, lease_until=None)
         )
-        await self._run(statement, conn)
+        if not await self._run(statement, conn):
+            return False
         self._turns.note(job.destination, until)
+        return True
 
     async def release_parked(self, destination: str) -> int:
         now = utcnow()

@@ -187,9 +187,15 @@ class RedisQueue(Queue):
         until = await self._run(self._extend, job.id, job.lease_owner, lease_seconds)
         return until is not None
 
-    async def ack(self, job: Job, conn: AsyncConnection | None = None) -> None:
-        if job.lease_owner is not None:
-            await self._run(self._ack, job.id, job.lease_owner)
+    async def _owned(self, script: AsyncScript, job: Job, *args: Any) -> bool:
+        """Run an owner's script on ``job``: whether it changed it (1) or the lease was
+        not ``job``'s owner's (0, nothing changed)."""
+        if job.lease_owner is None:
+            return False
+        return bool(int(await self._run(script, job.id, job.lease_owner, *args)))
+
+    async def ack(self, job: Job, conn: AsyncConnection | None = None) -> bool:
+        return await self._owned(self._ack, job)
 
     async def retry(
         self,
@@ -197,14 +203,12 @@ class RedisQueue(Queue):
         due_at: datetime,
         recipient_ids: Sequence[str],
         conn: AsyncConnection | None = None,
-    ) -> None:
-        if job.lease_owner is not None:
-            pending = json.dumps(list(recipient_ids))
-            await self._run(self._retry, job.id, job.lease_owner, _epoch(due_at), pending)
+    ) -> bool:
+        pending = json.dumps(list(recipient_ids))
+        return await self._owned(self._retry, job, _epoch(due_at), pending)
 
-    async def release(self, job: Job) -> None:
-        if job.lease_owner is not None:
-            await self._run(self._release, job.id, job.lease_owner)
+    async def release(self, job: Job) -> bool:
+        return await self._owned(self._release, job)
 
     async def recover_expired(self) -> int:
         """One script: expired leases, then those of owners whose heartbeat key is gone."""
@@ -270,11 +274,10 @@ class RedisQueue(Queue):
     def _release_parked(self) -> AsyncScript:
         return self.client.register_script(redis_lua.RELEASE_PARKED)
 
-    async def park(self, job: Job, until: datetime, conn: AsyncConnection | None = None) -> None:
+    async def park(self, job: Job, until: datetime, conn: AsyncConnection | None = None) -> bool:
         """Noted in ``parked:{d}`` (a zset of job ids scored by ``until``) for
         :meth:`release_parked`, which releases only a job still due at that very time."""
-        if job.lease_owner is not None:
-            await self._run(self._park, job.id, job.lease_owner, _epoch(until), self._parked)
+        return await self._owned(self._park, job, _epoch(until), self._parked)
 
     async def release_parked(self, destination: str) -> int:
         return int(await self._run(self._release_parked, destination, self._parked))

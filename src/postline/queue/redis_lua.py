@@ -228,7 +228,8 @@ return score(job.lease_until)
 """
 )
 
-#: ARGV: due prefix, id, owner. Returns 1 if the job was removed.
+#: ARGV: due prefix, id, owner. Returns 1 if the job was removed, 0 (nothing changed)
+#: if the lease is not the owner's any more.
 ACK = (
     _COMMON
     + r"""
@@ -245,7 +246,8 @@ return 1
 """
 )
 
-#: ARGV: due prefix, id, owner, due (epoch), recipient ids as a JSON array.
+#: ARGV: due prefix, id, owner, due (epoch), recipient ids as a JSON array. Returns 1,
+#: or 0 (nothing changed) if the lease is not the owner's any more.
 RETRY = (
     _COMMON
     + r"""
@@ -260,7 +262,8 @@ return 1
 """
 )
 
-#: ARGV: due prefix, id, owner. Pending again at once, attempt unchanged.
+#: ARGV: due prefix, id, owner. Pending again at once, attempt unchanged. Returns 1,
+#: or 0 (nothing changed) if the lease is not the owner's any more.
 RELEASE = (
     _COMMON
     + r"""
@@ -338,6 +341,7 @@ return {1, fixed(tokens)}
 #: ARGV: due prefix, id, owner, wake (epoch), parked prefix. Pending again, due at
 #: `wake`, attempt and recipients unchanged; noted in ``parked:{d}`` (scored by `wake`),
 #: whose entries already due are dropped: nothing is left to release of those.
+#: Returns 1, or 0 (nothing changed) if the lease is not the owner's any more.
 PARK = (
     _COMMON
     + r"""
