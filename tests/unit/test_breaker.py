@@ -814,3 +814,18 @@ def test_waiting_of_a_breaker_that_admits_says_now(breakers: Breakers, clock: Fa
     assert breakers.allow(D)  # one slot taken, one still free
     assert breakers.admits(D)
     assert breakers.waiting(D) == Waiting(opened, clock.now)
+
+
+def test_a_late_failure_does_not_lengthen_an_operators_forced_period(
+    breakers: Breakers, clock: FakeClock
+) -> None:
+    """The operator's end stands: a failure reported while forced open (a transaction
+    admitted before) does not push it back, as it would an ordinary opening (found by
+    mutation testing, docs/TESTING.md)."""
+    end = clock.now + timedelta(minutes=1)
+    breakers.force_open(D, end)
+    clock.advance(30)
+    breakers.failure(D, "timed out")
+    assert breakers.view(D).until == end
+    clock.now = end
+    assert breakers.view(D).state is BreakerState.HALF_OPEN
