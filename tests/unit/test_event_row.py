@@ -8,6 +8,7 @@ renamed key, a dropped field or a wrong value in the payload went unnoticed.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from postline.model import BounceType, EmailSource, EmailStatus, EventType, RecipientStatus
 from postline.outcomes import Outcome, event_row
@@ -55,6 +56,18 @@ RECIPIENT = Recipient(
 )
 
 
+def row_for(outcome: Outcome, event_type: EventType, attempt: int, sequence: int) -> dict[str, Any]:
+    return event_row(
+        email=EMAIL,
+        recipient=RECIPIENT,
+        event_type=event_type,
+        outcome=outcome,
+        attempt=attempt,
+        sequence=sequence,
+        now=NOW,
+    )
+
+
 def test_event_row_carries_every_field_of_the_payload() -> None:
     outcome = Outcome(
         status=RecipientStatus.BOUNCED,
@@ -64,15 +77,7 @@ def test_event_row_carries_every_field_of_the_payload() -> None:
         bounce_type=BounceType.HARD,
         reason="the mailbox does not exist",
     )
-    row = event_row(
-        email=EMAIL,
-        recipient=RECIPIENT,
-        event_type=EventType.BOUNCED,
-        outcome=outcome,
-        attempt=3,
-        sequence=7,
-        now=NOW,
-    )
+    row = row_for(outcome, EventType.BOUNCED, attempt=3, sequence=7)
     event_id = row.pop("id")
     assert isinstance(event_id, str) and event_id.startswith("evt_")
     assert row == {
@@ -113,15 +118,7 @@ def test_event_row_without_a_reason_gives_the_reply_and_no_bounce_type() -> None
         enhanced_code="4.7.1",
         response="451 4.7.1 Try again later",
     )
-    row = event_row(
-        email=EMAIL,
-        recipient=RECIPIENT,
-        event_type=EventType.DEFERRED,
-        outcome=outcome,
-        attempt=1,
-        sequence=2,
-        now=NOW,
-    )
+    row = row_for(outcome, EventType.DEFERRED, attempt=1, sequence=2)
     data = row["payload"]["data"]
     assert data["reason"] == "451 4.7.1 Try again later"
     assert data["bounce_type"] is None
