@@ -316,7 +316,10 @@ def test_force_close_resets_an_open_breaker_and_its_count(breakers: Breakers) ->
 
 
 def test_force_open_refuses_a_naive_datetime(breakers: Breakers) -> None:
-    with pytest.raises(ValueError, match="aware"):
+    # The whole message: it tells the caller what to pass instead.
+    with pytest.raises(
+        ValueError, match=r"^force_open needs an aware datetime; use datetime\.now\(UTC\)$"
+    ):
         breakers.force_open(D, datetime(2030, 1, 1))
 
 
@@ -794,3 +797,35 @@ def test_waiting_names_the_opening_and_the_next_trial(breakers: Breakers, clock:
 def test_waiting_while_forced_open_without_an_end(breakers: Breakers, clock: FakeClock) -> None:
     breakers.force_open(D)
     assert breakers.waiting(D) == Waiting(clock.now, None)
+
+
+def test_waiting_of_a_breaker_that_admits_says_now(breakers: Breakers, clock: FakeClock) -> None:
+    """Asked of a destination it would admit, ``waiting`` says "now": no breaker yet, a
+    closed one counting failures, and a half-open one with a trial slot free (found by
+    mutation testing, docs/TESTING.md)."""
+    assert breakers.waiting("unknown.test") == Waiting(clock.now, clock.now)
+    fail(breakers, 2)
+    assert breakers.waiting(D) == Waiting(clock.now, clock.now)
+    fail(breakers, 3)
+    opened = clock.now
+    clock.now = opened + OPEN  # half-open, both trial slots free
+    assert breakers.admits(D)
+    assert breakers.waiting(D) == Waiting(opened, clock.now)
+    assert breakers.allow(D)  # one slot taken, one still free
+    assert breakers.admits(D)
+    assert breakers.waiting(D) == Waiting(opened, clock.now)
+
+
+def test_a_late_failure_does_not_lengthen_an_operators_forced_period(
+    breakers: Breakers, clock: FakeClock
+) -> None:
+    """The operator's end stands: a failure reported while forced open (a transaction
+    admitted before) does not push it back, as it would an ordinary opening (found by
+    mutation testing, docs/TESTING.md)."""
+    end = clock.now + timedelta(minutes=1)
+    breakers.force_open(D, end)
+    clock.advance(30)
+    breakers.failure(D, "timed out")
+    assert breakers.view(D).until == end
+    clock.now = end
+    assert breakers.view(D).state is BreakerState.HALF_OPEN

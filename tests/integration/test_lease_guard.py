@@ -1,0 +1,117 @@
+"""The lease guard (delivery/lease.py) on a real queue: the answer asked before the final dot.
+
+Found by mutation testing (docs/TESTING.md): the engine tests reach ``still_mine`` only
+while the lease is theirs, so nothing failed when it said "mine" after losing the lease,
+when the queue could not answer, or when it forgot a loss it had seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from postline.delivery.lease import LeaseGuard, LeaseLost
+from postline.ids import new_id
+from postline.queue import Job
+from postline.queue.embedded import EmbeddedQueue
+from postline.queue.redis import RedisQueue
+from postline.store.types import utcnow
+from tests.harness.polling import poll
+from tests.harness.stores import embedded_queue
+
+
+@pytest_asyncio.fixture
+async def queue(tmp_path: Path) -> AsyncIterator[EmbeddedQueue]:
+    async with embedded_queue(f"sqlite+aiosqlite:///{tmp_path}/queue.db") as embedded:
+        yield embedded
+
+
+def a_job() -> Job:
+    email_id = new_id("em_")
+    return Job(
+        id=new_id("job_"),
+        email_id=email_id,
+        destination="dest.test",
+        recipient_ids=[new_id("rcp_")],
+        body_ref=email_id,
+        due_at=utcnow() - timedelta(seconds=1),
+    )
+
+
+async def taken_over(queue: EmbeddedQueue) -> tuple[Job, Job]:
+    """A job w1 leased for an instant, and the same job once w2 has taken it over."""
+    await queue.enqueue([a_job()])
+    (stale,) = await queue.lease("w1", 1, 0.01)
+    leased = await poll(lambda: queue.lease("w2", 1, 60), timeout=10, what="w1's lease to lapse")
+    assert leased[0].id == stale.id
+    return stale, leased[0]
+
+
+async def test_still_mine_renews_a_lease_that_is_mine(queue: EmbeddedQueue) -> None:
+    """Asked, the guard renews: its job outlives the short lease it was taken with, while a
+    twin taken with the same lease and not asked about runs out (as in the queue contract's
+    ``test_extend_keeps_the_lease``)."""
+    kept, twin = a_job(), a_job()
+    await queue.enqueue([kept, twin])
+    leased = {j.id: j for j in await queue.lease("w1", 10, 0.2)}
+    guard = LeaseGuard(queue, leased[kept.id], lease_seconds=60)
+    assert await guard.still_mine() is True
+    guard.check()  # not lost: no exception
+    again = await poll(
+        lambda: queue.lease("w2", 10, 60), timeout=10, what="the twin's lease to run out"
+    )
+    assert [j.id for j in again] == [twin.id]
+    assert await queue.lease("w3", 10, 60) == []  # the renewed one is still w1's
+
+
+async def test_still_mine_says_no_once_another_worker_took_the_job(queue: EmbeddedQueue) -> None:
+    stale, taken = await taken_over(queue)
+    guard = LeaseGuard(queue, stale, lease_seconds=60)
+    assert await guard.still_mine() is False
+    assert guard.lost is True  # remembered: it never comes back
+    with pytest.raises(LeaseLost):
+        guard.check()
+    # w2's lease is untouched by w1's question, and w2's own guard still says yes.
+    assert await LeaseGuard(queue, taken, lease_seconds=60).still_mine() is True
+
+
+async def test_a_lost_lease_stays_lost_without_asking_the_queue(queue: EmbeddedQueue) -> None:
+    stale, taken = await taken_over(queue)
+    guard = LeaseGuard(queue, stale, lease_seconds=60)
+    assert await guard.still_mine() is False
+    await queue.release(taken)  # w2 gives the job back; w1 could lease it again...
+    assert await guard.still_mine() is False  # ...but this guard's lease is gone for good
+
+
+async def test_still_mine_says_no_when_the_queue_cannot_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A queue that does not answer: aborting costs a retry, sending could cost a duplicate.
+    Port 9 on loopback: nothing listens, the connection is refused at once."""
+    queue = RedisQueue("redis://127.0.0.1:9/0", prefix=new_id("pl_"))
+    try:
+        job = replace(a_job(), lease_owner="w1")
+        guard = LeaseGuard(queue, job, lease_seconds=60)
+        with caplog.at_level(logging.WARNING, logger="postline.engine"):
+            assert await guard.still_mine() is False
+        (record,) = [r for r in caplog.records if r.name == "postline.engine"]
+        assert record.getMessage().startswith(f"cannot confirm the lease of job_id={job.id}: ")
+        assert record.getMessage() != f"cannot confirm the lease of job_id={job.id}: None"
+    finally:
+        await queue.close()
+
+
+async def test_keep_stops_and_marks_the_lease_lost_when_it_was_taken(
+    queue: EmbeddedQueue,
+) -> None:
+    stale, _taken = await taken_over(queue)
+    guard = LeaseGuard(queue, stale, lease_seconds=1.5)  # renews every 0.5 s
+    await asyncio.wait_for(guard.keep(), timeout=30)  # returns by itself once lost
+    assert guard.lost is True
