@@ -1,0 +1,100 @@
+"""apply_outcome on its own: what a refused move returns, and what an allowed one writes.
+
+The recorder's tests see these through whole deliveries; mutation testing showed
+that a refused move answering True, or an allowed one forgetting ``updated_at``,
+``bounce_rule`` or the complaint's reason, went unnoticed there.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from postline.ids import new_id
+from postline.model import AttemptScope, BounceType, RecipientStatus
+from postline.outcomes import AttemptInfo, Outcome, apply_outcome
+from postline.store import emails as email_store
+from postline.store import suppressions as suppression_store
+from postline.store.emails import Email, Recipient
+from postline.store.types import utcnow
+from tests.harness.postline import PostlineUnderTest
+
+
+async def _read(pl: PostlineUnderTest, email_id: str) -> tuple[Email, Recipient]:
+    async with pl.services.db.read() as conn:
+        email = await email_store.get_email(conn, email_id)
+        (recipient,) = await email_store.get_recipients(conn, email_id)
+    assert email is not None
+    return email, recipient
+
+
+async def test_a_refused_move_answers_false_and_writes_nothing(
+    postline: PostlineUnderTest,
+) -> None:
+    sent = await postline.send(to="done@dest.test")
+    await postline.wait_for_status(sent["id"], ["delivered"])
+    await postline.stop_engine()
+    email, before = await _read(postline, sent["id"])
+    async with postline.services.db.write() as conn:
+        moved = await apply_outcome(
+            conn,
+            email=email,
+            recipient=before,
+            outcome=Outcome(status=RecipientStatus.DEFERRED, response="451 late"),
+            now=utcnow() + timedelta(minutes=5),
+        )
+    assert moved is False
+    _, after = await _read(postline, sent["id"])
+    assert after == before
+
+
+async def test_an_allowed_move_writes_its_time_rule_and_suppression(
+    postline: PostlineUnderTest,
+) -> None:
+    await postline.stop_engine()  # the email stays queued: the move below is the only one
+    sent = await postline.send(to="gone@dest.test")
+    email, recipient = await _read(postline, sent["id"])
+    later = utcnow() + timedelta(minutes=7)
+    bounce = Outcome(
+        status=RecipientStatus.BOUNCED,
+        smtp_code=550,
+        enhanced_code="5.1.1",
+        response="550 5.1.1 no such user",
+        bounce_type=BounceType.HARD,
+        bounce_rule="test.user_unknown",
+    )
+    attempt = AttemptInfo(new_id("att_"), 1, "mx.dest.test", 3, AttemptScope.RECIPIENT)
+    async with postline.services.db.write() as conn:
+        moved = await apply_outcome(
+            conn, email=email, recipient=recipient, outcome=bounce, now=later, attempt=attempt
+        )
+    assert moved is True
+    _, after = await _read(postline, sent["id"])
+    assert after.status is RecipientStatus.BOUNCED
+    assert after.updated_at == later
+    assert after.bounce_rule == "test.user_unknown"
+    assert after.attempts == recipient.attempts + 1
+
+
+async def test_a_complaint_suppresses_with_its_own_reason(
+    postline: PostlineUnderTest,
+) -> None:
+    sent = await postline.send(to="annoyed@dest.test")
+    await postline.wait_for_status(sent["id"], ["delivered"])
+    await postline.stop_engine()
+    email, recipient = await _read(postline, sent["id"])
+    later = utcnow() + timedelta(hours=1)
+    async with postline.services.db.write() as conn:
+        moved = await apply_outcome(
+            conn,
+            email=email,
+            recipient=recipient,
+            outcome=Outcome(status=RecipientStatus.COMPLAINED, reason="feedback report"),
+            now=later,
+        )
+    assert moved is True
+    _, after = await _read(postline, sent["id"])
+    assert (after.status, after.updated_at) == (RecipientStatus.COMPLAINED, later)
+    async with postline.services.db.read() as conn:
+        where = suppression_store.SuppressionFilter(email.domain_id, "annoyed@dest.test")
+        suppressed = await suppression_store.list_suppressions(conn, where, None, 10)
+    assert [s.reason for s in suppressed] == ["complaint"]
