@@ -123,6 +123,8 @@ def crash_env(dns: FakeDNS, mx_port: int) -> dict[str, str]:
         "POSTLINE_DNS_NAMESERVERS": dns.nameserver,
         "POSTLINE_DELIVERY_PORT": str(mx_port),
         "POSTLINE_RETRY_SCHEDULE": "1",
+        # Durability under kills, not the API budget: 2,000 emails cost 2,000 tokens.
+        "POSTLINE_RATE_LIMIT_PER_SECOND": "0",
         "POSTLINE_CONCURRENCY": str(CONCURRENCY),
         "POSTLINE_SMTP_CONNECT_TIMEOUT": "1",
         "POSTLINE_SMTP_COMMAND_TIMEOUT": "2",
