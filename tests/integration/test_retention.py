@@ -119,7 +119,7 @@ async def all_dispatched(pl: PostlineUnderTest) -> bool:
 
 
 async def test_body_freed_once_final_in_one_pass(pl: PostlineUnderTest) -> None:
-    # Two destinations, so two jobs share the body (DESIGN.md trap 3).
+    # Two destinations, so two jobs share the body: it lives until neither needs it.
     sent = await pl.send(to=["a@dest.test", "b@other.test"])
     email_id = sent["id"]
     await pl.wait_until_final(email_id)

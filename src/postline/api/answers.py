@@ -1,4 +1,4 @@
-"""The shapes of the API's success answers, for the OpenAPI document (API.md in code).
+"""The shapes of the API's success answers, for the OpenAPI document (the API reference in code).
 
 The views (views.py and each router's ``view``) build plain dicts; these models only
 describe them, so that ``/openapi.json`` says what every 2xx answer carries and a
