@@ -9,6 +9,7 @@ from postline.api import (
     admin,
     body_guard,
     destinations,
+    docs,
     emails,
     health,
     problems,
@@ -26,6 +27,9 @@ def create_api(services: Services) -> FastAPI:
         title="Postline",
         version=__version__,
         description="Self-hosted transactional email: send, track, get told.",
+        # Served by api.docs with assets of its own, not FastAPI's pages, which use a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.services = services
     app.state.rate_limiter = RateLimiter.from_settings(
@@ -43,4 +47,5 @@ def create_api(services: Services) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(destinations.router)
     app.include_router(health.router)
+    docs.install(app)
     return app
