@@ -22,7 +22,11 @@ PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["type", "title", "status", "detail"],
     "properties": {
-        "type": {"type": "string", "description": "A URI naming the kind of problem."},
+        "type": {
+            "type": "string",
+            "description": "The kind of problem, e.g. `urn:postline:problem:not-found`",
+            "pattern": "^urn:postline:problem:[a-z-]+$",
+        },
         "title": {"type": "string"},
         "status": {"type": "integer", "minimum": 400, "maximum": 599},
         "detail": {"type": "string"},
