@@ -27,7 +27,7 @@ from postline.api.problems import problem_response
 )
 def test_the_type_is_a_urn_named_after_the_title(status: int, slug: str) -> None:
     response = problem_response(status, "what went wrong")
-    body = json.loads(response.body)
+    body = json.loads(bytes(response.body))
     assert body["type"] == f"urn:postline:problem:{slug}"
     assert body["status"] == status
     assert response.media_type == "application/problem+json"
