@@ -12,6 +12,7 @@ from postline.api import (
     docs,
     emails,
     health,
+    index,
     problems,
     ratelimit,
     responses,
@@ -47,5 +48,6 @@ def create_api(services: Services) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(destinations.router)
     app.include_router(health.router)
+    app.include_router(index.router)
     docs.install(app)
     return app
