@@ -42,12 +42,15 @@ def create_api(services: Services) -> FastAPI:
     # Added last, so outermost: nothing reads a body before it has counted it.
     app.add_middleware(body_guard.BodyGuard, db=services.db, limit=services.settings.request_limit)
 
-    app.include_router(emails.router)
-    app.include_router(admin.router)
-    app.include_router(suppressions.router)
-    app.include_router(webhooks.router)
-    app.include_router(destinations.router)
-    app.include_router(health.router)
-    app.include_router(index.router)
+    for router in (
+        emails.router,
+        admin.router,
+        suppressions.router,
+        webhooks.router,
+        destinations.router,
+        health.router,
+        index.router,
+    ):
+        app.include_router(responses.declare_problems(router))
     docs.install(app)
     return app
