@@ -1,9 +1,9 @@
 """``/docs`` and ``/redoc`` work with the network cut: every asset they load is served
 by Postline itself, with the content type a browser needs to use it.
 
-A browser render is left to the end-to-end tests; here the page's HTML is read for
-every URL it loads (``src``, ``href``, Swagger UI's ``url`` and Redoc's ``spec-url``)
-and each one is fetched from the app.
+No browser renders the pages here: their HTML is read for every URL it loads (``src``,
+``href``, Swagger UI's ``url`` and Redoc's ``spec-url``), and each one is fetched from
+the app.
 """
 
 from __future__ import annotations
