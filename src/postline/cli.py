@@ -190,7 +190,9 @@ async def announce(services: Services, ready: asyncio.Event, *, api: bool, engin
     # Plain echo, not rich: a key wrapped at the terminal width cannot be copied.
     if api:
         host, port = settings.http_host_port
-        typer.echo(f"Postline is running. API: http://{host}:{port}/v1")
+        # GET /v1 answers an index (api.index) and /docs the API reference, offline.
+        base = f"http://{host}:{port}"
+        typer.echo(f"Postline is running. API: {base}/v1  Docs: {base}/docs")
     if engine and not api:
         typer.echo(
             f"Postline worker is running: concurrency {settings.concurrency}, "

@@ -11,6 +11,8 @@ import re
 import signal
 from typing import Any
 
+import httpx
+
 from tests.acceptance.conftest import Launcher
 from tests.acceptance.harness import Install, Server, auth
 from tests.harness.fake_dns import FakeDNS
@@ -284,3 +286,23 @@ async def test_health_readiness_and_metrics_over_http(install: Install, launch: 
 
     server.signal(signal.SIGTERM)
     assert await server.wait_exit(15) == 0, server.describe()
+
+
+async def test_the_banner_names_an_api_index_and_docs_that_answer(
+    install: Install, launch: Launcher
+) -> None:
+    server = await launch(install, "serve", "--no-sandbox")
+    await server.ready()
+    banner = await server.wait_for_line(
+        r"^Postline is running\. API: (http://\S+/v1)  Docs: (http://\S+/docs)$"
+    )
+    api_url, docs_url = banner.group(1), banner.group(2)
+    assert api_url == f"{install.base_url}/v1", banner.group(0)
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        index = await client.get(api_url)
+        assert index.status_code == 200, index.text
+        assert index.json()["object"] == "index" and index.json()["docs"] == "/docs", index.text
+        docs = await client.get(docs_url)
+        assert docs.status_code == 200, docs.text
+        assert docs.headers["content-type"].startswith("text/html"), docs.headers
+        assert "/docs/assets/swagger-ui/swagger-ui-bundle.js" in docs.text, docs.text

@@ -51,6 +51,7 @@ def assert_problem(
     for name in ("type", "title", "detail"):
         assert isinstance(body.get(name), str) and body[name], body
     assert body["status"] == status, body
+    assert body["type"] == f"urn:postline:problem:{body['title'].lower().replace(' ', '-')}", body
     if field is not None:
         wanted = (field,) if isinstance(field, str) else field
         fields = [error["field"] for error in body.get("errors", [])]

@@ -83,8 +83,8 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("GET", "/metrics"): Case("public"),
     ("GET", "/openapi.json"): Case("public"),
     ("GET", "/docs"): Case("public"),
-    ("GET", "/docs/oauth2-redirect"): Case("public"),
     ("GET", "/redoc"): Case("public"),
+    ("GET", "/v1"): Case("public"),
     # --- emails
     ("POST", "/v1/emails"): Case(
         "send", body=lambda w: _email("Intruder <intruder@b.test>", "victim@dest.test")

@@ -1,4 +1,6 @@
-"""The OpenAPI document describes every success answer, and its links lead somewhere.
+"""The OpenAPI document describes every success answer, and its links lead somewhere;
+it declares bearer authentication where a key is needed, and for each operation the
+problems it can answer, no more (``api/responses.py``).
 
 Schemathesis (tests/fuzz/test_openapi.py) holds each answer to its documented schema:
 an empty schema (``{}``), or a free-form object, would let any body pass. So every 2xx
@@ -117,3 +119,72 @@ def test_the_email_and_webhook_resources_link_to_their_uses(
 ) -> None:
     answers = {(op, c): answer for op, c, answer in _successes(document)}
     assert wanted <= set(answers[operation, code].get("links") or {})
+
+
+# -- authentication and the problems each operation declares ---------------------------------
+
+
+def _errors(operation: dict[str, Any]) -> set[int]:
+    return {int(code) for code in operation["responses"] if int(code) >= 400}
+
+
+def test_bearer_authentication_is_declared_on_exactly_the_operations_that_need_a_key(
+    document: Document,
+) -> None:
+    schemes = document["components"]["securitySchemes"]
+    assert len(schemes) == 1
+    [(name, scheme)] = schemes.items()
+    assert scheme["type"] == "http" and scheme["scheme"] == "bearer", scheme
+    public = {"GET /v1", "GET /healthz", "GET /readyz", "GET /metrics"}
+    for method, path, operation in _operations(document):
+        where = f"{method} {path}"
+        if where in public:
+            assert "security" not in operation, where
+            assert 401 not in _errors(operation), where
+        else:
+            assert operation.get("security") == [{name: []}], where
+            assert 401 in _errors(operation), where
+    assert public <= {f"{m} {p}" for m, p, _ in _operations(document)}
+
+
+@pytest.mark.parametrize(
+    ("operation", "wanted"),
+    [
+        ("POST /v1/emails", {400, 401, 403, 409, 413, 422, 429, 503, 507}),
+        ("POST /v1/emails/batch", {400, 401, 403, 409, 413, 422, 429, 503, 507}),
+        ("GET /v1/emails", {400, 401, 403, 422, 429, 503}),
+        ("GET /v1/emails/{email_id}", {401, 404, 429, 503}),
+        ("GET /v1/emails/{email_id}/content", {401, 404, 410, 429, 503}),
+        ("POST /v1/emails/{email_id}/cancel", {401, 404, 409, 429, 503, 507}),
+        ("GET /v1/domains", {401, 429, 503}),
+        ("DELETE /v1/domains/{domain_id}", {401, 403, 404, 409, 429, 503, 507}),
+        ("GET /v1/api-keys", {401, 403, 429, 503}),
+        ("PATCH /v1/webhooks/{webhook_id}", {400, 401, 404, 413, 422, 429, 503, 507}),
+        ("POST /v1/destinations/{domain}/breaker", {400, 401, 403, 413, 422, 429, 503, 507}),
+        ("GET /readyz", {503}),
+        ("GET /healthz", set()),
+        ("GET /v1", set()),
+    ],
+)
+def test_an_operation_declares_the_problems_it_can_answer(
+    document: Document, operation: str, wanted: set[int]
+) -> None:
+    method, path = operation.split(" ")
+    assert _errors(document["paths"][path][method.lower()]) == wanted
+
+
+def test_no_read_declares_a_body_or_storage_problem(document: Document) -> None:
+    """413 and 415 are about a request body, 507 about writing: a GET has neither."""
+    reads = [(m, p, op) for m, p, op in _operations(document) if m == "GET"]
+    assert len(reads) >= 10
+    for method, path, operation in reads:
+        assert not _errors(operation) & {413, 415, 507}, f"{method} {path}"
+
+
+def test_every_problem_is_a_problem_object(document: Document) -> None:
+    """Not FastAPI's ``HTTPValidationError``, which Postline never sends."""
+    assert "HTTPValidationError" not in document["components"]["schemas"]
+    for method, path, operation in _operations(document):
+        for code in _errors(operation):
+            content = operation["responses"][str(code)]["content"]
+            assert list(content) == ["application/problem+json"], (method, path, code)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response
 from postline.api import answers
 from postline.api.auth import Admin, Caller, Svc
 from postline.api.problems import Problem
-from postline.api.responses import AUTHENTICATED, WITH_BODY, problem_responses
+from postline.api.responses import problem_responses
 from postline.api.schemas import DomainIn, DomainPatch, KeyIn
 from postline.api.views import rfc3339
 from postline.domains import DomainError, create_domain, dns_records, verify_domain
@@ -22,7 +22,6 @@ from postline.store.keys import ApiKey
 router = APIRouter(
     prefix="/v1",
     tags=["domains and keys"],
-    responses=problem_responses(*AUTHENTICATED, *WITH_BODY, 404, 409),
 )
 
 
@@ -63,7 +62,13 @@ async def _visible_domain(svc: Svc, caller: Caller, domain_id: str) -> Domain:
     return row
 
 
-@router.post("/domains", status_code=201, summary="Add a sending domain", **_DOMAIN)
+@router.post(
+    "/domains",
+    status_code=201,
+    summary="Add a sending domain",
+    responses=problem_responses(409),
+    **_DOMAIN,
+)
 async def add_domain(svc: Svc, _: Admin, body: DomainIn) -> dict[str, Any]:
     try:
         row = await create_domain(svc.db, body.name)
@@ -108,7 +113,12 @@ async def verify(svc: Svc, caller: Caller, domain_id: str) -> dict[str, Any]:
     return domain_view(checked, svc.settings.hostname)
 
 
-@router.delete("/domains/{domain_id}", status_code=204, summary="Remove a sending domain")
+@router.delete(
+    "/domains/{domain_id}",
+    status_code=204,
+    summary="Remove a sending domain",
+    responses=problem_responses(409),
+)
 async def delete_domain(svc: Svc, caller: Admin, domain_id: str) -> Response:
     await _visible_domain(svc, caller, domain_id)
     async with svc.db.write() as conn:

@@ -14,7 +14,7 @@ RFC 3339 strings (``views.rfc3339``), ``None`` where the row has none.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,6 +30,7 @@ __all__ = [
     "EmailAccepted",
     "EmailDetail",
     "EmailList",
+    "Index",
     "Status",
     "Suppression",
     "SuppressionList",
@@ -271,6 +272,17 @@ class DestinationList(_Page):
 
 class Status(_Answer):
     status: str
+
+
+class Index(_Answer):
+    """``GET /v1``: what answers here, and where its documentation is."""
+
+    object: Literal["index"]
+    name: str = Field(description="`Postline`")
+    version: str = Field(description="The version of the running server")
+    docs: str = Field(description="Interactive API documentation (Swagger UI)")
+    redoc: str = Field(description="The same reference, rendered by Redoc")
+    openapi: str = Field(description="The OpenAPI document both are made from")
 
 
 # -- links: where an answer leads (OpenAPI 3 links) -----------------------------------------

@@ -9,8 +9,10 @@ from postline.api import (
     admin,
     body_guard,
     destinations,
+    docs,
     emails,
     health,
+    index,
     problems,
     ratelimit,
     responses,
@@ -26,6 +28,9 @@ def create_api(services: Services) -> FastAPI:
         title="Postline",
         version=__version__,
         description="Self-hosted transactional email: send, track, get told.",
+        # Served by api.docs with assets of its own, not FastAPI's pages, which use a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.services = services
     app.state.rate_limiter = RateLimiter.from_settings(
@@ -37,10 +42,15 @@ def create_api(services: Services) -> FastAPI:
     # Added last, so outermost: nothing reads a body before it has counted it.
     app.add_middleware(body_guard.BodyGuard, db=services.db, limit=services.settings.request_limit)
 
-    app.include_router(emails.router)
-    app.include_router(admin.router)
-    app.include_router(suppressions.router)
-    app.include_router(webhooks.router)
-    app.include_router(destinations.router)
-    app.include_router(health.router)
+    for router in (
+        emails.router,
+        admin.router,
+        suppressions.router,
+        webhooks.router,
+        destinations.router,
+        health.router,
+        index.router,
+    ):
+        app.include_router(responses.declare_problems(router))
+    docs.install(app)
     return app

@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict
 from postline.api import answers
 from postline.api.auth import Admin, Svc
 from postline.api.problems import Problem
-from postline.api.responses import AUTHENTICATED, WITH_BODY, problem_responses
 from postline.api.views import rfc3339
 from postline.delivery.breaker import Breakers, BreakerView
 from postline.domains import DomainError, normalize_domain
@@ -22,7 +21,6 @@ from postline.store.types import utcnow
 router = APIRouter(
     prefix="/v1/destinations",
     tags=["operations"],
-    responses=problem_responses(*AUTHENTICATED, *WITH_BODY),
 )
 
 

@@ -21,7 +21,7 @@ from postline.accept import Accepted, Recipient, Submission
 from postline.api import answers, ratelimit
 from postline.api.auth import Caller, Svc
 from postline.api.problems import Problem
-from postline.api.responses import AUTHENTICATED, WITH_BODY, problem_responses
+from postline.api.responses import problem_responses
 from postline.api.schemas import Batch, BatchBody, EmailBody, EmailIn, Timestamp
 from postline.api.views import email_detail, email_item
 from postline.keys import Principal
@@ -73,8 +73,10 @@ router = APIRouter(
     route_class=_SendRoute,
     prefix="/v1/emails",
     tags=["emails"],
-    responses=problem_responses(*AUTHENTICATED, *WITH_BODY, 404, 409),
 )
+
+#: A scoped key sending from (or filtering on) a domain that is not its own.
+_SCOPE = problem_responses(403)
 
 
 async def _within_limits(request: Request, svc: Svc, caller: Caller, *, batch: bool) -> None:
@@ -214,6 +216,7 @@ def _json(status: int, body: Any, replayed: bool = False) -> Response:
     response_model=answers.EmailAccepted,
     openapi_extra=answers.email_links(202, "/id"),
     dependencies=[Depends(_one_within_limits)],
+    responses=_SCOPE,
 )
 async def send_email(
     svc: Svc,
@@ -232,6 +235,7 @@ async def send_email(
     response_model=answers.BatchAccepted,
     openapi_extra=answers.email_links(202, "/data/0/id"),
     dependencies=[Depends(_batch_within_limits)],
+    responses=_SCOPE,
 )
 async def send_batch(
     svc: Svc,
@@ -250,7 +254,9 @@ async def send_batch(
     )
 
 
-@router.get("", summary="The send log, newest first", response_model=answers.EmailList)
+@router.get(
+    "", summary="The send log, newest first", response_model=answers.EmailList, responses=_SCOPE
+)
 async def list_emails(
     svc: Svc,
     caller: Caller,
@@ -390,6 +396,7 @@ async def get_email_content(svc: Svc, caller: Caller, email_id: str) -> Response
     "/{email_id}/cancel",
     summary="Cancel recipients not yet attempted",
     response_model=answers.EmailDetail,
+    responses=problem_responses(409),
 )
 async def cancel_email(svc: Svc, caller: Caller, email_id: str) -> dict[str, Any]:
     now = utcnow()

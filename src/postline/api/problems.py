@@ -54,16 +54,25 @@ class Problem(Exception):
         self.headers = headers
 
 
+#: RFC 9457 asks for a URI in ``type``; a URN names the kind of problem without pointing at
+#: a web site that the project does not control (and a client should not fetch).
+TYPE_PREFIX = "urn:postline:problem:"
+
+
+def problem_type(status: int) -> str:
+    """``urn:postline:problem:not-found``: the title of the status, as a slug."""
+    return TYPE_PREFIX + _TITLES.get(status, "Error").lower().replace(" ", "-")
+
+
 def problem_response(
     status: int,
     detail: str,
     errors: list[dict[str, str]] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    title = _TITLES.get(status, "Error")
     body: dict[str, Any] = {
-        "type": f"https://postline.dev/problems/{title.lower().replace(' ', '-')}",
-        "title": title,
+        "type": problem_type(status),
+        "title": _TITLES.get(status, "Error"),
         "status": status,
         "detail": detail,
     }

@@ -1,18 +1,30 @@
-"""The problem answers of API.md, declared in the OpenAPI document.
+"""The problem answers of each operation, declared in the OpenAPI document.
 
 Every error a client can cause is an RFC 9457 problem object sent as
 ``application/problem+json`` (``problems.py``). FastAPI only documents its own
 ``422 HTTPValidationError`` in ``application/json``, which is not what Postline
-answers; the routers declare these responses instead, so that a generated
-client, or a schema-driven fuzzer (tests/fuzz), can rely on every status code
-and body the API really sends.
+answers. Each operation declares instead the problem statuses it can really give,
+so that a generated client, a reader of ``/docs``, or a schema-driven fuzzer
+(tests/fuzz, which fails on any status an operation does not declare) can rely on
+them; a GET that listed 413 or 507 would tell a reader something false.
+
+Most of them follow from what the route is (:func:`route_problems`): who may call it,
+whether it takes a body, an id in its path, query parameters, an ``Idempotency-Key``,
+whether it writes. What only its code knows (a scope check that is not the admin
+check, a 409 of its own state, a 410) the route declares with
+``responses=problem_responses(...)``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+
+from postline.api import auth
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
@@ -22,7 +34,11 @@ PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["type", "title", "status", "detail"],
     "properties": {
-        "type": {"type": "string", "description": "A URI naming the kind of problem."},
+        "type": {
+            "type": "string",
+            "description": "The kind of problem, e.g. `urn:postline:problem:not-found`",
+            "pattern": "^urn:postline:problem:[a-z-]+$",
+        },
         "title": {"type": "string"},
         "status": {"type": "integer", "minimum": 400, "maximum": 599},
         "detail": {"type": "string"},
@@ -39,7 +55,8 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 }
 
 _DESCRIPTIONS = {
-    400: "Malformed request: the body is not JSON, or no body was sent",
+    400: "Malformed request: a body that is not JSON (or none), an invalid `cursor`,"
+    " or an empty `Idempotency-Key`",
     401: "Missing, invalid or revoked API key",
     403: "The key's domain scope does not cover this (or an unscoped key is needed)",
     404: "Unknown, or not visible to this key",
@@ -49,7 +66,7 @@ _DESCRIPTIONS = {
     422: "A field is invalid; `errors` names each one",
     429: "Rate limited: retry after `Retry-After` seconds",
     503: "Storage or the queue is unavailable; nothing was changed",
-    507: "Storage is full; nothing was accepted",
+    507: "Storage is full; nothing was kept",
 }
 
 _RETRY_AFTER = {
@@ -59,10 +76,53 @@ _RETRY_AFTER = {
     }
 }
 
-#: The answers every authenticated operation may give, whatever it does.
-AUTHENTICATED = (401, 403, 422, 429, 503, 507)
-#: Operations that take a JSON body.
-WITH_BODY = (400, 413)
+#: Every call that needs a key: no key or a bad one, over the rate limit, storage down.
+AUTHENTICATED = (401, 429, 503)
+#: A JSON body: not JSON or missing, larger than the limit, a field that fails validation.
+WITH_BODY = (400, 413, 422)
+#: ``Idempotency-Key``: empty (400), reused with another body or still running (409),
+#: longer than 256 characters (422).
+IDEMPOTENCY = (400, 409, 422)
+#: Database writes: a full disk is a 507 (``problems.storage_unavailable``), whatever
+#: the operation writes. Reads never answer it.
+WRITES = (507,)
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _dependants(root: Dependant) -> Iterator[Dependant]:
+    """The route's own parameters and those of every dependency, however deep."""
+    pending = [root]
+    while pending:
+        current = pending.pop()
+        yield current
+        pending.extend(current.dependencies)
+
+
+def route_problems(route: APIRoute) -> set[int]:
+    """The problem statuses an operation can answer, from what it is (module docstring)."""
+    parts = list(_dependants(route.dependant))
+    calls = {part.call for part in parts}
+    query = {param.alias for part in parts for param in part.query_params}
+    headers = {param.alias.lower() for part in parts for param in part.header_params}
+    path_ids = [param.alias for part in parts for param in part.path_params]
+    statuses: set[int] = set()
+    if auth.principal in calls:
+        statuses.update(AUTHENTICATED)
+    if auth.admin in calls:
+        statuses.add(403)
+    if route.body_field is not None:
+        statuses.update(WITH_BODY)
+    if query:
+        statuses.add(422)  # every query parameter is typed or bounded
+    if "cursor" in query:
+        statuses.add(400)
+    if "idempotency-key" in headers:
+        statuses.update(IDEMPOTENCY)
+    if any(name.endswith("_id") for name in path_ids):
+        statuses.add(404)  # an id that names nothing this key may see
+    if (route.methods or set()) - READ_METHODS:
+        statuses.update(WRITES)
+    return statuses
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -79,6 +139,31 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return declared
 
 
+def declare_problems(router: APIRouter) -> APIRouter:
+    """``router``, each of its operations declaring the problems it can answer (its own
+    declarations win). Idempotent: the routers are module-level, and every app includes
+    them through this."""
+    for route in router.routes:
+        if isinstance(route, APIRoute) and route.include_in_schema:
+            derived = problem_responses(*route_problems(route))
+            route.responses = {**derived, **route.responses}
+    return router
+
+
+def _without_fastapi_422(document: dict[str, Any]) -> None:
+    """FastAPI documents ``422 HTTPValidationError`` for every operation with a parameter
+    that declares no 422 of its own, even where no parameter can fail validation (a
+    string id in the path). Postline never sends that shape: drop it and its schemas."""
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            answer = operation["responses"].get("422", {})
+            if "application/json" in answer.get("content", {}):
+                del operation["responses"]["422"]
+    schemas = document.get("components", {}).get("schemas", {})
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+
+
 def document_problems(app: FastAPI) -> None:
     """Add the ``Problem`` component that the declared responses refer to."""
     build = app.openapi
@@ -86,6 +171,7 @@ def document_problems(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             document = build()
+            _without_fastapi_422(document)
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
             schemas["Problem"] = PROBLEM_SCHEMA
             app.openapi_schema = document

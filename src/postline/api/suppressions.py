@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from postline.api import answers
 from postline.api.auth import Caller, Svc, domain_in_scope
 from postline.api.problems import Problem
-from postline.api.responses import AUTHENTICATED, WITH_BODY, problem_responses
+from postline.api.responses import problem_responses
 from postline.api.schemas import Address
 from postline.api.views import rfc3339
 from postline.ids import new_id
@@ -23,7 +23,6 @@ from postline.store.types import utcnow
 router = APIRouter(
     prefix="/v1/suppressions",
     tags=["suppressions"],
-    responses=problem_responses(*AUTHENTICATED, *WITH_BODY, 404, 409),
 )
 
 Reason = Literal["hard_bounce", "complaint", "manual", "unsubscribe"]
@@ -66,7 +65,12 @@ async def _domain_id(
     return await domain_in_scope(conn, caller, name)
 
 
-@router.get("", summary="The suppression list", response_model=answers.SuppressionList)
+@router.get(
+    "",
+    summary="The suppression list",
+    response_model=answers.SuppressionList,
+    responses=problem_responses(403),  # a scoped key naming another domain
+)
 async def list_suppressions(
     svc: Svc,
     caller: Caller,
@@ -85,7 +89,13 @@ async def list_suppressions(
     return {"data": [view(r) for r in rows], "next_cursor": rows[-1].id if more else None}
 
 
-@router.post("", status_code=201, summary="Suppress an address", response_model=answers.Suppression)
+@router.post(
+    "",
+    status_code=201,
+    summary="Suppress an address",
+    response_model=answers.Suppression,
+    responses=problem_responses(403, 409),
+)
 async def add_suppression(svc: Svc, caller: Caller, body: SuppressionIn) -> dict[str, Any]:
     async with svc.db.write() as conn:
         domain_id = await _domain_id(conn, caller, body.domain, required=True)
