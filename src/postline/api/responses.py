@@ -1,4 +1,4 @@
-"""The problem answers of the API (docs/API.md, "Errors"), declared in the OpenAPI document.
+"""The problem answers of each operation, declared in the OpenAPI document.
 
 Every error a client can cause is an RFC 9457 problem object sent as
 ``application/problem+json`` (``problems.py``). FastAPI only documents its own
