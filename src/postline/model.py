@@ -155,7 +155,7 @@ def allowed_sources(new: RecipientStatus) -> frozenset[RecipientStatus]:
 
 
 def derive_email_status(statuses: Iterable[RecipientStatus]) -> EmailStatus:
-    """The email's status from its recipients' statuses (DESIGN.md)."""
+    """The email's status from its recipients' statuses (the table in docs/API.md, "Statuses")."""
     present = set(statuses)
     if not present:
         return EmailStatus.QUEUED

@@ -2,7 +2,7 @@
 
 A body becomes an orphan when accept crashed between the spool write and the
 commit, or when its email is long finished. Deleting one that is still needed
-would lose mail, so the rule is strict (DESIGN.md): only bodies older than
+would lose mail, so the rule is strict: only bodies older than
 ``max_age``, referenced by no queue job and by no email still waiting for
 delivery; and when the queue cannot list its references completely, nothing
 is deleted at all.

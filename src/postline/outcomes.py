@@ -111,7 +111,8 @@ def event_row(
     sequence: int,
     now: datetime,
 ) -> dict[str, Any]:
-    """The outbox row for one recipient outcome, payload as DESIGN.md "Events"."""
+    """The outbox row for one recipient outcome; its payload is the webhook body of
+    docs/API.md ("The request")."""
     event_id = new_id("evt_")
     return {
         "id": event_id,

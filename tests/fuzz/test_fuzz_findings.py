@@ -45,7 +45,7 @@ def assert_422(response: httpx.Response, field: str) -> None:
         # A time with no UTC equivalent: was a 500 (OverflowError in the store).
         ("since=0001-01-01T00:00:00%2B01:00", "since"),
         ("until=9999-12-31T23:59:59-01:00", "until"),
-        # Unix time: pydantic took it; the document (and API.md) say RFC 3339.
+        # Unix time: pydantic took it; the document (and docs/API.md) say RFC 3339.
         ("until=0.5", "until"),
         ("since=1700000000", "since"),
     ],

@@ -1,4 +1,4 @@
-"""Every error answer of API.md that applies today.
+"""Every error answer of the API (docs/API.md, "Errors") that applies today.
 
 Each one is an RFC 9457 problem (``application/problem+json`` with type, title,
 status and detail; ``errors[].field`` naming the field of a 422), and a refused

@@ -1,4 +1,4 @@
-"""The happy paths of the HTTP API (API.md) and how a domain-scoped key sees it."""
+"""The happy paths of the HTTP API (docs/API.md) and how a domain-scoped key sees it."""
 
 from __future__ import annotations
 

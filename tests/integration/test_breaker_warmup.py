@@ -1,4 +1,5 @@
-"""Breakers warmed from the delivery_attempts table on both stores (DESIGN.md trap 1)."""
+"""Breakers warmed from the delivery_attempts table on both stores, so that a restart
+neither hammers a dead server nor keeps a recovered one shut."""
 
 from __future__ import annotations
 

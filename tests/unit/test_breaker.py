@@ -1,4 +1,5 @@
-"""Per-destination circuit breakers (DESIGN.md "Delivery rules", trap 1), on a fake clock."""
+"""Per-destination circuit breakers on a fake clock: open after consecutive transaction
+failures, half-open once the open time has passed since the last one, closed by trials."""
 
 from __future__ import annotations
 

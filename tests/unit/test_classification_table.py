@@ -2,9 +2,9 @@
 
 Each line gives the expected recipient status, enhanced code, bounce type and
 whether it suppresses the address: hard if and only if suppressed. The texts
-imitate what large providers send (written for this test, not copied). Traps 4
-and 9 of DESIGN.md: codes are parsed, never matched as substrings, and blocks or
-full mailboxes never suppress.
+imitate what large providers send (written for this test, not copied). Codes are
+parsed, never matched as substrings (" 5" in "retry in 5 minutes" is not a 5xx), and
+blocks or full mailboxes never suppress.
 """
 
 from __future__ import annotations

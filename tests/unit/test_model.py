@@ -1,4 +1,4 @@
-"""The recipient state machine and the email status derived from it (DESIGN.md)."""
+"""The recipient state machine and the email status derived from it (docs/API.md, "Statuses")."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from postline.model import (
 S = RecipientStatus
 E = EmailStatus
 
-# Written out by hand from DESIGN.md "Recipient state machine"; not derived from the code.
+# Written out by hand from the moves of docs/API.md, "Statuses"; not derived from the code.
 EXPECTED: dict[RecipientStatus, set[RecipientStatus]] = {
     S.SCHEDULED: {S.QUEUED, S.CANCELLED},
     S.QUEUED: {S.DEFERRED, S.DELIVERED, S.BOUNCED, S.FAILED, S.SUPPRESSED, S.CANCELLED},

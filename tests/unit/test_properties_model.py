@@ -1,7 +1,7 @@
 """Properties of the recipient state machine, driven by random sequences of outcomes.
 
-test_model.py checks every (from, to) pair of ``can_transition`` against the
-table of DESIGN.md. Here a Hypothesis state machine plays whole lives of the
+test_model.py checks every (from, to) pair of ``can_transition`` against a
+table written by hand. Here a Hypothesis state machine plays whole lives of the
 recipients of one email: random outcomes, late and duplicate reports, stale
 workers. It checks what the table is for: a final status absorbs everything but
 the two documented exits of ``delivered``, the store's SQL guard
@@ -32,7 +32,7 @@ from postline.model import (
 S = RecipientStatus
 STATUSES = st.sampled_from(list(RecipientStatus))
 
-# DESIGN.md, "Recipient state machine", as a regular language over the path of one
+# The recipient state machine (docs/API.md, "Statuses") as a regular language over the path of one
 # recipient: scheduled -> queued -> deferred* -> delivered | bounced | failed; queued ->
 # suppressed (also after a deferral: suppressed while the retry waited); cancelled
 # before any delivery; delivered -> bounced (late DSN) | complained (feedback report).

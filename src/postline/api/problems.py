@@ -110,7 +110,7 @@ def storage_unavailable(exc: BaseException) -> JSONResponse:
 
 
 def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
-    """('body', 3, 'to', 0) -> '[3].to[0]' — the field names of API.md."""
+    """('body', 3, 'to', 0) -> '[3].to[0]': a batch's index first, then the field."""
     path = ""
     for part in loc:
         if isinstance(part, int):

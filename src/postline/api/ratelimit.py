@@ -5,7 +5,7 @@ it is answered 429 with ``Retry-After``. An email send takes the rest of its
 tokens, one per recipient, once its body is counted (:func:`charge_recipients`).
 ``/healthz``, ``/readyz`` and ``/metrics`` take none. Every authenticated answer,
 success or problem, carries ``ratelimit-limit`` (the burst), ``ratelimit-remaining``
-and ``ratelimit-reset`` (seconds until the bucket is full again), as API.md
+and ``ratelimit-reset`` (seconds until the bucket is full again), as docs/API.md
 promises: the dependency leaves its decision in the request's state and
 ``RateLimitHeaders`` writes it on whatever answer goes out.
 """

@@ -1,4 +1,4 @@
-"""Request bodies of the emails API, validated field by field (API.md)."""
+"""Request bodies of the emails API, validated field by field (docs/API.md)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def _unicode(value: str) -> str:
 
 
 Address = Annotated[str, AfterValidator(_mailbox_address)]
-# One address or a list of them (API.md); the OpenAPI document says so too.
+# One address or a list of them; the OpenAPI document says so too.
 AddressList = Annotated[
     list[Address],
     BeforeValidator(_as_list),
@@ -65,7 +65,7 @@ AddressList = Annotated[
 HeaderText = Annotated[str, AfterValidator(_no_crlf)]
 UnicodeText = Annotated[str, AfterValidator(_unicode)]
 
-# API.md times are RFC 3339. Pydantic alone also reads 0.5 or "1700000000" as Unix time.
+# Times in the API are RFC 3339. Pydantic alone also reads 0.5 or "1700000000" as Unix time.
 _RFC3339 = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?"
     r"([Zz]|[+-][0-9]{2}:?[0-9]{2})?"
@@ -190,7 +190,7 @@ class EmailIn(BaseModel):
         return self
 
 
-#: Most emails in one batch request (API.md).
+#: Most emails in one batch request.
 MAX_BATCH = 500
 
 

@@ -1,4 +1,4 @@
-"""Rows to the JSON shapes of API.md."""
+"""Rows to the JSON shapes of the API (docs/API.md)."""
 
 from __future__ import annotations
 

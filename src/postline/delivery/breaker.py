@@ -10,9 +10,9 @@ before it connects and reports the transaction-level verdict afterwards.
   a failure.
 - Open: nothing goes, until ``last failure + open_seconds``. The state is
   *computed* from that instant whenever it is asked for, so a breaker nobody
-  looks at for an hour is half-open at the next look (trap 1 of DESIGN.md: an
-  earlier design only half-opened inside "execute", which open jobs never
-  reached, so it never recovered).
+  looks at for an hour is half-open at the next look (an earlier design only
+  half-opened inside "execute", which open jobs never reached, so it never
+  recovered).
 - Half-open: at most ``half_open_trials`` unsettled trials are admitted;
   ``close_after`` successes close it, a failure re-opens it from that failure.
 

@@ -1,4 +1,4 @@
-"""Every table of Postline (DESIGN.md "Data model"), as SQLAlchemy Core metadata.
+"""Every table of Postline, as SQLAlchemy Core metadata.
 
 Migrations under ``store/migrations`` create exactly this; a test compares the
 two so they cannot drift apart.
