@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.accept import Accepted, Recipient, Submission
 from postline.api import answers, ratelimit
-from postline.api.auth import Caller, Svc
+from postline.api.auth import Caller, Svc, domain_in_scope
+from postline.api.cursors import page_after
 from postline.api.problems import Problem
 from postline.api.responses import AUTHENTICATED, WITH_BODY, problem_responses
 from postline.api.schemas import Batch, BatchBody, EmailBody, EmailIn, Timestamp
@@ -29,7 +30,6 @@ from postline.message import Attachment, Content
 from postline.model import OWN_SOURCES, EmailSource, EmailStatus, RecipientStatus
 from postline.outcomes import Outcome, apply_outcome, is_customer_mail, refresh_email_status
 from postline.spool import SpoolMissing
-from postline.store import domains as domain_store
 from postline.store import emails as email_store
 from postline.store import idempotency
 from postline.store.emails import Email
@@ -255,13 +255,19 @@ async def list_emails(
     svc: Svc,
     caller: Caller,
     status: EmailStatus | None = None,
+    recipient_status: Annotated[
+        RecipientStatus | None,
+        Query(description="Only emails with at least one recipient in this status"),
+    ] = None,
     recipient: str | None = None,
     from_: Annotated[str | None, Query(alias="from")] = None,
     domain: str | None = None,
     tag: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.-]{1,64}:.*$")] = None,
     since: Timestamp | None = None,
     until: Timestamp | None = None,
-    message_id: str | None = None,
+    message_id: Annotated[
+        str | None, Query(description="The Message-ID, with or without its angle brackets")
+    ] = None,
     source: Annotated[
         EmailSource | None,
         Query(
@@ -274,6 +280,7 @@ async def list_emails(
     cursor: str | None = None,
 ) -> dict[str, Any]:
     domain_id = caller.domain_id
+    after = page_after(cursor, "em_")
     if source in OWN_SOURCES and not caller.is_admin:
         raise Problem(403, f"source={source}: Postline's own mail needs an unscoped (admin) key")
     for name, moment in (("since", since), ("until", until)):
@@ -295,28 +302,33 @@ async def list_emails(
             raise Problem(422, f"from: {exc}", [{"field": "from", "message": str(exc)}]) from None
     async with svc.db.read() as conn:
         if domain is not None:
-            row = await domain_store.get_domain_by_name(conn, domain)
-            if row is None or not caller.may_see(row.id):
-                return {"data": [], "next_cursor": None}
-            domain_id = row.id
+            # The same 403 (or 422) as every route naming a domain the key may not use.
+            domain_id = await domain_in_scope(conn, caller, domain)
         where = email_store.EmailFilter(
             status=status,
+            recipient_status=recipient_status,
             recipient=recipient,
             from_address=from_address,
             domain_id=domain_id,
             tag=tuple(tag.split(":", 1)) if tag else None,  # type: ignore[arg-type]
             since=since,
             until=until,
-            message_id=message_id,
+            message_id=bracketed(message_id) if message_id is not None else None,
             source=source,
         )
-        rows = await email_store.list_emails(conn, where, cursor, limit + 1)
+        rows = await email_store.list_emails(conn, where, after, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     return {
         "data": [email_item(r.email, r.recipient_count) for r in rows],
         "next_cursor": rows[-1].email.id if more and rows else None,
     }
+
+
+def bracketed(message_id: str) -> str:
+    """A Message-ID as stored, ``<local@domain>``: users copy it with or without brackets."""
+    bare = message_id.strip().removeprefix("<").removesuffix(">")
+    return f"<{bare}>"
 
 
 def _may_see(caller: Principal, email: Email) -> bool:
