@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 import pydantic_core
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -166,6 +167,12 @@ async def _accept(
     started = time.monotonic()
     submissions = [to_submission(e) for e in emails]
     if idempotency_key is not None:
+        if not idempotency_key.strip():
+            # Not "no key": a client that meant to send one would lose its protection
+            # against sending twice without a word.
+            message = "is empty: send a key unique to this request, or leave the header out"
+            errors = [{"field": "Idempotency-Key", "message": message}]
+            raise Problem(400, f"Idempotency-Key {message}", errors)
         if not 1 <= len(idempotency_key) <= 256:
             raise Problem(422, "Idempotency-Key must be 1 to 256 characters")
         # The endpoint is part of the body: one email and a batch of that one email differ.
@@ -201,10 +208,10 @@ async def _accept(
 
 
 def _json(status: int, body: Any, replayed: bool = False) -> Response:
+    """A send's answer, built here for the replay header: rendered as FastAPI renders
+    every other answer (compact), so one client sees one JSON style."""
     headers = {"Idempotent-Replayed": "true"} if replayed else None
-    return Response(
-        json.dumps(body), status_code=status, media_type="application/json", headers=headers
-    )
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 @router.post(
