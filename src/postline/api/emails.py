@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC
@@ -26,16 +27,26 @@ from postline.api.problems import Problem
 from postline.api.responses import AUTHENTICATED, WITH_BODY, problem_responses
 from postline.api.schemas import Batch, BatchBody, EmailBody, EmailIn, Timestamp
 from postline.api.views import email_detail, email_item
+from postline.app import Services
 from postline.keys import Principal
 from postline.message import Attachment, Content
-from postline.model import OWN_SOURCES, EmailSource, EmailStatus, RecipientStatus
+from postline.model import (
+    OWN_SOURCES,
+    PENDING_STATUSES,
+    EmailSource,
+    EmailStatus,
+    RecipientStatus,
+)
 from postline.outcomes import Outcome, apply_outcome, is_customer_mail, refresh_email_status
 from postline.spool import SpoolMissing
 from postline.store import emails as email_store
 from postline.store import idempotency
 from postline.store.emails import Email
+from postline.store.emails import Recipient as EmailRecipient
 from postline.store.types import utcnow
 from postline.validation import OverLimit, SubmissionLimits, check_request_limits, parse_mailbox
+
+log = logging.getLogger("postline.api")
 
 
 class _QuickJSONRequest(Request):
@@ -432,4 +443,31 @@ async def cancel_email(svc: Svc, caller: Caller, email_id: str) -> dict[str, Any
         await refresh_email_status(conn, email, now)
         refreshed = await email_store.get_email(conn, email_id)
         assert refreshed is not None  # locked above: nobody deleted it since
-        return await _detail(conn, refreshed)
+        detail = await _detail(conn, refreshed)
+        done = _finished_destinations(await email_store.get_recipients(conn, email_id))
+        if svc.queue.shares_store:
+            await svc.queue.discard(email_id, done, conn)
+    if not svc.queue.shares_store:
+        await _discard_after_commit(svc, email_id, done)
+    svc.metrics.recipient_outcomes.labels(status=str(RecipientStatus.CANCELLED)).inc(cancelled)
+    return detail
+
+
+def _finished_destinations(recipients: list[EmailRecipient]) -> list[str]:
+    """The destinations none of whose recipients waits any more: their jobs have
+    nothing left to send, so they leave the queue now rather than when due."""
+    waiting = {r.destination for r in recipients if r.status in PENDING_STATUSES}
+    return sorted({r.destination for r in recipients} - waiting)
+
+
+async def _discard_after_commit(svc: Services, email_id: str, destinations: list[str]) -> None:
+    """A queue apart from the store (Redis) loses the jobs once the cancel is committed.
+    If it does not answer, they stay until due: a worker then finds nothing to send."""
+    try:
+        await svc.queue.discard(email_id, destinations)
+    except Exception as exc:
+        log.warning(
+            "cancelled email_id=%s: its jobs stay queued until due: %s",
+            email_id,
+            type(exc).__name__,
+        )
