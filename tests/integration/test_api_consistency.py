@@ -29,9 +29,9 @@ def _problem(response: httpx.Response, status: int, field: str | None = None) ->
     return body
 
 
-async def _webhook(pl: PostlineUnderTest, **body: Any) -> httpx.Response:
+async def _webhook(pl: PostlineUnderTest, key: str | None = None, **body: Any) -> httpx.Response:
     body = {"url": "http://127.0.0.1:9/hook", "events": ["*"], **body}
-    return await pl.client.post("/v1/webhooks", json=body, headers=pl.auth(body.pop("key", None)))
+    return await pl.client.post("/v1/webhooks", json=body, headers=pl.auth(key))
 
 
 async def _key(pl: PostlineUnderTest, domain: str) -> str:
