@@ -220,6 +220,16 @@ class Acceptor:
         if not self.queue.shares_store:
             await self._enqueue_after_commit(jobs)
         self.wakeups.work_arrived()
+        # Recipients suppressed at accept are final already: an outcome like any other.
+        suppressed = sum(
+            status == RecipientStatus.SUPPRESSED
+            for result in results
+            for _, status in result.recipients
+        )
+        if suppressed:
+            self.metrics.recipient_outcomes.labels(status=str(RecipientStatus.SUPPRESSED)).inc(
+                suppressed
+            )
         for item in prepared:
             self.metrics.emails_accepted.labels(source=item.submission.source).inc()
             log.info(

@@ -61,7 +61,9 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("aiosqlite", "asyncio", "mail.log", "uvicorn.error"):
+    # httpx logs every request at INFO: a webhook attempt would be two lines, one
+    # of them without the delivery's id (events.dispatcher logs each attempt itself).
+    for noisy in ("aiosqlite", "asyncio", "mail.log", "uvicorn.error", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -30,7 +30,8 @@ class EmailStatus(StrEnum):
 
     SCHEDULED = "scheduled"
     QUEUED = "queued"
-    SENDING = "sending"
+    SENDING = "sending"  # some recipient is final, another still waits for its first attempt
+    DEFERRED = "deferred"  # some recipient waits for a retry after a temporary failure
     DELIVERED = "delivered"
     PARTIALLY_DELIVERED = "partially_delivered"
     BOUNCED = "bounced"
@@ -110,7 +111,9 @@ PENDING_STATUSES = frozenset({_S.SCHEDULED, _S.QUEUED, _S.DEFERRED})
 
 #: Emails some recipient of which still waits for delivery (one of PENDING_STATUSES):
 #: their jobs must exist and their bodies are live. The one place this set is spelled.
-WAITING_EMAIL_STATUSES = frozenset({EmailStatus.SCHEDULED, EmailStatus.QUEUED, EmailStatus.SENDING})
+WAITING_EMAIL_STATUSES = frozenset(
+    {EmailStatus.SCHEDULED, EmailStatus.QUEUED, EmailStatus.SENDING, EmailStatus.DEFERRED}
+)
 #: Email statuses whose recipients are all final: what retention may free and purge.
 FINAL_EMAIL_STATUSES = frozenset(EmailStatus) - WAITING_EMAIL_STATUSES
 
@@ -160,14 +163,16 @@ def derive_email_status(statuses: Iterable[RecipientStatus]) -> EmailStatus:
     if not present:
         return EmailStatus.QUEUED
     pending = present & PENDING_STATUSES
+    if _S.DEFERRED in pending:
+        # Waiting for a retry reads so, whatever the other recipients do: "sending"
+        # would hide that a destination refused it for now.
+        return EmailStatus.DEFERRED
     if pending:
         if not (present - pending) <= {_S.SUPPRESSED, _S.CANCELLED}:
             return EmailStatus.SENDING
         if pending == {_S.SCHEDULED}:
             return EmailStatus.SCHEDULED
-        if pending <= {_S.SCHEDULED, _S.QUEUED}:
-            return EmailStatus.QUEUED
-        return EmailStatus.SENDING
+        return EmailStatus.QUEUED
     delivered = present & {_S.DELIVERED, _S.COMPLAINED}
     if delivered:
         if present <= {_S.DELIVERED, _S.COMPLAINED}:

@@ -101,6 +101,25 @@ def is_customer_mail(email: Sourced) -> bool:
     return email.source not in OWN_SOURCES
 
 
+def recipient_bounce_type(outcome: Outcome) -> str | None:
+    """The ``bounce_type`` a recipient (and its event) carries: a bounce's class only.
+
+    A deferral or an expiry is classified too, but saying ``"soft"`` of a recipient
+    that never bounced would read as a bounce: that class is kept in the attempt's
+    timeline row, and an ``email.deferred`` event names it ``deferral_type``.
+    """
+    if outcome.status is RecipientStatus.BOUNCED and outcome.bounce_type is not None:
+        return str(outcome.bounce_type)
+    return None
+
+
+def deferral_type(outcome: Outcome) -> str | None:
+    """The class of a deferral's temporary failure (``soft``, ``block``...); None otherwise."""
+    if outcome.status is RecipientStatus.DEFERRED and outcome.bounce_type is not None:
+        return str(outcome.bounce_type)
+    return None
+
+
 def event_row(
     *,
     email: Email,
@@ -135,7 +154,8 @@ def event_row(
                 "smtp_code": outcome.smtp_code,
                 "enhanced_code": outcome.enhanced_code,
                 "reason": outcome.reason or outcome.response,
-                "bounce_type": str(outcome.bounce_type) if outcome.bounce_type else None,
+                "bounce_type": recipient_bounce_type(outcome),
+                "deferral_type": deferral_type(outcome),
                 "attempt": attempt,
                 "tags": dict(email.tags or {}),
                 "sequence": sequence,
@@ -200,7 +220,7 @@ async def apply_outcome(
             "smtp_code": outcome.smtp_code,
             "enhanced_code": outcome.enhanced_code,
             "response": outcome.response,
-            "bounce_type": str(outcome.bounce_type) if outcome.bounce_type else None,
+            "bounce_type": recipient_bounce_type(outcome),
             "bounce_rule": outcome.bounce_rule,
             "next_attempt_at": attempt.next_attempt_at,
         }
@@ -225,6 +245,7 @@ async def apply_outcome(
                 "smtp_code": outcome.smtp_code,
                 "enhanced_code": outcome.enhanced_code,
                 "response": outcome.response,
+                "bounce_type": str(outcome.bounce_type) if outcome.bounce_type else None,
                 "bounce_rule": outcome.bounce_rule,
                 "duration_ms": attempt.duration_ms,
                 "created_at": now,

@@ -615,3 +615,53 @@ async def poll_lease(queue: Queue, owner: str = "w1", lease_seconds: float = 60)
         lambda: queue.lease(owner, 1, lease_seconds), timeout=10, what="a job to come due"
     )
     return cast(Job, leased[0])
+
+
+async def test_discard_removes_the_emails_jobs_for_those_destinations(queue: Queue) -> None:
+    cancelled, other = job("a.test"), job("a.test")
+    kept = job("b.test", email_id=cancelled.email_id, body=cancelled.body_ref)
+    scheduled = job("c.test", due_in=3600, email_id=cancelled.email_id, body="em_scheduled")
+    await queue.enqueue([cancelled, other, kept, scheduled])
+    assert await queue.discard(cancelled.email_id, ["a.test", "c.test", "d.test"]) == 2
+    assert await queue.depth() == {"a.test": 1, "b.test": 1}
+    assert await queue.body_refs() == {other.body_ref, cancelled.body_ref}
+    assert {j.id for j in await queue.lease("w1", 10, 60)} == {other.id, kept.id}
+    # Nothing left to discard; an unknown email or no destination is no error.
+    assert await queue.discard(cancelled.email_id, ["a.test", "c.test"]) == 0
+    assert await queue.discard(new_id("em_"), ["a.test"]) == 0
+    assert await queue.discard(cancelled.email_id, []) == 0
+    assert await queue.depth() == {"a.test": 1, "b.test": 1}
+
+
+async def test_discard_leaves_a_leased_job_to_its_worker(queue: Queue) -> None:
+    leased_job = job("a.test")
+    await queue.enqueue([leased_job])
+    (leased,) = await queue.lease("w1", 10, 60)
+    assert await queue.discard(leased_job.email_id, ["a.test"]) == 0
+    assert await queue.depth() == {"a.test": 1}
+    assert await queue.in_flight() == {"a.test": 1}
+    assert await queue.ack(leased)
+    assert await queue.depth() == {}
+
+
+async def test_discard_takes_a_job_whose_lease_ended(queue: Queue) -> None:
+    lapsed = job("a.test")
+    await queue.enqueue([lapsed])
+    (leased,) = await queue.lease("w1", 10, 0.01)
+
+    async def discarded() -> bool:
+        return await queue.discard(lapsed.email_id, ["a.test"]) == 1
+
+    await poll(discarded, timeout=5, what="the job to be discarded once its lease ended")
+    assert await queue.depth() == {}
+    assert sum((await queue.in_flight()).values()) == 0
+    assert not await queue.ack(leased), "the late worker is told its job went"
+
+
+async def test_a_discarded_pair_may_be_enqueued_again(queue: Queue) -> None:
+    first = job()
+    await queue.enqueue([first])
+    assert await queue.discard(first.email_id, [first.destination]) == 1
+    again = job(email_id=first.email_id)
+    await queue.enqueue([again])
+    assert [j.id for j in await queue.lease("w1", 10, 60)] == [again.id]

@@ -237,7 +237,7 @@ async def test_purge_removes_old_final_emails_in_batches(
     )["id"]
     for email_id in final:
         await pl.wait_until_final(email_id)
-    await pl.wait_for_status(waiting, ["sending"])
+    await pl.wait_for_status(waiting, ["deferred"])
     await poll(lambda: all_dispatched(pl), timeout=15, what="every event fanned out")
     await pl.stop_engine()
     assert (await rows_of(pl, final))["delivery_attempts"] == 7

@@ -101,6 +101,7 @@ def test_event_row_carries_every_field_of_the_payload() -> None:
                 "enhanced_code": "5.1.1",
                 "reason": "the mailbox does not exist",
                 "bounce_type": "hard",
+                "deferral_type": None,
                 "attempt": 3,
                 "tags": {"order": "42"},
                 "sequence": 7,
@@ -124,3 +125,27 @@ def test_event_row_without_a_reason_gives_the_reply_and_no_bounce_type() -> None
     assert data["bounce_type"] is None
     assert data["status"] == "deferred"
     assert row["type"] == row["payload"]["type"] == "email.deferred"
+
+
+def test_a_deferral_names_its_class_without_claiming_a_bounce() -> None:
+    outcome = Outcome(
+        status=RecipientStatus.DEFERRED,
+        smtp_code=421,
+        enhanced_code="4.7.0",
+        response="421 4.7.0 Try again later",
+        bounce_type=BounceType.SOFT,
+    )
+    data = row_for(outcome, EventType.DEFERRED, attempt=1, sequence=2)["payload"]["data"]
+    assert (data["bounce_type"], data["deferral_type"]) == (None, "soft")
+
+
+def test_an_expiry_claims_no_bounce_either() -> None:
+    outcome = Outcome(
+        status=RecipientStatus.FAILED,
+        smtp_code=421,
+        response="421 4.7.0 Try again later",
+        bounce_type=BounceType.SOFT,
+        reason="expired after 5 attempts",
+    )
+    data = row_for(outcome, EventType.FAILED, attempt=5, sequence=6)["payload"]["data"]
+    assert (data["bounce_type"], data["deferral_type"]) == (None, None)

@@ -21,6 +21,7 @@ from postline.model import (
     EVENT_FOR_STATUS,
     FINAL_STATUSES,
     PENDING_STATUSES,
+    WAITING_EMAIL_STATUSES,
     EmailStatus,
     EventType,
     RecipientStatus,
@@ -141,9 +142,8 @@ class Recipients(RuleBasedStateMachine):
         current = [path[-1] for path in self.paths]
         email = derive_email_status(current)
         pending = [status for status in current if status in PENDING_STATUSES]
-        assert (email in (EmailStatus.SCHEDULED, EmailStatus.QUEUED, EmailStatus.SENDING)) == bool(
-            pending
-        )
+        assert (email in WAITING_EMAIL_STATUSES) == bool(pending)
+        assert (email is EmailStatus.DEFERRED) == (S.DEFERRED in current)
         if all(status in (S.DELIVERED, S.COMPLAINED) for status in current):
             assert email is EmailStatus.DELIVERED
         if email is EmailStatus.DELIVERED:

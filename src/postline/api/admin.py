@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response
 
 from postline.api import answers
 from postline.api.auth import Admin, Caller, Svc
+from postline.api.cursors import SinglePageCursor, single_page
 from postline.api.problems import Problem
 from postline.api.responses import problem_responses
 from postline.api.schemas import DomainIn, DomainPatch, KeyIn
@@ -84,7 +85,8 @@ async def add_domain(svc: Svc, _: Admin, body: DomainIn) -> dict[str, Any]:
     response_model=answers.DomainList,
     response_model_exclude_unset=True,
 )
-async def list_domains(svc: Svc, caller: Caller) -> dict[str, Any]:
+async def list_domains(svc: Svc, caller: Caller, cursor: SinglePageCursor = None) -> dict[str, Any]:
+    single_page(cursor)
     async with svc.db.read() as conn:
         rows = await domain_store.list_domains(conn, caller.domain_id)
     return {"data": [domain_view(r, svc.settings.hostname) for r in rows], "next_cursor": None}
@@ -155,7 +157,8 @@ async def add_key(svc: Svc, _: Admin, body: KeyIn) -> dict[str, Any]:
 
 
 @router.get("/api-keys", summary="API keys (no secrets)", response_model=answers.ApiKeyList)
-async def list_keys(svc: Svc, _: Admin) -> dict[str, Any]:
+async def list_keys(svc: Svc, _: Admin, cursor: SinglePageCursor = None) -> dict[str, Any]:
+    single_page(cursor)
     async with svc.db.read() as conn:
         rows = await key_store.list_keys(conn)
     return {"data": [key_view(r) for r in rows], "next_cursor": None}

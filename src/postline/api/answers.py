@@ -81,7 +81,11 @@ class EmailItem(_Answer):
     message_id: str
     from_: str = Field(alias="from")
     subject: str
-    status: str
+    status: str = Field(
+        description="Derived from the recipients: `scheduled`, `queued`, `sending`, `deferred`"
+        " (some recipient waits for a retry), `delivered`, `partially_delivered`, `bounced`,"
+        " `failed`, `suppressed` or `cancelled`"
+    )
     source: str
     created_at: str | None
     updated_at: str | None
@@ -102,6 +106,10 @@ class Attempt(_Answer):
     smtp_code: int | None
     enhanced_code: str | None
     response: str | None
+    bounce_type: str | None = Field(
+        description="The class of this attempt's failure (`hard`, `soft`, `block`,"
+        " `undetermined`), a deferral's too; null for a success"
+    )
     bounce_rule: str | None
     duration_ms: int | None
     at: str | None
@@ -114,7 +122,9 @@ class RecipientDetail(_Answer):
     smtp_code: int | None
     enhanced_code: str | None
     response: str | None
-    bounce_type: str | None
+    bounce_type: str | None = Field(
+        description="Set on a bounced recipient only; a deferral's class is in its timeline"
+    )
     bounce_rule: str | None
     attempts: int
     next_attempt_at: str | None

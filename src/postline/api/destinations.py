@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from postline.api import answers
 from postline.api.auth import Admin, Svc
+from postline.api.cursors import SinglePageCursor, single_page
 from postline.api.problems import Problem
 from postline.api.views import rfc3339
 from postline.delivery.breaker import Breakers, BreakerView
@@ -72,9 +73,10 @@ async def _breakers(svc: Svc) -> Breakers:
     summary="Every destination with queued mail or a breaker that is not closed",
     response_model=answers.DestinationList,
 )
-async def list_destinations(svc: Svc, _: Admin) -> dict[str, Any]:
+async def list_destinations(svc: Svc, _: Admin, cursor: SinglePageCursor = None) -> dict[str, Any]:
     """Unscoped keys only: the queue is shared, so its destinations (where every domain
     sends, how much, the last errors) are other domains' data for a scoped key."""
+    single_page(cursor)
     counts = await _counts(svc)
     breakers = await _breakers(svc)
     names = set(counts.queued) | set(counts.deferred) | {v.domain for v in breakers.views()}

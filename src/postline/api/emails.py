@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC
@@ -13,28 +14,39 @@ from typing import Annotated, Any, TypeVar
 import pydantic_core
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.accept import Accepted, Recipient, Submission
 from postline.api import answers, ratelimit
-from postline.api.auth import Caller, Svc
+from postline.api.auth import Caller, Svc, domain_in_scope
+from postline.api.cursors import page_after
 from postline.api.problems import Problem
 from postline.api.responses import problem_responses
 from postline.api.schemas import Batch, BatchBody, EmailBody, EmailIn, Timestamp
 from postline.api.views import email_detail, email_item
+from postline.app import Services
 from postline.keys import Principal
 from postline.message import Attachment, Content
-from postline.model import OWN_SOURCES, EmailSource, EmailStatus, RecipientStatus
+from postline.model import (
+    OWN_SOURCES,
+    PENDING_STATUSES,
+    EmailSource,
+    EmailStatus,
+    RecipientStatus,
+)
 from postline.outcomes import Outcome, apply_outcome, is_customer_mail, refresh_email_status
 from postline.spool import SpoolMissing
-from postline.store import domains as domain_store
 from postline.store import emails as email_store
 from postline.store import idempotency
 from postline.store.emails import Email
+from postline.store.emails import Recipient as EmailRecipient
 from postline.store.types import utcnow
 from postline.validation import OverLimit, SubmissionLimits, check_request_limits, parse_mailbox
+
+log = logging.getLogger("postline.api")
 
 
 class _QuickJSONRequest(Request):
@@ -168,6 +180,12 @@ async def _accept(
     started = time.monotonic()
     submissions = [to_submission(e) for e in emails]
     if idempotency_key is not None:
+        if not idempotency_key.strip():
+            # Not "no key": a client that meant to send one would lose its protection
+            # against sending twice without a word.
+            message = "is empty: send a key unique to this request, or leave the header out"
+            errors = [{"field": "Idempotency-Key", "message": message}]
+            raise Problem(400, f"Idempotency-Key {message}", errors)
         if not 1 <= len(idempotency_key) <= 256:
             raise Problem(422, "Idempotency-Key must be 1 to 256 characters")
         # The endpoint is part of the body: one email and a batch of that one email differ.
@@ -203,10 +221,10 @@ async def _accept(
 
 
 def _json(status: int, body: Any, replayed: bool = False) -> Response:
+    """A send's answer, built here for the replay header: rendered as FastAPI renders
+    every other answer (compact), so one client sees one JSON style."""
     headers = {"Idempotent-Replayed": "true"} if replayed else None
-    return Response(
-        json.dumps(body), status_code=status, media_type="application/json", headers=headers
-    )
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 @router.post(
@@ -261,13 +279,19 @@ async def list_emails(
     svc: Svc,
     caller: Caller,
     status: EmailStatus | None = None,
+    recipient_status: Annotated[
+        RecipientStatus | None,
+        Query(description="Only emails with at least one recipient in this status"),
+    ] = None,
     recipient: str | None = None,
     from_: Annotated[str | None, Query(alias="from")] = None,
     domain: str | None = None,
     tag: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.-]{1,64}:.*$")] = None,
     since: Timestamp | None = None,
     until: Timestamp | None = None,
-    message_id: str | None = None,
+    message_id: Annotated[
+        str | None, Query(description="The Message-ID, with or without its angle brackets")
+    ] = None,
     source: Annotated[
         EmailSource | None,
         Query(
@@ -280,6 +304,7 @@ async def list_emails(
     cursor: str | None = None,
 ) -> dict[str, Any]:
     domain_id = caller.domain_id
+    after = page_after(cursor, "em_")
     if source in OWN_SOURCES and not caller.is_admin:
         raise Problem(403, f"source={source}: Postline's own mail needs an unscoped (admin) key")
     for name, moment in (("since", since), ("until", until)):
@@ -301,28 +326,33 @@ async def list_emails(
             raise Problem(422, f"from: {exc}", [{"field": "from", "message": str(exc)}]) from None
     async with svc.db.read() as conn:
         if domain is not None:
-            row = await domain_store.get_domain_by_name(conn, domain)
-            if row is None or not caller.may_see(row.id):
-                return {"data": [], "next_cursor": None}
-            domain_id = row.id
+            # The same 403 (or 422) as every route naming a domain the key may not use.
+            domain_id = await domain_in_scope(conn, caller, domain)
         where = email_store.EmailFilter(
             status=status,
+            recipient_status=recipient_status,
             recipient=recipient,
             from_address=from_address,
             domain_id=domain_id,
             tag=tuple(tag.split(":", 1)) if tag else None,  # type: ignore[arg-type]
             since=since,
             until=until,
-            message_id=message_id,
+            message_id=bracketed(message_id) if message_id is not None else None,
             source=source,
         )
-        rows = await email_store.list_emails(conn, where, cursor, limit + 1)
+        rows = await email_store.list_emails(conn, where, after, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     return {
         "data": [email_item(r.email, r.recipient_count) for r in rows],
         "next_cursor": rows[-1].email.id if more and rows else None,
     }
+
+
+def bracketed(message_id: str) -> str:
+    """A Message-ID as stored, ``<local@domain>``: users copy it with or without brackets."""
+    bare = message_id.strip().removeprefix("<").removesuffix(">")
+    return f"<{bare}>"
 
 
 def _may_see(caller: Principal, email: Email) -> bool:
@@ -420,4 +450,31 @@ async def cancel_email(svc: Svc, caller: Caller, email_id: str) -> dict[str, Any
         await refresh_email_status(conn, email, now)
         refreshed = await email_store.get_email(conn, email_id)
         assert refreshed is not None  # locked above: nobody deleted it since
-        return await _detail(conn, refreshed)
+        detail = await _detail(conn, refreshed)
+        done = _finished_destinations(await email_store.get_recipients(conn, email_id))
+        if svc.queue.shares_store:
+            await svc.queue.discard(email_id, done, conn)
+    if not svc.queue.shares_store:
+        await _discard_after_commit(svc, email_id, done)
+    svc.metrics.recipient_outcomes.labels(status=str(RecipientStatus.CANCELLED)).inc(cancelled)
+    return detail
+
+
+def _finished_destinations(recipients: list[EmailRecipient]) -> list[str]:
+    """The destinations none of whose recipients waits any more: their jobs have
+    nothing left to send, so they leave the queue now rather than when due."""
+    waiting = {r.destination for r in recipients if r.status in PENDING_STATUSES}
+    return sorted({r.destination for r in recipients} - waiting)
+
+
+async def _discard_after_commit(svc: Services, email_id: str, destinations: list[str]) -> None:
+    """A queue apart from the store (Redis) loses the jobs once the cancel is committed.
+    If it does not answer, they stay until due: a worker then finds nothing to send."""
+    try:
+        await svc.queue.discard(email_id, destinations)
+    except Exception as exc:
+        log.warning(
+            "cancelled email_id=%s: its jobs stay queued until due: %s",
+            email_id,
+            type(exc).__name__,
+        )

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.api import answers
 from postline.api.auth import Caller, Svc, domain_in_scope
+from postline.api.cursors import page_after
 from postline.api.problems import Problem
 from postline.api.responses import problem_responses
 from postline.api.schemas import Address
@@ -80,10 +81,11 @@ async def list_suppressions(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> dict[str, Any]:
+    after = page_after(cursor, "sup_")
     async with svc.db.read() as conn:
         domain_id = await _domain_id(conn, caller, domain, required=False)
         where = suppression_store.SuppressionFilter(domain_id, address, reason)
-        rows = await suppression_store.list_suppressions(conn, where, cursor, limit + 1)
+        rows = await suppression_store.list_suppressions(conn, where, after, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     return {"data": [view(r) for r in rows], "next_cursor": rows[-1].id if more else None}

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from postline.addresses import quoted_from
+from postline.model import RecipientStatus
 from postline.store.emails import Attempt, Email, Event, Notification, Recipient
 
 
@@ -51,6 +52,8 @@ def email_detail(
                 "smtp_code": attempt.smtp_code,
                 "enhanced_code": attempt.enhanced_code,
                 "response": attempt.response,
+                # The class of this attempt's failure, a deferral's included.
+                "bounce_type": attempt.bounce_type,
                 "bounce_rule": attempt.bounce_rule,
                 "duration_ms": attempt.duration_ms,
                 "at": rfc3339(attempt.created_at),
@@ -66,7 +69,8 @@ def email_detail(
             "smtp_code": r.smtp_code,
             "enhanced_code": r.enhanced_code,
             "response": r.response,
-            "bounce_type": r.bounce_type,
+            # Only a bounced recipient bounced: a deferral's class is in its timeline.
+            "bounce_type": r.bounce_type if r.status == RecipientStatus.BOUNCED else None,
             "bounce_rule": r.bounce_rule,
             "attempts": r.attempts,
             "next_attempt_at": rfc3339(r.next_attempt_at),

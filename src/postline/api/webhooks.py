@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.api import answers
 from postline.api.auth import Caller, Svc, domain_in_scope
+from postline.api.cursors import SinglePageCursor, page_after, single_page
 from postline.api.problems import Problem
 from postline.api.responses import problem_responses
 from postline.api.views import rfc3339
@@ -200,7 +201,10 @@ async def create_webhook(svc: Svc, caller: Caller, body: WebhookIn) -> dict[str,
 
 
 @router.get("", summary="Webhook endpoints visible to this key", response_model=answers.WebhookList)
-async def list_webhooks(svc: Svc, caller: Caller) -> dict[str, Any]:
+async def list_webhooks(
+    svc: Svc, caller: Caller, cursor: SinglePageCursor = None
+) -> dict[str, Any]:
+    single_page(cursor)
     async with svc.db.read() as conn:
         rows = await webhook_store.list_webhooks(conn, caller.domain_id)
     return {"data": [view(r) for r in rows], "next_cursor": None}
@@ -323,9 +327,10 @@ async def list_deliveries(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> dict[str, Any]:
+    after = page_after(cursor, "whd_")
     async with svc.db.read() as conn:
         await _visible(conn, caller, webhook_id)
-        rows = await webhook_store.list_deliveries(conn, webhook_id, cursor, limit + 1)
+        rows = await webhook_store.list_deliveries(conn, webhook_id, after, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     return {

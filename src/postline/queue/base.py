@@ -149,6 +149,19 @@ class Queue(ABC):
         """
 
     @abstractmethod
+    async def discard(
+        self, email_id: str, destinations: Sequence[str], conn: AsyncConnection | None = None
+    ) -> int:
+        """Remove the jobs of ``email_id`` for these destinations that nobody holds;
+        return how many.
+
+        For jobs left with nothing to send (every recipient cancelled): they leave the
+        queue, its depth and the bodies it keeps, at once, instead of when they come
+        due and a worker leases and acks them. A job under a live lease is left to its
+        worker, which finds its recipients final and acks it. ``conn`` as in :meth:`enqueue`.
+        """
+
+    @abstractmethod
     async def recover_expired(self) -> int:
         """Free leases whose holder is gone; return how many.
 

@@ -651,6 +651,21 @@ class EmbeddedQueue(Queue):
         self._turns.note(job.destination, job.due_at)
         return True
 
+    async def discard(
+        self, email_id: str, destinations: Sequence[str], conn: AsyncConnection | None = None
+    ) -> int:
+        """In the caller's transaction when given: a cancellation and the removal of its
+        jobs commit together. The view of turns may still name the destination; a
+        lease that finds nothing of it there only looks once more."""
+        if not destinations:
+            return 0
+        statement = delete(jobs_table).where(
+            jobs_table.c.email_id == email_id,
+            jobs_table.c.destination.in_(sorted(set(destinations))),
+            _not_leased(utcnow()),
+        )
+        return await self._run(statement, conn)
+
     async def recover_expired(self) -> int:
         """Free expired leases and those of owners without a live heartbeat.
 

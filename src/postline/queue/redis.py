@@ -155,6 +155,7 @@ class RedisQueue(Queue):
         self._retry = client.register_script(redis_lua.RETRY)
         self._release = client.register_script(redis_lua.RELEASE)
         self._recover_abandoned = client.register_script(redis_lua.RECOVER_ABANDONED)
+        self._discard = client.register_script(redis_lua.DISCARD)
         self._take_token = client.register_script(redis_lua.BUCKET_TAKE)
 
     async def _run(self, script: AsyncScript, *args: Any) -> Any:
@@ -209,6 +210,14 @@ class RedisQueue(Queue):
 
     async def release(self, job: Job) -> bool:
         return await self._owned(self._release, job)
+
+    async def discard(
+        self, email_id: str, destinations: Sequence[str], conn: AsyncConnection | None = None
+    ) -> int:
+        """One script for all the destinations; ``conn`` is not Redis's (jobs live apart)."""
+        if not destinations:
+            return 0
+        return int(await self._run(self._discard, email_id, *sorted(set(destinations))))
 
     async def recover_expired(self) -> int:
         """One script: expired leases, then those of owners whose heartbeat key is gone."""

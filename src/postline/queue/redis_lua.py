@@ -275,6 +275,42 @@ return 1
 """
 )
 
+#: ARGV: due prefix, email id, then destinations. Removes the email's job of each
+#: destination unless it is under a live lease (its worker acks it); returns how many.
+#: The destination's turn in ``domains`` and a ``parked:{d}`` entry may stay behind:
+#: a lease drops a destination with no job due, and a release skips a job that is gone.
+DISCARD = (
+    _COMMON
+    + r"""
+local email_id = ARGV[2]
+local now = clock()
+local removed = 0
+for i = 3, #ARGV do
+  local destination = ARGV[i]
+  local pair = email_id .. '|' .. destination
+  local id = redis.call('HGET', PAIRS, pair)
+  if id then
+    local raw = redis.call('HGET', JOBS, id)
+    local job = raw and cjson.decode(raw)
+    local leased = job and job.lease_owner ~= nil and job.lease_owner ~= cjson.null
+      and job.lease_until ~= nil and job.lease_until ~= cjson.null and job.lease_until >= now
+    if not leased then
+      redis.call('HDEL', PAIRS, pair)
+      if job then
+        redis.call('HDEL', JOBS, id)
+        redis.call('HDEL', BODIES, id)
+        redis.call('ZREM', DUE .. destination, id)
+        if redis.call('ZREM', LEASED, id) == 1 then decrement(INFLIGHT, destination) end
+        decrement(DEPTH, destination)
+        removed = removed + 1
+      end
+    end
+  end
+end
+return removed
+"""
+)
+
 #: ARGV: due prefix, heartbeat key prefix. Returns how many leases were made pending:
 #: those that ended (as ``RECOVER``, all of them) and those whose owner has no heartbeat
 #: key any more, whatever their lease says.

@@ -97,6 +97,8 @@ class Attempt(Record):
     smtp_code: int | None
     enhanced_code: str | None
     response: str | None
+    #: The class of this attempt's failure: a deferral's too (the recipient's is a bounce's).
+    bounce_type: BounceType | None
     bounce_rule: str | None
     duration_ms: int
     created_at: datetime
@@ -301,6 +303,8 @@ async def set_emails_status(
 @dataclass(frozen=True)
 class EmailFilter:
     status: EmailStatus | None = None
+    #: Only emails with at least one recipient in this status.
+    recipient_status: RecipientStatus | None = None
     recipient: str | None = None
     from_address: str | None = None
     domain_id: str | None = None
@@ -342,6 +346,16 @@ async def list_emails(
         conditions.append(sent_emails.c.source == str(where.source))
     else:
         conditions.append(sent_emails.c.source.not_in([str(s) for s in OWN_SOURCES]))
+    if where.recipient_status is not None:
+        # Through the index on (status, email_id): the emails with a recipient in this
+        # status, whether a few among many (deferred) or most of them (delivered).
+        conditions.append(
+            sent_emails.c.id.in_(
+                select(email_recipients.c.email_id).where(
+                    email_recipients.c.status == str(where.recipient_status)
+                )
+            )
+        )
     if where.recipient:
         conditions.append(
             exists().where(

@@ -127,6 +127,9 @@ email_recipients = Table(
     Column("next_attempt_at", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # The send log's ``recipient_status`` filter seeks the emails with a recipient in
+    # one status (a few deferred among millions delivered) without reading the others.
+    Index("ix_email_recipients_status_email_id", "status", "email_id"),
 )
 
 delivery_attempts = Table(
@@ -155,6 +158,9 @@ delivery_attempts = Table(
     Column("smtp_code", Integer, nullable=True),
     Column("enhanced_code", String(16), nullable=True),
     Column("response", Text, nullable=True),
+    # The class of this attempt's failure (model.BounceType): a deferral's is kept
+    # here only, as the recipient's own bounce_type is set for a bounce alone.
+    Column("bounce_type", String(16), nullable=True),
     Column("bounce_rule", String(64), nullable=True),
     Column("duration_ms", Integer, nullable=False, default=0),
     Column("created_at", UTCDateTime, nullable=False),

@@ -1,0 +1,87 @@
+"""One log line per webhook attempt, at the levels ``postline serve`` sets.
+
+httpx logs every request it makes at INFO; left on, each webhook attempt read
+twice in the log, once without the delivery's id. ``cli.setup_logging`` quiets it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from postline.cli import setup_logging
+from tests.harness.polling import poll
+from tests.harness.postline import Factory, PostlineUnderTest
+from tests.harness.receiver import WebhookReceiver
+
+
+@pytest.fixture
+def production_logging(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """Capture at INFO with the levels ``postline serve`` sets; every logger's level and
+    the root handlers are put back afterwards."""
+    manager = logging.root.manager
+    saved = {
+        name: (logger.level, logger.propagate, list(logger.handlers))
+        for name, logger in manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    handlers = list(logging.root.handlers)
+    caplog.set_level(logging.INFO)
+    setup_logging("INFO")
+    try:
+        yield caplog
+    finally:
+        logging.root.handlers[:] = handlers
+        for name, logger in manager.loggerDict.items():
+            if isinstance(logger, logging.Logger):
+                level, propagate, attached = saved.get(name, (logging.NOTSET, True, []))
+                logger.setLevel(level)
+                logger.propagate = propagate
+                logger.handlers[:] = attached
+
+
+@pytest_asyncio.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    hooks = WebhookReceiver()
+    await hooks.start()
+    yield hooks
+    await hooks.stop()
+
+
+async def test_each_webhook_attempt_is_one_log_line(
+    production_logging: pytest.LogCaptureFixture,
+    postline_factory: Factory,
+    receiver: WebhookReceiver,
+) -> None:
+    pl: PostlineUnderTest = await postline_factory(
+        webhook_allow_private=True, webhook_retry_schedule="0.1,0.2"
+    )
+    created = await pl.client.post(
+        "/v1/webhooks", json={"url": receiver.url, "events": ["*"]}, headers=pl.auth()
+    )
+    assert created.status_code == 201, created.text
+    webhook_id = created.json()["id"]
+    receiver.fail_next(1, 503)
+    sent = await pl.client.post(f"/v1/webhooks/{webhook_id}/test", headers=pl.auth())
+    assert sent.status_code == 202, sent.text
+    delivery_id = sent.json()["delivery_id"]
+
+    async def succeeded() -> Any:
+        response = await pl.client.get(f"/v1/webhooks/{webhook_id}/deliveries", headers=pl.auth())
+        done = [d for d in response.json()["data"] if d["id"] == delivery_id]
+        return done and done[0]["status"] == "succeeded" and done[0]["attempts"] == 2
+
+    await poll(succeeded, timeout=15, what="the second attempt to succeed")
+    assert len(receiver.received) == 2
+    info = [r for r in production_logging.records if r.levelno >= logging.INFO]
+    from_http_client = [
+        r.getMessage() for r in info if r.name.split(".")[0] in ("httpx", "httpcore")
+    ]
+    assert from_http_client == []
+    about_it = [r.getMessage() for r in info if delivery_id in r.getMessage()]
+    assert len(about_it) == 2, about_it
+    assert all(r.name.startswith("postline") for r in info if receiver.url in r.getMessage())
