@@ -112,8 +112,8 @@ def route_problems(route: APIRoute) -> set[int]:
         statuses.add(403)
     if route.body_field is not None:
         statuses.update(WITH_BODY)
-    if query:
-        statuses.add(422)  # every query parameter is typed or bounded
+    if query - {"cursor"}:
+        statuses.add(422)  # every query parameter but a cursor is typed or bounded
     if "cursor" in query:
         statuses.add(400)
     if "idempotency-key" in headers:
