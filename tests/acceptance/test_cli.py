@@ -290,6 +290,8 @@ def test_keys_revoke_takes_an_unambiguous_prefix(install: Install) -> None:
 
     unknown = install.cli("keys", "revoke", "key_zzzz")
     unknown.assert_one_line_failure(1, "key_zzzz")
+    wildcard = install.cli("keys", "revoke", "%")  # taken literally, not as SQL LIKE's
+    wildcard.assert_one_line_failure(1, "no active key")
 
     target = ids[1]
     others = [key_id for key_id in ids if key_id != target]
