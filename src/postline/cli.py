@@ -10,6 +10,9 @@ import asyncio
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib.metadata import version as package_version
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -21,13 +24,15 @@ from postline.app import Services, check_reachable, ensure_admin_key, start_warn
 from postline.config import (
     ConfigError,
     Settings,
+    check_installation,
     check_port_free,
     ensure_data_dir,
     load_settings,
+    named_in_environment,
     redact_url,
 )
 from postline.domains import DomainError, create_domain, dns_records
-from postline.keys import CreatedKey, create_key
+from postline.keys import AmbiguousKey, CreatedKey, create_key, revoke_by_prefix
 from postline.secrets import prepare_secrets
 from postline.store import domains as domain_store
 from postline.store import emails as email_store
@@ -67,10 +72,60 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def settings_or_exit(**overrides: Any) -> Settings:
+@dataclass(frozen=True)
+class GlobalOptions:
+    """What ``postline [OPTIONS] COMMAND`` says before the command."""
+
+    data_dir: Path | None = None
+
+
+def print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"postline {package_version('postline')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def global_options(
+    ctx: typer.Context,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="The data directory (POSTLINE_DATA_DIR); default ./postline-data, "
+            "used only where it already holds a database except by serve, api, worker "
+            "and migrate.",
+            show_default=False,
+        ),
+    ] = None,
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    ctx.obj = GlobalOptions(data_dir=data_dir)
+
+
+def settings_or_exit(ctx: typer.Context, *, may_create: bool = False, **overrides: Any) -> Settings:
+    """The settings, with the data dir from --data-dir; unless ``may_create``, only for
+    an installation that exists or that the operator named (config.check_installation)."""
+    options = ctx.find_object(GlobalOptions)
+    if options is not None and options.data_dir is not None:
+        overrides["data_dir"] = options.data_dir
+    data_dir_named = "data_dir" in overrides or named_in_environment("POSTLINE_DATA_DIR")
     try:
         settings = load_settings(**overrides)
-        ensure_data_dir(settings)
+        if not may_create:
+            check_installation(
+                settings,
+                data_dir_named=data_dir_named,
+                database_named=named_in_environment("POSTLINE_DATABASE_URL"),
+            )
+        if may_create or data_dir_named or settings.data_dir.exists():
+            # A named database and key need nothing from an unnamed, absent data dir.
+            ensure_data_dir(settings)
     except ConfigError as exc:
         fail(str(exc), 2)
         raise  # unreachable: fail() raises
@@ -111,9 +166,9 @@ def run_with_services(settings: Settings, work: Callable[[Services], Awaitable[T
 
 
 @app.command()
-def migrate() -> None:
+def migrate(ctx: typer.Context) -> None:
     """Create or upgrade the database schema."""
-    settings = settings_or_exit()
+    settings = settings_or_exit(ctx, may_create=True)
     migrate_or_exit(settings)
 
     async def nothing(_services: Services) -> None:
@@ -125,26 +180,28 @@ def migrate() -> None:
 
 @app.command()
 def serve(
+    ctx: typer.Context,
     sandbox: Annotated[
         bool | None, typer.Option("--sandbox/--no-sandbox", help="Run the simulator MX.")
     ] = None,
 ) -> None:
     """Run everything in one process: API, delivery engine and (optionally) the sandbox."""
     overrides = {"sandbox": sandbox} if sandbox is not None else {}
-    run_parts(settings_or_exit(**overrides), api=True, engine=True)
+    run_parts(settings_or_exit(ctx, may_create=True, **overrides), api=True, engine=True)
 
 
 @app.command()
-def api() -> None:
+def api(ctx: typer.Context) -> None:
     """Run only the HTTP API: accept and read mail; workers deliver it.
 
     Start as many as you like, on any host, sharing one database, queue and spool.
     """
-    run_parts(settings_or_exit(sandbox=False), api=True, engine=False)
+    run_parts(settings_or_exit(ctx, may_create=True, sandbox=False), api=True, engine=False)
 
 
 @app.command()
 def worker(
+    ctx: typer.Context,
     concurrency: Annotated[
         int | None,
         typer.Option(min=1, help="Deliveries in flight at once (POSTLINE_CONCURRENCY)."),
@@ -157,7 +214,7 @@ def worker(
     overrides: dict[str, Any] = {"sandbox": False}
     if concurrency is not None:
         overrides["concurrency"] = concurrency
-    run_parts(settings_or_exit(**overrides), api=False, engine=True)
+    run_parts(settings_or_exit(ctx, may_create=True, **overrides), api=False, engine=True)
 
 
 def run_parts(settings: Settings, *, api: bool, engine: bool) -> None:
@@ -224,9 +281,9 @@ async def announce(services: Services, ready: asyncio.Event, *, api: bool, engin
 
 
 @domains_app.command("add")
-def domains_add(name: str) -> None:
+def domains_add(ctx: typer.Context, name: str) -> None:
     """Add a sending domain (generates its DKIM key) and print the DNS records to publish."""
-    settings = settings_or_exit()
+    settings = settings_or_exit(ctx)
     migrate_or_exit(settings)
 
     async def work(services: Services) -> Domain:
@@ -244,9 +301,9 @@ def domains_add(name: str) -> None:
 
 
 @domains_app.command("list")
-def domains_list() -> None:
+def domains_list(ctx: typer.Context) -> None:
     """List sending domains."""
-    settings = settings_or_exit()
+    settings = settings_or_exit(ctx)
     migrate_or_exit(settings)
 
     async def work(services: Services) -> list[Domain]:
@@ -261,11 +318,12 @@ def domains_list() -> None:
 
 @keys_app.command("create")
 def keys_create(
+    ctx: typer.Context,
     name: Annotated[str, typer.Option(help="A label for the key.")],
     domain: Annotated[str | None, typer.Option(help="Scope the key to one domain.")] = None,
 ) -> None:
     """Create an API key and print it (the only time it is shown)."""
-    settings = settings_or_exit()
+    settings = settings_or_exit(ctx)
     migrate_or_exit(settings)
 
     async def work(services: Services) -> CreatedKey:
@@ -282,34 +340,50 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list() -> None:
+def keys_list(ctx: typer.Context) -> None:
     """List active API keys (without secrets)."""
-    settings = settings_or_exit()
+    settings = settings_or_exit(ctx)
     migrate_or_exit(settings)
 
     async def work(services: Services) -> list[ApiKey]:
         async with services.db.read() as conn:
             return await key_store.list_keys(conn)
 
-    table = Table("id", "name", "prefix", "domain")
-    for row in run_with_services(settings, work):
-        table.add_row(row.id, row.name, row.prefix + "…", row.domain_name or "(all)")
-    out.print(table)
+    rows = run_with_services(settings, work)
+    if not rows:
+        typer.echo("no active keys")
+        return
+    # Plain aligned lines, not a table: a table fits the terminal by cutting or wrapping
+    # cells, and the id is what `keys revoke` takes. A long line wraps as a whole.
+    lines = [("id", "prefix", "domain", "name")] + [
+        (row.id, row.prefix + "…", row.domain_name or "(all)", row.name) for row in rows
+    ]
+    widths = [max(len(line[column]) for line in lines) for column in range(3)]
+    for line in lines:
+        cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
+        typer.echo("  ".join([*cells, line[3]]))
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: str) -> None:
-    """Revoke an API key at once."""
-    settings = settings_or_exit()
+def keys_revoke(
+    ctx: typer.Context,
+    key_id: Annotated[str, typer.Argument(help="The key's id, or enough of its start.")],
+) -> None:
+    """Revoke an API key at once: give its id, or the start of it that only it has."""
+    settings = settings_or_exit(ctx)
     migrate_or_exit(settings)
 
-    async def work(services: Services) -> bool:
-        async with services.db.write() as conn:
-            return await key_store.revoke_key(conn, key_id)
+    async def work(services: Services) -> str | None:
+        return await revoke_by_prefix(services.db, key_id)
 
-    if not run_with_services(settings, work):
-        fail(f"no active key {key_id}")
-    typer.echo(f"revoked {key_id}")
+    try:
+        revoked = run_with_services(settings, work)
+    except AmbiguousKey as exc:
+        fail(str(exc))
+        return
+    if revoked is None:
+        fail(f"no active key {key_id!r}")
+    typer.echo(f"revoked {revoked}")
 
 
 @webhooks_app.command("listen")
@@ -329,13 +403,13 @@ def webhooks_listen(
 
 
 @queue_app.command("status")
-def queue_status() -> None:
+def queue_status(ctx: typer.Context) -> None:
     """Jobs per destination domain, in flight, deferred recipients and breaker state.
 
     The breakers are rebuilt from the last hour of recorded attempts, the way
     a worker warms them on start, so this works from any host.
     """
-    settings = settings_or_exit()
+    settings = settings_or_exit(ctx)
     migrate_or_exit(settings)
 
     async def work(services: Services) -> list[tuple[str, ...]]:

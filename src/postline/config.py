@@ -423,6 +423,47 @@ def ensure_data_dir(settings: Settings) -> None:
         raise ConfigError(f"POSTLINE_DATA_DIR {path}: not readable and writable by this user")
 
 
+def named_in_environment(variable: str) -> bool:
+    """Whether ``variable`` (``POSTLINE_...``) is set to something, as the settings read it
+    (case-insensitively)."""
+    wanted = variable.upper()
+    return any(name.upper() == wanted and value.strip() for name, value in os.environ.items())
+
+
+_POINT_AT_IT = (
+    "run it from the directory where `postline serve` runs, "
+    "or pass --data-dir DIR (or set POSTLINE_DATA_DIR)"
+)
+
+
+def check_installation(settings: Settings, *, data_dir_named: bool, database_named: bool) -> None:
+    """Refuse, in one line, a command that would start a new installation nobody asked for.
+
+    Run from another directory, a client command (keys, domains, queue) would otherwise
+    create an empty ./postline-data and work on it: an empty key list, a domain added to
+    a database no server reads. Only ``serve``, ``api``, ``worker`` and ``migrate`` may
+    create; every other command uses a data dir the operator named, or one that already
+    holds the database. A named database (PostgreSQL, or a SQLite file elsewhere) is the
+    right one by definition; what a wrong directory would still invent there is the
+    secret key, and a fresh key either fails against the database's or, on a fresh
+    database, becomes its key behind the servers' backs.
+    """
+    if data_dir_named:
+        return
+    db_file = settings.sqlite_path
+    if db_file is not None and not db_file.is_file():
+        if database_named:
+            raise ConfigError(f"POSTLINE_DATABASE_URL: no database file {db_file}")
+        raise ConfigError(f"no Postline database at {db_file}: {_POINT_AT_IT}")
+    if settings.secret_key.get_secret_value() or settings.secret_key_file.is_file():
+        return
+    raise ConfigError(
+        f"no secret key: POSTLINE_SECRET_KEY is not set and "
+        f"{settings.secret_key_file.absolute()} does not exist; set the key `postline serve` "
+        f"uses, or pass --data-dir DIR (or set POSTLINE_DATA_DIR)"
+    )
+
+
 def check_port_free(addr: str, label: str) -> None:
     """Fail at start, in one line, when a listening address is already taken."""
     host, port = parse_host_port(addr)

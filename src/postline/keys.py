@@ -70,6 +70,37 @@ async def create_key(db: Database, name: str, domain: str | None = None) -> Crea
     return CreatedKey(id=key_id, name=name.strip(), key=secret, domain=domain_name)
 
 
+#: How many candidates a prefix lookup counts before it says "more than".
+AMBIGUITY_COUNTED = 20
+
+
+class AmbiguousKey(Exception):
+    """An id prefix that more than one active key starts with."""
+
+    def __init__(self, prefix: str, count: int) -> None:
+        how_many = f"more than {AMBIGUITY_COUNTED}" if count > AMBIGUITY_COUNTED else str(count)
+        super().__init__(f"{prefix!r} is the start of {how_many} active keys; give more of the id")
+        self.count = count
+
+
+async def revoke_by_prefix(db: Database, id_or_prefix: str) -> str | None:
+    """Revoke the active key whose id is, or starts with, ``id_or_prefix``; return its
+    id, or None when no active key matches. Operators copy ids from a table, so the
+    first characters that tell a key apart are enough; several matches revoke nothing
+    (AmbiguousKey)."""
+    if not id_or_prefix:
+        return None
+    async with db.write() as conn:
+        found = await key_store.active_ids_starting_with(conn, id_or_prefix, AMBIGUITY_COUNTED + 1)
+        if id_or_prefix in found:
+            found = [id_or_prefix]
+        if len(found) > 1:
+            raise AmbiguousKey(id_or_prefix, len(found))
+        if not found or not await key_store.revoke_key(conn, found[0]):
+            return None
+    return found[0]
+
+
 async def authenticate(db: Database, secret: str) -> Principal | None:
     """The principal for a presented key, or None (unknown or revoked)."""
     digest = hash_api_key(secret)

@@ -100,6 +100,22 @@ class CliResult:
         return lines[0]
 
 
+def run_cli(
+    *args: str, env: Mapping[str, str], cwd: Path | None = None, timeout: float = CLI_TIMEOUT
+) -> CliResult:
+    """Run ``postline ARGS`` with exactly ``env``, in ``cwd`` (blocking)."""
+    done = subprocess.run(
+        [str(POSTLINE), *args],
+        env=dict(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    return CliResult(tuple(args), done.returncode, done.stdout, done.stderr)
+
+
 @dataclass
 class Install:
     """One data dir and its ports; runs the real ``postline`` command against them."""
@@ -137,15 +153,7 @@ class Install:
         self, *args: str, env: Mapping[str, str] | None = None, timeout: float = CLI_TIMEOUT
     ) -> CliResult:
         """Run ``postline ARGS`` to completion (blocking: not while a FakeMX is serving)."""
-        done = subprocess.run(
-            [str(POSTLINE), *args],
-            env=self.env(**(env or {})),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-        return CliResult(tuple(args), done.returncode, done.stdout, done.stderr)
+        return run_cli(*args, env=self.env(**(env or {})), timeout=timeout)
 
     async def acli(
         self, *args: str, env: Mapping[str, str] | None = None, timeout: float = CLI_TIMEOUT

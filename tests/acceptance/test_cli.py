@@ -7,6 +7,7 @@ import re
 import signal
 import socket
 import stat
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from tests.acceptance.conftest import Launcher
-from tests.acceptance.harness import Install
+from tests.acceptance.harness import SHARED_SECRET_KEY, Install, clean_env, run_cli
 
 UNREACHABLE_PG = "postgresql://postgres@127.0.0.1:1/nope"
 KEY_LINE = re.compile(r"^pl_[A-Za-z0-9_-]{20,}$")
@@ -163,3 +164,145 @@ async def test_admin_key_is_created_once_with_mode_0600(install: Install, launch
     assert await second.wait_exit(15) == 0, second.describe()
     assert not any(ANY_KEY.search(line) for line in second.stdout), second.describe()
     assert path.read_text().strip() == key, "the key file must not be rewritten"
+
+
+# --- finding the installation ------------------------------------------------------------
+
+
+def tree(directory: Path) -> list[str]:
+    return sorted(str(path.relative_to(directory)) for path in directory.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("keys", "list"),
+        ("keys", "create", "--name", "ci"),
+        ("keys", "revoke", "key_x"),
+        ("domains", "add", "example.test"),
+        ("domains", "list"),
+        ("queue", "status"),
+    ],
+    ids=["keys-list", "keys-create", "keys-revoke", "domains-add", "domains-list", "queue-status"],
+)
+def test_client_commands_refuse_a_directory_without_an_installation(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run_cli(*args, env=clean_env(), cwd=elsewhere)
+    line = result.assert_one_line_failure(2, "--data-dir", "POSTLINE_DATA_DIR")
+    assert str(elsewhere / "postline-data") in line, result.describe()
+    assert tree(elsewhere) == [], "a refused command must create nothing"
+
+
+def test_cli_finds_the_installation_here_or_where_it_is_named(tmp_path: Path) -> None:
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    run_cli("migrate", env=clean_env(), cwd=home).assert_ok()  # migrate may create
+    data_dir = home / "postline-data"
+    assert (data_dir / "postline.db").is_file()
+
+    created = run_cli("keys", "create", "--name", "found", env=clean_env(), cwd=home).assert_ok()
+    key_id = re.search(r"\b(key_[a-z0-9]+)\b", created.stdout)
+    assert key_id is not None, created.describe()
+
+    by_option = run_cli("--data-dir", str(data_dir), "keys", "list", env=clean_env(), cwd=elsewhere)
+    assert key_id.group(1) in by_option.assert_ok().stdout, by_option.describe()
+    by_env = run_cli("keys", "list", env=clean_env(POSTLINE_DATA_DIR=str(data_dir)), cwd=elsewhere)
+    assert key_id.group(1) in by_env.assert_ok().stdout, by_env.describe()
+    assert tree(elsewhere) == []
+
+    # A named data dir is the operator's word: a client command may start it.
+    fresh = tmp_path / "fresh"
+    run_cli("--data-dir", str(fresh), "queue", "status", env=clean_env(), cwd=elsewhere).assert_ok()
+    assert (fresh / "postline.db").is_file()
+
+
+@pytest.mark.postgres
+async def test_a_named_postgresql_database_still_needs_the_servers_secret_key(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    # The database is named, so it is the right one; a key minted in a stray
+    # ./postline-data would not be the servers' key.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = clean_env(POSTLINE_DATABASE_URL=postgres_url)
+    refused = run_cli("keys", "list", env=env, cwd=elsewhere)
+    line = refused.assert_one_line_failure(2, "POSTLINE_SECRET_KEY", "--data-dir")
+    assert str(elsewhere / "postline-data" / "secret.key") in line, refused.describe()
+    assert tree(elsewhere) == []
+
+    keyed = {**env, "POSTLINE_SECRET_KEY": SHARED_SECRET_KEY}
+    server_home = tmp_path / "server"
+    server_home.mkdir()
+    run_cli("migrate", env=keyed, cwd=server_home).assert_ok()
+    run_cli("keys", "create", "--name", "pg", env=keyed, cwd=elsewhere).assert_ok()
+    listed = run_cli("keys", "list", env=keyed, cwd=elsewhere).assert_ok()
+    assert "pg" in listed.stdout, listed.describe()
+    assert tree(elsewhere) == [], "a named database and key need no data dir here"
+
+
+def test_version_is_the_package_version(tmp_path: Path) -> None:
+    result = run_cli("--version", env=clean_env(), cwd=tmp_path).assert_ok()
+    assert result.stdout.strip() == f"postline {version('postline')}", result.describe()
+    assert tree(tmp_path) == []
+
+
+# --- keys list and revoke ----------------------------------------------------------------
+
+
+def test_keys_list_shows_whole_ids_and_domains_at_80_columns(install: Install) -> None:
+    domain = "a-long-subdomain.of-a-long-sending-domain.example.test"
+    install.cli("domains", "add", domain).assert_ok()
+    long_name = "the key of the nightly invoice run, which has a rather long label"
+    install.cli("keys", "create", "--name", long_name, "--domain", domain).assert_ok()
+    install.cli("keys", "create", "--name", "short").assert_ok()
+    listed = install.cli("keys", "list", env={"COLUMNS": "80"}).assert_ok()
+    header, *rows = listed.stdout_lines
+    assert header.split() == ["id", "prefix", "domain", "name"], listed.describe()
+    assert len(rows) == 2, listed.describe()
+    # One whole line per key, the id first: what `keys revoke` takes, never cut.
+    ids = [row.split()[0] for row in rows]
+    assert all(re.fullmatch(r"key_[a-z0-9]{26}", key_id) for key_id in ids), listed.describe()
+    scoped = next(row for row in rows if f" {domain} " in row)
+    assert scoped.endswith(long_name), listed.describe()
+    assert any(row.split()[2:] == ["(all)", "short"] for row in rows), listed.describe()
+
+
+def key_ids(install: Install) -> list[str]:
+    """The ids of the active keys, in the order `keys list` prints them."""
+    listed = install.cli("keys", "list").assert_ok()
+    return re.findall(r"^(key_[a-z0-9]{26}) ", listed.stdout, re.MULTILINE)
+
+
+def test_keys_revoke_takes_an_unambiguous_prefix(install: Install) -> None:
+    install.cli("migrate").assert_ok()
+    for name in ("one", "two", "three"):
+        install.cli("keys", "create", "--name", name).assert_ok()
+    ids = key_ids(install)
+    assert len(ids) == 3
+
+    ambiguous = install.cli("keys", "revoke", "key_")
+    ambiguous.assert_one_line_failure(1, "key_", "3 active keys")
+    assert key_ids(install) == ids, "an ambiguous prefix revokes nothing"
+
+    unknown = install.cli("keys", "revoke", "key_zzzz")
+    unknown.assert_one_line_failure(1, "key_zzzz")
+    wildcard = install.cli("keys", "revoke", "%")  # taken literally, not as SQL LIKE's
+    wildcard.assert_one_line_failure(1, "no active key")
+
+    target = ids[1]
+    others = [key_id for key_id in ids if key_id != target]
+    prefix = next(
+        target[:n]
+        for n in range(5, len(target))
+        if not any(other.startswith(target[:n]) for other in others)
+    )
+    revoked = install.cli("keys", "revoke", prefix).assert_ok()
+    assert revoked.stdout.strip() == f"revoked {target}", revoked.describe()
+    assert key_ids(install) == others
+
+    again = install.cli("keys", "revoke", prefix)
+    again.assert_one_line_failure(1, prefix)

@@ -12,9 +12,11 @@ import pytest
 from postline.config import (
     ConfigError,
     Settings,
+    check_installation,
     check_port_free,
     ensure_data_dir,
     load_settings,
+    named_in_environment,
     normalize_database_url,
     parse_host_port,
 )
@@ -429,3 +431,85 @@ def test_check_port_free_on_a_free_port() -> None:
 
 def test_settings_is_the_class_load_settings_returns() -> None:
     assert isinstance(load_settings(), Settings)
+
+
+# --- check_installation ---------------------------------------------------------------------
+
+KEY = "c2NhbGUtb3V0LXRlc3RzLXNoYXJlZC1zZWNyZXRrZXk="
+
+
+def refusal(excinfo: pytest.ExceptionInfo[ConfigError], variable: str) -> str:
+    """One line naming ``variable`` (a check, not a failed conversion: no context)."""
+    message = str(excinfo.value)
+    assert "\n" not in message and variable in message, message
+    return message
+
+
+def test_no_database_in_the_default_data_dir_is_refused_naming_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as excinfo:
+        check_installation(load_settings(), data_dir_named=False, database_named=False)
+    message = refusal(excinfo, "POSTLINE_DATA_DIR")
+    assert str(tmp_path / "postline-data" / "postline.db") in message
+    assert "--data-dir" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_database_or_a_named_data_dir_is_used(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    check_installation(load_settings(), data_dir_named=True, database_named=False)
+    data = tmp_path / "postline-data"
+    data.mkdir()
+    (data / "postline.db").write_bytes(b"")
+    (data / "secret.key").write_text(KEY + "\n")
+    check_installation(load_settings(), data_dir_named=False, database_named=False)
+
+
+def test_a_database_there_without_its_secret_key_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "postline-data"
+    data.mkdir()
+    (data / "postline.db").write_bytes(b"")
+    with pytest.raises(ConfigError) as excinfo:
+        check_installation(load_settings(), data_dir_named=False, database_named=False)
+    assert str(data / "secret.key") in refusal(excinfo, "POSTLINE_SECRET_KEY")
+    check_installation(load_settings(secret_key=KEY), data_dir_named=False, database_named=False)
+
+
+def test_a_named_sqlite_file_must_exist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'typo.db'}"
+    settings = load_settings(database_url=url, secret_key=KEY)
+    with pytest.raises(ConfigError) as excinfo:
+        check_installation(settings, data_dir_named=False, database_named=True)
+    assert str(tmp_path / "typo.db") in refusal(excinfo, "POSTLINE_DATABASE_URL")
+
+
+def test_a_named_postgresql_database_needs_the_key_not_the_data_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = "postgresql://postgres@127.0.0.1/postline"
+    with pytest.raises(ConfigError) as excinfo:
+        check_installation(
+            load_settings(database_url=url), data_dir_named=False, database_named=True
+        )
+    refusal(excinfo, "POSTLINE_SECRET_KEY")
+    check_installation(
+        load_settings(database_url=url, secret_key=KEY), data_dir_named=False, database_named=True
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_named_in_environment_reads_as_the_settings_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not named_in_environment("POSTLINE_DATA_DIR")
+    monkeypatch.setenv("postline_data_dir", "/srv/postline")
+    assert named_in_environment("POSTLINE_DATA_DIR")
+    monkeypatch.setenv("postline_data_dir", "  ")
+    assert not named_in_environment("POSTLINE_DATA_DIR")

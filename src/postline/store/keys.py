@@ -69,6 +69,17 @@ async def count_keys(conn: AsyncConnection) -> int:
     return len(await list_keys(conn))
 
 
+async def active_ids_starting_with(conn: AsyncConnection, prefix: str, limit: int) -> list[str]:
+    """Ids of active keys beginning with ``prefix`` (taken literally: ``_`` and ``%`` too)."""
+    statement = (
+        select(api_keys.c.id)
+        .where(api_keys.c.id.startswith(prefix, autoescape=True), api_keys.c.revoked_at.is_(None))
+        .order_by(api_keys.c.id)
+        .limit(limit)
+    )
+    return list((await conn.execute(statement)).scalars())
+
+
 async def revoke_key(conn: AsyncConnection, key_id: str) -> bool:
     result = await conn.execute(
         update(api_keys)
