@@ -182,9 +182,18 @@ def test_no_read_declares_a_body_or_storage_problem(document: Document) -> None:
 
 
 def test_every_problem_is_a_problem_object(document: Document) -> None:
-    """Not FastAPI's ``HTTPValidationError``, which Postline never sends."""
+    """Not FastAPI's ``HTTPValidationError``, which Postline never sends; in both media
+    types content negotiation serves."""
     assert "HTTPValidationError" not in document["components"]["schemas"]
+    problem = {"schema": {"$ref": "#/components/schemas/Problem"}}
     for method, path, operation in _operations(document):
         for code in _errors(operation):
             content = operation["responses"][str(code)]["content"]
-            assert list(content) == ["application/problem+json"], (method, path, code)
+            wanted = {"application/problem+json": problem, "application/json": problem}
+            assert content == wanted, (method, path, code)
+
+
+def test_the_problem_schema_has_the_members_the_resend_sdks_read(document: Document) -> None:
+    schema = document["components"]["schemas"]["Problem"]
+    assert {"name", "message", "statusCode"} <= set(schema["required"])
+    assert schema["properties"]["statusCode"]["type"] == "integer"

@@ -26,7 +26,7 @@ from postline.api.cursors import page_after
 from postline.api.problems import Problem
 from postline.api.responses import problem_responses
 from postline.api.schemas import Batch, BatchBody, EmailBody, EmailIn, Timestamp
-from postline.api.views import email_detail, email_item
+from postline.api.views import email_detail, email_item, page
 from postline.app import Services
 from postline.keys import Principal
 from postline.message import Attachment, Content
@@ -173,6 +173,7 @@ async def _accept(
     svc: Svc,
     caller: Principal,
     emails: list[EmailIn],
+    sent: list[Any],
     idempotency_key: str | None,
     shape: Any,
     endpoint: str,
@@ -185,13 +186,15 @@ async def _accept(
             # against sending twice without a word.
             message = "is empty: send a key unique to this request, or leave the header out"
             errors = [{"field": "Idempotency-Key", "message": message}]
-            raise Problem(400, f"Idempotency-Key {message}", errors)
+            raise Problem(400, f"Idempotency-Key {message}", errors, name="invalid_idempotency_key")
         if not 1 <= len(idempotency_key) <= 256:
-            raise Problem(422, "Idempotency-Key must be 1 to 256 characters")
+            raise Problem(
+                422, "Idempotency-Key must be 1 to 256 characters", name="invalid_idempotency_key"
+            )
         # The endpoint is part of the body: one email and a batch of that one email differ.
         request = {
             "endpoint": endpoint,
-            "emails": [e.model_dump(mode="json", by_alias=True) for e in emails],
+            "emails": [_fingerprint(e, r) for e, r in zip(emails, sent, strict=True)],
         }
         digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
         now = utcnow()
@@ -199,9 +202,17 @@ async def _accept(
             previous = await idempotency.find(conn, caller.key_id, idempotency_key, now)
             if previous is not None:
                 if previous.request_hash != digest:
-                    raise Problem(409, "this Idempotency-Key was used with a different body")
+                    raise Problem(
+                        409,
+                        "this Idempotency-Key was used with a different body",
+                        name="invalid_idempotent_request",
+                    )
                 if previous.state != "done":
-                    raise Problem(409, "a request with this Idempotency-Key is still running")
+                    raise Problem(
+                        409,
+                        "a request with this Idempotency-Key is still running",
+                        name="concurrent_idempotent_requests",
+                    )
                 return _json(202, previous.response, replayed=True)
             await idempotency.insert_running(conn, caller.key_id, idempotency_key, digest, now)
 
@@ -218,6 +229,16 @@ async def _accept(
         raise
     svc.metrics.accept_seconds.observe(time.monotonic() - started)
     return _json(202, shape(results))
+
+
+def _fingerprint(email: EmailIn, sent: Any) -> dict[str, Any]:
+    """What an Idempotency-Key's request is compared by: the email as validated, so that
+    equal requests match however they were spelled, but ``scheduled_at`` as sent: "in 10
+    min" names another moment at each retry, and a retry must still be the same request."""
+    fields = email.model_dump(mode="json", by_alias=True)
+    if isinstance(sent, dict) and isinstance(sent.get("scheduled_at"), str):
+        fields["scheduled_at"] = sent["scheduled_at"]
+    return fields
 
 
 def _json(status: int, body: Any, replayed: bool = False) -> Response:
@@ -243,7 +264,9 @@ async def send_email(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     email = await validated(_ONE, body)
-    return await _accept(svc, caller, [email], idempotency_key, lambda r: r[0].as_dict(), "email")
+    return await _accept(
+        svc, caller, [email], [body], idempotency_key, lambda r: r[0].as_dict(), "email"
+    )
 
 
 @router.post(
@@ -266,6 +289,7 @@ async def send_batch(
         svc,
         caller,
         emails,
+        body,
         idempotency_key,
         lambda rs: {"data": [r.as_dict() for r in rs]},
         "batch",
@@ -341,12 +365,13 @@ async def list_emails(
             source=source,
         )
         rows = await email_store.list_emails(conn, where, after, limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return {
-        "data": [email_item(r.email, r.recipient_count) for r in rows],
-        "next_cursor": rows[-1].email.id if more and rows else None,
-    }
+        more = len(rows) > limit
+        rows = rows[:limit]
+        to = await email_store.to_addresses(conn, (r.email.id for r in rows))
+    return page(
+        [email_item(r.email, r.recipient_count, to.get(r.email.id, [])) for r in rows],
+        rows[-1].email.id if more and rows else None,
+    )
 
 
 def bracketed(message_id: str) -> str:
