@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import pydantic_core
@@ -19,15 +19,16 @@ from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from postline.accept import Accepted, Recipient, Submission
+from postline.accept import MAX_SCHEDULE_AHEAD, Accepted, Recipient, Submission
 from postline.api import answers, ratelimit
 from postline.api.auth import Caller, Svc, domain_in_scope
 from postline.api.cursors import page_after
 from postline.api.problems import Problem
 from postline.api.responses import problem_responses
-from postline.api.schemas import Batch, BatchBody, EmailBody, EmailIn, Timestamp
+from postline.api.schemas import Batch, BatchBody, EmailBody, EmailIn, RescheduleIn, Timestamp
 from postline.api.views import email_detail, email_item, page
 from postline.app import Services
+from postline.ids import new_id
 from postline.keys import Principal
 from postline.message import Attachment, Content
 from postline.model import (
@@ -38,6 +39,7 @@ from postline.model import (
     RecipientStatus,
 )
 from postline.outcomes import Outcome, apply_outcome, is_customer_mail, refresh_email_status
+from postline.queue.base import Job
 from postline.spool import SpoolMissing
 from postline.store import emails as email_store
 from postline.store import idempotency
@@ -483,6 +485,92 @@ async def cancel_email(svc: Svc, caller: Caller, email_id: str) -> dict[str, Any
         await _discard_after_commit(svc, email_id, done)
     svc.metrics.recipient_outcomes.labels(status=str(RecipientStatus.CANCELLED)).inc(cancelled)
     return detail
+
+
+@router.patch(
+    "/{email_id}",
+    summary="Reschedule a scheduled email",
+    response_model=answers.EmailDetail,
+    responses=problem_responses(409),
+)
+async def reschedule_email(
+    svc: Svc, caller: Caller, email_id: str, body: RescheduleIn
+) -> dict[str, Any]:
+    """Move the recipients still scheduled to ``scheduled_at``; a time already past sends
+    them now. 409 once none is scheduled (sent, being sent, or cancelled)."""
+    if body.id is not None and body.id != email_id:
+        message = f"is {body.id}, not the email of the path ({email_id})"
+        raise Problem(422, f"id: {message}", [{"field": "id", "message": message}])
+    now = utcnow()
+    try:
+        when = max(body.scheduled_at.astimezone(UTC), now)
+    except OverflowError:
+        when = now + MAX_SCHEDULE_AHEAD * 2  # 9999-12-31T23:59-01:00: refused just below
+    if when > now + MAX_SCHEDULE_AHEAD:
+        message = "must be at most 30 days ahead"
+        errors = [{"field": "scheduled_at", "message": message}]
+        raise Problem(422, f"scheduled_at: {message}", errors)
+    async with svc.db.write() as conn:
+        email = await email_store.lock_email(conn, email_id)
+        if email is None or not _may_see(caller, email):
+            raise Problem(404, f"no email {email_id}")
+        waiting = [
+            r
+            for r in await email_store.get_recipients(conn, email_id)
+            if r.status == RecipientStatus.SCHEDULED and r.attempts == 0
+        ]
+        if not waiting:
+            raise Problem(409, "no recipient of this email is still scheduled")
+        await email_store.set_scheduled_at(conn, email_id, when, now)
+        jobs = _scheduled_jobs(email, waiting, when)
+        # A job under a lease came due and a worker holds it: too late to move. Redis's
+        # jobs leave before the commit, so that none is ever due at the old time after it;
+        # if this fails half way, housekeeping rebuilds the missing ones from the database.
+        shared = conn if svc.queue.shares_store else None
+        moved = await svc.queue.discard(email_id, [job.destination for job in jobs], shared)
+        if moved < len(jobs):
+            raise Problem(409, "delivery of this email has started; it cannot be rescheduled")
+        if shared is not None:
+            await svc.queue.enqueue(jobs, shared)
+        moved_email = await email_store.get_email(conn, email_id)
+        assert moved_email is not None  # locked above: nobody deleted it since
+        detail = await _detail(conn, moved_email)
+    if shared is None:
+        await _enqueue_after_commit(svc, jobs)
+    log.info("rescheduled email_id=%s to %s", email_id, when.isoformat())
+    return detail
+
+
+def _scheduled_jobs(email: Email, waiting: list[EmailRecipient], due: datetime) -> list[Job]:
+    """One job per destination for the recipients still scheduled, due at ``due``."""
+    by_destination: dict[str, list[str]] = {}
+    for recipient in waiting:
+        by_destination.setdefault(recipient.destination, []).append(recipient.id)
+    return [
+        Job(
+            id=new_id("job_"),
+            email_id=email.id,
+            destination=destination,
+            recipient_ids=ids,
+            body_ref=email.body_ref,
+            due_at=due,
+        )
+        for destination, ids in sorted(by_destination.items())
+    ]
+
+
+async def _enqueue_after_commit(svc: Services, jobs: list[Job]) -> None:
+    """As at accept: the new time is committed, so a queue outage is no error to the
+    client; housekeeping rebuilds the jobs from the database once the queue is back."""
+    try:
+        await svc.queue.enqueue(jobs)
+    except Exception as exc:
+        log.warning(
+            "queue unavailable after a reschedule; %d jobs left for housekeeping: %s",
+            len(jobs),
+            type(exc).__name__,
+        )
+    svc.acceptor.wakeups.work_arrived()
 
 
 def _finished_destinations(recipients: list[EmailRecipient]) -> list[str]:

@@ -319,6 +319,22 @@ Batch = Annotated[list[EmailIn], Field(min_length=1, max_length=MAX_BATCH)]
 BatchBody = Annotated[Any, PlainValidator(_deferred, json_schema_input_type=Batch)]
 
 
+class RescheduleIn(BaseModel):
+    """``PATCH /v1/emails/{email_id}``. ``id``: the Resend SDKs send the email's id in the
+    body too; if given, it must be the path's."""
+
+    model_config = ConfigDict(extra="forbid")
+    scheduled_at: ScheduleTime
+    id: str | None = None
+
+    @field_validator("scheduled_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("must include a time zone offset (RFC 3339), e.g. ...Z")
+        return value
+
+
 class DomainIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=253)

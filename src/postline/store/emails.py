@@ -316,6 +316,17 @@ async def set_emails_status(
     )
 
 
+async def set_scheduled_at(
+    conn: AsyncConnection, email_id: str, scheduled_at: datetime, now: datetime
+) -> None:
+    """Move a scheduled email's time (``PATCH /v1/emails/{id}``); its jobs move apart."""
+    await conn.execute(
+        update(sent_emails)
+        .where(sent_emails.c.id == email_id)
+        .values(scheduled_at=scheduled_at, updated_at=now)
+    )
+
+
 @dataclass(frozen=True)
 class EmailFilter:
     status: EmailStatus | None = None
