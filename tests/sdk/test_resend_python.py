@@ -12,7 +12,7 @@ import asyncio
 import base64
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 import pytest
@@ -32,6 +32,10 @@ PDF = b"%PDF-1.4\n% not a real invoice\n\x00\x01\xfe\xff"
 async def call(function: Callable[..., T], *args: Any) -> T:
     """The SDK blocks: run it in a thread so the FakeMX keeps being served."""
     return await asyncio.to_thread(function, *args)
+
+
+def loose(answer: Any) -> dict[str, Any]:
+    return cast(dict[str, Any], answer)
 
 
 async def serve(
@@ -73,7 +77,8 @@ async def test_send_with_every_parameter_reschedule_cancel_and_read_back(
     server, key = await serve(install, launch, fake_dns, fake_mx)
     point(server, key)
 
-    domain = await call(resend.Domains.create, {"name": "example.test"})
+    # Read as JSON: Postline's answers carry more than the SDK's TypedDicts name.
+    domain = loose(await call(resend.Domains.create, {"name": "example.test"}))
     assert domain["name"] == "example.test" and domain["status"] == "not_started"
     assert {r["purpose"] for r in domain["records"]} >= {"dkim", "spf"}
     listed = await call(resend.Domains.list)
@@ -102,7 +107,7 @@ async def test_send_with_every_parameter_reschedule_cancel_and_read_back(
         "scheduled_at": "tomorrow at 9am",
     }
     sent = await call(resend.Emails.send, params)
-    email = await call(resend.Emails.get, sent["id"])
+    email = loose(await call(resend.Emails.get, sent["id"]))
     assert email["object"] == "email" and email["last_event"] == "scheduled"
     assert email["to"] == ["a@dest.test", "b@dest.test"]
     assert email["subject"] == "Your invoice"
