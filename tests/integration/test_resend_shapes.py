@@ -293,3 +293,20 @@ async def test_a_reschedule_of_an_unknown_email_is_a_404(postline_factory: Facto
     response = await _patch(pl, "em_nothing", {"scheduled_at": "in 1 hour"})
     assert response.status_code == 404, response.text
     assert response.json()["name"] == "not_found"
+
+
+async def test_a_byte_array_attachment_counts_towards_the_message_cap(
+    postline_factory: Factory,
+) -> None:
+    """Counted before validation as the bytes it holds, like base64 once decoded."""
+    pl = await postline_factory(engine=False, max_message_bytes=5000)
+    body = {
+        "from": "sender@example.test",
+        "to": "a@dest.test",
+        "subject": "s",
+        "text": "t",
+        "attachments": [{"filename": "big.bin", "content": [7] * 6000}],
+    }
+    response = await pl.client.post("/v1/emails", json=body, headers=pl.auth())
+    assert response.status_code == 413, response.text
+    assert response.json()["errors"][0]["field"] == "attachments"

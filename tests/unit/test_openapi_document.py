@@ -156,6 +156,7 @@ def test_bearer_authentication_is_declared_on_exactly_the_operations_that_need_a
         ("GET /v1/emails/{email_id}", {401, 404, 429, 503}),
         ("GET /v1/emails/{email_id}/content", {401, 404, 410, 429, 503}),
         ("POST /v1/emails/{email_id}/cancel", {401, 404, 409, 429, 503, 507}),
+        ("PATCH /v1/emails/{email_id}", {400, 401, 404, 409, 413, 422, 429, 503, 507}),
         ("GET /v1/domains", {400, 401, 429, 503}),  # 400: a cursor of a one-page list
         ("DELETE /v1/domains/{domain_id}", {401, 403, 404, 409, 429, 503, 507}),
         ("GET /v1/api-keys", {400, 401, 403, 429, 503}),
