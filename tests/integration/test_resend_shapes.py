@@ -310,3 +310,41 @@ async def test_a_byte_array_attachment_counts_towards_the_message_cap(
     response = await pl.client.post("/v1/emails", json=body, headers=pl.auth())
     assert response.status_code == 413, response.text
     assert response.json()["errors"][0]["field"] == "attachments"
+
+
+async def test_a_key_scoped_by_resends_domain_id_and_permission(postline_factory: Factory) -> None:
+    pl = await postline_factory(engine=False, domains=("example.test", "other.test"))
+    domains = (await pl.client.get("/v1/domains", headers=pl.auth())).json()["data"]
+    ids = {d["name"]: d["id"] for d in domains}
+    created = await pl.client.post(
+        "/v1/api-keys",
+        json={"name": "shop", "permission": "sending_access", "domain_id": ids["other.test"]},
+        headers=pl.auth(),
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["domain"] == "other.test"
+    full = await pl.client.post(
+        "/v1/api-keys", json={"name": "ops", "permission": "full_access"}, headers=pl.auth()
+    )
+    assert full.status_code == 201 and full.json()["domain"] is None, full.text
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        ({"permission": "sending_access"}, "body", "scoped to one domain"),
+        ({"permission": "full_access", "domain": "example.test"}, "body", "has no domain"),
+        ({"domain": "example.test", "domain_id": "dom_x"}, "body", "not both"),
+        ({"domain_id": "dom_nothing"}, "domain_id", "no domain dom_nothing"),
+        ({"permission": "everything"}, "permission", ""),
+    ],
+)
+async def test_a_key_scope_that_postline_cannot_give_is_a_422(
+    postline_factory: Factory, body: dict[str, Any], field: str, words: str
+) -> None:
+    pl = await postline_factory(engine=False)
+    response = await pl.client.post("/v1/api-keys", json={"name": "k", **body}, headers=pl.auth())
+    assert response.status_code == 422, response.text
+    [error] = response.json()["errors"]
+    assert error["field"] == field
+    assert words in error["message"]

@@ -14,13 +14,12 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-import httpx
 import pytest
 import resend
 import resend.exceptions
 
 from tests.acceptance.conftest import Launcher
-from tests.acceptance.harness import Install, Server, auth, clean_env
+from tests.acceptance.harness import Install, Server, clean_env
 from tests.harness.fake_dns import FakeDNS
 from tests.harness.fake_mx import FakeMX
 
@@ -225,7 +224,7 @@ async def test_each_error_reaches_the_sdk_with_postlines_message(
 ) -> None:
     server, key = await serve(install, launch, fake_dns, fake_mx)
     point(server, key)
-    await call(resend.Domains.create, {"name": "example.test"})
+    example = await call(resend.Domains.create, {"name": "example.test"})
     await call(resend.Domains.create, {"name": "other.test"})
     email: resend.Emails.SendParams = {
         "from": "sender@other.test",
@@ -247,13 +246,13 @@ async def test_each_error_reaches_the_sdk_with_postlines_message(
         await call(resend.Emails.send, email)
     assert (str(no_key.value.code), no_key.value.error_type) == ("401", "missing_api_key")
 
-    # A key scoped to example.test, sending from other.test.
-    async with httpx.AsyncClient(base_url=server.install.base_url) as client:
-        scoped = await client.post(
-            "/v1/api-keys", json={"name": "shop", "domain": "example.test"}, headers=auth(key)
-        )
-    assert scoped.status_code == 201, scoped.text
-    point(server, scoped.json()["token"])
+    # A key scoped to example.test (Resend's sending_access key), sending from other.test.
+    point(server, key)
+    scoped = await call(
+        resend.ApiKeys.create,
+        {"name": "shop", "permission": "sending_access", "domain_id": example["id"]},
+    )
+    point(server, scoped["token"])
     with pytest.raises(resend.exceptions.ResendError) as forbidden:
         await call(resend.Emails.send, email)
     assert (str(forbidden.value.code), forbidden.value.error_type) == (

@@ -181,8 +181,16 @@ def key_view(row: ApiKey) -> dict[str, Any]:
     response_model=answers.ApiKeyCreated,
 )
 async def add_key(svc: Svc, _: Admin, body: KeyIn) -> dict[str, Any]:
+    domain = body.domain
+    if body.domain_id is not None:
+        async with svc.db.read() as conn:
+            row = await domain_store.get_domain(conn, body.domain_id)
+        if row is None:
+            message = f"no domain {body.domain_id}"
+            raise Problem(422, message, [{"field": "domain_id", "message": message}])
+        domain = row.name
     try:
-        created = await create_key(svc.db, body.name, body.domain)
+        created = await create_key(svc.db, body.name, domain)
     except (DomainError, ValueError) as exc:
         field = "domain" if isinstance(exc, DomainError) else "name"
         raise Problem(422, str(exc), [{"field": field, "message": str(exc)}]) from None

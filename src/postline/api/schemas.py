@@ -8,7 +8,7 @@ import mimetypes
 import re
 from datetime import datetime
 from functools import cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -346,6 +346,26 @@ class DomainPatch(BaseModel):
 
 
 class KeyIn(BaseModel):
+    """``domain`` (a name) scopes the key to that domain. Resend's ``domain_id`` does the
+    same by id, and its ``permission`` is read as far as Postline's keys go: a
+    ``sending_access`` key is scoped to one domain, a ``full_access`` key to none."""
+
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200)
     domain: str | None = None
+    domain_id: str | None = None
+    permission: Literal["full_access", "sending_access"] | None = None
+
+    @model_validator(mode="after")
+    def _scope(self) -> KeyIn:
+        if self.domain is not None and self.domain_id is not None:
+            raise ValueError("give domain or domain_id, not both")
+        scoped = self.domain is not None or self.domain_id is not None
+        if self.permission == "sending_access" and not scoped:
+            raise ValueError(
+                "a sending_access key is scoped to one domain in Postline: give domain_id"
+                " (or domain); without one the key is full_access"
+            )
+        if self.permission == "full_access" and scoped:
+            raise ValueError("a full_access key has no domain; use sending_access with one")
+        return self
