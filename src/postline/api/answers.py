@@ -351,6 +351,7 @@ def email_links(status: int, id_pointer: str) -> dict[str, Any]:
         GetEmail=link("get", _EMAIL, email_id=email_id),
         GetEmailContent=link("get", f"{_EMAIL}/content", email_id=email_id),
         CancelEmail=link("post", f"{_EMAIL}/cancel", email_id=email_id),
+        RescheduleEmail=link("patch", _EMAIL, email_id=email_id),
     )
 
 
