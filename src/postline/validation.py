@@ -214,6 +214,14 @@ def _header_bytes(headers: dict[Any, Any]) -> int:
     )
 
 
+def _attachment_bytes(content: Any) -> int:
+    """What an attachment weighs once decoded: base64 holds 3 bytes in 4 characters, and
+    Resend's byte array one byte an item (validation refuses any other shape)."""
+    if isinstance(content, str):
+        return len(content) * 3 // 4
+    return len(content) if isinstance(content, list) else 0
+
+
 def _check_email_limits(email: dict[Any, Any], limits: SubmissionLimits, prefix: str) -> None:
     headers = email.get("headers")
     if isinstance(headers, dict):
@@ -241,11 +249,8 @@ def _check_email_limits(email: dict[Any, Any], limits: SubmissionLimits, prefix:
                 f"{len(attachments)} attachments; the limit is {limits.attachments} an email "
                 "(POSTLINE_MAX_ATTACHMENTS)",
             )
-        # base64 holds 3 bytes in 4 characters: what the files weigh once decoded.
         size = sum(
-            len(item["content"]) * 3 // 4
-            for item in attachments
-            if isinstance(item, dict) and isinstance(item.get("content"), str)
+            _attachment_bytes(item.get("content")) for item in attachments if isinstance(item, dict)
         )
         if size > limits.message_bytes:
             raise OverLimit(

@@ -193,7 +193,11 @@ class Server:
             asyncio.create_task(self._drain(proc.stdout, self.stdout)),
             asyncio.create_task(self._drain(proc.stderr, self.stderr)),
         ]
-        self.client = httpx.AsyncClient(base_url=install.base_url, timeout=10.0)
+        self.client = httpx.AsyncClient(
+            base_url=install.base_url,
+            timeout=10.0,
+            headers={"Accept": "application/problem+json"},  # as tests/harness/postline.py
+        )
 
     @classmethod
     async def start(cls, install: Install, *args: str, **env: str) -> Server:

@@ -35,6 +35,9 @@ TEST_SECRET_KEY = "cG9zdGxpbmUtdGVzdHMtc2VjcmV0LWtleS0zMmJ5dGU="
 
 FINAL = {"delivered", "bounced", "failed", "suppressed", "cancelled", "complained"}
 
+#: What the harness clients send: ask for problem documents by their own type.
+PROBLEM_ACCEPT = "application/problem+json"
+
 
 class PostlineUnderTest:
     def __init__(
@@ -221,7 +224,11 @@ async def postline_factory(
                     await set_bounce_notifications(conn, domain.id, False)
         admin = await create_key(services.db, "test admin")
         client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_api(services)), base_url="http://postline"
+            transport=httpx.ASGITransport(app=create_api(services)),
+            base_url="http://postline",
+            # Problems come as RFC 9457's type to a client that asks for it by name, as the
+            # tests' assertions of it expect (test_api_errors covers the plain JSON answer).
+            headers={"Accept": PROBLEM_ACCEPT},
         )
         under_test = PostlineUnderTest(services, client, admin.key, transport)
         if engine:

@@ -1,14 +1,17 @@
 """Every error answer of the API (docs/API.md, "Errors") that applies today.
 
 Each one is an RFC 9457 problem (``application/problem+json`` with type, title,
-status and detail; ``errors[].field`` naming the field of a 422), and a refused
-submission leaves nothing behind: no email in the send log, no body in the spool.
+status and detail; ``errors[].field`` naming the field of a 422; and Resend's
+``name``, ``message`` and ``statusCode``), and a refused submission leaves nothing
+behind: no email in the send log, no body in the spool. A client that does not ask for
+``application/problem+json`` by name gets the same body as ``application/json``.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,9 @@ def assert_problem(
         assert isinstance(body.get(name), str) and body[name], body
     assert body["status"] == status, body
     assert body["type"] == f"urn:postline:problem:{body['title'].lower().replace(' ', '-')}", body
+    # The members the Resend SDKs read, on every problem.
+    assert (body["message"], body["statusCode"]) == (body["detail"], status), body
+    assert re.fullmatch(r"[a-z_]+", body["name"]), body
     if field is not None:
         wanted = (field,) if isinstance(field, str) else field
         fields = [error["field"] for error in body.get("errors", [])]
@@ -623,7 +629,12 @@ async def test_odd_inputs_never_answer_500(postline_factory: Factory) -> None:
         response = await postline.client.get(f"/v1/emails?{query}", headers=postline.auth())
         # A filter that matches nothing is a fine answer; a 5xx is not.
         if response.status_code == 200:
-            assert response.json() == {"data": [], "next_cursor": None}
+            assert response.json() == {
+                "object": "list",
+                "data": [],
+                "has_more": False,
+                "next_cursor": None,
+            }
         else:
             assert 400 <= response.status_code < 500, (query, response.text)
             assert_problem(response, response.status_code)
@@ -639,3 +650,111 @@ async def test_a_body_that_is_not_json_is_a_400(postline: PostlineUnderTest) -> 
     assert response.status_code == 400
     assert response.headers["content-type"].startswith("application/problem+json")
     assert "application/json" in response.json()["detail"]
+
+
+# -- Resend's members and content negotiation -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("accept", "media_type"),
+    [
+        (None, "application/json"),
+        ("application/json", "application/json"),
+        ("*/*", "application/json"),
+        ("application/*", "application/json"),
+        ("application/problem+json", PROBLEM_JSON),
+        ("application/json, application/problem+json;q=0.9", PROBLEM_JSON),
+        ("Application/Problem+JSON; charset=utf-8", PROBLEM_JSON),
+        ("application/problem+json;q=0", "application/json"),
+    ],
+)
+async def test_a_problem_is_plain_json_unless_problem_json_is_asked_for(
+    postline_factory: Factory, accept: str | None, media_type: str
+) -> None:
+    postline = await postline_factory(engine=False)
+    headers = {**postline.auth(), "Accept": accept} if accept is not None else postline.auth()
+    if accept is None:
+        del postline.client.headers["Accept"]  # the harness asks for problem+json
+    response = await postline.client.post("/v1/emails", json=without("subject"), headers=headers)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == media_type
+    body = response.json()
+    assert (body["name"], body["statusCode"], body["message"]) == (
+        "validation_error",
+        422,
+        body["detail"],
+    )
+    assert body["errors"][0]["field"] == "subject"
+
+
+async def test_the_body_guards_problems_are_negotiated_too(postline_factory: Factory) -> None:
+    """Answered before the application runs (no key, a body too large)."""
+    postline = await postline_factory(engine=False, max_request_bytes=1024)
+    plain = {"Accept": "application/json"}
+    no_key = await postline.client.post("/v1/emails", json=valid_email(), headers=plain)
+    assert no_key.status_code == 401
+    assert no_key.headers["content-type"] == "application/json"
+    assert no_key.json()["name"] == "missing_api_key"
+    large = await postline.client.post(
+        "/v1/emails",
+        json=valid_email(text="x" * 4096),
+        headers={**postline.auth(), **plain},
+    )
+    assert large.status_code == 413
+    assert large.headers["content-type"] == "application/json"
+    assert large.json()["statusCode"] == 413
+
+
+@pytest.mark.parametrize(
+    ("status", "name", "request_"),
+    [
+        (401, "missing_api_key", ("GET", "/v1/emails", {})),
+        (401, "invalid_api_key", ("GET", "/v1/emails", {"Authorization": "Bearer pl_nope"})),
+        (404, "not_found", ("GET", "/v1/emails/em_nothing", None)),
+        (405, "method_not_allowed", ("PUT", "/v1/emails", None)),
+    ],
+)
+async def test_each_problem_has_resends_name(
+    postline_factory: Factory, status: int, name: str, request_: tuple[str, str, Any]
+) -> None:
+    postline = await postline_factory(engine=False)
+    method, path, headers = request_
+    response = await postline.client.request(
+        method, path, headers=postline.auth() if headers is None else headers
+    )
+    body = assert_problem(response, status)
+    assert body["name"] == name
+
+
+async def test_a_scoped_key_sending_from_another_domain_is_invalid_from_address(
+    postline_factory: Factory,
+) -> None:
+    postline = await postline_factory(engine=False, domains=("example.test", "other.test"))
+    created = await postline.client.post(
+        "/v1/api-keys", json={"name": "shop", "domain": "example.test"}, headers=postline.auth()
+    )
+    scoped = created.json()["key"]
+    response = await postline.client.post(
+        "/v1/emails",
+        json=valid_email(**{"from": "sender@other.test"}),
+        headers=postline.auth(scoped),
+    )
+    body = assert_problem(response, 403, "from")
+    assert body["name"] == "invalid_from_address"
+    admin_only = await postline.client.get("/v1/api-keys", headers=postline.auth(scoped))
+    assert assert_problem(admin_only, 403)["name"] == "restricted_api_key"
+
+
+async def test_idempotency_problems_have_resends_names(postline_factory: Factory) -> None:
+    postline = await postline_factory(engine=False)
+    headers = {**postline.auth(), "Idempotency-Key": "k"}
+    first = await postline.client.post("/v1/emails", json=valid_email(), headers=headers)
+    assert first.status_code == 202, first.text
+    other = await postline.client.post(
+        "/v1/emails", json=valid_email(subject="Other"), headers=headers
+    )
+    assert assert_problem(other, 409)["name"] == "invalid_idempotent_request"
+    empty = await postline.client.post(
+        "/v1/emails", json=valid_email(), headers={**postline.auth(), "Idempotency-Key": " "}
+    )
+    assert assert_problem(empty, 400)["name"] == "invalid_idempotency_key"

@@ -99,7 +99,9 @@ async def test_behind_a_proxy_prefix_the_pages_name_prefixed_urls(app: FastAPI) 
 
 
 async def test_an_unknown_asset_is_a_404_problem(client: httpx.AsyncClient) -> None:
-    answer = await client.get("/docs/assets/swagger-ui/nothing.js")
+    answer = await client.get(
+        "/docs/assets/swagger-ui/nothing.js", headers={"Accept": "application/problem+json"}
+    )
     assert answer.status_code == 404
     assert answer.headers["content-type"] == "application/problem+json"
 

@@ -156,6 +156,7 @@ def test_bearer_authentication_is_declared_on_exactly_the_operations_that_need_a
         ("GET /v1/emails/{email_id}", {401, 404, 429, 503}),
         ("GET /v1/emails/{email_id}/content", {401, 404, 410, 429, 503}),
         ("POST /v1/emails/{email_id}/cancel", {401, 404, 409, 429, 503, 507}),
+        ("PATCH /v1/emails/{email_id}", {400, 401, 404, 409, 413, 422, 429, 503, 507}),
         ("GET /v1/domains", {400, 401, 429, 503}),  # 400: a cursor of a one-page list
         ("DELETE /v1/domains/{domain_id}", {401, 403, 404, 409, 429, 503, 507}),
         ("GET /v1/api-keys", {400, 401, 403, 429, 503}),
@@ -182,9 +183,18 @@ def test_no_read_declares_a_body_or_storage_problem(document: Document) -> None:
 
 
 def test_every_problem_is_a_problem_object(document: Document) -> None:
-    """Not FastAPI's ``HTTPValidationError``, which Postline never sends."""
+    """Not FastAPI's ``HTTPValidationError``, which Postline never sends; in both media
+    types content negotiation serves."""
     assert "HTTPValidationError" not in document["components"]["schemas"]
+    problem = {"schema": {"$ref": "#/components/schemas/Problem"}}
     for method, path, operation in _operations(document):
         for code in _errors(operation):
             content = operation["responses"][str(code)]["content"]
-            assert list(content) == ["application/problem+json"], (method, path, code)
+            wanted = {"application/problem+json": problem, "application/json": problem}
+            assert content == wanted, (method, path, code)
+
+
+def test_the_problem_schema_has_the_members_the_resend_sdks_read(document: Document) -> None:
+    schema = document["components"]["schemas"]["Problem"]
+    assert {"name", "message", "statusCode"} <= set(schema["required"])
+    assert schema["properties"]["statusCode"]["type"] == "integer"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 
 from postline.api import answers
 from postline.api.auth import Admin, Caller, Svc
@@ -12,7 +13,7 @@ from postline.api.cursors import SinglePageCursor, single_page
 from postline.api.problems import Problem
 from postline.api.responses import problem_responses
 from postline.api.schemas import DomainIn, DomainPatch, KeyIn
-from postline.api.views import rfc3339
+from postline.api.views import page, rfc3339
 from postline.domains import DomainError, create_domain, dns_records, verify_domain
 from postline.keys import create_key
 from postline.store import domains as domain_store
@@ -45,14 +46,46 @@ def domain_view(row: Domain, hostname: str) -> dict[str, Any]:
             item["status"] = checks[record.purpose]
         records.append(item)
     return {
+        "object": "domain",
         "id": row.id,
         "name": row.name,
         "dkim_selector": row.dkim_selector,
         "dns_records": records,
+        "records": records,  # Resend's name for them
         "verified": row.verified,
+        "status": domain_status(row.verified, checks),
         "bounce_notifications": row.bounce_notifications,
         "created_at": rfc3339(row.created_at),
     }
+
+
+def domain_status(verified: bool, checks: dict[str, str]) -> str:
+    """Resend's ``status``: ``verified``; ``not_started`` before any check; ``pending``
+    while some record checks out and another not yet; ``failed`` when none does."""
+    if verified:
+        return "verified"
+    if not checks:
+        return "not_started"
+    return "pending" if "verified" in checks.values() else "failed"
+
+
+#: A DELETE answers 204 with no body; the Resend SDKs read a JSON body from every
+#: answer, so a client that asks for JSON by name gets Resend's ``deleted`` object.
+_DELETED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Deleted: the answer to a client whose `Accept` names"
+        " `application/json` (the Resend SDKs)",
+        "model": answers.Deleted,
+    },
+    204: {"description": "Deleted"},
+}
+
+
+def deleted(request: Request, kind: str, object_id: str) -> Response:
+    """204, or 200 with ``{"object", "id", "deleted": true}`` to a client that asks for JSON."""
+    if "application/json" in request.headers.get("accept", "").lower():
+        return JSONResponse({"object": kind, "id": object_id, "deleted": True})
+    return Response(status_code=204)
 
 
 async def _visible_domain(svc: Svc, caller: Caller, domain_id: str) -> Domain:
@@ -89,7 +122,7 @@ async def list_domains(svc: Svc, caller: Caller, cursor: SinglePageCursor = None
     single_page(cursor)
     async with svc.db.read() as conn:
         rows = await domain_store.list_domains(conn, caller.domain_id)
-    return {"data": [domain_view(r, svc.settings.hostname) for r in rows], "next_cursor": None}
+    return page([domain_view(r, svc.settings.hostname) for r in rows], None)
 
 
 @router.get("/domains/{domain_id}", summary="One sending domain", **_DOMAIN)
@@ -119,15 +152,15 @@ async def verify(svc: Svc, caller: Caller, domain_id: str) -> dict[str, Any]:
     "/domains/{domain_id}",
     status_code=204,
     summary="Remove a sending domain",
-    responses=problem_responses(409),
+    responses={**_DELETED, **problem_responses(409)},
 )
-async def delete_domain(svc: Svc, caller: Admin, domain_id: str) -> Response:
+async def delete_domain(svc: Svc, caller: Admin, domain_id: str, request: Request) -> Response:
     await _visible_domain(svc, caller, domain_id)
     async with svc.db.write() as conn:
         if await domain_store.count_emails(conn, domain_id):
             raise Problem(409, "this domain has sent emails; its history would be lost")
         await domain_store.delete_domain(conn, domain_id)
-    return Response(status_code=204)
+    return deleted(request, "domain", domain_id)
 
 
 def key_view(row: ApiKey) -> dict[str, Any]:
@@ -148,12 +181,27 @@ def key_view(row: ApiKey) -> dict[str, Any]:
     response_model=answers.ApiKeyCreated,
 )
 async def add_key(svc: Svc, _: Admin, body: KeyIn) -> dict[str, Any]:
+    domain = body.domain
+    if body.domain_id is not None:
+        async with svc.db.read() as conn:
+            row = await domain_store.get_domain(conn, body.domain_id)
+        if row is None:
+            message = f"no domain {body.domain_id}"
+            raise Problem(422, message, [{"field": "domain_id", "message": message}])
+        domain = row.name
     try:
-        created = await create_key(svc.db, body.name, body.domain)
+        created = await create_key(svc.db, body.name, domain)
     except (DomainError, ValueError) as exc:
         field = "domain" if isinstance(exc, DomainError) else "name"
         raise Problem(422, str(exc), [{"field": field, "message": str(exc)}]) from None
-    return {"id": created.id, "name": created.name, "key": created.key, "domain": created.domain}
+    return {
+        "object": "api_key",
+        "id": created.id,
+        "name": created.name,
+        "key": created.key,
+        "token": created.key,  # Resend's name for it
+        "domain": created.domain,
+    }
 
 
 @router.get("/api-keys", summary="API keys (no secrets)", response_model=answers.ApiKeyList)
@@ -161,12 +209,17 @@ async def list_keys(svc: Svc, _: Admin, cursor: SinglePageCursor = None) -> dict
     single_page(cursor)
     async with svc.db.read() as conn:
         rows = await key_store.list_keys(conn)
-    return {"data": [key_view(r) for r in rows], "next_cursor": None}
+    return page([key_view(r) for r in rows], None)
 
 
-@router.delete("/api-keys/{key_id}", status_code=204, summary="Revoke an API key at once")
-async def revoke_key(svc: Svc, _: Admin, key_id: str) -> Response:
+@router.delete(
+    "/api-keys/{key_id}",
+    status_code=204,
+    summary="Revoke an API key at once",
+    responses=_DELETED,
+)
+async def revoke_key(svc: Svc, _: Admin, key_id: str, request: Request) -> Response:
     async with svc.db.write() as conn:
         if not await key_store.revoke_key(conn, key_id):
             raise Problem(404, f"no active API key {key_id}")
-    return Response(status_code=204)
+    return deleted(request, "api_key", key_id)

@@ -23,6 +23,7 @@ __all__ = [
     "ApiKeyCreated",
     "ApiKeyList",
     "BatchAccepted",
+    "Deleted",
     "Destination",
     "DestinationList",
     "Domain",
@@ -53,6 +54,8 @@ class _Answer(BaseModel):
 
 
 class _Page(_Answer):
+    object: Literal["list"]
+    has_more: bool = Field(description="Whether `next_cursor` leads to more")
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: last")
 
 
@@ -77,14 +80,20 @@ class BatchAccepted(_Answer):
 
 
 class EmailItem(_Answer):
+    object: Literal["email"]
     id: str
     message_id: str
     from_: str = Field(alias="from")
+    to: list[str] = Field(description="The `to` recipients' addresses")
     subject: str
     status: str = Field(
         description="Derived from the recipients: `scheduled`, `queued`, `sending`, `deferred`"
         " (some recipient waits for a retry), `delivered`, `partially_delivered`, `bounced`,"
         " `failed`, `suppressed` or `cancelled`"
+    )
+    last_event: str = Field(
+        description="Resend's name for `status`: `scheduled`, `queued`, `sent`,"
+        " `delivery_delayed`, `delivered`, `bounced`, `complained`, `canceled` or `failed`"
     )
     source: str
     created_at: str | None
@@ -168,11 +177,17 @@ class DnsRecord(_Answer):
 
 
 class Domain(_Answer):
+    object: Literal["domain"]
     id: str
     name: str
     dkim_selector: str | None
     dns_records: list[DnsRecord]
+    records: list[DnsRecord] = Field(description="The same as `dns_records` (Resend's name)")
     verified: bool
+    status: str = Field(
+        description="`verified`; `not_started` before any check; `pending` while some record"
+        " checks out and another not yet; `failed` when none does"
+    )
     bounce_notifications: bool
     created_at: str | None
 
@@ -182,10 +197,20 @@ class DomainList(_Page):
 
 
 class ApiKeyCreated(_Answer):
+    object: Literal["api_key"]
     id: str
     name: str
     key: str = Field(description="The secret: shown in this answer only")
+    token: str = Field(description="The same as `key` (Resend's name)")
     domain: str | None
+
+
+class Deleted(_Answer):
+    """A DELETE's answer to a client that asks for JSON (``Accept: application/json``)."""
+
+    object: str = Field(description="`domain` or `api_key`")
+    id: str
+    deleted: Literal[True]
 
 
 class ApiKey(_Answer):
@@ -326,6 +351,7 @@ def email_links(status: int, id_pointer: str) -> dict[str, Any]:
         GetEmail=link("get", _EMAIL, email_id=email_id),
         GetEmailContent=link("get", f"{_EMAIL}/content", email_id=email_id),
         CancelEmail=link("post", f"{_EMAIL}/cancel", email_id=email_id),
+        RescheduleEmail=link("patch", _EMAIL, email_id=email_id),
     )
 
 

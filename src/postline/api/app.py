@@ -39,8 +39,10 @@ def create_api(services: Services) -> FastAPI:
     app.add_middleware(ratelimit.RateLimitHeaders)
     problems.install(app)
     responses.document_problems(app)
-    # Added last, so outermost: nothing reads a body before it has counted it.
+    # Nothing reads a body before it has counted it.
     app.add_middleware(body_guard.BodyGuard, db=services.db, limit=services.settings.request_limit)
+    # Outside it: its problems too are relabelled for clients that want plain JSON.
+    app.add_middleware(problems.NegotiatedProblems)
 
     for router in (
         emails.router,

@@ -37,7 +37,7 @@ async def identify(db: Database, header: str) -> Principal:
         raise Problem(401, "missing API key: send 'Authorization: Bearer <key>'", headers=_NO_KEY)
     found = await authenticate(db, token.strip())
     if found is None:
-        raise Problem(401, "invalid or revoked API key", headers=_BAD_KEY)
+        raise Problem(401, "invalid or revoked API key", headers=_BAD_KEY, name="invalid_api_key")
     return found
 
 
@@ -67,7 +67,9 @@ async def principal(
 
 async def admin(caller: Annotated[Principal, Depends(principal)]) -> Principal:
     if not caller.is_admin:
-        raise Problem(403, "this operation needs an unscoped (admin) API key")
+        raise Problem(
+            403, "this operation needs an unscoped (admin) API key", name="restricted_api_key"
+        )
     return caller
 
 

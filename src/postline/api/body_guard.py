@@ -53,7 +53,9 @@ class BodyGuard:
             try:
                 scope[SCOPE_KEY] = await identify(self.db, headers.get("authorization", ""))
             except Problem as exc:
-                await self._refuse(scope, receive, send, exc.status, exc.detail, exc.headers)
+                await self._refuse(
+                    scope, receive, send, exc.status, exc.detail, exc.headers, exc.name
+                )
                 return
             except DBAPIError as exc:
                 await storage_unavailable(exc)(scope, receive, send)
@@ -97,10 +99,11 @@ class BodyGuard:
         status: int,
         detail: str,
         headers: dict[str, str] | None,
+        name: str | None = None,
     ) -> None:
         # Not with ``Connection: close``: uvicorn would close the socket at once, and a
         # close with unread data is a reset that can reach the client before this answer.
-        await problem_response(status, detail, headers=headers)(scope, receive, send)
+        await problem_response(status, detail, headers=headers, name=name)(scope, receive, send)
 
 
 def _replay(chunks: list[bytes], receive: Receive) -> Receive:

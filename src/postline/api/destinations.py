@@ -12,7 +12,7 @@ from postline.api import answers
 from postline.api.auth import Admin, Svc
 from postline.api.cursors import SinglePageCursor, single_page
 from postline.api.problems import Problem
-from postline.api.views import rfc3339
+from postline.api.views import page, rfc3339
 from postline.delivery.breaker import Breakers, BreakerView
 from postline.domains import DomainError, normalize_domain
 from postline.store import breakers as breaker_store
@@ -81,7 +81,7 @@ async def list_destinations(svc: Svc, _: Admin, cursor: SinglePageCursor = None)
     breakers = await _breakers(svc)
     names = set(counts.queued) | set(counts.deferred) | {v.domain for v in breakers.views()}
     data = [view(d, breakers.view(d), counts) for d in sorted(names)]
-    return {"data": data, "next_cursor": None}
+    return page(data, None)
 
 
 @router.post(

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import pydantic_core
@@ -19,15 +19,16 @@ from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from postline.accept import Accepted, Recipient, Submission
+from postline.accept import MAX_SCHEDULE_AHEAD, Accepted, Recipient, Submission
 from postline.api import answers, ratelimit
 from postline.api.auth import Caller, Svc, domain_in_scope
 from postline.api.cursors import page_after
 from postline.api.problems import Problem
 from postline.api.responses import problem_responses
-from postline.api.schemas import Batch, BatchBody, EmailBody, EmailIn, Timestamp
-from postline.api.views import email_detail, email_item
+from postline.api.schemas import Batch, BatchBody, EmailBody, EmailIn, RescheduleIn, Timestamp
+from postline.api.views import email_detail, email_item, page
 from postline.app import Services
+from postline.ids import new_id
 from postline.keys import Principal
 from postline.message import Attachment, Content
 from postline.model import (
@@ -38,6 +39,7 @@ from postline.model import (
     RecipientStatus,
 )
 from postline.outcomes import Outcome, apply_outcome, is_customer_mail, refresh_email_status
+from postline.queue.base import Job
 from postline.spool import SpoolMissing
 from postline.store import emails as email_store
 from postline.store import idempotency
@@ -173,6 +175,7 @@ async def _accept(
     svc: Svc,
     caller: Principal,
     emails: list[EmailIn],
+    sent: list[Any],
     idempotency_key: str | None,
     shape: Any,
     endpoint: str,
@@ -185,13 +188,15 @@ async def _accept(
             # against sending twice without a word.
             message = "is empty: send a key unique to this request, or leave the header out"
             errors = [{"field": "Idempotency-Key", "message": message}]
-            raise Problem(400, f"Idempotency-Key {message}", errors)
+            raise Problem(400, f"Idempotency-Key {message}", errors, name="invalid_idempotency_key")
         if not 1 <= len(idempotency_key) <= 256:
-            raise Problem(422, "Idempotency-Key must be 1 to 256 characters")
+            raise Problem(
+                422, "Idempotency-Key must be 1 to 256 characters", name="invalid_idempotency_key"
+            )
         # The endpoint is part of the body: one email and a batch of that one email differ.
         request = {
             "endpoint": endpoint,
-            "emails": [e.model_dump(mode="json", by_alias=True) for e in emails],
+            "emails": [_fingerprint(e, r) for e, r in zip(emails, sent, strict=True)],
         }
         digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
         now = utcnow()
@@ -199,9 +204,17 @@ async def _accept(
             previous = await idempotency.find(conn, caller.key_id, idempotency_key, now)
             if previous is not None:
                 if previous.request_hash != digest:
-                    raise Problem(409, "this Idempotency-Key was used with a different body")
+                    raise Problem(
+                        409,
+                        "this Idempotency-Key was used with a different body",
+                        name="invalid_idempotent_request",
+                    )
                 if previous.state != "done":
-                    raise Problem(409, "a request with this Idempotency-Key is still running")
+                    raise Problem(
+                        409,
+                        "a request with this Idempotency-Key is still running",
+                        name="concurrent_idempotent_requests",
+                    )
                 return _json(202, previous.response, replayed=True)
             await idempotency.insert_running(conn, caller.key_id, idempotency_key, digest, now)
 
@@ -218,6 +231,16 @@ async def _accept(
         raise
     svc.metrics.accept_seconds.observe(time.monotonic() - started)
     return _json(202, shape(results))
+
+
+def _fingerprint(email: EmailIn, sent: Any) -> dict[str, Any]:
+    """What an Idempotency-Key's request is compared by: the email as validated, so that
+    equal requests match however they were spelled, but ``scheduled_at`` as sent: "in 10
+    min" names another moment at each retry, and a retry must still be the same request."""
+    fields = email.model_dump(mode="json", by_alias=True)
+    if isinstance(sent, dict) and isinstance(sent.get("scheduled_at"), str):
+        fields["scheduled_at"] = sent["scheduled_at"]
+    return fields
 
 
 def _json(status: int, body: Any, replayed: bool = False) -> Response:
@@ -243,7 +266,9 @@ async def send_email(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     email = await validated(_ONE, body)
-    return await _accept(svc, caller, [email], idempotency_key, lambda r: r[0].as_dict(), "email")
+    return await _accept(
+        svc, caller, [email], [body], idempotency_key, lambda r: r[0].as_dict(), "email"
+    )
 
 
 @router.post(
@@ -266,6 +291,7 @@ async def send_batch(
         svc,
         caller,
         emails,
+        body,
         idempotency_key,
         lambda rs: {"data": [r.as_dict() for r in rs]},
         "batch",
@@ -341,12 +367,13 @@ async def list_emails(
             source=source,
         )
         rows = await email_store.list_emails(conn, where, after, limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return {
-        "data": [email_item(r.email, r.recipient_count) for r in rows],
-        "next_cursor": rows[-1].email.id if more and rows else None,
-    }
+        more = len(rows) > limit
+        rows = rows[:limit]
+        to = await email_store.to_addresses(conn, (r.email.id for r in rows))
+    return page(
+        [email_item(r.email, r.recipient_count, to.get(r.email.id, [])) for r in rows],
+        rows[-1].email.id if more and rows else None,
+    )
 
 
 def bracketed(message_id: str) -> str:
@@ -458,6 +485,92 @@ async def cancel_email(svc: Svc, caller: Caller, email_id: str) -> dict[str, Any
         await _discard_after_commit(svc, email_id, done)
     svc.metrics.recipient_outcomes.labels(status=str(RecipientStatus.CANCELLED)).inc(cancelled)
     return detail
+
+
+@router.patch(
+    "/{email_id}",
+    summary="Reschedule a scheduled email",
+    response_model=answers.EmailDetail,
+    responses=problem_responses(409),
+)
+async def reschedule_email(
+    svc: Svc, caller: Caller, email_id: str, body: RescheduleIn
+) -> dict[str, Any]:
+    """Move the recipients still scheduled to ``scheduled_at``; a time already past sends
+    them now. 409 once none is scheduled (sent, being sent, or cancelled)."""
+    if body.id is not None and body.id != email_id:
+        message = f"is {body.id}, not the email of the path ({email_id})"
+        raise Problem(422, f"id: {message}", [{"field": "id", "message": message}])
+    now = utcnow()
+    try:
+        when = max(body.scheduled_at.astimezone(UTC), now)
+    except OverflowError:
+        when = now + MAX_SCHEDULE_AHEAD * 2  # 9999-12-31T23:59-01:00: refused just below
+    if when > now + MAX_SCHEDULE_AHEAD:
+        message = "must be at most 30 days ahead"
+        errors = [{"field": "scheduled_at", "message": message}]
+        raise Problem(422, f"scheduled_at: {message}", errors)
+    async with svc.db.write() as conn:
+        email = await email_store.lock_email(conn, email_id)
+        if email is None or not _may_see(caller, email):
+            raise Problem(404, f"no email {email_id}")
+        waiting = [
+            r
+            for r in await email_store.get_recipients(conn, email_id)
+            if r.status == RecipientStatus.SCHEDULED and r.attempts == 0
+        ]
+        if not waiting:
+            raise Problem(409, "no recipient of this email is still scheduled")
+        await email_store.set_scheduled_at(conn, email_id, when, now)
+        jobs = _scheduled_jobs(email, waiting, when)
+        # A job under a lease came due and a worker holds it: too late to move. Redis's
+        # jobs leave before the commit, so that none is ever due at the old time after it;
+        # if this fails half way, housekeeping rebuilds the missing ones from the database.
+        shared = conn if svc.queue.shares_store else None
+        moved = await svc.queue.discard(email_id, [job.destination for job in jobs], shared)
+        if moved < len(jobs):
+            raise Problem(409, "delivery of this email has started; it cannot be rescheduled")
+        if shared is not None:
+            await svc.queue.enqueue(jobs, shared)
+        moved_email = await email_store.get_email(conn, email_id)
+        assert moved_email is not None  # locked above: nobody deleted it since
+        detail = await _detail(conn, moved_email)
+    if shared is None:
+        await _enqueue_after_commit(svc, jobs)
+    log.info("rescheduled email_id=%s to %s", email_id, when.isoformat())
+    return detail
+
+
+def _scheduled_jobs(email: Email, waiting: list[EmailRecipient], due: datetime) -> list[Job]:
+    """One job per destination for the recipients still scheduled, due at ``due``."""
+    by_destination: dict[str, list[str]] = {}
+    for recipient in waiting:
+        by_destination.setdefault(recipient.destination, []).append(recipient.id)
+    return [
+        Job(
+            id=new_id("job_"),
+            email_id=email.id,
+            destination=destination,
+            recipient_ids=ids,
+            body_ref=email.body_ref,
+            due_at=due,
+        )
+        for destination, ids in sorted(by_destination.items())
+    ]
+
+
+async def _enqueue_after_commit(svc: Services, jobs: list[Job]) -> None:
+    """As at accept: the new time is committed, so a queue outage is no error to the
+    client; housekeeping rebuilds the jobs from the database once the queue is back."""
+    try:
+        await svc.queue.enqueue(jobs)
+    except Exception as exc:
+        log.warning(
+            "queue unavailable after a reschedule; %d jobs left for housekeeping: %s",
+            len(jobs),
+            type(exc).__name__,
+        )
+    svc.acceptor.wakeups.work_arrived()
 
 
 def _finished_destinations(recipients: list[EmailRecipient]) -> list[str]:

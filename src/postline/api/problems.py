@@ -10,7 +10,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from postline.accept import AcceptError
 from postline.backoff import first_line
@@ -37,8 +39,33 @@ _TITLES = {
 }
 
 
+#: Resend's error names (its ``name`` member), which its SDKs turn into their error
+#: classes: a status's usual one. A route with a more precise one says so (``Problem.name``).
+_NAMES = {
+    400: "validation_error",
+    401: "missing_api_key",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    410: "gone",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limit_exceeded",
+    500: "application_error",
+    503: "service_unavailable",
+    507: "insufficient_storage",
+}
+
+
+def problem_name(status: int) -> str:
+    return _NAMES.get(status, "application_error")
+
+
 class Problem(Exception):
-    """Raise anywhere in a request to answer with a problem object."""
+    """Raise anywhere in a request to answer with a problem object. ``name``: the
+    Resend-style name when the status's usual one (``problem_name``) says too little."""
 
     def __init__(
         self,
@@ -46,13 +73,17 @@ class Problem(Exception):
         detail: str,
         errors: list[dict[str, str]] | None = None,
         headers: dict[str, str] | None = None,
+        name: str | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.errors = errors
         self.headers = headers
+        self.name = name
 
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 #: RFC 9457 asks for a URI in ``type``; a URN names the kind of problem without pointing at
 #: a web site that the project does not control (and a client should not fetch).
@@ -69,18 +100,73 @@ def problem_response(
     detail: str,
     errors: list[dict[str, str]] | None = None,
     headers: dict[str, str] | None = None,
+    name: str | None = None,
 ) -> JSONResponse:
+    """The problem document: RFC 9457's members, Postline's ``errors``, and the members
+    the Resend SDKs read (``name``, ``message``, ``statusCode``). Sent as
+    ``application/problem+json``; :class:`NegotiatedProblems` relabels it for clients
+    that did not ask for that type."""
     body: dict[str, Any] = {
         "type": problem_type(status),
         "title": _TITLES.get(status, "Error"),
         "status": status,
         "detail": detail,
+        "name": name or problem_name(status),
+        "message": detail,
+        "statusCode": status,
     }
     if errors:
         body["errors"] = errors
-    return JSONResponse(
-        body, status_code=status, headers=headers, media_type="application/problem+json"
-    )
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def wants_problem_json(accept: str) -> bool:
+    """Whether an ``Accept`` header names ``application/problem+json`` (with q > 0).
+
+    Only by name: ``*/*`` or ``application/*`` do not count, since the clients that
+    send them (and those that send no Accept at all, like the Resend SDKs'
+    ``application/json``) often check for ``application/json`` before they read a body.
+    """
+    for media_range in accept.split(","):
+        media_type, *parameters = (part.strip() for part in media_range.split(";"))
+        if media_type.lower() != PROBLEM_MEDIA_TYPE:
+            continue
+        quality = "1"
+        for parameter in parameters:
+            key, _, value = parameter.partition("=")
+            if key.strip().lower() == "q":
+                quality = value.strip()
+        try:
+            return float(quality) > 0
+        except ValueError:
+            return True  # a malformed q is no reason to refuse what was named
+    return False
+
+
+class NegotiatedProblems:
+    """Serves problem documents as ``application/json`` unless the request's ``Accept``
+    names ``application/problem+json``: the body is the same either way.
+
+    Outermost, so that every problem is covered, those of ``body_guard`` included.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or wants_problem_json(Headers(scope=scope).get("accept", "")):
+            await self.app(scope, receive, send)
+            return
+
+        async def relabel(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(raw=list(message["headers"]))
+                if headers.get("content-type", "").startswith(PROBLEM_MEDIA_TYPE):
+                    headers["content-type"] = "application/json"
+                    message = {**message, "headers": headers.raw}
+            await send(message)
+
+        await self.app(scope, receive, relabel)
 
 
 #: Seconds a client is asked to wait after a 507: an operator has to free space first.
@@ -159,7 +245,7 @@ def allowed_methods(request: Request) -> list[str]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:
-        return problem_response(exc.status, exc.detail, exc.errors, exc.headers)
+        return problem_response(exc.status, exc.detail, exc.errors, exc.headers, exc.name)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -179,8 +265,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(AcceptError)
     async def _accept(_: Request, exc: AcceptError) -> JSONResponse:
+        # A 403 here is a from address the key may not send from.
         return problem_response(
-            exc.status, exc.message, [{"field": exc.field, "message": exc.message}]
+            exc.status,
+            exc.message,
+            [{"field": exc.field, "message": exc.message}],
+            name="invalid_from_address" if exc.status == 403 else None,
         )
 
     @app.exception_handler(SpoolFull)

@@ -1,8 +1,9 @@
 """The problem answers of each operation, declared in the OpenAPI document.
 
-Every error a client can cause is an RFC 9457 problem object sent as
-``application/problem+json`` (``problems.py``). FastAPI only documents its own
-``422 HTTPValidationError`` in ``application/json``, which is not what Postline
+Every error a client can cause is an RFC 9457 problem object, sent as
+``application/problem+json`` to a client whose ``Accept`` names that type and as
+``application/json`` to the others (``problems.py``): both are declared. FastAPI
+only documents its own ``422 HTTPValidationError``, which is not what Postline
 answers. Each operation declares instead the problem statuses it can really give,
 so that a generated client, a reader of ``/docs``, or a schema-driven fuzzer
 (tests/fuzz, which fails on any status an operation does not declare) can rely on
@@ -27,12 +28,15 @@ from fastapi.routing import APIRoute
 from postline.api import auth
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+#: Content negotiation (``problems.NegotiatedProblems``): the same body, either type.
+PROBLEM_MEDIA_TYPES = (PROBLEM_MEDIA_TYPE, "application/json")
 
-#: The ``Problem`` component: RFC 9457 members plus Postline's ``errors`` (one per field).
+#: The ``Problem`` component: RFC 9457 members, Postline's ``errors`` (one per field), and
+#: the members the Resend SDKs read (``name``, ``message``, ``statusCode``).
 PROBLEM_SCHEMA: dict[str, Any] = {
     "title": "Problem",
     "type": "object",
-    "required": ["type", "title", "status", "detail"],
+    "required": ["type", "title", "status", "detail", "name", "message", "statusCode"],
     "properties": {
         "type": {
             "type": "string",
@@ -42,6 +46,20 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         "title": {"type": "string"},
         "status": {"type": "integer", "minimum": 400, "maximum": 599},
         "detail": {"type": "string"},
+        "name": {
+            "type": "string",
+            "description": "Resend's name for the error, e.g. `validation_error`,"
+            " `missing_api_key`, `invalid_api_key`, `invalid_from_address`, `not_found`,"
+            " `rate_limit_exceeded`",
+            "pattern": "^[a-z_]+$",
+        },
+        "message": {"type": "string", "description": "The same as `detail`"},
+        "statusCode": {
+            "type": "integer",
+            "description": "The same as `status`",
+            "minimum": 400,
+            "maximum": 599,
+        },
         "errors": {
             "type": "array",
             "description": "The fields at fault (400 and 422), e.g. `to[0]` or `[3].subject`.",
@@ -131,7 +149,10 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     for status in sorted(set(statuses)):
         response: dict[str, Any] = {
             "description": _DESCRIPTIONS.get(status, "Problem"),
-            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            "content": {
+                media_type: {"schema": {"$ref": "#/components/schemas/Problem"}}
+                for media_type in PROBLEM_MEDIA_TYPES
+            },
         }
         if status in (429, 503, 507):
             response["headers"] = _RETRY_AFTER
@@ -157,7 +178,8 @@ def _without_fastapi_422(document: dict[str, Any]) -> None:
     for operations in document["paths"].values():
         for operation in operations.values():
             answer = operation["responses"].get("422", {})
-            if "application/json" in answer.get("content", {}):
+            schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
+            if schema.get("$ref", "").endswith("/HTTPValidationError"):
                 del operation["responses"]["422"]
     schemas = document.get("components", {}).get("schemas", {})
     schemas.pop("HTTPValidationError", None)

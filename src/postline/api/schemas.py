@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import mimetypes
 import re
 from datetime import datetime
-from typing import Annotated, Any
+from functools import cache
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -21,12 +23,14 @@ from pydantic import (
     model_validator,
 )
 
+from postline.store.types import utcnow
 from postline.validation import (
     check_attachment_type,
     check_custom_header,
     check_header_text,
     parse_mailbox,
 )
+from postline.when import parse_natural
 
 MAX_RECIPIENTS = 1000
 
@@ -81,6 +85,27 @@ def _rfc3339(value: Any) -> Any:
 
 
 Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
+
+
+def _when(value: Any) -> Any:
+    """RFC 3339 as everywhere, or one of Resend's phrases ("in 10 min", postline.when)."""
+    if isinstance(value, str) and not _RFC3339.fullmatch(value):
+        return parse_natural(value, utcnow())
+    return _rfc3339(value)
+
+
+#: ``scheduled_at``: a date-time, or a phrase such as "tomorrow at 9am" (UTC).
+ScheduleTime = Annotated[
+    datetime,
+    BeforeValidator(_when),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "RFC 3339 (`2025-01-31T12:00:00Z`) or, in UTC, `in 10 min`,"
+            " `in 2 hours`, `today at 5pm`, `tomorrow at 9:30am`, `next monday at 10am`",
+        }
+    ),
+]
 # \Z, not $: $ also matches before a final newline, so the tag "a\n" and the content
 # type "text/plain\n" (which ended its MIME part early) passed (tests/unit/test_properties_*).
 _TAG_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
@@ -89,12 +114,96 @@ _MIME_TYPE = re.compile(
 )
 
 
+def _tag_map(value: Any) -> Any:
+    """Resend's ``[{"name": ..., "value": ...}]`` as Postline's ``{name: value}``."""
+    if not isinstance(value, list):
+        return value
+    tags: dict[Any, Any] = {}
+    for index, item in enumerate(value):
+        if not isinstance(item, dict) or set(item) != {"name", "value"}:
+            raise ValueError(f'[{index}] must be an object {{"name": ..., "value": ...}}')
+        name, text = item["name"], item["value"]
+        if not isinstance(name, str) or not isinstance(text, str):
+            raise ValueError(f"[{index}]: name and value must be strings")
+        if name in tags:
+            raise ValueError(f"tag name {name!r} is given twice")
+        tags[name] = text
+    return tags
+
+
+#: A map of tag names to values, or Resend's list of ``{"name", "value"}`` objects.
+Tags = Annotated[
+    dict[str, str],
+    BeforeValidator(_tag_map),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "object", "additionalProperties": {"type": "string"}},
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "value"],
+                        "properties": {"name": {"type": "string"}, "value": {"type": "string"}},
+                    },
+                },
+            ]
+        }
+    ),
+]
+
+
+def _base64_content(value: Any) -> Any:
+    """Resend's byte array (``list(file_bytes)``) as the base64 Postline keeps."""
+    if not isinstance(value, list):
+        return value
+    if not all(type(octet) is int and 0 <= octet <= 255 for octet in value):
+        raise ValueError("must be base64 text, or an array of byte values 0 to 255")
+    return base64.b64encode(bytes(value)).decode("ascii")
+
+
+#: base64 text or an array of byte values; kept as base64 either way.
+Content = Annotated[
+    str,
+    BeforeValidator(_base64_content),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "description": "base64"},
+                {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 255}},
+            ]
+        }
+    ),
+]
+
+
+@cache
+def _types() -> mimetypes.MimeTypes:
+    """Python's own table of types, not the host's /etc/mime.types: one answer everywhere."""
+    return mimetypes.MimeTypes()
+
+
+def guess_content_type(filename: str) -> str:
+    """The type of an attachment sent without one, from its file name."""
+    guessed = _types().guess_type(filename, strict=False)[0]
+    if guessed is None or guessed.startswith(("multipart/", "message/")):
+        return "application/octet-stream"
+    return guessed
+
+
+def _absent_as_empty(value: Any) -> Any:
+    return "" if value is None else value
+
+
 class AttachmentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     filename: HeaderText = Field(min_length=1, max_length=255)
-    content: str = Field(description="base64")
-    content_type: str = "application/octet-stream"
+    content: Content
+    # After filename, so that the guess sees it. Absent, null or empty: guessed from it.
+    content_type: Annotated[str, BeforeValidator(_absent_as_empty)] = Field(
+        default="", validate_default=True
+    )
 
     @field_validator("content")
     @classmethod
@@ -107,7 +216,9 @@ class AttachmentIn(BaseModel):
 
     @field_validator("content_type")
     @classmethod
-    def _mime(cls, value: str) -> str:
+    def _mime(cls, value: str, info: ValidationInfo) -> str:
+        if not value:
+            return guess_content_type(info.data.get("filename") or "")
         if not _MIME_TYPE.match(value):
             raise ValueError("must be a MIME type such as application/pdf")
         check_attachment_type(value)
@@ -132,8 +243,8 @@ class EmailIn(BaseModel):
     text: UnicodeText | None = Field(default=None, validate_default=True)
     headers: dict[str, str] = Field(default_factory=dict)
     attachments: list[AttachmentIn] = Field(default_factory=list, max_length=100)
-    tags: dict[str, str] = Field(default_factory=dict)
-    scheduled_at: Timestamp | None = None
+    tags: Tags = Field(default_factory=dict)
+    scheduled_at: ScheduleTime | None = None
 
     @field_validator("from_")
     @classmethod
@@ -208,6 +319,22 @@ Batch = Annotated[list[EmailIn], Field(min_length=1, max_length=MAX_BATCH)]
 BatchBody = Annotated[Any, PlainValidator(_deferred, json_schema_input_type=Batch)]
 
 
+class RescheduleIn(BaseModel):
+    """``PATCH /v1/emails/{email_id}``. ``id``: the Resend SDKs send the email's id in the
+    body too; if given, it must be the path's."""
+
+    model_config = ConfigDict(extra="forbid")
+    scheduled_at: ScheduleTime
+    id: str | None = None
+
+    @field_validator("scheduled_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("must include a time zone offset (RFC 3339), e.g. ...Z")
+        return value
+
+
 class DomainIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=253)
@@ -219,6 +346,26 @@ class DomainPatch(BaseModel):
 
 
 class KeyIn(BaseModel):
+    """``domain`` (a name) scopes the key to that domain. Resend's ``domain_id`` does the
+    same by id, and its ``permission`` is read as far as Postline's keys go: a
+    ``sending_access`` key is scoped to one domain, a ``full_access`` key to none."""
+
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200)
     domain: str | None = None
+    domain_id: str | None = None
+    permission: Literal["full_access", "sending_access"] | None = None
+
+    @model_validator(mode="after")
+    def _scope(self) -> KeyIn:
+        if self.domain is not None and self.domain_id is not None:
+            raise ValueError("give domain or domain_id, not both")
+        scoped = self.domain is not None or self.domain_id is not None
+        if self.permission == "sending_access" and not scoped:
+            raise ValueError(
+                "a sending_access key is scoped to one domain in Postline: give domain_id"
+                " (or domain); without one the key is full_access"
+            )
+        if self.permission == "full_access" and scoped:
+            raise ValueError("a full_access key has no domain; use sending_access with one")
+        return self

@@ -14,7 +14,7 @@ from postline.api.cursors import page_after
 from postline.api.problems import Problem
 from postline.api.responses import problem_responses
 from postline.api.schemas import Address
-from postline.api.views import rfc3339
+from postline.api.views import page, rfc3339
 from postline.ids import new_id
 from postline.keys import Principal
 from postline.store import suppressions as suppression_store
@@ -88,7 +88,7 @@ async def list_suppressions(
         rows = await suppression_store.list_suppressions(conn, where, after, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
-    return {"data": [view(r) for r in rows], "next_cursor": rows[-1].id if more else None}
+    return page([view(r) for r in rows], rows[-1].id if more else None)
 
 
 @router.post(

@@ -7,8 +7,19 @@ from datetime import datetime
 from typing import Any
 
 from postline.addresses import quoted_from
-from postline.model import RecipientStatus
+from postline.model import EmailStatus, RecipientStatus
 from postline.store.emails import Attempt, Email, Event, Notification, Recipient
+
+
+def page(data: list[Any], next_cursor: str | None) -> dict[str, Any]:
+    """A list answer: Postline's ``data`` and ``next_cursor``, and Resend's ``object`` and
+    ``has_more``."""
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": next_cursor is not None,
+        "next_cursor": next_cursor,
+    }
 
 
 def rfc3339(moment: datetime | None) -> str | None:
@@ -17,13 +28,40 @@ def rfc3339(moment: datetime | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def email_item(row: Email, recipient_count: int) -> dict[str, Any]:
+#: Resend's ``last_event`` for each of Postline's email statuses (docs/API.md).
+_LAST_EVENTS: dict[str, str] = {
+    EmailStatus.SCHEDULED: "scheduled",
+    EmailStatus.QUEUED: "queued",
+    EmailStatus.SENDING: "sent",
+    EmailStatus.DEFERRED: "delivery_delayed",
+    EmailStatus.DELIVERED: "delivered",
+    EmailStatus.PARTIALLY_DELIVERED: "delivered",
+    EmailStatus.BOUNCED: "bounced",
+    EmailStatus.FAILED: "failed",
+    EmailStatus.SUPPRESSED: "failed",
+    EmailStatus.CANCELLED: "canceled",
+}
+
+
+def last_event(status: str, complained: bool = False) -> str:
+    """Resend's name for where the email stands; ``complained`` once a recipient did."""
+    if complained:
+        return "complained"
+    return _LAST_EVENTS.get(status, "queued")
+
+
+def email_item(
+    row: Email, recipient_count: int, to: list[str], complained: bool = False
+) -> dict[str, Any]:
     return {
+        "object": "email",
         "id": row.id,
         "message_id": row.message_id,
         "from": quoted_from(row.from_header, row.from_address),
+        "to": to,
         "subject": row.subject,
         "status": row.status,
+        "last_event": last_event(row.status, complained),
         "source": row.source,
         "created_at": rfc3339(row.created_at),
         "updated_at": rfc3339(row.updated_at),
@@ -60,7 +98,12 @@ def email_detail(
             }
         )
     by_id = {r.id: r.address for r in recipients}
-    body = email_item(email, len(recipients))
+    body = email_item(
+        email,
+        len(recipients),
+        [r.address for r in recipients if r.kind == "to"],
+        complained=any(r.status == RecipientStatus.COMPLAINED for r in recipients),
+    )
     body["recipients"] = [
         {
             "address": r.address,

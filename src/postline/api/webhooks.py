@@ -16,7 +16,7 @@ from postline.api.auth import Caller, Svc, domain_in_scope
 from postline.api.cursors import SinglePageCursor, page_after, single_page
 from postline.api.problems import Problem
 from postline.api.responses import problem_responses
-from postline.api.views import rfc3339
+from postline.api.views import page, rfc3339
 from postline.events.signing import new_secret
 from postline.events.ssrf import UnsafeURL, checked_addresses
 from postline.ids import new_id
@@ -207,7 +207,7 @@ async def list_webhooks(
     single_page(cursor)
     async with svc.db.read() as conn:
         rows = await webhook_store.list_webhooks(conn, caller.domain_id)
-    return {"data": [view(r) for r in rows], "next_cursor": None}
+    return page([view(r) for r in rows], None)
 
 
 @router.get("/{webhook_id}", summary="One webhook endpoint", response_model=answers.Webhook)
@@ -333,10 +333,7 @@ async def list_deliveries(
         rows = await webhook_store.list_deliveries(conn, webhook_id, after, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
-    return {
-        "data": [delivery_view(r) for r in rows],
-        "next_cursor": rows[-1].id if more else None,
-    }
+    return page([delivery_view(r) for r in rows], rows[-1].id if more else None)
 
 
 @router.post(

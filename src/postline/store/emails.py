@@ -214,6 +214,22 @@ async def recipients_of(conn: AsyncConnection, email_ids: Iterable[str]) -> list
     return [Recipient.from_row(row) for row in await conn.execute(_RECIPIENTS_OF, params)]
 
 
+async def to_addresses(conn: AsyncConnection, email_ids: Iterable[str]) -> dict[str, list[str]]:
+    """The ``to`` recipients of each of these emails, in the order they were given."""
+    ids = sorted(set(email_ids))
+    if not ids:
+        return {}
+    statement = (
+        select(email_recipients.c.email_id, email_recipients.c.address)
+        .where(email_recipients.c.email_id.in_(ids), email_recipients.c.kind == "to")
+        .order_by(email_recipients.c.email_id, email_recipients.c.position)
+    )
+    found: dict[str, list[str]] = {email_id: [] for email_id in ids}
+    for row in await conn.execute(statement):
+        found[row.email_id].append(row.address)
+    return found
+
+
 async def last_event_sequences(conn: AsyncConnection, email_ids: Iterable[str]) -> dict[str, int]:
     """The highest event sequence of each of these emails (absent: no event yet)."""
     params = {"email_ids": sorted(set(email_ids))}
@@ -297,6 +313,17 @@ async def set_emails_status(
         update(sent_emails)
         .where(sent_emails.c.id.in_(list(email_ids)))
         .values(status=str(status), updated_at=now)
+    )
+
+
+async def set_scheduled_at(
+    conn: AsyncConnection, email_id: str, scheduled_at: datetime, now: datetime
+) -> None:
+    """Move a scheduled email's time (``PATCH /v1/emails/{id}``); its jobs move apart."""
+    await conn.execute(
+        update(sent_emails)
+        .where(sent_emails.c.id == email_id)
+        .values(scheduled_at=scheduled_at, updated_at=now)
     )
 
 
