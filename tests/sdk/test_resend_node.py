@@ -11,6 +11,7 @@ skip, and fail under ``CI``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -27,6 +28,7 @@ from postline.supervisor import serve
 from tests.harness import FakeMX
 from tests.harness.capability import missing
 from tests.harness.postline import Factory, PostlineUnderTest
+from tests.harness.receiver import WebhookReceiver
 
 NODE_PROJECT = Path(__file__).resolve().parent / "node"
 SCRIPT = NODE_PROJECT / "call.mjs"
@@ -54,7 +56,9 @@ def free_port() -> int:
 async def running(postline_factory: Factory) -> AsyncIterator[PostlineUnderTest]:
     """Postline with its engine, and its HTTP API on a loopback port as ``serve`` runs it."""
     port = free_port()
-    postline = await postline_factory(http_addr=f"127.0.0.1:{port}")
+    postline = await postline_factory(
+        http_addr=f"127.0.0.1:{port}", webhook_allow_private=True, webhook_retry_schedule="0.1"
+    )
     ready, stop = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(serve(postline.services, engine=False, ready=ready, stop=stop))
     await asyncio.wait_for(ready.wait(), 60)
@@ -70,8 +74,8 @@ def base_url(postline: PostlineUnderTest) -> str:
     return f"http://{host}:{port}/v1"
 
 
-async def sdk(postline: PostlineUnderTest, key: str, method: str, *args: Any) -> dict[str, Any]:
-    """``resend.<method>(*args)`` in Node; the SDK's ``{data, error}``.
+async def run_sdk(postline: PostlineUnderTest, key: str, method: str, *args: Any) -> Any:
+    """``resend.<method>(*args)`` in Node: ``{"result": ..., "thrown": None | message}``.
 
     A subprocess of the event loop, not a blocking one: the Postline it calls runs in
     this same loop.
@@ -96,8 +100,14 @@ async def sdk(postline: PostlineUnderTest, key: str, method: str, *args: Any) ->
                 proc.kill()
             await proc.wait()
     assert proc.returncode == 0, f"node exited {proc.returncode}: {err.decode()}"
-    answer: dict[str, Any] = json.loads(out)
-    return answer
+    return json.loads(out)
+
+
+async def sdk(postline: PostlineUnderTest, key: str, method: str, *args: Any) -> Any:
+    """What ``resend.<method>(*args)`` returned (``{data, error}`` for an API call)."""
+    answer = await run_sdk(postline, key, method, *args)
+    assert answer["thrown"] is None, f"resend.{method} threw: {answer['thrown']}"
+    return answer["result"]
 
 
 async def test_the_node_sdk_sends_an_email_that_is_delivered(
@@ -155,3 +165,41 @@ async def test_the_node_sdk_surfaces_postlines_error_for_an_invalid_key(
     assert error.get("message") == problem["detail"], error
     assert error.get("name") == "invalid_api_key", error
     assert fake_mx.received == []
+
+
+async def test_the_node_sdks_webhook_check_verifies_a_delivered_event(
+    running: PostlineUnderTest,
+) -> None:
+    """``resend.webhooks.verify`` (the SDK's own receiver helper) takes the ``svix-*``
+    values of a real delivery and the endpoint's secret, and returns the event."""
+    async with WebhookReceiver() as receiver:
+        created = await running.client.post(
+            "/v1/webhooks",
+            json={"url": receiver.url, "events": ["email.delivered"]},
+            headers=running.auth(),
+        )
+        assert created.status_code == 201, created.text
+        endpoint = created.json()
+        sent = await running.send(to="ana@dest.test", subject="Verified in Node")
+        (hook,) = await receiver.wait_until(lambda hs: len(hs) >= 1, what="email.delivered")
+
+    def check(secret: str) -> dict[str, Any]:
+        return {
+            "payload": hook.body.decode(),
+            "headers": {
+                "id": hook.headers["svix-id"],
+                "timestamp": hook.headers["svix-timestamp"],
+                "signature": hook.headers["svix-signature"],
+            },
+            "webhookSecret": secret,
+        }
+
+    event = await sdk(running, running.admin_key, "webhooks.verify", check(endpoint["secret"]))
+    assert event["type"] == "email.delivered"
+    assert event["data"]["email_id"] == sent["id"]
+    assert event["data"]["to"] == ["ana@dest.test"]
+    assert event["data"]["subject"] == "Verified in Node"
+    other_secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    refused = await run_sdk(running, running.admin_key, "webhooks.verify", check(other_secret))
+    assert refused["result"] is None
+    assert "signature" in refused["thrown"].lower(), refused

@@ -3,9 +3,10 @@
 //
 // The SDK is configured the way its users configure it, from the environment only:
 // RESEND_BASE_URL (Postline's http://host:port/v1) and RESEND_API_KEY (a Postline key).
-// stdin: {"method": "emails.send", "args": [...]}; stdout: the SDK's answer,
-// {"data": ..., "error": ...}, as JSON. The SDK does not throw on an API error: it
-// returns it in `error`, which is what the test looks at.
+// stdin: {"method": "emails.send", "args": [...]}; stdout, as JSON:
+// {"result": <what the method returned>, "thrown": null | <the message of what it threw>}.
+// API calls do not throw on an API error: they return {data, error}, and the test
+// reads `error`. webhooks.verify throws when a signature does not verify.
 import { Resend } from "resend";
 
 const chunks = [];
@@ -16,5 +17,10 @@ const { method, args } = JSON.parse(Buffer.concat(chunks).toString("utf8"));
 
 const resend = new Resend();
 const [resource, action] = method.split(".");
-const { data, error } = await resend[resource][action](...args);
-process.stdout.write(JSON.stringify({ data, error }));
+let answer;
+try {
+  answer = { result: await resend[resource][action](...args), thrown: null };
+} catch (error) {
+  answer = { result: null, thrown: String(error?.message ?? error) };
+}
+process.stdout.write(JSON.stringify(answer));
