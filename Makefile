@@ -28,10 +28,10 @@ run: $(BIN)/postline
 NODE_SDK := tests/sdk/node
 
 $(NODE_SDK)/node_modules/.package-lock.json: $(NODE_SDK)/package.json $(NODE_SDK)/package-lock.json
-	@if command -v node >/dev/null 2>&1; then \
+	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
 		npm ci --prefix $(NODE_SDK) --no-audit --no-fund; \
 	else \
-		echo "# no node on PATH: the resend npm SDK tests will be skipped"; \
+		echo "# no node and npm on PATH: the resend npm SDK tests will skip (and fail under CI)"; \
 	fi
 
 test: $(VENV)/.dev $(NODE_SDK)/node_modules/.package-lock.json
