@@ -23,7 +23,18 @@ run: $(BIN)/postline
 	POSTLINE_WEBHOOK_ALLOW_PRIVATE=$${POSTLINE_WEBHOOK_ALLOW_PRIVATE:-true} \
 	$(BIN)/postline serve
 
-test: $(VENV)/.dev
+# The official resend npm SDK, run by tests/sdk/test_resend_node.py (never installed by a
+# test). Without Node those tests skip on a laptop and fail under CI, which has Node.
+NODE_SDK := tests/sdk/node
+
+$(NODE_SDK)/node_modules/.package-lock.json: $(NODE_SDK)/package.json $(NODE_SDK)/package-lock.json
+	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix $(NODE_SDK) --no-audit --no-fund; \
+	else \
+		echo "# no node and npm on PATH: the resend npm SDK tests will skip (and fail under CI)"; \
+	fi
+
+test: $(VENV)/.dev $(NODE_SDK)/node_modules/.package-lock.json
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -46,4 +57,4 @@ mutate: $(VENV)/.dev
 	$(BIN)/mutmut results
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mutants
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mutants $(NODE_SDK)/node_modules

@@ -120,6 +120,31 @@ def deferral_type(outcome: Outcome) -> str | None:
     return None
 
 
+#: Resend's ``bounce.type`` (Amazon SES's names) for each Postline bounce class: only an
+#: address that does not exist is a permanent bounce, as only it is suppressed.
+RESEND_BOUNCE_TYPE = {
+    BounceType.HARD: "Permanent",
+    BounceType.SOFT: "Transient",
+    BounceType.BLOCK: "Transient",
+    BounceType.UNDETERMINED: "Undetermined",
+}
+
+
+def resend_bounce(outcome: Outcome) -> dict[str, str | None]:
+    """The ``bounce`` member of an ``email.bounced`` payload, shaped as Resend's, so a
+    receiver written for Resend reads Postline's bounces unchanged."""
+    kind = outcome.bounce_type
+    return {
+        "message": outcome.reason or outcome.response,
+        "type": RESEND_BOUNCE_TYPE[kind] if kind is not None else "Undetermined",
+        "subType": recipient_bounce_type(outcome),
+    }
+
+
+def _timestamp(moment: datetime, timespec: str = "auto") -> str:
+    return moment.isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
 def event_row(
     *,
     email: Email,
@@ -131,8 +156,35 @@ def event_row(
     now: datetime,
 ) -> dict[str, Any]:
     """The outbox row for one recipient outcome; its payload is the webhook body of
-    docs/API.md ("The request")."""
+    docs/API.md ("The request").
+
+    ``data`` holds Postline's members and, beside them, Resend's (``to``, ``subject``,
+    ``created_at``, ``bounce``), all from the email and the outcome the caller already
+    holds: recording an outcome never reads anything more to build its event.
+    """
     event_id = new_id("evt_")
+    data: dict[str, Any] = {
+        "email_id": email.id,
+        "message_id": email.message_id,
+        "domain": email.from_address.rpartition("@")[2],
+        "from": quoted_from(email.from_header, email.from_address),
+        "to": [recipient.address],
+        "subject": email.subject,
+        # As the API gives the email's created_at, so a receiver can match the two.
+        "created_at": _timestamp(email.created_at, "milliseconds"),
+        "recipient": recipient.address,
+        "status": str(outcome.status),
+        "smtp_code": outcome.smtp_code,
+        "enhanced_code": outcome.enhanced_code,
+        "reason": outcome.reason or outcome.response,
+        "bounce_type": recipient_bounce_type(outcome),
+        "deferral_type": deferral_type(outcome),
+        "attempt": attempt,
+        "tags": dict(email.tags or {}),
+        "sequence": sequence,
+    }
+    if event_type is EventType.BOUNCED:
+        data["bounce"] = resend_bounce(outcome)
     return {
         "id": event_id,
         "type": str(event_type),
@@ -143,23 +195,8 @@ def event_row(
         "created_at": now,
         "payload": {
             "type": str(event_type),
-            "created_at": now.isoformat().replace("+00:00", "Z"),
-            "data": {
-                "email_id": email.id,
-                "message_id": email.message_id,
-                "domain": email.from_address.rpartition("@")[2],
-                "from": quoted_from(email.from_header, email.from_address),
-                "recipient": recipient.address,
-                "status": str(outcome.status),
-                "smtp_code": outcome.smtp_code,
-                "enhanced_code": outcome.enhanced_code,
-                "reason": outcome.reason or outcome.response,
-                "bounce_type": recipient_bounce_type(outcome),
-                "deferral_type": deferral_type(outcome),
-                "attempt": attempt,
-                "tags": dict(email.tags or {}),
-                "sequence": sequence,
-            },
+            "created_at": _timestamp(now),
+            "data": data,
         },
     }
 

@@ -95,6 +95,9 @@ def test_event_row_carries_every_field_of_the_payload() -> None:
                 "message_id": "<m1@postline.example.test>",
                 "domain": "example.test",
                 "from": "Shop Team <shop@example.test>",
+                "to": ["someone@dest.test"],
+                "subject": "Your order",
+                "created_at": "2024-05-01T12:30:15.123Z",
                 "recipient": "someone@dest.test",
                 "status": "bounced",
                 "smtp_code": 550,
@@ -105,6 +108,11 @@ def test_event_row_carries_every_field_of_the_payload() -> None:
                 "attempt": 3,
                 "tags": {"order": "42"},
                 "sequence": 7,
+                "bounce": {
+                    "message": "the mailbox does not exist",
+                    "type": "Permanent",
+                    "subType": "hard",
+                },
             },
         },
     }
@@ -125,6 +133,7 @@ def test_event_row_without_a_reason_gives_the_reply_and_no_bounce_type() -> None
     assert data["bounce_type"] is None
     assert data["status"] == "deferred"
     assert row["type"] == row["payload"]["type"] == "email.deferred"
+    assert "bounce" not in data  # Resend's bounce member is on email.bounced only
 
 
 def test_a_deferral_names_its_class_without_claiming_a_bounce() -> None:
@@ -149,3 +158,39 @@ def test_an_expiry_claims_no_bounce_either() -> None:
     )
     data = row_for(outcome, EventType.FAILED, attempt=5, sequence=6)["payload"]["data"]
     assert (data["bounce_type"], data["deferral_type"]) == (None, None)
+
+
+def test_a_bounce_reads_as_resends_bounce_object() -> None:
+    """Resend's ``bounce.type`` is Amazon SES's: only a hard bounce is ``Permanent``."""
+    expected = {
+        BounceType.HARD: "Permanent",
+        BounceType.SOFT: "Transient",
+        BounceType.BLOCK: "Transient",
+        BounceType.UNDETERMINED: "Undetermined",
+        None: "Undetermined",
+    }
+    for bounce_type, resend_type in expected.items():
+        outcome = Outcome(
+            status=RecipientStatus.BOUNCED,
+            smtp_code=554,
+            response="554 5.7.1 refused",
+            bounce_type=bounce_type,
+        )
+        data = row_for(outcome, EventType.BOUNCED, attempt=1, sequence=2)["payload"]["data"]
+        assert data["bounce"] == {
+            "message": "554 5.7.1 refused",
+            "type": resend_type,
+            "subType": None if bounce_type is None else str(bounce_type),
+        }
+
+
+def test_every_event_names_the_email_as_resend_does() -> None:
+    """``to``, ``subject`` and the email's ``created_at`` on every type, not only bounces."""
+    for event_type in EventType:
+        status = RecipientStatus(event_type.removeprefix("email."))
+        data = row_for(Outcome(status=status), event_type, attempt=0, sequence=1)["payload"]["data"]
+        assert (data["to"], data["subject"], data["created_at"]) == (
+            ["someone@dest.test"],
+            "Your order",
+            "2024-05-01T12:30:15.123Z",
+        ), event_type

@@ -8,8 +8,8 @@ Two steps, both safe with several worker processes at once:
    sender tasks (never one task per event); each attempt is recorded, then
    the row is succeeded, rescheduled or failed.
 
-The webhook-id is the event id, the same on every retry, so receivers can
-deduplicate.
+The webhook-id (and the same svix-id) is the event id, the same on every
+retry, so receivers can deduplicate.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ log = logging.getLogger("postline.webhooks")
 
 FAN_OUT_BATCH = 500
 MAX_RETRY_AFTER = 24 * 3600.0
+#: Every delivery carries ``<prefix>-id``, ``<prefix>-timestamp`` and ``<prefix>-signature``.
+SIGNATURE_HEADER_PREFIXES = ("webhook", "svix")
 
 
 def matches(webhook: Webhook, event_type: str, domain_id: str | None) -> bool:
@@ -205,11 +207,10 @@ class Dispatcher:
         except UnsafeURL as exc:
             return AttemptResult(None, None, f"refused: {exc}", 0)
         scheme, host, port = split_url(row.url)
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": row.event_id,
-            "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": signature_header(
+        signed = {
+            "id": row.event_id,
+            "timestamp": str(int(now.timestamp())),
+            "signature": signature_header(
                 secret=row.secret,
                 previous_secret=row.previous_secret,
                 rotated_at=row.secret_rotated_at,
@@ -218,6 +219,11 @@ class Dispatcher:
                 body=body,
             ),
         }
+        # The same signature under both names: Standard Webhooks' webhook-* and the
+        # svix-* that receivers written for Resend (the svix library) look for.
+        headers = {"content-type": "application/json"}
+        for prefix in SIGNATURE_HEADER_PREFIXES:
+            headers |= {f"{prefix}-{name}": value for name, value in signed.items()}
         # Connect to the address that passed the check (no second look-up to rebind),
         # while Host and TLS SNI still name the endpoint.
         pinned = httpx.URL(row.url).copy_with(host=addresses[0])
