@@ -1,0 +1,123 @@
+"""CPU seconds and peak RSS of process trees, read from /proc while a benchmark runs.
+
+A process that exits takes its counters with it, so the trees are sampled every
+``interval`` seconds and each process keeps its last reading: a child that lived
+less than one interval is missed (Postfix's and Postline's workers live for the
+whole run). Peak RSS is the kernel's high-water mark (``VmHWM``), not a sample.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Reading:
+    ppid: int
+    name: str
+    cpu_seconds: float
+    peak_rss_kb: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One line of the report: the processes of one name under one started process."""
+
+    label: str
+    processes: int
+    cpu_seconds: float
+    peak_rss_kb: int  # the largest of them
+
+
+def read(pid: int) -> Reading | None:
+    """/proc/PID's parent, name, user+system CPU seconds and VmHWM; None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The name is in parentheses and may itself hold spaces or parentheses.
+    name = stat[stat.index("(") + 1 : stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2 :].split()
+    ppid, utime, stime = int(fields[1]), int(fields[11]), int(fields[12])
+    hwm = 0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            hwm = int(line.split()[1])
+            break
+    return Reading(ppid, name, (utime + stime) / TICKS, hwm)
+
+
+def all_processes() -> dict[int, Reading]:
+    readings = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            reading = read(int(entry.name))
+            if reading is not None:
+                readings[int(entry.name)] = reading
+    return readings
+
+
+class ProcessWatch:
+    """Follows the trees under the processes it is told about, by label."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.roots: dict[int, str] = {}
+        self.alone: set[int] = set()  # roots followed without their children
+        self.last: dict[int, tuple[str, Reading]] = {}  # pid -> (label of its root, reading)
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, pid: int, label: str, *, children: bool = True) -> None:
+        self.roots[pid] = label
+        if not children:
+            self.alone.add(pid)
+
+    def sample(self) -> None:
+        readings = all_processes()
+        children: dict[int, list[int]] = {}
+        for pid, reading in readings.items():
+            children.setdefault(reading.ppid, []).append(pid)
+        for root, label in self.roots.items():
+            stack = [root]
+            while stack:
+                pid = stack.pop()
+                if pid in readings:
+                    self.last[pid] = (label, readings[pid])
+                if pid not in self.alone:
+                    stack.extend(children.get(pid, []))
+
+    async def _run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> list[Usage]:
+        """A last sample (call it before stopping the processes), then the usage by name."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.sample()
+        groups: dict[str, list[Reading]] = {}
+        for pid, (label, reading) in self.last.items():
+            key = label if pid in self.roots else f"{label} > {reading.name}"
+            groups.setdefault(key, []).append(reading)
+        return [
+            Usage(
+                key,
+                len(readings),
+                sum(r.cpu_seconds for r in readings),
+                max(r.peak_rss_kb for r in readings),
+            )
+            for key, readings in groups.items()
+        ]
