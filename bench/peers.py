@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import re
@@ -55,7 +56,7 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from postfix_peer import PeerError, PostfixInstance, ensure_installed, port_open, tool, version
-from procwatch import ProcessWatch, Usage
+from procwatch import ProcessWatch, Usage, all_processes
 from throughput import HERE, POSTLINE, free_port, wait_line
 
 PG_ADMIN = os.environ.get("POSTLINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -406,6 +407,7 @@ async def run_postline(topology: str, submission: str, emails: int, dns_port: st
             "POSTLINE_LOG_LEVEL": "WARNING",
         }
         inst = Installation(env, Path(tmp), http_port, Path(tmp) / "postline.log")
+        inst.log.touch(mode=0o600)
         try:
             if topology == "distributed":
                 inst.pg_name = f"postline_bench_{secrets.token_hex(4)}"
@@ -415,6 +417,8 @@ async def run_postline(topology: str, submission: str, emails: int, dns_port: st
                     "POSTLINE_QUEUE_URL": REDIS,
                     "POSTLINE_QUEUE_PREFIX": inst.prefix,
                     "POSTLINE_SPOOL_URL": "database",
+                    # As hosts sharing a database are run: one sealing key for all.
+                    "POSTLINE_SECRET_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
                 }
                 migrate = await postline(inst, "migrate")
                 if await migrate.wait():
@@ -425,13 +429,19 @@ async def run_postline(topology: str, submission: str, emails: int, dns_port: st
                 for number in (1, 2):
                     worker = await postline(inst, "worker", banner="worker is running")
                     watch.add(worker.pid, f"postline worker {number}")
+                # The servers' share of the work: the database's own backends, and the
+                # CPU Redis spent during the run (it may serve others too).
+                watch.add_matching("postgres", inst.pg_name, "postgres: bench database backends")
+                for pid, reading in all_processes().items():
+                    if reading.name == "redis-server":
+                        watch.add_shared(pid, "redis-server (CPU during the run)")
             else:
                 serve = await postline(inst, "serve", banner="Postline is running")
                 watch.add(serve.pid, "postline serve")
             assert sink.process is not None
             watch.add(sink.process.pid, "smtp-sink")
             watch.add(receiver.pid, "webhook receiver")
-            watch.add(os.getpid(), "bench client", children=False)
+            watch.add_shared(os.getpid(), "bench client (CPU during the run)")
             key = (Path(tmp) / "admin-key.txt").read_text().strip()
             await measure(result, submission, emails, inst, key, hook_port, sink, watch)
         finally:
@@ -542,7 +552,7 @@ def report(results: list[Result], emails: int) -> None:
         if result.error:
             continue
         print(f"{result.name} / {result.submission}:")
-        for usage in result.usage:
+        for usage in sorted(result.usage, key=lambda u: u.label):
             count = f"x{usage.processes}" if usage.processes > 1 else ""
             print(
                 f"  {usage.label:<40} {count:>4} {usage.cpu_seconds:>8.1f} s "

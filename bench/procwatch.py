@@ -64,34 +64,59 @@ def all_processes() -> dict[int, Reading]:
     return readings
 
 
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return ""
+
+
 class ProcessWatch:
-    """Follows the trees under the processes it is told about, by label."""
+    """Follows, by label: process trees; servers' processes found by their command line
+    (PostgreSQL's backends for one database); and shared servers, by their CPU during
+    the watch only (Redis)."""
 
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
         self.roots: dict[int, str] = {}
-        self.alone: set[int] = set()  # roots followed without their children
-        self.last: dict[int, tuple[str, Reading]] = {}  # pid -> (label of its root, reading)
+        self.matchers: list[tuple[str, str, str]] = []  # (process name, needle, label)
+        self.baselines: dict[int, float] = {}  # pid -> CPU seconds when the watch started
+        self.shared: dict[int, str] = {}
+        self.last: dict[int, tuple[str, Reading]] = {}  # pid -> (its line, last reading)
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, pid: int, label: str, *, children: bool = True) -> None:
+    def add(self, pid: int, label: str) -> None:
+        """The process and all its descendants."""
         self.roots[pid] = label
-        if not children:
-            self.alone.add(pid)
+
+    def add_matching(self, name: str, needle: str, label: str) -> None:
+        """Every process called ``name`` whose command line holds ``needle``."""
+        self.matchers.append((name, needle, label))
+
+    def add_shared(self, pid: int, label: str) -> None:
+        """A server others use too: only the CPU it spent while watched is counted."""
+        self.shared[pid] = label
 
     def sample(self) -> None:
         readings = all_processes()
         children: dict[int, list[int]] = {}
         for pid, reading in readings.items():
             children.setdefault(reading.ppid, []).append(pid)
+            for name, needle, label in self.matchers:
+                if reading.name == name and needle in command_line(pid):
+                    self.last[pid] = (label, reading)
+        for pid, label in self.shared.items():
+            if pid in readings:
+                self.baselines.setdefault(pid, readings[pid].cpu_seconds)
+                self.last[pid] = (label, readings[pid])
         for root, label in self.roots.items():
             stack = [root]
             while stack:
                 pid = stack.pop()
                 if pid in readings:
-                    self.last[pid] = (label, readings[pid])
-                if pid not in self.alone:
-                    stack.extend(children.get(pid, []))
+                    line = label if pid == root else f"{label} > {readings[pid].name}"
+                    self.last[pid] = (line, readings[pid])
+                stack.extend(children.get(pid, []))
 
     async def _run(self) -> None:
         while True:
@@ -102,22 +127,17 @@ class ProcessWatch:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> list[Usage]:
-        """A last sample (call it before stopping the processes), then the usage by name."""
+        """A last sample (call it before stopping the processes), then the usage by line."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.sample()
-        groups: dict[str, list[Reading]] = {}
-        for pid, (label, reading) in self.last.items():
-            key = label if pid in self.roots else f"{label} > {reading.name}"
-            groups.setdefault(key, []).append(reading)
+        groups: dict[str, list[tuple[float, int]]] = {}
+        for pid, (line, reading) in self.last.items():
+            cpu = reading.cpu_seconds - self.baselines.get(pid, 0.0)
+            groups.setdefault(line, []).append((cpu, reading.peak_rss_kb))
         return [
-            Usage(
-                key,
-                len(readings),
-                sum(r.cpu_seconds for r in readings),
-                max(r.peak_rss_kb for r in readings),
-            )
-            for key, readings in groups.items()
+            Usage(line, len(items), sum(c for c, _ in items), max(r for _, r in items))
+            for line, items in groups.items()
         ]
