@@ -56,7 +56,7 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from postfix_peer import PeerError, PostfixInstance, ensure_installed, port_open, tool, version
-from procwatch import ProcessWatch, Usage, all_processes
+from procwatch import ProcessWatch, Usage
 from rawhttp import RawClient
 from throughput import HERE, POSTLINE, free_port, wait_line
 
@@ -308,6 +308,16 @@ async def drop_database_and_prefix(name: str, prefix: str) -> None:
         await client.aclose()
 
 
+async def local_redis_pid() -> int:
+    """The pid of the Redis server the run uses, if it runs on this machine (else 0)."""
+    client = aioredis.Redis.from_url(REDIS)
+    try:
+        pid = int((await client.info("server"))["process_id"])
+    finally:
+        await client.aclose()
+    return pid if Path(f"/proc/{pid}").exists() and pid != 1 else 0
+
+
 def workload(emails: int) -> list[dict[str, Any]]:
     return [
         {
@@ -441,9 +451,8 @@ async def run_postline(topology: str, submission: str, emails: int, dns_port: st
                 # The servers' share of the work: the database's own backends, and the
                 # CPU Redis spent during the run (it may serve others too).
                 watch.add_matching("postgres", inst.pg_name, "postgres: bench database backends")
-                for pid, reading in all_processes().items():
-                    if reading.name == "redis-server":
-                        watch.add_shared(pid, "redis-server (CPU during the run)")
+                if redis_pid := await local_redis_pid():
+                    watch.add_shared(redis_pid, "redis-server (CPU during the run)")
             else:
                 serve = await postline(inst, "serve", banner="Postline is running")
                 watch.add(serve.pid, "postline serve")
