@@ -90,6 +90,12 @@ class Result:
     error: str = ""
 
 
+def submission_label(submission: str) -> str:
+    return {"smtp": f"smtp x{INJECTORS}", "batch": f"batch {BATCH}"}.get(
+        submission, f"single x{CLIENTS}"
+    )
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
@@ -190,14 +196,15 @@ async def wait_for(
 
 
 async def run_postfix(emails: int) -> Result:
-    result = Result("postfix", f"smtp x{INJECTORS}", emails)
+    result = Result("postfix", submission_label("smtp"), emails)
     sink = Sink()
     watch = ProcessWatch()
     with tempfile.TemporaryDirectory(prefix="postline-bench-") as tmp:
         instance = PostfixInstance(Path(tmp), free_port(), sink.port)
-        instance.configure()
-        await sink.start()
+        injectors: list[asyncio.subprocess.Process] = []
         try:
+            instance.configure()
+            await sink.start()
             await instance.start()
             assert sink.process is not None
             watch.add(instance.master_pid, "postfix master")
@@ -205,7 +212,6 @@ async def run_postfix(emails: int) -> Result:
             watch.start()
             shares = [emails // INJECTORS + (i < emails % INJECTORS) for i in range(INJECTORS)]
             started = time.perf_counter()
-            injectors = []
             for domain, share in zip(DOMAINS, shares, strict=True):
                 if not share:
                     continue
@@ -237,6 +243,9 @@ async def run_postfix(emails: int) -> Result:
                 await asyncio.sleep(0.1)
             result.latencies = delays
         finally:
+            await watch.stop()
+            for injector in injectors:
+                await stop(injector)
             await instance.stop()
             await sink.stop()
     return result
@@ -404,12 +413,11 @@ async def count_delivered(client: httpx.AsyncClient) -> int:
 
 
 async def run_postline(topology: str, submission: str, emails: int, dns_port: str) -> Result:
-    label = f"batch {BATCH}" if submission == "batch" else f"single x{CLIENTS}"
-    result = Result(topology, label, emails)
+    result = Result(topology, submission_label(submission), emails)
     sink = Sink()
     watch = ProcessWatch()
-    await sink.start()
-    receiver, _ = await start_helper("receiver.py", str(hook_port := free_port()))
+    hook_port = free_port()
+    receiver: asyncio.subprocess.Process | None = None
     with tempfile.TemporaryDirectory(prefix="postline-bench-") as tmp:
         http_port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("POSTLINE_")}
@@ -428,11 +436,15 @@ async def run_postline(topology: str, submission: str, emails: int, dns_port: st
         inst = Installation(env, Path(tmp), http_port, Path(tmp) / "postline.log")
         inst.log.touch(mode=0o600)
         try:
+            await sink.start()
+            receiver, _ = await start_helper("receiver.py", str(hook_port))
             if topology == "distributed":
-                inst.pg_name = f"postline_bench_{secrets.token_hex(4)}"
+                pg_name = f"postline_bench_{secrets.token_hex(4)}"
+                database_url = await create_database(pg_name)
+                inst.pg_name = pg_name  # dropped at the end
                 inst.prefix = f"postline_bench_{secrets.token_hex(4)}"
                 env |= {
-                    "POSTLINE_DATABASE_URL": await create_database(inst.pg_name),
+                    "POSTLINE_DATABASE_URL": database_url,
                     "POSTLINE_QUEUE_URL": REDIS,
                     "POSTLINE_QUEUE_PREFIX": inst.prefix,
                     "POSTLINE_SPOOL_URL": "database",
@@ -463,9 +475,11 @@ async def run_postline(topology: str, submission: str, emails: int, dns_port: st
             key = (Path(tmp) / "admin-key.txt").read_text().strip()
             await measure(result, submission, emails, inst, key, hook_port, sink, watch)
         finally:
+            await watch.stop()
             for process in reversed(inst.processes):
                 await stop(process)
-            await stop(receiver)
+            if receiver is not None:
+                await stop(receiver)
             await sink.stop()
             await drop_database_and_prefix(inst.pg_name, inst.prefix)
     return result
@@ -637,7 +651,7 @@ async def main() -> int:
                     result = await run_postline(name, submission, args.emails, dns_port)
             except Exception as exc:  # one failed run does not stop the others
                 error = str(exc) if isinstance(exc, RunFailed | PeerError) else repr(exc)
-                result = Result(name, submission, args.emails, error=error)
+                result = Result(name, submission_label(submission), args.emails, error=error)
             print(row(result), flush=True)
             results.append(result)
     finally:

@@ -132,6 +132,7 @@ class ProcessWatch:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
         self.sample()
         groups: dict[str, list[tuple[float, int]]] = {}
         for pid, (line, reading) in self.last.items():
