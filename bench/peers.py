@@ -56,7 +56,7 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from postfix_peer import PeerError, PostfixInstance, ensure_installed, port_open, tool, version
-from procwatch import ProcessWatch, Usage
+from procwatch import ProcessWatch, Usage, read
 from rawhttp import RawClient
 from throughput import HERE, POSTLINE, free_port, wait_line
 
@@ -317,6 +317,16 @@ async def drop_database_and_prefix(name: str, prefix: str) -> None:
         await client.aclose()
 
 
+async def local_postmaster_pid() -> int:
+    """The pid of the PostgreSQL server the run uses, if it runs on this machine (else 0)."""
+    admin = await asyncpg.connect(PG_ADMIN)
+    try:
+        backend = read(int(await admin.fetchval("SELECT pg_backend_pid()")))
+    finally:
+        await admin.close()
+    return backend.ppid if backend is not None and backend.name == "postgres" else 0
+
+
 async def local_redis_pid() -> int:
     """The pid of the Redis server the run uses, if it runs on this machine (else 0)."""
     client = aioredis.Redis.from_url(REDIS)
@@ -462,7 +472,9 @@ async def run_postline(topology: str, submission: str, emails: int, dns_port: st
                     watch.add(worker.pid, f"postline worker {number}")
                 # The servers' share of the work: the database's own backends, and the
                 # CPU Redis spent during the run (it may serve others too).
-                watch.add_matching("postgres", inst.pg_name, "postgres: bench database backends")
+                if postmaster := await local_postmaster_pid():
+                    label = "postgres: bench database backends"
+                    watch.add_matching(postmaster, inst.pg_name, label)
                 if redis_pid := await local_redis_pid():
                     watch.add_shared(redis_pid, "redis-server (CPU during the run)")
             else:
