@@ -476,14 +476,14 @@ async def run_postline(topology: str, submission: str, emails: int, dns_port: st
                     label = "postgres: bench database backends"
                     watch.add_matching(postmaster, inst.pg_name, label)
                 if redis_pid := await local_redis_pid():
-                    watch.add_shared(redis_pid, "redis-server (CPU during the run)")
+                    watch.add_single(redis_pid, "redis-server")
             else:
                 serve = await postline(inst, "serve", banner="Postline is running")
                 watch.add(serve.pid, "postline serve")
             assert sink.process is not None
             watch.add(sink.process.pid, "smtp-sink")
             watch.add(receiver.pid, "webhook receiver")
-            watch.add_shared(os.getpid(), "bench client (CPU during the run)")
+            watch.add_single(os.getpid(), "bench client")
             key = (Path(tmp) / "admin-key.txt").read_text().strip()
             await measure(result, submission, emails, inst, key, hook_port, sink, watch)
         finally:
@@ -594,7 +594,7 @@ def report(results: list[Result], emails: int) -> None:
     for result in results:
         print(row(result))
     print()
-    print("processes: CPU seconds, peak RSS")
+    print("processes: CPU seconds from the first submission to the end, peak RSS")
     for result in results:
         if result.error:
             continue

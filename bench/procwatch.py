@@ -74,9 +74,11 @@ def command_line(pid: int) -> str:
 
 class ProcessWatch:
     """Follows, by label: process trees; the children of a server that serve us, found by
-    their command line (PostgreSQL's backends for one database); and shared servers, by
-    their CPU during the watch only (Redis). Only those processes are read, so watching
-    costs little of the CPU it measures."""
+    their command line (PostgreSQL's backends for one database); single processes (a
+    shared Redis, the benchmark itself). CPU is counted from ``start``: what a process
+    spent starting up, or on others' work before, is left out; peak RSS is the
+    process's own. Only these processes are read, so watching costs little of the CPU
+    it measures."""
 
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
@@ -84,7 +86,7 @@ class ProcessWatch:
         self.matchers: list[tuple[int, str, str]] = []  # (parent, needle, label)
         self.matching: dict[int, bool] = {}  # pid -> whether its command line matched
         self.baselines: dict[int, float] = {}  # pid -> CPU seconds when the watch started
-        self.shared: dict[int, str] = {}
+        self.singles: dict[int, str] = {}
         self.last: dict[int, tuple[str, Reading]] = {}  # pid -> (its line, last reading)
         self._task: asyncio.Task[None] | None = None
 
@@ -96,9 +98,9 @@ class ProcessWatch:
         """Every child of ``parent`` whose command line holds ``needle``."""
         self.matchers.append((parent, needle, label))
 
-    def add_shared(self, pid: int, label: str) -> None:
-        """A server others use too: only the CPU it spent while watched is counted."""
-        self.shared[pid] = label
+    def add_single(self, pid: int, label: str) -> None:
+        """The process without its children."""
+        self.singles[pid] = label
 
     def sample(self) -> None:
         for parent, needle, label in self.matchers:
@@ -107,9 +109,8 @@ class ProcessWatch:
                     self.matching[pid] = needle in command_line(pid)
                 if self.matching[pid] and (reading := read(pid)) is not None:
                     self.last[pid] = (label, reading)
-        for pid, label in self.shared.items():
+        for pid, label in self.singles.items():
             if (reading := read(pid)) is not None:
-                self.baselines.setdefault(pid, reading.cpu_seconds)
                 self.last[pid] = (label, reading)
         for root, label in self.roots.items():
             stack = [root]
@@ -126,6 +127,8 @@ class ProcessWatch:
             await asyncio.sleep(self.interval)
 
     def start(self) -> None:
+        self.sample()
+        self.baselines = {pid: reading.cpu_seconds for pid, (_, reading) in self.last.items()}
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> list[Usage]:
