@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Emails per run of `make bench`.
+BENCH_N ?= 20000
 
-.PHONY: run test lint format mutate clean
+.PHONY: run test lint format mutate bench clean
 
 $(BIN)/postline: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +57,13 @@ format: $(VENV)/.dev
 mutate: $(VENV)/.dev
 	$(BIN)/mutmut run $(MUTANTS)
 	$(BIN)/mutmut results
+
+# Postline (embedded, and PostgreSQL + Redis) side by side with Postfix on this machine
+# (docs/BENCHMARK.md); too slow and too noisy for CI. As root: it installs Debian's postfix
+# package if missing and runs a private Postfix instance on loopback.
+# e.g. make bench BENCH_N=5000
+bench: $(VENV)/.dev
+	$(BIN)/python bench/peers.py --emails $(BENCH_N) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mutants $(NODE_SDK)/node_modules
