@@ -331,5 +331,5 @@ def _probe() -> bool:
     )
 
 
-ENCODED_WORDS_AGREE: bool = True
-ENCODED_WORDS_AGREE = _probe()
+#: Derived once from the Python running, like a compiled pattern; never changes after.
+ENCODED_WORDS_AGREE: bool = _probe()
