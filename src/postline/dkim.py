@@ -96,8 +96,7 @@ def sign(
     instance is covered); "from" is always signed and listed one extra time, so
     a From added later breaks the signature instead of being shown to the reader.
     """
-    wire = _LINE_ENDINGS.sub(b"\r\n", message)
-    fields, body = _split(wire)
+    fields, body = _split(_wire(message))
 
     by_name: dict[str, list[bytes]] = {}
     for raw_name, value in fields:
@@ -132,6 +131,18 @@ def sign(
     return (unsigned + _fold_b(signature) + "\r\n").encode("ascii") + message
 
 
+def _wire(message: bytes) -> bytes:
+    """The message with every line ending CRLF; built messages already are, cheaply checked.
+
+    The substitution scans in Python's regex engine (0.7 ms for 40 KB); three counts in C
+    tell whether there is anything to substitute.
+    """
+    crlf = message.count(b"\r\n")
+    if message.count(b"\n") == crlf and message.count(b"\r") == crlf:
+        return message
+    return _LINE_ENDINGS.sub(b"\r\n", message)
+
+
 def _split(wire: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """Header fields as (name, still-folded value) pairs, and the body."""
     if wire.startswith(b"\r\n"):
@@ -161,7 +172,9 @@ def _relaxed_body(body: bytes) -> bytes:
     """RFC 6376 3.4.4; an empty body stays empty (only "simple" turns it into CRLF)."""
     if body and not body.endswith(b"\r\n"):
         body += b"\r\n"  # what the SMTP client will send
-    body = _BODY_WSP.sub(b" ", body).replace(b" \r\n", b"\r\n")
+    if b"\t" in body or b"  " in body:  # the regex scan is slow; most bodies skip it
+        body = _BODY_WSP.sub(b" ", body)
+    body = body.replace(b" \r\n", b"\r\n")
     end = len(body)
     while body.endswith(b"\r\n", 0, end):
         end -= 2
