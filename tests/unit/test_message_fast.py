@@ -14,7 +14,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 
 import pytest
-from hypothesis import Phase, given, settings
+from hypothesis import Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from postline import headerfold, message
@@ -129,6 +129,10 @@ def test_unstructured_field_folds_as_the_email_package(name: str, value: str) ->
 )
 def test_address_field_folds_as_the_email_package(addresses: list[str], display_name: str) -> None:
     mailboxes = [(display_name, addresses[0]), *(("", a) for a in addresses[1:])]
+    # A name the email package would unquote or decode as it folds is written by
+    # protected_address_field instead (that folding made one name several addresses:
+    # tests/unit/test_display_name_safety.py); both builders share it.
+    assume(headerfold.protected_address_field("To", mailboxes) is None)
     objects = [Address(d, *a.rsplit("@", 1)) for d, a in mailboxes]
     assert fold_addresses("To", mailboxes) == stdlib_fold("To", objects)
 
