@@ -220,9 +220,10 @@ def words(text: str) -> list[str]:
     cc=st.lists(VALID_ADDRESS, max_size=5),
     reply_to=st.lists(VALID_ADDRESS, max_size=2),
     subject=VALID_HEADER_TEXT,
+    # Names unique ignoring case: msg[name] reads the first of X-A and X-a.
     headers=st.dictionaries(
         st.from_regex(r"X-[A-Za-z0-9-]{1,30}", fullmatch=True), VALID_HEADER_TEXT, max_size=4
-    ),
+    ).filter(lambda headers: len({name.lower() for name in headers}) == len(headers)),
     text=st.one_of(st.none(), st.text(st.characters(exclude_categories=["Cs"]), max_size=500)),
     html=st.one_of(st.none(), st.text(st.characters(exclude_categories=["Cs"]), max_size=300)),
     attachments=st.lists(
