@@ -30,6 +30,7 @@ __all__ = [
     "MAX_LINE",
     "fold_addresses",
     "fold_unstructured",
+    "protected_address_field",
     "stdlib_fold",
 ]
 
@@ -299,9 +300,90 @@ def _fast_addresses(name: str, mailboxes: list[tuple[str, str]]) -> str | None:
     return CRLF.join(lines) + CRLF
 
 
+_EW_MAX = 75  # RFC 2047 section 2: an encoded word is at most 75 characters
+
+
+def _risky_name(display_name: str) -> bool:
+    """A name the email package quotes (specials) or decodes (encoded-word lookalikes).
+
+    Python 3.11 to 3.13 drop the quotes of a quoted-string they fold, and write the
+    decoded text of an encoded word raw: either way a name such as ``"Acme, <ceo@bank>"``
+    came out as more than one address, one of them chosen by the client (a spoof).
+    """
+    return "=?" in display_name or not _SPECIALS.isdisjoint(display_name)
+
+
+def _encoded_words(text: str) -> list[str]:
+    """``text`` as encoded words of at most 75 characters, split between characters."""
+    words: list[str] = []
+    chunk = ""
+    for char in text:
+        if chunk and len(encoded_word(chunk + char)) > _EW_MAX:
+            words.append(encoded_word(chunk))
+            chunk = ""
+        chunk += char
+    words.append(encoded_word(chunk))
+    return words
+
+
+def _name_tokens(display_name: str) -> list[str]:
+    """The display name as words to join with single spaces (each space may become FWS).
+
+    An ASCII name is one quoted-string: RFC 5322 allows folding white space inside it
+    and unfolding gives the name back exactly. Other names (and encoded-word
+    lookalikes) are RFC 2047 encoded words, which no reader parses inside.
+    """
+    if display_name.isascii() and "=?" not in display_name:
+        escaped = display_name.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'.split(" ")
+    return _encoded_words(display_name)
+
+
+def protected_address_field(name: str, mailboxes: list[tuple[str, str]]) -> str | None:
+    """The field written so that no display name can change meaning, or None if no risk.
+
+    A field whose names all go unquoted rules out the email package's bug; so does an
+    ASCII one that fits on one line (both builders write it unchanged). Otherwise the
+    field is written here, folded only at spaces: inside a quoted-string, between
+    encoded words, or between mailboxes.
+    """
+    if not any(display and _risky_name(display) for display, _ in mailboxes):
+        return None
+    addresses: list[Address] = []
+    for display_name, text in mailboxes:
+        local, _, domain = text.rpartition("@")
+        addresses.append(Address(display_name=display_name, username=local, domain=domain))
+    one_line = f"{name}: " + ", ".join(str(address) for address in addresses)
+    if one_line.isascii() and "=?" not in one_line and len(one_line) <= MAX_LINE:
+        return None
+    tokens: list[str] = []
+    for index, address in enumerate(addresses):
+        if address.display_name:
+            tokens += _name_tokens(address.display_name)
+            tokens.append(f"<{address.addr_spec}>")
+        else:
+            tokens.append(address.addr_spec)
+        if index < len(addresses) - 1:
+            tokens[-1] += ","
+    # The first token stays on the label's line (as the raw field of the fallback
+    # builder is written); an empty token is a second space in a row, kept on its
+    # line so that no line is white space alone.
+    lines = [f"{name}: {tokens[0]}"]
+    for token in tokens[1:]:
+        if not token or len(lines[-1]) + 1 + len(token) <= MAX_LINE:
+            lines[-1] += " " + token
+        else:
+            lines.append(" " + token)
+    return CRLF.join(lines) + CRLF
+
+
 def fold_addresses(name: str, mailboxes: list[tuple[str, str]]) -> str:
-    """An address field from (display name, address) pairs, as ``msg[name] = [Address]``."""
-    folded = _fast_addresses(name, mailboxes)
+    """An address field from (display name, address) pairs, as ``msg[name] = [Address]``.
+
+    Except a field :func:`protected_address_field` writes: there the email package
+    could make one display name into several addresses.
+    """
+    folded = protected_address_field(name, mailboxes) or _fast_addresses(name, mailboxes)
     if folded is not None:
         return folded
     values = []

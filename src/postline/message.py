@@ -24,7 +24,13 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from urllib.parse import quote as urllib_quote
 
-from postline.headerfold import MAX_LINE, fold_addresses, fold_unstructured, stdlib_fold
+from postline.headerfold import (
+    MAX_LINE,
+    fold_addresses,
+    fold_unstructured,
+    protected_address_field,
+    stdlib_fold,
+)
 
 
 @dataclass(frozen=True)
@@ -72,12 +78,15 @@ def _address(display_name: str, address: str) -> Address:
 def build_message_stdlib(content: Content, *, message_id: str, date: datetime) -> bytes:
     """The same message built by the ``email`` package (the reference for the tests)."""
     msg = EmailMessage(policy=policy.SMTP)
-    msg["From"] = _address(content.from_name, content.from_address)
-    msg["To"] = [_address("", a) for a in content.to] if content.to else "undisclosed-recipients:;"
+    _set_addresses(msg, "From", [(content.from_name, content.from_address)])
+    if content.to:
+        _set_addresses(msg, "To", [("", a) for a in content.to])
+    else:
+        msg["To"] = "undisclosed-recipients:;"
     if content.cc:
-        msg["Cc"] = [_address("", a) for a in content.cc]
+        _set_addresses(msg, "Cc", [("", a) for a in content.cc])
     if content.reply_to:
-        msg["Reply-To"] = [_address("", a) for a in content.reply_to]
+        _set_addresses(msg, "Reply-To", [("", a) for a in content.reply_to])
     msg["Subject"] = content.subject
     msg["Date"] = format_datetime(date)
     msg["Message-ID"] = message_id
@@ -99,7 +108,23 @@ def build_message_stdlib(content: Content, *, message_id: str, date: datetime) -
         )
     addresses = [content.from_address, *content.to, *content.cc, *content.reply_to]
     utf8 = not all(a.isascii() for a in addresses)
-    return msg.as_bytes(policy=policy.SMTPUTF8 if utf8 else policy.SMTP)
+    # refold_source="none": a field set raw (_set_addresses) is written as given; every
+    # other field is a header object, which the policy folds as before.
+    return msg.as_bytes(policy=_RAW_SMTPUTF8 if utf8 else _RAW_SMTP)
+
+
+_RAW_SMTP = policy.SMTP.clone(refold_source="none")
+_RAW_SMTPUTF8 = policy.SMTPUTF8.clone(refold_source="none")
+
+
+def _set_addresses(msg: EmailMessage, name: str, mailboxes: list[tuple[str, str]]) -> None:
+    """``msg[name] = [Address, ...]``, but never through the email package's folding of
+    a display name it would unquote (:func:`postline.headerfold.protected_address_field`)."""
+    protected = protected_address_field(name, mailboxes)
+    if protected is None:
+        msg[name] = [_address(display, address) for display, address in mailboxes]
+    else:
+        msg.set_raw(name, protected[len(name) + 2 : -len(CRLF)])  # after the label
 
 
 def build_message(content: Content, *, message_id: str, date: datetime) -> bytes:

@@ -14,7 +14,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 
 import pytest
-from hypothesis import Phase, given, settings
+from hypothesis import Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from postline import headerfold, message
@@ -129,6 +129,10 @@ def test_unstructured_field_folds_as_the_email_package(name: str, value: str) ->
 )
 def test_address_field_folds_as_the_email_package(addresses: list[str], display_name: str) -> None:
     mailboxes = [(display_name, addresses[0]), *(("", a) for a in addresses[1:])]
+    # A name the email package would unquote or decode as it folds is written by
+    # protected_address_field instead (that folding made one name several addresses:
+    # tests/unit/test_display_name_safety.py); both builders share it.
+    assume(headerfold.protected_address_field("To", mailboxes) is None)
     objects = [Address(d, *a.rsplit("@", 1)) for d, a in mailboxes]
     assert fold_addresses("To", mailboxes) == stdlib_fold("To", objects)
 
@@ -216,9 +220,10 @@ def words(text: str) -> list[str]:
     cc=st.lists(VALID_ADDRESS, max_size=5),
     reply_to=st.lists(VALID_ADDRESS, max_size=2),
     subject=VALID_HEADER_TEXT,
+    # Names unique ignoring case: msg[name] reads the first of X-A and X-a.
     headers=st.dictionaries(
         st.from_regex(r"X-[A-Za-z0-9-]{1,30}", fullmatch=True), VALID_HEADER_TEXT, max_size=4
-    ),
+    ).filter(lambda headers: len({name.lower() for name in headers}) == len(headers)),
     text=st.one_of(st.none(), st.text(st.characters(exclude_categories=["Cs"]), max_size=500)),
     html=st.one_of(st.none(), st.text(st.characters(exclude_categories=["Cs"]), max_size=300)),
     attachments=st.lists(
