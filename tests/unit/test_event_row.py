@@ -7,6 +7,7 @@ renamed key, a dropped field or a wrong value in the payload went unnoticed.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -124,3 +125,18 @@ def test_event_row_without_a_reason_gives_the_reply_and_no_bounce_type() -> None
     assert data["bounce_type"] is None
     assert data["status"] == "deferred"
     assert row["type"] == row["payload"]["type"] == "email.deferred"
+
+
+def test_event_row_domain_is_after_the_last_at_sign() -> None:
+    # A quoted local part may hold an "@" (RFC 5322): the domain is after the last one.
+    email = replace(EMAIL, from_header='"a@b"@example.test', from_address='"a@b"@example.test')
+    row = event_row(
+        email=email,
+        recipient=RECIPIENT,
+        event_type=EventType.DELIVERED,
+        outcome=Outcome(status=RecipientStatus.DELIVERED),
+        attempt=1,
+        sequence=1,
+        now=NOW,
+    )
+    assert row["payload"]["data"]["domain"] == "example.test"
