@@ -14,6 +14,7 @@ import pytest_asyncio
 from postline.config import normalize_database_url
 from postline.ids import new_id
 from postline.queue import Job, Queue
+from postline.queue.embedded import EmbeddedQueue
 from postline.queue.redis import RedisQueue
 from postline.store.types import utcnow
 from tests.harness.polling import poll
@@ -615,3 +616,35 @@ async def poll_lease(queue: Queue, owner: str = "w1", lease_seconds: float = 60)
         lambda: queue.lease(owner, 1, lease_seconds), timeout=10, what="a job to come due"
     )
     return cast(Job, leased[0])
+
+
+class _RolledBack(Exception):
+    """Raised to roll back the caller's transaction."""
+
+
+@pytest.mark.parametrize(
+    "adapter",
+    ["embedded-sqlite", pytest.param("embedded-postgresql", marks=pytest.mark.postgres)],
+    indirect=True,
+)
+@pytest.mark.parametrize("call", ["ack", "ack_all", "retry", "park"])
+async def test_the_embedded_queue_finishes_a_job_in_the_callers_transaction(
+    queue: Queue, call: str
+) -> None:
+    """The recorder acks, retries or parks in the transaction that records the outcome:
+    a rollback of it (a crash before the commit) leaves the job as it was, leased."""
+    assert isinstance(queue, EmbeddedQueue)
+    await queue.enqueue([job()])
+    (leased,) = await queue.lease("w1", 1, 60)
+    finish = {
+        "ack": lambda conn: queue.ack(leased, conn),
+        "ack_all": lambda conn: queue.ack_all([leased], conn),
+        "retry": lambda conn: queue.retry(leased, utcnow(), [], conn),
+        "park": lambda conn: queue.park(leased, utcnow(), conn),
+    }[call]
+    with pytest.raises(_RolledBack):
+        async with queue.db.write() as conn:
+            assert await finish(conn)
+            raise _RolledBack
+    assert await queue.in_flight() == {"dest.test": 1}  # still w1's, not finished
+    assert await queue.ack(leased)
