@@ -10,6 +10,7 @@ from typing import cast
 
 import pytest
 import pytest_asyncio
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.config import normalize_database_url
 from postline.ids import new_id
@@ -636,7 +637,7 @@ async def test_the_embedded_queue_finishes_a_job_in_the_callers_transaction(
     assert isinstance(queue, EmbeddedQueue)
     await queue.enqueue([job()])
     (leased,) = await queue.lease("w1", 1, 60)
-    finish = {
+    finish: Callable[[AsyncConnection], Awaitable[bool | int]] = {
         "ack": lambda conn: queue.ack(leased, conn),
         "ack_all": lambda conn: queue.ack_all([leased], conn),
         "retry": lambda conn: queue.retry(leased, utcnow(), [], conn),
