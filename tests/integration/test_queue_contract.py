@@ -649,3 +649,24 @@ async def test_the_embedded_queue_finishes_a_job_in_the_callers_transaction(
             raise _RolledBack
     assert await queue.in_flight() == {"dest.test": 1}  # still w1's, not finished
     assert await queue.ack(leased)
+
+
+@pytest.mark.parametrize("call", sorted(STALE_CALLS))
+async def test_a_job_nobody_leased_cannot_be_finished(queue: Queue, call: str) -> None:
+    """A job as enqueued (no owner) is nobody's to ack, retry, release, extend or park."""
+    unleased = job()
+    await queue.enqueue([unleased])
+    assert unleased.lease_owner is None
+    assert not await STALE_CALLS[call](queue, unleased)
+    assert await queue.depth() == {"dest.test": 1}
+    leased = await poll_lease(queue, "w1")
+    assert (leased.id, leased.attempt) == (unleased.id, 0)
+
+
+async def test_ack_all_counts_the_jobs_of_every_owner(queue: Queue, elsewhere: Queue) -> None:
+    """Jobs of two owners in one call (one statement per owner): both removed, both counted."""
+    await queue.enqueue([job(), job()])
+    (first,) = await queue.lease("w1", 1, 60)
+    (second,) = await elsewhere.lease("w2", 1, 60)
+    assert await queue.ack_all([first, second]) == 2
+    assert await queue.depth() == {}
