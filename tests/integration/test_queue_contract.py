@@ -670,3 +670,21 @@ async def test_ack_all_counts_the_jobs_of_every_owner(queue: Queue, elsewhere: Q
     (second,) = await elsewhere.lease("w2", 1, 60)
     assert await queue.ack_all([first, second]) == 2
     assert await queue.depth() == {}
+
+
+@pytest.mark.parametrize("finish", ["retry", "park", "release"])
+async def test_a_finished_lease_is_nobodys(queue: Queue, finish: str) -> None:
+    """After a retry, park or release the job has no owner until leased again: the
+    worker that gave it back can no longer ack or extend it."""
+    await queue.enqueue([job()])
+    (leased,) = await queue.lease("w1", 10, 60)
+    later = utcnow() + timedelta(hours=1)
+    given_back: Callable[[], Awaitable[bool]] = {
+        "retry": lambda: queue.retry(leased, later, leased.recipient_ids),
+        "park": lambda: queue.park(leased, later),
+        "release": lambda: queue.release(leased),
+    }[finish]
+    assert await given_back()
+    assert not await queue.extend(leased, 60)
+    assert not await queue.ack(leased)
+    assert await queue.depth() == {"dest.test": 1}
