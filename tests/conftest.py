@@ -13,12 +13,18 @@ import redis.asyncio as aioredis
 
 from tests.harness.capability import missing
 from tests.harness.fixtures import fake_dns, fake_mx, fake_mx_factory
+from tests.harness.forkserver import forget_inherited_forkserver
 from tests.harness.postline import PostlineUnderTest, postline_factory
 
 __all__ = ["fake_dns", "fake_mx", "fake_mx_factory", "postline_factory"]
 
 PG_ADMIN_DSN = os.environ.get("POSTLINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("POSTLINE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A run in a forked process (mutmut's, per mutant) starts its own forkserver."""
+    forget_inherited_forkserver()
 
 
 @pytest_asyncio.fixture

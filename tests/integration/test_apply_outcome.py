@@ -7,7 +7,10 @@ that a refused move answering True, or an allowed one forgetting ``updated_at``,
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
+
+from sqlalchemy import select
 
 from postline.ids import new_id
 from postline.model import AttemptScope, BounceType, RecipientStatus
@@ -15,6 +18,7 @@ from postline.outcomes import AttemptInfo, Outcome, apply_outcome
 from postline.store import emails as email_store
 from postline.store import suppressions as suppression_store
 from postline.store.emails import Email, Recipient
+from postline.store.schema import delivery_attempts, events
 from postline.store.types import utcnow
 from tests.harness.postline import PostlineUnderTest
 
@@ -98,3 +102,77 @@ async def test_a_complaint_suppresses_with_its_own_reason(
         where = suppression_store.SuppressionFilter(email.domain_id, "annoyed@dest.test")
         suppressed = await suppression_store.list_suppressions(conn, where, None, 10)
     assert [s.reason for s in suppressed] == ["complaint"]
+
+
+async def test_an_attempt_writes_every_column_of_its_recipient_timeline_row_and_event(
+    postline: PostlineUnderTest,
+) -> None:
+    """Field by field: a renamed key of the timeline row is dropped without an error
+    (its column stays NULL or takes its default), so only reading the row shows it."""
+    await postline.stop_engine()  # the email stays queued: the move below is the only one
+    sent = await postline.send(to="later@dest.test")
+    email, recipient = await _read(postline, sent["id"])
+    later = utcnow() + timedelta(minutes=3)
+    retry_at = later + timedelta(minutes=10)
+    deferral = Outcome(
+        status=RecipientStatus.DEFERRED,
+        smtp_code=451,
+        enhanced_code="4.2.1",
+        response="451 4.2.1 mailbox busy",
+        bounce_type=BounceType.SOFT,
+        bounce_rule="test.busy",
+    )
+    attempt = AttemptInfo("att_field_by_field", 4, "mx2.dest.test", 1234, AttemptScope.RECIPIENT)
+    attempt = replace(attempt, next_attempt_at=retry_at)
+    async with postline.services.db.write() as conn:
+        moved = await apply_outcome(
+            conn, email=email, recipient=recipient, outcome=deferral, now=later, attempt=attempt
+        )
+    assert moved is True
+    _, after = await _read(postline, sent["id"])
+    assert after == replace(
+        recipient,
+        status=RecipientStatus.DEFERRED,
+        smtp_code=451,
+        enhanced_code="4.2.1",
+        response="451 4.2.1 mailbox busy",
+        bounce_type=None,  # a deferral is not a bounce: its class is on the timeline row
+        bounce_rule="test.busy",
+        attempts=recipient.attempts + 1,
+        next_attempt_at=retry_at,
+        updated_at=later,
+    )
+    async with postline.services.db.read() as conn:
+        (row,) = (
+            await conn.execute(
+                select(delivery_attempts).where(delivery_attempts.c.email_id == email.id)
+            )
+        ).mappings()
+        sequences = {
+            e["type"]: e
+            for e in (
+                await conn.execute(select(events).where(events.c.email_id == email.id))
+            ).mappings()
+        }
+    event = sequences.pop("email.deferred")
+    assert {k: v for k, v in row.items() if k != "id"} == {
+        "email_id": email.id,
+        "recipient_id": recipient.id,
+        "attempt_id": "att_field_by_field",
+        "destination": "dest.test",
+        "attempt": 4,
+        "status": "deferred",
+        "scope": "recipient",
+        "mx_host": "mx2.dest.test",
+        "smtp_code": 451,
+        "enhanced_code": "4.2.1",
+        "response": "451 4.2.1 mailbox busy",
+        "bounce_type": "soft",
+        "bounce_rule": "test.busy",
+        "duration_ms": 1234,
+        "created_at": later,
+    }
+    # The next in the email's events, after those written at accept.
+    assert event["recipient_id"] == recipient.id
+    assert event["sequence"] == max(e["sequence"] for e in sequences.values()) + 1
+    assert event["payload"]["data"]["attempt"] == recipient.attempts + 1

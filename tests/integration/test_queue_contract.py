@@ -10,10 +10,12 @@ from typing import cast
 
 import pytest
 import pytest_asyncio
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.config import normalize_database_url
 from postline.ids import new_id
 from postline.queue import Job, Queue
+from postline.queue.embedded import EmbeddedQueue
 from postline.queue.redis import RedisQueue
 from postline.store.types import utcnow
 from tests.harness.polling import poll
@@ -665,3 +667,74 @@ async def test_a_discarded_pair_may_be_enqueued_again(queue: Queue) -> None:
     again = job(email_id=first.email_id)
     await queue.enqueue([again])
     assert [j.id for j in await queue.lease("w1", 10, 60)] == [again.id]
+
+
+class _RolledBack(Exception):
+    """Raised to roll back the caller's transaction."""
+
+
+@pytest.mark.parametrize(
+    "adapter",
+    ["embedded-sqlite", pytest.param("embedded-postgresql", marks=pytest.mark.postgres)],
+    indirect=True,
+)
+@pytest.mark.parametrize("call", ["ack", "ack_all", "retry", "park"])
+async def test_the_embedded_queue_finishes_a_job_in_the_callers_transaction(
+    queue: Queue, call: str
+) -> None:
+    """The recorder acks, retries or parks in the transaction that records the outcome:
+    a rollback of it (a crash before the commit) leaves the job as it was, leased."""
+    assert isinstance(queue, EmbeddedQueue)
+    await queue.enqueue([job()])
+    (leased,) = await queue.lease("w1", 1, 60)
+    finish: Callable[[AsyncConnection], Awaitable[bool | int]] = {
+        "ack": lambda conn: queue.ack(leased, conn),
+        "ack_all": lambda conn: queue.ack_all([leased], conn),
+        "retry": lambda conn: queue.retry(leased, utcnow(), [], conn),
+        "park": lambda conn: queue.park(leased, utcnow(), conn),
+    }[call]
+    with pytest.raises(_RolledBack):
+        async with queue.db.write() as conn:
+            assert await finish(conn)
+            raise _RolledBack
+    assert await queue.in_flight() == {"dest.test": 1}  # still w1's, not finished
+    assert await queue.ack(leased)
+
+
+@pytest.mark.parametrize("call", sorted(STALE_CALLS))
+async def test_a_job_nobody_leased_cannot_be_finished(queue: Queue, call: str) -> None:
+    """A job as enqueued (no owner) is nobody's to ack, retry, release, extend or park."""
+    unleased = job()
+    await queue.enqueue([unleased])
+    assert unleased.lease_owner is None
+    assert not await STALE_CALLS[call](queue, unleased)
+    assert await queue.depth() == {"dest.test": 1}
+    leased = await poll_lease(queue, "w1")
+    assert (leased.id, leased.attempt) == (unleased.id, 0)
+
+
+async def test_ack_all_counts_the_jobs_of_every_owner(queue: Queue, elsewhere: Queue) -> None:
+    """Jobs of two owners in one call (one statement per owner): both removed, both counted."""
+    await queue.enqueue([job(), job()])
+    (first,) = await queue.lease("w1", 1, 60)
+    (second,) = await elsewhere.lease("w2", 1, 60)
+    assert await queue.ack_all([first, second]) == 2
+    assert await queue.depth() == {}
+
+
+@pytest.mark.parametrize("finish", ["retry", "park", "release"])
+async def test_a_finished_lease_is_nobodys(queue: Queue, finish: str) -> None:
+    """After a retry, park or release the job has no owner until leased again: the
+    worker that gave it back can no longer ack or extend it."""
+    await queue.enqueue([job()])
+    (leased,) = await queue.lease("w1", 10, 60)
+    later = utcnow() + timedelta(hours=1)
+    given_back: Callable[[], Awaitable[bool]] = {
+        "retry": lambda: queue.retry(leased, later, leased.recipient_ids),
+        "park": lambda: queue.park(leased, later),
+        "release": lambda: queue.release(leased),
+    }[finish]
+    assert await given_back()
+    assert not await queue.extend(leased, 60)
+    assert not await queue.ack(leased)
+    assert await queue.depth() == {"dest.test": 1}

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
+from typing import Any
 
+import pytest
 from sqlalchemy import Table, func, select, update
 
-from postline.delivery.record import RecipientResult
+from postline.delivery.record import RecipientResult, Wait
 from postline.ids import new_id
 from postline.model import AttemptScope, BounceType, RecipientStatus
 from postline.outcomes import Outcome
@@ -16,6 +19,7 @@ from postline.store.schema import delivery_attempts, events, queue_jobs
 from postline.store.types import utcnow
 from tests.harness import FakeMX
 from tests.harness.clock import MovableClock
+from tests.harness.polling import poll
 from tests.harness.postline import Factory, PostlineUnderTest
 
 
@@ -149,3 +153,93 @@ async def test_still_deferred_at_max_age_becomes_failed(
     assert [t["status"] for t in recipient["timeline"]][-1] == "failed"
     assert detail["events"][-1]["type"] == "email.failed"
     assert await _count(postline, queue_jobs) == 0
+
+
+@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
+def queue_topology(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The embedded queue (the recorder finishes jobs in its transaction) or Redis (after it)."""
+    if request.param == "embedded":
+        return {}
+    return {
+        "database_url": request.getfixturevalue("postgres_url"),
+        "queue_url": request.getfixturevalue("redis_url"),
+        "queue_prefix": request.getfixturevalue("redis_prefix"),
+    }
+
+
+@pytest.mark.parametrize("finish", ["ack", "retry", "park"])
+async def test_a_stale_worker_records_its_outcome_and_leaves_the_new_owners_job_alone(
+    postline_factory: Factory,
+    queue_topology: dict[str, Any],
+    finish: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker whose lease went to another while it recorded: its outcome stands (the
+    new owner finds the recipient final or deferred), the queue refuses its ack, retry
+    or park without touching the job, and the recorder says whose job it lost."""
+    pl = await postline_factory(engine=False, **queue_topology)
+    accepted = await pl.send(to="late@dest.test")
+    queue = pl.services.queue
+    (stale,) = await poll(lambda: queue.lease("stale-worker", 1, 0.01), timeout=10, what="job")
+    (taken,) = await poll(lambda: queue.lease("new-owner", 1, 60), timeout=10, what="lapse")
+    assert taken.id == stale.id
+    (recipient_id,) = stale.recipient_ids
+    recorder = pl.services.engine.recorder
+    caplog.set_level(logging.WARNING, logger="postline.delivery")
+    until = utcnow() + timedelta(hours=1)
+    if finish == "park":
+        wait = Wait(utcnow(), until, f"waiting: next trial at {until}")
+        await recorder.park(stale, [recipient_id], wait)
+    else:
+        status = RecipientStatus.DELIVERED if finish == "ack" else RecipientStatus.DEFERRED
+        outcome = Outcome(status=status, smtp_code=250 if finish == "ack" else 451)
+        await recorder.record(
+            stale,
+            [RecipientResult(recipient_id, outcome, AttemptScope.RECIPIENT)],
+            mx_host="mx.dest.test",
+            duration_ms=5,
+            retry_at=until,
+        )
+    expected = "delivered" if finish == "ack" else "deferred"
+    assert (await pl.email(accepted["id"]))["recipients"][0]["status"] == expected
+    lost = [r.getMessage() for r in caplog.records if "lease lost" in r.getMessage()]
+    assert lost == [
+        f"lease lost before recording: 1 of job(s) {stale.id} belong to another worker now"
+    ]
+    # The job is still the new owner's, as it was: not acked, retried nor parked.
+    assert await queue.lease("third-worker", 1, 60) == []
+    assert await queue.extend(taken, 60)
+    assert await queue.depth() == {"dest.test": 1}
+    assert await queue.ack(taken)
+
+
+@pytest.mark.parametrize("finish", ["ack", "retry"])
+async def test_a_live_worker_finishes_its_job_in_the_queue(
+    postline_factory: Factory,
+    queue_topology: dict[str, Any],
+    finish: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The recorder acks a finished job and retries a deferred one, in the queue it has
+    (inside its transaction for the embedded queue, after the commit for Redis)."""
+    pl = await postline_factory(engine=False, **queue_topology)
+    await pl.send(to="someone@dest.test")
+    queue = pl.services.queue
+    (job,) = await poll(lambda: queue.lease("worker", 1, 60), timeout=10, what="the job")
+    caplog.set_level(logging.WARNING, logger="postline.delivery")
+    status = RecipientStatus.DELIVERED if finish == "ack" else RecipientStatus.DEFERRED
+    retry_at = utcnow() + timedelta(hours=1)
+    await pl.services.engine.recorder.record(
+        job,
+        [RecipientResult(job.recipient_ids[0], Outcome(status=status), AttemptScope.RECIPIENT)],
+        mx_host="mx.dest.test",
+        duration_ms=5,
+        retry_at=retry_at,
+    )
+    assert not [r for r in caplog.records if "lease lost" in r.getMessage()]
+    if finish == "ack":
+        assert await queue.depth() == {}
+        return
+    assert await queue.depth() == {"dest.test": 1}
+    assert await queue.in_flight() == {}  # no longer leased
+    assert await queue.lease("worker", 1, 60) == []  # due in an hour

@@ -7,6 +7,7 @@ renamed key, a dropped field or a wrong value in the payload went unnoticed.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -194,3 +195,18 @@ def test_every_event_names_the_email_as_resend_does() -> None:
             "Your order",
             "2024-05-01T12:30:15.123Z",
         ), event_type
+
+
+def test_event_row_domain_is_after_the_last_at_sign() -> None:
+    # A quoted local part may hold an "@" (RFC 5322): the domain is after the last one.
+    email = replace(EMAIL, from_header='"a@b"@example.test', from_address='"a@b"@example.test')
+    row = event_row(
+        email=email,
+        recipient=RECIPIENT,
+        event_type=EventType.DELIVERED,
+        outcome=Outcome(status=RecipientStatus.DELIVERED),
+        attempt=1,
+        sequence=1,
+        now=NOW,
+    )
+    assert row["payload"]["data"]["domain"] == "example.test"
