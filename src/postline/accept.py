@@ -218,7 +218,7 @@ class Acceptor:
             await self._discard_bodies(prepared)
             raise
         if not self.queue.shares_store:
-            await self._enqueue_after_commit(jobs)
+            await self.enqueue_after_commit(jobs)
         self.wakeups.work_arrived()
         # Recipients suppressed at accept are final already: an outcome like any other.
         suppressed = sum(
@@ -258,8 +258,9 @@ class Acceptor:
                     type(exc).__name__,
                 )
 
-    async def _enqueue_after_commit(self, jobs: list[Job]) -> None:
-        """The email is durable already, so a queue outage must not turn the 202 into an error.
+    async def enqueue_after_commit(self, jobs: list[Job]) -> None:
+        """The email is durable already (accepted or rescheduled), so a queue outage must not
+        turn the answer into an error.
 
         Housekeeping rebuilds jobs missing from the queue out of the database
         (``recovery.restore_missing_jobs``), so these are delivered once it is back.

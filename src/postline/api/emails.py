@@ -536,7 +536,8 @@ async def reschedule_email(
         assert moved_email is not None  # locked above: nobody deleted it since
         detail = await _detail(conn, moved_email)
     if shared is None:
-        await _enqueue_after_commit(svc, jobs)
+        await svc.acceptor.enqueue_after_commit(jobs)
+        svc.acceptor.wakeups.work_arrived()
     log.info("rescheduled email_id=%s to %s", email_id, when.isoformat())
     return detail
 
@@ -557,20 +558,6 @@ def _scheduled_jobs(email: Email, waiting: list[EmailRecipient], due: datetime) 
         )
         for destination, ids in sorted(by_destination.items())
     ]
-
-
-async def _enqueue_after_commit(svc: Services, jobs: list[Job]) -> None:
-    """As at accept: the new time is committed, so a queue outage is no error to the
-    client; housekeeping rebuilds the jobs from the database once the queue is back."""
-    try:
-        await svc.queue.enqueue(jobs)
-    except Exception as exc:
-        log.warning(
-            "queue unavailable after a reschedule; %d jobs left for housekeeping: %s",
-            len(jobs),
-            type(exc).__name__,
-        )
-    svc.acceptor.wakeups.work_arrived()
 
 
 def _finished_destinations(recipients: list[EmailRecipient]) -> list[str]:
