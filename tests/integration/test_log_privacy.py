@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -26,7 +25,6 @@ from urllib.parse import quote, quote_plus
 import httpx
 import pytest
 
-from postline.cli import setup_logging
 from postline.supervisor import serve
 from tests.harness import FakeDNS, FakeMX
 from tests.harness.postline import Factory, PostlineUnderTest
@@ -59,32 +57,6 @@ ADDRESSES = (
     FOREIGN_FROM,
 )
 FORMAT = logging.Formatter("%(levelname)s %(name)s %(message)s")
-
-
-@pytest.fixture
-def production_logging(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """Capture at INFO with the levels ``postline serve`` sets (it quiets aiosmtpd's
-    ``mail.log``, which would otherwise log every envelope, and uvicorn's error log);
-    every logger's level and the root handlers are put back afterwards."""
-    manager = logging.root.manager
-    saved = {
-        name: (logger.level, logger.propagate, list(logger.handlers))
-        for name, logger in manager.loggerDict.items()
-        if isinstance(logger, logging.Logger)
-    }
-    handlers = list(logging.root.handlers)
-    caplog.set_level(logging.INFO)
-    setup_logging("INFO")
-    try:
-        yield caplog
-    finally:
-        logging.root.handlers[:] = handlers
-        for name, logger in manager.loggerDict.items():
-            if isinstance(logger, logging.Logger):
-                level, propagate, attached = saved.get(name, (logging.NOTSET, True, []))
-                logger.setLevel(level)
-                logger.propagate = propagate
-                logger.handlers[:] = attached
 
 
 def _free_port() -> int:

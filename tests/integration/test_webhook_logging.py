@@ -7,41 +7,15 @@ twice in the log, once without the delivery's id. ``cli.setup_logging`` quiets i
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
-from postline.cli import setup_logging
 from tests.harness.polling import poll
 from tests.harness.postline import Factory, PostlineUnderTest
 from tests.harness.receiver import WebhookReceiver
-
-
-@pytest.fixture
-def production_logging(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """Capture at INFO with the levels ``postline serve`` sets; every logger's level and
-    the root handlers are put back afterwards."""
-    manager = logging.root.manager
-    saved = {
-        name: (logger.level, logger.propagate, list(logger.handlers))
-        for name, logger in manager.loggerDict.items()
-        if isinstance(logger, logging.Logger)
-    }
-    handlers = list(logging.root.handlers)
-    caplog.set_level(logging.INFO)
-    setup_logging("INFO")
-    try:
-        yield caplog
-    finally:
-        logging.root.handlers[:] = handlers
-        for name, logger in manager.loggerDict.items():
-            if isinstance(logger, logging.Logger):
-                level, propagate, attached = saved.get(name, (logging.NOTSET, True, []))
-                logger.setLevel(level)
-                logger.propagate = propagate
-                logger.handlers[:] = attached
 
 
 @pytest_asyncio.fixture
