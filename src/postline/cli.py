@@ -225,6 +225,7 @@ def run_parts(settings: Settings, *, api: bool, engine: bool) -> None:
     if api:
         try:
             check_port_free(settings.http_addr, "POSTLINE_HTTP_ADDR")
+            check_port_free(settings.inbound_addr, "POSTLINE_INBOUND_ADDR")
         except ConfigError as exc:
             fail(str(exc), 2)
     migrate_or_exit(settings)

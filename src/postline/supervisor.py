@@ -18,7 +18,7 @@ import uvicorn
 
 from postline.api.app import create_api
 from postline.api.server import server_config
-from postline.app import Services, start_sandbox
+from postline.app import Services, inbound_listener, start_sandbox
 from postline.config import ConfigError
 from postline.housekeeping import housekeeping
 
@@ -67,6 +67,18 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
+    # The inbound MX (late bounces and complaints) runs with the API: both face the outside.
+    inbound = inbound_listener(services, *services.settings.inbound_host_port) if api else None
+    if inbound is not None:
+        try:
+            await inbound.start()
+        except OSError as exc:
+            if listener is not None:
+                listener.close()
+            addr = services.settings.inbound_addr
+            raise ConfigError(
+                f"POSTLINE_INBOUND_ADDR {addr}: cannot listen ({exc.strerror})"
+            ) from None
     simulator = await start_sandbox(services) if sandbox else None
     tasks: list[asyncio.Task[None]] = []
     server: _Server | None = None
@@ -94,6 +106,8 @@ async def serve(
         listener.close()
     if simulator is not None:
         await simulator.stop()
+    if inbound is not None:
+        await inbound.stop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signum)

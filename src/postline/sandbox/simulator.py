@@ -7,7 +7,8 @@ conversation; only the far end is simulated:
 - ``bounced@``    ``550 5.1.1`` (hard bounce: the address does not exist)
 - ``deferred@``   ``451 4.3.0`` on the first attempt of each email, accepted later
 - ``blocked@``    ``554 5.7.1`` (a policy block)
-- ``complained@`` accepted (the complaint loop comes with the inbound MX)
+- ``complained@`` accepted, then an ARF complaint is mailed to the return path at the
+  inbound listener (``postline.sandbox.complaints``), as a feedback loop would
 - anything else   accepted
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from postline.domains import SIMULATOR_DOMAIN
+from postline.sandbox.complaints import file_complaint
 
 log = logging.getLogger("postline.sandbox")
 
@@ -34,10 +36,15 @@ _REMEMBERED = 100_000
 
 
 class SimulatorHandler:
-    def __init__(self) -> None:
+    def __init__(self, inbound: tuple[str, int] | None = None) -> None:
         # (envelope sender, recipient) pairs already deferred once; bounded.
         self._deferred: OrderedDict[tuple[str, str], None] = OrderedDict()
         self.accepted = 0
+        #: Where complaints go (the inbound listener); None: complained@ is only accepted.
+        self.inbound = inbound
+        #: Complaints being mailed, kept so that they are not collected mid-flight and
+        #: can be awaited at stop.
+        self.complaints: set[asyncio.Task[None]] = set()
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -60,16 +67,27 @@ class SimulatorHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self.accepted += 1
+        return_path = str(envelope.mail_from or "")
+        if self.inbound is not None and return_path:
+            content = envelope.original_content or b""
+            for address in envelope.rcpt_tos:
+                if address.lower().split("@", 1)[0].split("+", 1)[0] == "complained":
+                    complaint = file_complaint(self.inbound, return_path, address, content)
+                    task = asyncio.create_task(complaint, name="simulated complaint")
+                    self.complaints.add(task)
+                    task.add_done_callback(self.complaints.discard)
         return "250 2.0.0 OK: queued (simulated)"
 
 
 class Simulator:
     """Runs in the caller's event loop on 127.0.0.1 and an ephemeral port."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, inbound: tuple[str, int] | None = None
+    ) -> None:
         self.host = host
         self.port = port
-        self.handler = SimulatorHandler()
+        self.handler = SimulatorHandler(inbound)
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -95,3 +113,7 @@ class Simulator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=2)
             self._server = None
+        pending = list(self.handler.complaints)
+        if pending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 5)
