@@ -64,17 +64,12 @@ async def file_complaint(
     inbound: tuple[str, int], return_path: str, complainant: str, original: bytes
 ) -> None:
     """Mail the report to the inbound listener, as a provider's loop would (null sender)."""
+    client = aiosmtplib.SMTP(
+        hostname=inbound[0], port=inbound[1], timeout=30, start_tls=False, use_tls=False
+    )
     try:
-        await aiosmtplib.send(
-            build_arf(return_path, complainant, original),
-            sender="",
-            recipients=[return_path],
-            hostname=inbound[0],
-            port=inbound[1],
-            timeout=30,
-            start_tls=False,
-            use_tls=False,
-        )
+        async with client:
+            await client.sendmail("", [return_path], build_arf(return_path, complainant, original))
     except (aiosmtplib.SMTPException, OSError) as exc:
         log.warning(
             "simulated complaint not delivered to the inbound listener: %s", type(exc).__name__
