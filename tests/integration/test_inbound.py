@@ -22,14 +22,6 @@ from tests.harness.receiver import WebhookReceiver
 
 
 @pytest_asyncio.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    hooks = WebhookReceiver()
-    await hooks.start()
-    yield hooks
-    await hooks.stop()
-
-
-@pytest_asyncio.fixture
 async def pl(postline_factory: Factory) -> PostlineUnderTest:
     return await postline_factory(
         webhook_allow_private=True, webhook_retry_schedule="0.1,0.2,0.2,0.2,0.2"

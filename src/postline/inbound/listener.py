@@ -16,9 +16,7 @@ applied (``postline.inbound.apply``), or stored as unmatched, before the 250.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -26,6 +24,7 @@ from postline.delivery.replies import sanitize
 from postline.inbound.apply import InboundReports, Received
 from postline.inbound.returnpath import ReturnPaths
 from postline.metrics import Metrics
+from postline.smtpd import LoopSmtpServer
 
 log = logging.getLogger("postline.inbound")
 
@@ -87,41 +86,23 @@ class InboundHandler:
         return sanitize("250 2.0.0 OK: " + "; ".join(words))[:500]
 
 
-class InboundListener:
+class InboundListener(LoopSmtpServer):
     """Runs in the caller's event loop on ``host:port`` (port 0: an ephemeral one)."""
 
+    label = "inbound MX (return paths and the feedback address)"
+
     def __init__(self, handler: InboundHandler, host: str, port: int, hostname: str) -> None:
+        super().__init__(host, port)
         self.handler = handler
-        self.host = host
-        self.port = port
         self.hostname = hostname
-        self._server: asyncio.Server | None = None
 
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-
-        def factory() -> Any:
-            return SMTP(
-                self.handler,
-                hostname=self.hostname,
-                ident="Postline inbound",
-                data_size_limit=MAX_MESSAGE_BYTES,
-                enable_SMTPUTF8=True,
-                timeout=IDLE_TIMEOUT,
-                loop=loop,
-            )
-
-        self._server = await loop.create_server(factory, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info(
-            "inbound listener on %s:%d (return paths and the feedback address)",
-            self.host,
-            self.port,
+    def protocol(self, loop: asyncio.AbstractEventLoop) -> SMTP:
+        return SMTP(
+            self.handler,
+            hostname=self.hostname,
+            ident="Postline inbound",
+            data_size_limit=MAX_MESSAGE_BYTES,
+            enable_SMTPUTF8=True,
+            timeout=IDLE_TIMEOUT,
+            loop=loop,
         )
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), timeout=2)
-            self._server = None

@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections import OrderedDict
-from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from postline.domains import SIMULATOR_DOMAIN
 from postline.sandbox.complaints import file_complaint
-
-log = logging.getLogger("postline.sandbox")
+from postline.smtpd import LoopSmtpServer
 
 _REPLIES = {
     "bounced": "550 5.1.1 The email account that you tried to reach does not exist (simulated)",
@@ -79,40 +76,29 @@ class SimulatorHandler:
         return "250 2.0.0 OK: queued (simulated)"
 
 
-class Simulator:
+class Simulator(LoopSmtpServer):
     """Runs in the caller's event loop on 127.0.0.1 and an ephemeral port."""
+
+    label = "sandbox simulator MX"
 
     def __init__(
         self, host: str = "127.0.0.1", port: int = 0, *, inbound: tuple[str, int] | None = None
     ) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         self.handler = SimulatorHandler(inbound)
-        self._server: asyncio.Server | None = None
 
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-
-        def factory() -> Any:
-            return SMTP(
-                self.handler,
-                hostname="mx.simulator.postline.test",
-                ident="Postline sandbox simulator",
-                enable_SMTPUTF8=True,
-                data_size_limit=60 * 1024 * 1024,
-                loop=loop,
-            )
-
-        self._server = await loop.create_server(factory, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info("sandbox simulator MX listening on %s:%d", self.host, self.port)
+    def protocol(self, loop: asyncio.AbstractEventLoop) -> SMTP:
+        return SMTP(
+            self.handler,
+            hostname="mx.simulator.postline.test",
+            ident="Postline sandbox simulator",
+            enable_SMTPUTF8=True,
+            data_size_limit=60 * 1024 * 1024,
+            loop=loop,
+        )
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), timeout=2)
-            self._server = None
+        await super().stop()
         pending = list(self.handler.complaints)
         if pending:
             with contextlib.suppress(TimeoutError):
