@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -15,7 +16,9 @@ import pytest_asyncio
 from postline.app import inbound_listener
 from postline.ids import new_id
 from postline.inbound.listener import InboundListener
+from postline.retention import retention_pass
 from postline.store import emails as email_store
+from postline.store.types import utcnow
 from tests.harness import FakeMX, reports
 from tests.harness.postline import Factory, PostlineUnderTest
 from tests.harness.receiver import WebhookReceiver
@@ -290,6 +293,36 @@ async def test_a_complaint_applies_on_postgresql(
     finally:
         await listener.stop()
     assert await suppressions(pl) == {"pg@dest.test": "complaint"}
+
+
+async def test_other_feedback_types_and_old_unmatched_reports(
+    pl: PostlineUnderTest, inbound: InboundListener, fake_mx: FakeMX
+) -> None:
+    """A not-spam report moves nothing; the retention purge forgets unmatched reports
+    with the emails of their time."""
+    sent, return_path = await delivered(pl, fake_mx, ["fan@dest.test"])
+    report = reports.yahoo_cfl(return_path, "fan@dest.test", sent["message_id"]).replace(
+        b"Feedback-Type: abuse", b"Feedback-Type: not-spam"
+    )
+    await mail(inbound, return_path, report)
+    (stored,) = await unmatched(pl)
+    assert stored["reason"] == "feedback-type not-spam is not a complaint"
+    assert (await pl.email(sent["id"]))["recipients"][0]["status"] == "delivered"
+
+    now = utcnow()
+    kept = await retention_pass(
+        pl.services.db, pl.services.spool, now, body_retention_seconds=0, retention_days=30
+    )
+    assert kept.emails_purged == 0
+    assert len(await unmatched(pl)) == 1
+    await retention_pass(
+        pl.services.db,
+        pl.services.spool,
+        now + timedelta(days=31),
+        body_retention_seconds=0,
+        retention_days=30,
+    )
+    assert await unmatched(pl) == []
 
 
 async def test_only_admin_keys_list_unmatched_reports(pl: PostlineUnderTest) -> None:

@@ -130,7 +130,8 @@ class InboundReports:
     ) -> _Result:
         result = _Result()
         if report.kind is Kind.COMPLAINT and report.feedback_type not in COMPLAINT_TYPES:
-            result.reasons.append(f"feedback-type {report.feedback_type} is not a complaint")
+            kind = sanitize(report.feedback_type or "")[:40]  # the report's own words
+            result.reasons.append(f"feedback-type {kind} is not a complaint")
             return result
         result.email_id = await self._email_id(conn, received, report)
         if result.email_id is None:

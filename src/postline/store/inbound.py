@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.store.records import Record
@@ -42,3 +42,11 @@ async def list_unmatched(
     if before_id:
         statement = statement.where(inbound_unmatched.c.id < before_id)
     return [Unmatched.from_row(row) for row in await conn.execute(statement)]
+
+
+async def delete_unmatched_before(conn: AsyncConnection, cutoff: datetime) -> int:
+    """Forget what was received before ``cutoff``, as the retention purge forgets emails."""
+    result = await conn.execute(
+        delete(inbound_unmatched).where(inbound_unmatched.c.received_at < cutoff)
+    )
+    return int(result.rowcount or 0)
