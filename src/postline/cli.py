@@ -261,7 +261,7 @@ async def announce(services: Services, ready: asyncio.Event, *, api: bool, engin
     if settings.sandbox:
         typer.echo(
             "Sandbox on: send from anything@sandbox.postline.test to delivered@, "
-            "bounced@, deferred@ or blocked@simulator.postline.test"
+            "bounced@, deferred@, blocked@ or complained@simulator.postline.test"
         )
     if settings.webhook_allow_private and engine:
         typer.echo(
