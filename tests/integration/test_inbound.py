@@ -103,6 +103,11 @@ async def test_a_gmail_dsn_bounces_a_delivered_recipient_and_suppresses_it(
     detail = await pl.wait_for_status(sent["id"], ["partially_delivered"])
     gone = recipient(detail, "gone@dest.test")
     assert (gone["status"], gone["bounce_type"]) == ("bounced", "hard")
+    assert [(t["status"], t["smtp_code"], t["enhanced_code"]) for t in gone["timeline"]] == [
+        ("delivered", 250, "2.0.0"),
+        ("bounced", 550, "5.1.1"),
+    ]
+    assert gone["attempts"] == 1
     assert recipient(detail, "ok@dest.test")["status"] == "delivered"
     (hook,) = await receiver.wait_until(lambda hs: len(hs) >= 1, what="email.bounced")
     assert hook.json["type"] == "email.bounced"

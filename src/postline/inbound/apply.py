@@ -26,7 +26,7 @@ from postline.inbound.report import Entry, Kind, Report, Unparsed
 from postline.inbound.returnpath import ReturnPaths
 from postline.inbound.verdict import bounce_outcome, complaint_outcome
 from postline.metrics import Metrics
-from postline.model import RecipientStatus
+from postline.model import AttemptScope, RecipientStatus
 from postline.outcomes import Outcome, apply_outcome, refresh_email_status
 from postline.store import emails as email_store
 from postline.store import inbound as inbound_store
@@ -181,11 +181,37 @@ class InboundReports:
         )
         if not moved:
             return f"the recipient is {recipient.status}, not delivered"
+        # A timeline row, so the email's detail shows when and why it turned.
+        await email_store.insert_attempts(conn, [_timeline_row(email, recipient, outcome, now)])
         self.metrics.recipient_outcomes.labels(status=str(outcome.status)).inc()
         # The list is read once per report: a second entry for the same recipient must
         # see this move.
         recipients[recipients.index(recipient)] = _moved(recipient, outcome.status)
         return None
+
+
+def _timeline_row(
+    email: Email, recipient: Recipient, outcome: Outcome, now: datetime
+) -> dict[str, Any]:
+    """The report's row in the recipient's timeline: no attempt of ours (its number is
+    the delivery's), so a breaker never counts it (``AttemptScope.REPORT``)."""
+    return {
+        "email_id": email.id,
+        "recipient_id": recipient.id,
+        "attempt_id": new_id("att_"),
+        "destination": recipient.destination,
+        "attempt": recipient.attempts,
+        "status": str(outcome.status),
+        "scope": str(AttemptScope.REPORT),
+        "mx_host": None,
+        "smtp_code": outcome.smtp_code,
+        "enhanced_code": outcome.enhanced_code,
+        "response": outcome.response,
+        "bounce_type": str(outcome.bounce_type) if outcome.bounce_type else None,
+        "bounce_rule": outcome.bounce_rule,
+        "duration_ms": 0,
+        "created_at": now,
+    }
 
 
 def _moved(recipient: Recipient, status: RecipientStatus) -> Recipient:
