@@ -330,6 +330,45 @@ async def test_other_feedback_types_and_old_unmatched_reports(
     assert await unmatched(pl) == []
 
 
+def _two_rcpts(port: int, rcpts: list[str], data: bytes) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+        assert smtp.sendmail("", rcpts, data) == {}
+
+
+async def test_one_report_to_two_return_paths_applies_to_each_email(
+    pl: PostlineUnderTest, inbound: InboundListener, fake_mx: FakeMX
+) -> None:
+    """A receiver may batch the reports of two emails in one transaction."""
+    first, first_path = await delivered(pl, fake_mx, ["gone@dest.test"])
+    second = await pl.send(to=["gone@dest.test"], subject="Again")
+    await pl.wait_for_status(second["id"], ["delivered"])
+    (second_path,) = [m.mail_from for m in fake_mx.received if second["id"] in m.mail_from]
+    report = reports.gmail_dsn(first_path, "gone@dest.test", "<m@x>")
+    await asyncio.to_thread(_two_rcpts, inbound.port, [first_path, second_path], report)
+    for sent in (first, second):
+        await pl.wait_for_status(sent["id"], ["bounced"])
+
+
+def _protocol_errors(port: int) -> list[int]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+        smtp.ehlo("mx.dest.test")
+        assert "size" in smtp.esmtp_features
+        codes = [smtp.docmd("DATA")[0]]  # no MAIL, no RCPT
+        codes.append(smtp.docmd("RCPT", "TO:<x@y.test>")[0])  # RCPT before MAIL
+        codes.append(smtp.docmd("MAIL", "FROM:<> SIZE=20000000")[0])  # over the limit
+        codes.append(smtp.docmd("MAIL", "FROM:<>")[0])
+        codes.append(smtp.docmd("DATA")[0])  # no RCPT
+        return codes
+
+
+async def test_protocol_errors_get_their_replies(
+    pl: PostlineUnderTest, inbound: InboundListener
+) -> None:
+    codes = await asyncio.to_thread(_protocol_errors, inbound.port)
+    assert codes == [503, 503, 552, 250, 503]
+    assert await unmatched(pl) == []
+
+
 async def test_only_admin_keys_list_unmatched_reports(pl: PostlineUnderTest) -> None:
     response = await pl.client.post(
         "/v1/api-keys", json={"name": "scoped", "domain": "example.test"}, headers=pl.auth()
