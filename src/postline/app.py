@@ -217,10 +217,11 @@ def inbound_listener(services: Services, host: str, port: int) -> InboundListene
     return InboundListener(handler, host, port, settings.hostname)
 
 
-async def start_sandbox(services: Services) -> Simulator:
-    """Start the simulator MX and route the simulator domain to it; its complaints go to
-    the inbound listener, as a mailbox provider's feedback loop would send them."""
-    simulator = Simulator(inbound=services.settings.inbound_host_port)
+async def start_sandbox(services: Services, inbound: tuple[str, int] | None = None) -> Simulator:
+    """Start the simulator MX and route the simulator domain to it. ``inbound``: the
+    inbound listener its complaints go to, as a mailbox provider's feedback loop would
+    send them (None: ``complained@`` is only accepted)."""
+    simulator = Simulator(inbound=inbound)
     await simulator.start()
     services.router.static[SIMULATOR_DOMAIN] = (simulator.host, simulator.port)
     domain = await ensure_domain(services.db, SANDBOX_DOMAIN)

@@ -50,6 +50,11 @@ def listen(host: str, port: int, label: str = "POSTLINE_HTTP_ADDR") -> socket.so
     return sock
 
 
+def _loopback(host: str) -> str:
+    """Where to connect to a server listening on ``host`` from this host."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
 async def serve(
     services: Services,
     *,
@@ -79,7 +84,9 @@ async def serve(
             raise ConfigError(
                 f"POSTLINE_INBOUND_ADDR {addr}: cannot listen ({exc.strerror})"
             ) from None
-    simulator = await start_sandbox(services) if sandbox else None
+    # The simulator files its complaints at this process's own inbound MX, on loopback.
+    complaints_to = (_loopback(inbound.host), inbound.port) if inbound is not None else None
+    simulator = await start_sandbox(services, complaints_to) if sandbox else None
     tasks: list[asyncio.Task[None]] = []
     server: _Server | None = None
     if listener is not None:
