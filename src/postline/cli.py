@@ -225,6 +225,7 @@ def run_parts(settings: Settings, *, api: bool, engine: bool) -> None:
     if api:
         try:
             check_port_free(settings.http_addr, "POSTLINE_HTTP_ADDR")
+            check_port_free(settings.inbound_addr, "POSTLINE_INBOUND_ADDR")
         except ConfigError as exc:
             fail(str(exc), 2)
     migrate_or_exit(settings)
@@ -260,7 +261,7 @@ async def announce(services: Services, ready: asyncio.Event, *, api: bool, engin
     if settings.sandbox:
         typer.echo(
             "Sandbox on: send from anything@sandbox.postline.test to delivered@, "
-            "bounced@, deferred@ or blocked@simulator.postline.test"
+            "bounced@, deferred@, blocked@ or complained@simulator.postline.test"
         )
     if settings.webhook_allow_private and engine:
         typer.echo(
