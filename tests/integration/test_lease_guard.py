@@ -11,17 +11,19 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from sqlalchemy import select
 
 from postline.delivery.lease import LeaseGuard, LeaseLost
 from postline.ids import new_id
 from postline.queue import Job
 from postline.queue.embedded import EmbeddedQueue
 from postline.queue.redis import RedisQueue
+from postline.store.schema import queue_jobs
 from postline.store.types import utcnow
 from tests.harness.polling import poll
 from tests.harness.stores import embedded_queue
@@ -115,3 +117,52 @@ async def test_keep_stops_and_marks_the_lease_lost_when_it_was_taken(
     guard = LeaseGuard(queue, stale, lease_seconds=1.5)  # renews every 0.5 s
     await asyncio.wait_for(guard.keep(), timeout=30)  # returns by itself once lost
     assert guard.lost is True
+
+
+async def lease_until(queue: EmbeddedQueue, job: Job) -> object:
+    async with queue.db.read() as conn:
+        row = (
+            await conn.execute(select(queue_jobs.c.lease_until).where(queue_jobs.c.id == job.id))
+        ).one()
+    return row.lease_until
+
+
+async def test_still_mine_only_looks_at_a_lease_with_most_of_it_left(
+    queue: EmbeddedQueue,
+) -> None:
+    """A lease taken moments ago is confirmed by a read: its row is left as it was (a write
+    per message held up every other writer), and it still ends when it said it would."""
+    await queue.enqueue([a_job()])
+    (leased,) = await queue.lease("w1", 1, 60)
+    before = await lease_until(queue, leased)
+    guard = LeaseGuard(queue, leased, lease_seconds=60)
+    assert await guard.still_mine() is True
+    assert await lease_until(queue, leased) == before
+
+
+async def test_still_mine_renews_a_lease_with_less_than_most_of_it_left(
+    queue: EmbeddedQueue,
+) -> None:
+    """Taken for 30 s and asked about with a 60 s lease: less than two thirds of it are
+    left, so the guard renews it to a whole one."""
+    await queue.enqueue([a_job()])
+    (leased,) = await queue.lease("w1", 1, 30)
+    before = await lease_until(queue, leased)
+    assert await LeaseGuard(queue, leased, lease_seconds=60).still_mine() is True
+    after = await lease_until(queue, leased)
+    assert isinstance(before, datetime) and isinstance(after, datetime)
+    assert after - before >= timedelta(seconds=25)
+
+
+async def test_concurrent_confirmations_share_reads_and_each_get_their_answer(
+    queue: EmbeddedQueue,
+) -> None:
+    """Ten deliveries ask at once, one of them about a job another worker took: each is
+    answered for its own job."""
+    stale, _taken = await taken_over(queue)
+    await queue.enqueue([a_job() for _ in range(9)])
+    mine = await queue.lease("w1", 9, 60)
+    assert len(mine) == 9
+    guards = [LeaseGuard(queue, job, lease_seconds=60) for job in [*mine, stale]]
+    answers = await asyncio.gather(*(guard.still_mine() for guard in guards))
+    assert answers == [True] * 9 + [False]

@@ -142,6 +142,7 @@ STALE_CALLS: dict[str, Callable[[Queue, Job], Awaitable[bool | int]]] = {
     "retry": lambda queue, stale: queue.retry(stale, utcnow() - timedelta(hours=1), []),
     "release": lambda queue, stale: queue.release(stale),
     "extend": lambda queue, stale: queue.extend(stale, 3600),
+    "confirm": lambda queue, stale: queue.confirm(stale, 3600),
     "park": lambda queue, stale: queue.park(stale, utcnow() + timedelta(hours=1)),
 }
 #: The second owner's lease: long enough for the checks made while it holds the job,
@@ -169,15 +170,20 @@ async def test_a_stale_owner_changes_nothing_and_says_so(queue: Queue, call: str
     assert abs(again.due_at - original.due_at) < timedelta(milliseconds=1)
 
 
-async def test_extend_keeps_the_lease(queue: Queue) -> None:
+@pytest.mark.parametrize("renew", ["extend", "confirm"])
+async def test_extend_keeps_the_lease(queue: Queue, renew: str) -> None:
     """Extended, a short lease outlives its first term; its twin, not extended, does not.
+    Confirmed with less than most of a lease left, it is extended just the same.
 
     The lease lives in the queue, not in the (frozen) job the worker holds.
     """
     kept, twin = job(), job("other.test")
     await queue.enqueue([kept, twin])
     leased = {j.id: j for j in await queue.lease("w1", 10, 0.2)}
-    assert await queue.extend(leased[kept.id], 60)
+    if renew == "extend":
+        assert await queue.extend(leased[kept.id], 60)
+    else:
+        assert await queue.confirm(leased[kept.id], 60)
     assert await queue.lease("w2", 10, 60) == []
 
     async def twin_free() -> list[Job]:
@@ -703,7 +709,8 @@ async def test_the_embedded_queue_finishes_a_job_in_the_callers_transaction(
 
 @pytest.mark.parametrize("call", sorted(STALE_CALLS))
 async def test_a_job_nobody_leased_cannot_be_finished(queue: Queue, call: str) -> None:
-    """A job as enqueued (no owner) is nobody's to ack, retry, release, extend or park."""
+    """A job as enqueued (no owner) is nobody's to ack, retry, release, extend, confirm or
+    park."""
     unleased = job()
     await queue.enqueue([unleased])
     assert unleased.lease_owner is None
@@ -736,5 +743,6 @@ async def test_a_finished_lease_is_nobodys(queue: Queue, finish: str) -> None:
     }[finish]
     assert await given_back()
     assert not await queue.extend(leased, 60)
+    assert not await queue.confirm(leased, 60)
     assert not await queue.ack(leased)
     assert await queue.depth() == {"dest.test": 1}

@@ -20,6 +20,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from postline.backoff import Backoff
 from postline.config import Settings
@@ -44,6 +45,7 @@ from postline.store.attempts import recent_attempts
 from postline.store.batching import Batcher
 from postline.store.db import Database
 from postline.store.emails import Email, Recipient
+from postline.store.gathering import GroupRead
 from postline.store.types import utcnow
 
 log = logging.getLogger("postline.engine")
@@ -58,6 +60,11 @@ UNEXPECTED_RETRY_SECONDS = 10.0
 UNEXPECTED_RETRY_CAP_SECONDS = 1800.0
 #: The reason an email.failed event gives when a job kept raising until max_age.
 INTERNAL_ERROR = "internal_error"
+
+#: Deliveries whose reads share one statement at most, and addresses per suppression
+#: lookup: under every driver's limit of bound parameters, whatever the recipients.
+_READ_BATCH = 200
+_SUPPRESSION_CHUNK = 1000
 
 _SUPPRESSED = Outcome(status=RecipientStatus.SUPPRESSED, reason="on the suppression list")
 
@@ -106,6 +113,14 @@ def outcome_for(reply: Reply) -> Outcome:
         bounce_rule=verdict.rule if verdict else None,
         domain_level=verdict.domain_level if verdict else False,
     )
+
+
+class _JobView(NamedTuple):
+    """A job's email (None: deleted), its pending recipients and those suppressed."""
+
+    email: Email | None
+    pending: list[Recipient]
+    suppressed: set[str]
 
 
 @dataclass
@@ -157,6 +172,10 @@ class Engine:
         #: Scheduled recipients whose delivery starts: (email id, recipient ids), activated
         #: before sending, with those of every other delivery starting at the same time.
         self._activator: Batcher[tuple[str, list[str]]] = Batcher(self._activate, name="activator")
+        #: Each delivery's look at the store before sending, shared by those starting together.
+        self._reads: GroupRead[Job, _JobView] = GroupRead(
+            self._read_jobs, name="delivery reads", max_batch=_READ_BATCH
+        )
 
     async def _activate(self, batch: list[tuple[str, list[str]]]) -> None:
         due: dict[str, list[str]] = defaultdict(list)
@@ -363,20 +382,45 @@ class Engine:
         )
         return True
 
+    async def _read_jobs(self, jobs: list[Job]) -> list[_JobView]:
+        """What deliveries starting together need from the store, in one read.
+
+        Their emails, their pending recipients and which of those are suppressed,
+        in three statements (plus one per sending domain) for all of them rather
+        than three each: a delivery costs what its share of the reads does.
+        """
+        now = utcnow()
+        email_ids = sorted({job.email_id for job in jobs})
+        recipients: defaultdict[str, list[Recipient]] = defaultdict(list)
+        async with self.db.read() as conn:
+            emails = {email.id: email for email in await email_store.get_emails(conn, email_ids)}
+            for recipient in await email_store.recipients_of(conn, email_ids):
+                recipients[recipient.email_id].append(recipient)
+            pendings = [_pending(recipients[job.email_id], job) for job in jobs]
+            # Checked again here: an address suppressed while the job waited is not sent to.
+            addresses: defaultdict[str, set[str]] = defaultdict(set)
+            for job, pending in zip(jobs, pendings, strict=True):
+                email = emails.get(job.email_id)
+                if email is not None:
+                    addresses[email.domain_id].update(r.address for r in pending)
+            suppressed: dict[str, set[str]] = {}
+            for domain_id, wanted in addresses.items():
+                ordered = sorted(wanted)
+                found: set[str] = set()
+                for start in range(0, len(ordered), _SUPPRESSION_CHUNK):
+                    chunk = ordered[start : start + _SUPPRESSION_CHUNK]
+                    found |= await email_store.suppressed_addresses(conn, domain_id, chunk, now)
+                suppressed[domain_id] = found
+        views = []
+        for job, pending in zip(jobs, pendings, strict=True):
+            email = emails.get(job.email_id)
+            barred = suppressed.get(email.domain_id, set()) if email is not None else set()
+            views.append(_JobView(email, pending, barred))
+        return views
+
     async def _deliver(self, job: Job, guard: LeaseGuard) -> None:
         now = utcnow()
-        async with self.db.read() as conn:
-            email = await email_store.get_email(conn, job.email_id)
-            recipients = await email_store.get_recipients(conn, job.email_id)
-            pending = _pending(recipients, job)
-            # Checked again here: an address suppressed while the job waited is not sent to.
-            suppressed = (
-                await email_store.suppressed_addresses(
-                    conn, email.domain_id, (r.address for r in pending), now
-                )
-                if email is not None and pending
-                else set()
-            )
+        email, pending, suppressed = await self._reads.get(job)
         retry_at = now + timedelta(seconds=retry_delay(self.settings.retry_delays, job.attempt))
         if email is None or not pending:
             await self.recorder.record(job, [], mx_host=None, duration_ms=0, retry_at=retry_at)

@@ -84,6 +84,12 @@ class Job(Record):
     created_at: datetime | None = field(default=None)
 
 
+#: The share of a lease that must be left for :meth:`Queue.confirm` to answer
+#: without renewing it: the final reply and the recording then have at least
+#: that much time (20 s of the default 30), as long as the heartbeat runs.
+CONFIRM_SHARE = 2 / 3
+
+
 class Queue(ABC):
     #: Whether the queue lives in the same database as the store, so that jobs
     #: can be written in the same transaction as the rows they belong to.
@@ -113,6 +119,18 @@ class Queue(ABC):
     @abstractmethod
     async def extend(self, job: Job, lease_seconds: float) -> bool:
         """Push the lease further out; False if it was lost to another worker."""
+
+    async def confirm(self, job: Job, lease_seconds: float) -> bool:
+        """Whether ``job``'s owner still holds its lease, for long enough to finish.
+
+        Asked before the final dot of every message (``delivery.lease``). True
+        when the lease is the owner's and has at least ``CONFIRM_SHARE`` of
+        ``lease_seconds`` left, or has been renewed to a whole ``lease_seconds``
+        because less was left; False if it was lost. Here: always renewed (an
+        :meth:`extend`). A queue that can look at a lease more cheaply than it
+        can renew one overrides this, and only writes when the lease runs low.
+        """
+        return await self.extend(job, lease_seconds)
 
     @abstractmethod
     async def ack(self, job: Job, conn: AsyncConnection | None = None) -> bool:

@@ -58,9 +58,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from postline.queue.base import Job, Queue, QueueError, Tokens, check_bucket
+from postline.queue.base import CONFIRM_SHARE, Job, Queue, QueueError, Tokens, check_bucket
 from postline.queue.buckets import BucketTaker
 from postline.store.db import Database
+from postline.store.gathering import GroupRead
 from postline.store.schema import queue_jobs as jobs_table
 from postline.store.schema import worker_heartbeats as heartbeats_table
 from postline.store.types import UTCDateTime, utcnow
@@ -246,6 +247,15 @@ def _ack_owned() -> Any:
     return delete(jobs_table).where(
         jobs_table.c.id.in_(bindparam("ids", expanding=True)),
         jobs_table.c.lease_owner == bindparam("owner"),
+    )
+
+
+@functools.cache
+def _leases() -> Any:
+    """The lease of each of the jobs ``ids``: id, owner, until (no row: the job is gone)."""
+    c = jobs_table.c
+    return select(c.id, c.lease_owner, c.lease_until).where(
+        c.id.in_(bindparam("ids", expanding=True))
     )
 
 
@@ -451,6 +461,10 @@ class EmbeddedQueue(Queue):
         #: The last destination read in this round of reads ("": a round begins).
         self._read_from = ""
         self._buckets = BucketTaker(db)
+        #: The leases that ``confirm`` asks about at the same time, read in one go.
+        self._leases: GroupRead[str, tuple[str | None, datetime | None] | None] = GroupRead(
+            self._read_leases, name="lease confirmations"
+        )
 
     async def enqueue(self, jobs: Sequence[Job], conn: AsyncConnection | None = None) -> None:
         if not jobs:
@@ -587,6 +601,36 @@ class EmbeddedQueue(Queue):
                 update(jobs_table).where(self._owned(job)).values(lease_until=until)
             )
         return bool(result.rowcount)
+
+    async def confirm(self, job: Job, lease_seconds: float) -> bool:
+        """A read, not a write, while enough of the lease is left (``Queue.confirm``).
+
+        Every message asks before its final dot, and on SQLite a write holds up
+        every other writer and waits for a sync to disk. Looking is as good as
+        renewing for the answer: the lease is lost exactly when its row names
+        another owner or none (a lease runs out, or a dead owner's is freed, only
+        by another worker's write), and a row that still names this owner with
+        most of its lease ahead stays this owner's for that long while its
+        heartbeat runs, as a renewed one would. The confirmations of concurrent
+        deliveries share one read.
+        """
+        if job.lease_owner is None:
+            return False
+        lease = await self._leases.get(job.id)
+        if lease is None or lease[0] != job.lease_owner:
+            return False
+        until = lease[1]
+        if until is not None and until - utcnow() >= timedelta(
+            seconds=CONFIRM_SHARE * lease_seconds
+        ):
+            return True
+        return await self.extend(job, lease_seconds)
+
+    async def _read_leases(self, ids: list[str]) -> list[tuple[str | None, datetime | None] | None]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(_leases(), {"ids": sorted(set(ids))})
+            found = {row.id: (row.lease_owner, row.lease_until) for row in rows}
+        return [found.get(job_id) for job_id in ids]
 
     async def _run(self, statement: Any, conn: AsyncConnection | None, params: Any = None) -> int:
         """Run ``statement`` in ``conn``, or in a write of its own; how many rows it changed."""
