@@ -21,6 +21,7 @@ from postline.api.server import server_config
 from postline.app import Services, start_sandbox
 from postline.config import ConfigError
 from postline.housekeeping import housekeeping
+from postline.submission.server import SubmissionServer
 
 log = logging.getLogger("postline")
 
@@ -68,6 +69,17 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     simulator = await start_sandbox(services) if sandbox else None
+    # The SMTP door opens with the HTTP one: both accept mail.
+    submission = SubmissionServer(services) if api else None
+    if submission is not None:
+        try:
+            await submission.start()
+        except BaseException:
+            if listener is not None:
+                listener.close()
+            if simulator is not None:
+                await simulator.stop()
+            raise
     tasks: list[asyncio.Task[None]] = []
     server: _Server | None = None
     if listener is not None:
@@ -89,6 +101,8 @@ async def serve(
     log.info("shutting down")
     if server is not None:
         server.should_exit = True
+    if submission is not None:
+        await submission.stop(services.settings.shutdown_timeout)
     await asyncio.gather(*tasks, return_exceptions=True)
     if listener is not None:
         listener.close()

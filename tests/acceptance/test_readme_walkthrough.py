@@ -347,7 +347,11 @@ async def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     try:
         for step in steps:
             if step.terminal == SERVER_TERMINAL:
-                server_env = {**env, "POSTLINE_HTTP_ADDR": f"127.0.0.1:{api_port}"}
+                server_env = {
+                    **env,
+                    "POSTLINE_HTTP_ADDR": f"127.0.0.1:{api_port}",
+                    "POSTLINE_SMTP_ADDR": f"127.0.0.1:{free_port()}",
+                }
                 terminal = await Background.start(step, recipe, root, server_env)
             elif step.terminal != SHELL_TERMINAL:
                 script = fill_in_elided(step.script, outputs)
