@@ -17,9 +17,7 @@ from tests.harness.submission import RawSession, running_submission
 
 Factory = Callable[..., Awaitable[PostlineUnderTest]]
 
-MESSAGE = (
-    b"From: app@example.test\r\nTo: alice@dest.test\r\nSubject: Raw\r\n\r\nHello\r\n.\r\n"
-)
+MESSAGE = b"From: app@example.test\r\nTo: alice@dest.test\r\nSubject: Raw\r\n\r\nHello\r\n.\r\n"
 
 
 def plain(key: str) -> str:

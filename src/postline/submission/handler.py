@@ -123,7 +123,12 @@ class SubmissionHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        if len(envelope.rcpt_tos) >= self.max_recipients:
+        # A message takes a rate-limit token per recipient: more than a full bucket
+        # holds could never be sent, so those recipients are refused here, not after DATA.
+        most = self.max_recipients
+        if self.limiter.enabled:
+            most = min(most, self.limiter.burst)
+        if len(envelope.rcpt_tos) >= most:
             return TOO_MANY_RECIPIENTS
         try:
             recipient = normalize_address(address)
