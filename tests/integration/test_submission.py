@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from postline.keys import create_key
-from tests.harness import FakeMX
+from tests.harness import FakeDNS, FakeMX
+from tests.harness.fake_mx import FakeMXFactory
 from tests.harness.postline import PostlineUnderTest
 from tests.harness.submission import running_submission, smtplib_submit
 
@@ -276,3 +277,28 @@ async def test_the_per_key_rate_limit_is_451_471_with_a_retry_hint(
     assert refused.value.smtp_code == 451
     error = error_text(refused.value)
     assert error.startswith("4.7.1") and re.search(r"try again in \d+ s", error), error
+
+
+async def test_a_bounce_of_submitted_mail_is_reported_to_the_from_address(
+    postline_factory: Factory, fake_dns: FakeDNS, fake_mx: FakeMX, fake_mx_factory: FakeMXFactory
+) -> None:
+    """Submitted mail goes out with the VERP return path, so the DSN cannot go to the
+    envelope: it goes to the From address, as for API mail (and never to Postline's own
+    return path)."""
+    (sender_mx,) = await fake_mx_factory.group("127.0.0.7", port=fake_mx.port)
+    fake_dns.add_mx("example.test", (10, "mx.example.test"))
+    fake_dns.add_a("mx.example.test", "127.0.0.7")
+    pl = await postline_factory(bounce_notifications=True)
+    fake_mx.on_rcpt("gone@dest.test", "550 5.1.1 <gone@dest.test>: no such user")
+    async with running_submission(pl) as listening:
+        _, reply = await submit(
+            listening,
+            pl.admin_key,
+            message(),
+            sender="bounce-handler@example.test",
+            recipients=["gone@dest.test"],
+        )
+    detail = await pl.wait_for_status(email_id_of(reply), ["bounced"])
+    (dsn,) = await sender_mx.wait_for_messages(1)
+    assert dsn.rcpt_tos == ["app@example.test"]
+    assert [n["recipient"] for n in detail["notifications"]] == ["app@example.test"]
