@@ -31,6 +31,9 @@ _KNOWN: tuple[tuple[str, str], ...] = (
     ("502 ", "502 5.5.1 "),
     ("504 ", "504 5.5.4 "),
 )
+#: RFC 5321 4.5.3.1.5: a reply line is at most 512 octets, CRLF included.
+MAX_REPLY = 510
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CODED = re.compile(r"^[245][0-9][0-9][ -][245]\.[0-9]{1,3}\.[0-9]{1,3}(?: |$)")
 #: Replies that never carry a code: the greeting and the STARTTLS go-ahead (220), the
 #: closing 221, AUTH challenges (334) and the go-ahead for DATA (354).
@@ -38,10 +41,18 @@ _EXEMPT = ("220", "221", "334", "354")
 
 
 def enhance(reply: str) -> str:
-    """``reply`` with an enhanced status code, unless it has one or takes none."""
+    """``reply`` with an enhanced status code, unless it has one or takes none; cut to
+    one reply line's length, with no control characters (aiosmtpd echoes an unknown
+    command's name, which is the client's text)."""
+    return _CONTROL.sub("?", _coded(reply))[:MAX_REPLY]
+
+
+def _coded(reply: str) -> str:
     code = reply[:3]
     if _CODED.match(reply) or code in _EXEMPT or not code.isdigit() or code[0] not in "245":
         return reply
+    if reply[3:4] == "-":
+        return reply  # a continuation line: only EHLO's, which carry no codes
     for plain, coded in _KNOWN:
         if reply.startswith(plain):
             rest = reply[len(plain) :]
