@@ -190,13 +190,6 @@ class Settings(BaseSettings):
             parse_host_port(value)
         return value
 
-    @field_validator("submission_idle_timeout", "submission_max_session_seconds")
-    @classmethod
-    def _check_submission_seconds(cls, value: float) -> float:
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError("must be a positive number of seconds")
-        return value
-
     @field_validator("secret_key")
     @classmethod
     def _check_secret_key(cls, value: SecretStr) -> SecretStr:
@@ -294,7 +287,12 @@ class Settings(BaseSettings):
             raise ValueError("must be positive")
         return value
 
-    @field_validator("heartbeat_seconds", "heartbeat_timeout")
+    @field_validator(
+        "heartbeat_seconds",
+        "heartbeat_timeout",
+        "submission_idle_timeout",
+        "submission_max_session_seconds",
+    )
     @classmethod
     def _check_seconds(cls, value: float) -> float:
         if not (math.isfinite(value) and value > 0):

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import socket
 from collections.abc import Iterator
 
 import uvicorn
@@ -19,8 +18,8 @@ import uvicorn
 from postline.api.app import create_api
 from postline.api.server import server_config
 from postline.app import Services, start_sandbox
-from postline.config import ConfigError
 from postline.housekeeping import housekeeping
+from postline.sockets import listen
 from postline.submission.server import SubmissionServer
 
 log = logging.getLogger("postline")
@@ -32,23 +31,6 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-def listen(host: str, port: int, label: str = "POSTLINE_HTTP_ADDR") -> socket.socket:
-    """Bind and listen here, not in uvicorn: a port taken since the start-up check (another
-    instance won the race) is then a ConfigError, not uvicorn's ``sys.exit(3)`` in a task."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets that say so,
-    # and without it every keep-alive request waits for a delayed ACK (~40 ms).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"{label} {host}:{port}: cannot listen ({exc.strerror})") from None
-    return sock
 
 
 async def serve(

@@ -20,6 +20,7 @@ from postline.app import Services
 from postline.config import ConfigError, Settings, parse_host_port
 from postline.keys import Principal, authenticate
 from postline.ratelimit import RateLimiter
+from postline.sockets import listen
 from postline.submission.handler import SubmissionHandler
 from postline.submission.protocol import SessionLimits, SubmissionSMTP
 from postline.submission.tls import TlsMaterial, server_tls
@@ -40,18 +41,7 @@ class Listening:
 
 def bind(addr: str, label: str) -> socket.socket:
     """Bind here, so a taken port is a one-line ConfigError naming its setting."""
-    host, port = parse_host_port(addr)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(512)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"{label} {addr}: cannot listen ({exc.strerror})") from None
-    sock.setblocking(False)
-    return sock
+    return listen(*parse_host_port(addr), label)
 
 
 def limits_from(settings: Settings) -> SessionLimits:
