@@ -302,3 +302,21 @@ async def test_a_bounce_of_submitted_mail_is_reported_to_the_from_address(
     (dsn,) = await sender_mx.wait_for_messages(1)
     assert dsn.rcpt_tos == ["app@example.test"]
     assert [n["recipient"] for n in detail["notifications"]] == ["app@example.test"]
+
+
+async def test_no_address_or_key_in_info_logs_of_a_submission(
+    postline_factory: Factory, fake_mx: FakeMX, production_logging: pytest.LogCaptureFixture
+) -> None:
+    pl = await postline_factory(submission_loopback_plaintext_auth=False)
+    scoped = await create_key(pl.services.db, "app", "example.test")
+    async with running_submission(pl) as listening:
+        _, reply = await submit(listening, scoped.key, message())
+        with pytest.raises(smtplib.SMTPSenderRefused):
+            await submit(listening, scoped.key, message(), sender="x@elsewhere.test")
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            await submit(listening, "pl_wrong", message())
+    await pl.wait_for_status(email_id_of(reply), ["delivered"])
+    logged = "\n".join(r.getMessage() for r in production_logging.records)
+    assert email_id_of(reply) in logged, "the acceptance is logged, by id"
+    for secret in ("app@example.test", "alice@dest.test", "x@elsewhere.test", scoped.key):
+        assert secret not in logged, secret
