@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from tests.harness.postline import PostlineUnderTest
-from tests.harness.submission import RawSession, running_submission
+from tests.harness.submission import RawSession, client_context, running_submission
 
 Factory = Callable[..., Awaitable[PostlineUnderTest]]
 
@@ -147,3 +147,17 @@ async def test_too_many_errors_close_the_connection(postline_factory: Factory) -
         assert third.startswith("535 5.7.8")
         assert (await raw.reply()).startswith("421 4.7.0 Too many errors")
         assert await raw.closed()
+
+
+async def test_commands_sent_with_starttls_are_not_run_after_it(postline_factory: Factory) -> None:
+    """The STARTTLS command injection (CVE-2011-0411 in Postfix): plain text pipelined
+    after STARTTLS must be dropped, not read as if it had come over TLS."""
+    async with session_with(postline_factory, login=False) as (pl, raw):
+        await raw.send(b"STARTTLS\r\nMAIL FROM:<injected@example.test>\r\n")
+        assert (await raw.reply()).startswith("220")
+        pem = pl.settings.data_dir / "smtp-tls.pem"
+        await raw.writer.start_tls(client_context(pem), server_hostname="127.0.0.1")
+        first = await raw.command("EHLO raw.example.test")
+        assert first.startswith("250-"), first  # the EHLO's answer, not the MAIL's
+        assert "250-AUTH LOGIN PLAIN" in first
+        assert (await raw.command("NOOP")).startswith("250 2.0.0")  # nothing else queued
