@@ -170,8 +170,7 @@ class Settings(BaseSettings):
     # needs TLS from every client.
     submission_loopback_plaintext_auth: bool = True
     # Per connection: recipients of one message, 5xx answers before it is closed,
-    # seconds of silence (between commands, and for a whole DATA transfer) and seconds
-    # in all.
+    # seconds of silence and seconds in all.
     submission_max_recipients: int = 1000
     submission_max_errors: int = 10
     submission_idle_timeout: float = 300.0

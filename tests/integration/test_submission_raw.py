@@ -8,6 +8,7 @@ loopback is allowed here (the default), so the sessions need no TLS.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -161,3 +162,19 @@ async def test_commands_sent_with_starttls_are_not_run_after_it(postline_factory
         assert first.startswith("250-"), first  # the EHLO's answer, not the MAIL's
         assert "250-AUTH LOGIN PLAIN" in first
         assert (await raw.command("NOOP")).startswith("250 2.0.0")  # nothing else queued
+
+
+async def test_a_message_still_arriving_outlives_the_idle_timeout(
+    postline_factory: Factory,
+) -> None:
+    """Idle means silent: a message sent slowly, but steadily, is not cut off."""
+    async with session_with(postline_factory, submission_idle_timeout=0.5) as (_, raw):
+        await raw.command("MAIL FROM:<app@example.test>")
+        await raw.command("RCPT TO:<alice@dest.test>")
+        assert (await raw.command("DATA")).startswith("354")
+        await raw.send(b"From: app@example.test\r\nSubject: slow\r\n\r\n")
+        for n in range(6):  # 6 x 0.2 s: more than the timeout in all, never silent for it
+            await asyncio.sleep(0.2)  # the client's pace is what is tested, not a wait
+            await raw.send(f"line {n}\r\n".encode())
+        reply = await raw.command(".")
+        assert reply.startswith("250 2.0.0"), reply

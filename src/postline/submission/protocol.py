@@ -11,9 +11,10 @@ clients and itself:
   synchronously, which would block the loop on the database);
 - an enhanced status code on every reply (``replies.enhance``);
 - limits per connection: after ``max_errors`` 5xx replies it says ``421`` and
-  closes, as Postfix's ``smtpd_hard_error_limit`` does; silence longer than the
-  idle timeout, or a session longer than its maximum, ends with ``421 4.4.2``
-  instead of aiosmtpd's silent close, so the client knows why.
+  closes, as Postfix's ``smtpd_hard_error_limit`` does; silence (nothing
+  received) longer than the idle timeout, or a session longer than its maximum,
+  ends with ``421 4.4.2`` instead of aiosmtpd's silent close, so the client
+  knows why.
 """
 
 from __future__ import annotations
@@ -121,6 +122,13 @@ class SubmissionSMTP(SMTP):
         if self._session_timer is not None:
             self._session_timer.cancel()
         super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        # Idle means silent: a large message still arriving keeps its session, which
+        # aiosmtpd (its timer restarts only on a command) would cut mid-DATA.
+        super().data_received(data)
+        if self.transport is not None:
+            self._reset_timeout()
 
     def _timeout_cb(self) -> None:
         self.close_with(IDLE)
