@@ -8,6 +8,8 @@ import asyncio
 import re
 import signal
 
+import pytest
+
 from tests.acceptance.conftest import Launcher
 from tests.acceptance.harness import Install
 from tests.harness.submission import smtplib_submit
@@ -54,3 +56,21 @@ async def test_smtplib_with_starttls_sends_through_serve_and_it_is_delivered(
     server.signal(signal.SIGTERM)
     assert await server.wait_exit(30) == 0, server.describe()
     assert not any("Traceback" in line for line in server.stderr), server.describe()
+
+
+async def test_postline_api_opens_the_submission_port_too(
+    install: Install, launch: Launcher
+) -> None:
+    """``api`` processes accept mail, so they take it over SMTP as well (``worker`` has
+    no port at all); it is closed again when the process stops."""
+    server = await launch(install, "api")
+    await server.ready()
+    await server.wait_for_line(rf"SMTP submission: 127\.0\.0\.1:{install.smtp_port} ")
+    reader, writer = await asyncio.open_connection("127.0.0.1", install.smtp_port)
+    greeting = await asyncio.wait_for(reader.readline(), 30)
+    assert greeting.startswith(b"220 postline.acceptance.test "), greeting
+    writer.close()
+    server.signal(signal.SIGTERM)
+    assert await server.wait_exit(30) == 0, server.describe()
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", install.smtp_port)
