@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Workers of the parallel phase of `make test`; tests marked solo run after it, alone.
+TEST_WORKERS ?= 2
 # Emails per run of `make bench`.
 BENCH_N ?= 20000
 
@@ -40,7 +42,8 @@ test: $(VENV)/.dev $(NODE_SDK)/node_modules/.package-lock.json
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) -m "not solo" $(PYTEST_ARGS) || test $$? -eq 5
+	$(BIN)/pytest -m solo $(PYTEST_ARGS) || test $$? -eq 5
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

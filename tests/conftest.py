@@ -12,12 +12,19 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 
 from tests.harness.capability import missing
-from tests.harness.fixtures import fake_dns, fake_mx, fake_mx_factory
+from tests.harness.fixtures import fake_dns, fake_mx, fake_mx_factory, receiver
 from tests.harness.forkserver import forget_inherited_forkserver
 from tests.harness.logging_capture import production_logging
 from tests.harness.postline import PostlineUnderTest, postline_factory
 
-__all__ = ["fake_dns", "fake_mx", "fake_mx_factory", "postline_factory", "production_logging"]
+__all__ = [
+    "fake_dns",
+    "fake_mx",
+    "fake_mx_factory",
+    "postline_factory",
+    "production_logging",
+    "receiver",
+]
 
 PG_ADMIN_DSN = os.environ.get("POSTLINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("POSTLINE_TEST_REDIS", "redis://127.0.0.1:6379/0")

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.compose import Composition, Signer, compose
 from postline.ids import new_id
+from postline.inbound.returnpath import ReturnPaths
 from postline.keys import Principal
 from postline.message import Content
 from postline.metrics import Metrics
@@ -130,6 +131,8 @@ class Acceptor:
         #: Where messages are built and signed: never on the event loop (``postline.compose``).
         #: The composition root owns it and shuts it down.
         self.compose_pool = compose_pool
+        #: The VERP envelope sender of API mail, with the token the inbound listener checks.
+        self.return_paths = ReturnPaths.of(db.secrets)
 
     async def _compose_all(self, items: list[Composition]) -> list[bytes]:
         """Build and sign in the pool, all at once: the loop only waits."""
@@ -362,7 +365,7 @@ class Acceptor:
                 "from_address": sub.content.from_address,
                 "envelope_from": sub.envelope_from
                 if sub.envelope_from is not None
-                else f"bounces+{item.email_id}@bounces.{item.domain.name}",
+                else self.return_paths.address(item.email_id, item.domain.name),
                 "subject": sub.content.subject[:1000],
                 "size": len(item.body),
                 "body_ref": item.email_id,

@@ -28,6 +28,8 @@ from postline.delivery.routing import Router
 from postline.delivery.smtp import SmtpDelivery
 from postline.domains import SANDBOX_DOMAIN, SIMULATOR_DOMAIN, ensure_domain
 from postline.events.dispatcher import Dispatcher
+from postline.inbound.apply import InboundReports
+from postline.inbound.listener import InboundHandler, InboundListener
 from postline.keys import create_key
 from postline.metrics import Metrics
 from postline.private_files import permission_warnings
@@ -63,6 +65,8 @@ class Services:
     dispatcher: Dispatcher
     #: Where messages are built and signed, off the event loop; shut down by :meth:`close`.
     compose_pool: Executor
+    #: Applies the late bounces and complaints the inbound listener takes.
+    inbound: InboundReports
 
     @classmethod
     def build(
@@ -135,10 +139,21 @@ class Services:
         dispatcher = Dispatcher(
             db, settings, metrics, router.resolver, clock=clock, transport=webhook_transport
         )
+        inbound = InboundReports(db, metrics, wakeups, acceptor.return_paths, clock=clock)
         wakeups.on_work(engine.wake)
         wakeups.on_events(dispatcher.wake)
         return cls(
-            settings, db, spool, queue, metrics, router, acceptor, engine, dispatcher, compose_pool
+            settings,
+            db,
+            spool,
+            queue,
+            metrics,
+            router,
+            acceptor,
+            engine,
+            dispatcher,
+            compose_pool,
+            inbound,
         )
 
     async def close(self) -> None:
@@ -193,9 +208,20 @@ async def check_reachable(services: Services, timeout: float = 10.0) -> None:
         raise ConfigError(f"POSTLINE_QUEUE_URL: cannot reach the queue ({reason})") from None
 
 
-async def start_sandbox(services: Services) -> Simulator:
-    """Start the simulator MX and route the simulator domain to it."""
-    simulator = Simulator()
+def inbound_listener(services: Services, host: str, port: int) -> InboundListener:
+    """The inbound MX (postline.inbound.listener) for these services, not yet started."""
+    settings = services.settings
+    handler = InboundHandler(
+        services.inbound, services.acceptor.return_paths, settings.fbl_address, services.metrics
+    )
+    return InboundListener(handler, host, port, settings.hostname)
+
+
+async def start_sandbox(services: Services, inbound: tuple[str, int] | None = None) -> Simulator:
+    """Start the simulator MX and route the simulator domain to it. ``inbound``: the
+    inbound listener its complaints go to, as a mailbox provider's feedback loop would
+    send them (None: ``complained@`` is only accepted)."""
+    simulator = Simulator(inbound=inbound)
     await simulator.start()
     services.router.static[SIMULATOR_DOMAIN] = (simulator.host, simulator.port)
     domain = await ensure_domain(services.db, SANDBOX_DOMAIN)

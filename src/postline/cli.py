@@ -226,6 +226,7 @@ def run_parts(settings: Settings, *, api: bool, engine: bool) -> None:
     if api:
         try:
             check_port_free(settings.http_addr, "POSTLINE_HTTP_ADDR")
+            check_port_free(settings.inbound_addr, "POSTLINE_INBOUND_ADDR")
             check_port_free(settings.smtp_addr, "POSTLINE_SMTP_ADDR")
             if settings.submission_tls_addr:
                 check_port_free(settings.submission_tls_addr, "POSTLINE_SUBMISSION_TLS_ADDR")
@@ -266,7 +267,7 @@ async def announce(services: Services, ready: asyncio.Event, *, api: bool, engin
     if settings.sandbox:
         typer.echo(
             "Sandbox on: send from anything@sandbox.postline.test to delivered@, "
-            "bounced@, deferred@ or blocked@simulator.postline.test"
+            "bounced@, deferred@, blocked@ or complained@simulator.postline.test"
         )
     if settings.webhook_allow_private and engine:
         typer.echo(

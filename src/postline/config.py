@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     http_addr: str = "127.0.0.1:8080"
     smtp_addr: str = "127.0.0.1:2587"
     inbound_addr: str = "127.0.0.1:2525"
+    # The feedback-loop address the inbound listener takes complaints at, besides the
+    # return paths; empty: fbl@<POSTLINE_HOSTNAME>.
+    inbound_fbl_address: str = ""
     hostname: str = ""
     dns_nameservers: str = ""
     # A name that must exist: while our resolver cannot find it, its NXDOMAIN and
@@ -188,6 +191,14 @@ class Settings(BaseSettings):
         if value:
             parse_host_port(value)
         return value
+
+    @field_validator("inbound_fbl_address")
+    @classmethod
+    def _check_fbl(cls, value: str) -> str:
+        local, at, domain = value.strip().rpartition("@")
+        if value and (not at or not local or not domain or any(c.isspace() for c in value)):
+            raise ValueError(f"expected an address like fbl@example.com, not {value!r}")
+        return value.strip()
 
     @field_validator("secret_key")
     @classmethod
@@ -364,6 +375,15 @@ class Settings(BaseSettings):
     @property
     def http_host_port(self) -> tuple[str, int]:
         return parse_host_port(self.http_addr)
+
+    @property
+    def inbound_host_port(self) -> tuple[str, int]:
+        return parse_host_port(self.inbound_addr)
+
+    @property
+    def fbl_address(self) -> str:
+        """Where feedback loops send complaints (POSTLINE_INBOUND_FBL_ADDRESS), lower-cased."""
+        return (self.inbound_fbl_address or f"fbl@{self.hostname}").lower()
 
     @property
     def request_limit(self) -> int:

@@ -57,5 +57,19 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.inbound_reports = Counter(
+            "postline_inbound_reports",
+            "Messages taken by the inbound listener, by kind (bounce, complaint, unparsed)"
+            " and result (applied, unmatched)",
+            ["kind", "result"],
+            registry=self.registry,
+        )
+        self.inbound_refused = Counter(
+            "postline_inbound_refused",
+            "RCPTs refused by the inbound listener: not a return path, or a forged token",
+            ["reason"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

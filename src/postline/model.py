@@ -132,6 +132,9 @@ class AttemptScope(StrEnum):
     LOCAL = "local"
     # Deferred without connecting because the destination's breaker was open.
     BREAKER = "breaker"
+    # A late bounce or a complaint mailed back to the return path (postline.inbound):
+    # about one mailbox, after the destination accepted; never counted by a breaker.
+    REPORT = "report"
 
 
 class WebhookDeliveryStatus(StrEnum):

@@ -252,14 +252,17 @@ async def apply_outcome(
         return False
     attempts = recipient.attempts + (1 if attempt is not None and attempt.counted else 0)
     values: dict[str, Any] = {"updated_at": now, "attempts": attempts}
-    if attempt is not None:
+    # A bounce out of a final status is a late report (postline.inbound): the recipient
+    # shows the report's reply and class instead of the 250 it had.
+    late_bounce = current in FINAL_STATUSES and outcome.status is RecipientStatus.BOUNCED
+    if attempt is not None or late_bounce:
         values |= {
             "smtp_code": outcome.smtp_code,
             "enhanced_code": outcome.enhanced_code,
             "response": outcome.response,
             "bounce_type": recipient_bounce_type(outcome),
             "bounce_rule": outcome.bounce_rule,
-            "next_attempt_at": attempt.next_attempt_at,
+            "next_attempt_at": attempt.next_attempt_at if attempt is not None else None,
         }
     moved = await email_store.set_recipient_status(
         conn, recipient.id, outcome.status, allowed_sources(outcome.status), values

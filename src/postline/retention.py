@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from postline.spool.base import Spool
+from postline.store import inbound as inbound_store
 from postline.store import retention as retention_store
 from postline.store.db import Database
 
@@ -110,4 +111,18 @@ async def retention_pass(
     """Both sweeps; ``retention_days`` 0 keeps emails for ever."""
     bodies = await free_bodies(db, spool, now, body_retention_seconds)
     emails = await purge_emails(db, spool, now, retention_days) if retention_days > 0 else 0
+    if retention_days > 0:
+        await purge_unmatched(db, now, retention_days)
     return RetentionReport(bodies, emails)
+
+
+async def purge_unmatched(db: Database, now: datetime, retention_days: float) -> int:
+    """Inbound reports that were never applied (``GET /v1/inbound``) live as long as emails:
+    kept ``retention_days`` after they arrived, then deleted."""
+    async with db.write() as conn:
+        purged = await inbound_store.delete_unmatched_before(
+            conn, now - timedelta(days=retention_days)
+        )
+    if purged:
+        log.info("purged %d unmatched inbound reports older than %g days", purged, retention_days)
+    return purged

@@ -17,7 +17,8 @@ import uvicorn
 
 from postline.api.app import create_api
 from postline.api.server import server_config
-from postline.app import Services, start_sandbox
+from postline.app import Services, inbound_listener, start_sandbox
+from postline.config import ConfigError
 from postline.housekeeping import housekeeping
 from postline.sockets import listen
 from postline.submission.server import SubmissionServer
@@ -31,6 +32,11 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def _loopback(host: str) -> str:
+    """Where to connect to a server listening on ``host`` from this host."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
 
 async def serve(
@@ -50,8 +56,22 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
-    simulator = await start_sandbox(services) if sandbox else None
-    # The SMTP door opens with the HTTP one: both accept mail.
+    # The inbound MX (late bounces and complaints) runs with the API: both face the outside.
+    inbound = inbound_listener(services, *services.settings.inbound_host_port) if api else None
+    if inbound is not None:
+        try:
+            await inbound.start()
+        except OSError as exc:
+            if listener is not None:
+                listener.close()
+            addr = services.settings.inbound_addr
+            raise ConfigError(
+                f"POSTLINE_INBOUND_ADDR {addr}: cannot listen ({exc.strerror})"
+            ) from None
+    # The simulator files its complaints at this process's own inbound MX, on loopback.
+    complaints_to = (_loopback(inbound.host), inbound.port) if inbound is not None else None
+    simulator = await start_sandbox(services, complaints_to) if sandbox else None
+    # The SMTP submission door opens with the HTTP one: both accept mail.
     submission = SubmissionServer(services) if api else None
     if submission is not None:
         try:
@@ -61,6 +81,8 @@ async def serve(
                 listener.close()
             if simulator is not None:
                 await simulator.stop()
+            if inbound is not None:
+                await inbound.stop()
             raise
     tasks: list[asyncio.Task[None]] = []
     server: _Server | None = None
@@ -90,6 +112,8 @@ async def serve(
         listener.close()
     if simulator is not None:
         await simulator.stop()
+    if inbound is not None:
+        await inbound.stop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signum)

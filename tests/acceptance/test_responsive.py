@@ -19,11 +19,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.acceptance.conftest import Launcher
 from tests.acceptance.harness import Install, Server, auth
 from tests.harness.polling import poll
 from tests.harness.raw_http import DEADLINE, read_answer
+
+#: The one wall-clock bound of the suite: run alone (``make test``'s second phase).
+pytestmark = pytest.mark.solo
 
 #: The issue's bound for /healthz while the largest allowed batch is accepted.
 BOUND = 0.100

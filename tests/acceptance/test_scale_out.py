@@ -47,7 +47,7 @@ from tests.integration.test_webhook_dispatch import TrackingReceiver
 
 __all__ = ["private_redis"]  # a fixture, imported for pytest
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.solo]
 
 #: Two destination domains, each with its own MX (same port, different loopback address:
 #: Postline connects to every MX on POSTLINE_DELIVERY_PORT).

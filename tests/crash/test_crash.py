@@ -51,6 +51,9 @@ from tests.harness.fake_dns import FakeDNS
 from tests.harness.fake_mx import FakeMX, FakeMXFactory
 from tests.integration.test_webhook_dispatch import TrackingReceiver
 
+#: Killed processes must settle within a deadline at the defaults: run alone.
+pytestmark = pytest.mark.solo
+
 EMAILS = 2000
 KILLS = 5
 BATCH = 50  # emails per POST /v1/emails/batch

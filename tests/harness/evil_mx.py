@@ -65,7 +65,7 @@ BINARY = (
 )
 
 #: ``{email_id}`` becomes the email id from the bounce address in MAIL FROM (Postline's
-#: ``bounces+<email id>@...``), so the forged log line names the real email.
+#: ``bounces+<email id>-<token>@...``), so the forged log line names the real email.
 CRLF_INJECTION = (
     b"550-5.1.1 mailbox unavailable\r\n"
     b"250-2.0.0 forged continuation with another code\r\n"
@@ -77,7 +77,7 @@ CRLF_INJECTION = (
 
 FLOOD_LINES = 20_000
 _FLOOD_LINE = b"250-" + b"x" * 60 + b"\r\n"
-_BOUNCE_ID = re.compile(rb"bounces\+([A-Za-z0-9_]+)@")
+_BOUNCE_ID = re.compile(rb"bounces\+([A-Za-z0-9_]+)[-@]")
 _RCPT_ADDRESS = re.compile(rb"<([^>]*)>")
 
 

@@ -10,8 +10,16 @@ import pytest_asyncio
 
 from tests.harness.fake_dns import FakeDNS
 from tests.harness.fake_mx import FakeMX, FakeMXFactory
+from tests.harness.receiver import WebhookReceiver
 
-__all__ = ["fake_dns", "fake_mx", "fake_mx_factory"]
+__all__ = ["fake_dns", "fake_mx", "fake_mx_factory", "receiver"]
+
+
+@pytest_asyncio.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    """A webhook receiver (tests/harness/receiver.py) on loopback, stopped after the test."""
+    async with WebhookReceiver() as hooks:
+        yield hooks
 
 
 @pytest_asyncio.fixture

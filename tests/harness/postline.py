@@ -173,7 +173,9 @@ def test_settings(data_dir: Path, **overrides: Any) -> Settings:
         # The fake MXs listen on loopback, which production refuses to deliver to.
         "delivery_allow_private": True,
         "secret_key": TEST_SECRET_KEY,
-        # Any free port: tests that run the supervisor start the submission port too.
+        # supervisor.serve runs the inbound MX and the submission port: on ports of their
+        # own, never the defaults.
+        "inbound_addr": "127.0.0.1:0",
         "smtp_addr": "127.0.0.1:0",
     }
     values.update(overrides)

@@ -26,7 +26,11 @@ async def test_delivered_at_the_mx_with_headers_intact(
     assert [r["status"] for r in detail["recipients"]] == ["delivered"] * 3
     (received,) = await fake_mx.wait_for_messages(1)
     assert sorted(received.rcpt_tos) == ["alice@dest.test", "bob@dest.test", "carol@dest.test"]
-    assert received.mail_from == f"bounces+{sent['id']}@bounces.example.test"
+    # The VERP return path: the email's id and its HMAC token (postline.inbound.returnpath).
+    assert received.mail_from == postline.services.acceptor.return_paths.address(
+        sent["id"], "example.test"
+    )
+    assert received.mail_from.startswith(f"bounces+{sent['id']}-")
     message = received.message
     assert message["Message-ID"] == sent["message_id"]
     assert message["Subject"] == "Quarterly report ✓"

@@ -124,6 +124,8 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("GET", "/v1/api-keys"): Case("admin"),
     ("POST", "/v1/api-keys"): Case("admin", body=lambda w: {"name": "mine", "domain": "b.test"}),
     ("DELETE", "/v1/api-keys/{key_id}"): Case("admin"),
+    # --- inbound reports that could not be applied
+    ("GET", "/v1/inbound"): Case("admin"),
     # --- suppressions
     ("GET", "/v1/suppressions"): Case(
         "list",

@@ -7,23 +7,13 @@ twice in the log, once without the delivery's id. ``cli.setup_logging`` quiets i
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from tests.harness.polling import poll
 from tests.harness.postline import Factory, PostlineUnderTest
 from tests.harness.receiver import WebhookReceiver
-
-
-@pytest_asyncio.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    hooks = WebhookReceiver()
-    await hooks.start()
-    yield hooks
-    await hooks.stop()
 
 
 async def test_each_webhook_attempt_is_one_log_line(

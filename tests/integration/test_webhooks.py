@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,14 +12,6 @@ from standardwebhooks.webhooks import Webhook
 from tests.harness import FakeDNS, FakeMX
 from tests.harness.postline import Factory, PostlineUnderTest
 from tests.harness.receiver import Hook, WebhookReceiver
-
-
-@pytest_asyncio.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    hooks = WebhookReceiver()
-    await hooks.start()
-    yield hooks
-    await hooks.stop()
 
 
 @pytest_asyncio.fixture

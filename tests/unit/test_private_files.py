@@ -25,7 +25,11 @@ def test_a_sealed_value_opens_with_its_key_only() -> None:
         box.open(sealed[:-4] + "AAAA")  # tampered
 
 
-@pytest.mark.parametrize("text", ["", "short", "a" * 44, new_key()[:-4], "é" * 44])
+@pytest.mark.parametrize(
+    "text",
+    ["", "short", "a" * 44, new_key()[:-4], "é" * 44],
+    ids=["empty", "short", "44-a", "truncated-key", "non-ascii"],
+)
 def test_only_32_bytes_of_urlsafe_base64_are_a_key(text: str) -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         check_key(text)

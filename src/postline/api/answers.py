@@ -244,6 +244,28 @@ class SuppressionList(_Page):
     data: list[Suppression]
 
 
+# -- inbound --------------------------------------------------------------------------------
+
+
+class InboundUnmatched(_Answer):
+    object: Literal["inbound_message"]
+    id: str
+    received_at: str | None
+    mail_from: str = Field(description="The envelope sender (empty for a null sender)")
+    rcpt_to: str = Field(description="The return path or feedback address it came to")
+    kind: str | None = Field(description="`bounce` or `complaint`; null: it did not parse")
+    shape: str | None = Field(description="Which format it was read as (`rfc3464`, `arf`...)")
+    reason: str = Field(description="Why it was not applied")
+    email_id: str | None = Field(description="The email it named, when it named one")
+    subject: str | None
+    size: int
+    excerpt: str = Field(description="The message's first 8 KiB, as text")
+
+
+class InboundUnmatchedList(_Page):
+    data: list[InboundUnmatched]
+
+
 # -- webhooks -------------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from postline.api import (
     docs,
     emails,
     health,
+    inbound,
     index,
     problems,
     ratelimit,
@@ -51,6 +52,7 @@ def create_api(services: Services) -> FastAPI:
         webhooks.router,
         destinations.router,
         health.router,
+        inbound.router,
         index.router,
     ):
         app.include_router(responses.declare_problems(router))

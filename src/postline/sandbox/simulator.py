@@ -7,7 +7,8 @@ conversation; only the far end is simulated:
 - ``bounced@``    ``550 5.1.1`` (hard bounce: the address does not exist)
 - ``deferred@``   ``451 4.3.0`` on the first attempt of each email, accepted later
 - ``blocked@``    ``554 5.7.1`` (a policy block)
-- ``complained@`` accepted (the complaint loop comes with the inbound MX)
+- ``complained@`` accepted, then an ARF complaint is mailed to the return path at the
+  inbound listener (``postline.sandbox.complaints``), as a feedback loop would
 - anything else   accepted
 """
 
@@ -15,15 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections import OrderedDict
-from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from postline.domains import SIMULATOR_DOMAIN
-
-log = logging.getLogger("postline.sandbox")
+from postline.sandbox.complaints import file_complaint
+from postline.smtpd import LoopSmtpServer
 
 _REPLIES = {
     "bounced": "550 5.1.1 The email account that you tried to reach does not exist (simulated)",
@@ -34,10 +33,15 @@ _REMEMBERED = 100_000
 
 
 class SimulatorHandler:
-    def __init__(self) -> None:
+    def __init__(self, inbound: tuple[str, int] | None = None) -> None:
         # (envelope sender, recipient) pairs already deferred once; bounded.
         self._deferred: OrderedDict[tuple[str, str], None] = OrderedDict()
         self.accepted = 0
+        #: Where complaints go (the inbound listener); None: complained@ is only accepted.
+        self.inbound = inbound
+        #: Complaints being mailed, kept so that they are not collected mid-flight and
+        #: can be awaited at stop.
+        self.complaints: set[asyncio.Task[None]] = set()
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -60,38 +64,42 @@ class SimulatorHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self.accepted += 1
+        return_path = str(envelope.mail_from or "")
+        if self.inbound is not None and return_path:
+            content = envelope.original_content or b""
+            for address in envelope.rcpt_tos:
+                if address.lower().split("@", 1)[0].split("+", 1)[0] == "complained":
+                    complaint = file_complaint(self.inbound, return_path, address, content)
+                    task = asyncio.create_task(complaint, name="simulated complaint")
+                    self.complaints.add(task)
+                    task.add_done_callback(self.complaints.discard)
         return "250 2.0.0 OK: queued (simulated)"
 
 
-class Simulator:
+class Simulator(LoopSmtpServer):
     """Runs in the caller's event loop on 127.0.0.1 and an ephemeral port."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.host = host
-        self.port = port
-        self.handler = SimulatorHandler()
-        self._server: asyncio.Server | None = None
+    label = "sandbox simulator MX"
 
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, inbound: tuple[str, int] | None = None
+    ) -> None:
+        super().__init__(host, port)
+        self.handler = SimulatorHandler(inbound)
 
-        def factory() -> Any:
-            return SMTP(
-                self.handler,
-                hostname="mx.simulator.postline.test",
-                ident="Postline sandbox simulator",
-                enable_SMTPUTF8=True,
-                data_size_limit=60 * 1024 * 1024,
-                loop=loop,
-            )
-
-        self._server = await loop.create_server(factory, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info("sandbox simulator MX listening on %s:%d", self.host, self.port)
+    def protocol(self, loop: asyncio.AbstractEventLoop) -> SMTP:
+        return SMTP(
+            self.handler,
+            hostname="mx.simulator.postline.test",
+            ident="Postline sandbox simulator",
+            enable_SMTPUTF8=True,
+            data_size_limit=60 * 1024 * 1024,
+            loop=loop,
+        )
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        await super().stop()
+        pending = list(self.handler.complaints)
+        if pending:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), timeout=2)
-            self._server = None
+                await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 5)

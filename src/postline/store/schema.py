@@ -337,3 +337,25 @@ rate_buckets = Table(
     Column("tokens", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
+
+# Mail that reached the inbound listener (postline.inbound) and could not be applied:
+# not a report Postline can read, or about no email or recipient it knows (a purged
+# email included). Kept for the operator (GET /v1/inbound), never dropped silently.
+inbound_unmatched = Table(
+    "inbound_unmatched",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("mail_from", String(320), nullable=False),
+    Column("rcpt_to", String(320), nullable=False),
+    # "bounce" or "complaint" when it parsed; NULL when it did not.
+    Column("kind", String(16), nullable=True),
+    Column("shape", String(16), nullable=True),
+    Column("reason", String(200), nullable=False),
+    # The email the return path or the report named, when it named one.
+    Column("email_id", String(32), nullable=True),
+    Column("subject", String(1000), nullable=True),
+    Column("size", Integer, nullable=False),
+    # The message's first bytes, for the operator to see what it was.
+    Column("excerpt", Text, nullable=False),
+)

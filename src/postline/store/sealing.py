@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 
 from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -56,8 +58,18 @@ class SecretBox:
     """Seals and opens one column value; ``where`` names the key in error messages."""
 
     def __init__(self, key: str, where: str) -> None:
-        self._fernet = Fernet(check_key(key))
+        raw = check_key(key)
+        self._fernet = Fernet(raw)
+        self._derive_from = raw
         self.where = where
+
+    def derive(self, purpose: str) -> bytes:
+        """A key of its own for ``purpose`` (e.g. the return path's HMAC), from the secret key.
+
+        One secret to keep and back up, yet a value signed for one purpose can never
+        be replayed as another's, nor reveal anything about the sealing key.
+        """
+        return hmac.new(self._derive_from, f"postline:{purpose}".encode(), hashlib.sha256).digest()
 
     def seal(self, value: str) -> str:
         if is_sealed(value):

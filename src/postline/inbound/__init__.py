@@ -1,0 +1,1 @@
+"""Mail that comes back: late bounces (DSNs) and complaints (ARF) on the return path."""
