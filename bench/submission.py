@@ -75,6 +75,7 @@ def one_run(args: argparse.Namespace) -> float:
             POSTLINE_DATA_DIR=str(Path(tmp) / "data"),
             POSTLINE_HTTP_ADDR=f"127.0.0.1:{http_port}",
             POSTLINE_SMTP_ADDR=f"127.0.0.1:{smtp_port}",
+            POSTLINE_INBOUND_ADDR="127.0.0.1:0",  # the inbound MX: any free port
             POSTLINE_HOSTNAME="postline.bench.test",
             POSTLINE_RATE_LIMIT_PER_SECOND="0",
             POSTLINE_LOG_LEVEL="WARNING",
