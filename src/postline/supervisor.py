@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Iterator
 
 import uvicorn
@@ -20,6 +21,8 @@ from postline.api.server import server_config
 from postline.app import Services, inbound_listener, start_sandbox
 from postline.config import ConfigError
 from postline.housekeeping import housekeeping
+from postline.inbound.listener import InboundListener
+from postline.sandbox.simulator import Simulator
 from postline.sockets import listen
 from postline.submission.server import SubmissionServer
 
@@ -37,6 +40,19 @@ class _Server(uvicorn.Server):
 def _loopback(host: str) -> str:
     """Where to connect to a server listening on ``host`` from this host."""
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+async def _close(
+    listener: socket.socket | None, simulator: Simulator | None, inbound: InboundListener | None
+) -> None:
+    """Close what ``serve`` opened before its tasks: at the end, or when a later part
+    could not start."""
+    if listener is not None:
+        listener.close()
+    if simulator is not None:
+        await simulator.stop()
+    if inbound is not None:
+        await inbound.stop()
 
 
 async def serve(
@@ -77,12 +93,7 @@ async def serve(
         try:
             await submission.start()
         except BaseException:
-            if listener is not None:
-                listener.close()
-            if simulator is not None:
-                await simulator.stop()
-            if inbound is not None:
-                await inbound.stop()
+            await _close(listener, simulator, inbound)
             raise
     tasks: list[asyncio.Task[None]] = []
     server: _Server | None = None
@@ -108,12 +119,7 @@ async def serve(
     if submission is not None:
         await submission.stop(services.settings.shutdown_timeout)
     await asyncio.gather(*tasks, return_exceptions=True)
-    if listener is not None:
-        listener.close()
-    if simulator is not None:
-        await simulator.stop()
-    if inbound is not None:
-        await inbound.stop()
+    await _close(listener, simulator, inbound)
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signum)
