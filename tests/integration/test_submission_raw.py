@@ -168,13 +168,14 @@ async def test_a_message_still_arriving_outlives_the_idle_timeout(
     postline_factory: Factory,
 ) -> None:
     """Idle means silent: a message sent slowly, but steadily, is not cut off."""
-    async with session_with(postline_factory, submission_idle_timeout=0.5) as (_, raw):
+    # Gaps of 0.3 s against a 3 s timeout: a loaded machine has 2.7 s of slack per gap.
+    async with session_with(postline_factory, submission_idle_timeout=3.0) as (_, raw):
         await raw.command("MAIL FROM:<app@example.test>")
         await raw.command("RCPT TO:<alice@dest.test>")
         assert (await raw.command("DATA")).startswith("354")
         await raw.send(b"From: app@example.test\r\nSubject: slow\r\n\r\n")
-        for n in range(6):  # 6 x 0.2 s: more than the timeout in all, never silent for it
-            await asyncio.sleep(0.2)  # the client's pace is what is tested, not a wait
+        for n in range(14):  # 14 x 0.3 s: more than the timeout in all, never silent for it
+            await asyncio.sleep(0.3)  # the client's pace is what is tested, not a wait
             await raw.send(f"line {n}\r\n".encode())
         reply = await raw.command(".")
         assert reply.startswith("250 2.0.0"), reply

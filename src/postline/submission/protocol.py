@@ -35,7 +35,7 @@ log = logging.getLogger("postline.submission")
 TLS_FIRST = "530 5.7.0 Must issue a STARTTLS command first"
 BAD_KEY = "535 5.7.8 Authentication credentials invalid (the password is an API key)"
 TOO_MANY_ERRORS = "421 4.7.0 Too many errors on this connection, closing it"
-IDLE = "421 4.4.2 Timeout: no command for too long, closing the connection"
+IDLE = "421 4.4.2 Timeout: nothing received for too long, closing the connection"
 TOO_LONG = "421 4.4.2 Session time limit reached, closing the connection"
 
 
