@@ -435,6 +435,7 @@ async def run_postline(topology: str, submission: str, emails: int, dns_port: st
             "POSTLINE_DATA_DIR": tmp,
             "POSTLINE_HTTP_ADDR": f"127.0.0.1:{http_port}",
             "POSTLINE_INBOUND_ADDR": "127.0.0.1:0",  # the inbound MX: any free port
+            "POSTLINE_SMTP_ADDR": "127.0.0.1:0",  # the submission port: any free port
             "POSTLINE_HOSTNAME": "postline.bench.test",
             "POSTLINE_DNS_NAMESERVERS": f"127.0.0.1:{dns_port}",
             "POSTLINE_DNS_CANARY": DOMAINS[0],

@@ -76,6 +76,7 @@ async def one_run(topology: str, workers: int, emails: int, concurrency: int) ->
             "POSTLINE_DATA_DIR": data_dir,
             "POSTLINE_HTTP_ADDR": f"127.0.0.1:{http_port}",
             "POSTLINE_INBOUND_ADDR": "127.0.0.1:0",  # the inbound MX: any free port
+            "POSTLINE_SMTP_ADDR": "127.0.0.1:0",  # the submission port: any free port
             "POSTLINE_RELAY_HOST": f"127.0.0.1:{sink_port}",
             "POSTLINE_CONCURRENCY": str(concurrency),
             "POSTLINE_DESTINATION_CONNECTIONS": str(max(concurrency * workers, 20)),

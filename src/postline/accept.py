@@ -71,6 +71,8 @@ class Submission:
     envelope_from: str | None = None
     #: Mail Postline writes about another email (a DSN): that email's id.
     original_email_id: str | None = None
+    #: SMTP submission: the message's own Message-ID, kept; None: one is added to ``raw``.
+    message_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -184,13 +186,14 @@ class Acceptor:
                     seen.add(recipient.address)
                     recipients.append(recipient)
             email_id = new_id("em_")
-            message_id = f"<{email_id}@{self.hostname}>"
+            message_id = submission.message_id or f"<{email_id}@{self.hostname}>"
+            raw = submission.raw
+            if raw is not None and submission.message_id is None:
+                raw = f"Message-ID: {message_id}\r\n".encode() + raw
             signer = None
             if domain.dkim_private_key:
                 signer = Signer(domain.name, domain.dkim_selector, domain.dkim_private_key)
-            compositions.append(
-                Composition(submission.content, message_id, now, submission.raw, signer)
-            )
+            compositions.append(Composition(submission.content, message_id, now, raw, signer))
             prepared.append(_Prepared(email_id, message_id, domain, submission, b"", recipients))
         bodies = await self._compose_all(compositions)
         for index, (item, body) in enumerate(zip(prepared, bodies, strict=True)):

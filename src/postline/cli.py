@@ -40,6 +40,7 @@ from postline.store import keys as key_store
 from postline.store.domains import Domain
 from postline.store.keys import ApiKey
 from postline.store.migrate import upgrade
+from postline.submission.tls import SELF_SIGNED_FILE
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Postline: transactional email.")
 domains_app = typer.Typer(no_args_is_help=True, help="Sending domains.")
@@ -226,6 +227,9 @@ def run_parts(settings: Settings, *, api: bool, engine: bool) -> None:
         try:
             check_port_free(settings.http_addr, "POSTLINE_HTTP_ADDR")
             check_port_free(settings.inbound_addr, "POSTLINE_INBOUND_ADDR")
+            check_port_free(settings.smtp_addr, "POSTLINE_SMTP_ADDR")
+            if settings.submission_tls_addr:
+                check_port_free(settings.submission_tls_addr, "POSTLINE_SUBMISSION_TLS_ADDR")
         except ConfigError as exc:
             fail(str(exc), 2)
     migrate_or_exit(settings)
@@ -253,6 +257,8 @@ async def announce(services: Services, ready: asyncio.Event, *, api: bool, engin
         # GET /v1 answers an index (api.index) and /docs the API reference, offline.
         base = f"http://{host}:{port}"
         typer.echo(f"Postline is running. API: {base}/v1  Docs: {base}/docs")
+        for line in submission_lines(settings):
+            typer.echo(line)
     if engine and not api:
         typer.echo(
             f"Postline worker is running: concurrency {settings.concurrency}, "
@@ -279,6 +285,24 @@ async def announce(services: Services, ready: asyncio.Event, *, api: bool, engin
     elif first is not None:
         typer.echo(f"Admin API key: written on first run to {first.path}")
     sys.stdout.flush()
+
+
+def submission_lines(settings: Settings) -> list[str]:
+    """Where the SMTP submission port listens, and which certificate it presents."""
+    implicit = (
+        f", implicit TLS on {settings.submission_tls_addr}" if settings.submission_tls_addr else ""
+    )
+    lines = [
+        f"SMTP submission: {settings.smtp_addr} (STARTTLS){implicit}; "
+        "AUTH PLAIN or LOGIN, any user name, an API key as the password"
+    ]
+    if not settings.submission_tls_cert:
+        pem = settings.data_dir / SELF_SIGNED_FILE
+        lines.append(
+            f"SMTP TLS certificate: self-signed, generated in {pem}"
+            "; set POSTLINE_SUBMISSION_TLS_CERT and POSTLINE_SUBMISSION_TLS_KEY for a real one"
+        )
+    return lines
 
 
 @domains_app.command("add")

@@ -163,11 +163,33 @@ class Settings(BaseSettings):
     # Days a final email, its recipients, attempts, events and webhook deliveries are
     # kept before housekeeping purges them; 0 keeps them for ever.
     retention_days: int = 30
+    # SMTP submission (postline.submission) on smtp_addr, with STARTTLS; implicit TLS
+    # (port 465 style) on submission_tls_addr when set. Certificate and key as PEM files;
+    # both empty: a self-signed pair generated into the data dir.
+    submission_tls_addr: str = ""
+    submission_tls_cert: str = ""
+    submission_tls_key: str = ""
+    # AUTH in plain text from loopback (a local application on the same host); off: AUTH
+    # needs TLS from every client.
+    submission_loopback_plaintext_auth: bool = True
+    # Per connection: recipients of one message, 5xx answers before it is closed,
+    # seconds of silence and seconds in all.
+    submission_max_recipients: int = 1000
+    submission_max_errors: int = 10
+    submission_idle_timeout: float = 300.0
+    submission_max_session_seconds: float = 3600.0
 
     @field_validator("http_addr", "smtp_addr", "inbound_addr")
     @classmethod
     def _check_addr(cls, value: str) -> str:
         parse_host_port(value)
+        return value
+
+    @field_validator("submission_tls_addr")
+    @classmethod
+    def _check_optional_addr(cls, value: str) -> str:
+        if value:
+            parse_host_port(value)
         return value
 
     @field_validator("inbound_fbl_address")
@@ -266,6 +288,8 @@ class Settings(BaseSettings):
         "http_header_timeout",
         "http_max_connections",
         "webhooks_per_domain",
+        "submission_max_recipients",
+        "submission_max_errors",
     )
     @classmethod
     def _check_positive(cls, value: int) -> int:
@@ -273,7 +297,12 @@ class Settings(BaseSettings):
             raise ValueError("must be positive")
         return value
 
-    @field_validator("heartbeat_seconds", "heartbeat_timeout")
+    @field_validator(
+        "heartbeat_seconds",
+        "heartbeat_timeout",
+        "submission_idle_timeout",
+        "submission_max_session_seconds",
+    )
     @classmethod
     def _check_seconds(cls, value: float) -> float:
         if not (math.isfinite(value) and value > 0):
@@ -333,6 +362,11 @@ class Settings(BaseSettings):
             # Bodies are shared through the database only for hosts that share one;
             # on SQLite the spool's writes would queue behind the store's single writer.
             raise ValueError("POSTLINE_SPOOL_URL=database needs a PostgreSQL POSTLINE_DATABASE_URL")
+        if bool(self.submission_tls_cert) != bool(self.submission_tls_key):
+            raise ValueError(
+                "POSTLINE_SUBMISSION_TLS_CERT and POSTLINE_SUBMISSION_TLS_KEY go together:"
+                " set both, or neither for a self-signed pair"
+            )
         if self.heartbeat_timeout <= self.heartbeat_seconds:
             # A worker would look dead between two of its own heartbeats.
             raise ValueError("POSTLINE_HEARTBEAT_TIMEOUT must exceed POSTLINE_HEARTBEAT_SECONDS")

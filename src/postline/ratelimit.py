@@ -65,15 +65,16 @@ def describe(rate: float, burst: int) -> str:
 
 
 def smtp_refusal(decision: Decision) -> str:
-    """The SMTP reply refusing a message over the limit (at MAIL FROM).
+    """The SMTP reply refusing a message over the limit (at MAIL FROM, or after DATA
+    for the recipients' tokens).
 
-    ``450 4.7.1``, as Postfix answers its own per-client message rate limit: a
-    temporary refusal of this transaction only, so the client keeps its
-    session and tries again later. Not ``421``, which closes the connection
-    (RFC 5321 4.2.3) and invites a reconnect storm, nor a 5xx, since waiting
-    is all it takes.
+    ``451 4.7.1``: a temporary refusal of this transaction only (RFC 3463 4.7.1,
+    delivery not authorized for now), so the client keeps its session and its
+    message and tries again after the hint. Not ``421``, which closes the
+    connection (RFC 5321 4.2.3) and invites a reconnect storm, nor a 5xx, since
+    waiting is all it takes.
     """
-    return f"450 4.7.1 Rate limit exceeded for this API key; try again in {decision.retry_after} s"
+    return f"451 4.7.1 Rate limit exceeded for this API key; try again in {decision.retry_after} s"
 
 
 class RateLimiter:

@@ -21,6 +21,10 @@ from postline.api.server import server_config
 from postline.app import Services, inbound_listener, start_sandbox
 from postline.config import ConfigError
 from postline.housekeeping import housekeeping
+from postline.inbound.listener import InboundListener
+from postline.sandbox.simulator import Simulator
+from postline.sockets import listen
+from postline.submission.server import SubmissionServer
 
 log = logging.getLogger("postline")
 
@@ -33,26 +37,22 @@ class _Server(uvicorn.Server):
         yield
 
 
-def listen(host: str, port: int, label: str = "POSTLINE_HTTP_ADDR") -> socket.socket:
-    """Bind and listen here, not in uvicorn: a port taken since the start-up check (another
-    instance won the race) is then a ConfigError, not uvicorn's ``sys.exit(3)`` in a task."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets that say so,
-    # and without it every keep-alive request waits for a delayed ACK (~40 ms).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"{label} {host}:{port}: cannot listen ({exc.strerror})") from None
-    return sock
-
-
 def _loopback(host: str) -> str:
     """Where to connect to a server listening on ``host`` from this host."""
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+async def _close(
+    listener: socket.socket | None, simulator: Simulator | None, inbound: InboundListener | None
+) -> None:
+    """Close what ``serve`` opened before its tasks: at the end, or when a later part
+    could not start."""
+    if listener is not None:
+        listener.close()
+    if simulator is not None:
+        await simulator.stop()
+    if inbound is not None:
+        await inbound.stop()
 
 
 async def serve(
@@ -87,6 +87,14 @@ async def serve(
     # The simulator files its complaints at this process's own inbound MX, on loopback.
     complaints_to = (_loopback(inbound.host), inbound.port) if inbound is not None else None
     simulator = await start_sandbox(services, complaints_to) if sandbox else None
+    # The SMTP submission door opens with the HTTP one: both accept mail.
+    submission = SubmissionServer(services) if api else None
+    if submission is not None:
+        try:
+            await submission.start()
+        except BaseException:
+            await _close(listener, simulator, inbound)
+            raise
     tasks: list[asyncio.Task[None]] = []
     server: _Server | None = None
     if listener is not None:
@@ -108,13 +116,10 @@ async def serve(
     log.info("shutting down")
     if server is not None:
         server.should_exit = True
+    if submission is not None:
+        await submission.stop(services.settings.shutdown_timeout)
     await asyncio.gather(*tasks, return_exceptions=True)
-    if listener is not None:
-        listener.close()
-    if simulator is not None:
-        await simulator.stop()
-    if inbound is not None:
-        await inbound.stop()
+    await _close(listener, simulator, inbound)
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signum)

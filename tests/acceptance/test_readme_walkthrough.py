@@ -350,8 +350,9 @@ async def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
                 server_env = {
                     **env,
                     "POSTLINE_HTTP_ADDR": f"127.0.0.1:{api_port}",
-                    # Not the default port: another run may hold it; 0 picks a free one.
+                    # Not the default ports: another run may hold them; 0 picks a free one.
                     "POSTLINE_INBOUND_ADDR": "127.0.0.1:0",
+                    "POSTLINE_SMTP_ADDR": "127.0.0.1:0",
                 }
                 terminal = await Background.start(step, recipe, root, server_env)
             elif step.terminal != SHELL_TERMINAL:

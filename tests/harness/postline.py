@@ -173,8 +173,10 @@ def test_settings(data_dir: Path, **overrides: Any) -> Settings:
         # The fake MXs listen on loopback, which production refuses to deliver to.
         "delivery_allow_private": True,
         "secret_key": TEST_SECRET_KEY,
-        # supervisor.serve runs the inbound MX: on a port of its own, never the default.
+        # supervisor.serve runs the inbound MX and the submission port: on ports of their
+        # own, never the defaults.
         "inbound_addr": "127.0.0.1:0",
+        "smtp_addr": "127.0.0.1:0",
     }
     values.update(overrides)
     return load_settings(**values)

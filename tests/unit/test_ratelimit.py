@@ -55,7 +55,7 @@ async def test_no_limit_checks_nothing(queue: EmbeddedQueue) -> None:
 def test_the_smtp_refusal_is_a_temporary_failure_of_the_transaction() -> None:
     decision = Decision(allowed=False, limit=100, remaining=0, reset=2, retry_after=1)
     assert smtp_refusal(decision) == (
-        "450 4.7.1 Rate limit exceeded for this API key; try again in 1 s"
+        "451 4.7.1 Rate limit exceeded for this API key; try again in 1 s"
     )
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.accept import Acceptor
 from postline.delivery.dsn import FailedRecipient, OriginalMessage, build_dsn, needs_dsn
-from postline.model import EmailSource, RecipientStatus
+from postline.model import RecipientStatus
 from postline.outcomes import Outcome, is_customer_mail
 from postline.queue import Job
 from postline.spool import Spool, SpoolMissing
@@ -66,8 +66,10 @@ class BounceNotifier:
         domain = await domain_store.get_domain(conn, email.domain_id)
         if domain is None or not domain.bounce_notifications:
             return []
-        # The original sender: MAIL FROM of submitted mail, the From address of API mail.
-        notify_to = email.envelope_from if email.source is EmailSource.SMTP else email.from_address
+        # The From address, of API and submitted mail alike: both go out with Postline's
+        # VERP return path (late bounces come back to Postline), so the envelope sender
+        # stored is no mailbox to write to.
+        notify_to = email.from_address
         try:
             body = await self.spool.get(email.body_ref)
         except SpoolMissing:

@@ -1,0 +1,198 @@
+"""The submission port's decisions: who may send what, and handing mail to the acceptor.
+
+Mail taken here becomes a tracked email exactly as ``POST /v1/emails`` makes
+one: the same ``Acceptor.accept`` (body fsynced in the spool and rows committed
+before the ``250``), the same key scopes, the same per-key rate limit, the same
+suppression check per recipient. Each refusal is an SMTP reply with an enhanced
+code a mail client can show its user; no exception text reaches the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from postline.accept import AcceptError, Acceptor, Recipient, Submission
+from postline.keys import Principal
+from postline.message import Content
+from postline.metrics import Metrics
+from postline.model import EmailSource
+from postline.ratelimit import RateLimiter, smtp_refusal
+from postline.spool import SpoolFull
+from postline.store import domains as domain_store
+from postline.store.db import Database
+from postline.store.types import utcnow
+from postline.submission.headers import HeaderError, added_fields, has_bare_lf, read_headers
+from postline.validation import normalize_address
+
+log = logging.getLogger("postline.submission")
+
+AUTH_FIRST = "530 5.7.0 Authentication required"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients for one message"
+BARE_LF = "550 5.6.0 Bare LF in the message: every line must end with CRLF"
+TRY_LATER = "451 4.3.0 Temporary failure, please try again later"
+NO_SPACE = "452 4.3.1 Insufficient system storage, please try again later"
+
+
+class SubmissionHandler:
+    """aiosmtpd handler hooks; one instance serves every session of a listener."""
+
+    def __init__(
+        self,
+        db: Database,
+        acceptor: Acceptor,
+        limiter: RateLimiter,
+        metrics: Metrics,
+        *,
+        max_recipients: int,
+    ) -> None:
+        self.db = db
+        self.acceptor = acceptor
+        self.limiter = limiter
+        self.metrics = metrics
+        self.max_recipients = max_recipients
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        allowed = getattr(server, "may_authenticate", lambda: False)()
+        lines = [r for r in responses[:-1] if allowed or not r.startswith("250-AUTH")]
+        return [*lines, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250 HELP"]
+
+    async def _domain_refusal(self, principal: Principal, address: str, which: str) -> str | None:
+        """Why ``principal`` may not send from ``address``'s domain, or None when it may."""
+        name = address.rpartition("@")[2].lower()
+        async with self.db.read() as conn:
+            row = await domain_store.get_domain_by_name(conn, name)
+        if principal.domain_id is not None and (row is None or row.id != principal.domain_id):
+            return (
+                f"550 5.7.1 The {which} domain {name} is not one this API key may send from"
+                f" (it may send from {principal.domain_name})"
+            )
+        if row is None:
+            return f"550 5.7.1 The {which} domain {name} is not a sending domain of this server"
+        return None
+
+    async def _take_tokens(self, principal: Principal, count: int) -> str | None:
+        if not self.limiter.enabled:
+            return None
+        decision = await self.limiter.check(principal.key_id, EmailSource.SMTP, count=count)
+        if decision is None or decision.allowed:
+            return None
+        return smtp_refusal(decision)
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        principal = session.auth_data if session.authenticated else None
+        if not isinstance(principal, Principal):
+            return AUTH_FIRST
+        try:
+            sender = normalize_address(address)
+        except ValueError:
+            return "553 5.1.7 The envelope sender is not a valid address"
+        refusal = await self._domain_refusal(principal, sender, "envelope sender's")
+        if refusal is None:
+            # The message's own token, taken before its body is sent; the recipients'
+            # after DATA, as the API takes one per recipient.
+            refusal = await self._take_tokens(principal, 1)
+        if refusal is not None:
+            return refusal
+        envelope.mail_from = sender
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Sender OK"
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        # A message takes a rate-limit token per recipient: more than a full bucket
+        # holds could never be sent, so those recipients are refused here, not after DATA.
+        most = self.max_recipients
+        if self.limiter.enabled:
+            most = min(most, self.limiter.burst)
+        if len(envelope.rcpt_tos) >= most:
+            return TOO_MANY_RECIPIENTS
+        try:
+            recipient = normalize_address(address)
+        except ValueError:
+            return "553 5.1.3 The recipient is not a valid address"
+        envelope.rcpt_tos.append(recipient)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Recipient OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        principal = session.auth_data
+        assert isinstance(principal, Principal)  # MAIL needed it
+        started = time.monotonic()
+        raw = envelope.original_content or b""
+        if has_bare_lf(raw):
+            return BARE_LF
+        try:
+            headers = read_headers(raw)
+        except HeaderError as exc:
+            return f"550 5.6.0 {exc}"
+        refusal = await self._domain_refusal(principal, headers.from_address, "From header's")
+        if refusal is None and len(envelope.rcpt_tos) > 1:
+            refusal = await self._take_tokens(principal, len(envelope.rcpt_tos) - 1)
+        if refusal is not None:
+            return refusal
+        to, cc = set(headers.to), set(headers.cc)
+        recipients = [
+            Recipient(a, "to" if a in to else "cc" if a in cc else "bcc") for a in envelope.rcpt_tos
+        ]
+        submission = Submission(
+            content=Content(
+                from_name=headers.from_name,
+                from_address=headers.from_address,
+                to=[r.address for r in recipients if r.kind == "to"],
+                cc=[r.address for r in recipients if r.kind == "cc"],
+                subject=headers.subject,
+            ),
+            recipients=recipients,
+            source=EmailSource.SMTP,
+            raw=added_fields(headers, utcnow()) + raw,
+            message_id=headers.message_id,
+        )
+        try:
+            accepted = (await self.acceptor.accept([submission], principal))[0]
+        except AcceptError as exc:
+            return _refusal(exc)
+        except SpoolFull:
+            return NO_SPACE
+        except Exception as exc:  # the database: the client keeps the message and retries
+            log.warning("a submission could not be accepted: %s", type(exc).__name__)
+            return TRY_LATER
+        self.metrics.accept_seconds.observe(time.monotonic() - started)
+        return f"250 2.0.0 OK: queued as {accepted.id}"
+
+    async def handle_exception(self, error: Exception) -> str:
+        """The database or the spool failed: the client keeps the message and retries."""
+        log.warning("a submission failed: %s", type(error).__name__)
+        return TRY_LATER
+
+
+def _refusal(error: AcceptError) -> str:
+    """An acceptor's refusal (worded for the API) as an SMTP reply."""
+    if error.status == 413:
+        return f"552 5.3.4 Message too big: {error.message}"
+    if error.status in {403, 422} and error.field.endswith("from"):
+        return f"550 5.7.1 {error.message}"
+    return f"554 5.6.0 {error.message}"
