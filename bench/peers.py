@@ -8,13 +8,14 @@ about 5 KB, one recipient each, spread over 10 destination domains):
 - Postline distributed: one ``postline api`` and two ``postline worker`` processes on a
   fresh PostgreSQL database and a fresh Redis key prefix (the database spool);
 
-each Postline topology with submission in batches of 500 on ``POST /v1/emails/batch``
-and then (``--submission both``, the default) with single sends on ``POST /v1/emails``
-from 32 concurrent clients. The receiving MX of all 10 domains is Postfix's C
-``smtp-sink`` on loopback, found by Postline through a DNS server on loopback
-(``mxdns.py``). Postline runs as users run it: a sending domain with its DKIM key
-(every message is signed), a webhook endpoint for ``email.delivered`` (a local
-receiver), rate limits off.
+each Postline topology with submission in batches of 500 on ``POST /v1/emails/batch``,
+then with single sends on ``POST /v1/emails`` from 32 concurrent clients, then through
+the SMTP submission port from 10 concurrent sessions logged in with the API key (as
+many as the ``smtp-source`` processes feeding Postfix); ``--submission`` picks some.
+The receiving MX of all 10 domains is Postfix's C ``smtp-sink`` on loopback, found by
+Postline through a DNS server on loopback (``mxdns.py``). Postline runs as users run it:
+a sending domain with its DKIM key (every message is signed), a webhook endpoint for
+``email.delivered`` (a local receiver), rate limits off.
 
 Per run: accepted/s; end to end/s, from the first submission until the sink counted
 N, every email reads ``delivered`` in the API and the receiver has an
@@ -27,7 +28,7 @@ Everything listens on 127.0.0.1; every file goes to a temporary directory, remov
 at the end. Postfix's daemons start as root: run it as root (it installs Debian's
 postfix package when smtp-sink, smtp-source or postfix is missing).
 
-Usage: .venv/bin/python bench/peers.py [--emails 20000] [--submission both|batch|single]
+Usage: .venv/bin/python bench/peers.py [--emails 20000] [--submission all|both|batch|single|smtp]
        [--topologies postfix embedded distributed]
 """
 
@@ -50,6 +51,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import asyncpg
 import httpx
 import redis.asyncio as aioredis
@@ -259,6 +261,7 @@ class Installation:
     env: dict[str, str]
     data_dir: Path
     http_port: int
+    smtp_port: int
     log: Path
     processes: list[asyncio.subprocess.Process] = field(default_factory=list)
     drains: list[asyncio.Task[None]] = field(default_factory=list)
@@ -394,6 +397,47 @@ async def submit_singles(
     await asyncio.gather(*(sender() for _ in range(CLIENTS)))
 
 
+def smtp_messages(emails: int) -> list[tuple[str, bytes]]:
+    """The workload as (recipient, message bytes) for the submission port, built before
+    the clock starts: what an application hands its SMTP library."""
+    return [
+        (
+            item["to"],
+            (
+                f"From: {item['from']}\r\nTo: {item['to']}\r\nSubject: {item['subject']}\r\n"
+                "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+                + item["text"].replace("\n", "\r\n")
+            ).encode(),
+        )
+        for item in workload(emails)
+    ]
+
+
+async def submit_smtp(
+    port: int, key: str, messages: list[tuple[str, bytes]], accepted: dict[str, float]
+) -> None:
+    """INJECTORS concurrent sessions on the submission port (as many as the smtp-source
+    processes that feed Postfix), each logged in with the API key, taking the next
+    message in turn; the email id is read from each message's 250."""
+    queue = iter(messages)
+
+    async def sender() -> None:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=300)
+        await client.connect()
+        try:
+            await client.login("bench", key)
+            for recipient, message in queue:
+                _, reply = await client.sendmail(f"bench@{SENDER}", [recipient], message)
+                found = re.search(r"\bem_[0-9a-z]+", reply)
+                if found is None:
+                    raise RunFailed(f"the submission port answered {reply[:300]!r}")
+                accepted[found.group()] = time.time()
+        finally:
+            await client.quit()
+
+    await asyncio.gather(*(sender() for _ in range(INJECTORS)))
+
+
 async def api_reads_all_delivered(client: httpx.AsyncClient) -> bool:
     """No email waits in a pending status; one that can no longer be delivered fails the run."""
     for status in (*PENDING, *NEVER_DELIVERED):
@@ -429,13 +473,13 @@ async def run_postline(topology: str, submission: str, emails: int, dns_port: st
     hook_port = free_port()
     receiver: asyncio.subprocess.Process | None = None
     with tempfile.TemporaryDirectory(prefix="postline-bench-") as tmp:
-        http_port = free_port()
+        http_port, smtp_port = free_port(), free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("POSTLINE_")}
         env |= {
             "POSTLINE_DATA_DIR": tmp,
             "POSTLINE_HTTP_ADDR": f"127.0.0.1:{http_port}",
             "POSTLINE_INBOUND_ADDR": "127.0.0.1:0",  # the inbound MX: any free port
-            "POSTLINE_SMTP_ADDR": "127.0.0.1:0",  # the submission port: any free port
+            "POSTLINE_SMTP_ADDR": f"127.0.0.1:{smtp_port}",
             "POSTLINE_HOSTNAME": "postline.bench.test",
             "POSTLINE_DNS_NAMESERVERS": f"127.0.0.1:{dns_port}",
             "POSTLINE_DNS_CANARY": DOMAINS[0],
@@ -445,7 +489,7 @@ async def run_postline(topology: str, submission: str, emails: int, dns_port: st
             "POSTLINE_RATE_LIMIT_PER_SECOND": "0",
             "POSTLINE_LOG_LEVEL": "WARNING",
         }
-        inst = Installation(env, Path(tmp), http_port, Path(tmp) / "postline.log")
+        inst = Installation(env, Path(tmp), http_port, smtp_port, Path(tmp) / "postline.log")
         inst.log.touch(mode=0o600)
         try:
             await sink.start()
@@ -528,7 +572,8 @@ async def measure(
         for response in (domain, webhook):
             if response.status_code != 201:
                 raise RunFailed(f"setup answered {response.status_code}: {response.text[:300]}")
-        bodies = request_bodies(submission, emails)
+        bodies = request_bodies(submission, emails) if submission != "smtp" else []
+        messages = smtp_messages(emails) if submission == "smtp" else []
         accepted: dict[str, float] = {}
         reported = 0
         watch.start()
@@ -538,8 +583,11 @@ async def measure(
         def connect() -> RawClient:
             return RawClient("127.0.0.1", inst.http_port, auth)
 
-        submit = submit_batches if submission == "batch" else submit_singles
-        await submit(connect, bodies, accepted)
+        if submission == "smtp":
+            await submit_smtp(inst.smtp_port, key, messages, accepted)
+        else:
+            submit = submit_batches if submission == "batch" else submit_singles
+            await submit(connect, bodies, accepted)
         result.accepted_per_s = emails / (time.perf_counter() - started)
 
         async def counted() -> bool:
@@ -629,7 +677,9 @@ def report(results: list[Result], emails: int) -> None:
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--emails", type=int, default=20_000)
-    parser.add_argument("--submission", choices=["both", "batch", "single"], default="both")
+    parser.add_argument(
+        "--submission", choices=["all", "both", "batch", "single", "smtp"], default="all"
+    )
     parser.add_argument(
         "--topologies",
         nargs="+",
@@ -647,7 +697,9 @@ async def main() -> int:
     if "postfix" in args.topologies and os.geteuid() != 0:
         print("bench: Postfix's daemons start as root: run make bench as root", file=sys.stderr)
         return 2
-    submissions = ["batch", "single"] if args.submission == "both" else [args.submission]
+    submissions = {"all": ["batch", "single", "smtp"], "both": ["batch", "single"]}.get(
+        args.submission, [args.submission]
+    )
     plan: list[tuple[str, str]] = []
     if "postfix" in args.topologies:
         plan.append(("postfix", "smtp"))
