@@ -39,6 +39,8 @@ from postline.wakeups import Wakeups
 log = logging.getLogger("postline.accept")
 
 MAX_SCHEDULE_AHEAD = timedelta(days=30)
+#: Addresses looked up on the suppression list in one query.
+SUPPRESSION_CHUNK = 5000
 
 
 class AcceptError(Exception):
@@ -326,6 +328,26 @@ class Acceptor:
         self.metrics.emails_accepted.labels(source=EmailSource.DSN).inc()
         return jobs
 
+    async def _suppressed(
+        self, conn: AsyncConnection, prepared: list[_Prepared], now: datetime
+    ) -> set[tuple[str, str]]:
+        """(domain id, address) of every recipient on its domain's suppression list.
+
+        One query per sending domain for the whole batch (in chunks that stay under
+        SQLite's limit on bound values), not one per email.
+        """
+        wanted: dict[str, set[str]] = {}
+        for item in prepared:
+            wanted.setdefault(item.domain.id, set()).update(r.address for r in item.recipients)
+        found: set[tuple[str, str]] = set()
+        for domain_id, addresses in wanted.items():
+            ordered = sorted(addresses)
+            for start in range(0, len(ordered), SUPPRESSION_CHUNK):
+                chunk = ordered[start : start + SUPPRESSION_CHUNK]
+                listed = await email_store.suppressed_addresses(conn, domain_id, chunk, now)
+                found.update((domain_id, address) for address in listed)
+        return found
+
     async def _insert(
         self, conn: AsyncConnection, prepared: list[_Prepared], now: datetime
     ) -> tuple[list[Accepted], list[Job]]:
@@ -335,15 +357,13 @@ class Acceptor:
         email_rows: list[dict[str, Any]] = []
         recipient_rows: list[dict[str, Any]] = []
         event_rows: list[dict[str, Any]] = []
+        suppressed = await self._suppressed(conn, prepared, now)
         for item in prepared:
             sub = item.submission
-            suppressed = await email_store.suppressed_addresses(
-                conn, item.domain.id, (r.address for r in item.recipients), now
-            )
             scheduled = sub.scheduled_at is not None and sub.scheduled_at > now
             pending = RecipientStatus.SCHEDULED if scheduled else RecipientStatus.QUEUED
             statuses = [
-                RecipientStatus.SUPPRESSED if r.address in suppressed else pending
+                RecipientStatus.SUPPRESSED if (item.domain.id, r.address) in suppressed else pending
                 for r in item.recipients
             ]
             email = {
