@@ -32,6 +32,7 @@ from typing import Any
 
 import dns.asyncresolver
 import httpx
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.backoff import Backoff
 from postline.config import Settings
@@ -165,40 +166,42 @@ class Dispatcher:
                     await webhook_store.release_deliveries(conn, left)
 
     async def pass_once(self, work: asyncio.Queue[DueDelivery], *, fan_out: bool = True) -> bool:
-        """Fan out new events and feed due deliveries to the senders; True if it found work."""
-        fanned = await self.fan_out() if fan_out else 0
+        """Fan out new events and feed due deliveries to the senders; True if it found work.
+
+        Both in one transaction: on SQLite every commit is a write lock and an fsync.
+        """
         free = work.maxsize - work.qsize()
-        leased = await self.lease(free) if free > 0 else []
+        if not fan_out and free <= 0:
+            return False
+        now = self.clock()
+        async with self.db.write() as conn:
+            fanned = await self._fan_out(conn, now) if fan_out else 0
+            leased = await self._lease(conn, now, free) if free > 0 else []
         # A full lease: more may be due, so senders with room ask for them at once.
         self._more_due = free > 0 and len(leased) == free
         for row in leased:
             await work.put(row)
         return bool(fanned or leased)
 
-    async def fan_out(self) -> int:
-        now = self.clock()
-        async with self.db.write() as conn:
-            pending = await webhook_store.claim_undispatched(conn, FAN_OUT_BATCH)
-            if not pending:
-                return 0
-            endpoints = await webhook_store.enabled_webhooks(conn)
-            rows = [
-                webhook_store.new_delivery(
-                    delivery_id=new_id("whd_"), event_id=event.id, webhook_id=endpoint.id, now=now
-                )
-                for event in pending
-                for endpoint in endpoints
-                if matches(endpoint, event.type, event.domain_id)
-            ]
-            await webhook_store.insert_deliveries(conn, rows)
-            await webhook_store.mark_dispatched(conn, [e.id for e in pending], now)
+    async def _fan_out(self, conn: AsyncConnection, now: datetime) -> int:
+        pending = await webhook_store.claim_undispatched(conn, FAN_OUT_BATCH)
+        if not pending:
+            return 0
+        endpoints = await webhook_store.enabled_webhooks(conn)
+        rows = [
+            webhook_store.new_delivery(
+                delivery_id=new_id("whd_"), event_id=event.id, webhook_id=endpoint.id, now=now
+            )
+            for event in pending
+            for endpoint in endpoints
+            if matches(endpoint, event.type, event.domain_id)
+        ]
+        await webhook_store.insert_deliveries(conn, rows)
+        await webhook_store.mark_dispatched(conn, [e.id for e in pending], now)
         return len(pending)
 
-    async def lease(self, limit: int) -> list[DueDelivery]:
-        async with self.db.write() as conn:
-            return await webhook_store.lease_due_deliveries(
-                conn, self.clock(), limit, self.lease_time
-            )
+    async def _lease(self, conn: AsyncConnection, now: datetime, limit: int) -> list[DueDelivery]:
+        return await webhook_store.lease_due_deliveries(conn, now, limit, self.lease_time)
 
     async def _sender(
         self, client: httpx.AsyncClient, work: asyncio.Queue[DueDelivery], lane: int
