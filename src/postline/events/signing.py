@@ -51,23 +51,3 @@ class Signers:
         if previous_secret and rotated_at and timestamp - rotated_at < ROTATION_OVERLAP:
             signatures.append(self._key(previous_secret).sign(msg_id, timestamp, body))
         return " ".join(signatures)
-
-
-def signature_header(
-    *,
-    secret: str,
-    previous_secret: str | None,
-    rotated_at: datetime | None,
-    msg_id: str,
-    timestamp: datetime,
-    body: str | bytes,
-) -> str:
-    """``v1,<sig>``, plus the previous secret's signature during the overlap window."""
-    return Signers().header(
-        secret=secret,
-        previous_secret=previous_secret,
-        rotated_at=rotated_at,
-        msg_id=msg_id,
-        timestamp=timestamp,
-        body=body,
-    )
