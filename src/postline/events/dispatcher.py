@@ -177,8 +177,10 @@ class Dispatcher:
         async with self.db.write() as conn:
             fanned = await self._fan_out(conn, now) if fan_out else 0
             leased = await self._lease(conn, now, free) if free > 0 else []
-        # A full lease: more may be due, so senders with room ask for them at once.
-        self._more_due = free > 0 and len(leased) == free
+        if free > 0:
+            # A full lease: more may be due, so senders with room ask for them at once.
+            # (No lease, a full queue: what the last lease said still holds.)
+            self._more_due = len(leased) == free
         for row in leased:
             await work.put(row)
         return bool(fanned or leased)
