@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from postline.compose import Composition, Signer, compose
+from postline.compose import Composition, Signer, compose_many
 from postline.ids import new_id
 from postline.inbound.returnpath import ReturnPaths
 from postline.keys import Principal
@@ -40,6 +40,10 @@ from postline.wakeups import Wakeups
 log = logging.getLogger("postline.accept")
 
 MAX_SCHEDULE_AHEAD = timedelta(days=30)
+#: Emails of a batch built and signed in one trip to a compose worker.
+COMPOSE_CHUNK = 25
+#: Addresses looked up on the suppression list in one query.
+SUPPRESSION_CHUNK = 5000
 
 
 class AcceptError(Exception):
@@ -135,13 +139,17 @@ class Acceptor:
         self.return_paths = ReturnPaths.of(db.secrets)
 
     async def _compose_all(self, items: list[Composition]) -> list[bytes]:
-        """Build and sign in the pool, all at once: the loop only waits."""
+        """Build and sign in the pool, all at once: the loop only waits.
+
+        In chunks (``COMPOSE_CHUNK``), each one trip to a worker, rather than a trip
+        per email; the chunks still spread over every worker of the pool.
+        """
         loop = asyncio.get_running_loop()
-        return list(
-            await asyncio.gather(
-                *(loop.run_in_executor(self.compose_pool, compose, item) for item in items)
-            )
+        chunks = [items[i : i + COMPOSE_CHUNK] for i in range(0, len(items), COMPOSE_CHUNK)]
+        built = await asyncio.gather(
+            *(loop.run_in_executor(self.compose_pool, compose_many, chunk) for chunk in chunks)
         )
+        return [body for chunk in built for body in chunk]
 
     async def _sending_domain(
         self,
@@ -332,6 +340,26 @@ class Acceptor:
         self.metrics.emails_accepted.labels(source=EmailSource.DSN).inc()
         return jobs
 
+    async def _suppressed(
+        self, conn: AsyncConnection, prepared: list[_Prepared], now: datetime
+    ) -> set[tuple[str, str]]:
+        """(domain id, address) of every recipient on its domain's suppression list.
+
+        One query per sending domain for the whole batch (in chunks that stay under
+        SQLite's limit on bound values), not one per email.
+        """
+        wanted: dict[str, set[str]] = {}
+        for item in prepared:
+            wanted.setdefault(item.domain.id, set()).update(r.address for r in item.recipients)
+        found: set[tuple[str, str]] = set()
+        for domain_id, addresses in wanted.items():
+            ordered = sorted(addresses)
+            for start in range(0, len(ordered), SUPPRESSION_CHUNK):
+                chunk = ordered[start : start + SUPPRESSION_CHUNK]
+                listed = await email_store.suppressed_addresses(conn, domain_id, chunk, now)
+                found.update((domain_id, address) for address in listed)
+        return found
+
     async def _insert(
         self, conn: AsyncConnection, prepared: list[_Prepared], now: datetime
     ) -> tuple[list[Accepted], list[Job]]:
@@ -341,15 +369,13 @@ class Acceptor:
         email_rows: list[dict[str, Any]] = []
         recipient_rows: list[dict[str, Any]] = []
         event_rows: list[dict[str, Any]] = []
+        suppressed = await self._suppressed(conn, prepared, now)
         for item in prepared:
             sub = item.submission
-            suppressed = await email_store.suppressed_addresses(
-                conn, item.domain.id, (r.address for r in item.recipients), now
-            )
             scheduled = sub.scheduled_at is not None and sub.scheduled_at > now
             pending = RecipientStatus.SCHEDULED if scheduled else RecipientStatus.QUEUED
             statuses = [
-                RecipientStatus.SUPPRESSED if r.address in suppressed else pending
+                RecipientStatus.SUPPRESSED if (item.domain.id, r.address) in suppressed else pending
                 for r in item.recipients
             ]
             email = {

@@ -75,6 +75,16 @@ def compose(item: Composition) -> bytes:
     return body
 
 
+def compose_many(items: list[Composition]) -> list[bytes]:
+    """:func:`compose` for several: one trip to a worker for all of them.
+
+    A trip costs a future, a pickling each way and a wake-up of the executor's
+    threads on the event loop's side; for a batch of 500 small emails those trips
+    cost the loop more than building the messages cost the worker.
+    """
+    return [compose(item) for item in items]
+
+
 def pool_size() -> int:
     """A worker per core this process may use, but one: the event loop keeps a core.
 

@@ -187,3 +187,31 @@ async def test_an_expiring_suppression_gives_way_to_a_later_or_permanent_one(
         assert await expiry() is None
     finally:
         await db.close()
+
+
+async def test_a_batch_suppresses_per_sending_domain(postline_factory: Factory) -> None:
+    """The batch asks the list once per sending domain: an address suppressed for one
+    domain is suppressed in each of that domain's emails, and not in another domain's."""
+    pl = await postline_factory(engine=False, domains=("example.test", "other.example"))
+    added = await pl.client.post(
+        "/v1/suppressions",
+        json={"address": "gone@dest.test", "domain": "example.test"},
+        headers=pl.auth(),
+    )
+    assert added.status_code == 201, added.text
+    emails = [
+        {"from": "a@example.test", "to": ["gone@dest.test", "fine@dest.test"]},
+        {"from": "b@other.example", "to": ["gone@dest.test"]},
+        {"from": "c@example.test", "to": ["gone@dest.test"]},
+    ]
+    body = [{**email, "subject": "Hi", "text": "Hi"} for email in emails]
+    response = await pl.client.post("/v1/emails/batch", json=body, headers=pl.auth())
+    assert response.status_code == 202, response.text
+    statuses = [
+        {r["address"]: r["status"] for r in item["recipients"]} for item in response.json()["data"]
+    ]
+    assert statuses == [
+        {"gone@dest.test": "suppressed", "fine@dest.test": "queued"},
+        {"gone@dest.test": "queued"},
+        {"gone@dest.test": "suppressed"},
+    ]

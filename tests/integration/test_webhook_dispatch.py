@@ -212,6 +212,27 @@ async def test_backlog_of_10k_drains_once_each_within_the_concurrency_bound(
     await drain_backlog(postline_factory, receivers, BACKLOG)
 
 
+async def test_a_backlog_drains_without_waiting_for_a_poll(
+    postline_factory: Factory, receivers: Receivers
+) -> None:
+    """Senders with room ask for the next lease themselves while more is due: with a poll
+    interval of an hour, a stall waiting for the poll would never end."""
+    count = 300
+    pl = await postline_factory(
+        engine=False, webhook_allow_private=True, webhook_concurrency=4, poll_interval=3600
+    )
+    receiver = await receivers()
+    await register(pl, receiver.url, ["email.delivered"])
+    pl.start_engine()
+    ids = await insert_events(pl, count)  # wakes the dispatcher, as the recorder does
+    await receiver.wait_until(
+        lambda _: len(receiver.acknowledged) >= count, timeout=120, what=f"{count} events"
+    )
+    await pl.stop_engine()
+    assert set(receiver.acknowledged) == set(ids)
+    assert len(receiver.arrivals) == count
+
+
 # --- endpoint health -----------------------------------------------------------------------
 
 

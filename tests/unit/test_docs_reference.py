@@ -30,7 +30,7 @@ from starlette.routing import Mount
 from postline.api.app import create_api
 from postline.app import Services
 from postline.config import Settings
-from postline.events.signing import new_secret, signature_header
+from postline.events.signing import Signers, new_secret
 from tests.harness import postline as harness
 from tests.harness.capability import missing
 
@@ -202,7 +202,7 @@ def signed_delivery(
     headers = {
         "webhook-id": event_id,
         "webhook-timestamp": str(int(now.timestamp())),
-        "webhook-signature": signature_header(
+        "webhook-signature": Signers().header(
             secret=secret,
             previous_secret=previous_secret,
             rotated_at=now - timedelta(hours=1) if previous_secret else None,

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from postline.events.listener import make_app
-from postline.events.signing import new_secret, signature_header
+from postline.events.signing import Signers, new_secret
 
 
 def _signed(secret: str, body: str) -> dict[str, str]:
@@ -17,7 +17,7 @@ def _signed(secret: str, body: str) -> dict[str, str]:
     return {
         "webhook-id": "evt_1",
         "webhook-timestamp": str(int(now.timestamp())),
-        "webhook-signature": signature_header(
+        "webhook-signature": Signers().header(
             secret=secret,
             previous_secret=None,
             rotated_at=None,

@@ -4,9 +4,15 @@ Two steps, both safe with several worker processes at once:
 
 1. fan-out: undispatched events become one ``webhook_deliveries`` row per
    matching enabled endpoint, in the transaction that marks them dispatched;
-2. delivery: due rows are claimed with a lease and handed to a fixed pool of
-   sender tasks (never one task per event); each attempt is recorded, then
-   the row is succeeded, rescheduled or failed.
+2. delivery: due rows are claimed with a lease, in batches, and handed to a
+   fixed pool of sender tasks (never one task per event); each attempt is
+   recorded, then the row is succeeded, rescheduled or failed, many attempts
+   to one transaction (group commit).
+
+Per delivery the hot path does no more than it must: one long-lived client over
+small connection pools (``events.lanes``), the endpoint's checked address kept
+for its DNS TTL (``events.ssrf.Targets``), its secret decoded once
+(``events.signing.Signers``).
 
 The webhook-id (and the same svix-id) is the event id, the same on every
 retry, so receivers can deduplicate.
@@ -31,8 +37,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from postline.backoff import Backoff
 from postline.config import Settings
 from postline.delivery.replies import sanitize
-from postline.events.signing import signature_header
-from postline.events.ssrf import UnsafeURL, checked_addresses, split_url
+from postline.events.lanes import LANE, LaneTransport
+from postline.events.signing import Signers
+from postline.events.ssrf import Targets, UnsafeURL
 from postline.ids import new_id
 from postline.metrics import Metrics
 from postline.model import WebhookDeliveryStatus
@@ -40,7 +47,7 @@ from postline.store import webhooks as webhook_store
 from postline.store.batching import Batcher
 from postline.store.db import Database
 from postline.store.types import Clock, utcnow
-from postline.store.webhooks import DueDelivery, Webhook
+from postline.store.webhooks import DueDelivery, FinishedAttempt, Webhook
 
 log = logging.getLogger("postline.webhooks")
 
@@ -48,6 +55,7 @@ FAN_OUT_BATCH = 500
 MAX_RETRY_AFTER = 24 * 3600.0
 #: Every delivery carries ``<prefix>-id``, ``<prefix>-timestamp`` and ``<prefix>-signature``.
 SIGNATURE_HEADER_PREFIXES = ("webhook", "svix")
+USER_AGENT = "Postline-Webhooks/1"
 
 
 def matches(webhook: Webhook, event_type: str, domain_id: str | None) -> bool:
@@ -90,7 +98,13 @@ class Dispatcher:
         self.resolver = resolver
         self.clock = clock
         self.transport = transport
+        self.targets = Targets(resolver, allow_private=settings.webhook_allow_private)
+        self.signers = Signers()
+        self._timeout = httpx.Timeout(settings.webhook_timeout).as_dict()
         self._wake = asyncio.Event()
+        # Set by wake(): events or deliveries may be waiting (new ones, a replay).
+        self._events = asyncio.Event()
+        self._more_due = False  # the last lease took all it asked for
         # Long enough for one POST and its recording; short enough that a crashed
         # worker's deliveries are picked up again soon.
         self.lease_time = timedelta(seconds=settings.webhook_timeout * 2 + 10)
@@ -99,35 +113,41 @@ class Dispatcher:
         )
 
     def wake(self) -> None:
+        self._events.set()
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         size = self.settings.webhook_concurrency
         work: asyncio.Queue[DueDelivery] = asyncio.Queue(maxsize=size)
+        # One client for the life of the process: keep-alive connections, one TLS context.
+        # Requests reach it whole (``attempt``): headers, timeout and lane are theirs.
         async with httpx.AsyncClient(
-            transport=self.transport,
-            timeout=self.settings.webhook_timeout,
-            follow_redirects=False,
-            headers={"User-Agent": "Postline-Webhooks/1"},
+            transport=self.transport or LaneTransport(size), follow_redirects=False
         ) as client:
             senders = [
-                asyncio.create_task(self._sender(client, work), name=f"webhook-sender-{i}")
+                asyncio.create_task(self._sender(client, work, i), name=f"webhook-sender-{i}")
                 for i in range(size)
             ]
             backoff = Backoff("webhook dispatch")
+            fan_out = True
             try:
                 while not stop.is_set():
                     wait = self.settings.poll_interval
+                    if fan_out:
+                        self._events.clear()  # what arrives from now on waits for the next pass
                     try:
-                        busy = await self.pass_once(work)
+                        busy = await self.pass_once(work, fan_out=fan_out)
                         backoff.succeeded()
                     except Exception as exc:
                         busy, wait = False, backoff.failed(exc)
+                    fan_out = True
                     if busy:
                         continue
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(_first(self._wake.wait(), stop.wait()), timeout=wait)
+                        # Woken only because senders have room for more: lease, no fan-out.
+                        fan_out = self._events.is_set()
                 # Let the senders finish what they hold; what is left is released.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(work.join(), timeout=self.settings.shutdown_timeout)
@@ -145,94 +165,111 @@ class Dispatcher:
                 async with self.db.write() as conn:
                     await webhook_store.release_deliveries(conn, left)
 
-    async def pass_once(self, work: asyncio.Queue[DueDelivery]) -> bool:
-        """Fan out new events and feed due deliveries to the senders; True if it found work."""
-        fanned = await self.fan_out()
+    async def pass_once(self, work: asyncio.Queue[DueDelivery], *, fan_out: bool = True) -> bool:
+        """Fan out new events and feed due deliveries to the senders; True if it found work.
+
+        Both in one transaction: on SQLite every commit is a write lock and an fsync.
+        """
         free = work.maxsize - work.qsize()
-        leased = await self.lease(free) if free > 0 else []
+        if not fan_out and free <= 0:
+            return False
+        now = self.clock()
+        async with self.db.write() as conn:
+            fanned = await self._fan_out(conn, now) if fan_out else 0
+            leased = await self._lease(conn, now, free) if free > 0 else []
+        if free > 0:
+            # A full lease: more may be due, so senders with room ask for them at once.
+            # (No lease, a full queue: what the last lease said still holds.)
+            self._more_due = len(leased) == free
         for row in leased:
             await work.put(row)
         return bool(fanned or leased)
 
-    async def fan_out(self) -> int:
-        now = self.clock()
-        async with self.db.write() as conn:
-            pending = await webhook_store.claim_undispatched(conn, FAN_OUT_BATCH)
-            if not pending:
-                return 0
-            endpoints = await webhook_store.enabled_webhooks(conn)
-            rows = [
-                webhook_store.new_delivery(
-                    delivery_id=new_id("whd_"), event_id=event.id, webhook_id=endpoint.id, now=now
-                )
-                for event in pending
-                for endpoint in endpoints
-                if matches(endpoint, event.type, event.domain_id)
-            ]
-            await webhook_store.insert_deliveries(conn, rows)
-            await webhook_store.mark_dispatched(conn, [e.id for e in pending], now)
+    async def _fan_out(self, conn: AsyncConnection, now: datetime) -> int:
+        pending = await webhook_store.claim_undispatched(conn, FAN_OUT_BATCH)
+        if not pending:
+            return 0
+        endpoints = await webhook_store.enabled_webhooks(conn)
+        rows = [
+            webhook_store.new_delivery(
+                delivery_id=new_id("whd_"), event_id=event.id, webhook_id=endpoint.id, now=now
+            )
+            for event in pending
+            for endpoint in endpoints
+            if matches(endpoint, event.type, event.domain_id)
+        ]
+        await webhook_store.insert_deliveries(conn, rows)
+        await webhook_store.mark_dispatched(conn, [e.id for e in pending], now)
         return len(pending)
 
-    async def lease(self, limit: int) -> list[DueDelivery]:
-        async with self.db.write() as conn:
-            return await webhook_store.lease_due_deliveries(
-                conn, self.clock(), limit, self.lease_time
-            )
+    async def _lease(self, conn: AsyncConnection, now: datetime, limit: int) -> list[DueDelivery]:
+        return await webhook_store.lease_due_deliveries(conn, now, limit, self.lease_time)
 
-    async def _sender(self, client: httpx.AsyncClient, work: asyncio.Queue[DueDelivery]) -> None:
+    async def _sender(
+        self, client: httpx.AsyncClient, work: asyncio.Queue[DueDelivery], lane: int
+    ) -> None:
+        low_water = work.maxsize // 2
         while True:
             row = await work.get()
             try:
-                await self.deliver(client, row)
+                await self.deliver(client, row, lane)
             except Exception:
                 log.exception("webhook delivery %s failed unexpectedly", row.id)
             finally:
                 work.task_done()
-                self._wake.set()  # a slot is free: lease more now, not at the next poll
+                # Half the slots free and more due: lease now, not at the next poll, and a
+                # batch of them rather than one lease (a write transaction) per delivery.
+                if self._more_due and work.qsize() <= low_water:
+                    self._wake.set()
 
-    async def deliver(self, client: httpx.AsyncClient, row: DueDelivery) -> None:
+    async def deliver(self, client: httpx.AsyncClient, row: DueDelivery, lane: int = 0) -> None:
         if not row.enabled:
             return  # the lease lapses; the row waits until the endpoint is enabled again
-        result = await self.attempt(client, row)
+        result = await self.attempt(client, row, lane)
         await self.record(row, result)
 
-    async def attempt(self, client: httpx.AsyncClient, row: DueDelivery) -> AttemptResult:
+    async def attempt(
+        self, client: httpx.AsyncClient, row: DueDelivery, lane: int = 0
+    ) -> AttemptResult:
         started = time.monotonic()
-        body = json.dumps(row.payload, separators=(",", ":"))
+        body = json.dumps(row.payload, separators=(",", ":")).encode()
         now = self.clock()
         try:
-            addresses = await checked_addresses(
-                row.url, self.resolver, allow_private=self.settings.webhook_allow_private
-            )
+            target = await self.targets.get(row.url)
         except UnsafeURL as exc:
             return AttemptResult(None, None, f"refused: {exc}", 0)
-        scheme, host, port = split_url(row.url)
-        signed = {
-            "id": row.event_id,
-            "timestamp": str(int(now.timestamp())),
-            "signature": signature_header(
-                secret=row.secret,
-                previous_secret=row.previous_secret,
-                rotated_at=row.secret_rotated_at,
-                msg_id=row.event_id,
-                timestamp=now,
-                body=body,
-            ),
-        }
+        timestamp = str(int(now.timestamp()))
+        signature = self.signers.header(
+            secret=row.secret,
+            previous_secret=row.previous_secret,
+            rotated_at=row.secret_rotated_at,
+            msg_id=row.event_id,
+            timestamp=now,
+            body=body,
+        )
         # The same signature under both names: Standard Webhooks' webhook-* and the
         # svix-* that receivers written for Resend (the svix library) look for.
-        headers = {"content-type": "application/json"}
+        # Host (and TLS SNI) name the endpoint; the URL is its checked address.
+        headers = [
+            ("host", target.host_header),
+            ("user-agent", USER_AGENT),
+            ("content-type", "application/json"),
+        ]
         for prefix in SIGNATURE_HEADER_PREFIXES:
-            headers |= {f"{prefix}-{name}": value for name, value in signed.items()}
-        # Connect to the address that passed the check (no second look-up to rebind),
-        # while Host and TLS SNI still name the endpoint.
-        pinned = httpx.URL(row.url).copy_with(host=addresses[0])
-        headers["host"] = host if port in (80, 443) else f"{host}:{port}"
-        extensions = {"sni_hostname": host} if scheme == "https" else {}
+            headers += [
+                (f"{prefix}-id", row.event_id),
+                (f"{prefix}-timestamp", timestamp),
+                (f"{prefix}-signature", signature),
+            ]
+        extensions: dict[str, Any] = {"timeout": self._timeout, LANE: lane}
+        if target.sni_hostname is not None:
+            extensions["sni_hostname"] = target.sni_hostname
+        # Built whole and sent as is: the client adds no cookies and merges nothing.
+        request = httpx.Request(
+            "POST", target.url, content=body, headers=headers, extensions=extensions
+        )
         try:
-            response = await client.post(
-                pinned, content=body.encode(), headers=headers, extensions=extensions
-            )
+            response = await client.send(request)
         except httpx.HTTPError as exc:
             return AttemptResult(None, None, sanitize(f"{type(exc).__name__}: {exc}"), _ms(started))
         return AttemptResult(
@@ -247,27 +284,38 @@ class Dispatcher:
         await self._batcher.submit((row, result))
 
     async def _write(self, batch: list[tuple[DueDelivery, AttemptResult]]) -> None:
-        """Record a batch of attempts in one transaction (group commit)."""
+        """Record a batch of attempts in one transaction (group commit): one statement for
+        the deliveries, one for the attempts, one per endpoint whose health changed."""
         now = self.clock()
-        outcomes = []
+        finished = [self._finished(row, result, now) for row, result in batch]
+        health: dict[str, dict[str, Any]] = {}
+        disabled: dict[str, str] = {}
+        for row, result in batch:
+            change = self._endpoint_health(row, result, now)
+            if change:
+                # In batch order, as one statement per attempt would have left it.
+                health.setdefault(row.webhook_id, {}).update(change)
+                if change.get("enabled") is False:
+                    disabled[row.webhook_id] = change["disabled_reason"]
         async with self.db.write() as conn:
-            for row, result in batch:
-                status, attempts = await self._record_one(conn, row, result, now)
-                outcomes.append((row, result, status, attempts))
-        for row, result, status, attempts in outcomes:
+            await webhook_store.finish_attempts(conn, finished, now)
+            for webhook_id, values in health.items():
+                await webhook_store.update_webhook(conn, webhook_id, values)
+        for webhook_id, reason in disabled.items():
+            log.warning("webhook_id=%s disabled: %s", webhook_id, reason)
+        for (row, result), done in zip(batch, finished, strict=True):
             self.metrics.webhook_attempts.labels(outcome="ok" if result.ok else "error").inc()
             log.info(
                 "webhook delivery_id=%s event_id=%s attempt=%d code=%s status=%s",
                 row.id,
                 row.event_id,
-                attempts,
+                done.attempts,
                 result.code,
-                status,
+                done.status,
             )
 
-    async def _record_one(
-        self, conn: AsyncConnection, row: DueDelivery, result: AttemptResult, now: datetime
-    ) -> tuple[WebhookDeliveryStatus, int]:
+    def _finished(self, row: DueDelivery, result: AttemptResult, now: datetime) -> FinishedAttempt:
+        """The delivery's state after this attempt: succeeded, due again later, or failed."""
         attempts = row.attempts + 1
         delays = self.settings.webhook_retry_delays
         status: WebhookDeliveryStatus
@@ -281,8 +329,7 @@ class Dispatcher:
             if result.retry_after is not None:
                 delay = max(delay, result.retry_after)
             status, next_at = WebhookDeliveryStatus.PENDING, now + timedelta(seconds=delay)
-        await webhook_store.finish_attempt(
-            conn,
+        return FinishedAttempt(
             delivery_id=row.id,
             status=status,
             attempts=attempts,
@@ -291,36 +338,28 @@ class Dispatcher:
             response_body=result.body,
             error=result.error,
             duration_ms=result.duration_ms,
-            now=now,
         )
-        await self._endpoint_health(conn, row, result, now)
-        return status, attempts
 
-    async def _endpoint_health(
-        self, conn: AsyncConnection, row: DueDelivery, result: AttemptResult, now: datetime
-    ) -> None:
-        """Track continuous failure; disable on 410 or after the configured period."""
+    def _endpoint_health(
+        self, row: DueDelivery, result: AttemptResult, now: datetime
+    ) -> dict[str, Any]:
+        """The endpoint's columns to change after this attempt (none: nothing changes).
+
+        Continuous failure is tracked from its first attempt; the endpoint is disabled
+        on 410 or once it has failed for the configured period."""
         if result.ok:
-            if row.failing_since is not None:
-                await webhook_store.update_webhook(conn, row.webhook_id, {"failing_since": None})
-            return
+            return {"failing_since": None} if row.failing_since is not None else {}
         if result.code == 410:
             reason = "the endpoint answered 410 Gone"
         elif row.failing_since is None:
-            await webhook_store.update_webhook(conn, row.webhook_id, {"failing_since": now})
-            return
+            return {"failing_since": now}
         elif (now - row.failing_since).total_seconds() >= (
             self.settings.webhook_disable_after_seconds
         ):
             reason = f"failing continuously since {row.failing_since.isoformat()}"
         else:
-            return
-        await webhook_store.update_webhook(
-            conn,
-            row.webhook_id,
-            {"enabled": False, "disabled_reason": reason, "updated_at": now},
-        )
-        log.warning("webhook_id=%s disabled: %s", row.webhook_id, reason)
+            return {}
+        return {"enabled": False, "disabled_reason": reason, "updated_at": now}
 
 
 def _ms(started: float) -> int:

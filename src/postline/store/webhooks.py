@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -247,41 +247,69 @@ async def lease_due_deliveries(
     return [DueDelivery.from_mapping(_opened(conn, row)) for row in rows]
 
 
-async def finish_attempt(
-    conn: AsyncConnection,
-    *,
-    delivery_id: str,
-    status: WebhookDeliveryStatus,
-    attempts: int,
-    next_attempt_at: datetime | None,
-    response_code: int | None,
-    response_body: str | None,
-    error: str | None,
-    duration_ms: int,
-    now: datetime,
+@dataclass(frozen=True, slots=True)
+class FinishedAttempt:
+    """One attempt's result, for :func:`finish_attempts`."""
+
+    delivery_id: str
+    status: WebhookDeliveryStatus
+    attempts: int
+    next_attempt_at: datetime | None
+    response_code: int | None
+    response_body: str | None
+    error: str | None
+    duration_ms: int
+
+
+_FINISH = (
+    update(webhook_deliveries)
+    .where(webhook_deliveries.c.id == bindparam("b_id"))
+    .values(
+        status=bindparam("b_status"),
+        attempts=bindparam("b_attempts"),
+        next_attempt_at=bindparam("b_next_attempt_at"),
+        lease_until=None,
+        response_code=bindparam("b_response_code"),
+        response_body=bindparam("b_response_body"),
+        updated_at=bindparam("b_now"),
+    )
+)
+
+
+async def finish_attempts(
+    conn: AsyncConnection, finished: Sequence[FinishedAttempt], now: datetime
 ) -> None:
+    """Record attempts and their deliveries' new state: two statements for the lot."""
+    if not finished:
+        return
     await conn.execute(
-        update(webhook_deliveries)
-        .where(webhook_deliveries.c.id == delivery_id)
-        .values(
-            status=str(status),
-            attempts=attempts,
-            next_attempt_at=next_attempt_at,
-            lease_until=None,
-            response_code=response_code,
-            response_body=response_body,
-            updated_at=now,
-        )
+        _FINISH,
+        [
+            {
+                "b_id": f.delivery_id,
+                "b_status": str(f.status),
+                "b_attempts": f.attempts,
+                "b_next_attempt_at": f.next_attempt_at,
+                "b_response_code": f.response_code,
+                "b_response_body": f.response_body,
+                "b_now": now,
+            }
+            for f in finished
+        ],
     )
     await conn.execute(
-        insert(webhook_attempts).values(
-            delivery_id=delivery_id,
-            response_code=response_code,
-            response_body=response_body,
-            error=error,
-            duration_ms=duration_ms,
-            created_at=now,
-        )
+        insert(webhook_attempts),
+        [
+            {
+                "delivery_id": f.delivery_id,
+                "response_code": f.response_code,
+                "response_body": f.response_body,
+                "error": f.error,
+                "duration_ms": f.duration_ms,
+                "created_at": now,
+            }
+            for f in finished
+        ],
     )
 
 

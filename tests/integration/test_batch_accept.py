@@ -1,0 +1,33 @@
+"""A batch larger than one compose chunk: every email's message is its own, in order."""
+
+from __future__ import annotations
+
+from postline.accept import COMPOSE_CHUNK
+from tests.harness.postline import Factory
+
+
+async def test_each_email_of_a_batch_gets_its_own_message(postline_factory: Factory) -> None:
+    pl = await postline_factory(engine=False)
+    count = 2 * COMPOSE_CHUNK + 3  # three chunks, the last one short
+    body = [
+        {
+            "from": "sender@example.test",
+            "to": [f"r{i}@dest.test"],
+            "subject": f"number {i}",
+            "text": f"body {i}",
+        }
+        for i in range(count)
+    ]
+    response = await pl.client.post("/v1/emails/batch", json=body, headers=pl.auth())
+    assert response.status_code == 202, response.text
+    accepted = response.json()["data"]
+    assert [item["recipients"][0]["address"] for item in accepted] == [
+        f"r{i}@dest.test" for i in range(count)
+    ]
+    for i in (0, COMPOSE_CHUNK - 1, COMPOSE_CHUNK, count - 1):
+        raw = await pl.client.get(f"/v1/emails/{accepted[i]['id']}/content", headers=pl.auth())
+        assert raw.status_code == 200, raw.text
+        message = raw.content
+        assert f"Subject: number {i}\r\n".encode() in message
+        assert f"Message-ID: <{accepted[i]['id']}@".encode() in message
+        assert b"DKIM-Signature:" in message
