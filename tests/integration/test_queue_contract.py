@@ -287,6 +287,20 @@ async def test_a_retired_owners_job_is_free_at_the_next_recovery(queue: Queue) -
     assert again.id == leased.id
 
 
+async def test_a_retired_owners_job_is_free_whatever_its_hosts_name(queue: Queue) -> None:
+    """An engine's owner is ``<hostname>:<id>``: a container's hostname starts with a
+    digit, a desktop's often with a capital. (Mutation testing: a check for "has an
+    owner" turned into one on the owner's first letters still passed every test.)"""
+    owners = [f"{host}:{new_id()}" for host in ("4f9c2a1b7d3e", "DESKTOP-7", "mx-1")]
+    await queue.enqueue([job(f"d{i}.test") for i in range(len(owners))])
+    for owner in owners:
+        await queue.beat(owner, 60)
+        assert len(await queue.lease(owner, 1, 3600)) == 1
+        await queue.retire(owner)
+    assert await queue.recover_expired() == len(owners)
+    assert await queue.in_flight() == {}
+
+
 async def test_a_live_owners_job_is_not_stolen(queue: Queue, elsewhere: Queue) -> None:
     await queue.enqueue([job()])
     await queue.beat("alive", 60)
