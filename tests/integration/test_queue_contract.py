@@ -10,6 +10,7 @@ from typing import cast
 
 import pytest
 import pytest_asyncio
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.config import normalize_database_url
@@ -17,6 +18,7 @@ from postline.ids import new_id
 from postline.queue import Job, Queue
 from postline.queue.embedded import EmbeddedQueue
 from postline.queue.redis import RedisQueue
+from postline.store.schema import worker_heartbeats
 from postline.store.types import utcnow
 from tests.harness.polling import poll
 from tests.harness.stores import embedded_queue
@@ -713,6 +715,27 @@ async def test_the_embedded_queue_finishes_a_job_in_the_callers_transaction(
             raise _RolledBack
     assert await queue.in_flight() == {"dest.test": 1}  # still w1's, not finished
     assert await queue.ack(leased)
+
+
+@pytest.mark.parametrize(
+    "adapter",
+    ["embedded-sqlite", pytest.param("embedded-postgresql", marks=pytest.mark.postgres)],
+    indirect=True,
+)
+async def test_the_embedded_queue_forgets_heartbeats_that_ran_out(queue: Queue) -> None:
+    """Recovery deletes the heartbeat rows that ran out, also of a worker that held no
+    job, so the table holds the live workers only. (Redis lets them expire.)"""
+    assert isinstance(queue, EmbeddedQueue)
+    await queue.beat("alive", 60)
+    await queue.beat("gone", 0.05)
+
+    async def forgotten() -> bool:
+        assert await queue.recover_expired() == 0  # no job was leased
+        async with queue.db.read() as conn:
+            owners = set((await conn.execute(select(worker_heartbeats.c.owner))).scalars())
+        return owners == {"alive"}
+
+    await poll(forgotten, timeout=5, what="the heartbeat that ran out to be deleted")
 
 
 @pytest.mark.parametrize("call", sorted(STALE_CALLS))
