@@ -285,6 +285,9 @@ async def test_a_retired_owners_job_is_free_at_the_next_recovery(queue: Queue) -
     (leased,) = await queue.lease("w1", 10, 3600)
     await queue.retire("w1")
     assert await queue.recover_expired() == 1
+    # Freed means nobody's: w1, back from a pause, can no longer extend or finish it.
+    assert not await queue.extend(leased, 3600)
+    assert not await queue.ack(leased)
     (again,) = await queue.lease("w2", 10, 60)
     assert again.id == leased.id
 
