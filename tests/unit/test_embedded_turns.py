@@ -9,6 +9,7 @@ order of later leases shows either, never whether a job can be leased. The tests
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from postline.ids import new_id
 from postline.queue import Job
 from postline.queue.embedded import EmbeddedQueue, _Turns
 from postline.store.types import utcnow
+from tests.harness.polling import poll
 from tests.harness.stores import embedded_queue
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -86,3 +88,24 @@ async def test_a_lease_that_fails_in_its_write_gives_the_picked_turns_back(
         with pytest.raises(OverflowError):
             await queue.lease("worker-1", 2, 1e300)
         assert queue._turns.pick(utcnow(), 2) == ["a.test", "b.test"]
+
+
+async def test_a_lease_cancelled_while_it_waits_for_the_writer_ends_cancelled(
+    tmp_path: Path,
+) -> None:
+    """On SQLite a lease waits its turn for the one writer; cancelled there (the engine
+    stopping), before it picked anything, it ends cancelled and the view keeps its turns."""
+    async with _queue(tmp_path) as queue:
+        await queue.enqueue([_job("a.test")])
+        async with queue.db.write():  # another write holds the writer
+            lease = asyncio.create_task(queue.lease("worker-1", 1, 60))
+
+            async def waiting_for_the_writer() -> bool:
+                # The view is read outside the write: once it is, the lease waits.
+                return queue._turns.active and not lease.done()
+
+            await poll(waiting_for_the_writer, timeout=10, what="the lease to read the view")
+            lease.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await lease
+        assert queue._turns.pick(utcnow(), 1) == ["a.test"]
