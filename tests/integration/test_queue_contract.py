@@ -382,6 +382,18 @@ async def test_one_lease_takes_destinations_in_turn(queue: Queue) -> None:
     assert [j.due_at for j in leased] == sorted(j.due_at for j in leased)
 
 
+async def test_a_lease_gives_the_odd_slot_to_the_destination_whose_turn_comes_first(
+    queue: Queue,
+) -> None:
+    """Round after round: three slots over two destinations go a, b, a, even though
+    b's other jobs are due before a's. (Mutation testing: taking the odd slot from a
+    instead still passed every other test, the earliest-due step making up the count.)"""
+    await queue.enqueue([job("a.test", due_in=-60), job("a.test", due_in=-1), job("a.test")])
+    await queue.enqueue([job("b.test", due_in=-30) for _ in range(3)])
+    leased = await queue.lease("w1", 3, 60)
+    assert Counter(j.destination for j in leased) == {"a.test": 2, "b.test": 1}
+
+
 async def test_retry_and_release_keep_the_job_fields(queue: Queue) -> None:
     original = job()
     await queue.enqueue([original])
