@@ -394,6 +394,15 @@ async def test_a_lease_gives_the_odd_slot_to_the_destination_whose_turn_comes_fi
     assert Counter(j.destination for j in leased) == {"a.test": 2, "b.test": 1}
 
 
+async def test_a_lease_takes_no_more_than_its_limit(queue: Queue) -> None:
+    """Also when the destination whose turn comes first has fewer jobs than its share:
+    the other slots go to the next due jobs, up to the limit and no further."""
+    await queue.enqueue([job("a.test", due_in=-60)])
+    await queue.enqueue([job("x.test", due_in=-1) for _ in range(5)])
+    leased = await queue.lease("w1", 3, 60)
+    assert Counter(j.destination for j in leased) == {"a.test": 1, "x.test": 2}
+
+
 async def test_retry_and_release_keep_the_job_fields(queue: Queue) -> None:
     original = job()
     await queue.enqueue([original])
