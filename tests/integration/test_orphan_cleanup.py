@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -45,10 +46,17 @@ async def postline(topology: dict[str, Any], postline_factory: Factory) -> Postl
     return await postline_factory(engine=False, **topology)
 
 
-async def _clean(pl: PostlineUnderTest, days_ahead: float = 10) -> Any:
+async def _clean(pl: PostlineUnderTest, days_ahead: float = 10, retention: float = 0) -> Any:
     services = pl.services
     now = utcnow() + timedelta(days=days_ahead)
-    return await clean_orphans(services.db, services.queue, services.spool, now, MAX_AGE)
+    return await clean_orphans(
+        services.db,
+        services.queue,
+        services.spool,
+        now,
+        MAX_AGE,
+        body_retention_seconds=retention,
+    )
 
 
 async def _exists(pl: PostlineUnderTest, ref: str) -> bool:
@@ -66,15 +74,17 @@ async def test_a_body_with_a_queued_job_is_kept(postline: PostlineUnderTest) -> 
     assert await _exists(postline, sent["id"])
 
 
+@pytest.mark.parametrize("retention", [0, 3600])
 async def test_a_body_of_a_waiting_email_without_a_job_is_kept(
-    postline: PostlineUnderTest,
+    postline: PostlineUnderTest, retention: float
 ) -> None:
+    """Also with a body retention, which keeps more (final emails' bodies), never less."""
     sent = await postline.send(to="waiting@dest.test")
     # The job is gone (a Redis restarted empty, an ack lost): the email still waits.
     (job,) = await postline.services.queue.lease("test", 10, 60)
     await postline.services.queue.ack(job)
     assert await postline.services.queue.body_refs() == set()
-    report = await _clean(postline)
+    report = await _clean(postline, retention=retention)
     assert report.deleted == 0
     assert await _exists(postline, sent["id"])
 
@@ -94,18 +104,23 @@ async def test_a_finished_email_body_is_deleted_only_after_max_age(
     assert not await _exists(postline, sent["id"])
 
 
-async def test_a_stray_body_without_any_row_is_deleted(postline: PostlineUnderTest) -> None:
+async def test_a_stray_body_without_any_row_is_deleted(
+    postline: PostlineUnderTest, caplog: pytest.LogCaptureFixture
+) -> None:
     # What accept leaves when it dies between the spool write and the commit.
     await postline.services.spool.put("em_stray0000000000000000", b"Subject: lost\r\n\r\nx\r\n")
     sent = await postline.send(to="waiting@dest.test")
+    caplog.set_level(logging.INFO, logger="postline.housekeeping")
     report = await _clean(postline)
-    assert report.deleted == 1
+    assert (report.candidates, report.deleted) == (2, 1)
+    said = [r.getMessage() for r in caplog.records if r.name == "postline.housekeeping"]
+    assert said == ["orphan cleanup deleted 1 of 2 old bodies"]
     assert not await _exists(postline, "em_stray0000000000000000")
     assert await _exists(postline, sent["id"])
 
 
 async def test_nothing_is_deleted_when_the_queue_cannot_list_its_bodies(
-    postline: PostlineUnderTest, tmp_path: object
+    postline: PostlineUnderTest, tmp_path: object, caplog: pytest.LogCaptureFixture
 ) -> None:
     await postline.services.spool.put("em_stray0000000000000000", b"Subject: lost\r\n\r\nx\r\n")
     services = postline.services
@@ -117,10 +132,14 @@ async def test_nothing_is_deleted_when_the_queue_cannot_list_its_bodies(
     with pytest.raises(QueueError):
         await broken.body_refs()
     now = utcnow() + timedelta(days=10)
+    caplog.set_level(logging.WARNING, logger="postline.housekeeping")
     report = await clean_orphans(services.db, broken, services.spool, now, MAX_AGE)
     await broken.close()
     if isinstance(broken, EmbeddedQueue):
         await broken.db.close()
-    assert report.deleted == 0
+    assert (report.candidates, report.deleted) == (1, 0)
     assert report.refused is not None and "could not list" in report.refused
+    # The operator is told why, in the log as in the report.
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [f"orphan cleanup deleted nothing: {report.refused}"]
     assert await _exists(postline, "em_stray0000000000000000")

@@ -10,6 +10,7 @@ from typing import cast
 
 import pytest
 import pytest_asyncio
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.config import normalize_database_url
@@ -17,6 +18,7 @@ from postline.ids import new_id
 from postline.queue import Job, Queue
 from postline.queue.embedded import EmbeddedQueue
 from postline.queue.redis import RedisQueue
+from postline.store.schema import worker_heartbeats
 from postline.store.types import utcnow
 from tests.harness.polling import poll
 from tests.harness.stores import embedded_queue
@@ -289,8 +291,25 @@ async def test_a_retired_owners_job_is_free_at_the_next_recovery(queue: Queue) -
     (leased,) = await queue.lease("w1", 10, 3600)
     await queue.retire("w1")
     assert await queue.recover_expired() == 1
+    # Freed means nobody's: w1, back from a pause, can no longer extend or finish it.
+    assert not await queue.extend(leased, 3600)
+    assert not await queue.ack(leased)
     (again,) = await queue.lease("w2", 10, 60)
     assert again.id == leased.id
+
+
+async def test_a_retired_owners_job_is_free_whatever_its_hosts_name(queue: Queue) -> None:
+    """An engine's owner is ``<hostname>:<id>``: a container's hostname starts with a
+    digit, a desktop's often with a capital. (Mutation testing: a check for "has an
+    owner" turned into one on the owner's first letters still passed every test.)"""
+    owners = [f"{host}:{new_id()}" for host in ("4f9c2a1b7d3e", "DESKTOP-7", "mx-1")]
+    await queue.enqueue([job(f"d{i}.test") for i in range(len(owners))])
+    for owner in owners:
+        await queue.beat(owner, 60)
+        assert len(await queue.lease(owner, 1, 3600)) == 1
+        await queue.retire(owner)
+    assert await queue.recover_expired() == len(owners)
+    assert await queue.in_flight() == {}
 
 
 async def test_a_live_owners_job_is_not_stolen(queue: Queue, elsewhere: Queue) -> None:
@@ -367,6 +386,27 @@ async def test_one_lease_takes_destinations_in_turn(queue: Queue) -> None:
     counts = Counter(j.destination for j in leased)
     assert counts == {"big.test": 3, "a.test": 2, "b.test": 2}
     assert [j.due_at for j in leased] == sorted(j.due_at for j in leased)
+
+
+async def test_a_lease_gives_the_odd_slot_to_the_destination_whose_turn_comes_first(
+    queue: Queue,
+) -> None:
+    """Round after round: three slots over two destinations go a, b, a, even though
+    b's other jobs are due before a's. (Mutation testing: taking the odd slot from a
+    instead still passed every other test, the earliest-due step making up the count.)"""
+    await queue.enqueue([job("a.test", due_in=-60), job("a.test", due_in=-1), job("a.test")])
+    await queue.enqueue([job("b.test", due_in=-30) for _ in range(3)])
+    leased = await queue.lease("w1", 3, 60)
+    assert Counter(j.destination for j in leased) == {"a.test": 2, "b.test": 1}
+
+
+async def test_a_lease_takes_no_more_than_its_limit(queue: Queue) -> None:
+    """Also when the destination whose turn comes first has fewer jobs than its share:
+    the other slots go to the next due jobs, up to the limit and no further."""
+    await queue.enqueue([job("a.test", due_in=-60)])
+    await queue.enqueue([job("x.test", due_in=-1) for _ in range(5)])
+    leased = await queue.lease("w1", 3, 60)
+    assert Counter(j.destination for j in leased) == {"a.test": 1, "x.test": 2}
 
 
 async def test_retry_and_release_keep_the_job_fields(queue: Queue) -> None:
@@ -465,6 +505,9 @@ async def test_a_big_lease_takes_one_job_of_each_of_many_destinations(queue: Que
     await queue.enqueue([job(f"d{i}.test", due_in=-1) for i in range(600) for _ in range(2)])
     leased = await queue.lease("w1", 600, 60)
     assert len({j.destination for j in leased}) == len({j.id for j in leased}) == 600
+    # Every job the lease took is one it returned: none leased and lost between the
+    # statements of a big lease (SQLite claims 200 destinations per statement).
+    assert sum((await queue.in_flight()).values()) == 600
 
 
 # Rate buckets (``Queue.take_token``): the per-key rate limits, shared by every process.
@@ -705,6 +748,27 @@ async def test_the_embedded_queue_finishes_a_job_in_the_callers_transaction(
             raise _RolledBack
     assert await queue.in_flight() == {"dest.test": 1}  # still w1's, not finished
     assert await queue.ack(leased)
+
+
+@pytest.mark.parametrize(
+    "adapter",
+    ["embedded-sqlite", pytest.param("embedded-postgresql", marks=pytest.mark.postgres)],
+    indirect=True,
+)
+async def test_the_embedded_queue_forgets_heartbeats_that_ran_out(queue: Queue) -> None:
+    """Recovery deletes the heartbeat rows that ran out, also of a worker that held no
+    job, so the table holds the live workers only. (Redis lets them expire.)"""
+    assert isinstance(queue, EmbeddedQueue)
+    await queue.beat("alive", 60)
+    await queue.beat("gone", 0.05)
+
+    async def forgotten() -> bool:
+        assert await queue.recover_expired() == 0  # no job was leased
+        async with queue.db.read() as conn:
+            owners = set((await conn.execute(select(worker_heartbeats.c.owner))).scalars())
+        return owners == {"alive"}
+
+    await poll(forgotten, timeout=5, what="the heartbeat that ran out to be deleted")
 
 
 @pytest.mark.parametrize("call", sorted(STALE_CALLS))

@@ -243,3 +243,38 @@ async def test_a_live_worker_finishes_its_job_in_the_queue(
     assert await queue.depth() == {"dest.test": 1}
     assert await queue.in_flight() == {}  # no longer leased
     assert await queue.lease("worker", 1, 60) == []  # due in an hour
+
+
+async def test_a_batch_with_a_lost_and_a_kept_lease_counts_only_the_lost_one(
+    postline_factory: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two outcomes recorded together (one group commit, the embedded queue): the kept
+    job is acked, and the warning counts the one job the queue refused."""
+    pl = await postline_factory(engine=False)
+    queue = pl.services.queue
+    await pl.send(to="late@dest.test")
+    (stale,) = await poll(lambda: queue.lease("stale-worker", 1, 0.01), timeout=10, what="job")
+    (taken,) = await poll(lambda: queue.lease("new-owner", 1, 60), timeout=10, what="lapse")
+    await pl.send(to="kept@dest.test")
+    (kept,) = await poll(lambda: queue.lease("live-worker", 1, 60), timeout=10, what="job")
+    caplog.set_level(logging.WARNING, logger="postline.delivery")
+    delivered = Outcome(status=RecipientStatus.DELIVERED, smtp_code=250)
+    await asyncio.gather(
+        *(
+            pl.services.engine.recorder.record(
+                job,
+                [RecipientResult(job.recipient_ids[0], delivered, AttemptScope.RECIPIENT)],
+                mx_host="mx.dest.test",
+                duration_ms=5,
+                retry_at=utcnow(),
+            )
+            for job in (stale, kept)
+        )
+    )
+    lost = [r.getMessage() for r in caplog.records if "lease lost" in r.getMessage()]
+    assert lost == [
+        f"lease lost before recording: 1 of job(s) {stale.id},{kept.id} "
+        "belong to another worker now"
+    ]
+    assert await queue.depth() == {"dest.test": 1}  # the new owner's, still leased
+    assert await queue.ack(taken)
