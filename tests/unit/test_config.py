@@ -151,6 +151,7 @@ BAD_ENV: list[tuple[str, str]] = [
     ("POSTLINE_HTTP_ADDR", "[::1]8080"),
     ("POSTLINE_SMTP_ADDR", "localhost"),
     ("POSTLINE_INBOUND_ADDR", "127.0.0.1:-1"),
+    ("POSTLINE_EVENT_LOOP", "trio"),
     ("POSTLINE_DNS_NAMESERVERS", "8.8.8.8:abc"),
     ("POSTLINE_DNS_NAMESERVERS", "1.1.1.1,[::1]:99999"),
     ("POSTLINE_DNS_NAMESERVERS", "dns.example:53:53"),

@@ -21,7 +21,7 @@ read further: the connection stops reading and is closed after the same timeout.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -57,7 +57,8 @@ class GuardedHttp(HttpToolsProtocol):
         self._header_bytes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport; uvloop's is not a subclass of asyncio.Transport.
+        transport = cast(asyncio.Transport, transport)
         if len(self.connections) >= self.max_connections:
             # Not registered, not read from: the descriptor is given back at once.
             self._refused = True
