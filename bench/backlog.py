@@ -203,7 +203,9 @@ async def one_run(
             run.final_rss_kb = resident_kb(serve.pid)
             if (reading := read(serve.pid)) is not None:
                 run.serve_cpu_total = reading.cpu_seconds
-        except RunFailed as exc:
+        except (RunFailed, OSError) as exc:
+            if inst.processes and (code := inst.processes[0].returncode) is not None:
+                exc = RunFailed(f"{exc}: postline serve exited with {code}")
             raise RunFailed(f"{exc}; {tail(inst.log)}") from None
         finally:
             await watch.stop()
