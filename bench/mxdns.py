@@ -1,9 +1,12 @@
 """An authoritative DNS server on loopback for benchmarks: every given domain's MX is the sink.
 
-Run as its own process: ``python bench/mxdns.py DOMAIN...``. It answers, on UDP and
-TCP of one loopback port, ``MX 10 sink.bench.test`` for each domain and ``A 127.0.0.1``
-for ``sink.bench.test`` (TTLs of an hour, so a run resolves each name once), NXDOMAIN
-for anything else, and prints ``ready PORT`` once listening. Postline reaches it with
+Run as its own process: ``python bench/mxdns.py DOMAIN... [closed:DOMAIN...]``. It
+answers, on UDP and TCP of one loopback port, ``MX 10 sink.bench.test`` for each domain
+and ``A 127.0.0.1`` for ``sink.bench.test`` (TTLs of an hour, so a run resolves each name
+once), NXDOMAIN for anything else, and prints ``ready PORT`` once listening. A domain
+given as ``closed:DOMAIN`` gets ``MX 10 closed.bench.test``, ``A 127.0.0.2``, where
+nothing listens (the sink binds 127.0.0.1 only): every connection is refused, so the
+destination's circuit breaker opens. Postline reaches it with
 ``POSTLINE_DNS_NAMESERVERS=127.0.0.1:PORT`` and connects to the MX on
 ``POSTLINE_DELIVERY_PORT``, where the sink listens. (The file is not called ``dns.py``:
 it would shadow dnspython for the scripts next to it.)
@@ -19,23 +22,32 @@ from dnslib import MX, QTYPE, RCODE, RR, A, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 SINK_HOST = "sink.bench.test"
+CLOSED_HOST = "closed.bench.test"
+CLOSED_PREFIX = "closed:"
 TTL = 3600
 
 
 class MxResolver(BaseResolver):  # type: ignore[misc]
     def __init__(self, domains: list[str]) -> None:
-        self.domains = {domain.lower().rstrip(".") for domain in domains}
+        self.mx: dict[str, str] = {}
+        for domain in domains:
+            closed = domain.startswith(CLOSED_PREFIX)
+            name = domain.removeprefix(CLOSED_PREFIX).lower().rstrip(".")
+            self.mx[name] = CLOSED_HOST if closed else SINK_HOST
+        self.hosts = {SINK_HOST: "127.0.0.1", CLOSED_HOST: "127.0.0.2"}
 
     def resolve(self, request: DNSRecord, handler: Any) -> DNSRecord:
         reply = request.reply()
         name = str(request.q.qname).lower().rstrip(".")
         qtype = request.q.qtype
-        if name in self.domains:
+        if name in self.mx:
             if qtype in (QTYPE.MX, QTYPE.ANY):
-                reply.add_answer(RR(request.q.qname, QTYPE.MX, rdata=MX(SINK_HOST, 10), ttl=TTL))
-        elif name == SINK_HOST:
+                mx = MX(self.mx[name], 10)
+                reply.add_answer(RR(request.q.qname, QTYPE.MX, rdata=mx, ttl=TTL))
+        elif name in self.hosts:
             if qtype in (QTYPE.A, QTYPE.ANY):
-                reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A("127.0.0.1"), ttl=TTL))
+                address = A(self.hosts[name])
+                reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=address, ttl=TTL))
         else:
             reply.header.rcode = RCODE.NXDOMAIN
         return reply

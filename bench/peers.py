@@ -269,6 +269,30 @@ class Installation:
     prefix: str = ""
 
 
+def installation(tmp: str, dns_port: str, sink_port: int) -> Installation:
+    """Postline in the data dir ``tmp`` as the runs use it: the MX of every domain is the
+    sink (found through the DNS helper on ``dns_port``), logs go to a file, rate limits off."""
+    http_port, smtp_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTLINE_")}
+    env |= {
+        "POSTLINE_DATA_DIR": tmp,
+        "POSTLINE_HTTP_ADDR": f"127.0.0.1:{http_port}",
+        "POSTLINE_INBOUND_ADDR": "127.0.0.1:0",  # the inbound MX: any free port
+        "POSTLINE_SMTP_ADDR": f"127.0.0.1:{smtp_port}",
+        "POSTLINE_HOSTNAME": "postline.bench.test",
+        "POSTLINE_DNS_NAMESERVERS": f"127.0.0.1:{dns_port}",
+        "POSTLINE_DNS_CANARY": DOMAINS[0],
+        "POSTLINE_DELIVERY_PORT": str(sink_port),
+        "POSTLINE_DELIVERY_ALLOW_PRIVATE": "true",
+        "POSTLINE_WEBHOOK_ALLOW_PRIVATE": "true",
+        "POSTLINE_RATE_LIMIT_PER_SECOND": "0",
+        "POSTLINE_LOG_LEVEL": "WARNING",
+    }
+    inst = Installation(env, Path(tmp), http_port, smtp_port, Path(tmp) / "postline.log")
+    inst.log.touch(mode=0o600)
+    return inst
+
+
 async def postline(inst: Installation, *args: str, banner: str = "") -> asyncio.subprocess.Process:
     """Start ``postline ARGS``; wait for its banner; keep draining its output."""
     with inst.log.open("ab") as log:
@@ -473,24 +497,8 @@ async def run_postline(topology: str, submission: str, emails: int, dns_port: st
     hook_port = free_port()
     receiver: asyncio.subprocess.Process | None = None
     with tempfile.TemporaryDirectory(prefix="postline-bench-") as tmp:
-        http_port, smtp_port = free_port(), free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("POSTLINE_")}
-        env |= {
-            "POSTLINE_DATA_DIR": tmp,
-            "POSTLINE_HTTP_ADDR": f"127.0.0.1:{http_port}",
-            "POSTLINE_INBOUND_ADDR": "127.0.0.1:0",  # the inbound MX: any free port
-            "POSTLINE_SMTP_ADDR": f"127.0.0.1:{smtp_port}",
-            "POSTLINE_HOSTNAME": "postline.bench.test",
-            "POSTLINE_DNS_NAMESERVERS": f"127.0.0.1:{dns_port}",
-            "POSTLINE_DNS_CANARY": DOMAINS[0],
-            "POSTLINE_DELIVERY_PORT": str(sink.port),
-            "POSTLINE_DELIVERY_ALLOW_PRIVATE": "true",
-            "POSTLINE_WEBHOOK_ALLOW_PRIVATE": "true",
-            "POSTLINE_RATE_LIMIT_PER_SECOND": "0",
-            "POSTLINE_LOG_LEVEL": "WARNING",
-        }
-        inst = Installation(env, Path(tmp), http_port, smtp_port, Path(tmp) / "postline.log")
-        inst.log.touch(mode=0o600)
+        inst = installation(tmp, dns_port, sink.port)
+        env = inst.env
         try:
             await sink.start()
             receiver, _ = await start_helper("receiver.py", str(hook_port))
