@@ -258,12 +258,11 @@ async def leases(pl: PostlineUnderTest) -> dict[str, datetime | None]:
         return {row.event_id: row.lease_until for row in await conn.execute(query)}
 
 
-async def test_a_stopped_dispatcher_gives_back_what_it_leased_but_did_not_start(
+async def full_work_queue(
     postline_factory: Factory, receivers: Receivers
-) -> None:
-    """Two senders hold a POST each and two more leased deliveries wait in the full work
-    queue when the dispatcher stops: those two are given back (no lease) for another worker
-    to send at once; the two started keep their lease, since their POST may have arrived."""
+) -> tuple[PostlineUnderTest, HoldingTransport, list[str]]:
+    """A running dispatcher whose two senders hold a POST each while two more leased
+    deliveries wait in its full work queue; 10 events in all."""
     transport = HoldingTransport()
     pl = await postline_factory(
         engine=False,
@@ -282,13 +281,40 @@ async def test_a_stopped_dispatcher_gives_back_what_it_leased_but_did_not_start(
         return len(transport.held) == 2 and len(leased) == 4
 
     await poll(queue_full, timeout=30, what="two POSTs started and two more leased")
+    return pl, transport, ids
+
+
+async def test_a_stopped_dispatcher_gives_back_what_it_leased_but_did_not_start(
+    postline_factory: Factory, receivers: Receivers
+) -> None:
+    """The two leased deliveries left in the work queue are given back (no lease) for
+    another worker to send at once; the two started keep their lease, since their POST
+    may have arrived."""
+    pl, transport, ids = await full_work_queue(postline_factory, receivers)
     await pl.stop_engine()
 
     after = await leases(pl)
     assert set(after) == set(ids)
     still_leased = {e for e, until in after.items() if until is not None}
     assert still_leased == set(transport.held)
-    assert receiver.received == []
+
+
+async def test_a_dispatcher_that_cannot_give_back_its_leases_still_stops(
+    postline_factory: Factory, receivers: Receivers
+) -> None:
+    """When the store refuses the release (here a SQLite trigger), the dispatcher stops
+    without an error and the leases are left to lapse: nothing is lost, only delayed."""
+    pl, transport, _ = await full_work_queue(postline_factory, receivers)
+    async with pl.services.db.write() as conn:
+        await conn.exec_driver_sql(
+            "CREATE TRIGGER refuse_release BEFORE UPDATE ON webhook_deliveries"
+            " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+    await pl.stop_engine()  # fails the test if the dispatcher crashed
+
+    still_leased = [e for e, until in (await leases(pl)).items() if until is not None]
+    assert len(still_leased) == 4
+    assert set(transport.held) < set(still_leased)
 
 
 # --- endpoint health -----------------------------------------------------------------------
