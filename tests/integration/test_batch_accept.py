@@ -1,6 +1,12 @@
-"""A batch larger than one compose chunk: every email's message is its own, in order."""
+"""A batch larger than one compose chunk: every email's message is its own, in order; and
+the line each accepted email is logged with."""
 
 from __future__ import annotations
+
+import logging
+import re
+
+import pytest
 
 from postline.accept import COMPOSE_CHUNK
 from tests.harness.postline import Factory
@@ -31,3 +37,16 @@ async def test_each_email_of_a_batch_gets_its_own_message(postline_factory: Fact
         assert f"Subject: number {i}\r\n".encode() in message
         assert f"Message-ID: <{accepted[i]['id']}@".encode() in message
         assert b"DKIM-Signature:" in message
+
+
+async def test_each_accepted_email_is_logged_once_with_its_id_counts_and_source(
+    postline_factory: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The info line an operator follows an email by: its id, not its addresses."""
+    pl = await postline_factory(engine=False)
+    with caplog.at_level(logging.INFO, logger="postline.accept"):
+        sent = await pl.send(to=["a@dest.test", "b@dest.test"])
+    lines = [r.getMessage() for r in caplog.records if r.name == "postline.accept"]
+    assert len(lines) == 1, lines
+    pattern = rf"accepted email_id={sent['id']} recipients=2 size=[1-9][0-9]* source=api"
+    assert re.fullmatch(pattern, lines[0]), lines
