@@ -7,6 +7,7 @@ share the database, the queue prefix and the spool, and nothing else.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -109,12 +110,18 @@ async def test_restoring_twice_makes_no_second_job(shared: Shared) -> None:
 
 
 async def test_mail_accepted_while_redis_is_down_is_delivered_later(
-    shared: Shared, fake_mx: FakeMX
+    shared: Shared, fake_mx: FakeMX, caplog: pytest.LogCaptureFixture
 ) -> None:
     # This API process's queue points at a port where nothing listens.
     broken = await shared(engine=False, queue_url="redis://127.0.0.1:1/0")
-    sent = await broken.send(to="late@dest.test")
+    with caplog.at_level(logging.WARNING, logger="postline.accept"):
+        sent = await broken.send(to="late@dest.test")
     assert sent["recipients"][0]["status"] == "queued"
+    # Said once, with how many jobs housekeeping must restore and why (the error's type).
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "postline.accept"]
+    assert warning == (
+        "queue unavailable after commit; 1 jobs left for housekeeping to restore: ConnectionError"
+    )
     worker = await shared()
     await housekeeping_pass(worker.services)
     await worker.wait_for_status(sent["id"], ["delivered"])

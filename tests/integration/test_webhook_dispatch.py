@@ -19,11 +19,11 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from postline.api.views import rfc3339
 from postline.ids import new_id
-from postline.store.schema import events
+from postline.store.schema import events, webhook_deliveries
 from postline.store.types import utcnow
 from tests.harness.polling import poll
 from tests.harness.postline import Factory, PostlineUnderTest
@@ -104,6 +104,21 @@ class CountingTransport(LoopbackOnly):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.sent += 1
+        return await super().handle_async_request(request)
+
+
+class HoldingTransport(LoopbackOnly):
+    """LoopbackOnly that holds every POST until ``go`` is set: the deliveries a
+    dispatcher has started, by webhook-id, are ``held``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[str] = []
+        self.go = asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.held.append(request.headers["webhook-id"])
+        await self.go.wait()
         return await super().handle_async_request(request)
 
 
@@ -231,6 +246,75 @@ async def test_a_backlog_drains_without_waiting_for_a_poll(
     await pl.stop_engine()
     assert set(receiver.acknowledged) == set(ids)
     assert len(receiver.arrivals) == count
+
+
+# --- stopping --------------------------------------------------------------------------------
+
+
+async def leases(pl: PostlineUnderTest) -> dict[str, datetime | None]:
+    """Each delivery's ``lease_until``, by its event (the webhook-id it is sent with)."""
+    query = select(webhook_deliveries.c.event_id, webhook_deliveries.c.lease_until)
+    async with pl.services.db.read() as conn:
+        return {row.event_id: row.lease_until for row in await conn.execute(query)}
+
+
+async def full_work_queue(
+    postline_factory: Factory, receivers: Receivers
+) -> tuple[PostlineUnderTest, HoldingTransport, list[str]]:
+    """A running dispatcher whose two senders hold a POST each while two more leased
+    deliveries wait in its full work queue; 10 events in all."""
+    transport = HoldingTransport()
+    pl = await postline_factory(
+        engine=False,
+        webhook_allow_private=True,
+        webhook_concurrency=2,
+        webhook_transport=transport,
+        shutdown_timeout=0.2,  # the drain the stop waits for cannot end: the POSTs are held
+    )
+    receiver = await receivers()
+    await register(pl, receiver.url, ["email.delivered"])
+    ids = await insert_events(pl, 10)
+    pl.start_engine()
+
+    async def queue_full() -> bool:
+        leased = [e for e, until in (await leases(pl)).items() if until is not None]
+        return len(transport.held) == 2 and len(leased) == 4
+
+    await poll(queue_full, timeout=30, what="two POSTs started and two more leased")
+    return pl, transport, ids
+
+
+async def test_a_stopped_dispatcher_gives_back_what_it_leased_but_did_not_start(
+    postline_factory: Factory, receivers: Receivers
+) -> None:
+    """The two leased deliveries left in the work queue are given back (no lease) for
+    another worker to send at once; the two started keep their lease, since their POST
+    may have arrived."""
+    pl, transport, ids = await full_work_queue(postline_factory, receivers)
+    await pl.stop_engine()
+
+    after = await leases(pl)
+    assert set(after) == set(ids)
+    still_leased = {e for e, until in after.items() if until is not None}
+    assert still_leased == set(transport.held)
+
+
+async def test_a_dispatcher_that_cannot_give_back_its_leases_still_stops(
+    postline_factory: Factory, receivers: Receivers
+) -> None:
+    """When the store refuses the release (here a SQLite trigger), the dispatcher stops
+    without an error and the leases are left to lapse: nothing is lost, only delayed."""
+    pl, transport, _ = await full_work_queue(postline_factory, receivers)
+    async with pl.services.db.write() as conn:
+        await conn.exec_driver_sql(
+            "CREATE TRIGGER refuse_release BEFORE UPDATE ON webhook_deliveries"
+            " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+    await pl.stop_engine()  # fails the test if the dispatcher crashed
+
+    still_leased = [e for e, until in (await leases(pl)).items() if until is not None]
+    assert len(still_leased) == 4
+    assert set(transport.held) < set(still_leased)
 
 
 # --- endpoint health -----------------------------------------------------------------------
