@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Workers of the parallel phase of `make test`; tests marked solo run after it, alone.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 # Emails per run of `make bench`.
 BENCH_N ?= 20000
 
