@@ -170,6 +170,11 @@ async def test_a_yahoo_complaint_to_the_fbl_address_marks_the_recipient_complain
         sent["id"], lambda d: d["recipients"][0]["status"] == "complained", what="complained"
     )
     assert detail["status"] == "delivered"  # a complaint is about mail that arrived
+    assert detail["last_event"] == "complained"
+    # The send log says the same as the email's own answer.
+    listed = await pl.client.get("/v1/emails", headers=pl.auth())
+    (item,) = [e for e in listed.json()["data"] if e["id"] == sent["id"]]
+    assert (item["status"], item["last_event"]) == ("delivered", "complained")
     (hook,) = await receiver.wait_until(lambda hs: len(hs) >= 1, what="email.complained")
     assert hook.json["type"] == "email.complained"
     assert hook.json["data"]["recipient"] == "reader@dest.test"

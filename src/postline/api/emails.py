@@ -370,8 +370,12 @@ async def list_emails(
         more = len(rows) > limit
         rows = rows[:limit]
         to = await email_store.to_addresses(conn, (r.email.id for r in rows))
+        complained = await email_store.with_complaints(conn, (r.email.id for r in rows))
     return page(
-        [email_item(r.email, r.recipient_count, to.get(r.email.id, [])) for r in rows],
+        [
+            email_item(r.email, r.recipient_count, to.get(r.email.id, []), r.email.id in complained)
+            for r in rows
+        ],
         rows[-1].email.id if more and rows else None,
     )
 

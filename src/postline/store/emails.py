@@ -236,6 +236,23 @@ async def to_addresses(conn: AsyncConnection, email_ids: Iterable[str]) -> dict[
     return found
 
 
+async def with_complaints(conn: AsyncConnection, email_ids: Iterable[str]) -> set[str]:
+    """Those of these emails a recipient complained about: their ``last_event`` is
+    ``complained`` while their status stays ``delivered`` (docs/API.md)."""
+    ids = sorted(set(email_ids))
+    if not ids:
+        return set()
+    statement = (
+        select(email_recipients.c.email_id)
+        .where(
+            email_recipients.c.email_id.in_(ids),
+            email_recipients.c.status == RecipientStatus.COMPLAINED,
+        )
+        .distinct()
+    )
+    return {row.email_id for row in await conn.execute(statement)}
+
+
 async def last_event_sequences(conn: AsyncConnection, email_ids: Iterable[str]) -> dict[str, int]:
     """The highest event sequence of each of these emails (absent: no event yet)."""
     params = {"email_ids": sorted(set(email_ids))}
