@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query
 from postline.api import answers
 from postline.api.auth import Admin, Svc
 from postline.api.cursors import page_after
-from postline.api.views import page, rfc3339
+from postline.api.views import keyset_page, rfc3339
 from postline.store import inbound as inbound_store
 from postline.store.inbound import Unmatched
 
@@ -51,6 +51,4 @@ async def list_unmatched(
     after = page_after(cursor, "inb_")
     async with svc.db.read() as conn:
         rows = await inbound_store.list_unmatched(conn, after, limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return page([view(r) for r in rows], rows[-1].id if more else None)
+    return keyset_page(rows, limit, view)

@@ -14,7 +14,7 @@ from postline.api.cursors import page_after
 from postline.api.problems import Problem
 from postline.api.responses import problem_responses
 from postline.api.schemas import Address
-from postline.api.views import page, rfc3339
+from postline.api.views import keyset_page, rfc3339
 from postline.ids import new_id
 from postline.keys import Principal
 from postline.store import suppressions as suppression_store
@@ -86,9 +86,7 @@ async def list_suppressions(
         domain_id = await _domain_id(conn, caller, domain, required=False)
         where = suppression_store.SuppressionFilter(domain_id, address, reason)
         rows = await suppression_store.list_suppressions(conn, where, after, limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return page([view(r) for r in rows], rows[-1].id if more else None)
+    return keyset_page(rows, limit, view)
 
 
 @router.post(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from postline.addresses import quoted_from
 from postline.model import EmailStatus, RecipientStatus
@@ -20,6 +21,21 @@ def page(data: list[Any], next_cursor: str | None) -> dict[str, Any]:
         "has_more": next_cursor is not None,
         "next_cursor": next_cursor,
     }
+
+
+class _Keyed(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+Row = TypeVar("Row", bound=_Keyed)
+
+
+def keyset_page(rows: Sequence[Row], limit: int, view: Callable[[Row], Any]) -> dict[str, Any]:
+    """The list answer of ``rows`` read with ``limit + 1``: the extra row only says there is
+    a next page, whose cursor is the id of the last row shown."""
+    shown = rows[:limit]
+    return page([view(r) for r in shown], shown[-1].id if len(rows) > limit else None)
 
 
 def rfc3339(moment: datetime | None) -> str | None:

@@ -16,7 +16,7 @@ from postline.api.auth import Caller, Svc, domain_in_scope
 from postline.api.cursors import SinglePageCursor, page_after, single_page
 from postline.api.problems import Problem
 from postline.api.responses import problem_responses
-from postline.api.views import page, rfc3339
+from postline.api.views import keyset_page, page, rfc3339
 from postline.events.signing import new_secret
 from postline.events.ssrf import UnsafeURL, checked_addresses
 from postline.ids import new_id
@@ -331,9 +331,7 @@ async def list_deliveries(
     async with svc.db.read() as conn:
         await _visible(conn, caller, webhook_id)
         rows = await webhook_store.list_deliveries(conn, webhook_id, after, limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return page([delivery_view(r) for r in rows], rows[-1].id if more else None)
+    return keyset_page(rows, limit, delivery_view)
 
 
 @router.post(
