@@ -124,6 +124,10 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("GET", "/v1/api-keys"): Case("admin"),
     ("POST", "/v1/api-keys"): Case("admin", body=lambda w: {"name": "mine", "domain": "b.test"}),
     ("DELETE", "/v1/api-keys/{key_id}"): Case("admin"),
+    # --- the event feed
+    ("GET", "/v1/events"): Case(
+        "list", own="email_id", queries=lambda w: [{}, {"type": "email.queued"}, {"limit": "1000"}]
+    ),
     # --- inbound reports that could not be applied
     ("GET", "/v1/inbound"): Case("admin"),
     # --- suppressions
@@ -313,7 +317,8 @@ def _assert_nothing_of_b(w: World, response: httpx.Response, what: str) -> None:
 
 
 async def _snapshot(w: World) -> dict[str, Any]:
-    """Every row a refused call could have changed (key usage times aside)."""
+    """Every row a refused call could have changed (key usage times and the positions the
+    event feed hands out to whoever reads it aside)."""
     tables = (
         schema.domains,
         schema.sent_emails,
@@ -330,7 +335,8 @@ async def _snapshot(w: World) -> dict[str, Any]:
     async with w.pl.services.db.read() as conn:
         for table in tables:
             rows = (await conn.execute(select(table))).mappings().all()
-            cleaned = [{k: v for k, v in r.items() if k != "last_used_at"} for r in rows]
+            bookkeeping = ("last_used_at", "feed_position")
+            cleaned = [{k: v for k, v in r.items() if k not in bookkeeping} for r in rows]
             state[table.name] = sorted(json.dumps(r, default=str, sort_keys=True) for r in cleaned)
     return state
 

@@ -31,6 +31,7 @@ __all__ = [
     "EmailAccepted",
     "EmailDetail",
     "EmailList",
+    "EventFeed",
     "Index",
     "Status",
     "Suppression",
@@ -264,6 +265,26 @@ class InboundUnmatched(_Answer):
 
 class InboundUnmatchedList(_Page):
     data: list[InboundUnmatched]
+
+
+# -- the event feed -------------------------------------------------------------------------
+
+
+class FeedEvent(_Answer):
+    object: Literal["event"]
+    id: str = Field(description="The event's id, the webhook-id its webhooks carried")
+    cursor: str = Field(description="Its place in the feed: `after` this reads what follows")
+    type: str
+    created_at: str | None
+    email_id: str | None
+    data: dict[str, Any] = Field(description="The `data` of its webhook body")
+
+
+class EventFeed(_Answer):
+    object: Literal["list"]
+    data: list[FeedEvent]
+    has_more: bool = Field(description="Whether more events wait now beyond this page")
+    next_cursor: str = Field(description="Pass as `after` for what follows; never null")
 
 
 # -- webhooks -------------------------------------------------------------------------------

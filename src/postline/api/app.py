@@ -11,6 +11,7 @@ from postline.api import (
     destinations,
     docs,
     emails,
+    events,
     health,
     inbound,
     index,
@@ -53,6 +54,7 @@ def create_api(services: Services) -> FastAPI:
         destinations.router,
         health.router,
         inbound.router,
+        events.router,
         index.router,
     ):
         app.include_router(responses.declare_problems(router))

@@ -223,6 +223,19 @@ events = Table(
     Column("payload", JSON, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("dispatched_at", UTCDateTime, nullable=True, index=True),
+    # The event's place in GET /v1/events, given after it committed (store.event_feed):
+    # ids are made before their transaction commits, so id order can lose an event that
+    # commits late to a reader already past it; the feed's positions cannot.
+    Column("feed_position", BigInteger, nullable=True, unique=True, index=True),
+)
+
+# The last position handed out to the event feed, in one row: it survives the
+# retention of old events, so a reader's cursor never points into reused numbers.
+event_feed = Table(
+    "event_feed",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_position", BigInteger, nullable=False),
 )
 
 webhook_deliveries = Table(
