@@ -155,6 +155,18 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("POST", "/v1/webhooks/{webhook_id}/test"): Case("owner"),
     ("GET", "/v1/webhooks/{webhook_id}/deliveries"): Case("owner"),
     ("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/replay"): Case("owner"),
+    # --- templates
+    ("GET", "/v1/templates"): Case("list", own="template_id"),
+    ("POST", "/v1/templates"): Case(
+        "send", body=lambda w: {"name": "x", "subject": "s", "text": "t", "domain": "b.test"}
+    ),
+    ("GET", "/v1/templates/{template_id}"): Case("owner"),
+    ("PUT", "/v1/templates/{template_id}"): Case(
+        "owner", body=lambda w: {"subject": "stolen", "text": "x"}
+    ),
+    ("DELETE", "/v1/templates/{template_id}"): Case("owner"),
+    ("GET", "/v1/templates/{template_id}/versions/{version}"): Case("owner"),
+    ("POST", "/v1/templates/{template_id}/render"): Case("owner", body=lambda w: {"variables": {}}),
     # --- operations: the queue is shared by every domain, so only an admin sees it
     ("GET", "/v1/destinations"): Case("admin"),
     ("POST", "/v1/destinations/{domain}/breaker"): Case("admin", body=lambda w: {"state": "open"}),
@@ -237,6 +249,8 @@ async def _build(pl: PostlineUnderTest) -> World:
         hook_url = f"http://127.0.0.1:9/{letter}-private-hook"
         hook = _ok(await client.post("/v1/webhooks", json=_hook(hook_url), headers=headers), 201)
         test = _ok(await client.post(f"/v1/webhooks/{hook['id']}/test", headers=headers), 202)
+        template = {"name": "t", "subject": f"{letter} private template", "text": "hi"}
+        made = _ok(await client.post("/v1/templates", json=template, headers=headers), 201)
         side.update(
             email_id=sent["id"],
             message_id=sent["message_id"],
@@ -247,6 +261,8 @@ async def _build(pl: PostlineUnderTest) -> World:
             webhook_url=hook_url,
             webhook_secret=hook["secret"],
             delivery_id=test["delivery_id"],
+            template_id=made["id"],
+            version="1",
             domain_id=ids[name],
             key_id=keys[name]["id"],
             domain=f"{letter}-customer.test",
@@ -264,6 +280,7 @@ async def _build(pl: PostlineUnderTest) -> World:
         w.b["recipient"],
         w.b["message_id"],
         "b private subject",
+        "b private template",
         w.b["suppressed"],
         w.b["webhook_url"],
         w.b["webhook_secret"],
@@ -330,6 +347,8 @@ async def _snapshot(w: World) -> dict[str, Any]:
         schema.api_keys,
         schema.breaker_commands,
         schema.queue_jobs,
+        schema.templates,
+        schema.template_versions,
     )
     state: dict[str, Any] = {}
     async with w.pl.services.db.read() as conn:

@@ -33,9 +33,12 @@ __all__ = [
     "EmailList",
     "EventFeed",
     "Index",
+    "Rendered",
     "Status",
     "Suppression",
     "SuppressionList",
+    "Template",
+    "TemplateList",
     "Webhook",
     "WebhookDelivery",
     "WebhookDeliveryList",
@@ -265,6 +268,37 @@ class InboundUnmatched(_Answer):
 
 class InboundUnmatchedList(_Page):
     data: list[InboundUnmatched]
+
+
+# -- templates ------------------------------------------------------------------------------
+
+
+class Template(_Answer):
+    object: Literal["template"]
+    id: str
+    name: str
+    domain: str | None = Field(description="The domain whose keys see it; null: admin keys only")
+    version: int = Field(description="The version shown")
+    latest_version: int
+    subject: str
+    html: str | None
+    text: str | None
+    created_at: str | None
+    updated_at: str | None
+    version_created_at: str | None
+
+
+class TemplateList(_Page):
+    data: list[Template]
+
+
+class Rendered(_Answer):
+    object: Literal["rendered_template"]
+    id: str
+    version: int
+    subject: str
+    html: str | None
+    text: str | None
 
 
 # -- the event feed -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from postline.api import (
     ratelimit,
     responses,
     suppressions,
+    templates,
     webhooks,
 )
 from postline.app import Services
@@ -55,6 +56,7 @@ def create_api(services: Services) -> FastAPI:
         health.router,
         inbound.router,
         events.router,
+        templates.router,
         index.router,
     ):
         app.include_router(responses.declare_problems(router))

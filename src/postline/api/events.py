@@ -38,7 +38,10 @@ def _after(cursor: str | None) -> int:
 
 def _types(asked: list[str] | None) -> list[str]:
     """The event types asked for: repeated ``type`` parameters or one comma-separated."""
-    wanted = [name.strip() for value in asked or [] for name in value.split(",") if name.strip()]
+    wanted = [name.strip() for value in asked or [] for name in value.split(",")]
+    if "" in wanted:
+        message = "an empty event type: name one, or leave type out"
+        raise Problem(422, f"type: {message}", [{"field": "type", "message": message}])
     unknown = sorted(set(wanted) - _TYPES)
     if unknown:
         message = f"unknown event type {unknown[0]}: one of {', '.join(sorted(_TYPES))}"

@@ -372,3 +372,33 @@ inbound_unmatched = Table(
     # The message's first bytes, for the operator to see what it was.
     Column("excerpt", Text, nullable=False),
 )
+
+# Email templates (postline.templates): a template's versions are kept, never changed,
+# so that a send naming version 2 renders what version 2 said whatever came after.
+templates = Table(
+    "templates",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    # The domain whose keys see it; NULL: admin keys only.
+    Column("domain_id", String(32), ForeignKey("domains.id", ondelete="CASCADE"), nullable=True),
+    Column("name", String(200), nullable=False),
+    Column("latest_version", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+template_versions = Table(
+    "template_versions",
+    metadata,
+    Column(
+        "template_id",
+        String(32),
+        ForeignKey("templates.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("version", Integer, primary_key=True),
+    Column("subject", Text, nullable=False),
+    Column("html", Text, nullable=True),
+    Column("text", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
