@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -31,13 +32,14 @@ from postline.config import (
     redact_url,
 )
 from postline.domains import DomainError, create_domain, dns_records
-from postline.keys import AmbiguousKey, CreatedKey, create_key, revoke_by_prefix
+from postline.keys import SCOPES, AmbiguousKey, CreatedKey, create_key, revoke_by_prefix
 from postline.secrets import prepare_secrets
 from postline.store import domains as domain_store
 from postline.store import emails as email_store
 from postline.store import keys as key_store
 from postline.store.domains import Domain
 from postline.store.keys import ApiKey
+from postline.store.types import utcnow
 
 if TYPE_CHECKING:
     from postline.app import Services
@@ -374,21 +376,36 @@ def keys_create(
     ctx: typer.Context,
     name: Annotated[str, typer.Option(help="A label for the key.")],
     domain: Annotated[str | None, typer.Option(help="Scope the key to one domain.")] = None,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=f"What the key may do, repeatable: {', '.join(SCOPES)}. Default: all of it."
+        ),
+    ] = None,
+    expires_in_days: Annotated[
+        int | None, typer.Option(min=1, help="Refuse the key this many days from now.")
+    ] = None,
 ) -> None:
     """Create an API key and print it (the only time it is shown)."""
     settings = settings_or_exit(ctx)
     migrate_or_exit(settings)
+    expires_at = utcnow() + timedelta(days=expires_in_days) if expires_in_days else None
 
     async def work(services: Services) -> CreatedKey:
-        return await create_key(services.db, name, domain)
+        return await create_key(services.db, name, domain, scopes=scope, expires_at=expires_at)
 
     try:
         created = run_with_services(settings, work)
     except (DomainError, ValueError) as exc:
         fail(str(exc))
         return
-    scope = f"scoped to {created.domain}" if created.domain else "admin (all domains)"
-    typer.echo(f"created key {created.id} ({scope}); store it now, it is not shown again:")
+    where = f"scoped to {created.domain}" if created.domain else "admin (all domains)"
+    scopes = ", ".join(created.scopes)
+    until = f", expires {created.expires_at:%Y-%m-%d %H:%M} UTC" if created.expires_at else ""
+    typer.echo(
+        f"created key {created.id} ({where}; may: {scopes}{until});"
+        " store it now, it is not shown again:"
+    )
     typer.echo(created.key)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from postline.domains import DomainError, normalize_domain
 from postline.ids import hash_api_key, new_api_key, new_id
@@ -15,6 +15,12 @@ from postline.store.db import Database
 from postline.store.types import utcnow
 
 log = logging.getLogger("postline.keys")
+
+#: What a key may do. Each route of the API needs one (``api.auth.needs``); a key has
+#: every scope unless it was made with fewer. ``admin`` is the domains, keys and queue
+#: operations, which also need an unscoped key unless they touch the key's own domain.
+SCOPES = ("send", "read", "templates", "webhooks", "suppressions", "stats", "admin")
+ALL_SCOPES = frozenset(SCOPES)
 
 #: How stale a key's ``last_used_at`` may be: one write per key and minute, not per request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -28,6 +34,7 @@ class Principal:
     name: str
     domain_id: str | None
     domain_name: str | None
+    scopes: frozenset[str] = ALL_SCOPES
 
     @property
     def is_admin(self) -> bool:
@@ -43,12 +50,24 @@ class CreatedKey:
     name: str
     key: str
     domain: str | None
+    scopes: list[str]
+    expires_at: datetime | None
 
 
-async def create_key(db: Database, name: str, domain: str | None = None) -> CreatedKey:
-    """Create a key; raise DomainError if the scope names an unknown domain."""
+async def create_key(
+    db: Database,
+    name: str,
+    domain: str | None = None,
+    scopes: list[str] | None = None,
+    expires_at: datetime | None = None,
+) -> CreatedKey:
+    """Create a key; raise DomainError if the scope names an unknown domain, ValueError
+    for a bad name, scope or expiry."""
     if not name.strip():
         raise ValueError("a key needs a name")
+    scopes = check_scopes(scopes)
+    if expires_at is not None and expires_at <= utcnow():
+        raise ValueError("expires_at is in the past: a key must be usable when made")
     secret = new_api_key()
     async with db.write() as conn:
         domain_id = None
@@ -66,8 +85,33 @@ async def create_key(db: Database, name: str, domain: str | None = None) -> Crea
             prefix=secret[:10],
             key_hash=hash_api_key(secret),
             domain_id=domain_id,
+            scopes=None if set(scopes) == ALL_SCOPES else scopes,
+            expires_at=expires_at,
         )
-    return CreatedKey(id=key_id, name=name.strip(), key=secret, domain=domain_name)
+    return CreatedKey(
+        id=key_id,
+        name=name.strip(),
+        key=secret,
+        domain=domain_name,
+        scopes=scopes,
+        expires_at=expires_at,
+    )
+
+
+def check_scopes(scopes: list[str] | None) -> list[str]:
+    """The scopes asked for, in the documented order; every scope when None."""
+    if scopes is None:
+        return list(SCOPES)
+    unknown = sorted(set(scopes) - ALL_SCOPES)
+    if unknown:
+        raise ValueError(f"unknown scope {unknown[0]!r}: one of {', '.join(SCOPES)}")
+    if not scopes:
+        raise ValueError("a key needs at least one scope")
+    return [scope for scope in SCOPES if scope in scopes]
+
+
+def key_scopes(stored: list[str] | None) -> frozenset[str]:
+    return ALL_SCOPES if stored is None else frozenset(stored) & ALL_SCOPES
 
 
 #: How many candidates a prefix lookup counts before it says "more than".
@@ -102,13 +146,15 @@ async def revoke_by_prefix(db: Database, id_or_prefix: str) -> str | None:
 
 
 async def authenticate(db: Database, secret: str) -> Principal | None:
-    """The principal for a presented key, or None (unknown or revoked)."""
+    """The principal for a presented key, or None (unknown, revoked or expired)."""
     digest = hash_api_key(secret)
     async with db.read() as conn:
         row = await key_store.find_active_key(conn, digest)
     if row is None or not hmac.compare_digest(row.key_hash, digest):
         return None
     now = utcnow()
+    if row.expires_at is not None and row.expires_at <= now:
+        return None
     if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
         try:
             async with db.write() as conn:
@@ -116,5 +162,9 @@ async def authenticate(db: Database, secret: str) -> Principal | None:
         except Exception as exc:  # bookkeeping: never the reason a request fails
             log.warning("recording the use of key_id=%s failed: %s", row.id, type(exc).__name__)
     return Principal(
-        key_id=row.id, name=row.name, domain_id=row.domain_id, domain_name=row.domain_name
+        key_id=row.id,
+        name=row.name,
+        domain_id=row.domain_id,
+        domain_name=row.domain_name,
+        scopes=key_scopes(row.scopes),
     )

@@ -306,3 +306,38 @@ def test_keys_revoke_takes_an_unambiguous_prefix(install: Install) -> None:
 
     again = install.cli("keys", "revoke", prefix)
     again.assert_one_line_failure(1, prefix)
+
+
+def test_keys_create_with_scopes_and_an_expiry(tmp_path: Path) -> None:
+    env = clean_env()
+    run_cli("--data-dir", str(tmp_path / "d"), "migrate", env=env, cwd=tmp_path).assert_ok()
+    made = run_cli(
+        "--data-dir",
+        str(tmp_path / "d"),
+        "keys",
+        "create",
+        "--name",
+        "web",
+        "--scope",
+        "send",
+        "--scope",
+        "read",
+        "--expires-in-days",
+        "90",
+        env=env,
+        cwd=tmp_path,
+    ).assert_ok()
+    assert "may: send, read, expires " in made.stdout
+    bad = run_cli(
+        "--data-dir",
+        str(tmp_path / "d"),
+        "keys",
+        "create",
+        "--name",
+        "x",
+        "--scope",
+        "sendd",
+        env=env,
+        cwd=tmp_path,
+    )
+    bad.assert_one_line_failure(1, "unknown scope 'sendd'")

@@ -189,6 +189,18 @@ async def test_a_wrong_key_is_535(postline_factory: Factory) -> None:
     assert error_text(refused.value).startswith("5.7.8")
 
 
+async def test_a_key_without_the_send_scope_is_refused_at_auth(postline_factory: Factory) -> None:
+    pl = await postline_factory(engine=False, submission_loopback_plaintext_auth=False)
+    reader = await create_key(pl.services.db, "reader", scopes=["read"])
+    sender = await create_key(pl.services.db, "sender", scopes=["send"])
+    async with running_submission(pl) as listening:
+        with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+            await submit(listening, reader.key, message())
+        code, reply = await submit(listening, sender.key, message())
+    assert refused.value.smtp_code == 535
+    assert code == 250 and email_id_of(reply)
+
+
 async def test_a_scoped_key_may_only_send_from_its_domain(postline_factory: Factory) -> None:
     pl = await postline_factory(
         engine=False,

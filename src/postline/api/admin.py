@@ -8,14 +8,14 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from postline.api import answers
-from postline.api.auth import Admin, Caller, Svc
+from postline.api.auth import Admin, Caller, Operator, Reader, Svc
 from postline.api.cursors import SinglePageCursor, single_page
 from postline.api.problems import Problem
 from postline.api.responses import problem_responses
 from postline.api.schemas import DomainIn, DomainPatch, KeyIn
 from postline.api.views import page, rfc3339
 from postline.domains import DomainError, create_domain, dns_records, verify_domain
-from postline.keys import create_key
+from postline.keys import SCOPES, create_key, key_scopes
 from postline.store import domains as domain_store
 from postline.store import keys as key_store
 from postline.store.domains import Domain
@@ -118,7 +118,7 @@ async def add_domain(svc: Svc, _: Admin, body: DomainIn) -> dict[str, Any]:
     response_model=answers.DomainList,
     response_model_exclude_unset=True,
 )
-async def list_domains(svc: Svc, caller: Caller, cursor: SinglePageCursor = None) -> dict[str, Any]:
+async def list_domains(svc: Svc, caller: Reader, cursor: SinglePageCursor = None) -> dict[str, Any]:
     single_page(cursor)
     async with svc.db.read() as conn:
         rows = await domain_store.list_domains(conn, caller.domain_id)
@@ -126,13 +126,13 @@ async def list_domains(svc: Svc, caller: Caller, cursor: SinglePageCursor = None
 
 
 @router.get("/domains/{domain_id}", summary="One sending domain", **_DOMAIN)
-async def get_domain(svc: Svc, caller: Caller, domain_id: str) -> dict[str, Any]:
+async def get_domain(svc: Svc, caller: Reader, domain_id: str) -> dict[str, Any]:
     return domain_view(await _visible_domain(svc, caller, domain_id), svc.settings.hostname)
 
 
 @router.patch("/domains/{domain_id}", summary="Change a domain's settings", **_DOMAIN)
 async def patch_domain(
-    svc: Svc, caller: Caller, domain_id: str, body: DomainPatch
+    svc: Svc, caller: Operator, domain_id: str, body: DomainPatch
 ) -> dict[str, Any]:
     await _visible_domain(svc, caller, domain_id)
     if body.bounce_notifications is not None:
@@ -142,7 +142,7 @@ async def patch_domain(
 
 
 @router.post("/domains/{domain_id}/verify", summary="Check the domain's DNS records now", **_DOMAIN)
-async def verify(svc: Svc, caller: Caller, domain_id: str) -> dict[str, Any]:
+async def verify(svc: Svc, caller: Operator, domain_id: str) -> dict[str, Any]:
     row = await _visible_domain(svc, caller, domain_id)
     checked = await verify_domain(svc.db, svc.router.resolver, row, svc.settings.hostname)
     return domain_view(checked, svc.settings.hostname)
@@ -169,6 +169,8 @@ def key_view(row: ApiKey) -> dict[str, Any]:
         "name": row.name,
         "prefix": row.prefix,
         "domain": row.domain_name,
+        "scopes": sorted(key_scopes(row.scopes), key=SCOPES.index),
+        "expires_at": rfc3339(row.expires_at),
         "created_at": rfc3339(row.created_at),
         "last_used_at": rfc3339(row.last_used_at),
     }
@@ -190,9 +192,11 @@ async def add_key(svc: Svc, _: Admin, body: KeyIn) -> dict[str, Any]:
             raise Problem(422, message, [{"field": "domain_id", "message": message}])
         domain = row.name
     try:
-        created = await create_key(svc.db, body.name, domain)
+        created = await create_key(
+            svc.db, body.name, domain, scopes=body.wanted_scopes, expires_at=body.expires_at
+        )
     except (DomainError, ValueError) as exc:
-        field = "domain" if isinstance(exc, DomainError) else "name"
+        field = "domain" if isinstance(exc, DomainError) else _key_field(str(exc))
         raise Problem(422, str(exc), [{"field": field, "message": str(exc)}]) from None
     return {
         "object": "api_key",
@@ -201,7 +205,17 @@ async def add_key(svc: Svc, _: Admin, body: KeyIn) -> dict[str, Any]:
         "key": created.key,
         "token": created.key,  # Resend's name for it
         "domain": created.domain,
+        "scopes": created.scopes,
+        "expires_at": rfc3339(created.expires_at),
     }
+
+
+def _key_field(message: str) -> str:
+    """The field a refusal of ``create_key`` is about."""
+    for field in ("scope", "expires_at"):
+        if field in message:
+            return "scopes" if field == "scope" else field
+    return "name"
 
 
 @router.get("/api-keys", summary="API keys (no secrets)", response_model=answers.ApiKeyList)

@@ -207,6 +207,8 @@ class ApiKeyCreated(_Answer):
     key: str = Field(description="The secret: shown in this answer only")
     token: str = Field(description="The same as `key` (Resend's name)")
     domain: str | None
+    scopes: list[str]
+    expires_at: str | None
 
 
 class Deleted(_Answer):
@@ -222,6 +224,8 @@ class ApiKey(_Answer):
     name: str
     prefix: str
     domain: str | None
+    scopes: list[str]
+    expires_at: str | None
     created_at: str | None
     last_used_at: str | None
 

@@ -3,6 +3,7 @@ rate-limit token for its key (``api.ratelimit``)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
@@ -65,7 +66,24 @@ async def principal(
     return found
 
 
-async def admin(caller: Annotated[Principal, Depends(principal)]) -> Principal:
+def needs(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
+    """The dependency of a route that needs ``scope`` (``keys.SCOPES``): the caller, or
+    a 403 naming the scope its key lacks."""
+
+    async def with_scope(caller: Annotated[Principal, Depends(principal)]) -> Principal:
+        if scope not in caller.scopes:
+            raise Problem(
+                403,
+                f"this API key lacks the '{scope}' scope this operation needs",
+                name="restricted_api_key",
+            )
+        return caller
+
+    with_scope.__name__ = f"needs_{scope}"
+    return with_scope
+
+
+async def admin(caller: Annotated[Principal, Depends(needs("admin"))]) -> Principal:
     if not caller.is_admin:
         raise Problem(
             403, "this operation needs an unscoped (admin) API key", name="restricted_api_key"
@@ -91,6 +109,15 @@ async def domain_in_scope(conn: AsyncConnection, caller: Principal, name: str) -
     return row.id
 
 
+#: Any valid key, whatever its scopes: for what every key may do.
 Caller = Annotated[Principal, Depends(principal)]
+#: An unscoped key with the ``admin`` scope.
 Admin = Annotated[Principal, Depends(admin)]
+#: A key with the named scope, scoped to a domain or not.
+Sender = Annotated[Principal, Depends(needs("send"))]
+Reader = Annotated[Principal, Depends(needs("read"))]
+TemplateEditor = Annotated[Principal, Depends(needs("templates"))]
+WebhookManager = Annotated[Principal, Depends(needs("webhooks"))]
+SuppressionManager = Annotated[Principal, Depends(needs("suppressions"))]
+Operator = Annotated[Principal, Depends(needs("admin"))]
 Svc = Annotated[Services, Depends(services)]

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.accept import MAX_SCHEDULE_AHEAD, Accepted, Recipient, Submission
 from postline.api import answers, ratelimit
-from postline.api.auth import Caller, Svc, domain_in_scope
+from postline.api.auth import Caller, Reader, Sender, Svc, domain_in_scope
 from postline.api.cursors import page_after
 from postline.api.problems import Problem
 from postline.api.responses import problem_responses
@@ -137,11 +137,11 @@ async def validated(adapter: TypeAdapter[T], body: Any) -> T:
         ) from None
 
 
-async def _one_within_limits(request: Request, svc: Svc, caller: Caller) -> None:
+async def _one_within_limits(request: Request, svc: Svc, caller: Sender) -> None:
     await _within_limits(request, svc, caller, batch=False)
 
 
-async def _batch_within_limits(request: Request, svc: Svc, caller: Caller) -> None:
+async def _batch_within_limits(request: Request, svc: Svc, caller: Sender) -> None:
     await _within_limits(request, svc, caller, batch=True)
 
 
@@ -266,7 +266,7 @@ def _json(status: int, body: Any, replayed: bool = False) -> Response:
 )
 async def send_email(
     svc: Svc,
-    caller: Caller,
+    caller: Sender,
     body: Annotated[EmailBody, Body()],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
@@ -287,7 +287,7 @@ async def send_email(
 )
 async def send_batch(
     svc: Svc,
-    caller: Caller,
+    caller: Sender,
     body: Annotated[BatchBody, Body(title="Emails")],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
@@ -308,7 +308,7 @@ async def send_batch(
 )
 async def list_emails(
     svc: Svc,
-    caller: Caller,
+    caller: Reader,
     status: EmailStatus | None = None,
     recipient_status: Annotated[
         RecipientStatus | None,
@@ -420,7 +420,7 @@ async def _detail(conn: AsyncConnection, email: Email) -> dict[str, Any]:
     summary="One email with its recipients, timelines and events",
     response_model=answers.EmailDetail,
 )
-async def get_email(svc: Svc, caller: Caller, email_id: str) -> dict[str, Any]:
+async def get_email(svc: Svc, caller: Reader, email_id: str) -> dict[str, Any]:
     async with svc.db.read() as conn:
         email = await _visible_email(conn, caller, email_id)
         return await _detail(conn, email)
@@ -442,7 +442,7 @@ _RAW_MESSAGE = {
     response_class=Response,
     responses=_RAW_MESSAGE,
 )
-async def get_email_content(svc: Svc, caller: Caller, email_id: str) -> Response:
+async def get_email_content(svc: Svc, caller: Reader, email_id: str) -> Response:
     """410 once housekeeping removed the body: after the email became final and
     ``POSTLINE_BODY_RETENTION_SECONDS`` passed (or a crash lost a body nobody needed)."""
     async with svc.db.read() as conn:
@@ -464,7 +464,7 @@ async def get_email_content(svc: Svc, caller: Caller, email_id: str) -> Response
     response_model=answers.EmailDetail,
     responses=problem_responses(409),
 )
-async def cancel_email(svc: Svc, caller: Caller, email_id: str) -> dict[str, Any]:
+async def cancel_email(svc: Svc, caller: Sender, email_id: str) -> dict[str, Any]:
     now = utcnow()
     async with svc.db.write() as conn:
         email = await email_store.lock_email(conn, email_id)
@@ -503,7 +503,7 @@ async def cancel_email(svc: Svc, caller: Caller, email_id: str) -> dict[str, Any
     responses=problem_responses(409),
 )
 async def reschedule_email(
-    svc: Svc, caller: Caller, email_id: str, body: RescheduleIn
+    svc: Svc, caller: Sender, email_id: str, body: RescheduleIn
 ) -> dict[str, Any]:
     """Move the recipients still scheduled to ``scheduled_at``; a time already past sends
     them now. 409 once none is scheduled (sent, being sent, or cancelled)."""

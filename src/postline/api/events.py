@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from postline.api import answers
-from postline.api.auth import Caller, Svc
+from postline.api.auth import Reader, Svc
 from postline.api.problems import Problem
 from postline.api.responses import problem_responses
 from postline.model import EventType
@@ -70,7 +70,7 @@ def view(row: FeedEvent) -> dict[str, Any]:
 )
 async def feed(
     svc: Svc,
-    caller: Caller,
+    caller: Reader,
     after: Annotated[
         str | None,
         Query(description="`next_cursor` of the previous page; none: from the oldest kept"),

@@ -373,6 +373,10 @@ class DomainPatch(BaseModel):
     bounce_notifications: bool | None = None
 
 
+#: An API key's scopes (``postline.keys.SCOPES``).
+Scope = Literal["send", "read", "templates", "webhooks", "suppressions", "stats", "admin"]
+
+
 class KeyIn(BaseModel):
     """``domain`` (a name) scopes the key to that domain. Resend's ``domain_id`` does the
     same by id, and its ``permission`` is read as far as Postline's keys go: a
@@ -383,6 +387,14 @@ class KeyIn(BaseModel):
     domain: str | None = None
     domain_id: str | None = None
     permission: Literal["full_access", "sending_access"] | None = None
+    scopes: list[Scope] | None = Field(
+        default=None,
+        min_length=1,
+        description="What the key may do; none given: every scope (a sending_access key: send)",
+    )
+    expires_at: datetime | None = Field(
+        default=None, description="RFC 3339; after it the key is refused; none: never"
+    )
 
     @model_validator(mode="after")
     def _scope(self) -> KeyIn:
@@ -396,4 +408,13 @@ class KeyIn(BaseModel):
             )
         if self.permission == "full_access" and scoped:
             raise ValueError("a full_access key has no domain; use sending_access with one")
+        if self.expires_at is not None and self.expires_at.tzinfo is None:
+            raise ValueError("expires_at must include a time zone offset (RFC 3339), e.g. ...Z")
         return self
+
+    @property
+    def wanted_scopes(self) -> list[str] | None:
+        """The scopes asked for: Resend's ``sending_access`` is a key that only sends."""
+        if self.scopes is None and self.permission == "sending_access":
+            return ["send"]
+        return None if self.scopes is None else list(self.scopes)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.api import answers
-from postline.api.auth import Caller, Svc, domain_in_scope
+from postline.api.auth import SuppressionManager, Svc, domain_in_scope
 from postline.api.cursors import page_after
 from postline.api.problems import Problem
 from postline.api.responses import problem_responses
@@ -74,7 +74,7 @@ async def _domain_id(
 )
 async def list_suppressions(
     svc: Svc,
-    caller: Caller,
+    caller: SuppressionManager,
     domain: str | None = None,
     address: str | None = None,
     reason: Reason | None = None,
@@ -96,7 +96,9 @@ async def list_suppressions(
     response_model=answers.Suppression,
     responses=problem_responses(403, 409),
 )
-async def add_suppression(svc: Svc, caller: Caller, body: SuppressionIn) -> dict[str, Any]:
+async def add_suppression(
+    svc: Svc, caller: SuppressionManager, body: SuppressionIn
+) -> dict[str, Any]:
     async with svc.db.write() as conn:
         domain_id = await _domain_id(conn, caller, body.domain, required=True)
         assert domain_id is not None
@@ -125,13 +127,15 @@ async def _visible(conn: AsyncConnection, caller: Principal, suppression_id: str
 
 
 @router.get("/{suppression_id}", summary="One suppression", response_model=answers.Suppression)
-async def get_suppression(svc: Svc, caller: Caller, suppression_id: str) -> dict[str, Any]:
+async def get_suppression(
+    svc: Svc, caller: SuppressionManager, suppression_id: str
+) -> dict[str, Any]:
     async with svc.db.read() as conn:
         return view(await _visible(conn, caller, suppression_id))
 
 
 @router.delete("/{suppression_id}", status_code=204, summary="Remove a suppression")
-async def delete_suppression(svc: Svc, caller: Caller, suppression_id: str) -> Response:
+async def delete_suppression(svc: Svc, caller: SuppressionManager, suppression_id: str) -> Response:
     async with svc.db.write() as conn:
         await _visible(conn, caller, suppression_id)
         await suppression_store.delete_suppression(conn, suppression_id)

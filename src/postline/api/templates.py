@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.api import answers
-from postline.api.auth import Caller, Svc, domain_in_scope
+from postline.api.auth import Svc, TemplateEditor, domain_in_scope
 from postline.api.cursors import page_after
 from postline.api.problems import Problem
 from postline.api.responses import problem_responses
@@ -126,7 +126,7 @@ def _check(renderer: Renderer, body: TemplateIn) -> None:
     response_model=answers.Template,
     responses=problem_responses(403, 422),
 )
-async def create_template(svc: Svc, caller: Caller, body: TemplateIn) -> dict[str, Any]:
+async def create_template(svc: Svc, caller: TemplateEditor, body: TemplateIn) -> dict[str, Any]:
     _check(svc.templates, body)
     template_id = new_id("tpl_")
     async with svc.db.write() as conn:
@@ -152,7 +152,7 @@ async def create_template(svc: Svc, caller: Caller, body: TemplateIn) -> dict[st
 )
 async def list_templates(
     svc: Svc,
-    caller: Caller,
+    caller: TemplateEditor,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> dict[str, Any]:
@@ -165,7 +165,7 @@ async def list_templates(
 @router.get(
     "/{template_id}", summary="A template at its latest version", response_model=answers.Template
 )
-async def get_template(svc: Svc, caller: Caller, template_id: str) -> dict[str, Any]:
+async def get_template(svc: Svc, caller: TemplateEditor, template_id: str) -> dict[str, Any]:
     async with svc.db.read() as conn:
         return view(await visible(conn, caller, template_id))
 
@@ -177,7 +177,10 @@ async def get_template(svc: Svc, caller: Caller, template_id: str) -> dict[str, 
     responses=problem_responses(422),  # a version that is not a number
 )
 async def get_version(
-    svc: Svc, caller: Caller, template_id: str, version: Annotated[int, Path(ge=1, le=MAX_VERSION)]
+    svc: Svc,
+    caller: TemplateEditor,
+    template_id: str,
+    version: Annotated[int, Path(ge=1, le=MAX_VERSION)],
 ) -> dict[str, Any]:
     async with svc.db.read() as conn:
         return view(await visible(conn, caller, template_id, version))
@@ -190,7 +193,7 @@ async def get_version(
     responses=problem_responses(422),
 )
 async def edit_template(
-    svc: Svc, caller: Caller, template_id: str, body: TemplateEdit
+    svc: Svc, caller: TemplateEditor, template_id: str, body: TemplateEdit
 ) -> dict[str, Any]:
     _check(svc.templates, body)
     async with svc.db.write() as conn:
@@ -210,7 +213,7 @@ async def edit_template(
 
 
 @router.delete("/{template_id}", status_code=204, summary="Delete a template and its versions")
-async def delete_template(svc: Svc, caller: Caller, template_id: str) -> Response:
+async def delete_template(svc: Svc, caller: TemplateEditor, template_id: str) -> Response:
     async with svc.db.write() as conn:
         await visible(conn, caller, template_id)
         await template_store.delete_template(conn, template_id)
@@ -224,7 +227,7 @@ async def delete_template(svc: Svc, caller: Caller, template_id: str) -> Respons
     responses=problem_responses(422),
 )
 async def render_template(
-    svc: Svc, caller: Caller, template_id: str, body: RenderIn
+    svc: Svc, caller: TemplateEditor, template_id: str, body: RenderIn
 ) -> dict[str, Any]:
     async with svc.db.read() as conn:
         row = await visible(conn, caller, template_id, body.version)

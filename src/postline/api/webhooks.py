@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.api import answers
-from postline.api.auth import Caller, Svc, domain_in_scope
+from postline.api.auth import Svc, WebhookManager, domain_in_scope
 from postline.api.cursors import SinglePageCursor, page_after, single_page
 from postline.api.problems import Problem
 from postline.api.responses import problem_responses
@@ -165,7 +165,7 @@ async def _visible(conn: AsyncConnection, caller: Principal, webhook_id: str) ->
     responses=problem_responses(403, 409),  # another domain; the most endpoints allowed
     openapi_extra=answers.webhook_links(201),
 )
-async def create_webhook(svc: Svc, caller: Caller, body: WebhookIn) -> dict[str, Any]:
+async def create_webhook(svc: Svc, caller: WebhookManager, body: WebhookIn) -> dict[str, Any]:
     await _check_address(svc, body.url)
     now = utcnow()
     secret = new_secret()
@@ -202,7 +202,7 @@ async def create_webhook(svc: Svc, caller: Caller, body: WebhookIn) -> dict[str,
 
 @router.get("", summary="Webhook endpoints visible to this key", response_model=answers.WebhookList)
 async def list_webhooks(
-    svc: Svc, caller: Caller, cursor: SinglePageCursor = None
+    svc: Svc, caller: WebhookManager, cursor: SinglePageCursor = None
 ) -> dict[str, Any]:
     single_page(cursor)
     async with svc.db.read() as conn:
@@ -211,7 +211,7 @@ async def list_webhooks(
 
 
 @router.get("/{webhook_id}", summary="One webhook endpoint", response_model=answers.Webhook)
-async def get_webhook(svc: Svc, caller: Caller, webhook_id: str) -> dict[str, Any]:
+async def get_webhook(svc: Svc, caller: WebhookManager, webhook_id: str) -> dict[str, Any]:
     async with svc.db.read() as conn:
         return view(await _visible(conn, caller, webhook_id))
 
@@ -220,7 +220,7 @@ async def get_webhook(svc: Svc, caller: Caller, webhook_id: str) -> dict[str, An
     "/{webhook_id}", summary="Change url, events or enabled", response_model=answers.Webhook
 )
 async def patch_webhook(
-    svc: Svc, caller: Caller, webhook_id: str, body: WebhookPatch
+    svc: Svc, caller: WebhookManager, webhook_id: str, body: WebhookPatch
 ) -> dict[str, Any]:
     if body.url is not None:
         await _check_address(svc, body.url)
@@ -241,7 +241,7 @@ async def patch_webhook(
 
 
 @router.delete("/{webhook_id}", status_code=204, summary="Remove an endpoint")
-async def delete_webhook(svc: Svc, caller: Caller, webhook_id: str) -> Response:
+async def delete_webhook(svc: Svc, caller: WebhookManager, webhook_id: str) -> Response:
     async with svc.db.write() as conn:
         await _visible(conn, caller, webhook_id)
         await webhook_store.delete_webhook(conn, webhook_id)
@@ -253,7 +253,7 @@ async def delete_webhook(svc: Svc, caller: Caller, webhook_id: str) -> Response:
     summary="New secret; the old one signs 24 h more",
     response_model=answers.WebhookWithSecret,
 )
-async def rotate_secret(svc: Svc, caller: Caller, webhook_id: str) -> dict[str, Any]:
+async def rotate_secret(svc: Svc, caller: WebhookManager, webhook_id: str) -> dict[str, Any]:
     now = utcnow()
     secret = new_secret()
     async with svc.db.write() as conn:
@@ -279,7 +279,7 @@ async def rotate_secret(svc: Svc, caller: Caller, webhook_id: str) -> dict[str, 
     response_model=answers.WebhookTestSent,
     openapi_extra=answers.replay_links(202),
 )
-async def send_test(svc: Svc, caller: Caller, webhook_id: str) -> dict[str, Any]:
+async def send_test(svc: Svc, caller: WebhookManager, webhook_id: str) -> dict[str, Any]:
     now = utcnow()
     event_id = new_id("evt_")
     delivery_id = new_id("whd_")
@@ -322,7 +322,7 @@ async def send_test(svc: Svc, caller: Caller, webhook_id: str) -> dict[str, Any]
 )
 async def list_deliveries(
     svc: Svc,
-    caller: Caller,
+    caller: WebhookManager,
     webhook_id: str,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
@@ -340,7 +340,9 @@ async def list_deliveries(
     summary="Send one delivery again now (same webhook-id)",
     response_model=answers.WebhookDelivery,
 )
-async def replay(svc: Svc, caller: Caller, webhook_id: str, delivery_id: str) -> dict[str, Any]:
+async def replay(
+    svc: Svc, caller: WebhookManager, webhook_id: str, delivery_id: str
+) -> dict[str, Any]:
     async with svc.db.write() as conn:
         await _visible(conn, caller, webhook_id)
         delivery = await webhook_store.get_delivery(conn, delivery_id)

@@ -26,6 +26,8 @@ class ApiKey(Record):
     created_at: datetime
     revoked_at: datetime | None
     last_used_at: datetime | None
+    scopes: list[str] | None  # None: every scope
+    expires_at: datetime | None
 
 
 async def insert_key(
@@ -36,6 +38,8 @@ async def insert_key(
     prefix: str,
     key_hash: str,
     domain_id: str | None,
+    scopes: list[str] | None = None,
+    expires_at: datetime | None = None,
 ) -> None:
     await conn.execute(
         api_keys.insert().values(
@@ -45,6 +49,8 @@ async def insert_key(
             key_hash=key_hash,
             domain_id=domain_id,
             created_at=utcnow(),
+            scopes=scopes,
+            expires_at=expires_at,
         )
     )
 

@@ -62,6 +62,10 @@ api_keys = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("revoked_at", UTCDateTime, nullable=True),
     Column("last_used_at", UTCDateTime, nullable=True),
+    # What the key may do (postline.keys.SCOPES); NULL: everything, as before scopes.
+    Column("scopes", JSON, nullable=True),
+    # After this the key is refused as a revoked one is; NULL: never.
+    Column("expires_at", UTCDateTime, nullable=True),
 )
 
 sent_emails = Table(

@@ -70,7 +70,10 @@ class SubmissionServer:
         self._sessions: set[SubmissionSMTP] = set()
 
     async def _verify(self, secret: str) -> Principal | None:
-        return await authenticate(self.services.db, secret)
+        """The key's principal if it may send: a key without the ``send`` scope (a
+        read-only key, say) is refused at AUTH as a wrong password is."""
+        found = await authenticate(self.services.db, secret)
+        return found if found is not None and "send" in found.scopes else None
 
     def _factory(self, tls: TlsMaterial, *, implicit: bool) -> Any:
         settings = self.services.settings
