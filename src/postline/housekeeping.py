@@ -17,6 +17,7 @@ from postline.backoff import Backoff
 from postline.orphans import CleanupReport, clean_orphans
 from postline.recovery import restore_missing_jobs
 from postline.retention import RetentionReport, retention_pass
+from postline.store.event_feed import stamp_all
 from postline.store.types import utcnow
 
 log = logging.getLogger("postline.housekeeping")
@@ -36,6 +37,9 @@ async def housekeeping_pass(services: Services) -> None:
     services.metrics.queue_depth.set(sum(depth.values()))
     in_flight = await services.queue.in_flight()
     services.metrics.queue_in_flight.set(sum(in_flight.values()))
+    # Number new events for the feed and count them for the statistics before
+    # retention may purge them, and after the chores that keep mail moving.
+    await stamp_all(services.db.write)
     # Last: the chores above keep mail moving and must not wait behind a backlog here.
     await retention_chores(services)
 

@@ -31,6 +31,8 @@ def _scope_of(method: str, path: str) -> str:
         return "read" if method == "GET" else "send"
     if path.startswith("/v1/events"):
         return "read"
+    if path.startswith("/v1/stats"):
+        return "stats"
     if path.startswith("/v1/domains"):
         return "read" if method == "GET" else "admin"
     for prefix, scope in (
@@ -116,11 +118,11 @@ async def test_an_expired_key_is_refused_like_a_revoked_one(postline: PostlineUn
 
 
 async def test_every_route_needs_its_scope(postline_factory: Factory) -> None:
-    """A key with only the ``stats`` scope (no route of it yet) is refused by every route
-    that needs a key, naming the scope docs/API.md gives; with that scope alone, the
-    refusal is never the scope's."""
+    """A key with one other scope is refused by every route that needs a key, naming the
+    scope docs/API.md gives; with that scope alone, the refusal is never the scope's."""
     pl = await postline_factory(engine=False)
     served = served_routes(create_api(pl.services))
+    suppressions_only = (await _key(pl, scopes=["suppressions"]))["key"]
     stats_only = (await _key(pl, scopes=["stats"]))["key"]
     by_scope: dict[str, str] = {}
     checked = 0
@@ -128,11 +130,12 @@ async def test_every_route_needs_its_scope(postline_factory: Factory) -> None:
         if MATRIX[(method, path)].kind == "public":
             continue
         scope = _scope_of(method, path)
+        other_only = stats_only if scope == "suppressions" else suppressions_only
         if scope not in by_scope:
             by_scope[scope] = (await _key(pl, scopes=[scope]))["key"]
         url = path.format_map(_Dummy())
         body: list[Any] | dict[str, Any] = [] if path.endswith("/batch") else {}
-        refused = await pl.client.request(method, url, json=body, headers=pl.auth(stats_only))
+        refused = await pl.client.request(method, url, json=body, headers=pl.auth(other_only))
         assert refused.status_code == 403, (method, path, refused.text)
         assert f"'{scope}' scope" in refused.json()["detail"], (method, path, refused.text)
         allowed = await pl.client.request(method, url, json=body, headers=pl.auth(by_scope[scope]))

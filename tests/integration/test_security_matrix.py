@@ -155,6 +155,8 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("POST", "/v1/webhooks/{webhook_id}/test"): Case("owner"),
     ("GET", "/v1/webhooks/{webhook_id}/deliveries"): Case("owner"),
     ("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/replay"): Case("owner"),
+    # --- statistics
+    ("GET", "/v1/stats"): Case("send", queries=lambda w: [{"domain": "b.test"}]),
     # --- templates
     ("GET", "/v1/templates"): Case("list", own="template_id"),
     ("POST", "/v1/templates"): Case(

@@ -34,6 +34,7 @@ __all__ = [
     "EventFeed",
     "Index",
     "Rendered",
+    "Stats",
     "Status",
     "Suppression",
     "SuppressionList",
@@ -323,6 +324,44 @@ class EventFeed(_Answer):
     data: list[FeedEvent]
     has_more: bool = Field(description="Whether more events wait now beyond this page")
     next_cursor: str = Field(description="Pass as `after` for what follows; never null")
+
+
+# -- statistics -----------------------------------------------------------------------------
+
+
+class StatsFigures(_Answer):
+    accepted: int = Field(description="Recipients accepted (queued, or suppressed at once)")
+    delivered: int
+    deferred: int = Field(description="Deferral events (one per opening of a breaker)")
+    bounced: int
+    bounced_hard: int
+    bounced_soft: int
+    bounced_block: int
+    bounced_undetermined: int
+    complained: int
+    failed: int
+    suppressed: int
+    cancelled: int
+    opened: int
+    clicked: int
+    unsubscribed: int
+    delivery_rate: float | None = Field(description="delivered / (delivered + bounced + failed)")
+    bounce_rate: float | None = Field(description="bounced / (delivered + bounced)")
+    complaint_rate: float | None = Field(description="complained / delivered")
+
+
+class StatsBucket(StatsFigures):
+    start: str
+
+
+class Stats(_Answer):
+    object: Literal["stats"]
+    domain: str | None
+    from_: str = Field(alias="from")
+    to: str
+    bucket: Literal["hour", "day"]
+    totals: StatsFigures
+    data: list[StatsBucket]
 
 
 # -- webhooks -------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from postline.api import (
     problems,
     ratelimit,
     responses,
+    stats,
     suppressions,
     templates,
     webhooks,
@@ -57,6 +58,7 @@ def create_api(services: Services) -> FastAPI:
         inbound.router,
         events.router,
         templates.router,
+        stats.router,
         index.router,
     ):
         app.include_router(responses.declare_problems(router))

@@ -406,3 +406,15 @@ template_versions = Table(
     Column("text", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
 )
+
+# Event counts per sending domain, hour and name (``email.delivered`` as ``delivered``,
+# bounces also by type), for GET /v1/stats: added to when the event feed numbers the
+# events (store.event_feed), so each event counts once and no read scans the send log.
+event_counts = Table(
+    "event_counts",
+    metadata,
+    Column("domain_id", String(32), primary_key=True),
+    Column("hour", UTCDateTime, primary_key=True),
+    Column("name", String(40), primary_key=True),
+    Column("count", BigInteger, nullable=False),
+)
