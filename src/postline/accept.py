@@ -296,21 +296,27 @@ class Acceptor:
         """
         self.metrics.accept_group_calls.observe(len(calls))
         prepared = [item for call in calls for item in call.prepared]
-        # A full spool raises SpoolFull here having kept none of the bodies.
-        await self.spool.put_many([(p.email_id, p.body) for p in prepared])
+        # Bodies in the store are written by the transaction itself (``_write``) and
+        # undone with it; files are fsynced first and removed again when it fails.
+        files = not self.spool.shares_store
+        if files:
+            # A full spool raises SpoolFull here having kept none of the bodies.
+            await self.spool.put_many([(p.email_id, p.body) for p in prepared])
         try:
             outcomes, jobs = await self._commit(calls)
         except BaseException:
-            await self._discard_bodies(prepared)
+            if files:
+                await self._discard_bodies(prepared)
             raise
-        await self._discard_bodies(
-            [
-                item
-                for call, outcome in zip(calls, outcomes, strict=True)
-                if isinstance(outcome, Exception)
-                for item in call.prepared
-            ]
-        )
+        if files:
+            await self._discard_bodies(
+                [
+                    item
+                    for call, outcome in zip(calls, outcomes, strict=True)
+                    if isinstance(outcome, Exception)
+                    for item in call.prepared
+                ]
+            )
         if not self.queue.shares_store:
             await self.enqueue_after_commit(jobs)
         self.wakeups.work_arrived()
@@ -362,7 +368,7 @@ class Acceptor:
         written = False
         try:
             async with self.db.write() as conn:
-                results, jobs = await self._insert(
+                results, jobs = await self._write(
                     conn, [item for call in calls for item in call.prepared]
                 )
                 answers: list[list[Accepted] | Exception] = []
@@ -388,7 +394,7 @@ class Acceptor:
             for call in calls:
                 try:
                     async with conn.begin_nested():
-                        own, own_jobs = await self._insert(conn, call.prepared)
+                        own, own_jobs = await self._write(conn, call.prepared)
                         if call.on_commit is not None:
                             await call.on_commit(conn, own)
                 except Exception as exc:
@@ -399,6 +405,14 @@ class Acceptor:
                 answers.append(own)
                 jobs += own_jobs
         return answers, jobs
+
+    async def _write(
+        self, conn: AsyncConnection, prepared: list[_Prepared]
+    ) -> tuple[list[Accepted], list[Job]]:
+        """The rows, and the bodies too when the spool is in the store, in one transaction."""
+        if self.spool.shares_store:
+            await self.spool.put_many([(p.email_id, p.body) for p in prepared], conn)
+        return await self._insert(conn, prepared)
 
     async def stage_notification(
         self,
