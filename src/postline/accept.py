@@ -4,6 +4,12 @@ Order matters and is the whole promise: bodies are fsynced in the spool, then
 the email, recipient, event and (embedded) job rows are committed in one
 transaction, and only then does the caller answer 2xx. A crash before the
 commit leaves at most an unreferenced body, which orphan cleanup removes.
+
+Concurrent calls share that work (group commit): each call validates and
+composes on its own, then joins the group waiting for the next commit, which
+starts as soon as the one before it has finished. The group's bodies go to the
+spool in one pass and its rows into one transaction, as a batch's do; each
+call still hears only its own answer (``_commit``).
 """
 
 from __future__ import annotations
@@ -30,10 +36,12 @@ from postline.queue import Job, Queue
 from postline.spool import Spool
 from postline.store import domains as domain_store
 from postline.store import emails as email_store
+from postline.store.batching import connection_broke
 from postline.store.db import Database
 from postline.store.domains import Domain
 from postline.store.emails import Email
 from postline.store.emails import Recipient as EmailRecipient
+from postline.store.gathering import GroupRead
 from postline.store.types import utcnow
 from postline.wakeups import Wakeups
 
@@ -44,6 +52,9 @@ MAX_SCHEDULE_AHEAD = timedelta(days=30)
 COMPOSE_CHUNK = 25
 #: Addresses looked up on the suppression list in one query.
 SUPPRESSION_CHUNK = 5000
+#: Emails committed together at most by one group commit (a batch counts all its
+#: emails; a batch larger than this is a group of its own).
+GROUP_EMAILS = 500
 
 
 class AcceptError(Exception):
@@ -94,6 +105,8 @@ class Accepted:
 
 
 #: Run inside the accepting transaction with its results (the API stores its idempotency key).
+#: It may run twice when its group is written again call by call (``Acceptor._commit``):
+#: only the run that is committed counts, so it must only write.
 OnCommit = Callable[[AsyncConnection, list[Accepted]], Awaitable[None]]
 
 
@@ -105,6 +118,16 @@ class _Prepared:
     submission: Submission
     body: bytes
     recipients: list[Recipient]
+    #: When it was received: its rows' times, as its message's Date header.
+    now: datetime
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One ``accept`` call's share of a group commit: all or none of it is accepted."""
+
+    prepared: list[_Prepared]
+    on_commit: OnCommit | None
 
 
 def _destination(address: str) -> str:
@@ -137,6 +160,17 @@ class Acceptor:
         self.compose_pool = compose_pool
         #: The VERP envelope sender of API mail, with the token the inbound listener checks.
         self.return_paths = ReturnPaths.of(db.secrets)
+        self._group: GroupRead[_Call, list[Accepted]] = GroupRead(
+            self._commit_group,
+            name="accept group commit",
+            max_batch=GROUP_EMAILS,
+            size=lambda call: len(call.prepared),
+        )
+
+    @property
+    def waiting_to_commit(self) -> int:
+        """Accept calls waiting for the next group commit (the one running not counted)."""
+        return self._group.waiting
 
     async def _compose_all(self, items: list[Composition]) -> list[bytes]:
         """Build and sign in the pool, all at once: the loop only waits.
@@ -202,7 +236,9 @@ class Acceptor:
             if domain.dkim_private_key:
                 signer = Signer(domain.name, domain.dkim_selector, domain.dkim_private_key)
             compositions.append(Composition(submission.content, message_id, now, raw, signer))
-            prepared.append(_Prepared(email_id, message_id, domain, submission, b"", recipients))
+            prepared.append(
+                _Prepared(email_id, message_id, domain, submission, b"", recipients, now)
+            )
         bodies = await self._compose_all(compositions)
         for index, (item, body) in enumerate(zip(prepared, bodies, strict=True)):
             if len(body) > self.max_message_bytes:
@@ -221,19 +257,14 @@ class Acceptor:
         *,
         on_commit: OnCommit | None = None,
     ) -> list[Accepted]:
-        """Accept all submissions or none. ``on_commit(conn, results)`` runs inside the commit."""
+        """Accept all submissions or none. ``on_commit(conn, results)`` runs inside the commit.
+
+        The commit is shared with the calls made meanwhile (``_commit_group``); what
+        this returns or raises is this call's own.
+        """
         now = utcnow()
         prepared = await self._prepare(submissions, principal, now)
-        # A full spool raises SpoolFull here having kept none of the bodies.
-        await self.spool.put_many([(p.email_id, p.body) for p in prepared])
-        try:
-            results, jobs = await self._commit(prepared, now, on_commit)
-        except BaseException:
-            await self._discard_bodies(prepared)
-            raise
-        if not self.queue.shares_store:
-            await self.enqueue_after_commit(jobs)
-        self.wakeups.work_arrived()
+        results = await self._group.get(_Call(prepared, on_commit))
         # Recipients suppressed at accept are final already: an outcome like any other.
         suppressed = sum(
             status == RecipientStatus.SUPPRESSED
@@ -254,6 +285,42 @@ class Acceptor:
                 item.submission.source,
             )
         return results
+
+    async def _commit_group(self, calls: list[_Call]) -> list[list[Accepted] | Exception]:
+        """Make a group of calls durable: one spool pass, one transaction, one enqueue.
+
+        Nothing is answered before both the spool and the commit are durable. A
+        spool or commit that fails fails every call of the group, and none of
+        their bodies is left; a call refused for its own rows (``_commit``) is
+        answered its error alone and only its bodies are removed.
+        """
+        self.metrics.accept_group_calls.observe(len(calls))
+        prepared = [item for call in calls for item in call.prepared]
+        # Bodies in the store are written by the transaction itself (``_write``) and
+        # undone with it; files are fsynced first and removed again when it fails.
+        files = not self.spool.shares_store
+        if files:
+            # A full spool raises SpoolFull here having kept none of the bodies.
+            await self.spool.put_many([(p.email_id, p.body) for p in prepared])
+        try:
+            outcomes, jobs = await self._commit(calls)
+        except BaseException:
+            if files:
+                await self._discard_bodies(prepared)
+            raise
+        if files:
+            await self._discard_bodies(
+                [
+                    item
+                    for call, outcome in zip(calls, outcomes, strict=True)
+                    if isinstance(outcome, Exception)
+                    for item in call.prepared
+                ]
+            )
+        if not self.queue.shares_store:
+            await self.enqueue_after_commit(jobs)
+        self.wakeups.work_arrived()
+        return outcomes
 
     async def _discard_bodies(self, prepared: list[_Prepared]) -> None:
         """The rows were not committed (database down or full): remove every body written.
@@ -289,13 +356,63 @@ class Acceptor:
             )
 
     async def _commit(
-        self, prepared: list[_Prepared], now: datetime, on_commit: OnCommit | None
-    ) -> tuple[list[Accepted], list[Job]]:
+        self, calls: list[_Call]
+    ) -> tuple[list[list[Accepted] | Exception], list[Job]]:
+        """Every call's rows in one transaction, as one batch; each call's own answer.
+
+        When a statement fails (a Message-ID already taken, a refusing ``on_commit``),
+        the transaction is rolled back and written again with each call in a
+        savepoint of its own, so that only the calls whose rows fail are refused.
+        A failed commit, or a lost connection, fails them all.
+        """
+        written = False
+        try:
+            async with self.db.write() as conn:
+                results, jobs = await self._write(
+                    conn, [item for call in calls for item in call.prepared]
+                )
+                answers: list[list[Accepted] | Exception] = []
+                for call in calls:
+                    own, results = results[: len(call.prepared)], results[len(call.prepared) :]
+                    if call.on_commit is not None:
+                        await call.on_commit(conn, own)
+                    answers.append(own)
+                written = True
+        except Exception as exc:
+            if written or len(calls) == 1 or connection_broke(exc):
+                raise
+            return await self._commit_each(calls)
+        return answers, jobs
+
+    async def _commit_each(
+        self, calls: list[_Call]
+    ) -> tuple[list[list[Accepted] | Exception], list[Job]]:
+        """The group again, each call in a savepoint: a refused call's rows are undone alone."""
+        answers: list[list[Accepted] | Exception] = []
+        jobs: list[Job] = []
         async with self.db.write() as conn:
-            results, jobs = await self._insert(conn, prepared, now)
-            if on_commit is not None:
-                await on_commit(conn, results)
-        return results, jobs
+            for call in calls:
+                try:
+                    async with conn.begin_nested():
+                        own, own_jobs = await self._write(conn, call.prepared)
+                        if call.on_commit is not None:
+                            await call.on_commit(conn, own)
+                except Exception as exc:
+                    if connection_broke(exc):
+                        raise
+                    answers.append(exc)
+                    continue
+                answers.append(own)
+                jobs += own_jobs
+        return answers, jobs
+
+    async def _write(
+        self, conn: AsyncConnection, prepared: list[_Prepared]
+    ) -> tuple[list[Accepted], list[Job]]:
+        """The rows, and the bodies too when the spool is in the store, in one transaction."""
+        if self.spool.shares_store:
+            await self.spool.put_many([(p.email_id, p.body) for p in prepared], conn)
+        return await self._insert(conn, prepared)
 
     async def stage_notification(
         self,
@@ -335,19 +452,25 @@ class Acceptor:
             envelope_from="",
             original_email_id=original_email_id,
         )
-        prepared = _Prepared(email_id, message_id, domain, submission, body, submission.recipients)
-        _, jobs = await self._insert(conn, [prepared], now)
+        prepared = _Prepared(
+            email_id, message_id, domain, submission, body, submission.recipients, now
+        )
+        _, jobs = await self._insert(conn, [prepared])
         self.metrics.emails_accepted.labels(source=EmailSource.DSN).inc()
         return jobs
 
     async def _suppressed(
-        self, conn: AsyncConnection, prepared: list[_Prepared], now: datetime
+        self, conn: AsyncConnection, prepared: list[_Prepared]
     ) -> set[tuple[str, str]]:
         """(domain id, address) of every recipient on its domain's suppression list.
 
         One query per sending domain for the whole batch (in chunks that stay under
-        SQLite's limit on bound values), not one per email.
+        SQLite's limit on bound values), not one per email. A group's emails were
+        received moments apart: a listing is judged as of the latest of them.
         """
+        if not prepared:
+            return set()
+        now = max(item.now for item in prepared)
         wanted: dict[str, set[str]] = {}
         for item in prepared:
             wanted.setdefault(item.domain.id, set()).update(r.address for r in item.recipients)
@@ -361,7 +484,7 @@ class Acceptor:
         return found
 
     async def _insert(
-        self, conn: AsyncConnection, prepared: list[_Prepared], now: datetime
+        self, conn: AsyncConnection, prepared: list[_Prepared]
     ) -> tuple[list[Accepted], list[Job]]:
         """Write emails, recipients, events and (embedded) jobs into the caller's transaction."""
         results: list[Accepted] = []
@@ -369,9 +492,10 @@ class Acceptor:
         email_rows: list[dict[str, Any]] = []
         recipient_rows: list[dict[str, Any]] = []
         event_rows: list[dict[str, Any]] = []
-        suppressed = await self._suppressed(conn, prepared, now)
+        suppressed = await self._suppressed(conn, prepared)
         for item in prepared:
             sub = item.submission
+            now = item.now
             scheduled = sub.scheduled_at is not None and sub.scheduled_at > now
             pending = RecipientStatus.SCHEDULED if scheduled else RecipientStatus.QUEUED
             statuses = [

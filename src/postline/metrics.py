@@ -31,6 +31,12 @@ class Metrics:
             "Time to make a submission durable (HTTP request handling included)",
             registry=self.registry,
         )
+        self.accept_group_calls = Histogram(
+            "postline_accept_group_calls",
+            "Accept calls (API requests, SMTP submissions) sharing one group commit",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 500),
+            registry=self.registry,
+        )
         self.delivery_seconds = Histogram(
             "postline_delivery_seconds",
             "Time of one delivery attempt (DNS + SMTP + recording)",

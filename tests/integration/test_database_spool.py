@@ -111,3 +111,21 @@ async def test_a_broken_store_is_never_reported_as_a_missing_body(db: Database) 
     with pytest.raises(SpoolError) as caught:
         await spool.delete("em_there")
     assert type(caught.value) is SpoolError
+
+
+async def test_bodies_written_in_a_store_transaction_last_only_if_it_commits(
+    db: Database,
+) -> None:
+    """The acceptor writes bodies in its own transaction: one commit for bodies and rows,
+    and nothing of a transaction that is rolled back."""
+    spool = DatabaseSpool(db)
+    assert spool.shares_store
+    with pytest.raises(RuntimeError, match="rolled back"):
+        async with db.write() as conn:
+            await spool.put_many([("em_undone", b"x")], conn)
+            raise RuntimeError("rolled back")
+    with pytest.raises(SpoolMissing):
+        await spool.get("em_undone")
+    async with db.write() as conn:
+        await spool.put_many([("em_kept", b"kept")], conn)
+    assert await spool.get("em_kept") == b"kept"

@@ -24,25 +24,36 @@ async def test_concurrent_askers_share_reads_and_get_their_own_answers() -> None
     assert len(reads) < 50
 
 
-async def test_an_asker_arriving_during_a_read_waits_for_the_next_one() -> None:
-    """Never an answer read before it was asked for."""
-    started, gate = asyncio.Event(), asyncio.Event()
-    reads: list[list[str]] = []
+class HeldReads:
+    """Reads that record what they were given and wait at a gate until it opens."""
 
-    async def read(items: list[str]) -> list[str]:
-        reads.append(items)
-        started.set()
-        await gate.wait()
+    def __init__(self) -> None:
+        self.started, self.gate = asyncio.Event(), asyncio.Event()
+        self.reads: list[list[str]] = []
+        self.group: GroupRead[str, str] = GroupRead(self.read, name="test")
+
+    async def read(self, items: list[str]) -> list[str]:
+        self.reads.append(items)
+        self.started.set()
+        await self.gate.wait()
         return items
 
-    group: GroupRead[str, str] = GroupRead(read, name="test")
-    first = asyncio.create_task(group.get("a"))
-    await started.wait()
-    second = asyncio.create_task(group.get("b"))
+    async def first(self, item: str) -> asyncio.Task[str]:
+        """Ask for ``item`` and return once its read runs (and waits at the gate)."""
+        task = asyncio.create_task(self.group.get(item))
+        await self.started.wait()
+        return task
+
+
+async def test_an_asker_arriving_during_a_read_waits_for_the_next_one() -> None:
+    """Never an answer read before it was asked for."""
+    held = HeldReads()
+    first = await held.first("a")
+    second = asyncio.create_task(held.group.get("b"))
     await asyncio.sleep(0)
-    gate.set()
+    held.gate.set()
     assert list(await asyncio.wait_for(asyncio.gather(first, second), timeout=5)) == ["a", "b"]
-    assert reads == [["a"], ["b"]]
+    assert held.reads == [["a"], ["b"]]
 
 
 async def test_a_failed_read_fails_its_askers_and_the_next_read_runs() -> None:
@@ -76,3 +87,49 @@ async def test_batches_are_at_most_max_batch() -> None:
     group: GroupRead[int, int] = GroupRead(read, name="test", max_batch=4)
     assert await asyncio.gather(*(group.get(i) for i in range(10))) == list(range(10))
     assert max(len(batch) for batch in reads) <= 4
+
+
+async def test_an_answer_that_is_an_exception_reaches_its_own_asker_alone() -> None:
+    """The group commit's refusal of one call: the others of its batch get their answers."""
+
+    async def read(items: list[int]) -> list[int | Exception]:
+        return [ValueError(f"no {item}") if item == 3 else item for item in items]
+
+    group: GroupRead[int, int] = GroupRead(read, name="test")
+    results = await asyncio.gather(*(group.get(i) for i in range(5)), return_exceptions=True)
+    assert [r for r in results if not isinstance(r, ValueError)] == [0, 1, 2, 4]
+    assert isinstance(results[3], ValueError) and str(results[3]) == "no 3"
+
+
+async def test_batches_are_weighed_by_size_and_an_oversized_item_goes_alone() -> None:
+    reads: list[list[int]] = []
+
+    async def read(items: list[int]) -> list[int]:
+        reads.append(items)
+        return items
+
+    group: GroupRead[int, int] = GroupRead(read, name="test", max_batch=10, size=lambda i: i)
+    sizes = [4, 4, 4, 30, 1, 1]
+    assert await asyncio.gather(*(group.get(s) for s in sizes)) == sizes
+    assert [4, 4] in reads and [30] in reads
+    assert all(sum(batch) <= 10 or len(batch) == 1 for batch in reads)
+
+
+async def test_a_cancelled_asker_whose_item_waits_takes_it_back() -> None:
+    """Nothing is read (or committed) for an asker who is gone; one being read is kept."""
+    held = HeldReads()
+    group = held.group
+    first = await held.first("a")
+    second, third = (asyncio.create_task(group.get(item)) for item in "bc")
+    await asyncio.sleep(0)
+    assert group.waiting == 2
+    second.cancel()
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert group.waiting == 1
+    held.gate.set()
+    assert await asyncio.wait_for(third, timeout=5) == "c"
+    assert held.reads == [["a"], ["c"]]

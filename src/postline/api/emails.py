@@ -215,13 +215,12 @@ async def _accept(
                         name="invalid_idempotent_request",
                     )
                 if previous.state != "done":
-                    raise Problem(
-                        409,
-                        "a request with this Idempotency-Key is still running",
-                        name="concurrent_idempotent_requests",
-                    )
+                    raise _still_running()
                 return _json(202, previous.response, replayed=True)
-            await idempotency.insert_running(conn, caller.key_id, idempotency_key, digest, now)
+            if not await idempotency.insert_running(
+                conn, caller.key_id, idempotency_key, digest, now
+            ):
+                raise _still_running()
 
     async def remember(conn: AsyncConnection, results: list[Accepted]) -> None:
         if idempotency_key is not None:
@@ -236,6 +235,15 @@ async def _accept(
         raise
     svc.metrics.accept_seconds.observe(time.monotonic() - started)
     return _json(202, shape(results))
+
+
+def _still_running() -> Problem:
+    """Another request with this key is being accepted (or was claimed a moment ago)."""
+    return Problem(
+        409,
+        "a request with this Idempotency-Key is still running",
+        name="concurrent_idempotent_requests",
+    )
 
 
 def _fingerprint(email: EmailIn, sent: Any) -> dict[str, Any]:

@@ -7,6 +7,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 # Email ids: letters, digits and "_". Nothing that could name a path or need quoting.
 _REF = re.compile(r"[A-Za-z0-9_]{1,64}")
 
@@ -35,9 +37,19 @@ def check_ref(ref: str) -> str:
 
 
 class Spool(ABC):
+    #: Whether bodies live in the store's database, so that they can be written in the
+    #: same transaction as the rows that name them (``put_many(items, conn)``).
+    shares_store: bool = False
+
     @abstractmethod
-    async def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
-        """Store bodies durably (fsynced) before returning; all or none."""
+    async def put_many(
+        self, items: Sequence[tuple[str, bytes]], conn: AsyncConnection | None = None
+    ) -> None:
+        """Store bodies durably (fsynced) before returning; all or none.
+
+        ``conn``: the store transaction to write in, for spools that share it; the
+        bodies are then durable when, and only if, that transaction commits.
+        """
 
     @abstractmethod
     async def get(self, ref: str) -> bytes: ...

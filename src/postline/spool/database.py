@@ -4,7 +4,8 @@ When the API on one host accepts and a worker on another delivers, a body
 must live where both can read it, and the shared database is already that
 place. A body is durable when ``put_many`` returns because the commit is
 (synchronous commit on PostgreSQL, ``synchronous=FULL`` on SQLite), and one
-transaction per batch gives all or none for free.
+transaction per batch gives all or none for free. The acceptor writes bodies in
+its own transaction (``shares_store``): one commit for the bodies and their rows.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.spool.base import Spool, SpoolError, SpoolFull, SpoolMissing, check_ref
 from postline.store.db import Database
@@ -42,6 +44,8 @@ def _spool_errors(action: str) -> Iterator[None]:
 
 
 class DatabaseSpool(Spool):
+    shares_store = True
+
     def __init__(self, db: Database) -> None:
         self.db = db
 
@@ -57,7 +61,9 @@ class DatabaseSpool(Spool):
             },
         )
 
-    async def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+    async def put_many(
+        self, items: Sequence[tuple[str, bytes]], conn: AsyncConnection | None = None
+    ) -> None:
         # Every ref is checked before the database is touched. A ref given twice
         # keeps its last body, as with files (and PostgreSQL refuses to upsert
         # one key twice in a statement).
@@ -67,8 +73,11 @@ class DatabaseSpool(Spool):
         now = utcnow()
         rows = [{"ref": ref, "body": body, "created_at": now} for ref, body in latest.items()]
         with _spool_errors("write to"):
-            async with self.db.write() as conn:
+            if conn is not None:
                 await conn.execute(self._upsert(), rows)
+                return
+            async with self.db.write() as own:
+                await own.execute(self._upsert(), rows)
 
     async def get(self, ref: str) -> bytes:
         statement = select(spool_bodies.c.body).where(spool_bodies.c.ref == check_ref(ref))

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from postline.spool.base import Spool, SpoolError, SpoolFull, SpoolMissing, check_ref
 
 
@@ -60,7 +62,10 @@ class FileSpool(Spool):
                 raise SpoolFull("the spool is full") from exc
             raise SpoolError(f"cannot write to the spool: {exc.strerror}") from exc
 
-    async def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+    async def put_many(
+        self, items: Sequence[tuple[str, bytes]], conn: AsyncConnection | None = None
+    ) -> None:
+        # Files are never part of a store transaction: fsynced here, before returning.
         # Every ref first: one bad ref found halfway would leave the bodies before it behind.
         for ref, _ in items:
             check_ref(ref)

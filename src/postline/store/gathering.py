@@ -1,4 +1,4 @@
-"""Group read: many concurrent askers, one read for all of them.
+"""Group read (and group commit): many concurrent askers, one call for all of them.
 
 The read-side twin of ``batching.Batcher``. The engine starts up to
 ``concurrency`` deliveries at once, and each used to read its email, its
@@ -10,6 +10,12 @@ item, in order). What arrives while a read is running waits for the next one,
 so an answer is never older than the moment it was asked for. A failed read
 fails every caller of that read with its exception, as their own reads would
 have failed.
+
+The accept path's group commit (``accept.Acceptor``) is the same loop with a
+transaction for the read: there an answer may be an exception, which only its
+own caller hears (a submission refused for its own data), and ``size`` weighs
+an item (its emails) so that one transaction stays bounded. A caller cancelled
+while its item still waits takes it back: nothing is done for nobody.
 """
 
 from __future__ import annotations
@@ -22,19 +28,30 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+def _one(_: object) -> int:
+    return 1
+
+
 class GroupRead(Generic[T, R]):
     def __init__(
         self,
-        read: Callable[[list[T]], Awaitable[Sequence[R]]],
+        read: Callable[[list[T]], Awaitable[Sequence[R | Exception]]],
         *,
         name: str,
         max_batch: int = 500,
+        size: Callable[[T], int] = _one,
     ) -> None:
         self._read = read
         self._name = name
         self._max_batch = max_batch
+        self._size = size
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Items asked for and not yet taken by a read (the next read's, so far)."""
+        return len(self._waiting)
 
     async def get(self, item: T) -> R:
         """The answer for ``item``, read together with those asked for meanwhile."""
@@ -42,12 +59,29 @@ class GroupRead(Generic[T, R]):
         self._waiting.append((item, answer))
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read_all(), name=self._name)
-        return await asyncio.shield(answer)
+        try:
+            return await asyncio.shield(answer)
+        except asyncio.CancelledError:
+            # Not taken yet: withdrawn, so nothing is read (or written) for nobody.
+            self._waiting = [entry for entry in self._waiting if entry[1] is not answer]
+            raise
+
+    def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
+        """The oldest waiting items up to ``max_batch`` by size; at least one."""
+        total = 0
+        count = 0
+        for item, _ in self._waiting:
+            total += self._size(item)
+            if count and total > self._max_batch:
+                break
+            count += 1
+        batch = self._waiting[:count]
+        del self._waiting[:count]
+        return batch
 
     async def _read_all(self) -> None:
         while self._waiting:
-            batch = self._waiting[: self._max_batch]
-            del self._waiting[: self._max_batch]
+            batch = self._take()
             try:
                 answers = await self._read([item for item, _ in batch])
                 if len(answers) != len(batch):
@@ -62,5 +96,9 @@ class GroupRead(Generic[T, R]):
                     answer.cancel()
                 raise
             for (_, answer), value in zip(batch, answers, strict=True):
-                if not answer.done():
+                if answer.done():
+                    continue
+                if isinstance(value, Exception):
+                    answer.set_exception(value)
+                else:
                     answer.set_result(value)

@@ -7,6 +7,8 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.store.records import Record
@@ -46,12 +48,18 @@ async def find(
 
 async def insert_running(
     conn: AsyncConnection, scope: str, key: str, request_hash: str, now: datetime
-) -> None:
-    await conn.execute(
-        table.insert().values(
-            scope=scope, key=key, request_hash=request_hash, state="running", created_at=now
-        )
+) -> bool:
+    """Claim the key; False when a concurrent request claimed it first.
+
+    On PostgreSQL two requests can both find no record and both insert: the second
+    waits for the first's commit and then inserts nothing, instead of failing.
+    """
+    make = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    statement = make(table).values(
+        scope=scope, key=key, request_hash=request_hash, state="running", created_at=now
     )
+    result = await conn.execute(statement.on_conflict_do_nothing())
+    return bool(result.rowcount)
 
 
 async def complete(conn: AsyncConnection, scope: str, key: str, response: Any) -> None:
