@@ -121,6 +121,18 @@ class Attempt(_Answer):
     )
     bounce_rule: str | None
     duration_ms: int | None
+    tls_version: str | None = Field(
+        None, description='The TLS version of the connection ("TLSv1.3"); null: plaintext or none'
+    )
+    tls_policy: str | None = Field(
+        None,
+        description="The outbound TLS policy that applied: `opportunistic` (none), `configured`"
+        " (POSTLINE_TLS_POLICIES), `mta-sts`, `mta-sts-testing`, `dane`, or `none` (a relay"
+        " or static route); null when no SMTP connection was involved",
+    )
+    tls_verified: bool | None = Field(
+        None, description="Whether the server's certificate was verified (WebPKI or DANE)"
+    )
     at: str | None
 
 

@@ -163,6 +163,11 @@ delivery_attempts = Table(
     Column("bounce_type", String(16), nullable=True),
     Column("bounce_rule", String(64), nullable=True),
     Column("duration_ms", Integer, nullable=False, default=0),
+    # The connection's TLS: version ("TLSv1.3"; NULL: plaintext or no connection),
+    # the policy that applied (model.TlsPolicySource), whether the certificate was verified.
+    Column("tls_version", String(16), nullable=True),
+    Column("tls_policy", String(16), nullable=True),
+    Column("tls_verified", Boolean, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Index("ix_delivery_attempts_destination_created_at", "destination", "created_at"),
 )
