@@ -22,10 +22,13 @@ from postline.config import ConfigError, Settings
 from postline.delivery.bounces import BounceNotifier
 from postline.delivery.breaker import Breakers
 from postline.delivery.engine import Engine
+from postline.delivery.policies import TlsPolicies
 from postline.delivery.pool import SmtpSettings
 from postline.delivery.record import Recorder
 from postline.delivery.routing import Router
 from postline.delivery.smtp import SmtpDelivery
+from postline.delivery.sts_cache import MtaSts
+from postline.delivery.sts_fetch import PolicyFetcher
 from postline.domains import SANDBOX_DOMAIN, SIMULATOR_DOMAIN, ensure_domain
 from postline.events.dispatcher import Dispatcher
 from postline.inbound.apply import InboundReports
@@ -67,6 +70,8 @@ class Services:
     compose_pool: Executor
     #: Applies the late bounces and complaints the inbound listener takes.
     inbound: InboundReports
+    #: Destinations' MTA-STS policies (None: POSTLINE_MTA_STS=false).
+    mta_sts: MtaSts | None = None
 
     @classmethod
     def build(
@@ -105,16 +110,21 @@ class Services:
             wakeups=wakeups,
             compose_pool=compose_pool,
         )
-        delivery = SmtpDelivery(
+        smtp_settings = SmtpSettings(
+            helo_name=settings.hostname,
+            connect_timeout=settings.smtp_connect_timeout,
+            command_timeout=settings.smtp_command_timeout,
+            max_messages_per_session=settings.smtp_max_messages_per_session,
+            idle_seconds=settings.smtp_idle_seconds,
+            ca_file=settings.tls_ca_file or None,
+        )
+        delivery = SmtpDelivery(router, smtp_settings)
+        mta_sts = build_mta_sts(settings, db, router, smtp_settings) if settings.mta_sts else None
+        tls_policies = TlsPolicies(
             router,
-            SmtpSettings(
-                helo_name=settings.hostname,
-                connect_timeout=settings.smtp_connect_timeout,
-                command_timeout=settings.smtp_command_timeout,
-                max_messages_per_session=settings.smtp_max_messages_per_session,
-                idle_seconds=settings.smtp_idle_seconds,
-                ca_file=settings.tls_ca_file or None,
-            ),
+            default=settings.tls_default,
+            configured=settings.tls_policies,
+            mta_sts=mta_sts.policy if mta_sts is not None else None,
         )
         recorder = Recorder(
             db,
@@ -135,6 +145,7 @@ class Services:
             metrics=metrics,
             settings=settings,
             breakers=breakers,
+            tls_policies=tls_policies,
         )
         dispatcher = Dispatcher(
             db, settings, metrics, router.resolver, clock=clock, transport=webhook_transport
@@ -154,14 +165,30 @@ class Services:
             dispatcher,
             compose_pool,
             inbound,
+            mta_sts,
         )
 
     async def close(self) -> None:
+        if self.mta_sts is not None:
+            await self.mta_sts.close()
         await self.engine.delivery.pool.close()
         await self.queue.close()
         await self.db.close()
         # In a thread: joining the workers must not hold up the loop.
         await asyncio.to_thread(self.compose_pool.shutdown, wait=True, cancel_futures=True)
+
+
+def build_mta_sts(settings: Settings, db: Database, router: Router, smtp: SmtpSettings) -> MtaSts:
+    """The MTA-STS policy cache, fetching through our resolver with the trust anchors
+    the SMTP client verifies MX certificates with."""
+    fetcher = PolicyFetcher(
+        router.addresses,
+        smtp.verify_context(),
+        port=settings.mta_sts_port,
+        timeout=settings.mta_sts_fetch_timeout,
+        allow_private=settings.delivery_allow_private,
+    )
+    return MtaSts(db, router.resolver, fetcher)
 
 
 def build_spool(settings: Settings, db: Database) -> Spool:

@@ -143,6 +143,11 @@ class Settings(BaseSettings):
     tls_default: str = "opportunistic"
     tls_policies: dict[str, str] = {}
     tls_ca_file: str = ""
+    # MTA-STS (RFC 8461, delivery/sts_cache.py): honour destinations' policies. The port
+    # of the policy host is 443 everywhere but in labs and tests.
+    mta_sts: bool = True
+    mta_sts_port: int = 443
+    mta_sts_fetch_timeout: float = 10.0
     shutdown_timeout: float = 30.0
     poll_interval: float = 0.5
     housekeeping_interval: float = 30.0
@@ -258,6 +263,27 @@ class Settings(BaseSettings):
     @classmethod
     def _check_tls_policies(cls, value: dict[str, str]) -> dict[str, str]:
         return {domain.lower(): _tls_policy(policy) for domain, policy in value.items()}
+
+    @field_validator("tls_ca_file")
+    @classmethod
+    def _check_tls_ca_file(cls, value: str) -> str:
+        if value and not Path(value).is_file():
+            raise ValueError(f"{value!r}: no such file (a PEM file of trust anchors)")
+        return value
+
+    @field_validator("mta_sts_port")
+    @classmethod
+    def _check_mta_sts_port(cls, value: int) -> int:
+        if not 1 <= value <= 65535:
+            raise ValueError(f"{value}: not a TCP port")
+        return value
+
+    @field_validator("mta_sts_fetch_timeout")
+    @classmethod
+    def _check_mta_sts_fetch_timeout(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError(f"{value}: expected seconds > 0")
+        return value
 
     @field_validator("queue_url")
     @classmethod

@@ -172,6 +172,21 @@ delivery_attempts = Table(
     Index("ix_delivery_attempts_destination_created_at", "destination", "created_at"),
 )
 
+# MTA-STS policies as fetched (delivery/sts_cache.py): one per destination domain,
+# shared by every worker, used until expires_at (max_age after the fetch).
+mta_sts_policies = Table(
+    "mta_sts_policies",
+    metadata,
+    Column("domain", String(253), primary_key=True),
+    Column("policy_id", String(32), nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("mx", Text, nullable=False),  # JSON list of the mx patterns
+    Column("max_age", Integer, nullable=False),
+    Column("fetched_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("last_error", Text, nullable=True),  # the last failed refresh, kept policy
+)
+
 suppressions = Table(
     "suppressions",
     metadata,

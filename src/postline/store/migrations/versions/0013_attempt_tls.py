@@ -1,4 +1,8 @@
-"""delivery_attempts: the TLS of each attempt (version, policy applied, certificate verified)
+"""outbound TLS: each attempt's TLS on its timeline row; MTA-STS policies as fetched
+
+delivery_attempts gains the TLS of each attempt (version, policy applied,
+certificate verified); mta_sts_policies keeps each destination's MTA-STS policy
+for its max_age, shared by every worker.
 
 Revision ID: 0013
 Revises: 0012
@@ -21,9 +25,22 @@ def upgrade() -> None:
         batch.add_column(sa.Column("tls_version", sa.String(length=16), nullable=True))
         batch.add_column(sa.Column("tls_policy", sa.String(length=16), nullable=True))
         batch.add_column(sa.Column("tls_verified", sa.Boolean(), nullable=True))
+    op.create_table(
+        "mta_sts_policies",
+        sa.Column("domain", sa.String(length=253), nullable=False),
+        sa.Column("policy_id", sa.String(length=32), nullable=False),
+        sa.Column("mode", sa.String(length=16), nullable=False),
+        sa.Column("mx", sa.Text(), nullable=False),
+        sa.Column("max_age", sa.Integer(), nullable=False),
+        sa.Column("fetched_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.PrimaryKeyConstraint("domain", name=op.f("pk_mta_sts_policies")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("mta_sts_policies")
     with op.batch_alter_table("delivery_attempts") as batch:
         batch.drop_column("tls_verified")
         batch.drop_column("tls_policy")
