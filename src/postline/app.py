@@ -22,13 +22,14 @@ from postline.config import ConfigError, Settings
 from postline.delivery.bounces import BounceNotifier
 from postline.delivery.breaker import Breakers
 from postline.delivery.engine import Engine
-from postline.delivery.policies import TlsPolicies
+from postline.delivery.policies import DaneLookup, TlsPolicies
 from postline.delivery.pool import SmtpSettings
 from postline.delivery.record import Recorder
 from postline.delivery.routing import Router
 from postline.delivery.smtp import SmtpDelivery
 from postline.delivery.sts_cache import MtaSts
 from postline.delivery.sts_fetch import PolicyFetcher
+from postline.delivery.tlsa import TlsaLookup, validating_resolver
 from postline.domains import SANDBOX_DOMAIN, SIMULATOR_DOMAIN, ensure_domain
 from postline.events.dispatcher import Dispatcher
 from postline.inbound.apply import InboundReports
@@ -125,6 +126,7 @@ class Services:
             default=settings.tls_default,
             configured=settings.tls_policies,
             mta_sts=mta_sts.policy if mta_sts is not None else None,
+            dane=build_dane(settings),
         )
         recorder = Recorder(
             db,
@@ -189,6 +191,13 @@ def build_mta_sts(settings: Settings, db: Database, router: Router, smtp: SmtpSe
         allow_private=settings.delivery_allow_private,
     )
     return MtaSts(db, router.resolver, fetcher)
+
+
+def build_dane(settings: Settings) -> DaneLookup | None:
+    """TLSA lookups for DANE, or None when POSTLINE_DNSSEC=off (no lookup at all)."""
+    if settings.dnssec == "off":
+        return None
+    return TlsaLookup(validating_resolver(settings.nameservers)).demands
 
 
 def build_spool(settings: Settings, db: Database) -> Spool:

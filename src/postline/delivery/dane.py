@@ -19,7 +19,13 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
 
 from postline.delivery.tls import Tlsa
 
@@ -106,7 +112,20 @@ def _chains_to(
     """Whether ``leaf`` is valid for ``mx_name`` with ``anchor`` as the only trust anchor."""
     if leaf == anchor:
         return False  # DANE-TA names an issuer, not the server's own certificate
-    verifier = PolicyBuilder().store(Store([anchor])).build_server_verifier(x509.DNSName(mx_name))
+    # A private CA named by DANE-TA need not follow the WebPKI's extension profile
+    # (authority key ids, key usages): chain, signatures, dates and the name are checked.
+    ca_policy = ExtensionPolicy.permit_all().require_present(
+        x509.BasicConstraints, Criticality.AGNOSTIC, None
+    )
+    ee_policy = ExtensionPolicy.permit_all().require_present(
+        x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
+    )
+    verifier = (
+        PolicyBuilder()
+        .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy)
+        .store(Store([anchor]))
+        .build_server_verifier(x509.DNSName(mx_name))
+    )
     try:
         verifier.verify(leaf, [c for c in intermediates if c != anchor])
     except (VerificationError, ValueError):
