@@ -22,14 +22,18 @@ from postline.config import ConfigError, Settings
 from postline.delivery.bounces import BounceNotifier
 from postline.delivery.breaker import Breakers
 from postline.delivery.engine import Engine
+from postline.delivery.pinned_https import PinnedHttps
 from postline.delivery.policies import DaneLookup, TlsPolicies
 from postline.delivery.pool import SmtpSettings
 from postline.delivery.record import Recorder
 from postline.delivery.routing import Router
 from postline.delivery.smtp import SmtpDelivery
 from postline.delivery.sts_cache import MtaSts
-from postline.delivery.sts_fetch import PolicyFetcher
+from postline.delivery.sts_fetch import MAX_POLICY_BYTES, PolicyFetcher
 from postline.delivery.tlsa import TlsaLookup, validating_resolver
+from postline.delivery.tlsrpt import TlsCounts
+from postline.delivery.tlsrpt_mail import MailedReports
+from postline.delivery.tlsrpt_send import TlsReporter
 from postline.domains import SANDBOX_DOMAIN, SIMULATOR_DOMAIN, ensure_domain
 from postline.events.dispatcher import Dispatcher
 from postline.inbound.apply import InboundReports
@@ -73,6 +77,8 @@ class Services:
     inbound: InboundReports
     #: Destinations' MTA-STS policies (None: POSTLINE_MTA_STS=false).
     mta_sts: MtaSts | None = None
+    #: Sends the daily TLS reports (housekeeping).
+    tls_reporter: TlsReporter | None = None
 
     @classmethod
     def build(
@@ -148,7 +154,9 @@ class Services:
             settings=settings,
             breakers=breakers,
             tls_policies=tls_policies,
+            tls_counts=TlsCounts(db, metrics, clock=clock),
         )
+        tls_reporter = build_tls_reporter(settings, db, router, smtp_settings, metrics, acceptor)
         dispatcher = Dispatcher(
             db, settings, metrics, router.resolver, clock=clock, transport=webhook_transport
         )
@@ -168,6 +176,7 @@ class Services:
             compose_pool,
             inbound,
             mta_sts,
+            tls_reporter,
         )
 
     async def close(self) -> None:
@@ -183,14 +192,43 @@ class Services:
 def build_mta_sts(settings: Settings, db: Database, router: Router, smtp: SmtpSettings) -> MtaSts:
     """The MTA-STS policy cache, fetching through our resolver with the trust anchors
     the SMTP client verifies MX certificates with."""
-    fetcher = PolicyFetcher(
+    https = PinnedHttps(
         router.addresses,
         smtp.verify_context(),
-        port=settings.mta_sts_port,
+        timeout=settings.mta_sts_fetch_timeout,
+        allow_private=settings.delivery_allow_private,
+        max_bytes=MAX_POLICY_BYTES,
+    )
+    return MtaSts(db, router.resolver, PolicyFetcher(https, port=settings.mta_sts_port))
+
+
+def build_tls_reporter(
+    settings: Settings,
+    db: Database,
+    router: Router,
+    smtp: SmtpSettings,
+    metrics: Metrics,
+    acceptor: Acceptor,
+) -> TlsReporter:
+    organization = settings.tlsrpt_organization or settings.hostname
+    mail = None
+    if settings.tlsrpt_from:
+        mail = MailedReports(acceptor, settings.tlsrpt_from, organization).send
+    https = PinnedHttps(
+        router.addresses,
+        smtp.verify_context(),
         timeout=settings.mta_sts_fetch_timeout,
         allow_private=settings.delivery_allow_private,
     )
-    return MtaSts(db, router.resolver, fetcher)
+    return TlsReporter(
+        db,
+        router.resolver,
+        https,
+        metrics,
+        organization=organization,
+        contact=settings.tlsrpt_contact or f"postmaster@{settings.hostname}",
+        mail=mail,
+    )
 
 
 def build_dane(settings: Settings) -> DaneLookup | None:

@@ -158,6 +158,11 @@ class Settings(BaseSettings):
     # DANE (RFC 7672): "off", or "trust-local": TLSA answers are believed when the
     # resolver on loopback (POSTLINE_DNS_NAMESERVERS), declared validating, sets AD.
     dnssec: str = "off"
+    # TLS reports (RFC 8460, delivery/tlsrpt_send.py): who they say they are from, and
+    # the address of a sending domain mailto: reports go out from (empty: https only).
+    tlsrpt_organization: str = ""
+    tlsrpt_contact: str = ""
+    tlsrpt_from: str = ""
     shutdown_timeout: float = 30.0
     poll_interval: float = 0.5
     housekeeping_interval: float = 30.0

@@ -47,11 +47,12 @@ class EmailSource(StrEnum):
     API = "api"  # POST /v1/emails
     SMTP = "smtp"  # the submission port
     DSN = "dsn"  # a delivery status notification Postline wrote about a bounce
+    TLSRPT = "tlsrpt"  # a TLS report (RFC 8460) Postline sent to a destination
 
 
 #: Mail Postline writes itself: not the customer's, so never in the send log by
 #: default and never the subject of an ``email.*`` event.
-OWN_SOURCES = frozenset({EmailSource.DSN})
+OWN_SOURCES = frozenset({EmailSource.DSN, EmailSource.TLSRPT})
 
 
 class BounceType(StrEnum):
@@ -156,6 +157,9 @@ class TlsInfo:
     policy: TlsPolicySource
     version: str | None = None  # "TLSv1.3"; None: plaintext (or no connection)
     verified: bool = False  # the certificate was checked (WebPKI or DANE) and passed
+    #: Why the policy was not met, as an RFC 8460 result type ("certificate-host-mismatch");
+    #: None: it was (or there was none to meet).
+    failure: str | None = None
 
 
 class WebhookDeliveryStatus(StrEnum):

@@ -1,4 +1,5 @@
-"""A tiny HTTPS server on loopback that serves an MTA-STS policy (or fails on purpose).
+"""A tiny HTTPS server on loopback that serves an MTA-STS policy (or fails on purpose),
+and takes TLS reports (RFC 8460 POSTs: their bodies are kept in ``posted``).
 
 One request per connection, HTTP/1.1, in the test's event loop. What it answers
 is set on the instance and may change while it runs:
@@ -27,6 +28,8 @@ class PolicyServer:
     failing: bool = False
     #: (path, Host header) of every request read.
     requests: list[tuple[str, str]] = field(default_factory=list)
+    #: (Content-Type, body) of every POST.
+    posted: list[tuple[str, bytes]] = field(default_factory=list)
     port: int = 0
     _server: asyncio.Server | None = None
 
@@ -71,14 +74,21 @@ class PolicyServer:
                 "",
             )
             self.requests.append((path, host))
+            headers = {
+                k.strip().lower(): v.strip()
+                for k, _, v in (line.partition(":") for line in lines[1:] if ":" in line)
+            }
+            if lines[0].startswith("POST"):
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                self.posted.append((headers.get("content-type", ""), body))
             if self.failing:
                 return
-            body = self.policy.encode() if self.status == 200 else b"no"
+            answer = self.policy.encode() if self.status == 200 else b"no"
             extra = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items())
             writer.write(
                 f"HTTP/1.1 {self.status} X\r\nContent-Type: {self.content_type}\r\n"
-                f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n".encode()
-                + body
+                f"Content-Length: {len(answer)}\r\n{extra}Connection: close\r\n\r\n".encode()
+                + answer
             )
             await writer.drain()
         except (OSError, asyncio.IncompleteReadError, ssl.SSLError):

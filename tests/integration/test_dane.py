@@ -22,6 +22,7 @@ from postline.config import ConfigError, load_settings
 from tests.harness import FakeDNS, FakeMX
 from tests.harness.policy_server import PolicyServer
 from tests.harness.postline import Factory, PostlineUnderTest
+from tests.harness.timeline import deferred, last_row
 from tests.harness.tls import ThrowawayCA
 
 DOMAIN = "dane.test"
@@ -64,17 +65,6 @@ async def world(
     await mx.stop()
 
 
-def _row(detail: dict[str, Any]) -> dict[str, Any]:
-    row: dict[str, Any] = detail["recipients"][0]["timeline"][-1]
-    return row
-
-
-async def _deferred(pl: PostlineUnderTest, email_id: str) -> dict[str, Any]:
-    return await pl.wait_for(
-        email_id, lambda d: d["recipients"][0]["status"] == "deferred", what="a deferral"
-    )
-
-
 async def test_a_matching_dane_ee_record_delivers_without_trusting_any_ca(
     world: DaneWorld,
 ) -> None:
@@ -82,7 +72,7 @@ async def test_a_matching_dane_ee_record_delivers_without_trusting_any_ca(
     pl = await world.postline()  # no POSTLINE_TLS_CA_FILE: WebPKI would refuse this MX
     sent = await pl.send(to=f"user@{DOMAIN}")
     detail = await pl.wait_for_status(sent["id"], ["delivered"])
-    row = _row(detail)
+    row = last_row(detail)
     assert (row["tls_policy"], row["tls_verified"]) == ("dane", True)
     assert [m.tls for m in world.mx.received] == [True]
 
@@ -93,16 +83,16 @@ async def test_a_matching_dane_ta_record_delivers(world: DaneWorld) -> None:
     pl = await world.postline()
     sent = await pl.send(to=f"user@{DOMAIN}")
     detail = await pl.wait_for_status(sent["id"], ["delivered"])
-    assert _row(detail)["tls_policy"] == "dane"
+    assert last_row(detail)["tls_policy"] == "dane"
 
 
 async def test_a_tlsa_record_that_does_not_match_the_certificate_defers(world: DaneWorld) -> None:
     world.dns.add_tlsa(TLSA_NAME, 3, 1, 1, b"\x00" * 32)
     pl = await world.postline()
     sent = await pl.send(to=f"user@{DOMAIN}")
-    detail = await _deferred(pl, sent["id"])
+    detail = await deferred(pl, sent["id"])
     assert "matches none of its TLSA records" in detail["recipients"][0]["response"]
-    assert _row(detail)["tls_policy"] == "dane"
+    assert last_row(detail)["tls_policy"] == "dane"
     assert world.mx.received == []
 
 
@@ -110,10 +100,10 @@ async def test_a_failing_tlsa_lookup_in_a_signed_zone_defers(world: DaneWorld) -
     world.dns.servfail(TLSA_NAME)
     pl = await world.postline()
     sent = await pl.send(to=f"user@{DOMAIN}")
-    detail = await _deferred(pl, sent["id"])
+    detail = await deferred(pl, sent["id"])
     response = detail["recipients"][0]["response"]
     assert f"TLSA lookup for {TLSA_NAME} failed" in response
-    assert _row(detail)["tls_policy"] == "dane"
+    assert last_row(detail)["tls_policy"] == "dane"
     assert world.mx.connections == 0
 
 
@@ -126,7 +116,7 @@ async def test_tlsa_in_an_unsigned_zone_is_not_believed(
     pl = await world.postline()
     sent = await pl.send(to="user@plain.test")
     detail = await pl.wait_for_status(sent["id"], ["delivered"])
-    assert _row(detail)["tls_policy"] == "opportunistic"
+    assert last_row(detail)["tls_policy"] == "opportunistic"
 
 
 async def test_dane_takes_precedence_over_mta_sts(world: DaneWorld, tmp_path: Path) -> None:
@@ -140,7 +130,7 @@ async def test_dane_takes_precedence_over_mta_sts(world: DaneWorld, tmp_path: Pa
         pl = await world.postline(tls_ca_file=str(world.ca.ca_file), mta_sts_port=server.port)
         sent = await pl.send(to=f"user@{DOMAIN}")
         detail = await pl.wait_for_status(sent["id"], ["delivered"])
-        assert _row(detail)["tls_policy"] == "dane"
+        assert last_row(detail)["tls_policy"] == "dane"
         assert len(server.requests) == 1
 
 

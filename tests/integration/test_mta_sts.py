@@ -8,18 +8,23 @@ CA that Postline trusts through POSTLINE_TLS_CA_FILE, the MX an aiosmtpd server 
 
 from __future__ import annotations
 
+import gzip
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest_asyncio
 
 from postline.store import mta_sts as sts_store
+from postline.store.types import utcnow
 from tests.harness import FakeDNS, FakeMX
 from tests.harness.policy_server import PolicyServer
 from tests.harness.polling import poll
 from tests.harness.postline import Factory, PostlineUnderTest
+from tests.harness.timeline import deferred, last_row
 from tests.harness.tls import ThrowawayCA
 
 DOMAIN = "sts.test"
@@ -73,17 +78,6 @@ async def sts(
     await server.stop()
 
 
-def _last_row(detail: dict[str, Any]) -> dict[str, Any]:
-    row: dict[str, Any] = detail["recipients"][0]["timeline"][-1]
-    return row
-
-
-async def _deferred(pl: PostlineUnderTest, email_id: str) -> dict[str, Any]:
-    return await pl.wait_for(
-        email_id, lambda d: d["recipients"][0]["status"] == "deferred", what="a deferral"
-    )
-
-
 async def test_enforce_with_a_matching_mx_and_a_valid_certificate_delivers(sts: StsWorld) -> None:
     mx = await sts.make_mx()
     sts.publish("one")
@@ -91,7 +85,7 @@ async def test_enforce_with_a_matching_mx_and_a_valid_certificate_delivers(sts: 
     pl = await sts.postline()
     sent = await pl.send(to=f"user@{DOMAIN}")
     detail = await pl.wait_for_status(sent["id"], ["delivered"])
-    row = _last_row(detail)
+    row = last_row(detail)
     assert (row["tls_policy"], row["tls_verified"]) == ("mta-sts", True)
     assert row["tls_version"] in ("TLSv1.2", "TLSv1.3")
     assert [m.tls for m in mx.received] == [True]
@@ -104,11 +98,11 @@ async def test_enforce_with_an_mx_outside_the_policy_never_delivers(sts: StsWorl
     sts.server.serve("enforce", MX_NAME, "*.mx.sts.test")
     pl = await sts.postline()
     sent = await pl.send(to=f"user@{DOMAIN}")
-    detail = await _deferred(pl, sent["id"])
+    detail = await deferred(pl, sent["id"])
     recipient = detail["recipients"][0]
     assert "MTA-STS policy of sts.test (enforce)" in recipient["response"]
     assert "mail.elsewhere.test matches none of its mx patterns" in recipient["response"]
-    assert _last_row(detail)["tls_policy"] == "mta-sts"
+    assert last_row(detail)["tls_policy"] == "mta-sts"
     assert mx.connections == 0 and mx.received == []
 
 
@@ -118,9 +112,9 @@ async def test_enforce_with_a_certificate_for_another_name_defers(sts: StsWorld)
     sts.server.serve("enforce", MX_NAME)
     pl = await sts.postline()
     sent = await pl.send(to=f"user@{DOMAIN}")
-    detail = await _deferred(pl, sent["id"])
+    detail = await deferred(pl, sent["id"])
     assert "CERTIFICATE_VERIFY_FAILED" in detail["recipients"][0]["response"].upper()
-    assert _last_row(detail)["tls_policy"] == "mta-sts"
+    assert last_row(detail)["tls_policy"] == "mta-sts"
     assert mx.received == []
 
 
@@ -131,7 +125,7 @@ async def test_testing_mode_delivers_despite_a_bad_certificate(sts: StsWorld) ->
     pl = await sts.postline()
     sent = await pl.send(to=f"user@{DOMAIN}")
     detail = await pl.wait_for_status(sent["id"], ["delivered"])
-    assert _last_row(detail)["tls_policy"] == "mta-sts-testing"
+    assert last_row(detail)["tls_policy"] == "mta-sts-testing"
     assert len(mx.received) == 1
 
 
@@ -148,7 +142,7 @@ async def test_a_failed_refresh_keeps_the_cached_policy_in_force(sts: StsWorld) 
     sts.publish("two")
     await sts.make_mx("rogue.example.test", address="127.0.0.9")
     second = await pl.send(to=f"other@{DOMAIN}")
-    detail = await _deferred(pl, second["id"])
+    detail = await deferred(pl, second["id"])
     assert (
         "rogue.example.test matches none of its mx patterns" in detail["recipients"][0]["response"]
     )
@@ -177,7 +171,7 @@ async def test_a_policy_in_the_store_is_used_after_a_restart_without_fetching(
     second = await sts.postline(database_url=first.settings.database_url, domains=("second.test",))
     again = await second.send(to=f"again@{DOMAIN}", **{"from": "sender@second.test"})
     detail = await second.wait_for_status(again["id"], ["delivered"])
-    assert _last_row(detail)["tls_policy"] == "mta-sts"
+    assert last_row(detail)["tls_policy"] == "mta-sts"
     assert len(sts.server.requests) == 1
 
 
@@ -190,7 +184,7 @@ async def test_a_redirect_is_not_followed_and_gives_no_policy(sts: StsWorld) -> 
     pl = await sts.postline()
     sent = await pl.send(to=f"user@{DOMAIN}")
     detail = await pl.wait_for_status(sent["id"], ["delivered"])
-    assert _last_row(detail)["tls_policy"] == "opportunistic"
+    assert last_row(detail)["tls_policy"] == "opportunistic"
     assert len(sts.server.requests) == 1
 
 
@@ -202,3 +196,100 @@ async def test_a_domain_without_a_policy_is_looked_up_once_per_negative_ttl(
         sent = await pl.send(to=f"user{n}@dest.test")
         await pl.wait_for_status(sent["id"], ["delivered"])
     assert len(fake_dns.queries_for("_mta-sts.dest.test", "TXT")) == 1
+
+
+async def _tls_days(pl: PostlineUnderTest, domain: str) -> list[dict[str, Any]]:
+    response = await pl.client.get(f"/v1/destinations/{domain}", headers=pl.auth())
+    assert response.status_code == 200, response.text
+    days: list[dict[str, Any]] = response.json()["tls"]["days"]
+    return days
+
+
+async def test_testing_mode_failures_are_counted_for_the_report(sts: StsWorld) -> None:
+    await sts.make_mx(cert_name="imposter.test")
+    sts.publish("one")
+    sts.server.serve("testing", MX_NAME)
+    pl = await sts.postline()
+    sent = await pl.send(to=f"user@{DOMAIN}")
+    await pl.wait_for_status(sent["id"], ["delivered"])
+
+    async def counted() -> list[dict[str, Any]]:
+        days = await _tls_days(pl, DOMAIN)
+        return days if days and days[0]["failed"] else []
+
+    (day,) = await poll(counted, timeout=15, what="the failure counted")
+    assert day["policy_type"] == "sts" and day["successful"] == 0
+    assert day["failures"] == {"certificate-host-mismatch": 1}
+    metrics = (await pl.client.get("/metrics", headers=pl.auth())).text
+    assert 'postline_tls_sessions_total{policy_type="sts",result="certificate-host-mismatch"}' in (
+        metrics
+    )
+
+
+async def test_a_daily_tls_report_is_posted_with_the_right_counts(
+    sts: StsWorld, fake_dns: FakeDNS
+) -> None:
+    await sts.make_mx()
+    sts.publish("one", ttl=60)
+    sts.server.serve("enforce", MX_NAME)
+    collector = PolicyServer(sts.ca.server_context(f"tlsrpt.{DOMAIN}"))
+    async with collector:
+        fake_dns.add_a(f"tlsrpt.{DOMAIN}", "127.0.0.1")
+        fake_dns.add_txt(
+            f"_smtp._tls.{DOMAIN}",
+            f"v=TLSRPTv1; rua=https://tlsrpt.{DOMAIN}:{collector.port}/v1/tlsrpt",
+        )
+        pl = await sts.postline()
+        for n in range(2):
+            sent = await pl.send(to=f"user{n}@{DOMAIN}")
+            await pl.wait_for_status(sent["id"], ["delivered"])
+        await pl.services.engine.tls_counts.flush()
+        reporter = pl.services.tls_reporter
+        assert reporter is not None
+        reporter.clock = lambda: utcnow() + timedelta(days=1)
+        assert await reporter.send_due() == 1
+        assert await reporter.send_due() == 0  # claimed once
+        ((kind, body),) = collector.posted
+    assert kind == "application/tlsrpt+gzip"
+    report = json.loads(gzip.decompress(body))
+    (policy,) = report["policies"]
+    assert policy["policy"]["policy-type"] == "sts"
+    assert policy["policy"]["policy-domain"] == DOMAIN
+    assert "mode: enforce" in policy["policy"]["policy-string"]
+    assert policy["summary"] == {
+        "total-successful-session-count": 2,
+        "total-failure-session-count": 0,
+    }
+    assert report["date-range"]["start-datetime"].startswith(utcnow().strftime("%Y-%m-%d"))
+    days = await _tls_days(pl, DOMAIN)
+    assert [(d["successful"], d["reported"]) for d in days] == [(2, True)]
+
+
+async def test_a_mailto_report_goes_out_through_postlines_own_engine(
+    sts: StsWorld, fake_dns: FakeDNS, fake_mx: FakeMX
+) -> None:
+    await sts.make_mx(address="127.0.0.8")
+    sts.publish("one", ttl=60)
+    sts.server.serve("enforce", "*.elsewhere.test")  # every attempt fails: a failure count
+    fake_dns.add_txt(f"_smtp._tls.{DOMAIN}", "v=TLSRPTv1; rua=mailto:tls-reports@dest.test")
+    pl = await sts.postline(tlsrpt_from="tlsrpt@example.test")
+    sent = await pl.send(to=f"user@{DOMAIN}")
+    await deferred(pl, sent["id"])
+    await pl.services.engine.tls_counts.flush()
+    reporter = pl.services.tls_reporter
+    assert reporter is not None
+    reporter.clock = lambda: utcnow() + timedelta(days=1)
+    assert await reporter.send_due() == 1
+    (mail,) = await fake_mx.wait_for_messages(1)
+    assert mail.rcpt_tos == ["tls-reports@dest.test"]
+    message = mail.message
+    assert message.get_content_type() == "multipart/report"
+    assert message.get_param("report-type") == "tlsrpt"
+    assert message["TLS-Report-Domain"] == DOMAIN
+    (attachment,) = [p for p in message.iter_attachments()]
+    payload = attachment.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    report = json.loads(gzip.decompress(payload))
+    (policy,) = report["policies"]
+    assert policy["summary"]["total-failure-session-count"] >= 1
+    assert policy["failure-details"][0]["result-type"] == "validation-failure"

@@ -335,6 +335,39 @@ class Destination(_Answer):
     last_error: str | None
 
 
+class MtaStsPolicy(_Answer):
+    policy_id: str
+    mode: str = Field(description="`enforce`, `testing` or `none`")
+    mx: list[str]
+    max_age: int
+    fetched_at: str | None
+    expires_at: str | None
+    last_error: str | None = Field(
+        description="Why the last refresh failed (the policy was kept); null after a success"
+    )
+
+
+class TlsDay(_Answer):
+    day: str = Field(description="The UTC day, YYYY-MM-DD")
+    policy_type: str = Field(description="`sts` (MTA-STS) or `tlsa` (DANE)")
+    successful: int = Field(description="Connections that met the policy")
+    failed: int
+    failures: dict[str, int] = Field(
+        description="Failed connections by RFC 8460 result type"
+        " (`certificate-host-mismatch`, `starttls-not-supported`, `tlsa-invalid`, ...)"
+    )
+    reported: bool = Field(description="The day's TLS report was sent (or claimed)")
+
+
+class TlsFigures(_Answer):
+    mta_sts: MtaStsPolicy | None = Field(description="The MTA-STS policy stored; null: none")
+    days: list[TlsDay] = Field(description="The last 7 days with connections under a policy")
+
+
+class DestinationDetail(Destination):
+    tls: TlsFigures
+
+
 class DestinationList(_Page):
     data: list[Destination]
 

@@ -33,6 +33,7 @@ from postline.delivery.routing import RouteError, Router
 from postline.delivery.shaping import Limits, Shaper, parse_limits
 from postline.delivery.smtp import SmtpDelivery, TransactionResult
 from postline.delivery.tls import PolicyError, TlsInfo
+from postline.delivery.tlsrpt import TlsCounts
 from postline.heartbeat import Heartbeat
 from postline.ids import new_id
 from postline.metrics import Metrics
@@ -148,11 +149,13 @@ class Engine:
         settings: Settings,
         breakers: Breakers | None = None,
         tls_policies: TlsPolicies | None = None,
+        tls_counts: TlsCounts | None = None,
     ) -> None:
         """``breakers``: the circuit breakers to start from (their policy and clock are
         kept when warm-up rebuilds them from the database); default ones if None.
         ``tls_policies``: who decides each MX's TLS demand; None: the operator's
-        settings only (no MTA-STS or DANE)."""
+        settings only (no MTA-STS or DANE). ``tls_counts``: where sessions under a
+        policy are counted for TLS reports; None: a counter of the engine's own."""
         self.db = db
         self.queue = queue
         self.spool = spool
@@ -173,6 +176,7 @@ class Engine:
         self.tls_policies = tls_policies or TlsPolicies(
             router, default=settings.tls_default, configured=settings.tls_policies
         )
+        self.tls_counts = tls_counts or TlsCounts(db, metrics)
         self.running = False
         self._command_cursor = 0
         self._wake = asyncio.Event()
@@ -269,6 +273,8 @@ class Engine:
                 next_sync = loop.time() + COMMAND_SYNC_SECONDS
                 with contextlib.suppress(Exception):  # storage outages are the lease's to report
                     await self.sync_commands()
+                with contextlib.suppress(Exception):  # kept in memory until the next try
+                    await self.tls_counts.flush()
             free = self.settings.concurrency - len(self._active)
             leased: list[Job] = []
             wait = self.settings.poll_interval
@@ -291,6 +297,8 @@ class Engine:
             for waiter in waiters:
                 waiter.cancel()
         await self._drain()
+        with contextlib.suppress(Exception):
+            await self.tls_counts.flush()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._active.pop(task, None)
@@ -474,7 +482,10 @@ class Engine:
             targets, plan = await self.tls_policies.plan(job.destination, targets)
         except RouteError as exc:
             outcome = self._route_outcome(exc)
-            tls = TlsInfo(exc.policy) if isinstance(exc, PolicyError) else None
+            tls = None
+            if isinstance(exc, PolicyError):
+                tls = TlsInfo(exc.policy, failure=exc.result_type)
+                self.tls_counts.note(job.destination, None, tls)
             return _AttemptOutcome(
                 [RecipientResult(r.id, outcome, AttemptScope.LOCAL) for r in recipients], tls=tls
             )
@@ -498,6 +509,8 @@ class Engine:
                     plan,
                     guard.still_mine,
                 )
+                for mx_host, tls in result.tls_sessions:
+                    self.tls_counts.note(destination, mx_host, tls)
                 # Settled before the slot is given back: the next job in line sees it.
                 results = self._results(recipients, result)
                 verdict = attempt_verdict((r.scope, r.outcome.status) for r in results)

@@ -89,6 +89,7 @@ class TlsPolicies:
                     f" mx patterns ({', '.join(sts.patterns)}); not delivered, will retry",
                     policy=PolicySource.MTA_STS,
                     rule="tls.mta_sts_mx_mismatch",
+                    result_type="validation-failure",
                 )
             return kept, TlsPlan(TlsDemand(TlsLevel.VERIFY, PolicySource.MTA_STS), per_mx)
         if configured is not None:

@@ -12,16 +12,39 @@ import asyncio
 import ssl
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiosmtplib
 
 from postline.delivery import dane
-from postline.delivery.tls import OPPORTUNISTIC, TlsDemand, TlsInfo, TlsLevel
+from postline.delivery.tls import OPPORTUNISTIC, PolicySource, TlsDemand, TlsInfo, TlsLevel
 
 
 class TlsRequired(aiosmtplib.SMTPException):
-    """The policy demands TLS this server did not give: defer, never send in plaintext."""
+    """The policy demands TLS this server did not give: defer, never send in plaintext.
+
+    ``result_type`` names the failure as TLS reports do (RFC 8460 4.3).
+    """
+
+    def __init__(self, message: str, result_type: str) -> None:
+        super().__init__(message)
+        self.result_type = result_type
+
+
+#: OpenSSL's X509_V_ERR_* codes that have an RFC 8460 result type of their own.
+_HOSTNAME_MISMATCH = 62
+_CERT_HAS_EXPIRED = 10
+
+
+def _result_type(exc: BaseException) -> str:
+    """The RFC 8460 result type of a failed verified handshake."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        if exc.verify_code == _HOSTNAME_MISMATCH:
+            return "certificate-host-mismatch"
+        if exc.verify_code == _CERT_HAS_EXPIRED:
+            return "certificate-expired"
+        return "certificate-not-trusted"
+    return "validation-failure"
 
 
 @dataclass(frozen=True)
@@ -78,9 +101,23 @@ class SessionPool:
                 continue
             candidate.reused = True
             return candidate
-        client, tls = await self._open(address, port, mx_name, demand)
+        if demand.source is PolicySource.MTA_STS_TESTING:
+            client, tls = await self._open_testing(address, port, mx_name, demand)
+        else:
+            client, tls = await self._open(address, port, mx_name, demand)
         self.opened += 1
         return Session(client, key, tls)
+
+    async def _open_testing(
+        self, address: str, port: int, mx_name: str, demand: TlsDemand
+    ) -> tuple[aiosmtplib.SMTP, TlsInfo]:
+        """MTA-STS ``testing``: try as ``enforce`` would; when that fails, deliver as
+        before on a new connection and say what failed (for the TLS report)."""
+        try:
+            return await self._open(address, port, mx_name, replace(demand, level=TlsLevel.VERIFY))
+        except TlsRequired as exc:
+            client, tls = await self._open(address, port, mx_name, demand)
+            return client, replace(tls, failure=exc.result_type)
 
     async def _open(
         self, address: str, port: int, mx_name: str, demand: TlsDemand
@@ -102,7 +139,8 @@ class SessionPool:
             if not client.supports_extension("starttls"):
                 if level is not TlsLevel.OPPORTUNISTIC:
                     raise TlsRequired(
-                        f"TLS policy {demand.source} ({level}): {mx_name} does not offer STARTTLS"
+                        f"TLS policy {demand.source} ({level}): {mx_name} does not offer STARTTLS",
+                        "starttls-not-supported",
                     )
                 return client, TlsInfo(demand.source)
             verified = False
@@ -118,13 +156,14 @@ class SessionPool:
                     raise
                 # Never a plaintext retry: the policy's name and why, for the timeline.
                 raise TlsRequired(
-                    f"TLS policy {demand.source} ({level}): STARTTLS with {mx_name} failed: {exc}"
+                    f"TLS policy {demand.source} ({level}): STARTTLS with {mx_name} failed: {exc}",
+                    _result_type(exc),
                 ) from exc
             ssl_object = client.get_transport_info("ssl_object")
             if level is TlsLevel.DANE:
                 problem = dane.check(ssl_object, demand.tlsa, mx_name)
                 if problem is not None:
-                    raise TlsRequired(f"TLS policy dane: {mx_name}: {problem}")
+                    raise TlsRequired(f"TLS policy dane: {mx_name}: {problem}", "tlsa-invalid")
                 verified = bool(demand.tlsa)
             version = ssl_object.version() if ssl_object is not None else None
             # RFC 3207 4.2: what the plaintext EHLO said is forgotten (aiosmtplib clears it).

@@ -12,7 +12,7 @@ import aiosmtplib
 
 from postline.delivery import pipelining
 from postline.delivery.lease import StillMine, always_mine
-from postline.delivery.pool import Session, SessionPool, SmtpSettings
+from postline.delivery.pool import Session, SessionPool, SmtpSettings, TlsRequired
 from postline.delivery.replies import Reply
 from postline.delivery.routing import Router, Target
 from postline.delivery.tls import TlsDemand, TlsInfo, TlsPlan
@@ -32,6 +32,8 @@ class TransactionResult:
     refused_locally: bool = False  # we declined to send (SIZE, SMTPUTF8): not the server's health
     #: The TLS the deciding connection had, or the policy that refused it (for the timeline).
     tls: TlsInfo | None = None
+    #: (MX host, TLS) of every connection tried under a policy, for the TLS reports.
+    tls_sessions: list[tuple[str, TlsInfo]] = field(default_factory=list)
 
     def reply_for(self, address: str) -> tuple[Reply, AttemptScope]:
         """The reply deciding this recipient, and its scope (transaction or recipient).
@@ -78,6 +80,7 @@ class SmtpDelivery:
         result = TransactionResult(error=Reply(None, "no MX host to try"))
         # Permanent RCPT refusals already received: kept, and not asked of the next MX.
         refused: dict[str, Reply] = {}
+        sessions: list[tuple[str, TlsInfo]] = []
         for target in targets:
             addresses = target.addresses
             if addresses is None:  # the operator's own route: not filtered
@@ -93,6 +96,9 @@ class SmtpDelivery:
                     envelope_from, pending, body, plan.for_mx(target.mx), still_mine
                 )
                 result = await self._attempt(target, address, envelope)
+                if result.tls is not None:
+                    sessions.append((target.mx, result.tls))
+                result.tls_sessions = sessions
                 refused.update((r, reply) for r, reply in result.rcpt.items() if reply.is_permanent)
                 if not _try_next(result) or refused.keys() >= set(recipients):
                     return _finished(result, refused, started)
@@ -163,6 +169,8 @@ class SmtpDelivery:
             result.error = Reply.of(exc.code, exc.message)
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             result.error = Reply.of(None, f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, TlsRequired):
+                result.tls = TlsInfo(envelope.demand.source, failure=exc.result_type)
             result.stale_session = session is not None and session.reused and not result.rcpt
         finally:
             if session is not None:

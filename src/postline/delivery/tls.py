@@ -72,6 +72,8 @@ class TlsPlan:
 class PolicyError(RouteError):
     """A destination's TLS policy leaves no MX to deliver to: always a deferral."""
 
-    def __init__(self, message: str, *, policy: PolicySource, rule: str) -> None:
+    def __init__(self, message: str, *, policy: PolicySource, rule: str, result_type: str) -> None:
+        """``result_type``: the failure as TLS reports name it (RFC 8460 4.3)."""
         super().__init__(message, permanent=False, rule=rule)
         self.policy = policy
+        self.result_type = result_type

@@ -100,6 +100,7 @@ class TlsaLookup:
                 " not delivered without it, will retry",
                 policy=PolicySource.DANE,
                 rule="tls.dane_lookup_failed",
+                result_type="dnssec-invalid",
             ) from None
         if not tlsa.secure or not tlsa.records:
             return None

@@ -187,6 +187,21 @@ mta_sts_policies = Table(
     Column("last_error", Text, nullable=True),  # the last failed refresh, kept policy
 )
 
+# TLS sessions under a destination's policy (MTA-STS, DANE), counted per UTC day for
+# the daily TLS reports (RFC 8460, delivery/tlsrpt.py); result is "success" or a
+# failure's result type. reported_at: when that day's report for the domain was sent.
+tls_report_counts = Table(
+    "tls_report_counts",
+    metadata,
+    Column("day", String(10), primary_key=True),  # YYYY-MM-DD, UTC
+    Column("domain", String(253), primary_key=True),
+    Column("policy_type", String(8), primary_key=True),  # "sts" or "tlsa"
+    Column("result", String(40), primary_key=True),
+    Column("mx_host", String(253), primary_key=True),  # "" when none was connected to
+    Column("count", Integer, nullable=False),
+    Column("reported_at", UTCDateTime, nullable=True),
+)
+
 suppressions = Table(
     "suppressions",
     metadata,
