@@ -128,6 +128,14 @@ async def test_testing_mode_delivers_despite_a_bad_certificate(sts: StsWorld) ->
     assert last_row(detail)["tls_policy"] == "mta-sts-testing"
     assert len(mx.received) == 1
 
+    async def counted() -> list[dict[str, Any]]:
+        days = await _tls_days(pl, DOMAIN)
+        return days if days and days[0]["failed"] else []
+
+    (day,) = await poll(counted, timeout=15, what="the failure counted")
+    # The MX is not one the policy names: that is the failure reported.
+    assert day["failures"] == {"validation-failure": 1}
+
 
 async def test_a_failed_refresh_keeps_the_cached_policy_in_force(sts: StsWorld) -> None:
     await sts.make_mx()
@@ -217,7 +225,7 @@ async def test_testing_mode_failures_are_counted_for_the_report(sts: StsWorld) -
         days = await _tls_days(pl, DOMAIN)
         return days if days and days[0]["failed"] else []
 
-    (day,) = await poll(counted, timeout=15, what="the failure counted")
+    (day,) = await poll(counted, timeout=15, what="the certificate failure counted")
     assert day["policy_type"] == "sts" and day["successful"] == 0
     assert day["failures"] == {"certificate-host-mismatch": 1}
     metrics = (await pl.client.get("/metrics", headers=pl.auth())).text

@@ -16,6 +16,7 @@ only their own policy applies to it.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Protocol
 
 from postline.delivery.routing import Router, Target
@@ -96,5 +97,10 @@ class TlsPolicies:
             return targets, TlsPlan(configured, per_mx)
         if sts is not None and sts.testing:
             testing = TlsDemand(TlsLevel.OPPORTUNISTIC, PolicySource.MTA_STS_TESTING)
+            unlisted = replace(testing, unlisted=True)
+            per_mx = {
+                **{t.mx: unlisted for t in targets if not sts.allows(t.mx)},
+                **per_mx,
+            }
             return targets, TlsPlan(testing, per_mx)
         return targets, TlsPlan(OPPORTUNISTIC, per_mx)

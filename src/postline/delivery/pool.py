@@ -112,7 +112,11 @@ class SessionPool:
         self, address: str, port: int, mx_name: str, demand: TlsDemand
     ) -> tuple[aiosmtplib.SMTP, TlsInfo]:
         """MTA-STS ``testing``: try as ``enforce`` would; when that fails, deliver as
-        before on a new connection and say what failed (for the TLS report)."""
+        before on a new connection and say what failed (for the TLS report). An MX the
+        policy does not name fails at once, without a first try."""
+        if demand.unlisted:
+            client, tls = await self._open(address, port, mx_name, demand)
+            return client, replace(tls, failure="validation-failure")
         try:
             return await self._open(address, port, mx_name, replace(demand, level=TlsLevel.VERIFY))
         except TlsRequired as exc:

@@ -45,12 +45,14 @@ class TlsDemand:
     source: PolicySource
     #: DANE: the records the certificate must match (empty for other levels).
     tlsa: tuple[Tlsa, ...] = ()
+    #: MTA-STS testing: the MX is not one the policy names (reported, delivered anyway).
+    unlisted: bool = False
 
     @property
     def key(self) -> str:
         """Sessions are pooled per demand: one opened for a weaker one never serves a stronger."""
         digest = hash(self.tlsa) if self.tlsa else 0
-        return f"{self.level}:{self.source}:{digest:x}"
+        return f"{self.level}:{self.source}:{digest:x}:{int(self.unlisted)}"
 
 
 OPPORTUNISTIC = TlsDemand(TlsLevel.OPPORTUNISTIC, PolicySource.OPPORTUNISTIC)
