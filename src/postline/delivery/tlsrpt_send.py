@@ -33,6 +33,9 @@ from postline.store.types import Clock, utcnow
 
 log = logging.getLogger("postline.tlsrpt")
 
+#: Days of counts kept after their report (GET /v1/destinations/{domain} shows 7).
+KEEP_DAYS = 30
+
 #: Sends one report by email: (policy domain, rua address, report id, gzipped JSON).
 MailReport = Callable[[str, str, str, bytes], Awaitable[None]]
 
@@ -141,6 +144,9 @@ class TlsReporter:
         async with self.db.read() as conn:
             due = await report_store.unreported_days(conn, day_of(now))
         sent = 0
+        if due:
+            async with self.db.write() as conn:
+                await report_store.forget_before(conn, day_of(now - timedelta(days=KEEP_DAYS)))
         for day, domain in due:
             async with self.db.write() as conn:
                 counts = await report_store.claim_day(conn, day, domain, now)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -94,3 +94,11 @@ async def claim_day(conn: AsyncConnection, day: str, domain: str, now: datetime)
         tls_report_counts.c.day == day, tls_report_counts.c.domain == domain
     )
     return [TlsCount.from_row(row) for row in await conn.execute(statement)]
+
+
+async def forget_before(conn: AsyncConnection, day: str) -> int:
+    """Delete the reported counts of days before ``day``; how many rows went."""
+    statement = delete(tls_report_counts).where(
+        tls_report_counts.c.day < day, tls_report_counts.c.reported_at.is_not(None)
+    )
+    return int((await conn.execute(statement)).rowcount or 0)
