@@ -13,6 +13,7 @@ from postline.api import answers
 from postline.api.auth import Admin, Svc
 from postline.api.cursors import SinglePageCursor, single_page
 from postline.api.problems import Problem
+from postline.api.responses import problem_responses
 from postline.api.views import page, rfc3339
 from postline.delivery.breaker import Breakers, BreakerView
 from postline.delivery.tlsrpt import SUCCESS
@@ -92,6 +93,7 @@ async def list_destinations(svc: Svc, _: Admin, cursor: SinglePageCursor = None)
     "/{domain}",
     summary="One destination: its queue, its breaker and its TLS figures",
     response_model=answers.DestinationDetail,
+    responses=problem_responses(422),
 )
 async def get_destination(svc: Svc, _: Admin, domain: str) -> dict[str, Any]:
     """The TLS figures are the connections made under the destination's MTA-STS or
