@@ -45,6 +45,8 @@ NEGATIVE_TTL = 300.0
 FAILED_LOOKUP_TTL = 60.0
 #: A policy fetched inline that failed is not asked again for this long.
 FAILED_FETCH_TTL = 60.0
+#: Domains remembered in memory (the oldest are forgotten beyond this).
+MAX_REMEMBERED = 100_000
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,10 @@ class MtaSts:
         if current is not None:
             ttl = min(ttl, (expires - now).total_seconds())
             refresh_at = expires - timedelta(seconds=current.max_age / 2)
+        self._memo.pop(domain, None)
         self._memo[domain] = _Memo(current, time.monotonic() + ttl, refresh_at)
+        if len(self._memo) > MAX_REMEMBERED:
+            del self._memo[next(iter(self._memo))]
         if refresh_at is not None and now >= refresh_at and current is not None:
             self._refresh_later(domain, current.policy_id)
         return _in_force(current)
@@ -134,13 +139,20 @@ class MtaSts:
     async def _fetch_inline(self, domain: str, policy_id: str) -> StsPolicy | None:
         """No usable stored policy: fetch now (one fetch per domain at a time)."""
         lock = self._fetching.setdefault(domain, asyncio.Lock())
-        async with lock:
-            async with self.db.read() as conn:
-                stored = await sts_store.get_policy(conn, domain)
-            fetched = stored is not None and stored.policy_id == policy_id
-            if stored is not None and fetched and stored.expires_at > self.clock():
-                return _from_store(stored)  # another delivery fetched it meanwhile
-            return await self._fetch_and_store(domain, policy_id)
+        try:
+            async with lock:
+                return await self._fetch_once(domain, policy_id)
+        finally:
+            if not lock.locked():
+                self._fetching.pop(domain, None)
+
+    async def _fetch_once(self, domain: str, policy_id: str) -> StsPolicy | None:
+        async with self.db.read() as conn:
+            stored = await sts_store.get_policy(conn, domain)
+        fetched = stored is not None and stored.policy_id == policy_id
+        if stored is not None and fetched and stored.expires_at > self.clock():
+            return _from_store(stored)  # another delivery fetched it meanwhile
+        return await self._fetch_and_store(domain, policy_id)
 
     async def _fetch_and_store(self, domain: str, policy_id: str) -> StsPolicy | None:
         try:

@@ -34,6 +34,8 @@ from postline.delivery.tls import PolicyError, PolicySource, Tlsa, TlsDemand, Tl
 
 #: How long a negative or insecure answer is believed.
 NEGATIVE_TTL = 300.0
+#: Answers remembered (the oldest are forgotten beyond this).
+MAX_REMEMBERED = 100_000
 
 
 class LookupFailed(Exception):
@@ -130,5 +132,8 @@ class TlsaLookup:
                 records = tuple(Tlsa(r.usage, r.selector, r.mtype, bytes(r.cert)) for r in answer)
             ttl = max(0.0, answer.expiration - time.time())
             found = _Answer(secure, records, time.monotonic() + ttl)
+        self._cache.pop(key, None)
         self._cache[key] = found
+        if len(self._cache) > MAX_REMEMBERED:
+            del self._cache[next(iter(self._cache))]
         return found
