@@ -141,3 +141,22 @@ def test_trust_local_refuses_a_remote_resolver(tmp_path: Path) -> None:
         assert "loopback" in str(exc) and "8.8.8.8" in str(exc)
     else:
         raise AssertionError("a remote resolver's AD bit was accepted")
+
+
+async def test_an_mx_whose_tlsa_lookup_fails_is_skipped_for_the_next(world: DaneWorld) -> None:
+    """RFC 7672 2.2: that host is unusable; another MX that DANE vouches for still is."""
+    backup = FakeMX("127.0.0.9", world.mx.port, hostname="mx2.dane.test")
+    backup.tls_context = world.ca.server_context("mx2.dane.test")
+    async with backup:
+        world.dns.remove(DOMAIN)
+        world.dns.add_mx(DOMAIN, (10, MX_NAME), (20, "mx2.dane.test"))
+        world.dns.add_a("mx2.dane.test", "127.0.0.9")
+        world.dns.servfail(TLSA_NAME)
+        digest = _spki_sha256(world.ca.server_certificate("mx2.dane.test"))
+        world.dns.add_tlsa("_25._tcp.mx2.dane.test", 3, 1, 1, digest)
+        pl = await world.postline()
+        sent = await pl.send(to=f"user@{DOMAIN}")
+        detail = await pl.wait_for_status(sent["id"], ["delivered"])
+        row = last_row(detail)
+        assert (row["mx_host"], row["tls_policy"]) == ("mx2.dane.test", "dane")
+        assert world.mx.connections == 0 and len(backup.received) == 1

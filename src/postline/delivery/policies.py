@@ -48,7 +48,7 @@ class StsView(Protocol):
 
 #: A destination's MTA-STS policy in force (None: none), without fetching when cached.
 StsLookup = Callable[[str], Awaitable[StsView | None]]
-#: A destination's DANE demands per MX host ({}: no DANE); raises PolicyError to defer.
+#: A destination's DANE demands per MX host ({}: no DANE).
 DaneLookup = Callable[[str, list[Target]], Awaitable[dict[str, TlsDemand]]]
 
 
@@ -80,6 +80,7 @@ class TlsPolicies:
         if not self.router.uses_mx(domain):
             return targets, TlsPlan(configured or OWN_ROUTE)
         per_mx = await self.dane(domain, targets) if self.dane is not None else {}
+        targets = _usable(domain, targets, per_mx)
         sts = await self.mta_sts(domain) if self.mta_sts is not None else None
         if sts is not None and sts.enforcing:
             kept = [t for t in targets if t.mx in per_mx or sts.allows(t.mx)]
@@ -104,3 +105,17 @@ class TlsPolicies:
             }
             return targets, TlsPlan(testing, per_mx)
         return targets, TlsPlan(OPPORTUNISTIC, per_mx)
+
+
+def _usable(domain: str, targets: list[Target], per_mx: dict[str, TlsDemand]) -> list[Target]:
+    """The targets DANE does not rule out; PolicyError when it rules out all of them."""
+    kept = [t for t in targets if per_mx.get(t.mx) is None or not per_mx[t.mx].unusable]
+    if kept or not targets:
+        return kept
+    reason = next(d.unusable for d in per_mx.values() if d.unusable)
+    raise PolicyError(
+        f"{reason}: {domain} not delivered without it, will retry",
+        policy=PolicySource.DANE,
+        rule="tls.dane_lookup_failed",
+        result_type="dnssec-invalid",
+    )

@@ -47,6 +47,8 @@ class TlsDemand:
     tlsa: tuple[Tlsa, ...] = ()
     #: MTA-STS testing: the MX is not one the policy names (reported, delivered anyway).
     unlisted: bool = False
+    #: DANE: why this MX may not be used at all (its TLSA lookup failed); None: it may.
+    unusable: str | None = None
 
     @property
     def key(self) -> str:

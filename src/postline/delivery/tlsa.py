@@ -30,7 +30,7 @@ import dns.resolver
 
 from postline.delivery import dane
 from postline.delivery.routing import Target
-from postline.delivery.tls import PolicyError, PolicySource, Tlsa, TlsDemand, TlsLevel
+from postline.delivery.tls import PolicySource, Tlsa, TlsDemand, TlsLevel
 
 #: How long a negative or insecure answer is believed.
 NEGATIVE_TTL = 300.0
@@ -70,7 +70,8 @@ class TlsaLookup:
         self._cache: dict[tuple[str, str], _Answer] = {}
 
     async def demands(self, domain: str, targets: list[Target]) -> dict[str, TlsDemand]:
-        """The DANE demand of each MX host that has one; PolicyError to defer the domain."""
+        """The DANE demand of each MX host that has one (``unusable`` for a host whose
+        TLSA lookup failed: it must not be tried at all)."""
         try:
             mx = await self._ask(domain, "MX")
         except LookupFailed:
@@ -97,13 +98,9 @@ class TlsaLookup:
         try:
             tlsa = await self._ask(name, "TLSA")
         except LookupFailed as exc:
-            raise PolicyError(
-                f"DANE: the TLSA lookup for {name} failed ({exc}) in a signed zone:"
-                " not delivered without it, will retry",
-                policy=PolicySource.DANE,
-                rule="tls.dane_lookup_failed",
-                result_type="dnssec-invalid",
-            ) from None
+            # RFC 7672 2.2: the host is unusable (never used without DANE); others may be.
+            reason = f"DANE: the TLSA lookup for {name} failed ({exc}) in a signed zone"
+            return TlsDemand(TlsLevel.DANE, PolicySource.DANE, unusable=reason)
         if not tlsa.secure or not tlsa.records:
             return None
         usable = tuple(r for r in tlsa.records if dane.usable(r))
