@@ -126,7 +126,10 @@ class Services:
             ca_file=settings.tls_ca_file or None,
         )
         delivery = SmtpDelivery(router, smtp_settings)
-        mta_sts = build_mta_sts(settings, db, router, smtp_settings) if settings.mta_sts else None
+        tls_counts = TlsCounts(db, metrics, clock=clock)
+        mta_sts = None
+        if settings.mta_sts:
+            mta_sts = build_mta_sts(settings, db, router, smtp_settings, tls_counts)
         tls_policies = TlsPolicies(
             router,
             default=settings.tls_default,
@@ -154,7 +157,7 @@ class Services:
             settings=settings,
             breakers=breakers,
             tls_policies=tls_policies,
-            tls_counts=TlsCounts(db, metrics, clock=clock),
+            tls_counts=tls_counts,
         )
         tls_reporter = build_tls_reporter(settings, db, router, smtp_settings, metrics, acceptor)
         dispatcher = Dispatcher(
@@ -189,7 +192,9 @@ class Services:
         await asyncio.to_thread(self.compose_pool.shutdown, wait=True, cancel_futures=True)
 
 
-def build_mta_sts(settings: Settings, db: Database, router: Router, smtp: SmtpSettings) -> MtaSts:
+def build_mta_sts(
+    settings: Settings, db: Database, router: Router, smtp: SmtpSettings, counts: TlsCounts
+) -> MtaSts:
     """The MTA-STS policy cache, fetching through our resolver with the trust anchors
     the SMTP client verifies MX certificates with."""
     https = PinnedHttps(
@@ -199,7 +204,8 @@ def build_mta_sts(settings: Settings, db: Database, router: Router, smtp: SmtpSe
         allow_private=settings.delivery_allow_private,
         max_bytes=MAX_POLICY_BYTES,
     )
-    return MtaSts(db, router.resolver, PolicyFetcher(https, port=settings.mta_sts_port))
+    fetcher = PolicyFetcher(https, port=settings.mta_sts_port)
+    return MtaSts(db, router.resolver, fetcher, on_fetch_failed=counts.note_result)
 
 
 def build_tls_reporter(

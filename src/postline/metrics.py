@@ -74,7 +74,8 @@ class Metrics:
         self.tls_sessions = Counter(
             "postline_tls_sessions",
             "SMTP connections under a destination's TLS policy (policy_type sts or tlsa),"
-            " by result: success, or an RFC 8460 failure type",
+            " by result: success, or an RFC 8460 failure type; policy fetches that failed"
+            " (policy_type no-policy-found)",
             ["policy_type", "result"],
             registry=self.registry,
         )

@@ -195,6 +195,15 @@ async def test_a_redirect_is_not_followed_and_gives_no_policy(sts: StsWorld) -> 
     assert last_row(detail)["tls_policy"] == "opportunistic"
     assert len(sts.server.requests) == 1
 
+    async def counted() -> list[dict[str, Any]]:
+        return await _tls_days(pl, DOMAIN)
+
+    (day,) = await poll(counted, timeout=15, what="the failed fetch counted")
+    assert (day["policy_type"], day["failures"]) == (
+        "no-policy-found",
+        {"sts-policy-fetch-error": 1},
+    )
+
 
 async def test_a_domain_without_a_policy_is_looked_up_once_per_negative_ttl(
     postline_factory: Factory, fake_dns: FakeDNS, fake_mx: FakeMX

@@ -349,7 +349,10 @@ class MtaStsPolicy(_Answer):
 
 class TlsDay(_Answer):
     day: str = Field(description="The UTC day, YYYY-MM-DD")
-    policy_type: str = Field(description="`sts` (MTA-STS) or `tlsa` (DANE)")
+    policy_type: str = Field(
+        description="`sts` (MTA-STS), `tlsa` (DANE), or `no-policy-found` (a policy"
+        " fetch that failed while none was in force)"
+    )
     successful: int = Field(description="Connections that met the policy")
     failed: int
     failures: dict[str, int] = Field(

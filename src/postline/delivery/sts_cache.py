@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -49,6 +50,10 @@ FAILED_FETCH_TTL = 60.0
 MAX_REMEMBERED = 100_000
 
 
+#: Told of a failed fetch: (domain, RFC 8460 policy type, result type), for TLS reports.
+OnFetchFailed = Callable[[str, str, str], None]
+
+
 @dataclass(frozen=True)
 class _Txt:
     policy_id: str | None  # None: no usable STS record
@@ -71,8 +76,10 @@ class MtaSts:
         fetcher: PolicyFetcher,
         *,
         clock: Clock = utcnow,
+        on_fetch_failed: OnFetchFailed | None = None,
     ) -> None:
         self.db = db
+        self.on_fetch_failed = on_fetch_failed
         self.resolver = resolver
         self.fetcher = fetcher
         self.clock = clock
@@ -152,13 +159,18 @@ class MtaSts:
         fetched = stored is not None and stored.policy_id == policy_id
         if stored is not None and fetched and stored.expires_at > self.clock():
             return _from_store(stored)  # another delivery fetched it meanwhile
-        return await self._fetch_and_store(domain, policy_id)
+        # No policy in force: a failure is reported as "no-policy-found" (RFC 8460 4.2).
+        return await self._fetch_and_store(domain, policy_id, "no-policy-found")
 
-    async def _fetch_and_store(self, domain: str, policy_id: str) -> StsPolicy | None:
+    async def _fetch_and_store(
+        self, domain: str, policy_id: str, policy_type: str = "sts"
+    ) -> StsPolicy | None:
         try:
             policy = await self.fetcher.fetch(domain, policy_id)
         except FetchError as exc:
             log.warning("MTA-STS policy of %s: %s", domain, exc)
+            if self.on_fetch_failed is not None:
+                self.on_fetch_failed(domain, policy_type, exc.result_type)
             async with self.db.write() as conn:
                 await sts_store.note_error(conn, domain, str(exc))
             return None

@@ -19,7 +19,12 @@ POLICY_PATH = "/.well-known/mta-sts.txt"
 
 
 class FetchError(Exception):
-    """The policy could not be fetched or was not a policy: one line saying why."""
+    """The policy could not be fetched or was not a policy: one line saying why, and
+    the RFC 8460 result type (``sts-policy-fetch-error`` or ``sts-policy-invalid``)."""
+
+    def __init__(self, message: str, result_type: str = "sts-policy-fetch-error") -> None:
+        super().__init__(message)
+        self.result_type = result_type
 
 
 class PolicyFetcher:
@@ -42,4 +47,4 @@ class PolicyFetcher:
         try:
             return parse_policy(answer.body.decode("utf-8", errors="replace"), policy_id)
         except StsError as exc:
-            raise FetchError(f"{where}: not a policy: {exc}") from None
+            raise FetchError(f"{where}: not a policy: {exc}", "sts-policy-invalid") from None

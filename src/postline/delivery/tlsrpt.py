@@ -48,6 +48,12 @@ class TlsCounts:
             result = SUCCESS
         else:
             return  # no TLS result: the connection itself failed
+        self.note_result(domain, policy_type, result, mx_host)
+
+    def note_result(
+        self, domain: str, policy_type: str, result: str, mx_host: str | None = None
+    ) -> None:
+        """One result of an RFC 8460 ``policy_type`` (``sts``, ``tlsa``, ``no-policy-found``)."""
         key = (day_of(self.clock()), domain, policy_type, result, mx_host or "")
         self._pending[key] += 1
         self.metrics.tls_sessions.labels(policy_type=policy_type, result=result).inc()

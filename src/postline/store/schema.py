@@ -195,7 +195,7 @@ tls_report_counts = Table(
     metadata,
     Column("day", String(10), primary_key=True),  # YYYY-MM-DD, UTC
     Column("domain", String(253), primary_key=True),
-    Column("policy_type", String(8), primary_key=True),  # "sts" or "tlsa"
+    Column("policy_type", String(16), primary_key=True),  # "sts", "tlsa", "no-policy-found"
     Column("result", String(40), primary_key=True),
     Column("mx_host", String(253), primary_key=True),  # "" when none was connected to
     Column("count", Integer, nullable=False),

@@ -42,7 +42,7 @@ def upgrade() -> None:
         "tls_report_counts",
         sa.Column("day", sa.String(length=10), nullable=False),
         sa.Column("domain", sa.String(length=253), nullable=False),
-        sa.Column("policy_type", sa.String(length=8), nullable=False),
+        sa.Column("policy_type", sa.String(length=16), nullable=False),
         sa.Column("result", sa.String(length=40), nullable=False),
         sa.Column("mx_host", sa.String(length=253), nullable=False),
         sa.Column("count", sa.Integer(), nullable=False),
