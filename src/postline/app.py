@@ -53,6 +53,7 @@ from postline.store import keys as key_store
 from postline.store.db import Database
 from postline.store.domains import set_bounce_notifications
 from postline.store.types import Clock, utcnow
+from postline.templates import Renderer
 from postline.wakeups import Wakeups
 
 log = logging.getLogger("postline")
@@ -75,6 +76,8 @@ class Services:
     compose_pool: Executor
     #: Applies the late bounces and complaints the inbound listener takes.
     inbound: InboundReports
+    #: Renders email templates (a send naming one, and the preview).
+    templates: Renderer
     #: Destinations' MTA-STS policies (None: POSTLINE_MTA_STS=false).
     mta_sts: MtaSts | None = None
     #: Sends the daily TLS reports (housekeeping).
@@ -178,6 +181,7 @@ class Services:
             dispatcher,
             compose_pool,
             inbound,
+            Renderer(output_limit=settings.max_message_bytes),
             mta_sts,
             tls_reporter,
         )

@@ -13,14 +13,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from postline.app import Services, check_reachable, ensure_admin_key, start_warnings
 from postline.config import (
     ConfigError,
     Settings,
@@ -39,8 +38,9 @@ from postline.store import emails as email_store
 from postline.store import keys as key_store
 from postline.store.domains import Domain
 from postline.store.keys import ApiKey
-from postline.store.migrate import upgrade
-from postline.submission.tls import SELF_SIGNED_FILE
+
+if TYPE_CHECKING:
+    from postline.app import Services
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Postline: transactional email.")
 domains_app = typer.Typer(no_args_is_help=True, help="Sending domains.")
@@ -69,7 +69,9 @@ def setup_logging(level: str) -> None:
     )
     # httpx logs every request at INFO: a webhook attempt would be two lines, one
     # of them without the delivery's id (events.dispatcher logs each attempt itself).
-    for noisy in ("aiosqlite", "asyncio", "mail.log", "uvicorn.error", "httpx", "httpcore"):
+    # Alembic, imported only when migrating, names each of its plugins at INFO.
+    noisy_loggers = ("aiosqlite", "asyncio", "mail.log", "uvicorn.error", "httpx", "httpcore")
+    for noisy in (*noisy_loggers, "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -135,6 +137,8 @@ def settings_or_exit(ctx: typer.Context, *, may_create: bool = False, **override
 
 def migrate_or_exit(settings: Settings) -> None:
     try:
+        from postline.store.migrate import upgrade  # Alembic: only when migrating
+
         upgrade(settings.database_url)
     except (OperationalError, DBAPIError, OSError) as exc:
         reason = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
@@ -156,6 +160,10 @@ def event_loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEvent
 
 
 def run_with_services(settings: Settings, work: Callable[[Services], Awaitable[T]]) -> T:
+    # Imported here, not at the top: the application pulls in the API, the engine and
+    # every driver, which ``postline --version`` and ``--help`` should not wait for.
+    from postline.app import Services
+
     async def main() -> T:
         services = Services.build(settings)
         try:
@@ -235,6 +243,7 @@ def worker(
 
 def run_parts(settings: Settings, *, api: bool, engine: bool) -> None:
     """Start the chosen parts under the supervisor, after one-line checks of everything."""
+    from postline.app import check_reachable, start_warnings
     from postline.supervisor import serve as supervise
 
     setup_logging(settings.log_level)
@@ -263,6 +272,8 @@ def run_parts(settings: Settings, *, api: bool, engine: bool) -> None:
 
 async def announce(services: Services, ready: asyncio.Event, *, api: bool, engine: bool) -> None:
     """Say what runs where, once it does; show the first admin key once."""
+    from postline.app import ensure_admin_key
+
     settings = services.settings
     await ready.wait()
     first = await ensure_admin_key(services) if api else None
@@ -312,6 +323,8 @@ def submission_lines(settings: Settings) -> list[str]:
         "AUTH PLAIN or LOGIN, any user name, an API key as the password"
     ]
     if not settings.submission_tls_cert:
+        from postline.submission.tls import SELF_SIGNED_FILE
+
         pem = settings.data_dir / SELF_SIGNED_FILE
         lines.append(
             f"SMTP TLS certificate: self-signed, generated in {pem}"

@@ -124,6 +124,10 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("GET", "/v1/api-keys"): Case("admin"),
     ("POST", "/v1/api-keys"): Case("admin", body=lambda w: {"name": "mine", "domain": "b.test"}),
     ("DELETE", "/v1/api-keys/{key_id}"): Case("admin"),
+    # --- the event feed
+    ("GET", "/v1/events"): Case(
+        "list", own="email_id", queries=lambda w: [{}, {"type": "email.queued"}, {"limit": "1000"}]
+    ),
     # --- inbound reports that could not be applied
     ("GET", "/v1/inbound"): Case("admin"),
     # --- suppressions
@@ -151,8 +155,21 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("POST", "/v1/webhooks/{webhook_id}/test"): Case("owner"),
     ("GET", "/v1/webhooks/{webhook_id}/deliveries"): Case("owner"),
     ("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/replay"): Case("owner"),
+    # --- templates
+    ("GET", "/v1/templates"): Case("list", own="template_id"),
+    ("POST", "/v1/templates"): Case(
+        "send", body=lambda w: {"name": "x", "subject": "s", "text": "t", "domain": "b.test"}
+    ),
+    ("GET", "/v1/templates/{template_id}"): Case("owner"),
+    ("PUT", "/v1/templates/{template_id}"): Case(
+        "owner", body=lambda w: {"subject": "stolen", "text": "x"}
+    ),
+    ("DELETE", "/v1/templates/{template_id}"): Case("owner"),
+    ("GET", "/v1/templates/{template_id}/versions/{version}"): Case("owner"),
+    ("POST", "/v1/templates/{template_id}/render"): Case("owner", body=lambda w: {"variables": {}}),
     # --- operations: the queue is shared by every domain, so only an admin sees it
     ("GET", "/v1/destinations"): Case("admin"),
+    ("GET", "/v1/destinations/{domain}"): Case("admin"),
     ("POST", "/v1/destinations/{domain}/breaker"): Case("admin", body=lambda w: {"state": "open"}),
 }
 
@@ -233,6 +250,8 @@ async def _build(pl: PostlineUnderTest) -> World:
         hook_url = f"http://127.0.0.1:9/{letter}-private-hook"
         hook = _ok(await client.post("/v1/webhooks", json=_hook(hook_url), headers=headers), 201)
         test = _ok(await client.post(f"/v1/webhooks/{hook['id']}/test", headers=headers), 202)
+        template = {"name": "t", "subject": f"{letter} private template", "text": "hi"}
+        made = _ok(await client.post("/v1/templates", json=template, headers=headers), 201)
         side.update(
             email_id=sent["id"],
             message_id=sent["message_id"],
@@ -243,6 +262,8 @@ async def _build(pl: PostlineUnderTest) -> World:
             webhook_url=hook_url,
             webhook_secret=hook["secret"],
             delivery_id=test["delivery_id"],
+            template_id=made["id"],
+            version="1",
             domain_id=ids[name],
             key_id=keys[name]["id"],
             domain=f"{letter}-customer.test",
@@ -260,6 +281,7 @@ async def _build(pl: PostlineUnderTest) -> World:
         w.b["recipient"],
         w.b["message_id"],
         "b private subject",
+        "b private template",
         w.b["suppressed"],
         w.b["webhook_url"],
         w.b["webhook_secret"],
@@ -313,7 +335,8 @@ def _assert_nothing_of_b(w: World, response: httpx.Response, what: str) -> None:
 
 
 async def _snapshot(w: World) -> dict[str, Any]:
-    """Every row a refused call could have changed (key usage times aside)."""
+    """Every row a refused call could have changed (key usage times and the positions the
+    event feed hands out to whoever reads it aside)."""
     tables = (
         schema.domains,
         schema.sent_emails,
@@ -325,12 +348,15 @@ async def _snapshot(w: World) -> dict[str, Any]:
         schema.api_keys,
         schema.breaker_commands,
         schema.queue_jobs,
+        schema.templates,
+        schema.template_versions,
     )
     state: dict[str, Any] = {}
     async with w.pl.services.db.read() as conn:
         for table in tables:
             rows = (await conn.execute(select(table))).mappings().all()
-            cleaned = [{k: v for k, v in r.items() if k != "last_used_at"} for r in rows]
+            bookkeeping = ("last_used_at", "feed_position")
+            cleaned = [{k: v for k, v in r.items() if k not in bookkeeping} for r in rows]
             state[table.name] = sorted(json.dumps(r, default=str, sort_keys=True) for r in cleaned)
     return state
 

@@ -223,7 +223,7 @@ def test_email_model_lets_no_line_break_into_a_header(field: str, value: str) ->
         email = EmailIn.model_validate(email_with(field, value))
     except ValidationError:
         return
-    header_text = [email.from_, email.subject, *email.tags]
+    header_text = [email.from_, email.subject or "", *email.tags]
     header_text += [f"{name}: {value}" for name, value in email.headers.items()]
     header_text += [a.filename for a in email.attachments]
     header_text += [a.content_type for a in email.attachments]

@@ -31,10 +31,14 @@ __all__ = [
     "EmailAccepted",
     "EmailDetail",
     "EmailList",
+    "EventFeed",
     "Index",
+    "Rendered",
     "Status",
     "Suppression",
     "SuppressionList",
+    "Template",
+    "TemplateList",
     "Webhook",
     "WebhookDelivery",
     "WebhookDeliveryList",
@@ -276,6 +280,57 @@ class InboundUnmatched(_Answer):
 
 class InboundUnmatchedList(_Page):
     data: list[InboundUnmatched]
+
+
+# -- templates ------------------------------------------------------------------------------
+
+
+class Template(_Answer):
+    object: Literal["template"]
+    id: str
+    name: str
+    domain: str | None = Field(description="The domain whose keys see it; null: admin keys only")
+    version: int = Field(description="The version shown")
+    latest_version: int
+    subject: str
+    html: str | None
+    text: str | None
+    created_at: str | None
+    updated_at: str | None
+    version_created_at: str | None
+
+
+class TemplateList(_Page):
+    data: list[Template]
+
+
+class Rendered(_Answer):
+    object: Literal["rendered_template"]
+    id: str
+    version: int
+    subject: str
+    html: str | None
+    text: str | None
+
+
+# -- the event feed -------------------------------------------------------------------------
+
+
+class FeedEvent(_Answer):
+    object: Literal["event"]
+    id: str = Field(description="The event's id, the webhook-id its webhooks carried")
+    cursor: str = Field(description="Its place in the feed: `after` this reads what follows")
+    type: str
+    created_at: str | None
+    email_id: str | None
+    data: dict[str, Any] = Field(description="The `data` of its webhook body")
+
+
+class EventFeed(_Answer):
+    object: Literal["list"]
+    data: list[FeedEvent]
+    has_more: bool = Field(description="Whether more events wait now beyond this page")
+    next_cursor: str = Field(description="Pass as `after` for what follows; never null")
 
 
 # -- webhooks -------------------------------------------------------------------------------

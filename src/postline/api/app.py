@@ -11,6 +11,7 @@ from postline.api import (
     destinations,
     docs,
     emails,
+    events,
     health,
     inbound,
     index,
@@ -18,6 +19,7 @@ from postline.api import (
     ratelimit,
     responses,
     suppressions,
+    templates,
     webhooks,
 )
 from postline.app import Services
@@ -53,6 +55,8 @@ def create_api(services: Services) -> FastAPI:
         destinations.router,
         health.router,
         inbound.router,
+        events.router,
+        templates.router,
         index.router,
     ):
         app.include_router(responses.declare_problems(router))

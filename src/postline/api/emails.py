@@ -26,6 +26,7 @@ from postline.api.cursors import page_after
 from postline.api.problems import Problem
 from postline.api.responses import problem_responses
 from postline.api.schemas import Batch, BatchBody, EmailBody, EmailIn, RescheduleIn, Timestamp
+from postline.api.templates import render_sends
 from postline.api.views import email_detail, email_item, page
 from postline.app import Services
 from postline.ids import new_id
@@ -145,6 +146,9 @@ async def _batch_within_limits(request: Request, svc: Svc, caller: Caller) -> No
 
 
 def to_submission(email: EmailIn) -> Submission:
+    """The email to accept; a ``template`` it names must have been rendered
+    (``render_sends``): the subject is then set."""
+    assert email.subject is not None, "a template send is rendered before it is accepted"
     name, address = parse_mailbox(email.from_)
     content = Content(
         from_name=name,
@@ -181,7 +185,8 @@ async def _accept(
     endpoint: str,
 ) -> Response:
     started = time.monotonic()
-    submissions = [to_submission(e) for e in emails]
+    rendered = await render_sends(svc, caller, emails, batch=endpoint == "batch")
+    submissions = [to_submission(e) for e in rendered]
     if idempotency_key is not None:
         if not idempotency_key.strip():
             # Not "no key": a client that meant to send one would lose its protection

@@ -229,6 +229,21 @@ class AttachmentIn(BaseModel):
         return base64.b64decode(self.content)
 
 
+#: The highest template version a request may name (the column is a 32-bit integer).
+MAX_VERSION = 2**31 - 1
+
+
+class TemplateRef(BaseModel):
+    """A send's ``template``: which one, which version (none: the latest), and the
+    variables it is rendered with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=64)
+    version: int | None = Field(default=None, ge=1, le=MAX_VERSION)
+    variables: dict[str, Any] = Field(default_factory=dict)
+
+
 class EmailIn(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -237,7 +252,9 @@ class EmailIn(BaseModel):
     cc: AddressList = Field(default_factory=list)
     bcc: AddressList = Field(default_factory=list)
     reply_to: AddressList = Field(default_factory=list)
-    subject: HeaderText = Field(max_length=998)
+    # Before subject, html and text, whose checks look at it.
+    template: TemplateRef | None = None
+    subject: HeaderText | None = Field(default=None, max_length=998, validate_default=True)
     html: UnicodeText | None = None
     # After html, so that its check sees both and the error names "text".
     text: UnicodeText | None = Field(default=None, validate_default=True)
@@ -259,9 +276,18 @@ class EmailIn(BaseModel):
             raise ValueError("needs at least one recipient")
         return value
 
+    @field_validator("subject")
+    @classmethod
+    def _subject_or_template(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and info.data.get("template") is None and "template" in info.data:
+            raise ValueError("required (or name a 'template')")
+        return value
+
     @field_validator("text")
     @classmethod
     def _some_body(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("template") is not None:
+            return value
         if value is None and "html" in info.data and info.data["html"] is None:
             raise ValueError("give 'text' or 'html' (or both)")
         return value
@@ -296,6 +322,8 @@ class EmailIn(BaseModel):
 
     @model_validator(mode="after")
     def _whole(self) -> EmailIn:
+        if self.template is not None and (self.subject, self.html, self.text) != (None,) * 3:
+            raise ValueError("give either 'template' or 'subject' with 'text'/'html', not both")
         if len(self.to) + len(self.cc) + len(self.bcc) > MAX_RECIPIENTS:
             raise ValueError(f"at most {MAX_RECIPIENTS} recipients in to, cc and bcc together")
         return self

@@ -258,6 +258,19 @@ events = Table(
     Column("payload", JSON, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("dispatched_at", UTCDateTime, nullable=True, index=True),
+    # The event's place in GET /v1/events, given after it committed (store.event_feed):
+    # ids are made before their transaction commits, so id order can lose an event that
+    # commits late to a reader already past it; the feed's positions cannot.
+    Column("feed_position", BigInteger, nullable=True, unique=True, index=True),
+)
+
+# The last position handed out to the event feed, in one row: it survives the
+# retention of old events, so a reader's cursor never points into reused numbers.
+event_feed = Table(
+    "event_feed",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_position", BigInteger, nullable=False),
 )
 
 webhook_deliveries = Table(
@@ -393,4 +406,34 @@ inbound_unmatched = Table(
     Column("size", Integer, nullable=False),
     # The message's first bytes, for the operator to see what it was.
     Column("excerpt", Text, nullable=False),
+)
+
+# Email templates (postline.templates): a template's versions are kept, never changed,
+# so that a send naming version 2 renders what version 2 said whatever came after.
+templates = Table(
+    "templates",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    # The domain whose keys see it; NULL: admin keys only.
+    Column("domain_id", String(32), ForeignKey("domains.id", ondelete="CASCADE"), nullable=True),
+    Column("name", String(200), nullable=False),
+    Column("latest_version", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+template_versions = Table(
+    "template_versions",
+    metadata,
+    Column(
+        "template_id",
+        String(32),
+        ForeignKey("templates.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("version", Integer, primary_key=True),
+    Column("subject", Text, nullable=False),
+    Column("html", Text, nullable=True),
+    Column("text", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
 )

@@ -5,8 +5,8 @@ certificate verified); mta_sts_policies keeps each destination's MTA-STS policy
 for its max_age, shared by every worker; tls_report_counts counts the sessions
 under a policy per day, for the daily TLS reports (RFC 8460).
 
-Revision ID: 0013
-Revises: 0012
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-06 06:40:00
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013"
-down_revision = "0012"
+revision = "0015"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
