@@ -10,6 +10,7 @@ record that does not match the MX's certificate defers.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tests.acceptance.conftest import Launcher
 from tests.acceptance.harness import Install, Server
@@ -28,6 +29,19 @@ async def _serve(install: Install, launch: Launcher, **env: str) -> tuple[Server
     key = await server.admin_key()
     await add_domain(server, key)
     return server, key
+
+
+async def _deferred_row(server: Server, key: str, to: str) -> dict[str, Any]:
+    """Send to ``to``; its timeline's last row once it is deferred."""
+    sent = await server.send(key, to=to)
+    detail = await server.wait_email(
+        key,
+        sent["id"],
+        lambda d: only_recipient(d)["status"] == "deferred",
+        what="a deferral",
+    )
+    row: dict[str, Any] = only_recipient(detail)["timeline"][-1]
+    return row
 
 
 async def test_mta_sts_enforce_and_dane_through_the_real_server(
@@ -52,14 +66,7 @@ async def test_mta_sts_enforce_and_dane_through_the_real_server(
         policy.serve("enforce", "mail.elsewhere.test")
         server, key = await _serve(install, launch)
 
-        refused = await server.send(key, to="user@sts.test")
-        detail = await server.wait_email(
-            key,
-            refused["id"],
-            lambda d: only_recipient(d)["status"] == "deferred",
-            what="a deferral",
-        )
-        row = only_recipient(detail)["timeline"][-1]
+        row = await _deferred_row(server, key, "user@sts.test")
         assert "matches none of its mx patterns (mail.elsewhere.test)" in row["response"]
         assert row["tls_policy"] == "mta-sts"
         assert mx.received == []
@@ -80,14 +87,7 @@ async def test_mta_sts_enforce_and_dane_through_the_real_server(
         fake_dns.add_tlsa("_25._tcp.mx.dane.test", 3, 1, 1, b"\x00" * 32)
         fake_dns.sign("dane.test")
         before = len(mx.received)
-        dane = await server.send(key, to="user@dane.test")
-        detail = await server.wait_email(
-            key,
-            dane["id"],
-            lambda d: only_recipient(d)["status"] == "deferred",
-            what="a deferral",
-        )
-        row = only_recipient(detail)["timeline"][-1]
+        row = await _deferred_row(server, key, "user@dane.test")
         assert row["tls_policy"] == "dane"
         assert "matches none of its TLSA records" in row["response"]
         assert len(mx.received) == before
