@@ -22,10 +22,18 @@ from postline.config import ConfigError, Settings
 from postline.delivery.bounces import BounceNotifier
 from postline.delivery.breaker import Breakers
 from postline.delivery.engine import Engine
+from postline.delivery.pinned_https import PinnedHttps
+from postline.delivery.policies import DaneLookup, TlsPolicies
 from postline.delivery.pool import SmtpSettings
 from postline.delivery.record import Recorder
 from postline.delivery.routing import Router
 from postline.delivery.smtp import SmtpDelivery
+from postline.delivery.sts_cache import MtaSts
+from postline.delivery.sts_fetch import MAX_POLICY_BYTES, PolicyFetcher
+from postline.delivery.tlsa import TlsaLookup, validating_resolver
+from postline.delivery.tlsrpt import TlsCounts
+from postline.delivery.tlsrpt_mail import MailedReports
+from postline.delivery.tlsrpt_send import TlsReporter
 from postline.domains import SANDBOX_DOMAIN, SIMULATOR_DOMAIN, ensure_domain
 from postline.events.dispatcher import Dispatcher
 from postline.inbound.apply import InboundReports
@@ -70,6 +78,10 @@ class Services:
     inbound: InboundReports
     #: Renders email templates (a send naming one, and the preview).
     templates: Renderer
+    #: Destinations' MTA-STS policies (None: POSTLINE_MTA_STS=false).
+    mta_sts: MtaSts | None = None
+    #: Sends the daily TLS reports (housekeeping).
+    tls_reporter: TlsReporter | None = None
 
     @classmethod
     def build(
@@ -108,16 +120,25 @@ class Services:
             wakeups=wakeups,
             compose_pool=compose_pool,
         )
-        delivery = SmtpDelivery(
+        smtp_settings = SmtpSettings(
+            helo_name=settings.hostname,
+            connect_timeout=settings.smtp_connect_timeout,
+            command_timeout=settings.smtp_command_timeout,
+            max_messages_per_session=settings.smtp_max_messages_per_session,
+            idle_seconds=settings.smtp_idle_seconds,
+            ca_file=settings.tls_ca_file or None,
+        )
+        delivery = SmtpDelivery(router, smtp_settings)
+        tls_counts = TlsCounts(db, metrics, clock=clock)
+        mta_sts = None
+        if settings.mta_sts:
+            mta_sts = build_mta_sts(settings, db, router, smtp_settings, tls_counts)
+        tls_policies = TlsPolicies(
             router,
-            SmtpSettings(
-                helo_name=settings.hostname,
-                connect_timeout=settings.smtp_connect_timeout,
-                command_timeout=settings.smtp_command_timeout,
-                max_messages_per_session=settings.smtp_max_messages_per_session,
-                idle_seconds=settings.smtp_idle_seconds,
-                ca_file=settings.tls_ca_file or None,
-            ),
+            default=settings.tls_default,
+            configured=settings.tls_policies,
+            mta_sts=mta_sts.policy if mta_sts is not None else None,
+            dane=build_dane(settings),
         )
         recorder = Recorder(
             db,
@@ -138,7 +159,10 @@ class Services:
             metrics=metrics,
             settings=settings,
             breakers=breakers,
+            tls_policies=tls_policies,
+            tls_counts=tls_counts,
         )
+        tls_reporter = build_tls_reporter(settings, db, router, smtp_settings, metrics, acceptor)
         dispatcher = Dispatcher(
             db, settings, metrics, router.resolver, clock=clock, transport=webhook_transport
         )
@@ -158,14 +182,70 @@ class Services:
             compose_pool,
             inbound,
             Renderer(output_limit=settings.max_message_bytes),
+            mta_sts,
+            tls_reporter,
         )
 
     async def close(self) -> None:
+        if self.mta_sts is not None:
+            await self.mta_sts.close()
         await self.engine.delivery.pool.close()
         await self.queue.close()
         await self.db.close()
         # In a thread: joining the workers must not hold up the loop.
         await asyncio.to_thread(self.compose_pool.shutdown, wait=True, cancel_futures=True)
+
+
+def build_mta_sts(
+    settings: Settings, db: Database, router: Router, smtp: SmtpSettings, counts: TlsCounts
+) -> MtaSts:
+    """The MTA-STS policy cache, fetching through our resolver with the trust anchors
+    the SMTP client verifies MX certificates with."""
+    https = PinnedHttps(
+        router.addresses,
+        smtp.verify_context(),
+        timeout=settings.mta_sts_fetch_timeout,
+        allow_private=settings.delivery_allow_private,
+        max_bytes=MAX_POLICY_BYTES,
+    )
+    fetcher = PolicyFetcher(https, port=settings.mta_sts_port)
+    return MtaSts(db, router.resolver, fetcher, on_fetch_failed=counts.note_result)
+
+
+def build_tls_reporter(
+    settings: Settings,
+    db: Database,
+    router: Router,
+    smtp: SmtpSettings,
+    metrics: Metrics,
+    acceptor: Acceptor,
+) -> TlsReporter:
+    organization = settings.tlsrpt_organization or settings.hostname
+    mail = None
+    if settings.tlsrpt_from:
+        mail = MailedReports(acceptor, settings.tlsrpt_from, organization).send
+    https = PinnedHttps(
+        router.addresses,
+        smtp.verify_context(),
+        timeout=settings.mta_sts_fetch_timeout,
+        allow_private=settings.delivery_allow_private,
+    )
+    return TlsReporter(
+        db,
+        router.resolver,
+        https,
+        metrics,
+        organization=organization,
+        contact=settings.tlsrpt_contact or f"postmaster@{settings.hostname}",
+        mail=mail,
+    )
+
+
+def build_dane(settings: Settings) -> DaneLookup | None:
+    """TLSA lookups for DANE, or None when POSTLINE_DNSSEC=off (no lookup at all)."""
+    if settings.dnssec == "off":
+        return None
+    return TlsaLookup(validating_resolver(settings.nameservers)).demands
 
 
 def build_spool(settings: Settings, db: Database) -> Spool:

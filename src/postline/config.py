@@ -70,6 +70,13 @@ def _tls_policy(value: str) -> str:
     return value
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def _default_hostname() -> str:
     name = socket.getfqdn() or socket.gethostname()
     # An EHLO of "localhost" gets mail refused; say something that identifies us.
@@ -143,6 +150,19 @@ class Settings(BaseSettings):
     tls_default: str = "opportunistic"
     tls_policies: dict[str, str] = {}
     tls_ca_file: str = ""
+    # MTA-STS (RFC 8461, delivery/sts_cache.py): honour destinations' policies. The port
+    # of the policy host is 443 everywhere but in labs and tests.
+    mta_sts: bool = True
+    mta_sts_port: int = 443
+    mta_sts_fetch_timeout: float = 10.0
+    # DANE (RFC 7672): "off", or "trust-local": TLSA answers are believed when the
+    # resolver on loopback (POSTLINE_DNS_NAMESERVERS), declared validating, sets AD.
+    dnssec: str = "off"
+    # TLS reports (RFC 8460, delivery/tlsrpt_send.py): who they say they are from, and
+    # the address of a sending domain mailto: reports go out from (empty: https only).
+    tlsrpt_organization: str = ""
+    tlsrpt_contact: str = ""
+    tlsrpt_from: str = ""
     shutdown_timeout: float = 30.0
     poll_interval: float = 0.5
     housekeeping_interval: float = 30.0
@@ -258,6 +278,39 @@ class Settings(BaseSettings):
     @classmethod
     def _check_tls_policies(cls, value: dict[str, str]) -> dict[str, str]:
         return {domain.lower(): _tls_policy(policy) for domain, policy in value.items()}
+
+    @field_validator("tls_ca_file")
+    @classmethod
+    def _check_tls_ca_file(cls, value: str) -> str:
+        if value and not Path(value).is_file():
+            raise ValueError(f"{value!r}: no such file (a PEM file of trust anchors)")
+        return value
+
+    @field_validator("dnssec")
+    @classmethod
+    def _check_dnssec(cls, value: str) -> str:
+        if value == "validate":
+            raise ValueError(
+                "'validate' (DNSSEC validation inside Postline) is not available yet: run a"
+                " validating resolver on loopback and use 'trust-local' (docs/TLS.md)"
+            )
+        if value not in ("off", "trust-local"):
+            raise ValueError(f"{value!r}: expected off or trust-local")
+        return value
+
+    @field_validator("mta_sts_port")
+    @classmethod
+    def _check_mta_sts_port(cls, value: int) -> int:
+        if not 1 <= value <= 65535:
+            raise ValueError(f"{value}: not a TCP port")
+        return value
+
+    @field_validator("mta_sts_fetch_timeout")
+    @classmethod
+    def _check_mta_sts_fetch_timeout(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError(f"{value}: expected seconds > 0")
+        return value
 
     @field_validator("queue_url")
     @classmethod
@@ -377,6 +430,15 @@ class Settings(BaseSettings):
                 "POSTLINE_SUBMISSION_TLS_CERT and POSTLINE_SUBMISSION_TLS_KEY go together:"
                 " set both, or neither for a self-signed pair"
             )
+        if self.dnssec == "trust-local":
+            remote = [host for host, _ in self.nameservers if not _is_loopback(host)]
+            if remote or not self.nameservers:
+                # A remote resolver's AD bit crosses a network anyone on the path may rewrite.
+                named = f" (not {', '.join(remote)})" if remote else ""
+                raise ValueError(
+                    "POSTLINE_DNSSEC=trust-local needs POSTLINE_DNS_NAMESERVERS to name only a"
+                    f" validating resolver on loopback{named}"
+                )
         if self.heartbeat_timeout <= self.heartbeat_seconds:
             # A worker would look dead between two of its own heartbeats.
             raise ValueError("POSTLINE_HEARTBEAT_TIMEOUT must exceed POSTLINE_HEARTBEAT_SECONDS")

@@ -42,6 +42,15 @@ async def housekeeping_pass(services: Services) -> None:
     await stamp_all(services.db.write)
     # Last: the chores above keep mail moving and must not wait behind a backlog here.
     await retention_chores(services)
+    await tls_report_chores(services)
+
+
+async def tls_report_chores(services: Services) -> int:
+    """Store the TLS sessions counted here, send the reports of finished days."""
+    await services.engine.tls_counts.flush()
+    if services.tls_reporter is None:
+        return 0
+    return await services.tls_reporter.send_due()
 
 
 async def retention_chores(services: Services) -> RetentionReport:

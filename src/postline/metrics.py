@@ -77,5 +77,20 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.tls_sessions = Counter(
+            "postline_tls_sessions",
+            "SMTP connections under a destination's TLS policy (policy_type sts or tlsa),"
+            " by result: success, or an RFC 8460 failure type; policy fetches that failed"
+            " (policy_type no-policy-found)",
+            ["policy_type", "result"],
+            registry=self.registry,
+        )
+        self.tls_reports = Counter(
+            "postline_tls_reports",
+            "Daily TLS reports (RFC 8460), by result: sent, failed, no_rua",
+            ["result"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

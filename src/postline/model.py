@@ -8,6 +8,7 @@ refused instead of overwriting a final one.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -46,11 +47,12 @@ class EmailSource(StrEnum):
     API = "api"  # POST /v1/emails
     SMTP = "smtp"  # the submission port
     DSN = "dsn"  # a delivery status notification Postline wrote about a bounce
+    TLSRPT = "tlsrpt"  # a TLS report (RFC 8460) Postline sent to a destination
 
 
 #: Mail Postline writes itself: not the customer's, so never in the send log by
 #: default and never the subject of an ``email.*`` event.
-OWN_SOURCES = frozenset({EmailSource.DSN})
+OWN_SOURCES = frozenset({EmailSource.DSN, EmailSource.TLSRPT})
 
 
 class BounceType(StrEnum):
@@ -135,6 +137,29 @@ class AttemptScope(StrEnum):
     # A late bounce or a complaint mailed back to the return path (postline.inbound):
     # about one mailbox, after the destination accepted; never counted by a breaker.
     REPORT = "report"
+
+
+class TlsPolicySource(StrEnum):
+    """The outbound TLS policy that applied to an attempt, as its timeline row names it."""
+
+    NONE = "none"  # nothing was asked of TLS (an operator's relay or static route)
+    OPPORTUNISTIC = "opportunistic"  # no policy: STARTTLS when offered
+    CONFIGURED = "configured"  # the operator's POSTLINE_TLS_POLICIES / POSTLINE_TLS_DEFAULT
+    MTA_STS = "mta-sts"  # an MTA-STS policy in enforce mode
+    MTA_STS_TESTING = "mta-sts-testing"  # MTA-STS in testing mode: failures reported only
+    DANE = "dane"  # TLSA records from a DNSSEC-validated answer
+
+
+@dataclass(frozen=True)
+class TlsInfo:
+    """What TLS an attempt's connection had: the timeline row's TLS fields."""
+
+    policy: TlsPolicySource
+    version: str | None = None  # "TLSv1.3"; None: plaintext (or no connection)
+    verified: bool = False  # the certificate was checked (WebPKI or DANE) and passed
+    #: Why the policy was not met, as an RFC 8460 result type ("certificate-host-mismatch");
+    #: None: it was (or there was none to meet).
+    failure: str | None = None
 
 
 class WebhookDeliveryStatus(StrEnum):

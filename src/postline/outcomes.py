@@ -29,6 +29,7 @@ from postline.model import (
     EmailStatus,
     EventType,
     RecipientStatus,
+    TlsInfo,
     allowed_sources,
     can_transition,
     derive_email_status,
@@ -84,6 +85,8 @@ class AttemptInfo:
     #: False for a timeline row that is no attempt: a wait behind an open breaker
     #: is shown, but the recipient's ``attempts`` stays as it was.
     counted: bool = True
+    #: The TLS of the connection, or the policy that deferred without one.
+    tls: TlsInfo | None = None
 
 
 class Sourced(Protocol):
@@ -288,6 +291,7 @@ async def apply_outcome(
                 "bounce_type": str(outcome.bounce_type) if outcome.bounce_type else None,
                 "bounce_rule": outcome.bounce_rule,
                 "duration_ms": attempt.duration_ms,
+                **email_store.tls_columns(attempt.tls),
                 "created_at": now,
             }
         )

@@ -7,6 +7,8 @@ Names are case-insensitive and may be given with or without the trailing dot.
 * ``servfail(name)``                                  -> SERVFAIL for every query of that name
 * ``timeout(name)``                                   -> queries of that name are never answered
 * ``restore(name)``                                   -> ends either; the records answer again
+* ``sign(zone)``                                      -> answers for names in ``zone`` carry the
+                                                         AD bit, as a validating resolver's would
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from dnslib import AAAA, CNAME, MX, QTYPE, RCODE, RR, TXT, A, DNSError, DNSRecord
+from dnslib import AAAA, CNAME, MX, QTYPE, RCODE, RD, RR, TXT, A, DNSError, DNSRecord
 from dnslib.server import DNSServer
 
 __all__ = ["FakeDNS"]
@@ -110,6 +112,7 @@ class FakeDNS:
         self._lock = threading.Lock()
         self._records: dict[str, list[_Record]] = {}
         self._modes: dict[str, _Mode] = {}
+        self._signed: set[str] = set()
         self._servers: list[DNSServer] = []
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -209,6 +212,19 @@ class FakeDNS:
         """CNAME; answers chase it through this server's own records."""
         self._add(name, [_Record("CNAME", ttl, CNAME(target), target=_norm(target))])
 
+    def add_tlsa(
+        self, name: str, usage: int, selector: int, mtype: int, data: bytes, ttl: int = DEFAULT_TTL
+    ) -> None:
+        """A TLSA record (RFC 6698), e.g. ``add_tlsa("_25._tcp.mx.x.test", 3, 1, 1, digest)``."""
+        rdata = RD(bytes([usage, selector, mtype]) + data)
+        self._add(name, [_Record("TLSA", ttl, rdata)])
+
+    def sign(self, zone: str) -> None:
+        """Answers (NOERROR ones) for ``zone`` and the names under it carry the AD bit:
+        this server plays a validating resolver on loopback that found them secure."""
+        with self._lock:
+            self._signed.add(_norm(zone))
+
     def servfail(self, name: str) -> None:
         """Every query for ``name`` answers SERVFAIL (until ``remove``/``clear``)."""
         with self._lock:
@@ -237,6 +253,7 @@ class FakeDNS:
         with self._lock:
             self._records.clear()
             self._modes.clear()
+            self._signed.clear()
 
     def queries_for(self, name: str, qtype: str | None = None) -> list[tuple[str, str]]:
         key = _norm(name)
@@ -289,7 +306,9 @@ class FakeDNS:
         with self._lock:
             modes = dict(self._modes)
             records = {key: list(value) for key, value in self._records.items()}
+            signed = set(self._signed)
         reply = request.reply()
+        reply.header.ad = 0  # dnslib copies the query's flags; AD is only for signed names
         owner, current = question.qname, name
         for _ in range(_MAX_CNAME_HOPS):
             mode = modes.get(current)
@@ -311,6 +330,8 @@ class FakeDNS:
                     reply.add_answer(
                         RR(owner, getattr(QTYPE, rec.rtype), rdata=rec.rdata, ttl=rec.ttl)
                     )
+                if matching and any(current == z or current.endswith("." + z) for z in signed):
+                    reply.header.ad = 1
                 break
             cname = cnames[0]
             reply.add_answer(RR(owner, QTYPE.CNAME, rdata=cname.rdata, ttl=cname.ttl))

@@ -40,8 +40,18 @@ class ThrowawayCA:
         ca_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cls(ca_file, key, cert, directory)
 
-    def server_context(self, hostname: str) -> ssl.SSLContext:
-        """A server-side context presenting a certificate for ``hostname`` signed by this CA."""
+    @property
+    def certificate(self) -> x509.Certificate:
+        return self._cert
+
+    def server_certificate(self, hostname: str) -> x509.Certificate:
+        """The certificate the last ``server_context(hostname)`` presents."""
+        pem = (self._dir / f"{hostname}.pem").read_bytes()
+        return x509.load_pem_x509_certificate(pem)
+
+    def server_context(self, hostname: str, *, with_ca: bool = False) -> ssl.SSLContext:
+        """A server-side context presenting a certificate for ``hostname`` signed by this CA;
+        ``with_ca``: the CA's certificate is sent too (as DANE-TA needs)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         cert = (
@@ -57,7 +67,10 @@ class ThrowawayCA:
         )
         cert_file = self._dir / f"{hostname}.pem"
         key_file = self._dir / f"{hostname}.key"
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        chain = cert.public_bytes(serialization.Encoding.PEM)
+        if with_ca:
+            chain += self._cert.public_bytes(serialization.Encoding.PEM)
+        cert_file.write_bytes(chain)
         key_file.write_bytes(
             key.private_bytes(
                 serialization.Encoding.PEM,

@@ -13,7 +13,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from postline.ids import new_id
-from postline.model import AttemptScope, BounceType, RecipientStatus
+from postline.model import AttemptScope, BounceType, RecipientStatus, TlsInfo, TlsPolicySource
 from postline.outcomes import AttemptInfo, Outcome, apply_outcome
 from postline.store import emails as email_store
 from postline.store import suppressions as suppression_store
@@ -123,7 +123,8 @@ async def test_an_attempt_writes_every_column_of_its_recipient_timeline_row_and_
         bounce_rule="test.busy",
     )
     attempt = AttemptInfo("att_field_by_field", 4, "mx2.dest.test", 1234, AttemptScope.RECIPIENT)
-    attempt = replace(attempt, next_attempt_at=retry_at)
+    tls = TlsInfo(TlsPolicySource.MTA_STS, "TLSv1.3", verified=True)
+    attempt = replace(attempt, next_attempt_at=retry_at, tls=tls)
     async with postline.services.db.write() as conn:
         moved = await apply_outcome(
             conn, email=email, recipient=recipient, outcome=deferral, now=later, attempt=attempt
@@ -170,6 +171,9 @@ async def test_an_attempt_writes_every_column_of_its_recipient_timeline_row_and_
         "bounce_type": "soft",
         "bounce_rule": "test.busy",
         "duration_ms": 1234,
+        "tls_version": "TLSv1.3",
+        "tls_policy": "mta-sts",
+        "tls_verified": True,
         "created_at": later,
     }
     # The next in the email's events, after those written at accept.

@@ -171,6 +171,7 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("POST", "/v1/templates/{template_id}/render"): Case("owner", body=lambda w: {"variables": {}}),
     # --- operations: the queue is shared by every domain, so only an admin sees it
     ("GET", "/v1/destinations"): Case("admin"),
+    ("GET", "/v1/destinations/{domain}"): Case("admin"),
     ("POST", "/v1/destinations/{domain}/breaker"): Case("admin", body=lambda w: {"state": "open"}),
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -41,8 +42,44 @@ async def test_opportunistic_tls_upgrades_when_offered(
     mx = await special_mx(tls_context=ca.server_context("mx.special.test"))
     pl = await postline_factory()
     sent = await pl.send(to="user@special.test")
-    await pl.wait_for_status(sent["id"], ["delivered"])
+    detail = await pl.wait_for_status(sent["id"], ["delivered"])
     assert [m.tls for m in mx.received] == [True]
+    row = detail["recipients"][0]["timeline"][-1]
+    assert row["tls_policy"] == "opportunistic"
+    assert row["tls_version"] in ("TLSv1.2", "TLSv1.3")
+    assert row["tls_verified"] is False  # nobody asked: opportunistic TLS checks nothing
+
+
+async def test_plaintext_delivery_says_so_on_the_timeline(
+    postline_factory: Factory, special_mx: MakeMX
+) -> None:
+    await special_mx()  # no STARTTLS offered, no policy: plaintext as before
+    pl = await postline_factory()
+    sent = await pl.send(to="user@special.test")
+    detail = await pl.wait_for_status(sent["id"], ["delivered"])
+    row = detail["recipients"][0]["timeline"][-1]
+    assert (row["tls_policy"], row["tls_version"], row["tls_verified"]) == (
+        "opportunistic",
+        None,
+        False,
+    )
+
+
+async def test_a_failed_starttls_under_require_is_deferred_never_sent_in_plaintext(
+    postline_factory: Factory, special_mx: MakeMX, tmp_path: Path
+) -> None:
+    # STARTTLS is offered but the handshake fails (the server's context has no certificate).
+    broken = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    mx = await special_mx(tls_context=broken)
+    pl = await postline_factory(tls_policies={"special.test": "require"})
+    sent = await pl.send(to="user@special.test")
+    detail = await pl.wait_for(
+        sent["id"], lambda d: d["recipients"][0]["status"] == "deferred", what="a deferral"
+    )
+    recipient = detail["recipients"][0]
+    assert "STARTTLS with mx.special.test failed" in recipient["response"]
+    assert recipient["timeline"][-1]["tls_policy"] == "configured"
+    assert mx.received == []
 
 
 async def test_require_never_falls_back_to_plaintext(
@@ -55,6 +92,7 @@ async def test_require_never_falls_back_to_plaintext(
         sent["id"], lambda d: d["recipients"][0]["status"] == "deferred", what="a deferral"
     )
     assert "does not offer STARTTLS" in detail["recipients"][0]["response"]
+    assert detail["recipients"][0]["timeline"][-1]["tls_policy"] == "configured"
     assert mx.received == []
 
 
@@ -75,7 +113,8 @@ async def test_verify_refuses_a_certificate_for_another_name_and_accepts_a_valid
     await wrong.stop()
     right = await special_mx(tls_context=ca.server_context("mx.special.test"))
     again = await pl.send(to="other@special.test")
-    await pl.wait_for_status(again["id"], ["delivered"])
+    delivered = await pl.wait_for_status(again["id"], ["delivered"])
+    assert delivered["recipients"][0]["timeline"][-1]["tls_verified"] is True
     # The first email may be retried to the right MX meanwhile: everything there is TLS.
     assert ["other@special.test"] in [m.rcpt_tos for m in right.received]
     assert all(m.tls for m in right.received)

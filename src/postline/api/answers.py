@@ -126,6 +126,18 @@ class Attempt(_Answer):
     )
     bounce_rule: str | None
     duration_ms: int | None
+    tls_version: str | None = Field(
+        None, description='The TLS version of the connection ("TLSv1.3"); null: plaintext or none'
+    )
+    tls_policy: str | None = Field(
+        None,
+        description="The outbound TLS policy that applied: `opportunistic` (none), `configured`"
+        " (POSTLINE_TLS_POLICIES), `mta-sts`, `mta-sts-testing`, `dane`, or `none` (a relay"
+        " or static route); null when no SMTP connection was involved",
+    )
+    tls_verified: bool | None = Field(
+        None, description="Whether the server's certificate was verified (WebPKI or DANE)"
+    )
     at: str | None
 
 
@@ -419,6 +431,42 @@ class Destination(_Answer):
     breaker_until: str | None
     consecutive_failures: int
     last_error: str | None
+
+
+class MtaStsPolicy(_Answer):
+    policy_id: str
+    mode: str = Field(description="`enforce`, `testing` or `none`")
+    mx: list[str]
+    max_age: int
+    fetched_at: str | None
+    expires_at: str | None
+    last_error: str | None = Field(
+        description="Why the last refresh failed (the policy was kept); null after a success"
+    )
+
+
+class TlsDay(_Answer):
+    day: str = Field(description="The UTC day, YYYY-MM-DD")
+    policy_type: str = Field(
+        description="`sts` (MTA-STS), `tlsa` (DANE), or `no-policy-found` (a policy"
+        " fetch that failed while none was in force)"
+    )
+    successful: int = Field(description="Connections that met the policy")
+    failed: int
+    failures: dict[str, int] = Field(
+        description="Failed connections by RFC 8460 result type"
+        " (`certificate-host-mismatch`, `starttls-not-supported`, `tlsa-invalid`, ...)"
+    )
+    reported: bool = Field(description="The day's TLS report was sent (or claimed)")
+
+
+class TlsFigures(_Answer):
+    mta_sts: MtaStsPolicy | None = Field(description="The MTA-STS policy stored; null: none")
+    days: list[TlsDay] = Field(description="The last 7 days with connections under a policy")
+
+
+class DestinationDetail(Destination):
+    tls: TlsFigures
 
 
 class DestinationList(_Page):

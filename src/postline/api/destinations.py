@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal
 
 from fastapi import APIRouter
@@ -12,11 +13,15 @@ from postline.api import answers
 from postline.api.auth import Admin, Svc
 from postline.api.cursors import SinglePageCursor, single_page
 from postline.api.problems import Problem
+from postline.api.responses import problem_responses
 from postline.api.views import page, rfc3339
 from postline.delivery.breaker import Breakers, BreakerView
+from postline.delivery.tlsrpt import SUCCESS
 from postline.domains import DomainError, normalize_domain
 from postline.store import breakers as breaker_store
 from postline.store import emails as email_store
+from postline.store import mta_sts as sts_store
+from postline.store import tls_reports as report_store
 from postline.store.types import utcnow
 
 router = APIRouter(
@@ -84,16 +89,78 @@ async def list_destinations(svc: Svc, _: Admin, cursor: SinglePageCursor = None)
     return page(data, None)
 
 
+@router.get(
+    "/{domain}",
+    summary="One destination: its queue, its breaker and its TLS figures",
+    response_model=answers.DestinationDetail,
+    responses=problem_responses(422),
+)
+async def get_destination(svc: Svc, _: Admin, domain: str) -> dict[str, Any]:
+    """The TLS figures are the connections made under the destination's MTA-STS or
+    DANE policy, per day, as its daily TLS reports (RFC 8460) count them."""
+    name = _domain(domain)
+    breakers = await _breakers(svc)
+    body = view(name, breakers.view(name), await _counts(svc))
+    since = (utcnow() - timedelta(days=6)).strftime("%Y-%m-%d")
+    async with svc.db.read() as conn:
+        stored = await sts_store.get_policy(conn, name)
+        counts = await report_store.counts_for(conn, name, since)
+    body["tls"] = {"mta_sts": _policy_view(stored), "days": tls_days(counts)}
+    return body
+
+
+def _policy_view(stored: sts_store.StoredPolicy | None) -> dict[str, Any] | None:
+    if stored is None:
+        return None
+    return {
+        "policy_id": stored.policy_id,
+        "mode": stored.mode,
+        "mx": list(stored.patterns),
+        "max_age": stored.max_age,
+        "fetched_at": rfc3339(stored.fetched_at),
+        "expires_at": rfc3339(stored.expires_at),
+        "last_error": stored.last_error,
+    }
+
+
+def tls_days(counts: list[report_store.TlsCount]) -> list[dict[str, Any]]:
+    """Counts summed per day and policy type, the failures by result type."""
+    days: dict[tuple[str, str], dict[str, Any]] = {}
+    for count in counts:
+        day = days.setdefault(
+            (count.day, count.policy_type),
+            {
+                "day": count.day,
+                "policy_type": count.policy_type,
+                "successful": 0,
+                "failed": 0,
+                "failures": {},
+                "reported": True,
+            },
+        )
+        day["reported"] = day["reported"] and count.reported_at is not None
+        if count.result == SUCCESS:
+            day["successful"] += count.count
+        else:
+            day["failed"] += count.count
+            day["failures"][count.result] = day["failures"].get(count.result, 0) + count.count
+    return [days[key] for key in sorted(days)]
+
+
+def _domain(domain: str) -> str:
+    try:
+        return normalize_domain(domain)
+    except DomainError as exc:
+        raise Problem(422, str(exc), [{"field": "domain", "message": str(exc)}]) from None
+
+
 @router.post(
     "/{domain}/breaker",
     summary="Open or close a destination's breaker by hand",
     response_model=answers.Destination,
 )
 async def set_breaker(svc: Svc, _: Admin, domain: str, body: BreakerIn) -> dict[str, Any]:
-    try:
-        name = normalize_domain(domain)
-    except DomainError as exc:
-        raise Problem(422, str(exc), [{"field": "domain", "message": str(exc)}]) from None
+    name = _domain(domain)
     # Recorded for every worker (they apply it within seconds), and applied here at once.
     async with svc.db.write() as conn:
         await breaker_store.record_command(conn, name, body.state_action, utcnow())

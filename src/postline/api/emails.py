@@ -336,7 +336,8 @@ async def list_emails(
         Query(
             description="Only emails of this source. Without it the send log holds the"
             " customer's mail (`api`, `smtp`); `dsn` lists the delivery status"
-            " notifications Postline sent, for an unscoped (admin) key only (403 otherwise)."
+            " notifications Postline sent, `tlsrpt` its TLS reports, for an unscoped (admin)"
+            " key only (403 otherwise)."
         ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,

@@ -110,6 +110,9 @@ def email_detail(
                 "bounce_type": attempt.bounce_type,
                 "bounce_rule": attempt.bounce_rule,
                 "duration_ms": attempt.duration_ms,
+                "tls_version": attempt.tls_version,
+                "tls_policy": attempt.tls_policy,
+                "tls_verified": attempt.tls_verified,
                 "at": rfc3339(attempt.created_at),
             }
         )

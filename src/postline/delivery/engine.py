@@ -26,12 +26,14 @@ from postline.backoff import Backoff
 from postline.config import Settings
 from postline.delivery.breaker import Breakers, BreakerState, attempt_verdict
 from postline.delivery.lease import LeaseGuard, LeaseLost
-from postline.delivery.pool import TlsPolicy
+from postline.delivery.policies import TlsPolicies
 from postline.delivery.record import RecipientResult, Recorder, Wait
 from postline.delivery.replies import Reply, classify
 from postline.delivery.routing import RouteError, Router
 from postline.delivery.shaping import Limits, Shaper, parse_limits
 from postline.delivery.smtp import SmtpDelivery, TransactionResult
+from postline.delivery.tls import PolicyError, TlsInfo
+from postline.delivery.tlsrpt import TlsCounts
 from postline.heartbeat import Heartbeat
 from postline.ids import new_id
 from postline.metrics import Metrics
@@ -130,6 +132,7 @@ class _AttemptOutcome:
     duration_ms: int = 0
     retry_at: datetime | None = None  # sooner or later than the backoff
     wait: Wait | None = None  # nothing was tried: the destination's breaker parks the job
+    tls: TlsInfo | None = None  # for the timeline: the TLS used, or the policy that deferred
 
 
 class Engine:
@@ -145,9 +148,14 @@ class Engine:
         metrics: Metrics,
         settings: Settings,
         breakers: Breakers | None = None,
+        tls_policies: TlsPolicies | None = None,
+        tls_counts: TlsCounts | None = None,
     ) -> None:
         """``breakers``: the circuit breakers to start from (their policy and clock are
-        kept when warm-up rebuilds them from the database); default ones if None."""
+        kept when warm-up rebuilds them from the database); default ones if None.
+        ``tls_policies``: who decides each MX's TLS demand; None: the operator's
+        settings only (no MTA-STS or DANE). ``tls_counts``: where sessions under a
+        policy are counted for TLS reports; None: a counter of the engine's own."""
         self.db = db
         self.queue = queue
         self.spool = spool
@@ -165,6 +173,10 @@ class Engine:
             parse_limits(settings.destination_limits),
         )
         self.breakers = breakers if breakers is not None else Breakers()
+        self.tls_policies = tls_policies or TlsPolicies(
+            router, default=settings.tls_default, configured=settings.tls_policies
+        )
+        self.tls_counts = tls_counts or TlsCounts(db, metrics)
         self.running = False
         self._command_cursor = 0
         self._wake = asyncio.Event()
@@ -261,6 +273,8 @@ class Engine:
                 next_sync = loop.time() + COMMAND_SYNC_SECONDS
                 with contextlib.suppress(Exception):  # storage outages are the lease's to report
                     await self.sync_commands()
+                with contextlib.suppress(Exception):  # kept in memory until the next try
+                    await self.tls_counts.flush()
             free = self.settings.concurrency - len(self._active)
             leased: list[Job] = []
             wait = self.settings.poll_interval
@@ -283,6 +297,8 @@ class Engine:
             for waiter in waiters:
                 waiter.cancel()
         await self._drain()
+        with contextlib.suppress(Exception):
+            await self.tls_counts.flush()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._active.pop(task, None)
@@ -445,6 +461,7 @@ class Engine:
             mx_host=attempt.mx_host,
             duration_ms=attempt.duration_ms,
             retry_at=attempt.retry_at or retry_at,
+            tls=attempt.tls,
         )
 
     async def _attempt(
@@ -462,10 +479,15 @@ class Engine:
             )
         try:
             targets = await self.router.route(job.destination)
+            targets, plan = await self.tls_policies.plan(job.destination, targets)
         except RouteError as exc:
             outcome = self._route_outcome(exc)
+            tls = None
+            if isinstance(exc, PolicyError):
+                tls = TlsInfo(exc.policy, failure=exc.result_type)
+                self.tls_counts.note(job.destination, None, tls)
             return _AttemptOutcome(
-                [RecipientResult(r.id, outcome, AttemptScope.LOCAL) for r in recipients]
+                [RecipientResult(r.id, outcome, AttemptScope.LOCAL) for r in recipients], tls=tls
             )
         destination = job.destination
         if not self.breakers.admits(destination):
@@ -484,9 +506,11 @@ class Engine:
                     email.envelope_from,
                     [r.address for r in recipients],
                     body,
-                    self._tls_policy(destination),
+                    plan,
                     guard.still_mine,
                 )
+                for mx_host, tls in result.tls_sessions:
+                    self.tls_counts.note(destination, mx_host, tls)
                 # Settled before the slot is given back: the next job in line sees it.
                 results = self._results(recipients, result)
                 verdict = attempt_verdict((r.scope, r.outcome.status) for r in results)
@@ -498,7 +522,7 @@ class Engine:
             raise
         if reopened:
             await self._release_parked(destination)
-        return _AttemptOutcome(results, result.mx_host, result.duration_ms)
+        return _AttemptOutcome(results, result.mx_host, result.duration_ms, tls=result.tls)
 
     @staticmethod
     def _results(recipients: list[Recipient], result: TransactionResult) -> list[RecipientResult]:
@@ -544,10 +568,6 @@ class Engine:
         if released:
             log.info("breaker for %s admits jobs again: released %d", destination, released)
             self.wake()
-
-    def _tls_policy(self, destination: str) -> TlsPolicy:
-        policies = self.settings.tls_policies
-        return TlsPolicy(policies.get(destination, self.settings.tls_default))
 
     @staticmethod
     def _route_outcome(exc: RouteError) -> Outcome:

@@ -12,22 +12,39 @@ import asyncio
 import ssl
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass, field, replace
 
 import aiosmtplib
 
-
-class TlsPolicy(StrEnum):
-    """How hard to insist on STARTTLS with a destination (Postfix's may / encrypt / verify)."""
-
-    OPPORTUNISTIC = "opportunistic"  # upgrade when offered, any certificate
-    REQUIRE = "require"  # STARTTLS or no delivery, any certificate
-    VERIFY = "verify"  # STARTTLS with a certificate valid for the MX host name
+from postline.delivery import dane
+from postline.delivery.tls import OPPORTUNISTIC, PolicySource, TlsDemand, TlsInfo, TlsLevel
 
 
 class TlsRequired(aiosmtplib.SMTPException):
-    """The policy demands TLS this server did not give: defer, never send in plaintext."""
+    """The policy demands TLS this server did not give: defer, never send in plaintext.
+
+    ``result_type`` names the failure as TLS reports do (RFC 8460 4.3).
+    """
+
+    def __init__(self, message: str, result_type: str) -> None:
+        super().__init__(message)
+        self.result_type = result_type
+
+
+#: OpenSSL's X509_V_ERR_* codes that have an RFC 8460 result type of their own.
+_HOSTNAME_MISMATCH = 62
+_CERT_HAS_EXPIRED = 10
+
+
+def _result_type(exc: BaseException) -> str:
+    """The RFC 8460 result type of a failed verified handshake."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        if exc.verify_code == _HOSTNAME_MISMATCH:
+            return "certificate-host-mismatch"
+        if exc.verify_code == _CERT_HAS_EXPIRED:
+            return "certificate-expired"
+        return "certificate-not-trusted"
+    return "validation-failure"
 
 
 @dataclass(frozen=True)
@@ -37,13 +54,21 @@ class SmtpSettings:
     command_timeout: float
     max_messages_per_session: int = 100
     idle_seconds: float = 30.0
-    ca_file: str | None = None  # trust anchors for the verify policy (default: the system's)
+    ca_file: str | None = None  # extra trust anchors for verified TLS (besides the system's)
+
+    def verify_context(self) -> ssl.SSLContext:
+        """The system's trust anchors plus ``ca_file``'s, checking the host name."""
+        context = ssl.create_default_context()
+        if self.ca_file:
+            context.load_verify_locations(cafile=self.ca_file)
+        return context
 
 
 @dataclass
 class Session:
     client: aiosmtplib.SMTP
     key: tuple[str, int, str, str]
+    tls: TlsInfo
     messages: int = 0
     idle_since: float = field(default_factory=time.monotonic)
     reused: bool = False
@@ -61,11 +86,11 @@ class SessionPool:
         port: int,
         *,
         mx_name: str,
-        policy: TlsPolicy = TlsPolicy.OPPORTUNISTIC,
+        demand: TlsDemand = OPPORTUNISTIC,
         fresh: bool = False,
     ) -> Session:
         """An open session to address:port: an idle one if there is one, else a new one."""
-        key = (address, port, mx_name, str(policy))
+        key = (address, port, mx_name, demand.key)
         idle = self._idle[key]
         while idle and not fresh:
             candidate = idle.pop()
@@ -76,13 +101,33 @@ class SessionPool:
                 continue
             candidate.reused = True
             return candidate
-        client = await self._open(address, port, mx_name, policy)
+        if demand.source is PolicySource.MTA_STS_TESTING:
+            client, tls = await self._open_testing(address, port, mx_name, demand)
+        else:
+            client, tls = await self._open(address, port, mx_name, demand)
         self.opened += 1
-        return Session(client, key)
+        return Session(client, key, tls)
+
+    async def _open_testing(
+        self, address: str, port: int, mx_name: str, demand: TlsDemand
+    ) -> tuple[aiosmtplib.SMTP, TlsInfo]:
+        """MTA-STS ``testing``: try as ``enforce`` would; when that fails, deliver as
+        before on a new connection and say what failed (for the TLS report). An MX the
+        policy does not name fails at once, without a first try."""
+        if demand.unlisted:
+            client, tls = await self._open(address, port, mx_name, demand)
+            return client, replace(tls, failure="validation-failure")
+        try:
+            return await self._open(address, port, mx_name, replace(demand, level=TlsLevel.VERIFY))
+        except TlsRequired as exc:
+            client, tls = await self._open(address, port, mx_name, demand)
+            return client, replace(tls, failure=exc.result_type)
 
     async def _open(
-        self, address: str, port: int, mx_name: str, policy: TlsPolicy
-    ) -> aiosmtplib.SMTP:
+        self, address: str, port: int, mx_name: str, demand: TlsDemand
+    ) -> tuple[aiosmtplib.SMTP, TlsInfo]:
+        """A connected client, upgraded as ``demand`` says; a demand other than
+        opportunistic that the server cannot meet raises :class:`TlsRequired`."""
         client = aiosmtplib.SMTP(
             hostname=address,
             port=port,
@@ -92,24 +137,46 @@ class SessionPool:
             validate_certs=False,
         )
         await client.connect(timeout=self.settings.connect_timeout)
+        level = demand.level
         try:
             await client.ehlo()
             if not client.supports_extension("starttls"):
-                if policy is not TlsPolicy.OPPORTUNISTIC:
-                    raise TlsRequired(f"TLS policy '{policy}': {mx_name} does not offer STARTTLS")
-                return client
-            if policy is TlsPolicy.VERIFY:
-                context = ssl.create_default_context(cafile=self.settings.ca_file)
-                await client.starttls(server_hostname=mx_name, tls_context=context)
-            else:
-                await client.starttls(validate_certs=False)
+                if level is not TlsLevel.OPPORTUNISTIC:
+                    raise TlsRequired(
+                        f"TLS policy {demand.source} ({level}): {mx_name} does not offer STARTTLS",
+                        "starttls-not-supported",
+                    )
+                return client, TlsInfo(demand.source)
+            verified = False
+            try:
+                if level is TlsLevel.VERIFY:
+                    context = self.settings.verify_context()
+                    await client.starttls(server_hostname=mx_name, tls_context=context)
+                    verified = True
+                else:
+                    await client.starttls(validate_certs=False)
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                if level is TlsLevel.OPPORTUNISTIC:
+                    raise
+                # Never a plaintext retry: the policy's name and why, for the timeline.
+                raise TlsRequired(
+                    f"TLS policy {demand.source} ({level}): STARTTLS with {mx_name} failed: {exc}",
+                    _result_type(exc),
+                ) from exc
+            ssl_object = client.get_transport_info("ssl_object")
+            if level is TlsLevel.DANE:
+                problem = dane.check(ssl_object, demand.tlsa, mx_name)
+                if problem is not None:
+                    raise TlsRequired(f"TLS policy dane: {mx_name}: {problem}", "tlsa-invalid")
+                verified = bool(demand.tlsa)
+            version = ssl_object.version() if ssl_object is not None else None
             # RFC 3207 4.2: what the plaintext EHLO said is forgotten (aiosmtplib clears it).
             # Ask again now: SIZE, SMTPUTF8 and PIPELINING are decided before MAIL.
             await client.ehlo()
         except BaseException:
             client.close()
             raise
-        return client
+        return client, TlsInfo(demand.source, version, verified)
 
     async def give_back(self, session: Session, *, clean: bool) -> None:
         """Keep a session whose transaction ended cleanly; close anything else."""

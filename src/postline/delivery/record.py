@@ -21,6 +21,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.delivery.bounces import BounceNotifier, Failure
+from postline.delivery.tls import TlsInfo
 from postline.ids import new_id
 from postline.metrics import Metrics
 from postline.model import PENDING_STATUSES, AttemptScope, RecipientStatus
@@ -82,6 +83,7 @@ class _Attempt:
     mx_host: str | None
     duration_ms: int
     retry_at: datetime
+    tls: TlsInfo | None = None
     recorded: list[tuple[str, RecipientStatus]] = field(default_factory=list)
     dsn_jobs: list[Job] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
@@ -177,9 +179,12 @@ class Recorder:
         mx_host: str | None,
         duration_ms: int,
         retry_at: datetime,
+        tls: TlsInfo | None = None,
     ) -> list[str]:
-        """Store the attempt durably; return the recipient ids that will be retried."""
-        attempt = _Attempt(job, results, mx_host, duration_ms, retry_at)
+        """Store the attempt durably; return the recipient ids that will be retried.
+
+        ``tls``: what the connection had (or the policy that deferred), for the timeline."""
+        attempt = _Attempt(job, results, mx_host, duration_ms, retry_at, tls)
         await self._batcher.submit(attempt)
         return list(attempt.pending)
 
@@ -286,6 +291,7 @@ class Recorder:
                 mx_host=attempt.mx_host,
                 duration_ms=attempt.duration_ms,
                 scope=result.scope,
+                tls=attempt.tls,
                 next_attempt_at=attempt.retry_at
                 if outcome.status is RecipientStatus.DEFERRED
                 else None,

@@ -107,6 +107,10 @@ class Router:
         self._resolved: dict[str, None] = {}
         self._canary_ok_until = 0.0
 
+    def uses_mx(self, domain: str) -> bool:
+        """Whether mail for ``domain`` goes to its MX hosts (not a relay or static route)."""
+        return domain not in self.static and self.relay is None
+
     async def route(self, domain: str) -> list[Target]:
         if domain in self.static:
             host, port = self.static[domain]

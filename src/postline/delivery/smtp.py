@@ -12,9 +12,10 @@ import aiosmtplib
 
 from postline.delivery import pipelining
 from postline.delivery.lease import StillMine, always_mine
-from postline.delivery.pool import Session, SessionPool, SmtpSettings, TlsPolicy
+from postline.delivery.pool import Session, SessionPool, SmtpSettings, TlsRequired
 from postline.delivery.replies import Reply
 from postline.delivery.routing import Router, Target
+from postline.delivery.tls import TlsDemand, TlsInfo, TlsPlan
 from postline.model import AttemptScope
 
 
@@ -29,6 +30,10 @@ class TransactionResult:
     duration_ms: int = 0
     stale_session: bool = False  # failed on a pooled session before any reply
     refused_locally: bool = False  # we declined to send (SIZE, SMTPUTF8): not the server's health
+    #: The TLS the deciding connection had, or the policy that refused it (for the timeline).
+    tls: TlsInfo | None = None
+    #: (MX host, TLS) of every connection tried under a policy, for the TLS reports.
+    tls_sessions: list[tuple[str, TlsInfo]] = field(default_factory=list)
 
     def reply_for(self, address: str) -> tuple[Reply, AttemptScope]:
         """The reply deciding this recipient, and its scope (transaction or recipient).
@@ -63,7 +68,7 @@ class SmtpDelivery:
         envelope_from: str,
         recipients: list[str],
         body: bytes,
-        policy: TlsPolicy = TlsPolicy.OPPORTUNISTIC,
+        plan: TlsPlan = TlsPlan(),
         still_mine: StillMine = always_mine,
     ) -> TransactionResult:
         """Try each target in order until one gives an answer that is not a connection failure.
@@ -75,6 +80,7 @@ class SmtpDelivery:
         result = TransactionResult(error=Reply(None, "no MX host to try"))
         # Permanent RCPT refusals already received: kept, and not asked of the next MX.
         refused: dict[str, Reply] = {}
+        sessions: list[tuple[str, TlsInfo]] = []
         for target in targets:
             addresses = target.addresses
             if addresses is None:  # the operator's own route: not filtered
@@ -86,9 +92,13 @@ class SmtpDelivery:
                 continue
             for address in addresses:
                 pending = [r for r in recipients if r not in refused]
-                result = await self._attempt(
-                    target, address, _Envelope(envelope_from, pending, body, policy, still_mine)
+                envelope = _Envelope(
+                    envelope_from, pending, body, plan.for_mx(target.mx), still_mine
                 )
+                result = await self._attempt(target, address, envelope)
+                if result.tls is not None:
+                    sessions.append((target.mx, result.tls))
+                result.tls_sessions = sessions
                 refused.update((r, reply) for r, reply in result.rcpt.items() if reply.is_permanent)
                 if not _try_next(result) or refused.keys() >= set(recipients):
                     return _finished(result, refused, started)
@@ -107,13 +117,14 @@ class SmtpDelivery:
     async def _transaction(
         self, target: Target, address: str, envelope: _Envelope, *, fresh: bool
     ) -> TransactionResult:
-        result = TransactionResult(mx_host=target.mx)
+        result = TransactionResult(mx_host=target.mx, tls=TlsInfo(envelope.demand.source))
         session: Session | None = None
         clean = False
         try:
             session = await self.pool.session(
-                address, target.port, mx_name=target.mx, policy=envelope.policy, fresh=fresh
+                address, target.port, mx_name=target.mx, demand=envelope.demand, fresh=fresh
             )
+            result.tls = session.tls
             client = session.client
             refusal = _refusal(client, envelope)
             if refusal is not None:
@@ -158,6 +169,8 @@ class SmtpDelivery:
             result.error = Reply.of(exc.code, exc.message)
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             result.error = Reply.of(None, f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, TlsRequired):
+                result.tls = TlsInfo(envelope.demand.source, failure=exc.result_type)
             result.stale_session = session is not None and session.reused and not result.rcpt
         finally:
             if session is not None:
@@ -186,7 +199,7 @@ class _Envelope:
     sender: str
     recipients: list[str]
     body: bytes
-    policy: TlsPolicy
+    demand: TlsDemand
     still_mine: StillMine
 
     @property

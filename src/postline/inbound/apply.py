@@ -210,6 +210,7 @@ def _timeline_row(
         "bounce_type": str(outcome.bounce_type) if outcome.bounce_type else None,
         "bounce_rule": outcome.bounce_rule,
         "duration_ms": 0,
+        **email_store.tls_columns(None),
         "created_at": now,
     }
 

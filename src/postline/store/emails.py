@@ -18,6 +18,8 @@ from postline.model import (
     EmailStatus,
     EventType,
     RecipientStatus,
+    TlsInfo,
+    TlsPolicySource,
 )
 from postline.store.records import Record
 from postline.store.schema import (
@@ -101,7 +103,20 @@ class Attempt(Record):
     bounce_type: BounceType | None
     bounce_rule: str | None
     duration_ms: int
+    #: The TLS of the attempt's connection ("TLSv1.3"; None: plaintext or none made),
+    #: the policy that applied (model.TlsPolicySource) and whether the certificate was
+    #: verified; all None on rows from before they were kept.
+    tls_version: str | None
+    tls_policy: TlsPolicySource | None
+    tls_verified: bool | None
     created_at: datetime
+
+
+def tls_columns(tls: TlsInfo | None) -> dict[str, Any]:
+    """A timeline row's TLS columns; None: no SMTP connection was involved."""
+    if tls is None:
+        return {"tls_version": None, "tls_policy": None, "tls_verified": None}
+    return {"tls_version": tls.version, "tls_policy": str(tls.policy), "tls_verified": tls.verified}
 
 
 @dataclass(frozen=True, slots=True)

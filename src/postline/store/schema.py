@@ -167,8 +167,43 @@ delivery_attempts = Table(
     Column("bounce_type", String(16), nullable=True),
     Column("bounce_rule", String(64), nullable=True),
     Column("duration_ms", Integer, nullable=False, default=0),
+    # The connection's TLS: version ("TLSv1.3"; NULL: plaintext or no connection),
+    # the policy that applied (model.TlsPolicySource), whether the certificate was verified.
+    Column("tls_version", String(16), nullable=True),
+    Column("tls_policy", String(16), nullable=True),
+    Column("tls_verified", Boolean, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Index("ix_delivery_attempts_destination_created_at", "destination", "created_at"),
+)
+
+# MTA-STS policies as fetched (delivery/sts_cache.py): one per destination domain,
+# shared by every worker, used until expires_at (max_age after the fetch).
+mta_sts_policies = Table(
+    "mta_sts_policies",
+    metadata,
+    Column("domain", String(253), primary_key=True),
+    Column("policy_id", String(32), nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("mx", Text, nullable=False),  # JSON list of the mx patterns
+    Column("max_age", Integer, nullable=False),
+    Column("fetched_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("last_error", Text, nullable=True),  # the last failed refresh, kept policy
+)
+
+# TLS sessions under a destination's policy (MTA-STS, DANE), counted per UTC day for
+# the daily TLS reports (RFC 8460, delivery/tlsrpt.py); result is "success" or a
+# failure's result type. reported_at: when that day's report for the domain was sent.
+tls_report_counts = Table(
+    "tls_report_counts",
+    metadata,
+    Column("day", String(10), primary_key=True),  # YYYY-MM-DD, UTC
+    Column("domain", String(253), primary_key=True),
+    Column("policy_type", String(16), primary_key=True),  # "sts", "tlsa", "no-policy-found"
+    Column("result", String(40), primary_key=True),
+    Column("mx_host", String(253), primary_key=True),  # "" when none was connected to
+    Column("count", Integer, nullable=False),
+    Column("reported_at", UTCDateTime, nullable=True),
 )
 
 suppressions = Table(
