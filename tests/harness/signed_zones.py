@@ -57,17 +57,20 @@ class SignedHierarchy:
         """``texts`` as an RRset of ``zone``, with its RRSIG when the zone is signed."""
         self.add_rrset(zone, self.rrset(owner, rdtype, *texts))
 
-    def add_rrset(self, zone: Zone, rrset: dns.rrset.RRset, *, broken: bool = False) -> None:
-        """``rrset`` and its RRSIG; ``broken``: one byte of the signature flipped."""
-        for part in self.signed(zone, rrset, broken=broken):
+    def add_rrset(
+        self, zone: Zone, rrset: dns.rrset.RRset, *, broken: bool = False, expired: bool = False
+    ) -> None:
+        """``rrset`` and its RRSIG; ``broken``: one byte of the signature flipped;
+        ``expired``: a signature whose validity ended yesterday."""
+        for part in self.signed(zone, rrset, broken=broken, expired=expired):
             self.dns.add_rrset(part)
 
     def signed(
-        self, zone: Zone, rrset: dns.rrset.RRset, *, broken: bool = False
+        self, zone: Zone, rrset: dns.rrset.RRset, *, broken: bool = False, expired: bool = False
     ) -> list[dns.rrset.RRset]:
         if zone.key is None or zone.dnskey is None:
             return [rrset]
-        now = int(time.time())
+        now = int(time.time()) - (2 * 86400 if expired else 0)
         sig = dns.dnssec.sign(
             rrset,
             zone.key,

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dns.name
 import pytest
 import pytest_asyncio
+from dns.rdtypes.ANY.DS import DS
 
 from postline.config import ConfigError, load_settings
 from postline.delivery.dnssec_validate import Bogus, Status, Validator, load_anchors
@@ -59,8 +61,6 @@ class SignedWorld:
 async def world(
     postline_factory: Factory, fake_dns: FakeDNS, fake_mx: FakeMX, tmp_path: Path
 ) -> AsyncIterator[SignedWorld]:
-    ca = ThrowawayCA.create(tmp_path)
-    mx = await ca.start_mx("127.0.0.8", fake_mx.port, MX_NAME)
     tree = SignedHierarchy(fake_dns, "test.")
     signed = tree.zone(f"{DOMAIN}.")
     tree.add(signed, DOMAIN, "MX", f"10 {MX_NAME}.")
@@ -69,6 +69,8 @@ async def world(
     tree.add(plain, "plain.test", "MX", "10 mx.plain.test.")
     tree.add(plain, "mx.plain.test", "A", "127.0.0.8")
     anchors = tree.anchor_file(tmp_path / "anchors.txt")
+    ca = ThrowawayCA.create(tmp_path)
+    mx = await ca.start_mx("127.0.0.8", fake_mx.port, MX_NAME)
     yield SignedWorld(ca, tree, signed, plain, mx, postline_factory, anchors)
     await mx.stop()
 
@@ -85,6 +87,37 @@ async def test_the_validator_tells_secure_insecure_and_bogus(world: SignedWorld)
         await validator.resolve("bad.dane.test", "A")
     with pytest.raises(Bogus, match="without NSEC/NSEC3"):
         await validator.resolve(f"_25._tcp.mx2.{DOMAIN}", "TLSA")  # a denial with no proof
+
+
+async def test_expired_signatures_and_unproven_unsigned_zones_are_bogus(
+    world: SignedWorld,
+) -> None:
+    tree = world.tree
+    tree.add_rrset(world.signed, tree.rrset("old.dane.test", "A", "127.0.0.9"), expired=True)
+    # A child of the signed anchor with no DS and no NSEC proof: stripped, not unsigned.
+    tree.dns.add_rrset(tree.rrset("stripped.test.", "SOA", "ns.stripped.test. h.test. 1 1 1 1 1"))
+    tree.dns.add_rrset(tree.rrset("stripped.test.", "MX", "10 mx.stripped.test."))
+    validator = world.validator()
+    with pytest.raises(Bogus, match="does not verify"):
+        await validator.resolve("old.dane.test", "A")
+    with pytest.raises(Bogus, match=r"denies stripped\.test\. DS without NSEC"):
+        await validator.resolve("stripped.test", "MX")
+
+
+def test_the_built_in_anchors_are_the_root_ksks() -> None:
+    anchors = load_anchors("")
+    assert sorted(a.key_tag for a in anchors[dns.name.root] if isinstance(a, DS)) == [20326, 38696]
+
+
+async def test_a_bogus_mx_answer_defers_every_host(world: SignedWorld) -> None:
+    tree = world.tree
+    zone = tree.zone("broken.test.")
+    tree.add_rrset(zone, tree.rrset("broken.test.", "MX", f"10 {MX_NAME}."), broken=True)
+    pl = await world.postline()
+    sent = await pl.send(to="user@broken.test")
+    detail = await deferred(pl, sent["id"])
+    assert "the MX answer for broken.test is bogus" in detail["recipients"][0]["response"]
+    assert world.mx.connections == 0
 
 
 async def test_a_signed_nsec_proves_a_name_absent(world: SignedWorld) -> None:

@@ -55,6 +55,8 @@ ROOT_ANCHORS = """\
 MAX_CNAMES = 8
 #: How long validated keys are kept at most (their TTL when shorter).
 MAX_KEY_SECONDS = 3600.0
+#: Zones whose keys are remembered (the oldest are forgotten beyond this).
+MAX_ZONES = 10_000
 
 Anchors = dict[dns.name.Name, list[DS | DNSKEY]]
 
@@ -203,7 +205,10 @@ class Validator:
         if cached is not None and cached.until > time.monotonic():
             return cached
         found = await self._fetch_keys(zone)
+        self._keys.pop(zone, None)
         self._keys[zone] = found
+        if len(self._keys) > MAX_ZONES:
+            del self._keys[next(iter(self._keys))]
         return found
 
     async def _fetch_keys(self, zone: dns.name.Name) -> _Keys:
