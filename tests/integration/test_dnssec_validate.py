@@ -104,6 +104,16 @@ async def test_expired_signatures_and_unproven_unsigned_zones_are_bogus(
         await validator.resolve("stripped.test", "MX")
 
 
+async def test_an_soa_above_the_trust_anchor_does_not_make_a_name_unsigned(
+    world: SignedWorld,
+) -> None:
+    tree = world.tree
+    tree.dns.add_rrset(tree.rrset("sneaky.test.", "A", "127.0.0.9"))  # no RRSIG
+    tree.dns.add_denial("sneaky.test", tree.rrset(".", "SOA", ". h. 1 1 1 1 1"))
+    with pytest.raises(Bogus, match="no signature in the signed zone test"):
+        await world.validator().resolve("sneaky.test", "A")
+
+
 def test_the_built_in_anchors_are_the_root_ksks() -> None:
     anchors = load_anchors("")
     assert sorted(a.key_tag for a in anchors[dns.name.root] if isinstance(a, DS)) == [20326, 38696]

@@ -180,7 +180,7 @@ class Validator:
         soa = next((r for r in msg.authority if r.rdtype == dns.rdatatype.SOA), None)
         start = name.parent() if kind == dns.rdatatype.DS and name != dns.name.root else name
         if soa is not None and start.is_subdomain(soa.name):
-            zone = soa.name
+            zone = self._within_anchor(start, soa.name)
         else:
             zone = await self._zone_of(start)
         keys = await self._keys_of(zone)
@@ -243,8 +243,22 @@ class Validator:
         until = time.monotonic() + min(float(dnskeys.ttl), MAX_KEY_SECONDS)
         return _Keys(Status.SECURE, dnskeys, until)
 
+    def _within_anchor(self, name: dns.name.Name, zone: dns.name.Name) -> dns.name.Name:
+        """``zone``, or the trust anchor covering ``name`` when ``zone`` claims to be
+        above it: an SOA naming a zone outside the anchor must not make a name under
+        the anchor look unsigned."""
+        covering = [a for a in self.anchors if name.is_subdomain(a)]
+        anchor = max(covering, key=len, default=None)
+        if anchor is not None and not zone.is_subdomain(anchor):
+            return anchor
+        return zone
+
     async def _zone_of(self, name: dns.name.Name) -> dns.name.Name:
-        """The apex of the zone ``name`` is in (its SOA, or the one a NODATA names)."""
+        """The apex of the zone ``name`` is in (its SOA, or the one a NODATA names),
+        never above the trust anchor that covers it."""
+        return self._within_anchor(name, await self._apex(name))
+
+    async def _apex(self, name: dns.name.Name) -> dns.name.Name:
         while True:
             msg = await self._query(name, dns.rdatatype.SOA)
             if _find(msg.answer, name, dns.rdatatype.SOA) is not None:
