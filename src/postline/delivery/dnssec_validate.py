@@ -140,7 +140,7 @@ class Validator:
             rrset = _find(msg.answer, owner, kind)
             if rrset is not None:
                 secure &= await self._check(msg, rrset) is Status.SECURE
-                return Validated(_status(secure), rrset, float(rrset.ttl))
+                return Validated(_status(secure), rrset, _lifetime(rrset, msg.answer))
             cname = _find(msg.answer, owner, dns.rdatatype.CNAME)
             if cname is None:
                 break
@@ -240,7 +240,7 @@ class Validator:
         for key in entry:
             anchored.add(key)
         _verify(dnskeys, sigs, zone, anchored, f"the DNSKEY set of {zone}")
-        until = time.monotonic() + min(float(dnskeys.ttl), MAX_KEY_SECONDS)
+        until = time.monotonic() + min(_lifetime(dnskeys, msg.answer), MAX_KEY_SECONDS)
         return _Keys(Status.SECURE, dnskeys, until)
 
     def _within_anchor(self, name: dns.name.Name, zone: dns.name.Name) -> dns.name.Name:
@@ -291,6 +291,16 @@ class Validator:
 
 def _status(secure: bool) -> Status:
     return Status.SECURE if secure else Status.INSECURE
+
+
+def _lifetime(rrset: dns.rrset.RRset, section: list[dns.rrset.RRset]) -> float:
+    """How long ``rrset`` may be believed: its TTL, and no longer than the earliest
+    signature in ``section`` stays valid."""
+    now = time.time()
+    ends = [
+        float(s.expiration) - now for r in section if r.rdtype == dns.rdatatype.RRSIG for s in r
+    ]
+    return max(0.0, min([float(rrset.ttl), *ends]))
 
 
 def _above(rrset: dns.rrset.RRset) -> dns.name.Name:
