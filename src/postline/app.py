@@ -21,6 +21,7 @@ from postline.compose import new_pool
 from postline.config import ConfigError, Settings
 from postline.delivery.bounces import BounceNotifier
 from postline.delivery.breaker import Breakers
+from postline.delivery.dnssec_validate import Validator, load_anchors
 from postline.delivery.engine import Engine
 from postline.delivery.pinned_https import PinnedHttps
 from postline.delivery.policies import DaneLookup, TlsPolicies
@@ -245,6 +246,10 @@ def build_dane(settings: Settings) -> DaneLookup | None:
     """TLSA lookups for DANE, or None when POSTLINE_DNSSEC=off (no lookup at all)."""
     if settings.dnssec == "off":
         return None
+    if settings.dnssec == "validate":
+        resolver = validating_resolver(settings.nameservers, check=True)
+        anchors = load_anchors(settings.dnssec_trust_anchors)
+        return TlsaLookup(resolver, Validator(resolver, anchors)).demands
     return TlsaLookup(validating_resolver(settings.nameservers)).demands
 
 

@@ -155,9 +155,12 @@ class Settings(BaseSettings):
     mta_sts: bool = True
     mta_sts_port: int = 443
     mta_sts_fetch_timeout: float = 10.0
-    # DANE (RFC 7672): "off", or "trust-local": TLSA answers are believed when the
-    # resolver on loopback (POSTLINE_DNS_NAMESERVERS), declared validating, sets AD.
+    # DANE (RFC 7672): "off", "trust-local": TLSA answers are believed when the
+    # resolver on loopback (POSTLINE_DNS_NAMESERVERS), declared validating, sets AD, or
+    # "validate": Postline checks the signatures itself from the trust anchors of
+    # POSTLINE_DNSSEC_TRUST_ANCHORS (a file of DS/DNSKEY records; empty: the IANA root's).
     dnssec: str = "off"
+    dnssec_trust_anchors: str = ""
     # TLS reports (RFC 8460, delivery/tlsrpt_send.py): who they say they are from, and
     # the address of a sending domain mailto: reports go out from (empty: https only).
     tlsrpt_organization: str = ""
@@ -289,13 +292,23 @@ class Settings(BaseSettings):
     @field_validator("dnssec")
     @classmethod
     def _check_dnssec(cls, value: str) -> str:
-        if value == "validate":
-            raise ValueError(
-                "'validate' (DNSSEC validation inside Postline) is not available yet: run a"
-                " validating resolver on loopback and use 'trust-local' (docs/TLS.md)"
-            )
-        if value not in ("off", "trust-local"):
-            raise ValueError(f"{value!r}: expected off or trust-local")
+        if value not in ("off", "trust-local", "validate"):
+            raise ValueError(f"{value!r}: expected off, trust-local or validate")
+        return value
+
+    @field_validator("dnssec_trust_anchors")
+    @classmethod
+    def _check_trust_anchors(cls, value: str) -> str:
+        if not value:
+            return value
+        from postline.delivery.dnssec_validate import load_anchors  # dnspython: only here
+
+        try:
+            load_anchors(value)
+        except OSError as exc:
+            raise ValueError(f"{value!r}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"{value!r}: {exc}") from None
         return value
 
     @field_validator("mta_sts_port")

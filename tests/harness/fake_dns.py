@@ -9,6 +9,11 @@ Names are case-insensitive and may be given with or without the trailing dot.
 * ``restore(name)``                                   -> ends either; the records answer again
 * ``sign(zone)``                                      -> answers for names in ``zone`` carry the
                                                          AD bit, as a validating resolver's would
+* ``add_rrset(rrset)``                                -> any dnspython RRset (DNSKEY, DS, RRSIG,
+                                                         NSEC, SOA...); an RRSIG is answered
+                                                         beside the RRset it covers
+* ``add_denial(name, *rrsets)``                       -> the authority section (SOA, NSEC and
+                                                         their RRSIGs) of a negative answer
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import dns.rdatatype
 from dnslib import AAAA, CNAME, MX, QTYPE, RCODE, RD, RR, TXT, A, DNSError, DNSRecord
 from dnslib.server import DNSServer
 
@@ -55,6 +61,7 @@ class _Record:
     ttl: int
     rdata: Any  # a dnslib RD instance
     target: str | None = None  # CNAME target (normalised), for chasing
+    covers: str | None = None  # an RRSIG's covered type
 
 
 class _DNSHandler(socketserver.BaseRequestHandler):
@@ -113,6 +120,7 @@ class FakeDNS:
         self._records: dict[str, list[_Record]] = {}
         self._modes: dict[str, _Mode] = {}
         self._signed: set[str] = set()
+        self._denials: dict[str, list[tuple[str, _Record]]] = {}
         self._servers: list[DNSServer] = []
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -219,6 +227,17 @@ class FakeDNS:
         rdata = RD(bytes([usage, selector, mtype]) + data)
         self._add(name, [_Record("TLSA", ttl, rdata)])
 
+    def add_rrset(self, rrset: Any) -> None:
+        """A dnspython RRset, kept as wire-format rdata (DNSSEC records in tests)."""
+        self._add(str(rrset.name), _records(rrset))
+
+    def add_denial(self, name: str, *rrsets: Any) -> None:
+        """What the authority section of a NODATA/NXDOMAIN answer for ``name`` holds
+        (a signed zone's SOA, NSEC/NSEC3 and RRSIG RRsets)."""
+        found = [(str(r.name), rec) for r in rrsets for rec in _records(r)]
+        with self._lock:
+            self._denials.setdefault(_norm(name), []).extend(found)
+
     def sign(self, zone: str) -> None:
         """Answers (NOERROR ones) for ``zone`` and the names under it carry the AD bit:
         this server plays a validating resolver on loopback that found them secure."""
@@ -254,6 +273,7 @@ class FakeDNS:
             self._records.clear()
             self._modes.clear()
             self._signed.clear()
+            self._denials.clear()
 
     def queries_for(self, name: str, qtype: str | None = None) -> list[tuple[str, str]]:
         key = _norm(name)
@@ -307,6 +327,7 @@ class FakeDNS:
             modes = dict(self._modes)
             records = {key: list(value) for key, value in self._records.items()}
             signed = set(self._signed)
+            denials = list(self._denials.get(name, ()))
         reply = request.reply()
         reply.header.ad = 0  # dnslib copies the query's flags; AD is only for signed names
         owner, current = question.qname, name
@@ -322,10 +343,14 @@ class FakeDNS:
             rrs = records.get(current)
             if not rrs:
                 reply.header.rcode = RCODE.NXDOMAIN
+                _add_authority(reply, denials)
                 break
             matching = [r for r in rrs if qtype in (r.rtype, "ANY")]
             cnames = [r for r in rrs if r.rtype == "CNAME"]
             if matching or not cnames:
+                matching += [r for r in rrs if r.covers is not None and r.covers == qtype]
+                if not matching:
+                    _add_authority(reply, denials)
                 for rec in matching:
                     reply.add_answer(
                         RR(owner, getattr(QTYPE, rec.rtype), rdata=rec.rdata, ttl=rec.ttl)
@@ -338,3 +363,15 @@ class FakeDNS:
             assert cname.target is not None
             owner, current = cname.rdata.label, cname.target
         return reply
+
+
+def _records(rrset: Any) -> list[_Record]:
+    """dnslib records (generic rdata in wire form) for a dnspython RRset."""
+    rtype = dns.rdatatype.to_text(rrset.rdtype)
+    covers = dns.rdatatype.to_text(rrset.covers) if rrset.covers else None
+    return [_Record(rtype, rrset.ttl, RD(r.to_digestable()), covers=covers) for r in rrset]
+
+
+def _add_authority(reply: Any, denials: list[tuple[str, _Record]]) -> None:
+    for owner, rec in denials:
+        reply.add_auth(RR(owner, getattr(QTYPE, rec.rtype), rdata=rec.rdata, ttl=rec.ttl))

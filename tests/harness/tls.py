@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
+
+from tests.harness.fake_mx import FakeMX
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,21 @@ class ThrowawayCA:
         """The certificate the last ``server_context(hostname)`` presents."""
         pem = (self._dir / f"{hostname}.pem").read_bytes()
         return x509.load_pem_x509_certificate(pem)
+
+    def spki_sha256(self, hostname: str) -> bytes:
+        """The DANE-EE ``3 1 1`` data of the last certificate made for ``hostname``."""
+        key = self.server_certificate(hostname).public_key()
+        return hashlib.sha256(
+            key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        ).digest()
+
+    async def start_mx(self, host: str, port: int, hostname: str) -> FakeMX:
+        """A started STARTTLS MX on ``host`` presenting this CA's certificate for
+        ``hostname`` with the CA in its chain (DANE tests)."""
+        mx = FakeMX(host, port, hostname=hostname)
+        mx.tls_context = self.server_context(hostname, with_ca=True)
+        await mx.start()
+        return mx
 
     def server_context(self, hostname: str, *, with_ca: bool = False) -> ssl.SSLContext:
         """A server-side context presenting a certificate for ``hostname`` signed by this CA;

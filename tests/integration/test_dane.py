@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest_asyncio
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from postline.config import ConfigError, load_settings
 from tests.harness import FakeDNS, FakeMX
@@ -45,19 +45,12 @@ class DaneWorld:
         return await self.factory(dnssec="trust-local", **overrides)
 
 
-def _spki_sha256(cert: x509.Certificate) -> bytes:
-    spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(spki).digest()
-
-
 @pytest_asyncio.fixture
 async def world(
     postline_factory: Factory, fake_dns: FakeDNS, fake_mx: FakeMX, tmp_path: Path
 ) -> AsyncIterator[DaneWorld]:
     ca = ThrowawayCA.create(tmp_path)
-    mx = FakeMX("127.0.0.8", fake_mx.port, hostname=MX_NAME)
-    mx.tls_context = ca.server_context(MX_NAME, with_ca=True)
-    await mx.start()
+    mx = await ca.start_mx("127.0.0.8", fake_mx.port, MX_NAME)
     fake_dns.add_mx(DOMAIN, (10, MX_NAME))
     fake_dns.add_a(MX_NAME, "127.0.0.8")
     fake_dns.sign(DOMAIN)
@@ -68,7 +61,7 @@ async def world(
 async def test_a_matching_dane_ee_record_delivers_without_trusting_any_ca(
     world: DaneWorld,
 ) -> None:
-    world.dns.add_tlsa(TLSA_NAME, 3, 1, 1, _spki_sha256(world.leaf))
+    world.dns.add_tlsa(TLSA_NAME, 3, 1, 1, world.ca.spki_sha256(MX_NAME))
     pl = await world.postline()  # no POSTLINE_TLS_CA_FILE: WebPKI would refuse this MX
     sent = await pl.send(to=f"user@{DOMAIN}")
     detail = await pl.wait_for_status(sent["id"], ["delivered"])
@@ -126,7 +119,7 @@ async def test_dane_takes_precedence_over_mta_sts(world: DaneWorld, tmp_path: Pa
         server.serve("enforce", "elsewhere.test")
         world.dns.add_txt(f"_mta-sts.{DOMAIN}", "v=STSv1; id=one;")
         world.dns.add_a(f"mta-sts.{DOMAIN}", "127.0.0.1")
-        world.dns.add_tlsa(TLSA_NAME, 3, 1, 1, _spki_sha256(world.leaf))
+        world.dns.add_tlsa(TLSA_NAME, 3, 1, 1, world.ca.spki_sha256(MX_NAME))
         pl = await world.postline(tls_ca_file=str(world.ca.ca_file), mta_sts_port=server.port)
         sent = await pl.send(to=f"user@{DOMAIN}")
         detail = await pl.wait_for_status(sent["id"], ["delivered"])
@@ -152,7 +145,7 @@ async def test_an_mx_whose_tlsa_lookup_fails_is_skipped_for_the_next(world: Dane
         world.dns.add_mx(DOMAIN, (10, MX_NAME), (20, "mx2.dane.test"))
         world.dns.add_a("mx2.dane.test", "127.0.0.9")
         world.dns.servfail(TLSA_NAME)
-        digest = _spki_sha256(world.ca.server_certificate("mx2.dane.test"))
+        digest = world.ca.spki_sha256("mx2.dane.test")
         world.dns.add_tlsa("_25._tcp.mx2.dane.test", 3, 1, 1, digest)
         pl = await world.postline()
         sent = await pl.send(to=f"user@{DOMAIN}")
