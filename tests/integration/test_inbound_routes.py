@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -14,6 +15,8 @@ import pytest_asyncio
 
 from postline.app import inbound_listener
 from postline.inbound.listener import InboundListener
+from postline.retention import retention_pass
+from postline.store.types import utcnow
 from tests.harness.postline import Factory, PostlineUnderTest
 from tests.harness.receiver import WebhookReceiver
 
@@ -204,3 +207,36 @@ async def test_routes_are_scoped_like_domains(pl: PostlineUnderTest) -> None:
     reader = await key(pl, "other.test", ["read"])
     no_scope = await pl.client.get("/v1/inbound-routes", headers=pl.auth(reader))
     assert no_scope.status_code == 403, no_scope.text
+
+
+async def test_a_route_without_events_keeps_the_mail_quietly_and_retention_forgets_it(
+    pl: PostlineUnderTest, inbound: InboundListener
+) -> None:
+    body = {"match": "quiet@example.test", "events": False}
+    made = await pl.client.post("/v1/inbound-routes", json=body, headers=pl.auth())
+    assert made.status_code == 201, made.text
+    reply = await asyncio.to_thread(_smtp_reply, inbound.port, "quiet@example.test")
+    inbound_id = reply.rpartition(" ")[2]
+    assert inbound_id.startswith("inm_"), reply
+    raw = await pl.client.get(f"/v1/inbound/{inbound_id}/raw", headers=pl.auth())
+    assert raw.content == MESSAGE
+    feed = await pl.client.get("/v1/events", params={"type": "email.received"}, headers=pl.auth())
+    assert feed.json()["data"] == []
+
+    later = utcnow() + timedelta(days=31)
+    await retention_pass(
+        pl.services.db, pl.services.spool, later, body_retention_seconds=0, retention_days=30
+    )
+    gone = await pl.client.get(f"/v1/inbound/{inbound_id}/raw", headers=pl.auth())
+    assert gone.status_code == 404, gone.text
+
+
+def _smtp_reply(port: int, rcpt: str) -> str:
+    """The listener's answer to DATA, which names the stored message."""
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="mx.far.test", timeout=30) as smtp:
+        smtp.ehlo()
+        smtp.mail("customer@far.test")
+        smtp.rcpt(rcpt)
+        code, answer = smtp.data(MESSAGE)
+        assert code == 250, answer
+        return answer.decode()

@@ -91,3 +91,11 @@ async def get_message(conn: AsyncConnection, message_id: str) -> InboundMessage 
 async def domain_name(conn: AsyncConnection, domain_id: str) -> str | None:
     found = await conn.scalar(select(domains.c.name).where(domains.c.id == domain_id))
     return None if found is None else str(found)
+
+
+async def delete_messages_before(conn: AsyncConnection, cutoff: datetime) -> int:
+    """Forget routed mail received before ``cutoff``, as the retention purge forgets emails."""
+    result = await conn.execute(
+        delete(inbound_messages).where(inbound_messages.c.received_at < cutoff)
+    )
+    return int(result.rowcount or 0)
