@@ -57,9 +57,12 @@ MESSAGE = (
 
 
 @pytest_asyncio.fixture
-async def pl(postline_factory: Factory) -> PostlineUnderTest:
+async def pl(postline_factory: Factory, database_url: str) -> PostlineUnderTest:
+    """On SQLite and on PostgreSQL (``database_url`` is parametrized over both)."""
     return await postline_factory(
-        domains=("example.test", "other.test"), webhook_allow_private=True
+        database_url=database_url,
+        domains=("example.test", "other.test"),
+        webhook_allow_private=True,
     )
 
 
