@@ -39,6 +39,7 @@ from postline.domains import SANDBOX_DOMAIN, SIMULATOR_DOMAIN, ensure_domain
 from postline.events.dispatcher import Dispatcher
 from postline.inbound.apply import InboundReports
 from postline.inbound.listener import InboundHandler, InboundListener
+from postline.inbound.routed import RoutedMail
 from postline.keys import create_key
 from postline.metrics import Metrics
 from postline.private_files import permission_warnings
@@ -300,8 +301,10 @@ async def check_reachable(services: Services, timeout: float = 10.0) -> None:
 def inbound_listener(services: Services, host: str, port: int) -> InboundListener:
     """The inbound MX (postline.inbound.listener) for these services, not yet started."""
     settings = services.settings
+    reports = services.inbound
+    routed = RoutedMail(services.db, reports.wakeups, clock=reports.clock)
     handler = InboundHandler(
-        services.inbound, services.acceptor.return_paths, settings.fbl_address, services.metrics
+        reports, services.acceptor.return_paths, settings.fbl_address, services.metrics, routed
     )
     return InboundListener(handler, host, port, settings.hostname)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dns.asyncresolver
@@ -62,8 +63,16 @@ class DnsRecord:
     purpose: str
 
 
-def dns_records(domain: Domain, hostname: str) -> list[DnsRecord]:
-    """The records an operator publishes so receivers trust mail from this domain."""
+def inbound_mx(name: str, hostname: str) -> DnsRecord:
+    """The MX that brings mail for ``name`` (an inbound route's domain) to the listener."""
+    return DnsRecord("MX", name, f"10 {hostname}", "inbound")
+
+
+def dns_records(
+    domain: Domain, hostname: str, inbound_domains: Sequence[str] = ()
+) -> list[DnsRecord]:
+    """The records an operator publishes so receivers trust mail from this domain, and
+    the MX of each domain its inbound routes take mail for."""
     records: list[DnsRecord] = []
     if domain.dkim_private_key:
         records.append(
@@ -80,6 +89,7 @@ def dns_records(domain: Domain, hostname: str) -> list[DnsRecord]:
         DnsRecord("MX", rp, f"10 {hostname}", "return_path"),
         DnsRecord("TXT", f"_dmarc.{domain.name}", "v=DMARC1; p=none;", "dmarc"),
     ]
+    records += [inbound_mx(name, hostname) for name in sorted(set(inbound_domains))]
     return records
 
 
@@ -119,7 +129,7 @@ def _matches(record: DnsRecord, found: list[str]) -> bool:
     if record.purpose == "dkim":
         wanted = record.value.replace(" ", "")
         return any(text.replace(" ", "") == wanted for text in found)
-    if record.purpose == "return_path":
+    if record.purpose in ("return_path", "inbound"):
         host = record.value.split()[-1].lower()
         return any(line.split()[-1].lower() == host for line in found)
     prefix = record.value.split()[0].lower()  # v=spf1 / v=DMARC1: present is enough

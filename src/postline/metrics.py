@@ -65,8 +65,8 @@ class Metrics:
 
         self.inbound_reports = Counter(
             "postline_inbound_reports",
-            "Messages taken by the inbound listener, by kind (bounce, complaint, unparsed)"
-            " and result (applied, unmatched)",
+            "Messages taken by the inbound listener, by kind (bounce, complaint, unparsed,"
+            " routed) and result (applied, unmatched, stored)",
             ["kind", "result"],
             registry=self.registry,
         )

@@ -72,6 +72,8 @@ class EventType(StrEnum):
     SUPPRESSED = "email.suppressed"
     COMPLAINED = "email.complained"
     CANCELLED = "email.cancelled"
+    #: Mail to an inbound route (postline.inbound.routed): about no email Postline sent.
+    RECEIVED = "email.received"
 
 
 EVENT_FOR_STATUS: dict[RecipientStatus, EventType] = {

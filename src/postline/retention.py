@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 
 from postline.spool.base import Spool
 from postline.store import inbound as inbound_store
+from postline.store import inbound_routes as route_store
 from postline.store import retention as retention_store
 from postline.store.db import Database
 
@@ -117,12 +118,15 @@ async def retention_pass(
 
 
 async def purge_unmatched(db: Database, now: datetime, retention_days: float) -> int:
-    """Inbound reports that were never applied (``GET /v1/inbound``) live as long as emails:
-    kept ``retention_days`` after they arrived, then deleted."""
+    """Inbound reports that were never applied (``GET /v1/inbound``), and the mail inbound
+    routes took (``GET /v1/inbound/{id}/raw``), live as long as emails: kept
+    ``retention_days`` after they arrived, then deleted."""
+    cutoff = now - timedelta(days=retention_days)
     async with db.write() as conn:
-        purged = await inbound_store.delete_unmatched_before(
-            conn, now - timedelta(days=retention_days)
-        )
+        purged = await inbound_store.delete_unmatched_before(conn, cutoff)
+        routed = await route_store.delete_messages_before(conn, cutoff)
+    if routed:
+        log.info("purged %d routed inbound messages older than %g days", routed, retention_days)
     if purged:
         log.info("purged %d unmatched inbound reports older than %g days", purged, retention_days)
     return purged

@@ -29,7 +29,7 @@ def _scope_of(method: str, path: str) -> str:
     """The scope docs/API.md says each route needs."""
     if path.startswith("/v1/emails"):
         return "read" if method == "GET" else "send"
-    if path.startswith("/v1/events"):
+    if path.startswith("/v1/events") or (path.startswith("/v1/inbound/") and path.endswith("/raw")):
         return "read"
     if path.startswith("/v1/stats"):
         return "stats"
@@ -42,7 +42,7 @@ def _scope_of(method: str, path: str) -> str:
     ):
         if path.startswith(prefix):
             return scope
-    return "admin"  # api-keys, destinations, inbound
+    return "admin"  # api-keys, destinations, inbound reports, inbound routes
 
 
 async def test_a_read_key_cannot_send_and_a_send_key_cannot_read(

@@ -24,6 +24,8 @@ from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
 
 from postline.api.app import create_api
+from postline.inbound.routed import RoutedMail
+from postline.store import inbound_routes as route_store
 from postline.store import schema
 from tests.harness.postline import Factory, PostlineUnderTest
 from tests.harness.receiver import Hook, WebhookReceiver
@@ -130,6 +132,12 @@ MATRIX: dict[tuple[str, str], Case] = {
     ),
     # --- inbound reports that could not be applied
     ("GET", "/v1/inbound"): Case("admin"),
+    # --- inbound routes and the mail they took
+    ("GET", "/v1/inbound-routes"): Case("list", own="route_id"),
+    ("POST", "/v1/inbound-routes"): Case("send", body=lambda w: {"match": "new@b.test"}),
+    ("GET", "/v1/inbound-routes/{route_id}"): Case("owner"),
+    ("DELETE", "/v1/inbound-routes/{route_id}"): Case("owner"),
+    ("GET", "/v1/inbound/{inbound_id}/raw"): Case("owner"),
     # --- suppressions
     ("GET", "/v1/suppressions"): Case(
         "list",
@@ -254,6 +262,9 @@ async def _build(pl: PostlineUnderTest) -> World:
         test = _ok(await client.post(f"/v1/webhooks/{hook['id']}/test", headers=headers), 202)
         template = {"name": "t", "subject": f"{letter} private template", "text": "hi"}
         made = _ok(await client.post("/v1/templates", json=template, headers=headers), 201)
+        routed = {"match": f"{letter}-support@{name}"}
+        route = _ok(await client.post("/v1/inbound-routes", json=routed, headers=headers), 201)
+        inbound_id = await _received(pl, route["id"], f"{letter} private inbound".encode())
         side.update(
             email_id=sent["id"],
             message_id=sent["message_id"],
@@ -265,6 +276,8 @@ async def _build(pl: PostlineUnderTest) -> World:
             webhook_secret=hook["secret"],
             delivery_id=test["delivery_id"],
             template_id=made["id"],
+            route_id=route["id"],
+            inbound_id=inbound_id,
             version="1",
             domain_id=ids[name],
             key_id=keys[name]["id"],
@@ -284,6 +297,7 @@ async def _build(pl: PostlineUnderTest) -> World:
         w.b["message_id"],
         "b private subject",
         "b private template",
+        "b private inbound",
         w.b["suppressed"],
         w.b["webhook_url"],
         w.b["webhook_secret"],
@@ -293,6 +307,16 @@ async def _build(pl: PostlineUnderTest) -> World:
         dkim[-40:],
     ]
     return w
+
+
+async def _received(pl: PostlineUnderTest, route_id: str, subject: bytes) -> str:
+    """Mail the route took, stored as the inbound listener stores it."""
+    async with pl.services.db.read() as conn:
+        route = await route_store.get_route(conn, route_id)
+    assert route is not None
+    routed = RoutedMail(pl.services.db, pl.services.inbound.wakeups)
+    raw = b"From: x@far.test\r\nSubject: " + subject + b"\r\n\r\nhi\r\n"
+    return await routed.take(route, "x@far.test", route.match, raw)
 
 
 @pytest_asyncio.fixture
@@ -352,6 +376,8 @@ async def _snapshot(w: World) -> dict[str, Any]:
         schema.queue_jobs,
         schema.templates,
         schema.template_versions,
+        schema.inbound_routes,
+        schema.inbound_messages,
     )
     state: dict[str, Any] = {}
     async with w.pl.services.db.read() as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -17,6 +18,7 @@ from postline.api.views import page, rfc3339
 from postline.domains import DomainError, create_domain, dns_records, verify_domain
 from postline.keys import SCOPES, create_key, key_scopes
 from postline.store import domains as domain_store
+from postline.store import inbound_routes as route_store
 from postline.store import keys as key_store
 from postline.store.domains import Domain
 from postline.store.keys import ApiKey
@@ -32,10 +34,10 @@ router = APIRouter(
 _DOMAIN: dict[str, Any] = {"response_model": answers.Domain, "response_model_exclude_unset": True}
 
 
-def domain_view(row: Domain, hostname: str) -> dict[str, Any]:
+def domain_view(row: Domain, hostname: str, inbound_domains: Sequence[str] = ()) -> dict[str, Any]:
     checks = row.verification or {}
     records = []
-    for record in dns_records(row, hostname):
+    for record in dns_records(row, hostname, inbound_domains):
         item = {
             "type": record.type,
             "name": record.name,
@@ -71,7 +73,7 @@ def domain_status(verified: bool, checks: dict[str, str]) -> str:
 
 #: A DELETE answers 204 with no body; the Resend SDKs read a JSON body from every
 #: answer, so a client that asks for JSON by name gets Resend's ``deleted`` object.
-_DELETED: dict[int | str, dict[str, Any]] = {
+DELETED: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Deleted: the answer to a client whose `Accept` names"
         " `application/json` (the Resend SDKs)",
@@ -86,6 +88,13 @@ def deleted(request: Request, kind: str, object_id: str) -> Response:
     if "application/json" in request.headers.get("accept", "").lower():
         return JSONResponse({"object": kind, "id": object_id, "deleted": True})
     return Response(status_code=204)
+
+
+async def _routed_view(svc: Svc, row: Domain) -> dict[str, Any]:
+    """``domain_view`` with the MX of each domain the domain's inbound routes take mail for."""
+    async with svc.db.read() as conn:
+        matches = await route_store.route_matches_of(conn, row.id)
+    return domain_view(row, svc.settings.hostname, [m.rpartition("@")[2] for m in matches])
 
 
 async def _visible_domain(svc: Svc, caller: Caller, domain_id: str) -> Domain:
@@ -122,12 +131,12 @@ async def list_domains(svc: Svc, caller: Reader, cursor: SinglePageCursor = None
     single_page(cursor)
     async with svc.db.read() as conn:
         rows = await domain_store.list_domains(conn, caller.domain_id)
-    return page([domain_view(r, svc.settings.hostname) for r in rows], None)
+    return page([await _routed_view(svc, r) for r in rows], None)
 
 
 @router.get("/domains/{domain_id}", summary="One sending domain", **_DOMAIN)
 async def get_domain(svc: Svc, caller: Reader, domain_id: str) -> dict[str, Any]:
-    return domain_view(await _visible_domain(svc, caller, domain_id), svc.settings.hostname)
+    return await _routed_view(svc, await _visible_domain(svc, caller, domain_id))
 
 
 @router.patch("/domains/{domain_id}", summary="Change a domain's settings", **_DOMAIN)
@@ -152,7 +161,7 @@ async def verify(svc: Svc, caller: Operator, domain_id: str) -> dict[str, Any]:
     "/domains/{domain_id}",
     status_code=204,
     summary="Remove a sending domain",
-    responses={**_DELETED, **problem_responses(409)},
+    responses={**DELETED, **problem_responses(409)},
 )
 async def delete_domain(svc: Svc, caller: Admin, domain_id: str, request: Request) -> Response:
     await _visible_domain(svc, caller, domain_id)
@@ -230,7 +239,7 @@ async def list_keys(svc: Svc, _: Admin, cursor: SinglePageCursor = None) -> dict
     "/api-keys/{key_id}",
     status_code=204,
     summary="Revoke an API key at once",
-    responses=_DELETED,
+    responses=DELETED,
 )
 async def revoke_key(svc: Svc, _: Admin, key_id: str, request: Request) -> Response:
     async with svc.db.write() as conn:

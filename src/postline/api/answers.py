@@ -309,6 +309,23 @@ class TemplateList(_Page):
     data: list[Template]
 
 
+# -- inbound routes -------------------------------------------------------------------------
+
+
+class InboundRoute(_Answer):
+    object: Literal["inbound_route"]
+    id: str
+    match: str = Field(description="An address, or `*@domain` for every address of a domain")
+    domain: str = Field(description="The sending domain the route belongs to")
+    events: bool = Field(description="Whether mail it takes fires `email.received`")
+    mx: DnsRecord = Field(description="The MX record to publish for the match's domain")
+    created_at: str | None
+
+
+class InboundRouteList(_Page):
+    data: list[InboundRoute]
+
+
 class Rendered(_Answer):
     object: Literal["rendered_template"]
     id: str

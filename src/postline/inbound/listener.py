@@ -1,16 +1,18 @@
-"""The inbound MX of the return-path domains (``POSTLINE_INBOUND_ADDR``): reports only.
+"""The inbound MX (``POSTLINE_INBOUND_ADDR``): reports to return paths, and routed mail.
 
 It is reachable from the whole internet on port 25 in production, so it takes mail for
-exactly two kinds of address and refuses every other at RCPT:
+exactly three kinds of address and refuses every other at RCPT:
 
 - a return path whose token checks (``postline.inbound.returnpath``); one with the shape
   but a wrong token is a forgery, refused the same way as a stranger (550 5.1.1), so
   that the reply tells a prober nothing;
 - the feedback-loop address (``POSTLINE_INBOUND_FBL_ADDRESS``), for complaint loops that
-  report to a fixed address.
+  report to a fixed address;
+- an address an inbound route matches (``postline.inbound.routed``): stored with its
+  ``email.received`` event before the 250.
 
 It never relays and never delivers anything anywhere: what it accepts is parsed and
-applied (``postline.inbound.apply``), or stored as unmatched, before the 250.
+applied (``postline.inbound.apply``), stored as unmatched, or stored for its route.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from postline.delivery.replies import sanitize
 from postline.inbound.apply import InboundReports, Received
 from postline.inbound.returnpath import ReturnPaths
+from postline.inbound.routed import RoutedMail
 from postline.metrics import Metrics
 from postline.smtpd import LoopSmtpServer
 
@@ -46,11 +49,16 @@ class InboundHandler:
         return_paths: ReturnPaths,
         fbl_address: str,
         metrics: Metrics,
+        routed: RoutedMail | None = None,
     ) -> None:
         self.reports = reports
         self.return_paths = return_paths
         self.fbl_address = fbl_address.lower()
         self.metrics = metrics
+        self.routed = routed
+
+    def _is_report(self, address: str) -> bool:
+        return address.lower() == self.fbl_address or self._email_id(address) is not None
 
     def _email_id(self, address: str) -> str | None:
         checked = self.return_paths.check(address)
@@ -61,7 +69,15 @@ class InboundHandler:
     ) -> str:
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             return "452 4.5.3 Too many recipients"
-        if address.lower() == self.fbl_address or self._email_id(address) is not None:
+        if self._is_report(address):
+            envelope.rcpt_tos.append(address)
+            return "250 2.1.5 OK"
+        try:
+            routed = self.routed is not None and await self.routed.route_for(address) is not None
+        except Exception as exc:  # the store is away: the sender tries again later
+            log.warning("inbound route lookup failed: %s", type(exc).__name__)
+            return "451 4.3.0 Temporary failure, please try again later"
+        if routed:
             envelope.rcpt_tos.append(address)
             return "250 2.1.5 OK"
         forged = self.return_paths.looks_like(address)
@@ -78,18 +94,29 @@ class InboundHandler:
         words: list[str] = []
         try:
             for rcpt in envelope.rcpt_tos:
-                received = Received(mail_from, rcpt, self._email_id(rcpt), raw)
-                words.append(await self.reports.take(received))
+                if self._is_report(rcpt):
+                    received = Received(mail_from, rcpt, self._email_id(rcpt), raw)
+                    words.append(await self.reports.take(received))
+                else:
+                    words.append(await self._take_routed(mail_from, rcpt, raw))
         except Exception as exc:  # the store is away: the sender keeps it and retries
             log.warning("inbound report not stored, asked to retry: %s", type(exc).__name__)
             return "451 4.3.0 Temporary failure, please try again later"
         return sanitize("250 2.0.0 OK: " + "; ".join(words))[:500]
 
+    async def _take_routed(self, mail_from: str, rcpt: str, raw: bytes) -> str:
+        route = await self.routed.route_for(rcpt) if self.routed is not None else None
+        if route is None or self.routed is None:  # deleted between RCPT and DATA
+            raise LookupError("the route of an accepted recipient is gone")
+        message_id = await self.routed.take(route, mail_from, rcpt, raw)
+        self.metrics.inbound_reports.labels(kind="routed", result="stored").inc()
+        return f"queued as {message_id}"
+
 
 class InboundListener(LoopSmtpServer):
     """Runs in the caller's event loop on ``host:port`` (port 0: an ephemeral one)."""
 
-    label = "inbound MX (return paths and the feedback address)"
+    label = "inbound MX (return paths, the feedback address and inbound routes)"
 
     def __init__(self, handler: InboundHandler, host: str, port: int, hostname: str) -> None:
         super().__init__(host, port)

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from postline.model import EventType
 from postline.store.schema import email_recipients, event_counts, event_feed, events
 
 #: ``Database.write``: each call a write transaction.
@@ -36,6 +37,9 @@ WriteTransactions = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
 #: Events numbered per turn; a reader far behind gets its page from the first turns and
 #: finds the rest numbered on its next call (``has_more`` says there is a rest).
 STAMP_BATCH = 1000
+#: The events the feed lists: an email's, and mail an inbound route took (no email of
+#: Postline's); not the endpoint tests of ``POST /v1/webhooks/{id}/test``.
+_IN_FEED = or_(events.c.email_id.is_not(None), events.c.type == str(EventType.RECEIVED))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +75,7 @@ async def stamp(conn: AsyncConnection, limit: int = STAMP_BATCH) -> int:
             events.c.payload,
             (events.c.sequence <= recipient_count).label("at_acceptance"),
         )
-        .where(events.c.feed_position.is_(None), events.c.email_id.is_not(None))
+        .where(events.c.feed_position.is_(None), _IN_FEED)
         .order_by(events.c.id)
         .limit(limit)
     )
@@ -174,11 +178,7 @@ async def read(
 
 async def unnumbered(conn: AsyncConnection) -> bool:
     """Whether committed events wait for a position (a reader far behind)."""
-    waiting = (
-        select(events.c.id)
-        .where(events.c.feed_position.is_(None), events.c.email_id.is_not(None))
-        .limit(1)
-    )
+    waiting = select(events.c.id).where(events.c.feed_position.is_(None), _IN_FEED).limit(1)
     return (await conn.execute(waiting)).first() is not None
 
 

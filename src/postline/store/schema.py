@@ -453,3 +453,42 @@ event_counts = Table(
     Column("name", String(40), primary_key=True),
     Column("count", BigInteger, nullable=False),
 )
+
+# Inbound routes (postline.inbound.routed): which addresses the inbound listener takes
+# mail for, besides return paths; ``match`` is an address or ``*@domain``, lower-cased.
+inbound_routes = Table(
+    "inbound_routes",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column(
+        "domain_id",
+        String(32),
+        ForeignKey("domains.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("match", String(320), nullable=False, unique=True),
+    Column("events", Boolean, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+# Mail an inbound route took: the raw bytes are kept in the row, written in the
+# transaction of its ``email.received`` event, so the event never names a lost body.
+inbound_messages = Table(
+    "inbound_messages",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("route_id", String(32), nullable=True),
+    Column(
+        "domain_id",
+        String(32),
+        ForeignKey("domains.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("received_at", UTCDateTime, nullable=False, index=True),
+    Column("mail_from", String(320), nullable=False),
+    Column("rcpt_to", String(320), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("raw", LargeBinary, nullable=False),
+)
