@@ -53,6 +53,7 @@ async def test_stats_count_every_outcome_of_a_run_once(
         "opened": 0,
         "clicked": 0,
         "unsubscribed": 0,
+        "received": 0,
     }
     assert (totals["delivery_rate"], totals["bounce_rate"]) == (round(4 / 6, 4), round(2 / 6, 4))
     assert sum(bucket["delivered"] for bucket in stats["data"]) == 4

@@ -374,6 +374,7 @@ class StatsFigures(_Answer):
     opened: int
     clicked: int
     unsubscribed: int
+    received: int = Field(description="Messages taken for an inbound route")
     delivery_rate: float | None = Field(description="delivered / (delivered + bounced + failed)")
     bounce_rate: float | None = Field(description="bounced / (delivered + bounced)")
     complaint_rate: float | None = Field(description="complained / delivered")

@@ -37,6 +37,7 @@ COUNTS = (
     "opened",
     "clicked",
     "unsubscribed",
+    "received",
 )
 
 #: The longest span one request may cover, in buckets of each size.
