@@ -72,6 +72,11 @@ class EventType(StrEnum):
     SUPPRESSED = "email.suppressed"
     COMPLAINED = "email.complained"
     CANCELLED = "email.cancelled"
+    # Tracking (postline.tracking): recorded beside the delivery events, never moving
+    # a recipient's status.
+    OPENED = "email.opened"
+    CLICKED = "email.clicked"
+    UNSUBSCRIBED = "email.unsubscribed"
 
 
 EVENT_FOR_STATUS: dict[RecipientStatus, EventType] = {

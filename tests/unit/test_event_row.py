@@ -11,7 +11,14 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from postline.model import BounceType, EmailSource, EmailStatus, EventType, RecipientStatus
+from postline.model import (
+    EVENT_FOR_STATUS,
+    BounceType,
+    EmailSource,
+    EmailStatus,
+    EventType,
+    RecipientStatus,
+)
 from postline.outcomes import Outcome, event_row
 from postline.store.emails import Email, Recipient
 
@@ -186,9 +193,9 @@ def test_a_bounce_reads_as_resends_bounce_object() -> None:
 
 
 def test_every_event_names_the_email_as_resend_does() -> None:
-    """``to``, ``subject`` and the email's ``created_at`` on every type, not only bounces."""
-    for event_type in EventType:
-        status = RecipientStatus(event_type.removeprefix("email."))
+    """``to``, ``subject`` and the email's ``created_at`` on every type of an outcome, not
+    only bounces (the tracking events: tests/integration/test_tracking.py)."""
+    for status, event_type in EVENT_FOR_STATUS.items():
         data = row_for(Outcome(status=status), event_type, attempt=0, sequence=1)["payload"]["data"]
         assert (data["to"], data["subject"], data["created_at"]) == (
             ["someone@dest.test"],

@@ -21,6 +21,7 @@ from postline.api import (
     stats,
     suppressions,
     templates,
+    tracking,
     webhooks,
 )
 from postline.app import Services
@@ -59,6 +60,7 @@ def create_api(services: Services) -> FastAPI:
         events.router,
         templates.router,
         stats.router,
+        tracking.router,
         index.router,
     ):
         app.include_router(responses.declare_problems(router))
