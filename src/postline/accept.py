@@ -239,6 +239,11 @@ class Acceptor:
                 if recipient.address not in seen:
                     seen.add(recipient.address)
                     recipients.append(recipient)
+            if submission.unsubscribe and len(recipients) != 1:
+                # The link names who unsubscribes; one body goes to every recipient.
+                raise AcceptError(
+                    422, prefix + "unsubscribe", "needs exactly one recipient (to, cc and bcc)"
+                )
             email_id = new_id("em_")
             message_id = submission.message_id or f"<{email_id}@{self.hostname}>"
             raw = submission.raw
