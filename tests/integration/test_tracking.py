@@ -102,6 +102,10 @@ async def test_a_tracked_send_records_one_open_and_one_click_per_fetch(
         (False, None),
         (True, "gmail_image_proxy"),
     ]
+    # Counted by GET /v1/stats as every other event (the feed numbers them first).
+    stats = await pl.client.get("/v1/stats", headers=pl.auth())
+    totals = stats.json()["totals"]
+    assert (totals["opened"], totals["clicked"], totals["delivered"]) == (2, 1, 1)
 
 
 async def test_a_tampered_token_is_a_404_and_records_nothing(
@@ -183,6 +187,9 @@ async def test_one_click_unsubscribe_suppresses_the_recipient(
     assert done.status_code == 200, done.text
     (event,) = await _events(pl, "email.unsubscribed", email_id)
     assert event["data"]["recipient"] == "reader@dest.test"
+    assert (await pl.client.get("/v1/stats", headers=pl.auth())).json()["totals"][
+        "unsubscribed"
+    ] == 1
     listed = await pl.client.get(
         "/v1/suppressions", params={"address": "reader@dest.test"}, headers=pl.auth()
     )
