@@ -209,3 +209,25 @@ async def test_unsubscribe_needs_exactly_one_recipient(pl: PostlineUnderTest) ->
     )
     assert response.status_code == 422, response.text
     assert response.json()["errors"][0]["field"] == "unsubscribe"
+
+
+async def test_a_batch_tracks_only_the_emails_that_ask(
+    pl: PostlineUnderTest, fake_mx: FakeMX
+) -> None:
+    one = {"from": "sender@example.test", "subject": "Hi", "html": HTML}
+    response = await pl.client.post(
+        "/v1/emails/batch",
+        json=[
+            {**one, "to": ["tracked@dest.test"], "track": {"opens": True}},
+            {**one, "to": ["plain@dest.test"]},
+        ],
+        headers=pl.auth(),
+    )
+    assert response.status_code == 202, response.text
+    for sent in response.json()["data"]:
+        await pl.wait_for_status(sent["id"], ["delivered"])
+    by_recipient = {
+        b"tracked" if b"To: tracked@" in m.data else b"plain": m.data for m in fake_mx.received
+    }
+    assert f'<img src="{BASE}/t/o/' in _html_of(by_recipient[b"tracked"])
+    assert "/t/" not in _html_of(by_recipient[b"plain"])

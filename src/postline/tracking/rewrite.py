@@ -22,7 +22,7 @@ from postline.message import Content
 from postline.tracking.tokens import Kind, Token, Tokens
 
 _ANCHOR_HREF = re.compile(
-    r"""(<a\b[^>]*?\bhref\s*=\s*)("([^"]*)"|'([^']*)')""", re.IGNORECASE | re.DOTALL
+    r"""(<a\s(?:[^>]*?\s)?href\s*=\s*)("([^"]*)"|'([^']*)')""", re.IGNORECASE | re.DOTALL
 )
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 
