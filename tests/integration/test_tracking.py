@@ -26,8 +26,11 @@ HTML = f'<html><body><p>Your order: <a href="{LINK}">view</a></p></body></html>'
 
 
 @pytest_asyncio.fixture
-async def pl(postline_factory: Factory) -> PostlineUnderTest:
-    return await postline_factory(tracking_url=BASE, webhook_allow_private=True)
+async def pl(postline_factory: Factory, database_url: str) -> PostlineUnderTest:
+    """On both stores (``database_url``: SQLite and PostgreSQL)."""
+    return await postline_factory(
+        database_url=database_url, tracking_url=BASE, webhook_allow_private=True
+    )
 
 
 def _html_of(raw: bytes) -> str:

@@ -56,7 +56,8 @@ async def record(
     the email is no longer stored (purged), in which case nothing is written."""
     event_type = _EVENT[token.kind]
     async with db.write() as conn:
-        email = await email_store.get_email(conn, token.email_id)
+        # Locked, as the recorder locks it: two fetches at once must not take one sequence.
+        email = await email_store.lock_email(conn, token.email_id)
         if email is None:
             return False
         recipient_id = None
