@@ -43,6 +43,9 @@ from postline.store.emails import Email
 from postline.store.emails import Recipient as EmailRecipient
 from postline.store.gathering import GroupRead
 from postline.store.types import utcnow
+from postline.tracking.rewrite import Linker, Tracking
+from postline.tracking.rewrite import apply as apply_tracking
+from postline.tracking.tokens import Tokens
 from postline.wakeups import Wakeups
 
 log = logging.getLogger("postline.accept")
@@ -88,6 +91,11 @@ class Submission:
     original_email_id: str | None = None
     #: SMTP submission: the message's own Message-ID, kept; None: one is added to ``raw``.
     message_id: str | None = None
+    #: Open and click tracking asked for by the send; None: the domain's default.
+    track_opens: bool | None = None
+    track_clicks: bool | None = None
+    #: List-Unsubscribe with a one-click endpoint (RFC 8058).
+    unsubscribe: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,7 @@ class Acceptor:
         max_message_bytes: int,
         wakeups: Wakeups,
         compose_pool: Executor,
+        tracking_base: str = "",
     ) -> None:
         self.db = db
         self.spool = spool
@@ -160,6 +169,9 @@ class Acceptor:
         self.compose_pool = compose_pool
         #: The VERP envelope sender of API mail, with the token the inbound listener checks.
         self.return_paths = ReturnPaths.of(db.secrets)
+        #: Signs tracked links; ``tracking_base``: where they point (POSTLINE_TRACKING_URL).
+        self.tracking_tokens = Tokens.of(db.secrets)
+        self.tracking_base = tracking_base
         self._group: GroupRead[_Call, list[Accepted]] = GroupRead(
             self._commit_group,
             name="accept group commit",
@@ -227,6 +239,11 @@ class Acceptor:
                 if recipient.address not in seen:
                     seen.add(recipient.address)
                     recipients.append(recipient)
+            if submission.unsubscribe and len(recipients) != 1:
+                # The link names who unsubscribes; one body goes to every recipient.
+                raise AcceptError(
+                    422, prefix + "unsubscribe", "needs exactly one recipient (to, cc and bcc)"
+                )
             email_id = new_id("em_")
             message_id = submission.message_id or f"<{email_id}@{self.hostname}>"
             raw = submission.raw
@@ -235,7 +252,8 @@ class Acceptor:
             signer = None
             if domain.dkim_private_key:
                 signer = Signer(domain.name, domain.dkim_selector, domain.dkim_private_key)
-            compositions.append(Composition(submission.content, message_id, now, raw, signer))
+            content = self._tracked(submission, domain, email_id, recipients)
+            compositions.append(Composition(content, message_id, now, raw, signer))
             prepared.append(
                 _Prepared(email_id, message_id, domain, submission, b"", recipients, now)
             )
@@ -249,6 +267,26 @@ class Acceptor:
                 )
             item.body = body
         return prepared
+
+    def _tracked(
+        self,
+        submission: Submission,
+        domain: Domain,
+        email_id: str,
+        recipients: list[Recipient],
+    ) -> Content:
+        """The content with the tracking asked for (by the send, else by its domain)."""
+        opens, clicks = submission.track_opens, submission.track_clicks
+        tracking = Tracking(
+            opens=domain.track_opens if opens is None else opens,
+            clicks=domain.track_clicks if clicks is None else clicks,
+            unsubscribe=submission.unsubscribe,
+        )
+        if submission.raw is not None or not self.tracking_tokens.enabled:
+            return submission.content
+        recipient = recipients[0].address if len(recipients) == 1 else ""
+        linker = Linker(self.tracking_tokens, self.tracking_base, email_id, recipient)
+        return apply_tracking(submission.content, tracking, linker)
 
     async def accept(
         self,

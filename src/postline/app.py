@@ -121,6 +121,7 @@ class Services:
             max_message_bytes=settings.max_message_bytes,
             wakeups=wakeups,
             compose_pool=compose_pool,
+            tracking_base=settings.tracking_base,
         )
         smtp_settings = SmtpSettings(
             helo_name=settings.hostname,

@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     # key in <data dir>/secret.key, created on first run. Hosts sharing a database
     # need the same one.
     secret_key: SecretStr = SecretStr("")
+    # Where tracked links, the open pixel and the unsubscribe link point (postline.tracking):
+    # a base URL that reaches this API's /t/ routes; empty: http://<POSTLINE_HTTP_ADDR>.
+    tracking_url: str = ""
 
     max_message_bytes: int = 25 * 1024 * 1024
     # The whole HTTP request body (a batch included), counted as it arrives; 0: derived
@@ -456,6 +459,14 @@ class Settings(BaseSettings):
             # A worker would look dead between two of its own heartbeats.
             raise ValueError("POSTLINE_HEARTBEAT_TIMEOUT must exceed POSTLINE_HEARTBEAT_SECONDS")
         return self
+
+    @property
+    def tracking_base(self) -> str:
+        """The base URL of tracked links: POSTLINE_TRACKING_URL, else the API's own address."""
+        if self.tracking_url:
+            return self.tracking_url.rstrip("/")
+        host, port = self.http_host_port
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     @property
     def http_host_port(self) -> tuple[str, int]:

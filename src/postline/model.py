@@ -74,6 +74,11 @@ class EventType(StrEnum):
     CANCELLED = "email.cancelled"
     #: Mail to an inbound route (postline.inbound.routed): about no email Postline sent.
     RECEIVED = "email.received"
+    # Tracking (postline.tracking): recorded beside the delivery events, never moving
+    # a recipient's status.
+    OPENED = "email.opened"
+    CLICKED = "email.clicked"
+    UNSUBSCRIBED = "email.unsubscribed"
 
 
 EVENT_FOR_STATUS: dict[RecipientStatus, EventType] = {

@@ -165,17 +165,8 @@ def event_row(
     ``created_at``, ``bounce``), all from the email and the outcome the caller already
     holds: recording an outcome never reads anything more to build its event.
     """
-    event_id = new_id("evt_")
-    data: dict[str, Any] = {
-        "email_id": email.id,
-        "message_id": email.message_id,
-        "domain": email.from_address.rpartition("@")[2],
-        "from": quoted_from(email.from_header, email.from_address),
-        "to": [recipient.address],
-        "subject": email.subject,
-        # As the API gives the email's created_at, so a receiver can match the two.
-        "created_at": _timestamp(email.created_at, "milliseconds"),
-        "recipient": recipient.address,
+    data = {
+        **email_data(email, recipient.address),
         "status": str(outcome.status),
         "smtp_code": outcome.smtp_code,
         "enhanced_code": outcome.enhanced_code,
@@ -188,11 +179,38 @@ def event_row(
     }
     if event_type is EventType.BOUNCED:
         data["bounce"] = resend_bounce(outcome)
+    return outbox_row(email, recipient.id, event_type, data, sequence, now)
+
+
+def email_data(email: Email, address: str | None) -> dict[str, Any]:
+    """The members every event about one recipient of ``email`` starts with."""
     return {
-        "id": event_id,
+        "email_id": email.id,
+        "message_id": email.message_id,
+        "domain": email.from_address.rpartition("@")[2],
+        "from": quoted_from(email.from_header, email.from_address),
+        "to": [address] if address else [],
+        "subject": email.subject,
+        # As the API gives the email's created_at, so a receiver can match the two.
+        "created_at": _timestamp(email.created_at, "milliseconds"),
+        "recipient": address,
+    }
+
+
+def outbox_row(
+    email: Email,
+    recipient_id: str | None,
+    event_type: EventType,
+    data: dict[str, Any],
+    sequence: int,
+    now: datetime,
+) -> dict[str, Any]:
+    """The ``events`` row (the outbox) for an event whose payload ``data`` is built."""
+    return {
+        "id": new_id("evt_"),
         "type": str(event_type),
         "email_id": email.id,
-        "recipient_id": recipient.id,
+        "recipient_id": recipient_id,
         "domain_id": email.domain_id,
         "sequence": sequence,
         "created_at": now,

@@ -50,6 +50,8 @@ class Case:
     queries: Callable[[World], list[dict[str, str]]] = lambda _: [{}]
     own: str | None = None
     """For ``list``: the id (key of ``World.a``) key A must see in its unfiltered answer."""
+    status: int = 200
+    """For ``public``: the answer expected (a tracking route with a forged token: 404)."""
 
 
 @dataclass
@@ -87,6 +89,11 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("GET", "/docs"): Case("public"),
     ("GET", "/redoc"): Case("public"),
     ("GET", "/v1"): Case("public"),
+    # Tracking: the signed token is the authority; a forged one is a 404.
+    ("GET", "/t/o/{token}"): Case("public", status=404),
+    ("GET", "/t/c/{token}"): Case("public", status=404),
+    ("GET", "/t/u/{token}"): Case("public", status=404),
+    ("POST", "/t/u/{token}"): Case("public", status=404),
     # --- emails
     ("POST", "/v1/emails"): Case(
         "send", body=lambda w: _email("Intruder <intruder@b.test>", "victim@dest.test")
@@ -282,6 +289,7 @@ async def _build(pl: PostlineUnderTest) -> World:
             domain_id=ids[name],
             key_id=keys[name]["id"],
             domain=f"{letter}-customer.test",
+            token="forged.token",
         )
         side["from"] = sender
 
@@ -396,7 +404,7 @@ async def test_key_a_gets_nothing_of_domain_b_on_any_route(world: World) -> None
         what = f"{method} {template}"
         if case.kind == "public":
             for response in await _call(w, method, template, case, {}, w.b):
-                assert response.status_code == 200, f"{what}: {response.status_code}"
+                assert response.status_code == case.status, f"{what}: {response.status_code}"
                 _assert_nothing_of_b(w, response, what)
             continue
         for label, headers in (

@@ -193,8 +193,9 @@ def test_a_bounce_reads_as_resends_bounce_object() -> None:
 
 
 def test_every_event_names_the_email_as_resend_does() -> None:
-    """``to``, ``subject`` and the email's ``created_at`` on every type, not only bounces."""
-    # Every recipient outcome's type (email.received is about no email of Postline's).
+    """``to``, ``subject`` and the email's ``created_at`` on every type of an outcome, not
+    only bounces (the tracking events: tests/integration/test_tracking.py; email.received
+    is about no email of Postline's)."""
     for status, event_type in EVENT_FOR_STATUS.items():
         data = row_for(Outcome(status=status), event_type, attempt=0, sequence=1)["payload"]["data"]
         assert (data["to"], data["subject"], data["created_at"]) == (

@@ -57,6 +57,7 @@ def domain_view(row: Domain, hostname: str, inbound_domains: Sequence[str] = ())
         "verified": row.verified,
         "status": domain_status(row.verified, checks),
         "bounce_notifications": row.bounce_notifications,
+        "tracking": {"opens": row.track_opens, "clicks": row.track_clicks},
         "created_at": rfc3339(row.created_at),
     }
 
@@ -147,6 +148,11 @@ async def patch_domain(
     if body.bounce_notifications is not None:
         async with svc.db.write() as conn:
             await domain_store.set_bounce_notifications(conn, domain_id, body.bounce_notifications)
+    if body.tracking is not None:
+        async with svc.db.write() as conn:
+            await domain_store.set_tracking(
+                conn, domain_id, opens=body.tracking.opens, clicks=body.tracking.clicks
+            )
     return domain_view(await _visible_domain(svc, caller, domain_id), svc.settings.hostname)
 
 

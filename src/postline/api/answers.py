@@ -193,6 +193,13 @@ class DnsRecord(_Answer):
     status: str | None = Field(default=None, description="Absent until checked")
 
 
+class DomainTracking(_Answer):
+    """The domain's tracking defaults, for sends that do not say (``track``)."""
+
+    opens: bool
+    clicks: bool
+
+
 class Domain(_Answer):
     object: Literal["domain"]
     id: str
@@ -206,6 +213,7 @@ class Domain(_Answer):
         " checks out and another not yet; `failed` when none does"
     )
     bounce_notifications: bool
+    tracking: DomainTracking
     created_at: str | None
 
 

@@ -22,6 +22,7 @@ from postline.api import (
     stats,
     suppressions,
     templates,
+    tracking,
     webhooks,
 )
 from postline.app import Services
@@ -61,6 +62,7 @@ def create_api(services: Services) -> FastAPI:
         events.router,
         templates.router,
         stats.router,
+        tracking.router,
         index.router,
     ):
         app.include_router(responses.declare_problems(router))

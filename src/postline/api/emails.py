@@ -172,6 +172,9 @@ def to_submission(email: EmailIn) -> Submission:
         recipients=recipients,
         tags=email.tags,
         scheduled_at=email.scheduled_at,
+        track_opens=email.track.opens if email.track else None,
+        track_clicks=email.track.clicks if email.track else None,
+        unsubscribe=email.unsubscribe,
     )
 
 

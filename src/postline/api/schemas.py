@@ -244,6 +244,15 @@ class TemplateRef(BaseModel):
     variables: dict[str, Any] = Field(default_factory=dict)
 
 
+class TrackIn(BaseModel):
+    """Open and click tracking (docs/API.md, "Tracking"); a member left out takes the
+    domain's default, which is off unless ``PATCH /v1/domains/{id}`` turned it on."""
+
+    model_config = ConfigDict(extra="forbid")
+    opens: bool | None = None
+    clicks: bool | None = None
+
+
 class EmailIn(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -262,6 +271,9 @@ class EmailIn(BaseModel):
     attachments: list[AttachmentIn] = Field(default_factory=list, max_length=100)
     tags: Tags = Field(default_factory=dict)
     scheduled_at: ScheduleTime | None = None
+    track: TrackIn | None = None
+    #: List-Unsubscribe and List-Unsubscribe-Post (RFC 8058) with a one-click endpoint.
+    unsubscribe: bool = False
 
     @field_validator("from_")
     @classmethod
@@ -371,6 +383,7 @@ class DomainIn(BaseModel):
 class DomainPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     bounce_notifications: bool | None = None
+    tracking: TrackIn | None = None
 
 
 #: An API key's scopes (``postline.keys.SCOPES``).

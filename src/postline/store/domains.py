@@ -26,6 +26,8 @@ class Domain(Record):
     # The last DNS check: purpose ("dkim", "spf", ...) -> "verified" | "mismatch" | "missing".
     verification: dict[str, str] | None
     bounce_notifications: bool
+    track_opens: bool
+    track_clicks: bool
     created_at: datetime
     updated_at: datetime
 
@@ -79,6 +81,18 @@ async def set_bounce_notifications(conn: AsyncConnection, domain_id: str, enable
         .where(domains.c.id == domain_id)
         .values(bounce_notifications=enabled, updated_at=utcnow())
     )
+
+
+async def set_tracking(
+    conn: AsyncConnection, domain_id: str, *, opens: bool | None, clicks: bool | None
+) -> None:
+    """A domain's tracking defaults; None leaves one as it is."""
+    values: dict[str, object] = {"updated_at": utcnow()}
+    if opens is not None:
+        values["track_opens"] = opens
+    if clicks is not None:
+        values["track_clicks"] = clicks
+    await conn.execute(update(domains).where(domains.c.id == domain_id).values(**values))
 
 
 async def set_verification(

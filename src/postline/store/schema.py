@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 from postline.store.types import UTCDateTime
@@ -47,6 +48,9 @@ domains = Table(
     Column("verified", Boolean, nullable=False, default=False),
     Column("verification", JSON, nullable=True),
     Column("bounce_notifications", Boolean, nullable=False, default=True),
+    # Open and click tracking for its mail unless a send says otherwise (off by default).
+    Column("track_opens", Boolean, nullable=False, server_default=false()),
+    Column("track_clicks", Boolean, nullable=False, server_default=false()),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )

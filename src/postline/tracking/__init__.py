@@ -1,0 +1,1 @@
+"""Opt-in open and click tracking and one-click unsubscribe (docs/API.md, "Tracking")."""
