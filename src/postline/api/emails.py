@@ -160,7 +160,9 @@ def to_submission(email: EmailIn) -> Submission:
         text=email.text,
         html=email.html,
         headers=email.headers,
-        attachments=[Attachment(a.filename, a.data, a.content_type) for a in email.attachments],
+        attachments=[
+            Attachment(a.filename, a.data, a.content_type, a.content_id) for a in email.attachments
+        ],
     )
     recipients = (
         [Recipient(a, "to") for a in email.to]

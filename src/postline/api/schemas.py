@@ -113,6 +113,8 @@ _MIME_TYPE = re.compile(
     r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}\Z"
 )
 
+_CONTENT_ID = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.@-]{1,253}\Z")
+
 
 def _tag_map(value: Any) -> Any:
     """Resend's ``[{"name": ..., "value": ...}]`` as Postline's ``{name: value}``."""
@@ -204,6 +206,24 @@ class AttachmentIn(BaseModel):
     content_type: Annotated[str, BeforeValidator(_absent_as_empty)] = Field(
         default="", validate_default=True
     )
+    content_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="Makes the attachment inline: the HTML refers to it as cid:<content_id>",
+    )
+
+    @field_validator("content_id")
+    @classmethod
+    def _cid(cls, value: str | None) -> str | None:
+        """Stored without the angle brackets the header puts around it; what may stand
+        inside them is a msg-id's left side (RFC 2392), so no folding or quoting."""
+        if value is None:
+            return None
+        bare = value.removeprefix("<").removesuffix(">")
+        if not _CONTENT_ID.match(bare):
+            raise ValueError("must be letters, digits and !#$%&'*+-/=?^_`{|}~.@ only")
+        return bare
 
     @field_validator("content")
     @classmethod
