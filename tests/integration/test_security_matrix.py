@@ -111,6 +111,7 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("GET", "/v1/emails/{email_id}"): Case("owner"),
     ("GET", "/v1/emails/{email_id}/content"): Case("owner"),
     ("POST", "/v1/emails/{email_id}/cancel"): Case("owner"),
+    ("POST", "/v1/emails/{email_id}/retry"): Case("owner"),
     ("PATCH", "/v1/emails/{email_id}"): Case("owner", body=lambda w: {"scheduled_at": "in 1 hour"}),
     # --- domains and keys
     ("GET", "/v1/domains"): Case("list", own="domain_id"),
