@@ -12,6 +12,7 @@ which proves the refusal is the scoping and not a malformed call.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -95,6 +96,16 @@ MATRIX: dict[tuple[str, str], Case] = {
             _email("a@a.test", "x@dest.test"),
             _email("Intruder <intruder@b.test>", "victim@dest.test"),
         ],
+    ),
+    ("POST", "/v1/emails/raw"): Case(
+        "send",
+        body=lambda w: {
+            "from": "bounce@b.test",
+            "to": ["victim@dest.test"],
+            "raw": base64.b64encode(
+                b"From: Intruder <intruder@b.test>\r\nTo: victim@dest.test\r\n\r\nx\r\n"
+            ).decode(),
+        },
     ),
     ("GET", "/v1/emails"): Case(
         "list",

@@ -17,6 +17,7 @@ from postline.api import (
     index,
     problems,
     ratelimit,
+    raw_emails,
     responses,
     stats,
     suppressions,
@@ -50,6 +51,7 @@ def create_api(services: Services) -> FastAPI:
 
     for router in (
         emails.router,
+        raw_emails.router,
         admin.router,
         suppressions.router,
         webhooks.router,

@@ -94,7 +94,7 @@ router = APIRouter(
 _SCOPE = problem_responses(403)
 
 
-async def _within_limits(request: Request, svc: Svc, caller: Caller, *, batch: bool) -> None:
+async def within_limits(request: Request, svc: Svc, caller: Caller, *, batch: bool) -> None:
     """Count what the request asks for before FastAPI validates a field of it.
 
     FastAPI parses the JSON before it solves dependencies and validates the body
@@ -138,11 +138,11 @@ async def validated(adapter: TypeAdapter[T], body: Any) -> T:
 
 
 async def _one_within_limits(request: Request, svc: Svc, caller: Sender) -> None:
-    await _within_limits(request, svc, caller, batch=False)
+    await within_limits(request, svc, caller, batch=False)
 
 
 async def _batch_within_limits(request: Request, svc: Svc, caller: Sender) -> None:
-    await _within_limits(request, svc, caller, batch=True)
+    await within_limits(request, svc, caller, batch=True)
 
 
 def to_submission(email: EmailIn) -> Submission:

@@ -193,6 +193,14 @@ def guess_content_type(filename: str) -> str:
     return guessed
 
 
+def _check_base64(value: str) -> str:
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be base64-encoded") from None
+    return value
+
+
 def _absent_as_empty(value: Any) -> Any:
     return "" if value is None else value
 
@@ -228,11 +236,7 @@ class AttachmentIn(BaseModel):
     @field_validator("content")
     @classmethod
     def _base64(cls, value: str) -> str:
-        try:
-            base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("must be base64-encoded") from None
-        return value
+        return _check_base64(value)
 
     @field_validator("content_type")
     @classmethod
@@ -347,6 +351,41 @@ class EmailIn(BaseModel):
         if len(self.to) + len(self.cc) + len(self.bcc) > MAX_RECIPIENTS:
             raise ValueError(f"at most {MAX_RECIPIENTS} recipients in to, cc and bcc together")
         return self
+
+
+class RawEmailIn(BaseModel):
+    """``POST /v1/emails/raw``: a message built by the client, sent as it is."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: Address = Field(
+        alias="from",
+        min_length=3,
+        max_length=1000,
+        description="The envelope sender: an address in a domain the key may send from",
+    )
+    to: AddressList = Field(description="The envelope recipients (Bcc: any not in To or Cc)")
+    raw: str = Field(
+        min_length=1, description="The RFC 5322 message, base64; every line ends with CRLF"
+    )
+
+    @field_validator("to")
+    @classmethod
+    def _recipients(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("needs at least one recipient")
+        if len(value) > MAX_RECIPIENTS:
+            raise ValueError(f"at most {MAX_RECIPIENTS} recipients")
+        return list(dict.fromkeys(value))
+
+    @field_validator("raw")
+    @classmethod
+    def _base64(cls, value: str) -> str:
+        return _check_base64(value)
+
+    @property
+    def message(self) -> bytes:
+        return base64.b64decode(self.raw)
 
 
 #: Most emails in one batch request.
