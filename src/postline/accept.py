@@ -197,13 +197,15 @@ class Acceptor:
         )
         return [body for chunk in built for body in chunk]
 
-    async def _sending_domain(
+    async def sending_domain(
         self,
         principal: Principal,
         from_address: str,
         field_name: str,
         cache: dict[str, Domain | None],
     ) -> Domain:
+        """The sending domain of ``from_address``, if ``principal`` may send from it
+        (AcceptError 403 if not, 422 if it is none); ``cache`` keeps what was read."""
         name = _destination(from_address)
         if name not in cache:
             async with self.db.read() as conn:
@@ -228,7 +230,7 @@ class Acceptor:
         many = len(submissions) > 1
         for index, submission in enumerate(submissions):
             prefix = f"[{index}]." if many else ""
-            domain = await self._sending_domain(
+            domain = await self.sending_domain(
                 principal, submission.content.from_address, prefix + "from", cache
             )
             if submission.scheduled_at and submission.scheduled_at > now + MAX_SCHEDULE_AHEAD:

@@ -38,6 +38,8 @@ class Attachment:
     filename: str
     content: bytes
     content_type: str = "application/octet-stream"
+    #: Set: an inline part the HTML names as ``cid:<content_id>`` (kept without brackets).
+    content_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,25 +94,52 @@ def build_message_stdlib(content: Content, *, message_id: str, date: datetime) -
     msg["Message-ID"] = message_id
     for name, value in content.headers.items():
         msg[name] = value
+    html_part: EmailMessage | None = None
     if content.text is not None:
         msg.set_content(content.text)
         if content.html is not None:
             msg.add_alternative(content.html, subtype="html")
+            html_part = list(msg.iter_parts())[1]  # type: ignore[assignment]
     else:
         msg.set_content(content.html or "", subtype="html")
+        html_part = msg
+    inline = [a for a in content.attachments if a.content_id is not None]
+    for attachment in inline if html_part is not None else []:
+        # The HTML and its images in one multipart/related (RFC 2387), inside the
+        # alternative when there is a text part: text | (html + images).
+        maintype, subtype = _types(attachment)
+        html_part.add_related(  # type: ignore[union-attr]
+            attachment.content,
+            maintype=maintype,
+            subtype=subtype,
+            filename=attachment.filename,
+            disposition="inline",
+            cid=f"<{attachment.content_id}>",
+        )
     for attachment in content.attachments:
-        maintype, _, subtype = attachment.content_type.partition("/")
+        if attachment.content_id is not None and html_part is not None:
+            continue
+        maintype, subtype = _types(attachment)
+        cid = None if attachment.content_id is None else f"<{attachment.content_id}>"
         msg.add_attachment(
             attachment.content,
-            maintype=maintype or "application",
-            subtype=subtype or "octet-stream",
+            maintype=maintype,
+            subtype=subtype,
             filename=attachment.filename,
+            # No HTML to refer to it: inline all the same.
+            disposition="attachment" if cid is None else "inline",
+            cid=cid,
         )
     addresses = [content.from_address, *content.to, *content.cc, *content.reply_to]
     utf8 = not all(a.isascii() for a in addresses)
     # refold_source="none": a field set raw (_set_addresses) is written as given; every
     # other field is a header object, which the policy folds as before.
     return msg.as_bytes(policy=_RAW_SMTPUTF8 if utf8 else _RAW_SMTP)
+
+
+def _types(attachment: Attachment) -> tuple[str, str]:
+    maintype, _, subtype = attachment.content_type.partition("/")
+    return maintype or "application", subtype or "octet-stream"
 
 
 _RAW_SMTP = policy.SMTP.clone(refold_source="none")
@@ -144,6 +173,8 @@ def _needs_email_package(content: Content) -> bool:
         if lower in _REGISTRY or lower.startswith("content-"):
             return True
     for attachment in content.attachments:
+        if attachment.content_id is not None:
+            return True  # multipart/related: rare enough to leave to the email package
         ctype = attachment.content_type
         maintype = ctype.partition("/")[0].lower()
         if not _PLAIN_MIME_TYPE.fullmatch(ctype) or maintype in ("multipart", "message"):

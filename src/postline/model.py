@@ -23,7 +23,7 @@ class RecipientStatus(StrEnum):
     FAILED = "failed"  # given up: expired, or could not be attempted at all
     SUPPRESSED = "suppressed"  # on the suppression list at accept; never sent
     COMPLAINED = "complained"  # delivered, then reported as spam
-    CANCELLED = "cancelled"  # cancelled by the user before any attempt
+    CANCELLED = "cancelled"  # cancelled through the API while still waiting
 
 
 class EmailStatus(StrEnum):

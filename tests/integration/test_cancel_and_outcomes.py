@@ -4,6 +4,12 @@
 cancelled email's job must not sit there until it comes due. And
 ``postline_recipient_outcomes_total`` counts every final status, the ones decided
 without a delivery attempt (suppressed at accept, cancelled) included.
+
+The operator's actions on a deferred recipient: ``POST /v1/emails/{id}/retry``
+attempts it now rather than at its next attempt (the retry schedule here puts that
+an hour away, so a delivery within the test's deadline is the retry's); cancel
+cancels it, with an ``email.cancelled`` event, and its job leaves the queue so that
+nothing delivers it later.
 """
 
 from __future__ import annotations
@@ -16,7 +22,12 @@ from sqlalchemy import update
 
 from postline.store.schema import email_recipients, suppressions
 from postline.store.types import utcnow
+from tests.harness import FakeMX
+from tests.harness.polling import poll
 from tests.harness.postline import Factory, PostlineUnderTest
+
+LATER = "later@dest.test"
+DEFER = "451 4.3.0 please try again later"
 
 
 @pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
@@ -73,11 +84,11 @@ async def test_a_cancelled_emails_jobs_leave_the_queue_at_once(
     assert _sample(await _metrics(pl), "postline_queue_depth") == 0
 
 
-async def test_a_destination_with_a_recipient_still_waiting_keeps_its_job(
+async def test_a_deferred_recipient_is_cancelled_with_the_rest(
     postline_factory: Factory,
 ) -> None:
-    """Cancelling never takes a job some recipient still needs: here one recipient at
-    dest.test was attempted and waits for a retry, so it cannot be cancelled."""
+    """One recipient at dest.test was attempted and waits for a retry: it is cancelled
+    too, and no job is left for its destination."""
     pl = await postline_factory(engine=False)
     sent = await pl.send(to=["a@dest.test", "b@dest.test", "c@other.test"])
     async with pl.services.db.write() as conn:
@@ -90,10 +101,10 @@ async def test_a_destination_with_a_recipient_still_waiting_keeps_its_job(
     statuses = {r["address"]: r["status"] for r in detail["recipients"]}
     assert statuses == {
         "a@dest.test": "cancelled",
-        "b@dest.test": "deferred",
+        "b@dest.test": "cancelled",
         "c@other.test": "cancelled",
     }
-    assert await pl.services.queue.depth() == {"dest.test": 1}
+    assert await pl.services.queue.depth() == {}
 
 
 async def test_outcome_metrics_count_suppressed_and_cancelled(postline_factory: Factory) -> None:
@@ -115,3 +126,63 @@ async def test_outcome_metrics_count_suppressed_and_cancelled(postline_factory: 
     text = await _metrics(pl)
     assert _sample(text, 'postline_recipient_outcomes_total{status="suppressed"}') == 1
     assert _sample(text, 'postline_recipient_outcomes_total{status="cancelled"}') == 2
+
+
+async def _deferred(pl: PostlineUnderTest, email_id: str) -> None:
+    """Deferred, and the worker has let go of the job (it records the outcome first)."""
+    await pl.wait_for_status(email_id, ["deferred"])
+
+    async def released() -> bool:
+        return await pl.services.queue.in_flight() == {}
+
+    await poll(released, timeout=15, what="the deferred job released")
+
+
+async def _post(pl: PostlineUnderTest, email_id: str, action: str) -> tuple[int, Any]:
+    response = await pl.client.post(f"/v1/emails/{email_id}/{action}", headers=pl.auth())
+    return response.status_code, response.json()
+
+
+async def test_retry_attempts_a_deferred_recipient_now(
+    postline_factory: Factory, fake_mx: FakeMX, topology: dict[str, Any]
+) -> None:
+    pl = await postline_factory(retry_schedule="3600", **topology)
+    fake_mx.on_rcpt(LATER, DEFER, "250 2.1.5 OK")
+    sent = await pl.send(to=[LATER])
+    await _deferred(pl, sent["id"])
+
+    status, detail = await _post(pl, sent["id"], "retry")
+    assert status == 200, detail
+    (recipient,) = detail["recipients"]
+    assert recipient["status"] == "deferred"
+    final = await pl.wait_for_status(sent["id"], ["delivered"])
+    assert final["recipients"][0]["attempts"] == 2
+    (received,) = fake_mx.received
+    assert received.rcpt_tos == [LATER]
+
+    status, problem = await _post(pl, sent["id"], "retry")
+    assert status == 409, problem
+    assert "deferred" in problem["detail"]
+
+
+async def test_cancel_takes_a_deferred_recipient_and_its_job(
+    postline_factory: Factory, fake_mx: FakeMX, topology: dict[str, Any]
+) -> None:
+    pl = await postline_factory(retry_schedule="3600", **topology)
+    fake_mx.on_rcpt(LATER, DEFER)
+    sent = await pl.send(to=[LATER])
+    await _deferred(pl, sent["id"])
+    assert await pl.services.queue.depth() == {"dest.test": 1}
+
+    status, detail = await _post(pl, sent["id"], "cancel")
+    assert status == 200, detail
+    assert detail["status"] == "cancelled"
+    assert [r["status"] for r in detail["recipients"]] == ["cancelled"]
+    (event,) = [e for e in detail["events"] if e["type"] == "email.cancelled"]
+    assert event["recipient"] == LATER
+    assert await pl.services.queue.depth() == {}, "no job is left to deliver it later"
+
+    status, problem = await _post(pl, sent["id"], "retry")
+    assert status == 409, problem
+    status, problem = await _post(pl, sent["id"], "cancel")
+    assert status == 409, problem

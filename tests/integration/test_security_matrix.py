@@ -12,6 +12,7 @@ which proves the refusal is the scoping and not a malformed call.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -105,6 +106,16 @@ MATRIX: dict[tuple[str, str], Case] = {
             _email("Intruder <intruder@b.test>", "victim@dest.test"),
         ],
     ),
+    ("POST", "/v1/emails/raw"): Case(
+        "send",
+        body=lambda w: {
+            "from": "bounce@b.test",
+            "to": ["victim@dest.test"],
+            "raw": base64.b64encode(
+                b"From: Intruder <intruder@b.test>\r\nTo: victim@dest.test\r\n\r\nx\r\n"
+            ).decode(),
+        },
+    ),
     ("GET", "/v1/emails"): Case(
         "list",
         own="email_id",
@@ -120,6 +131,7 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("GET", "/v1/emails/{email_id}"): Case("owner"),
     ("GET", "/v1/emails/{email_id}/content"): Case("owner"),
     ("POST", "/v1/emails/{email_id}/cancel"): Case("owner"),
+    ("POST", "/v1/emails/{email_id}/retry"): Case("owner"),
     ("PATCH", "/v1/emails/{email_id}"): Case("owner", body=lambda w: {"scheduled_at": "in 1 hour"}),
     # --- domains and keys
     ("GET", "/v1/domains"): Case("list", own="domain_id"),

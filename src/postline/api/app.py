@@ -18,6 +18,7 @@ from postline.api import (
     index,
     problems,
     ratelimit,
+    raw_emails,
     responses,
     stats,
     suppressions,
@@ -52,6 +53,7 @@ def create_api(services: Services) -> FastAPI:
 
     for router in (
         emails.router,
+        raw_emails.router,
         admin.router,
         suppressions.router,
         webhooks.router,

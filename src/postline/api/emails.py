@@ -94,7 +94,7 @@ router = APIRouter(
 _SCOPE = problem_responses(403)
 
 
-async def _within_limits(request: Request, svc: Svc, caller: Caller, *, batch: bool) -> None:
+async def within_limits(request: Request, svc: Svc, caller: Caller, *, batch: bool) -> None:
     """Count what the request asks for before FastAPI validates a field of it.
 
     FastAPI parses the JSON before it solves dependencies and validates the body
@@ -138,11 +138,11 @@ async def validated(adapter: TypeAdapter[T], body: Any) -> T:
 
 
 async def _one_within_limits(request: Request, svc: Svc, caller: Sender) -> None:
-    await _within_limits(request, svc, caller, batch=False)
+    await within_limits(request, svc, caller, batch=False)
 
 
 async def _batch_within_limits(request: Request, svc: Svc, caller: Sender) -> None:
-    await _within_limits(request, svc, caller, batch=True)
+    await within_limits(request, svc, caller, batch=True)
 
 
 def to_submission(email: EmailIn) -> Submission:
@@ -160,7 +160,9 @@ def to_submission(email: EmailIn) -> Submission:
         text=email.text,
         html=email.html,
         headers=email.headers,
-        attachments=[Attachment(a.filename, a.data, a.content_type) for a in email.attachments],
+        attachments=[
+            Attachment(a.filename, a.data, a.content_type, a.content_id) for a in email.attachments
+        ],
     )
     recipients = (
         [Recipient(a, "to") for a in email.to]
@@ -472,7 +474,7 @@ async def get_email_content(svc: Svc, caller: Reader, email_id: str) -> Response
 
 @router.post(
     "/{email_id}/cancel",
-    summary="Cancel recipients not yet attempted",
+    summary="Cancel recipients still waiting (scheduled, queued or deferred)",
     response_model=answers.EmailDetail,
     responses=problem_responses(409),
 )
@@ -484,8 +486,10 @@ async def cancel_email(svc: Svc, caller: Sender, email_id: str) -> dict[str, Any
             raise Problem(404, f"no email {email_id}")
         cancelled = 0
         for recipient in await email_store.get_recipients(conn, email_id):
-            untouched = recipient.status in (RecipientStatus.SCHEDULED, RecipientStatus.QUEUED)
-            if untouched and recipient.attempts == 0:
+            # Deferred ones too: their retry is not sent (the job leaves the queue, or
+            # the worker holding it finds them final). An attempt already under way
+            # at this moment still ends as the destination answers it.
+            if recipient.status in PENDING_STATUSES:
                 cancelled += await apply_outcome(
                     conn,
                     email=email,
@@ -505,6 +509,51 @@ async def cancel_email(svc: Svc, caller: Sender, email_id: str) -> dict[str, Any
     if not svc.queue.shares_store:
         await _discard_after_commit(svc, email_id, done)
     svc.metrics.recipient_outcomes.labels(status=str(RecipientStatus.CANCELLED)).inc(cancelled)
+    return detail
+
+
+@router.post(
+    "/{email_id}/retry",
+    summary="Attempt the deferred recipients now",
+    response_model=answers.EmailDetail,
+    responses=problem_responses(409),
+)
+async def retry_email(svc: Svc, caller: Sender, email_id: str) -> dict[str, Any]:
+    """The deferred recipients' jobs come due now instead of at their next attempt
+    (the backoff count stays: a retry that fails again waits as the schedule says).
+    409 when no recipient is deferred, or when a worker holds one of their jobs at
+    this moment: it is being attempted (or its outcome recorded) already."""
+    now = utcnow()
+    async with svc.db.write() as conn:
+        email = await email_store.lock_email(conn, email_id)
+        if email is None or not _may_see(caller, email):
+            raise Problem(404, f"no email {email_id}")
+        recipients = await email_store.get_recipients(conn, email_id)
+        deferred = [r for r in recipients if r.status == RecipientStatus.DEFERRED]
+        if not deferred:
+            raise Problem(409, "no recipient of this email is deferred")
+        destinations = {r.destination for r in deferred}
+        waiting = [
+            r
+            for r in recipients
+            if r.destination in destinations
+            and r.status in (RecipientStatus.QUEUED, RecipientStatus.DEFERRED)
+        ]
+        jobs = _scheduled_jobs(email, waiting, now)
+        await email_store.set_next_attempt(conn, [r.id for r in deferred], now, now)
+        # As a reschedule moves jobs: Redis's leave before the commit, and housekeeping
+        # rebuilds any that a failure half way leaves missing.
+        shared = conn if svc.queue.shares_store else None
+        moved = await svc.queue.discard(email_id, sorted(destinations), shared)
+        if moved < len(destinations):
+            raise Problem(409, "an attempt of this email is under way; retry once it is recorded")
+        if shared is not None:
+            await svc.queue.enqueue(jobs, shared)
+        detail = await _detail(conn, email)
+    if shared is None:
+        await svc.acceptor.enqueue_after_commit(jobs)
+    svc.acceptor.wakeups.work_arrived()
+    log.info("retrying email_id=%s deferred=%d now", email_id, len(deferred))
     return detail
 
 
@@ -564,20 +613,22 @@ async def reschedule_email(
 
 
 def _scheduled_jobs(email: Email, waiting: list[EmailRecipient], due: datetime) -> list[Job]:
-    """One job per destination for the recipients still scheduled, due at ``due``."""
-    by_destination: dict[str, list[str]] = {}
+    """One job per destination for the recipients still waiting, due at ``due``; its
+    attempt count is theirs, so that a retry's backoff goes on where it was."""
+    by_destination: dict[str, list[EmailRecipient]] = {}
     for recipient in waiting:
-        by_destination.setdefault(recipient.destination, []).append(recipient.id)
+        by_destination.setdefault(recipient.destination, []).append(recipient)
     return [
         Job(
             id=new_id("job_"),
             email_id=email.id,
             destination=destination,
-            recipient_ids=ids,
+            recipient_ids=[r.id for r in group],
             body_ref=email.body_ref,
             due_at=due,
+            attempt=max(r.attempts for r in group),
         )
-        for destination, ids in sorted(by_destination.items())
+        for destination, group in sorted(by_destination.items())
     ]
 
 

@@ -113,6 +113,8 @@ _MIME_TYPE = re.compile(
     r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}\Z"
 )
 
+_CONTENT_ID = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.@-]{1,253}\Z")
+
 
 def _tag_map(value: Any) -> Any:
     """Resend's ``[{"name": ..., "value": ...}]`` as Postline's ``{name: value}``."""
@@ -191,6 +193,14 @@ def guess_content_type(filename: str) -> str:
     return guessed
 
 
+def _check_base64(value: str) -> str:
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be base64-encoded") from None
+    return value
+
+
 def _absent_as_empty(value: Any) -> Any:
     return "" if value is None else value
 
@@ -204,15 +214,29 @@ class AttachmentIn(BaseModel):
     content_type: Annotated[str, BeforeValidator(_absent_as_empty)] = Field(
         default="", validate_default=True
     )
+    content_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="Makes the attachment inline: the HTML refers to it as cid:<content_id>",
+    )
+
+    @field_validator("content_id")
+    @classmethod
+    def _cid(cls, value: str | None) -> str | None:
+        """Stored without the angle brackets the header puts around it; what may stand
+        inside them is a msg-id's left side (RFC 2392), so no folding or quoting."""
+        if value is None:
+            return None
+        bare = value.removeprefix("<").removesuffix(">")
+        if not _CONTENT_ID.match(bare):
+            raise ValueError("must be letters, digits and !#$%&'*+-/=?^_`{|}~.@ only")
+        return bare
 
     @field_validator("content")
     @classmethod
     def _base64(cls, value: str) -> str:
-        try:
-            base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("must be base64-encoded") from None
-        return value
+        return _check_base64(value)
 
     @field_validator("content_type")
     @classmethod
@@ -339,6 +363,41 @@ class EmailIn(BaseModel):
         if len(self.to) + len(self.cc) + len(self.bcc) > MAX_RECIPIENTS:
             raise ValueError(f"at most {MAX_RECIPIENTS} recipients in to, cc and bcc together")
         return self
+
+
+class RawEmailIn(BaseModel):
+    """``POST /v1/emails/raw``: a message built by the client, sent as it is."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: Address = Field(
+        alias="from",
+        min_length=3,
+        max_length=1000,
+        description="The envelope sender: an address in a domain the key may send from",
+    )
+    to: AddressList = Field(description="The envelope recipients (Bcc: any not in To or Cc)")
+    raw: str = Field(
+        min_length=1, description="The RFC 5322 message, base64; every line ends with CRLF"
+    )
+
+    @field_validator("to")
+    @classmethod
+    def _recipients(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("needs at least one recipient")
+        if len(value) > MAX_RECIPIENTS:
+            raise ValueError(f"at most {MAX_RECIPIENTS} recipients")
+        return list(dict.fromkeys(value))
+
+    @field_validator("raw")
+    @classmethod
+    def _base64(cls, value: str) -> str:
+        return _check_base64(value)
+
+    @property
+    def message(self) -> bytes:
+        return base64.b64decode(self.raw)
 
 
 #: Most emails in one batch request.

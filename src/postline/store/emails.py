@@ -365,6 +365,20 @@ async def set_scheduled_at(
     )
 
 
+async def set_next_attempt(
+    conn: AsyncConnection, recipient_ids: Sequence[str], when: datetime, now: datetime
+) -> None:
+    """Deferred recipients retried now (``POST /v1/emails/{id}/retry``); their jobs move apart."""
+    await conn.execute(
+        update(email_recipients)
+        .where(
+            email_recipients.c.id.in_(list(recipient_ids)),
+            email_recipients.c.status == str(RecipientStatus.DEFERRED),
+        )
+        .values(next_attempt_at=when, updated_at=now)
+    )
+
+
 @dataclass(frozen=True)
 class EmailFilter:
     status: EmailStatus | None = None

@@ -14,9 +14,8 @@ import time
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from postline.accept import AcceptError, Acceptor, Recipient, Submission
+from postline.accept import AcceptError, Acceptor
 from postline.keys import Principal
-from postline.message import Content
 from postline.metrics import Metrics
 from postline.model import EmailSource
 from postline.ratelimit import RateLimiter, smtp_refusal
@@ -24,14 +23,14 @@ from postline.spool import SpoolFull
 from postline.store import domains as domain_store
 from postline.store.db import Database
 from postline.store.types import utcnow
-from postline.submission.headers import HeaderError, added_fields, has_bare_lf, read_headers
+from postline.submission.headers import HeaderError
+from postline.submission.raw import raw_submission
 from postline.validation import normalize_address
 
 log = logging.getLogger("postline.submission")
 
 AUTH_FIRST = "530 5.7.0 Authentication required"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients for one message"
-BARE_LF = "550 5.6.0 Bare LF in the message: every line must end with CRLF"
 TRY_LATER = "451 4.3.0 Temporary failure, please try again later"
 NO_SPACE = "452 4.3.1 Insufficient system storage, please try again later"
 
@@ -143,34 +142,16 @@ class SubmissionHandler:
         assert isinstance(principal, Principal)  # MAIL needed it
         started = time.monotonic()
         raw = envelope.original_content or b""
-        if has_bare_lf(raw):
-            return BARE_LF
         try:
-            headers = read_headers(raw)
+            submission = raw_submission(raw, envelope.rcpt_tos, EmailSource.SMTP, utcnow())
         except HeaderError as exc:
             return f"550 5.6.0 {exc}"
-        refusal = await self._domain_refusal(principal, headers.from_address, "From header's")
+        from_address = submission.content.from_address
+        refusal = await self._domain_refusal(principal, from_address, "From header's")
         if refusal is None and len(envelope.rcpt_tos) > 1:
             refusal = await self._take_tokens(principal, len(envelope.rcpt_tos) - 1)
         if refusal is not None:
             return refusal
-        to, cc = set(headers.to), set(headers.cc)
-        recipients = [
-            Recipient(a, "to" if a in to else "cc" if a in cc else "bcc") for a in envelope.rcpt_tos
-        ]
-        submission = Submission(
-            content=Content(
-                from_name=headers.from_name,
-                from_address=headers.from_address,
-                to=[r.address for r in recipients if r.kind == "to"],
-                cc=[r.address for r in recipients if r.kind == "cc"],
-                subject=headers.subject,
-            ),
-            recipients=recipients,
-            source=EmailSource.SMTP,
-            raw=added_fields(headers, utcnow()) + raw,
-            message_id=headers.message_id,
-        )
         try:
             accepted = (await self.acceptor.accept([submission], principal))[0]
         except AcceptError as exc:
