@@ -530,6 +530,26 @@ async def test_retry_after_is_honoured(
     assert (delivery["status"], delivery["attempts"]) == ("succeeded", 2), delivery
 
 
+async def test_each_retry_waits_its_own_step_of_the_schedule(
+    postline_factory: Factory, receivers: Receivers
+) -> None:
+    """The first retry waits the first step (0.2 s), the second the second (an hour)."""
+    pl = await postline_factory(webhook_allow_private=True, webhook_retry_schedule="0.2,3600")
+    receiver = await receivers(default_status=503)
+    endpoint = await register(pl, receiver.url, ["email.delivered"])
+    await insert_events(pl, 1)
+
+    async def retried() -> dict[str, Any] | None:
+        found = await deliveries(pl, endpoint["id"])
+        return found[0] if found and found[0]["attempts"] == 2 else None
+
+    delivery = await poll(retried, timeout=30, what="the first retry, 0.2 s after the try")
+    assert delivery["status"] == "pending", delivery
+    next_at = datetime.fromisoformat(delivery["next_attempt_at"].replace("Z", "+00:00"))
+    assert next_at - utcnow() > timedelta(minutes=55), delivery
+    assert len(receiver.arrivals) == 2
+
+
 async def _settled(pl: PostlineUnderTest, webhook_id: str) -> dict[str, Any] | None:
     """The endpoint's only delivery once it is no longer pending (None before fan-out too)."""
     found = await deliveries(pl, webhook_id)
