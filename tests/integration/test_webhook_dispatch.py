@@ -25,7 +25,7 @@ from sqlalchemy import insert, select
 from postline.api.views import rfc3339
 from postline.events.dispatcher import FAN_OUT_BATCH
 from postline.ids import new_id
-from postline.store.schema import events, webhook_deliveries
+from postline.store.schema import events, webhook_attempts, webhook_deliveries
 from postline.store.types import utcnow
 from tests.harness.polling import poll
 from tests.harness.postline import Factory, PostlineUnderTest
@@ -548,6 +548,39 @@ async def test_each_retry_waits_its_own_step_of_the_schedule(
     next_at = datetime.fromisoformat(delivery["next_attempt_at"].replace("Z", "+00:00"))
     assert next_at - utcnow() > timedelta(minutes=55), delivery
     assert len(receiver.arrivals) == 2
+
+
+async def test_each_attempt_records_the_answer_or_the_error(
+    postline_factory: Factory, receivers: Receivers
+) -> None:
+    """One event, two endpoints: one answers 503 ("nope"), nothing listens at the
+    other. Each attempt's row keeps the answer's code and body, or the error."""
+    pl = await postline_factory(webhook_allow_private=True, webhook_retry_schedule="3600")
+    answering = await receivers(default_status=503)
+    async with TrackingReceiver() as gone:
+        pass  # its port is closed now
+    refusing = await register(pl, answering.url, ["email.delivered"])
+    unreachable = await register(pl, gone.url, ["email.delivered"])
+    await insert_events(pl, 1)
+
+    async def recorded() -> list[Any] | None:
+        query = select(
+            webhook_deliveries.c.webhook_id,
+            webhook_attempts.c.response_code,
+            webhook_attempts.c.response_body,
+            webhook_attempts.c.error,
+        ).join(webhook_attempts, webhook_attempts.c.delivery_id == webhook_deliveries.c.id)
+        async with pl.services.db.read() as conn:
+            rows = list(await conn.execute(query))
+        return rows if len(rows) == 2 else None
+
+    rows = {row.webhook_id: row for row in await poll(recorded, timeout=30, what="2 attempts")}
+    answered = rows[refusing["id"]]
+    assert (answered.response_code, answered.response_body, answered.error) == (503, "nope", None)
+    assert (await one_delivery(pl, refusing["id"]))["response_body"] == "nope"
+    failed = rows[unreachable["id"]]
+    assert (failed.response_code, failed.response_body) == (None, None)
+    assert failed.error.startswith("ConnectError: "), failed.error
 
 
 async def _settled(pl: PostlineUnderTest, webhook_id: str) -> dict[str, Any] | None:
