@@ -530,14 +530,23 @@ async def test_retry_after_is_honoured(
     assert (delivery["status"], delivery["attempts"]) == ("succeeded", 2), delivery
 
 
+async def always_503(
+    postline_factory: Factory, receivers: Receivers, schedule: str
+) -> tuple[PostlineUnderTest, TrackingReceiver, Any, str]:
+    """Postline with this webhook retry schedule, an endpoint that answers 503 to every
+    POST, and one event for it."""
+    pl = await postline_factory(webhook_allow_private=True, webhook_retry_schedule=schedule)
+    receiver = await receivers(default_status=503)
+    endpoint = await register(pl, receiver.url, ["email.delivered"])
+    (event_id,) = await insert_events(pl, 1)
+    return pl, receiver, endpoint, event_id
+
+
 async def test_each_retry_waits_its_own_step_of_the_schedule(
     postline_factory: Factory, receivers: Receivers
 ) -> None:
     """The first retry waits the first step (0.2 s), the second the second (an hour)."""
-    pl = await postline_factory(webhook_allow_private=True, webhook_retry_schedule="0.2,3600")
-    receiver = await receivers(default_status=503)
-    endpoint = await register(pl, receiver.url, ["email.delivered"])
-    await insert_events(pl, 1)
+    pl, receiver, endpoint, _ = await always_503(postline_factory, receivers, "0.2,3600")
 
     async def retried() -> dict[str, Any] | None:
         found = await deliveries(pl, endpoint["id"])
@@ -593,10 +602,7 @@ async def _settled(pl: PostlineUnderTest, webhook_id: str) -> dict[str, Any] | N
 async def test_exhausted_retries_fail_then_replay_sends_the_same_webhook_id(
     postline_factory: Factory, receivers: Receivers
 ) -> None:
-    pl = await postline_factory(webhook_allow_private=True, webhook_retry_schedule="0.1,0.1")
-    receiver = await receivers(default_status=503)
-    endpoint = await register(pl, receiver.url, ["email.delivered"])
-    (event_id,) = await insert_events(pl, 1)
+    pl, receiver, endpoint, event_id = await always_503(postline_factory, receivers, "0.1,0.1")
 
     delivery = await poll(
         lambda: _settled(pl, endpoint["id"]), timeout=10, what="the delivery to give up"
