@@ -9,6 +9,7 @@ API and deliveries observed at a real HTTP receiver and through the API.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,8 +23,9 @@ import pytest_asyncio
 from sqlalchemy import insert, select
 
 from postline.api.views import rfc3339
+from postline.events.dispatcher import FAN_OUT_BATCH
 from postline.ids import new_id
-from postline.store.schema import events, webhook_deliveries
+from postline.store.schema import events, webhook_attempts, webhook_deliveries
 from postline.store.types import utcnow
 from tests.harness.polling import poll
 from tests.harness.postline import Factory, PostlineUnderTest
@@ -133,8 +135,9 @@ async def register(pl: PostlineUnderTest, url: str, events_: list[str] | None = 
     return response.json()
 
 
-async def insert_events(pl: PostlineUnderTest, count: int) -> list[str]:
-    """``count`` undispatched email.delivered events in the outbox, in one executemany."""
+async def insert_events(pl: PostlineUnderTest, count: int, *, wake: bool = True) -> list[str]:
+    """``count`` undispatched email.delivered events in the outbox, in one executemany;
+    ``wake=False``: as another process writes them, unknown to this dispatcher."""
     now = utcnow()
     ids = [new_id("evt_") for _ in range(count)]
     rows: list[dict[str, Any]] = []
@@ -159,7 +162,8 @@ async def insert_events(pl: PostlineUnderTest, count: int) -> list[str]:
         )
     async with pl.services.db.write() as conn:
         await conn.execute(insert(events), rows)
-    pl.services.dispatcher.wake()
+    if wake:
+        pl.services.dispatcher.wake()
     return ids
 
 
@@ -227,25 +231,116 @@ async def test_backlog_of_10k_drains_once_each_within_the_concurrency_bound(
     await drain_backlog(postline_factory, receivers, BACKLOG)
 
 
+@pytest.mark.parametrize(
+    ("concurrency", "waiting_at_start"),
+    [(4, False), (1, True)],
+    ids=["four-senders", "one-sender-events-waiting-at-start"],
+)
 async def test_a_backlog_drains_without_waiting_for_a_poll(
-    postline_factory: Factory, receivers: Receivers
+    postline_factory: Factory, receivers: Receivers, concurrency: int, waiting_at_start: bool
 ) -> None:
     """Senders with room ask for the next lease themselves while more is due: with a poll
-    interval of an hour, a stall waiting for the poll would never end."""
-    count = 300
+    interval of an hour, a stall waiting for the poll would never end. With one sender,
+    the lease it asks for is of its one free slot; events already in the outbox when the
+    dispatcher starts go out in its first pass, and those beyond its first fan-out batch
+    in the passes straight after."""
+    count = FAN_OUT_BATCH + 1 if waiting_at_start else 300
     pl = await postline_factory(
-        engine=False, webhook_allow_private=True, webhook_concurrency=4, poll_interval=3600
+        engine=False,
+        webhook_allow_private=True,
+        webhook_concurrency=concurrency,
+        poll_interval=3600,
     )
     receiver = await receivers()
     await register(pl, receiver.url, ["email.delivered"])
-    pl.start_engine()
-    ids = await insert_events(pl, count)  # wakes the dispatcher, as the recorder does
+    if waiting_at_start:
+        ids = await insert_events(pl, count)
+        pl.start_engine()
+    else:
+        pl.start_engine()
+        ids = await insert_events(pl, count)  # wakes the dispatcher, as the recorder does
     await receiver.wait_until(
         lambda _: len(receiver.acknowledged) >= count, timeout=120, what=f"{count} events"
     )
     await pl.stop_engine()
     assert set(receiver.acknowledged) == set(ids)
     assert len(receiver.arrivals) == count
+
+
+async def test_events_written_without_a_wake_go_out_at_the_next_poll(
+    postline_factory: Factory, receivers: Receivers
+) -> None:
+    """Events another process wrote (no wake here) are found by the poll, after passes
+    that were busy and passes that found nothing."""
+    pl = await postline_factory(engine=False, webhook_allow_private=True)
+    receiver = await receivers()
+    await register(pl, receiver.url, ["email.delivered"])
+    pl.start_engine()
+    for round_ in (1, 2):
+        (event_id,) = await insert_events(pl, 1, wake=False)
+        await receiver.wait_until(
+            lambda _: event_id in receiver.acknowledged,  # noqa: B023
+            timeout=30,
+            what=f"event {round_}, found by the poll",
+        )
+    await pl.stop_engine()
+
+
+async def test_a_redirect_is_not_followed(postline_factory: Factory, receivers: Receivers) -> None:
+    """A 307 is the endpoint's answer, recorded and retried: the POST never goes to the
+    address it names (which the endpoint's check never saw)."""
+    pl = await postline_factory(webhook_allow_private=True, webhook_retry_schedule="3600")
+    elsewhere = await receivers()
+    redirecting = await receivers(extra_headers={"Location": elsewhere.url})
+    redirecting.fail_next(1, 307)
+    endpoint = await register(pl, redirecting.url, ["email.delivered"])
+    await insert_events(pl, 1)
+
+    async def attempted() -> dict[str, Any] | None:
+        found = await deliveries(pl, endpoint["id"])
+        return found[0] if found and found[0]["attempts"] else None
+
+    delivery = await poll(attempted, timeout=30, what="the first attempt to be recorded")
+    assert (delivery["status"], delivery["response_code"]) == ("pending", 307), delivery
+    assert [a.status for a in redirecting.arrivals] == [307]
+    assert elsewhere.arrivals == []
+
+
+async def test_a_pass_that_fails_is_logged_once_and_retried_until_it_works(
+    postline_factory: Factory, receivers: Receivers, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store refuses the fan-out (a SQLite trigger on the outbox): the dispatcher
+    says so once with the cause, keeps trying with backoff, says when it works again,
+    and the event goes out."""
+    caplog.set_level(logging.WARNING, logger="postline")
+    pl = await postline_factory(engine=False, webhook_allow_private=True)
+    receiver = await receivers()
+    await register(pl, receiver.url, ["email.delivered"])
+    async with pl.services.db.write() as conn:
+        await conn.exec_driver_sql(
+            "CREATE TRIGGER refuse_fan_out BEFORE UPDATE ON events"
+            " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+    (event_id,) = await insert_events(pl, 1)
+    pl.start_engine()
+
+    def said(start: str) -> list[str]:
+        return [m for r in caplog.records if (m := r.getMessage()).startswith(start)]
+
+    async def failing() -> list[str]:
+        return said("webhook dispatch failed")
+
+    await poll(failing, timeout=30, what="the failed pass to be logged")
+    async with pl.services.db.write() as conn:
+        await conn.exec_driver_sql("DROP TRIGGER refuse_fan_out")
+    await receiver.wait_until(
+        lambda _: event_id in receiver.acknowledged, timeout=30, what="the event"
+    )
+    await pl.stop_engine()
+    assert said("webhook dispatch failed") == [
+        "webhook dispatch failed, retrying with backoff: IntegrityError: refused"
+    ]
+    assert len(said("webhook dispatch works again after ")) == 1
 
 
 # --- stopping --------------------------------------------------------------------------------
@@ -317,12 +412,48 @@ async def test_a_dispatcher_that_cannot_give_back_its_leases_still_stops(
     assert set(transport.held) < set(still_leased)
 
 
+async def test_a_sender_whose_delivery_cannot_be_recorded_logs_it_and_goes_on(
+    postline_factory: Factory, receivers: Receivers, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One sender; the store refuses the first attempt's record (a SQLite trigger): the
+    error names the delivery, and the same sender sends the next delivery once the store
+    takes records again."""
+    caplog.set_level(logging.ERROR, logger="postline.webhooks")
+    pl = await postline_factory(engine=False, webhook_allow_private=True, webhook_concurrency=1)
+    receiver = await receivers()
+    endpoint = await register(pl, receiver.url, ["email.delivered"])
+    async with pl.services.db.write() as conn:
+        await conn.exec_driver_sql(
+            "CREATE TRIGGER refuse_attempts BEFORE INSERT ON webhook_attempts"
+            " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+    pl.start_engine()
+    await insert_events(pl, 1)
+
+    async def failed() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "postline.webhooks"]
+
+    (logged,) = await poll(failed, timeout=30, what="the sender to log the failed record")
+    (first,) = await deliveries(pl, endpoint["id"])
+    assert logged == f"webhook delivery {first['id']} failed unexpectedly"
+    assert first["attempts"] == 0, first  # not recorded: its lease lapses, then a retry
+
+    async with pl.services.db.write() as conn:
+        await conn.exec_driver_sql("DROP TRIGGER refuse_attempts")
+    (second_event,) = await insert_events(pl, 1)
+    await receiver.wait_until(
+        lambda _: second_event in receiver.acknowledged, timeout=30, what="the next delivery"
+    )
+    await pl.stop_engine()
+
+
 # --- endpoint health -----------------------------------------------------------------------
 
 
 async def test_endpoint_failing_continuously_is_disabled_and_then_left_alone(
-    postline_factory: Factory, receivers: Receivers
+    postline_factory: Factory, receivers: Receivers, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="postline.webhooks")
     pl = await postline_factory(
         webhook_allow_private=True,
         webhook_disable_after_seconds=1,
@@ -340,6 +471,8 @@ async def test_endpoint_failing_continuously_is_disabled_and_then_left_alone(
 
     body = await poll(disabled, timeout=15, what="the failing endpoint to be disabled")
     assert "failing continuously" in body["disabled_reason"], body
+    warned = [r.getMessage() for r in caplog.records if "disabled" in r.getMessage()]
+    assert warned == [f"webhook_id={endpoint['id']} disabled: {body['disabled_reason']}"]
     delivery = await one_delivery(pl, endpoint["id"])
     attempts = delivery["attempts"]
     # Disabled because of the period (about four 0.3 s retries), not because retries ran out.
@@ -397,6 +530,68 @@ async def test_retry_after_is_honoured(
     assert (delivery["status"], delivery["attempts"]) == ("succeeded", 2), delivery
 
 
+async def always_503(
+    postline_factory: Factory, receivers: Receivers, schedule: str
+) -> tuple[PostlineUnderTest, TrackingReceiver, Any, str]:
+    """Postline with this webhook retry schedule, an endpoint that answers 503 to every
+    POST, and one event for it."""
+    pl = await postline_factory(webhook_allow_private=True, webhook_retry_schedule=schedule)
+    receiver = await receivers(default_status=503)
+    endpoint = await register(pl, receiver.url, ["email.delivered"])
+    (event_id,) = await insert_events(pl, 1)
+    return pl, receiver, endpoint, event_id
+
+
+async def test_each_retry_waits_its_own_step_of_the_schedule(
+    postline_factory: Factory, receivers: Receivers
+) -> None:
+    """The first retry waits the first step (0.2 s), the second the second (an hour)."""
+    pl, receiver, endpoint, _ = await always_503(postline_factory, receivers, "0.2,3600")
+
+    async def retried() -> dict[str, Any] | None:
+        found = await deliveries(pl, endpoint["id"])
+        return found[0] if found and found[0]["attempts"] == 2 else None
+
+    delivery = await poll(retried, timeout=30, what="the first retry, 0.2 s after the try")
+    assert delivery["status"] == "pending", delivery
+    next_at = datetime.fromisoformat(delivery["next_attempt_at"].replace("Z", "+00:00"))
+    assert next_at - utcnow() > timedelta(minutes=55), delivery
+    assert len(receiver.arrivals) == 2
+
+
+async def test_each_attempt_records_the_answer_or_the_error(
+    postline_factory: Factory, receivers: Receivers
+) -> None:
+    """One event, two endpoints: one answers 503 ("nope"), nothing listens at the
+    other. Each attempt's row keeps the answer's code and body, or the error."""
+    pl = await postline_factory(webhook_allow_private=True, webhook_retry_schedule="3600")
+    answering = await receivers(default_status=503)
+    async with TrackingReceiver() as gone:
+        pass  # its port is closed now
+    refusing = await register(pl, answering.url, ["email.delivered"])
+    unreachable = await register(pl, gone.url, ["email.delivered"])
+    await insert_events(pl, 1)
+
+    async def recorded() -> list[Any] | None:
+        query = select(
+            webhook_deliveries.c.webhook_id,
+            webhook_attempts.c.response_code,
+            webhook_attempts.c.response_body,
+            webhook_attempts.c.error,
+        ).join(webhook_attempts, webhook_attempts.c.delivery_id == webhook_deliveries.c.id)
+        async with pl.services.db.read() as conn:
+            rows = list(await conn.execute(query))
+        return rows if len(rows) == 2 else None
+
+    rows = {row.webhook_id: row for row in await poll(recorded, timeout=30, what="2 attempts")}
+    answered = rows[refusing["id"]]
+    assert (answered.response_code, answered.response_body, answered.error) == (503, "nope", None)
+    assert (await one_delivery(pl, refusing["id"]))["response_body"] == "nope"
+    failed = rows[unreachable["id"]]
+    assert (failed.response_code, failed.response_body) == (None, None)
+    assert failed.error.startswith("ConnectError: "), failed.error
+
+
 async def _settled(pl: PostlineUnderTest, webhook_id: str) -> dict[str, Any] | None:
     """The endpoint's only delivery once it is no longer pending (None before fan-out too)."""
     found = await deliveries(pl, webhook_id)
@@ -407,10 +602,7 @@ async def _settled(pl: PostlineUnderTest, webhook_id: str) -> dict[str, Any] | N
 async def test_exhausted_retries_fail_then_replay_sends_the_same_webhook_id(
     postline_factory: Factory, receivers: Receivers
 ) -> None:
-    pl = await postline_factory(webhook_allow_private=True, webhook_retry_schedule="0.1,0.1")
-    receiver = await receivers(default_status=503)
-    endpoint = await register(pl, receiver.url, ["email.delivered"])
-    (event_id,) = await insert_events(pl, 1)
+    pl, receiver, endpoint, event_id = await always_503(postline_factory, receivers, "0.1,0.1")
 
     delivery = await poll(
         lambda: _settled(pl, endpoint["id"]), timeout=10, what="the delivery to give up"

@@ -1,4 +1,4 @@
-"""One log line per webhook attempt, at the levels ``postline serve`` sets.
+"""One log line per webhook attempt, at the levels ``postline serve`` sets, and one count.
 
 httpx logs every request it makes at INFO; left on, each webhook attempt read
 twice in the log, once without the delivery's id. ``cli.setup_logging`` quiets it.
@@ -32,7 +32,7 @@ async def test_each_webhook_attempt_is_one_log_line(
     receiver.fail_next(1, 503)
     sent = await pl.client.post(f"/v1/webhooks/{webhook_id}/test", headers=pl.auth())
     assert sent.status_code == 202, sent.text
-    delivery_id = sent.json()["delivery_id"]
+    delivery_id, event_id = sent.json()["delivery_id"], sent.json()["event_id"]
 
     async def succeeded() -> Any:
         response = await pl.client.get(f"/v1/webhooks/{webhook_id}/deliveries", headers=pl.auth())
@@ -47,5 +47,15 @@ async def test_each_webhook_attempt_is_one_log_line(
     ]
     assert from_http_client == []
     about_it = [r.getMessage() for r in info if delivery_id in r.getMessage()]
-    assert len(about_it) == 2, about_it
+    line = f"webhook delivery_id={delivery_id} event_id={event_id}"
+    assert about_it == [
+        f"{line} attempt=1 code=503 status=pending",
+        f"{line} attempt=2 code=200 status=succeeded",
+    ]
+    metrics = (await pl.client.get("/metrics")).text.splitlines()
+    counted = [m for m in metrics if m.startswith("postline_webhook_attempts_total{")]
+    assert sorted(counted) == [
+        'postline_webhook_attempts_total{outcome="error"} 1.0',
+        'postline_webhook_attempts_total{outcome="ok"} 1.0',
+    ]
     assert all(r.name.startswith("postline") for r in info if receiver.url in r.getMessage())
