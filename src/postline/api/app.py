@@ -17,6 +17,7 @@ from postline.api import (
     index,
     problems,
     ratelimit,
+    recipients,
     responses,
     stats,
     suppressions,
@@ -24,6 +25,7 @@ from postline.api import (
     webhooks,
 )
 from postline.app import Services
+from postline.dashboard import app as dashboard
 from postline.ratelimit import RateLimiter
 
 
@@ -52,6 +54,7 @@ def create_api(services: Services) -> FastAPI:
         emails.router,
         admin.router,
         suppressions.router,
+        recipients.router,
         webhooks.router,
         destinations.router,
         health.router,
@@ -63,4 +66,5 @@ def create_api(services: Services) -> FastAPI:
     ):
         app.include_router(responses.declare_problems(router))
     docs.install(app)
+    dashboard.install(app)
     return app
