@@ -9,18 +9,23 @@ import time
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
-def new_id(prefix: str = "") -> str:
+def new_id(prefix: str = "", at: float | None = None) -> str:
     """A ULID-style id: 48 bits of milliseconds then 80 random bits, base32.
 
     Time-ordered so that ``ORDER BY id`` is creation order, which is what
-    cursor pagination of the send log relies on.
+    cursor pagination of the send log relies on. ``at``: the epoch seconds to
+    stamp instead of now (tools that write history).
     """
-    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    moment = time.time() if at is None else at
+    return prefix + _encode((int(moment * 1000) << 80) | secrets.randbits(80))
+
+
+def _encode(value: int) -> str:
     chars = []
     for _ in range(26):
         chars.append(_CROCKFORD[value & 31])
         value >>= 5
-    return prefix + "".join(reversed(chars))
+    return "".join(reversed(chars))
 
 
 KEY_PREFIX = "pl_"

@@ -161,6 +161,11 @@ async def authenticate(db: Database, secret: str) -> Principal | None:
                 await key_store.touch_key(conn, row.id, now, LAST_USED_RESOLUTION)
         except Exception as exc:  # bookkeeping: never the reason a request fails
             log.warning("recording the use of key_id=%s failed: %s", row.id, type(exc).__name__)
+    return principal_of(row)
+
+
+def principal_of(row: key_store.ApiKey) -> Principal:
+    """The caller an active key stands for, over the API or a dashboard session."""
     return Principal(
         key_id=row.id,
         name=row.name,

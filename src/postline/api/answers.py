@@ -33,6 +33,7 @@ __all__ = [
     "EmailList",
     "EventFeed",
     "Index",
+    "RecipientLookup",
     "Rendered",
     "Stats",
     "Status",
@@ -271,6 +272,43 @@ class Suppression(_Answer):
 
 class SuppressionList(_Page):
     data: list[Suppression]
+
+
+# -- recipient lookup -----------------------------------------------------------------------
+
+
+class RecipientEmail(_Answer):
+    email_id: str
+    subject: str
+    from_: str = Field(alias="from", description="The sender's address")
+    created_at: str | None
+    kind: str = Field(description="`to`, `cc` or `bcc`")
+    status: str = Field(description="This recipient's status in that email")
+    smtp_code: int | None
+    enhanced_code: str | None
+    response: str | None
+    bounce_type: str | None
+    bounce_rule: str | None
+    attempts: int
+    next_attempt_at: str | None
+    updated_at: str | None
+
+
+class RecipientDestination(_Answer):
+    domain: str
+    breaker: str = Field(description="`closed`, `open` or `half_open`")
+    breaker_until: str | None
+
+
+class RecipientLookup(_Answer):
+    """``GET /v1/recipients/{address}``: why an address did or did not get its mail."""
+
+    object: Literal["recipient"]
+    address: str
+    emails: list[RecipientEmail] = Field(description="Newest first, with the last outcome")
+    suppressions: list[Suppression] = Field(description="Empty: the address is not suppressed")
+    destination: RecipientDestination
+    next_attempt_at: str | None = Field(description="The earliest retry of mail still waiting")
 
 
 # -- inbound --------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from postline.api import (
     problems,
     ratelimit,
     raw_emails,
+    recipients,
     responses,
     stats,
     suppressions,
@@ -27,6 +28,7 @@ from postline.api import (
     webhooks,
 )
 from postline.app import Services
+from postline.dashboard import app as dashboard
 from postline.ratelimit import RateLimiter
 
 
@@ -56,6 +58,7 @@ def create_api(services: Services) -> FastAPI:
         raw_emails.router,
         admin.router,
         suppressions.router,
+        recipients.router,
         webhooks.router,
         destinations.router,
         health.router,
@@ -69,4 +72,5 @@ def create_api(services: Services) -> FastAPI:
     ):
         app.include_router(responses.declare_problems(router))
     docs.install(app)
+    dashboard.install(app)
     return app

@@ -65,7 +65,7 @@ def view(domain: str, breaker: BreakerView, counts: _Counts) -> dict[str, Any]:
     }
 
 
-async def _breakers(svc: Svc) -> Breakers:
+async def live_breakers(svc: Svc) -> Breakers:
     """This process's live breakers, or, in an API-only process, the database's view of them."""
     if svc.engine.running:
         return svc.engine.breakers
@@ -83,7 +83,7 @@ async def list_destinations(svc: Svc, _: Admin, cursor: SinglePageCursor = None)
     sends, how much, the last errors) are other domains' data for a scoped key."""
     single_page(cursor)
     counts = await _counts(svc)
-    breakers = await _breakers(svc)
+    breakers = await live_breakers(svc)
     names = set(counts.queued) | set(counts.deferred) | {v.domain for v in breakers.views()}
     data = [view(d, breakers.view(d), counts) for d in sorted(names)]
     return page(data, None)
@@ -99,7 +99,7 @@ async def get_destination(svc: Svc, _: Admin, domain: str) -> dict[str, Any]:
     """The TLS figures are the connections made under the destination's MTA-STS or
     DANE policy, per day, as its daily TLS reports (RFC 8460) count them."""
     name = _domain(domain)
-    breakers = await _breakers(svc)
+    breakers = await live_breakers(svc)
     body = view(name, breakers.view(name), await _counts(svc))
     since = (utcnow() - timedelta(days=6)).strftime("%Y-%m-%d")
     async with svc.db.read() as conn:
@@ -168,5 +168,5 @@ async def set_breaker(svc: Svc, _: Admin, domain: str, body: BreakerIn) -> dict[
         svc.engine.breakers.force_open(name)
     else:
         svc.engine.breakers.force_close(name)
-    breakers = await _breakers(svc)
+    breakers = await live_breakers(svc)
     return view(name, breakers.view(name), await _counts(svc))

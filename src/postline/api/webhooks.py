@@ -353,3 +353,17 @@ async def replay(
     svc.dispatcher.wake()
     assert delivery is not None
     return delivery_view(delivery)
+
+
+async def event_deliveries(
+    conn: AsyncConnection, caller: Principal, event_ids: list[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """The deliveries of each event to the endpoints this key manages, by event id."""
+    visible = {w.id for w in await webhook_store.list_webhooks(conn, caller.domain_id)}
+    found: dict[str, list[dict[str, Any]]] = {}
+    for row in await webhook_store.deliveries_of_events(conn, event_ids):
+        if row.webhook_id in visible:
+            found.setdefault(row.event_id, []).append(
+                delivery_view(row) | {"webhook_id": row.webhook_id}
+            )
+    return found

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, insert, select, update
+from sqlalchemy import and_, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.model import (
@@ -436,10 +436,14 @@ async def list_emails(
             )
         )
     if where.recipient:
+        # Through the index on address: the few emails of one address, not a probe per
+        # email of the log until a page is found (2 s on SQLite for a rare address
+        # among 100,000 emails, bench/dashboard_render.py).
         conditions.append(
-            exists().where(
-                email_recipients.c.email_id == sent_emails.c.id,
-                email_recipients.c.address == where.recipient.lower(),
+            sent_emails.c.id.in_(
+                select(email_recipients.c.email_id).where(
+                    email_recipients.c.address == where.recipient.lower()
+                )
             )
         )
     if where.tag:
@@ -491,3 +495,22 @@ async def deferred_by_destination(conn: AsyncConnection) -> dict[str, int]:
         .group_by(email_recipients.c.destination)
     )
     return {row[0]: int(row[1]) for row in await conn.execute(statement)}
+
+
+async def recipients_by_address(
+    conn: AsyncConnection, address: str, domain_id: str | None, customer_only: bool, limit: int
+) -> list[Recipient]:
+    """The rows of one address across emails, newest email first (the recipient lookup):
+    through the index on ``address``, within one domain when ``domain_id`` is set."""
+    statement = (
+        select(email_recipients)
+        .join(sent_emails, sent_emails.c.id == email_recipients.c.email_id)
+        .where(email_recipients.c.address == address.lower())
+        .order_by(email_recipients.c.email_id.desc(), email_recipients.c.position)
+        .limit(limit)
+    )
+    if domain_id is not None:
+        statement = statement.where(sent_emails.c.domain_id == domain_id)
+    if customer_only:
+        statement = statement.where(sent_emails.c.source.not_in([str(s) for s in OWN_SOURCES]))
+    return [Recipient.from_row(row) for row in await conn.execute(statement)]

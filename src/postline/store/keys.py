@@ -66,6 +66,12 @@ async def find_active_key(conn: AsyncConnection, key_hash: str) -> ApiKey | None
     return ApiKey.from_optional((await conn.execute(statement)).first())
 
 
+async def get_active_key(conn: AsyncConnection, key_id: str) -> ApiKey | None:
+    """An active key by id: a dashboard session stands for a key until it is revoked."""
+    statement = _WITH_DOMAIN.where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+    return ApiKey.from_optional((await conn.execute(statement)).first())
+
+
 async def list_keys(conn: AsyncConnection) -> list[ApiKey]:
     statement = _WITH_DOMAIN.where(api_keys.c.revoked_at.is_(None)).order_by(api_keys.c.id)
     return [ApiKey.from_row(row) for row in await conn.execute(statement)]

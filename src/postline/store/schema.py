@@ -496,3 +496,16 @@ inbound_messages = Table(
     Column("size", Integer, nullable=False),
     Column("raw", LargeBinary, nullable=False),
 )
+
+# Signed-in dashboard sessions (postline.dashboard). The cookie holds a random token;
+# only its SHA-256 is stored, so a copy of the database signs nobody in. The expiry is
+# checked here, on the server, whatever the browser does with the cookie.
+dashboard_sessions = Table(
+    "dashboard_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("key_id", String(32), ForeignKey("api_keys.id", ondelete="CASCADE"), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False, index=True),
+)

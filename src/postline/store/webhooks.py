@@ -356,3 +356,15 @@ async def release_deliveries(conn: AsyncConnection, delivery_ids: Sequence[str])
         .where(webhook_deliveries.c.id.in_(list(delivery_ids)))
         .values(lease_until=None)
     )
+
+
+async def deliveries_of_events(
+    conn: AsyncConnection, event_ids: Sequence[str]
+) -> list[WebhookDelivery]:
+    """Every delivery of these events, to any endpoint (an email's detail shows them)."""
+    if not event_ids:
+        return []
+    statement = _WITH_EVENT_TYPE.where(webhook_deliveries.c.event_id.in_(list(event_ids))).order_by(
+        webhook_deliveries.c.id
+    )
+    return [WebhookDelivery.from_row(row) for row in await conn.execute(statement)]
