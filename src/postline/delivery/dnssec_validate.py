@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import base64
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 import dns.asyncresolver
-import dns.dnssec
 import dns.exception
 import dns.flags
 import dns.message
@@ -42,8 +42,16 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
 import dns.rrset
+from cryptography.utils import CryptographyDeprecationWarning
 from dns.rdtypes.ANY.DNSKEY import DNSKEY
 from dns.rdtypes.ANY.DS import DS
+
+# dnspython's DNSSEC module names cryptography's DSA classes, which cryptography has
+# deprecated: the warning would print on stderr of every command (a one-line CLI
+# error became five lines), for an algorithm Postline never trusts anyway.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+    import dns.dnssec
 
 #: The IANA root zone trust anchors (KSK-2017 and KSK-2024), as DS records.
 ROOT_ANCHORS = """\
