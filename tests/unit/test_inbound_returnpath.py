@@ -37,6 +37,8 @@ def test_a_forged_or_moved_token_does_not_check() -> None:
         is None
     )
     assert paths.check(f"bounces+{email_id}@bounces.example.test") is None  # no token
+    # A token of non-ASCII characters (an SMTPUTF8 RCPT) is a no, not an error.
+    assert paths.check(f"bounces+{email_id}-\u00e9\u00e9@bounces.example.test") is None
     assert paths.looks_like(f"bounces+{email_id}-x@bounces.example.test")
     assert not paths.looks_like("postmaster@example.test")
 

@@ -94,4 +94,6 @@ def set_cookie(request: Request, response: Response, name: str, value: str, max_
 
 
 def csrf_ok(expected: str, presented: str | None) -> bool:
-    return bool(presented) and secrets.compare_digest(expected, presented or "")
+    """Compared as bytes: ``compare_digest`` raises on a str with non-ASCII characters,
+    which a forged form may send, instead of saying no."""
+    return bool(presented) and secrets.compare_digest(expected.encode(), (presented or "").encode())

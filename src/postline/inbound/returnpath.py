@@ -81,6 +81,9 @@ class ReturnPaths:
         sending_domain = domain[len(DOMAIN_PREFIX) :]
         if not _EMAIL_ID.fullmatch(email_id) or not sending_domain:
             return None
-        if not hmac.compare_digest(token, self._token(email_id, sending_domain)):
+        # As bytes: compare_digest refuses str with non-ASCII characters (an SMTPUTF8
+        # recipient) with a TypeError instead of saying no.
+        expected = self._token(email_id, sending_domain).encode()
+        if not hmac.compare_digest(token.encode(), expected):
             return None
         return ReturnPath(email_id, sending_domain)
