@@ -284,7 +284,8 @@ class Acceptor:
             clicks=domain.track_clicks if clicks is None else clicks,
             unsubscribe=submission.unsubscribe,
         )
-        if submission.raw is not None or not self.tracking_tokens.enabled:
+        # Nothing asked (the common case): the content as it is, no linker built per email.
+        if submission.raw is not None or not tracking.any or not self.tracking_tokens.enabled:
             return submission.content
         recipient = recipients[0].address if len(recipients) == 1 else ""
         linker = Linker(self.tracking_tokens, self.tracking_base, email_id, recipient)
