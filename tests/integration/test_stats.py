@@ -85,6 +85,8 @@ async def test_a_scoped_key_counts_its_domain_only_and_bad_windows_are_refused(
         {"from": "2020-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"},
         {"from": "2026-12-06T10:00:00"},
         {"bucket": "week"},
+        {"to": "0001-01-01T00:06:01Z"},
+        {"to": "9999-12-31T23:59:00Z"},
     ):
         refused = await pl.client.get("/v1/stats", params=params, headers=pl.auth())
         assert refused.status_code == 422, (params, refused.text)

@@ -62,6 +62,16 @@ def _start_of(moment: datetime, bucket: str) -> datetime:
 
 
 def _window(start: datetime | None, end: datetime | None, bucket: str) -> tuple[datetime, datetime]:
+    try:
+        return _whole_buckets(start, end, bucket)
+    except OverflowError:  # a day before year 1 or after 9999 (schemathesis: a 500)
+        message = "from and to must lie between the years 1 and 9999 with room for a bucket"
+        raise Problem(422, f"to: {message}", [{"field": "to", "message": message}]) from None
+
+
+def _whole_buckets(
+    start: datetime | None, end: datetime | None, bucket: str
+) -> tuple[datetime, datetime]:
     step = timedelta(days=1) if bucket == "day" else timedelta(hours=1)
     end = end or utcnow()
     start = start or end - (timedelta(days=7) if bucket == "day" else timedelta(hours=24))
