@@ -380,6 +380,7 @@ class RawEmailIn(BaseModel):
     raw: str = Field(
         min_length=1, description="The RFC 5322 message, base64; every line ends with CRLF"
     )
+    tags: Tags = Field(default_factory=dict)
 
     @field_validator("to")
     @classmethod
