@@ -8,6 +8,7 @@ from postline import __version__
 from postline.api import (
     admin,
     body_guard,
+    client_address,
     destinations,
     docs,
     emails,
@@ -52,6 +53,8 @@ def create_api(services: Services) -> FastAPI:
     app.add_middleware(body_guard.BodyGuard, db=services.db, limit=services.settings.request_limit)
     # Outside it: its problems too are relabelled for clients that want plain JSON.
     app.add_middleware(problems.NegotiatedProblems)
+    # Outermost: every layer inside sees the client a trusted proxy names.
+    client_address.install(app, services.settings)
 
     for router in (
         emails.router,
