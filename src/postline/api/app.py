@@ -15,6 +15,7 @@ from postline.api import (
     events,
     health,
     inbound,
+    inbound_messages,
     inbound_routes,
     index,
     problems,
@@ -65,7 +66,8 @@ def create_api(services: Services) -> FastAPI:
         webhooks.router,
         destinations.router,
         health.router,
-        inbound.router,
+        inbound.router,  # /v1/inbound/reports before /v1/inbound/{inbound_id}
+        inbound_messages.router,
         inbound_routes.router,
         events.router,
         templates.router,

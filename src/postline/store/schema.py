@@ -396,7 +396,7 @@ rate_buckets = Table(
 
 # Mail that reached the inbound listener (postline.inbound) and could not be applied:
 # not a report Postline can read, or about no email or recipient it knows (a purged
-# email included). Kept for the operator (GET /v1/inbound), never dropped silently.
+# email included). Kept for the operator (GET /v1/inbound/reports), never dropped silently.
 inbound_unmatched = Table(
     "inbound_unmatched",
     metadata,
