@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     # Where tracked links, the open pixel and the unsubscribe link point (postline.tracking):
     # a base URL that reaches this API's /t/ routes; empty: http://<POSTLINE_HTTP_ADDR>.
     tracking_url: str = ""
+    # The scheme of links on a domain's own tracking host (postline.tracking.hosts): https,
+    # served by the operator's proxy with a certificate for the host; http only where a
+    # proxy cannot hold one.
+    tracking_host_scheme: str = "https"
     # The reverse proxies in front of the API (addresses or CIDRs, comma-separated): only
     # a request whose peer is one of them has its X-Forwarded-For / X-Forwarded-Proto
     # believed (postline.api.client_address). The default trusts a proxy on this host,
@@ -261,6 +265,13 @@ class Settings(BaseSettings):
         for item in filter(None, (part.strip() for part in value.split(","))):
             parse_host_port(item, default_port=53)
         return value
+
+    @field_validator("tracking_host_scheme")
+    @classmethod
+    def _check_tracking_host_scheme(cls, value: str) -> str:
+        if value.strip().lower() not in ("https", "http"):
+            raise ValueError(f"expected https or http, not {value!r}")
+        return value.strip().lower()
 
     @field_validator("trusted_proxies")
     @classmethod

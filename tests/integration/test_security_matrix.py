@@ -101,6 +101,8 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("GET", "/t/c/{token}"): Case("public", status=404),
     ("GET", "/t/u/{token}"): Case("public", status=404),
     ("POST", "/t/u/{token}"): Case("public", status=404),
+    # A proxy's on-demand TLS question: 404 for a name that is no tracking host.
+    ("GET", "/t/tls"): Case("public", status=404, queries=lambda w: [{"domain": "t.b.test"}]),
     # --- emails
     ("POST", "/v1/emails"): Case(
         "send", body=lambda w: _email("Intruder <intruder@b.test>", "victim@dest.test")

@@ -199,6 +199,17 @@ class DomainTracking(_Answer):
 
     opens: bool
     clicks: bool
+    host: str | None = Field(
+        description="The domain's own tracking host (its CNAME is in `dns_records`);"
+        " null: links use POSTLINE_TRACKING_URL"
+    )
+
+
+class TrackingHost(_Answer):
+    """``GET /t/tls``: the name is a domain's tracking host (a proxy may get it a
+    certificate)."""
+
+    host: str
 
 
 class Domain(_Answer):

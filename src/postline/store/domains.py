@@ -28,6 +28,7 @@ class Domain(Record):
     bounce_notifications: bool
     track_opens: bool
     track_clicks: bool
+    tracking_host: str | None
     created_at: datetime
     updated_at: datetime
 
@@ -93,6 +94,22 @@ async def set_tracking(
     if clicks is not None:
         values["track_clicks"] = clicks
     await conn.execute(update(domains).where(domains.c.id == domain_id).values(**values))
+
+
+async def set_tracking_host(conn: AsyncConnection, domain_id: str, host: str | None) -> None:
+    """The domain's own tracking host, or None for POSTLINE_TRACKING_URL. The caller
+    checked that no other domain has it (the unique index says so too)."""
+    await conn.execute(
+        update(domains)
+        .where(domains.c.id == domain_id)
+        .values(tracking_host=host, updated_at=utcnow())
+    )
+
+
+async def domain_with_tracking_host(conn: AsyncConnection, host: str) -> str | None:
+    """The id of the domain whose tracking host ``host`` is, or None."""
+    found = await conn.scalar(select(domains.c.id).where(domains.c.tracking_host == host))
+    return None if found is None else str(found)
 
 
 async def set_verification(

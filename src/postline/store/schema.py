@@ -51,6 +51,9 @@ domains = Table(
     # Open and click tracking for its mail unless a send says otherwise (off by default).
     Column("track_opens", Boolean, nullable=False, server_default=false()),
     Column("track_clicks", Boolean, nullable=False, server_default=false()),
+    # Its own host for tracked links (a CNAME under it, ``track.example.com``); NULL:
+    # POSTLINE_TRACKING_URL. Unique: a host names one domain.
+    Column("tracking_host", String(253), nullable=True, index=True, unique=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
