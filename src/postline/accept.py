@@ -290,7 +290,7 @@ class Acceptor:
         if submission.raw is not None or not tracking.any or not self.tracking_tokens.enabled:
             return submission.content
         recipient = recipients[0].address if len(recipients) == 1 else ""
-        base = self.tracking_base.of(domain.tracking_host)
+        base = self.tracking_base.of(domain.live_tracking_host)
         linker = Linker(self.tracking_tokens, base, email_id, recipient)
         return apply_tracking(submission.content, tracking, linker)
 

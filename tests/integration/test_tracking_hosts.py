@@ -1,8 +1,8 @@
 """A domain's own tracking host: ``PATCH /v1/domains/{id}`` ``{"tracking": {"host"}}``
-lists a CNAME in ``dns_records`` (checked in the fake DNS by ``verify``), the domain's
-tracked links and pixel use ``https://<host>/t/...``, and the ``/t/`` endpoints answer
-them with that ``Host``; ``GET /t/tls`` tells a proxy which names it may get a
-certificate for.
+lists a CNAME in ``dns_records`` (checked in the fake DNS by ``verify``); once it checks
+out, the domain's tracked links and pixel use ``https://<host>/t/...``, and the ``/t/``
+endpoints answer them with that ``Host``; ``GET /t/tls`` tells a proxy which names it
+may get a certificate for.
 """
 
 from __future__ import annotations
@@ -80,6 +80,10 @@ async def test_a_tracking_host_is_a_cname_and_the_domains_links_use_it(
     assert {r["purpose"]: r.get("status") for r in second.json()["dns_records"]}[
         "tracking"
     ] == "mismatch"
+    # Until its CNAME checks out, the domain's links keep POSTLINE_TRACKING_URL: none
+    # leads to a name that does not resolve.
+    _, (pixel,), (link,) = await _links(pl, fake_mx)
+    assert pixel.startswith(f"{BASE}/t/o/") and link.startswith(f"{BASE}/t/c/")
     fake_dns.remove(HOST)
     fake_dns.add_cname(HOST, "links.operator.test.")
     third = await pl.client.post(verify, headers=pl.auth())
@@ -107,6 +111,13 @@ async def test_a_tracking_host_is_a_cname_and_the_domains_links_use_it(
     for name in ("example.test", "other.example.test", "not a name", "x" * 253):
         refused = await pl.client.get("/t/tls", params={"domain": name})
         assert refused.status_code == 404, (name, refused.text)
+
+    # Another host starts unchecked again.
+    moved = await _patch(pl, domain["id"], host="t2.example.test")
+    (record,) = [r for r in moved.json()["dns_records"] if r["purpose"] == "tracking"]
+    assert (record["name"], "status" in record) == ("t2.example.test", False)
+    _, (pixel,), _ = await _links(pl, fake_mx)
+    assert pixel.startswith(f"{BASE}/t/o/"), pixel
 
     # Removed: the CNAME goes, links use POSTLINE_TRACKING_URL again.
     cleared = await _patch(pl, domain["id"], host=None)
