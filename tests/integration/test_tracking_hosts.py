@@ -7,6 +7,7 @@ may get a certificate for.
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import re
@@ -161,3 +162,15 @@ async def test_a_tracking_host_must_be_a_free_name_under_the_domain(
         "clicks": True,
         "host": "t.sub.example.test",
     }
+
+
+async def test_two_domains_asking_for_one_host_at_once_get_one_200_and_one_409(
+    pl: PostlineUnderTest,
+) -> None:
+    parent = await _domain(pl)
+    made = await pl.client.post("/v1/domains", json={"name": "sub.example.test"}, headers=pl.auth())
+    assert made.status_code == 201, made.text
+    answers = await asyncio.gather(
+        *(_patch(pl, d, host="t.sub.example.test") for d in (parent["id"], made.json()["id"]))
+    )
+    assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.api import answers
@@ -165,16 +166,22 @@ async def patch_domain(
 ) -> dict[str, Any]:
     row = await _visible_domain(svc, caller, domain_id)
     tracking = body.tracking
-    async with svc.db.write() as conn:
-        if tracking is not None and "host" in tracking.model_fields_set:
-            host = await _tracking_host(conn, row, tracking.host)
-            await domain_store.set_tracking_host(conn, domain_id, host)
-        if body.bounce_notifications is not None:
-            await domain_store.set_bounce_notifications(conn, domain_id, body.bounce_notifications)
-        if tracking is not None:
-            await domain_store.set_tracking(
-                conn, domain_id, opens=tracking.opens, clicks=tracking.clicks
-            )
+    try:
+        async with svc.db.write() as conn:
+            if tracking is not None and "host" in tracking.model_fields_set:
+                host = await _tracking_host(conn, row, tracking.host)
+                await domain_store.set_tracking_host(conn, domain_id, host)
+            if body.bounce_notifications is not None:
+                await domain_store.set_bounce_notifications(
+                    conn, domain_id, body.bounce_notifications
+                )
+            if tracking is not None:
+                await domain_store.set_tracking(
+                    conn, domain_id, opens=tracking.opens, clicks=tracking.clicks
+                )
+    except IntegrityError:
+        # Another domain took the host between the check and the update (unique index).
+        raise Problem(409, "that tracking host is another domain's") from None
     return await _routed_view(svc, await _visible_domain(svc, caller, domain_id))
 
 
