@@ -43,15 +43,22 @@ async def _patch(pl: PostlineUnderTest, domain_id: str, **tracking: Any) -> Any:
     )
 
 
-async def _links(pl: PostlineUnderTest, fake_mx: FakeMX) -> tuple[str, list[str], list[str]]:
-    sent = await pl.send(to=["reader@dest.test"], html=HTML, track={"opens": True, "clicks": True})
+async def _links(
+    pl: PostlineUnderTest, fake_mx: FakeMX, to: str = "reader@dest.test"
+) -> tuple[str, list[str], list[str]]:
+    """The email's id, its pixel, and its links: the click link and the unsubscribe one."""
+    sent = await pl.send(
+        to=[to], html=HTML, track={"opens": True, "clicks": True}, unsubscribe=True
+    )
     await pl.wait_for_status(sent["id"], ["delivered"])
     (received,) = [m for m in fake_mx.received if sent["message_id"].encode() in m.data]
     message = email.message_from_bytes(received.data, policy=email.policy.default)
     part = message.get_body(("html",))
     assert part is not None
     html = str(part.get_content())
-    return sent["id"], re.findall(r'<img src="([^"]+)"', html), re.findall(r'href="([^"]+)"', html)
+    unsubscribe = str(message["List-Unsubscribe"]).strip("<>")
+    links = [*re.findall(r'href="([^"]+)"', html), unsubscribe]
+    return sent["id"], re.findall(r'<img src="([^"]+)"', html), links
 
 
 async def test_a_tracking_host_is_a_cname_and_the_domains_links_use_it(
@@ -83,7 +90,7 @@ async def test_a_tracking_host_is_a_cname_and_the_domains_links_use_it(
     ] == "mismatch"
     # Until its CNAME checks out, the domain's links keep POSTLINE_TRACKING_URL: none
     # leads to a name that does not resolve.
-    _, (pixel,), (link,) = await _links(pl, fake_mx)
+    _, (pixel,), (link, _) = await _links(pl, fake_mx)
     assert pixel.startswith(f"{BASE}/t/o/") and link.startswith(f"{BASE}/t/c/")
     fake_dns.remove(HOST)
     fake_dns.add_cname(HOST, "links.operator.test.")
@@ -93,14 +100,21 @@ async def test_a_tracking_host_is_a_cname_and_the_domains_links_use_it(
     ] == "verified"
 
     # The domain's mail links to its own host, with POSTLINE_TRACKING_URL's path kept.
-    email_id, (pixel,), (link,) = await _links(pl, fake_mx)
+    email_id, (pixel,), (link, unsubscribe) = await _links(pl, fake_mx)
     assert pixel.startswith(f"https://{HOST}/pl/t/o/"), pixel
     assert link.startswith(f"https://{HOST}/pl/t/c/"), link
     # The proxy serving the host passes /t/... on, with the host's name as Host.
-    for url in (pixel, link):
+    assert unsubscribe.startswith(f"https://{HOST}/pl/t/u/"), unsubscribe
+    for url, status in ((pixel, 200), (link, 302), (unsubscribe, 200)):
         path = urlsplit(url).path.removeprefix("/pl")
         answer = await pl.client.get(path, headers={"Host": HOST, "User-Agent": "Reader/2"})
-        assert answer.status_code in (200, 302), answer.text
+        assert answer.status_code == status, answer.text
+    one_click = await pl.client.post(
+        urlsplit(unsubscribe).path.removeprefix("/pl"),
+        data={"List-Unsubscribe": "One-Click"},
+        headers={"Host": HOST},
+    )
+    assert one_click.status_code == 200, one_click.text
     clicked = await pl.client.get("/v1/events", params={"type": "email.clicked"}, headers=pl.auth())
     assert [(e["data"]["email_id"], e["data"]["url"]) for e in clicked.json()["data"]] == [
         (email_id, TARGET)
@@ -117,14 +131,15 @@ async def test_a_tracking_host_is_a_cname_and_the_domains_links_use_it(
     moved = await _patch(pl, domain["id"], host="t2.example.test")
     (record,) = [r for r in moved.json()["dns_records"] if r["purpose"] == "tracking"]
     assert (record["name"], "status" in record) == ("t2.example.test", False)
-    _, (pixel,), _ = await _links(pl, fake_mx)
+    # (reader@ unsubscribed above: another reader.)
+    _, (pixel,), _ = await _links(pl, fake_mx, "second@dest.test")
     assert pixel.startswith(f"{BASE}/t/o/"), pixel
 
     # Removed: the CNAME goes, links use POSTLINE_TRACKING_URL again.
     cleared = await _patch(pl, domain["id"], host=None)
     assert cleared.json()["tracking"]["host"] is None
     assert "tracking" not in {r["purpose"] for r in cleared.json()["dns_records"]}
-    _, (pixel,), (link,) = await _links(pl, fake_mx)
+    _, (pixel,), (link, _) = await _links(pl, fake_mx, "third@dest.test")
     assert pixel.startswith(f"{BASE}/t/o/") and link.startswith(f"{BASE}/t/c/")
     assert (await pl.client.get("/t/tls", params={"domain": HOST})).status_code == 404
 
