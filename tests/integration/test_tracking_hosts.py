@@ -33,8 +33,9 @@ async def pl(postline_factory: Factory, database_url: str) -> PostlineUnderTest:
 
 async def _domain(pl: PostlineUnderTest, name: str = "example.test") -> dict[str, Any]:
     listed = (await pl.client.get("/v1/domains", headers=pl.auth())).json()["data"]
-    (found,) = [d for d in listed if d["name"] == name]
-    return found
+    found: list[dict[str, Any]] = [d for d in listed if d["name"] == name]
+    assert len(found) == 1, listed
+    return found[0]
 
 
 async def _patch(pl: PostlineUnderTest, domain_id: str, **tracking: Any) -> Any:
