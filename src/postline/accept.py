@@ -43,6 +43,7 @@ from postline.store.emails import Email
 from postline.store.emails import Recipient as EmailRecipient
 from postline.store.gathering import GroupRead
 from postline.store.types import utcnow
+from postline.tracking.hosts import TrackingBase
 from postline.tracking.rewrite import Linker, Tracking
 from postline.tracking.rewrite import apply as apply_tracking
 from postline.tracking.tokens import Tokens
@@ -154,7 +155,7 @@ class Acceptor:
         max_message_bytes: int,
         wakeups: Wakeups,
         compose_pool: Executor,
-        tracking_base: str = "",
+        tracking_base: TrackingBase | None = None,
     ) -> None:
         self.db = db
         self.spool = spool
@@ -169,9 +170,10 @@ class Acceptor:
         self.compose_pool = compose_pool
         #: The VERP envelope sender of API mail, with the token the inbound listener checks.
         self.return_paths = ReturnPaths.of(db.secrets)
-        #: Signs tracked links; ``tracking_base``: where they point (POSTLINE_TRACKING_URL).
+        #: Signs tracked links; ``tracking_base``: where they point (POSTLINE_TRACKING_URL,
+        #: or the sending domain's own tracking host).
         self.tracking_tokens = Tokens.of(db.secrets)
-        self.tracking_base = tracking_base
+        self.tracking_base = tracking_base or TrackingBase("")
         self._group: GroupRead[_Call, list[Accepted]] = GroupRead(
             self._commit_group,
             name="accept group commit",
@@ -288,7 +290,8 @@ class Acceptor:
         if submission.raw is not None or not tracking.any or not self.tracking_tokens.enabled:
             return submission.content
         recipient = recipients[0].address if len(recipients) == 1 else ""
-        linker = Linker(self.tracking_tokens, self.tracking_base, email_id, recipient)
+        base = self.tracking_base.of(domain.live_tracking_host)
+        linker = Linker(self.tracking_tokens, base, email_id, recipient)
         return apply_tracking(submission.content, tracking, linker)
 
     async def accept(

@@ -118,8 +118,8 @@ async def retention_pass(
 
 
 async def purge_unmatched(db: Database, now: datetime, retention_days: float) -> int:
-    """Inbound reports that were never applied (``GET /v1/inbound``), and the mail inbound
-    routes took (``GET /v1/inbound/{id}/raw``), live as long as emails: kept
+    """Inbound reports that were never applied (``GET /v1/inbound/reports``), and the mail inbound
+    routes took (``GET /v1/inbound``), live as long as emails: kept
     ``retention_days`` after they arrived, then deleted."""
     cutoff = now - timedelta(days=retention_days)
     async with db.write() as conn:

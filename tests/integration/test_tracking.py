@@ -142,7 +142,7 @@ async def test_an_untracked_send_is_byte_identical_to_the_untracked_build(
         json={"tracking": {"opens": True, "clicks": True}},
         headers=pl.auth(),
     )
-    assert patched.json()["tracking"] == {"opens": True, "clicks": True}
+    assert patched.json()["tracking"] == {"opens": True, "clicks": True, "host": None}
     _, raw = await _delivered(
         pl, fake_mx, html=HTML, text="hi", track={"opens": False, "clicks": False}
     )

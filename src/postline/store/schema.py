@@ -51,6 +51,9 @@ domains = Table(
     # Open and click tracking for its mail unless a send says otherwise (off by default).
     Column("track_opens", Boolean, nullable=False, server_default=false()),
     Column("track_clicks", Boolean, nullable=False, server_default=false()),
+    # Its own host for tracked links (a CNAME under it, ``track.example.com``); NULL:
+    # POSTLINE_TRACKING_URL. Unique: a host names one domain.
+    Column("tracking_host", String(253), nullable=True, index=True, unique=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
@@ -396,7 +399,7 @@ rate_buckets = Table(
 
 # Mail that reached the inbound listener (postline.inbound) and could not be applied:
 # not a report Postline can read, or about no email or recipient it knows (a purged
-# email included). Kept for the operator (GET /v1/inbound), never dropped silently.
+# email included). Kept for the operator (GET /v1/inbound/reports), never dropped silently.
 inbound_unmatched = Table(
     "inbound_unmatched",
     metadata,
