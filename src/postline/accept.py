@@ -34,6 +34,7 @@ from postline.model import EmailSource, EventType, RecipientStatus, derive_email
 from postline.outcomes import Outcome, event_row, is_customer_mail
 from postline.queue import Job, Queue
 from postline.spool import Spool
+from postline.spool.base import copy_ref
 from postline.store import domains as domain_store
 from postline.store import emails as email_store
 from postline.store.batching import connection_broke
@@ -128,6 +129,22 @@ class _Prepared:
     recipients: list[Recipient]
     #: When it was received: its rows' times, as its message's Date header.
     now: datetime
+    #: A tracked email to several recipients: the bodies of recipients 2..n (``body`` is
+    #: the first's), each with tokens naming its own; empty for every other email.
+    copies: list[bytes] = field(default_factory=list)
+
+    @property
+    def bodies(self) -> int:
+        return 1 + len(self.copies)
+
+    def spooled(self) -> list[tuple[str, bytes]]:
+        """Its bodies as the spool keeps them: the email's ref, then each copy's."""
+        if not self.copies:
+            return [(self.email_id, self.body)]
+        return [
+            (copy_ref(self.email_id, position), body)
+            for position, body in enumerate([self.body, *self.copies])
+        ]
 
 
 @dataclass(frozen=True)
@@ -226,6 +243,8 @@ class Acceptor:
     ) -> list[_Prepared]:
         prepared: list[_Prepared] = []
         compositions: list[Composition] = []
+        #: How many of ``compositions`` each email has: 1, or one per recipient (tracked).
+        counts: list[int] = []
         cache: dict[str, Domain | None] = {}
         many = len(submissions) > 1
         for index, submission in enumerate(submissions):
@@ -241,11 +260,6 @@ class Acceptor:
                 if recipient.address not in seen:
                     seen.add(recipient.address)
                     recipients.append(recipient)
-            if submission.unsubscribe and len(recipients) != 1:
-                # The link names who unsubscribes; one body goes to every recipient.
-                raise AcceptError(
-                    422, prefix + "unsubscribe", "needs exactly one recipient (to, cc and bcc)"
-                )
             email_id = new_id("em_")
             message_id = submission.message_id or f"<{email_id}@{self.hostname}>"
             raw = submission.raw
@@ -254,20 +268,23 @@ class Acceptor:
             signer = None
             if domain.dkim_private_key:
                 signer = Signer(domain.name, domain.dkim_selector, domain.dkim_private_key)
-            content = self._tracked(submission, domain, email_id, recipients)
-            compositions.append(Composition(content, message_id, now, raw, signer))
+            contents = self._tracked(submission, domain, email_id, recipients)
+            compositions.extend(Composition(c, message_id, now, raw, signer) for c in contents)
+            counts.append(len(contents))
             prepared.append(
                 _Prepared(email_id, message_id, domain, submission, b"", recipients, now)
             )
-        bodies = await self._compose_all(compositions)
-        for index, (item, body) in enumerate(zip(prepared, bodies, strict=True)):
-            if len(body) > self.max_message_bytes:
-                raise AcceptError(
-                    413,
-                    f"[{index}]" if many else "body",
-                    f"the message is {len(body)} bytes; the limit is {self.max_message_bytes}",
-                )
-            item.body = body
+        bodies = iter(await self._compose_all(compositions))
+        for index, (item, count) in enumerate(zip(prepared, counts, strict=True)):
+            own = [next(bodies) for _ in range(count)]
+            for body in own:
+                if len(body) > self.max_message_bytes:
+                    raise AcceptError(
+                        413,
+                        f"[{index}]" if many else "body",
+                        f"the message is {len(body)} bytes; the limit is {self.max_message_bytes}",
+                    )
+            item.body, item.copies = own[0], own[1:]
         return prepared
 
     def _tracked(
@@ -276,8 +293,14 @@ class Acceptor:
         domain: Domain,
         email_id: str,
         recipients: list[Recipient],
-    ) -> Content:
-        """The content with the tracking asked for (by the send, else by its domain)."""
+    ) -> list[Content]:
+        """The content with the tracking asked for (by the send, else by its domain).
+
+        One content for all recipients when nothing is asked (the common case: the
+        submission's own, untouched). Tracked, one per recipient, in their order,
+        each with tokens naming its recipient: so an open or a click, and a one-click
+        unsubscribe, is that recipient's alone (``_Prepared.copies``).
+        """
         opens, clicks = submission.track_opens, submission.track_clicks
         tracking = Tracking(
             opens=domain.track_opens if opens is None else opens,
@@ -286,10 +309,15 @@ class Acceptor:
         )
         # Nothing asked (the common case): the content as it is, no linker built per email.
         if submission.raw is not None or not tracking.any or not self.tracking_tokens.enabled:
-            return submission.content
-        recipient = recipients[0].address if len(recipients) == 1 else ""
-        linker = Linker(self.tracking_tokens, self.tracking_base, email_id, recipient)
-        return apply_tracking(submission.content, tracking, linker)
+            return [submission.content]
+        return [
+            apply_tracking(
+                submission.content,
+                tracking,
+                Linker(self.tracking_tokens, self.tracking_base, email_id, recipient.address),
+            )
+            for recipient in recipients
+        ]
 
     async def accept(
         self,
@@ -342,7 +370,7 @@ class Acceptor:
         files = not self.spool.shares_store
         if files:
             # A full spool raises SpoolFull here having kept none of the bodies.
-            await self.spool.put_many([(p.email_id, p.body) for p in prepared])
+            await self.spool.put_many([pair for p in prepared for pair in p.spooled()])
         try:
             outcomes, jobs = await self._commit(calls)
         except BaseException:
@@ -372,7 +400,7 @@ class Acceptor:
         """
         for item in prepared:
             try:
-                await self.spool.delete(item.email_id)
+                await self.spool.delete_many([ref for ref, _ in item.spooled()])
             except Exception as exc:
                 log.warning(
                     "cannot remove the body of unaccepted email_id=%s (orphan cleanup will): %s",
@@ -452,7 +480,7 @@ class Acceptor:
     ) -> tuple[list[Accepted], list[Job]]:
         """The rows, and the bodies too when the spool is in the store, in one transaction."""
         if self.spool.shares_store:
-            await self.spool.put_many([(p.email_id, p.body) for p in prepared], conn)
+            await self.spool.put_many([pair for p in prepared for pair in p.spooled()], conn)
         return await self._insert(conn, prepared)
 
     async def stage_notification(
@@ -567,6 +595,7 @@ class Acceptor:
                 "updated_at": now,
                 "original_email_id": sub.original_email_id,
                 "body_purged_at": None,
+                "bodies": item.bodies,
             }
             email_rows.append(email)
             # The records the event rows are made of, as the store would read them back.
