@@ -45,7 +45,6 @@ from postline.store.emails import Recipient as EmailRecipient
 from postline.store.gathering import GroupRead
 from postline.store.types import utcnow
 from postline.tracking.rewrite import Linker, Tracking
-from postline.tracking.rewrite import apply as apply_tracking
 from postline.tracking.tokens import Tokens
 from postline.wakeups import Wakeups
 
@@ -56,6 +55,10 @@ MAX_SCHEDULE_AHEAD = timedelta(days=30)
 COMPOSE_CHUNK = 25
 #: Addresses looked up on the suppression list in one query.
 SUPPRESSION_CHUNK = 5000
+#: A tracked email is built once per recipient: the copies one request asks for may
+#: weigh this many times ``POSTLINE_MAX_MESSAGE_BYTES`` together (413 above), so that
+#: 1,000 recipients of a large message cannot hold gigabytes of copies in memory.
+COPIES_FACTOR = 4
 #: Emails committed together at most by one group commit (a batch counts all its
 #: emails; a batch larger than this is a group of its own).
 GROUP_EMAILS = 500
@@ -155,6 +158,13 @@ class _Call:
     on_commit: OnCommit | None
 
 
+def _size_hint(content: Content) -> int:
+    """About what one built copy of ``content`` weighs (its parts; attachments in base64),
+    known before building it."""
+    attachments = sum(len(a.content) for a in content.attachments) * 4 // 3
+    return len(content.text or "") + len(content.html or "") + attachments
+
+
 def _destination(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
@@ -245,6 +255,8 @@ class Acceptor:
         compositions: list[Composition] = []
         #: How many of ``compositions`` each email has: 1, or one per recipient (tracked).
         counts: list[int] = []
+        #: About what the copies of this request's tracked emails weigh (``COPIES_FACTOR``).
+        copies_bytes = 0
         cache: dict[str, Domain | None] = {}
         many = len(submissions) > 1
         for index, submission in enumerate(submissions):
@@ -268,9 +280,40 @@ class Acceptor:
             signer = None
             if domain.dkim_private_key:
                 signer = Signer(domain.name, domain.dkim_selector, domain.dkim_private_key)
-            contents = self._tracked(submission, domain, email_id, recipients)
-            compositions.extend(Composition(c, message_id, now, raw, signer) for c in contents)
-            counts.append(len(contents))
+            tracking = self._tracking(submission, domain)
+            if tracking is not None and len(recipients) > 1:
+                copies_bytes += _size_hint(submission.content) * len(recipients)
+                if copies_bytes > COPIES_FACTOR * self.max_message_bytes:
+                    raise AcceptError(
+                        413,
+                        prefix + "track",
+                        f"a tracked email is built once per recipient, and this request's"
+                        f" copies would be about {copies_bytes} bytes; the limit is"
+                        f" {COPIES_FACTOR * self.max_message_bytes} ({COPIES_FACTOR} times"
+                        " POSTLINE_MAX_MESSAGE_BYTES): send it to fewer recipients at once,"
+                        " or untracked",
+                    )
+            if tracking is None:
+                compositions.append(Composition(submission.content, message_id, now, raw, signer))
+                counts.append(1)
+            else:
+                # One copy per recipient, each with tokens naming its recipient, so that an
+                # open, a click or a one-click unsubscribe is that recipient's alone
+                # (``_Prepared.copies``); rewritten and built in the pool, off the loop.
+                names = [r.address for r in recipients] or [""]
+                compositions.extend(
+                    Composition(
+                        submission.content,
+                        message_id,
+                        now,
+                        raw,
+                        signer,
+                        tracking,
+                        Linker(self.tracking_tokens, self.tracking_base, email_id, name),
+                    )
+                    for name in names
+                )
+                counts.append(len(names))
             prepared.append(
                 _Prepared(email_id, message_id, domain, submission, b"", recipients, now)
             )
@@ -287,37 +330,19 @@ class Acceptor:
             item.body, item.copies = own[0], own[1:]
         return prepared
 
-    def _tracked(
-        self,
-        submission: Submission,
-        domain: Domain,
-        email_id: str,
-        recipients: list[Recipient],
-    ) -> list[Content]:
-        """The content with the tracking asked for (by the send, else by its domain).
-
-        One content for all recipients when nothing is asked (the common case: the
-        submission's own, untouched). Tracked, one per recipient, in their order,
-        each with tokens naming its recipient: so an open or a click, and a one-click
-        unsubscribe, is that recipient's alone (``_Prepared.copies``).
-        """
+    def _tracking(self, submission: Submission, domain: Domain) -> Tracking | None:
+        """The tracking asked for (by the send, else by its domain); None when the
+        content goes out as it is: nothing asked (the common case), raw mail submitted
+        over SMTP, or no key to sign tokens with."""
         opens, clicks = submission.track_opens, submission.track_clicks
         tracking = Tracking(
             opens=domain.track_opens if opens is None else opens,
             clicks=domain.track_clicks if clicks is None else clicks,
             unsubscribe=submission.unsubscribe,
         )
-        # Nothing asked (the common case): the content as it is, no linker built per email.
         if submission.raw is not None or not tracking.any or not self.tracking_tokens.enabled:
-            return [submission.content]
-        return [
-            apply_tracking(
-                submission.content,
-                tracking,
-                Linker(self.tracking_tokens, self.tracking_base, email_id, recipient.address),
-            )
-            for recipient in recipients
-        ]
+            return None
+        return tracking
 
     async def accept(
         self,

@@ -10,9 +10,11 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import dkim
 import pytest
 import pytest_asyncio
 from sqlalchemy import select
@@ -21,8 +23,9 @@ from postline.retention import free_bodies
 from postline.spool.base import SpoolMissing, copy_ref
 from postline.store.schema import sent_emails
 from postline.store.types import utcnow
-from tests.harness import FakeMX
+from tests.harness import FakeDNS, FakeMX
 from tests.harness.postline import Factory, PostlineUnderTest
+from tests.integration.test_dkim_delivery import _dns_via
 
 BASE = "http://postline"
 TARGET = "https://shop.example/orders?id=42"
@@ -91,8 +94,11 @@ async def _kept(pl: PostlineUnderTest, ref: str) -> bool:
 
 
 async def test_each_recipient_opens_and_clicks_its_own_copy(
-    pl: PostlineUnderTest, fake_mx: FakeMX
+    pl: PostlineUnderTest, fake_mx: FakeMX, fake_dns: FakeDNS
 ) -> None:
+    domains = (await pl.client.get("/v1/domains", headers=pl.auth())).json()["data"]
+    (record,) = [r for r in domains[0]["dns_records"] if r["purpose"] == "dkim"]
+    fake_dns.add_txt(record["name"], record["value"])
     sent = await pl.send(**SEVERAL, html=HTML, track={"opens": True, "clicks": True})
     email_id = sent["id"]
     await pl.wait_for_status(email_id, ["delivered"])
@@ -101,7 +107,8 @@ async def test_each_recipient_opens_and_clicks_its_own_copy(
     pixels: dict[str, str] = {}
     links: dict[str, str] = {}
     for address, raw in copies.items():
-        assert raw.startswith(b"DKIM-Signature:"), address  # each copy signed on its own
+        # Each copy signed on its own, and dkimpy verifies it.
+        assert dkim.verify(raw, dnsfunc=_dns_via(fake_dns)), address
         assert b"\nBcc:" not in raw and CY.encode() not in raw.split(b"\r\n\r\n")[0]
         html = _html_of(raw)
         assert "shop.example" not in html
@@ -210,3 +217,48 @@ async def test_a_failed_transaction_defers_the_copies_not_sent_yet(
         steps = [(t["status"], t["smtp_code"]) for t in recipient["timeline"]]
         assert steps == [("deferred", 421), ("delivered", 250)], recipient
     assert sorted(_copies(fake_mx, sent)) == ["a@dest.test", "b@dest.test", "c@dest.test"]
+
+
+async def test_a_batch_gives_copies_to_the_tracked_emails_only(
+    pl: PostlineUnderTest, fake_mx: FakeMX
+) -> None:
+    one = {"from": "sender@example.test", "subject": "Hi", "html": HTML}
+    response = await pl.client.post(
+        "/v1/emails/batch",
+        json=[
+            {**one, "to": [ADA, CY], "track": {"clicks": True}},
+            {**one, "to": ["dan@dest.test", "eve@dest.test"]},
+        ],
+        headers=pl.auth(),
+    )
+    assert response.status_code == 202, response.text
+    tracked, plain = response.json()["data"]
+    for sent in (tracked, plain):
+        await pl.wait_for_status(sent["id"], ["delivered"])
+    assert sorted(_copies(fake_mx, tracked)) == [ADA, CY]
+    (together,) = [m for m in fake_mx.received if plain["message_id"].encode() in m.data]
+    assert sorted(together.rcpt_tos) == ["dan@dest.test", "eve@dest.test"]
+    assert (await _bodies_column(pl, tracked["id"]), await _bodies_column(pl, plain["id"])) == (
+        2,
+        1,
+    )
+
+
+async def test_copies_too_heavy_together_are_a_413_and_nothing_is_kept(
+    postline_factory: Factory,
+) -> None:
+    # Copies may weigh 4 times the largest message together: 10 of 10 KB pass the
+    # message limit (20 KB) one by one, not together.
+    pl = await postline_factory(engine=False, tracking_url=BASE, max_message_bytes=20_000)
+    recipients = [f"r{i}@dest.test" for i in range(10)]
+    heavy = "<html><body>" + "x" * 10_000 + "</body></html>"
+    body = {"from": "sender@example.test", "to": recipients, "subject": "Hi", "html": heavy}
+    refused = await pl.client.post(
+        "/v1/emails", json={**body, "track": {"opens": True}}, headers=pl.auth()
+    )
+    assert refused.status_code == 413, refused.text
+    assert refused.json()["errors"][0]["field"] == "track"
+    assert await pl.services.spool.refs_older_than(utcnow() + timedelta(seconds=5)) == []
+    # Untracked, the same email is one body: accepted.
+    accepted = await pl.client.post("/v1/emails", json=body, headers=pl.auth())
+    assert accepted.status_code == 202, accepted.text
