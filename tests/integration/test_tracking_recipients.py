@@ -19,13 +19,15 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import select
 
-from postline.retention import free_bodies
+from postline.retention import free_bodies, purge_emails
 from postline.spool.base import SpoolMissing, copy_ref
 from postline.store.schema import sent_emails
 from postline.store.types import utcnow
 from tests.harness import FakeDNS, FakeMX
+from tests.harness.polling import poll
 from tests.harness.postline import Factory, PostlineUnderTest
 from tests.integration.test_dkim_delivery import _dns_via
+from tests.integration.test_retention import all_dispatched
 
 BASE = "http://postline"
 TARGET = "https://shop.example/orders?id=42"
@@ -262,3 +264,18 @@ async def test_copies_too_heavy_together_are_a_413_and_nothing_is_kept(
     # Untracked, the same email is one body: accepted.
     accepted = await pl.client.post("/v1/emails", json=body, headers=pl.auth())
     assert accepted.status_code == 202, accepted.text
+
+
+async def test_the_purge_of_a_tracked_email_takes_every_copy(
+    pl: PostlineUnderTest, fake_mx: FakeMX
+) -> None:
+    sent = await pl.send(to=[ADA, BOB], html=HTML, track={"opens": True})
+    detail = await pl.wait_until_final(sent["id"])
+    assert {r["status"] for r in detail["recipients"]} == {"delivered"}
+    await poll(lambda: all_dispatched(pl), timeout=15, what="every event fanned out")
+    await pl.stop_engine()
+    refs = [sent["id"], copy_ref(sent["id"], 1)]
+    assert [await _kept(pl, ref) for ref in refs] == [True, True]
+    later = utcnow() + timedelta(days=31)
+    assert await purge_emails(pl.services.db, pl.services.spool, later, 30) == 1
+    assert [await _kept(pl, ref) for ref in refs] == [False, False]
