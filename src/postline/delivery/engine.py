@@ -531,6 +531,9 @@ class Engine:
                 duration_ms = 0
                 result = TransactionResult()
                 for index, (body, group) in enumerate(parcels):
+                    if index:  # the slot paid the first message's turn, not the others'
+                        await self.shaper.pace(key)
+                        guard.check()
                     result = await self.delivery.send(
                         targets,
                         email.envelope_from,
