@@ -246,6 +246,39 @@ async def test_a_batch_gives_copies_to_the_tracked_emails_only(
     )
 
 
+async def test_a_template_send_gives_each_recipient_its_copy(
+    pl: PostlineUnderTest, fake_mx: FakeMX
+) -> None:
+    template = await pl.client.post(
+        "/v1/templates",
+        json={
+            "name": "order",
+            "subject": "Order {{ n }}",
+            "html": f'<p>Order {{{{ n }}}}: <a href="{TARGET}">view</a></p>',
+        },
+        headers=pl.auth(),
+    )
+    assert template.status_code == 201, template.text
+    sent = await pl.send(
+        to=[ADA],
+        bcc=[BOB],
+        template={"id": template.json()["id"], "variables": {"n": "42"}},
+        track={"clicks": True},
+        text=None,
+        subject=None,
+    )
+    await pl.wait_for_status(sent["id"], ["delivered"])
+    clicked: list[str] = []
+    for address, raw in _copies(fake_mx, sent).items():
+        (link,) = re.findall(r'<a href="([^"]+)"', _html_of(raw))
+        assert "Order 42" in _html_of(raw)
+        assert (await pl.client.get(_path(link))).status_code == 302
+        clicked.append(address)
+        clicks = await _events(pl, "email.clicked", sent["id"])
+        assert sorted(c["data"]["recipient"] for c in clicks) == sorted(clicked)
+    assert sorted(clicked) == sorted([ADA, BOB])
+
+
 async def test_copies_too_heavy_together_are_a_413_and_nothing_is_kept(
     postline_factory: Factory,
 ) -> None:
