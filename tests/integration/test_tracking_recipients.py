@@ -34,7 +34,7 @@ TARGET = "https://shop.example/orders?id=42"
 HTML = f'<html><body><p>Your order: <a href="{TARGET}">view</a></p></body></html>'
 ADA, BOB, CY = "ada@dest.test", "bob@other.test", "cy@dest.test"
 #: To, cc and bcc; two destinations, two of the recipients at one of them.
-SEVERAL = {"to": [ADA], "cc": [BOB], "bcc": [CY]}
+SEVERAL: dict[str, Any] = {"to": [ADA], "cc": [BOB], "bcc": [CY]}
 
 
 @pytest.fixture(params=["file-sqlite", "file-postgresql", "database-postgresql"])
