@@ -203,17 +203,6 @@ async def test_one_click_unsubscribe_suppresses_the_recipient(
     assert again["recipients"] == [{"address": "reader@dest.test", "status": "suppressed"}]
 
 
-async def test_unsubscribe_needs_exactly_one_recipient(pl: PostlineUnderTest) -> None:
-    body = {"from": "sender@example.test", "to": ["a@dest.test", "b@dest.test"]}
-    response = await pl.client.post(
-        "/v1/emails",
-        json={**body, "subject": "Hi", "text": "hi", "unsubscribe": True},
-        headers=pl.auth(),
-    )
-    assert response.status_code == 422, response.text
-    assert response.json()["errors"][0]["field"] == "unsubscribe"
-
-
 async def test_a_batch_tracks_only_the_emails_that_ask(
     pl: PostlineUnderTest, fake_mx: FakeMX
 ) -> None:

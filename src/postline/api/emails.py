@@ -400,16 +400,40 @@ _RAW_MESSAGE = {
     response_class=Response,
     responses=_RAW_MESSAGE,
 )
-async def get_email_content(svc: Svc, caller: Reader, email_id: str) -> Response:
+async def get_email_content(
+    svc: Svc,
+    caller: Reader,
+    email_id: str,
+    recipient: Annotated[
+        str | None,
+        Query(
+            max_length=320,
+            description="The copy sent to this recipient (an address of the email; 404"
+            " otherwise). A tracked email to several recipients has one copy each, whose"
+            " tracking links name that recipient; without it, the first recipient's.",
+        ),
+    ] = None,
+) -> Response:
     """410 once housekeeping removed the body: after the email became final and
     ``POSTLINE_BODY_RETENTION_SECONDS`` passed (or a crash lost a body nobody needed)."""
+    position = 0
     async with svc.db.read() as conn:
         email = await _visible_email(conn, caller, email_id)
+        if recipient is not None:
+            wanted = recipient.strip().lower()
+            found = [
+                r.position
+                for r in await email_store.get_recipients(conn, email_id)
+                if r.address.lower() == wanted
+            ]
+            if not found:
+                raise Problem(404, f"{email_id} has no such recipient")
+            position = found[0]
     gone = Problem(410, f"the content of {email_id} is no longer kept (body retention)")
     if email.body_purged_at is not None:
         raise gone
     try:
-        body = await svc.spool.get(email.body_ref)
+        body = await svc.spool.get(email.body_ref_of(position))
     except SpoolMissing:
         # Freed between the read above and now, by another process's housekeeping.
         raise gone from None

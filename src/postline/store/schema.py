@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 
 from postline.store.types import UTCDateTime
@@ -100,6 +101,9 @@ sent_emails = Table(
     # When housekeeping removed the body from the spool (store/retention.py); NULL while
     # it is kept: the email still waits, or is final but inside the body retention.
     Column("body_purged_at", UTCDateTime, nullable=True),
+    # How many bodies the spool holds for it: 1, one for every recipient (untracked mail);
+    # n > 1, one per recipient position (tracked mail to several: postline.spool.base).
+    Column("bodies", Integer, nullable=False, server_default=text("1")),
     # The body sweep seeks (NULL, each final status) and reads only those final long
     # enough: neither waiting mail nor bodies inside their retention are scanned.
     Index(
