@@ -34,6 +34,7 @@ from postline.model import EmailSource, EventType, RecipientStatus, derive_email
 from postline.outcomes import Outcome, event_row, is_customer_mail
 from postline.queue import Job, Queue
 from postline.spool import Spool
+from postline.spool.base import copy_ref
 from postline.store import domains as domain_store
 from postline.store import emails as email_store
 from postline.store.batching import connection_broke
@@ -43,8 +44,8 @@ from postline.store.emails import Email
 from postline.store.emails import Recipient as EmailRecipient
 from postline.store.gathering import GroupRead
 from postline.store.types import utcnow
+from postline.tracking.hosts import TrackingBase
 from postline.tracking.rewrite import Linker, Tracking
-from postline.tracking.rewrite import apply as apply_tracking
 from postline.tracking.tokens import Tokens
 from postline.wakeups import Wakeups
 
@@ -55,6 +56,10 @@ MAX_SCHEDULE_AHEAD = timedelta(days=30)
 COMPOSE_CHUNK = 25
 #: Addresses looked up on the suppression list in one query.
 SUPPRESSION_CHUNK = 5000
+#: A tracked email is built once per recipient: the copies one request asks for may
+#: weigh this many times ``POSTLINE_MAX_MESSAGE_BYTES`` together (413 above), so that
+#: 1,000 recipients of a large message cannot hold gigabytes of copies in memory.
+COPIES_FACTOR = 4
 #: Emails committed together at most by one group commit (a batch counts all its
 #: emails; a batch larger than this is a group of its own).
 GROUP_EMAILS = 500
@@ -128,6 +133,22 @@ class _Prepared:
     recipients: list[Recipient]
     #: When it was received: its rows' times, as its message's Date header.
     now: datetime
+    #: A tracked email to several recipients: the bodies of recipients 2..n (``body`` is
+    #: the first's), each with tokens naming its own; empty for every other email.
+    copies: list[bytes] = field(default_factory=list)
+
+    @property
+    def bodies(self) -> int:
+        return 1 + len(self.copies)
+
+    def spooled(self) -> list[tuple[str, bytes]]:
+        """Its bodies as the spool keeps them: the email's ref, then each copy's."""
+        if not self.copies:
+            return [(self.email_id, self.body)]
+        return [
+            (copy_ref(self.email_id, position), body)
+            for position, body in enumerate([self.body, *self.copies])
+        ]
 
 
 @dataclass(frozen=True)
@@ -136,6 +157,13 @@ class _Call:
 
     prepared: list[_Prepared]
     on_commit: OnCommit | None
+
+
+def _size_hint(content: Content) -> int:
+    """About what one built copy of ``content`` weighs (its parts; attachments in base64),
+    known before building it."""
+    attachments = sum(len(a.content) for a in content.attachments) * 4 // 3
+    return len(content.text or "") + len(content.html or "") + attachments
 
 
 def _destination(address: str) -> str:
@@ -154,7 +182,7 @@ class Acceptor:
         max_message_bytes: int,
         wakeups: Wakeups,
         compose_pool: Executor,
-        tracking_base: str = "",
+        tracking_base: TrackingBase | None = None,
     ) -> None:
         self.db = db
         self.spool = spool
@@ -169,9 +197,10 @@ class Acceptor:
         self.compose_pool = compose_pool
         #: The VERP envelope sender of API mail, with the token the inbound listener checks.
         self.return_paths = ReturnPaths.of(db.secrets)
-        #: Signs tracked links; ``tracking_base``: where they point (POSTLINE_TRACKING_URL).
+        #: Signs tracked links; ``tracking_base``: where they point (POSTLINE_TRACKING_URL,
+        #: or the sending domain's own tracking host).
         self.tracking_tokens = Tokens.of(db.secrets)
-        self.tracking_base = tracking_base
+        self.tracking_base = tracking_base or TrackingBase("")
         self._group: GroupRead[_Call, list[Accepted]] = GroupRead(
             self._commit_group,
             name="accept group commit",
@@ -226,6 +255,10 @@ class Acceptor:
     ) -> list[_Prepared]:
         prepared: list[_Prepared] = []
         compositions: list[Composition] = []
+        #: How many of ``compositions`` each email has: 1, or one per recipient (tracked).
+        counts: list[int] = []
+        #: About what the copies of this request's tracked emails weigh (``COPIES_FACTOR``).
+        copies_bytes = 0
         cache: dict[str, Domain | None] = {}
         many = len(submissions) > 1
         for index, submission in enumerate(submissions):
@@ -241,11 +274,6 @@ class Acceptor:
                 if recipient.address not in seen:
                     seen.add(recipient.address)
                     recipients.append(recipient)
-            if submission.unsubscribe and len(recipients) != 1:
-                # The link names who unsubscribes; one body goes to every recipient.
-                raise AcceptError(
-                    422, prefix + "unsubscribe", "needs exactly one recipient (to, cc and bcc)"
-                )
             email_id = new_id("em_")
             message_id = submission.message_id or f"<{email_id}@{self.hostname}>"
             raw = submission.raw
@@ -254,42 +282,70 @@ class Acceptor:
             signer = None
             if domain.dkim_private_key:
                 signer = Signer(domain.name, domain.dkim_selector, domain.dkim_private_key)
-            content = self._tracked(submission, domain, email_id, recipients)
-            compositions.append(Composition(content, message_id, now, raw, signer))
+            tracking = self._tracking(submission, domain)
+            if tracking is not None and len(recipients) > 1:
+                copies_bytes += _size_hint(submission.content) * len(recipients)
+                if copies_bytes > COPIES_FACTOR * self.max_message_bytes:
+                    raise AcceptError(
+                        413,
+                        prefix + "track",
+                        f"a tracked email is built once per recipient, and this request's"
+                        f" copies would be about {copies_bytes} bytes; the limit is"
+                        f" {COPIES_FACTOR * self.max_message_bytes} ({COPIES_FACTOR} times"
+                        " POSTLINE_MAX_MESSAGE_BYTES): send it to fewer recipients at once,"
+                        " or untracked",
+                    )
+            if tracking is None:
+                compositions.append(Composition(submission.content, message_id, now, raw, signer))
+                counts.append(1)
+            else:
+                # One copy per recipient, each with tokens naming its recipient, so that an
+                # open, a click or a one-click unsubscribe is that recipient's alone
+                # (``_Prepared.copies``); rewritten and built in the pool, off the loop.
+                names = [r.address for r in recipients] or [""]
+                base = self.tracking_base.of(domain.live_tracking_host)
+                compositions.extend(
+                    Composition(
+                        submission.content,
+                        message_id,
+                        now,
+                        raw,
+                        signer,
+                        tracking,
+                        Linker(self.tracking_tokens, base, email_id, name),
+                    )
+                    for name in names
+                )
+                counts.append(len(names))
             prepared.append(
                 _Prepared(email_id, message_id, domain, submission, b"", recipients, now)
             )
-        bodies = await self._compose_all(compositions)
-        for index, (item, body) in enumerate(zip(prepared, bodies, strict=True)):
-            if len(body) > self.max_message_bytes:
-                raise AcceptError(
-                    413,
-                    f"[{index}]" if many else "body",
-                    f"the message is {len(body)} bytes; the limit is {self.max_message_bytes}",
-                )
-            item.body = body
+        bodies = iter(await self._compose_all(compositions))
+        for index, (item, count) in enumerate(zip(prepared, counts, strict=True)):
+            own = [next(bodies) for _ in range(count)]
+            for body in own:
+                if len(body) > self.max_message_bytes:
+                    raise AcceptError(
+                        413,
+                        f"[{index}]" if many else "body",
+                        f"the message is {len(body)} bytes; the limit is {self.max_message_bytes}",
+                    )
+            item.body, item.copies = own[0], own[1:]
         return prepared
 
-    def _tracked(
-        self,
-        submission: Submission,
-        domain: Domain,
-        email_id: str,
-        recipients: list[Recipient],
-    ) -> Content:
-        """The content with the tracking asked for (by the send, else by its domain)."""
+    def _tracking(self, submission: Submission, domain: Domain) -> Tracking | None:
+        """The tracking asked for (by the send, else by its domain); None when the
+        content goes out as it is: nothing asked (the common case), raw mail submitted
+        over SMTP, or no key to sign tokens with."""
         opens, clicks = submission.track_opens, submission.track_clicks
         tracking = Tracking(
             opens=domain.track_opens if opens is None else opens,
             clicks=domain.track_clicks if clicks is None else clicks,
             unsubscribe=submission.unsubscribe,
         )
-        # Nothing asked (the common case): the content as it is, no linker built per email.
         if submission.raw is not None or not tracking.any or not self.tracking_tokens.enabled:
-            return submission.content
-        recipient = recipients[0].address if len(recipients) == 1 else ""
-        linker = Linker(self.tracking_tokens, self.tracking_base, email_id, recipient)
-        return apply_tracking(submission.content, tracking, linker)
+            return None
+        return tracking
 
     async def accept(
         self,
@@ -342,7 +398,7 @@ class Acceptor:
         files = not self.spool.shares_store
         if files:
             # A full spool raises SpoolFull here having kept none of the bodies.
-            await self.spool.put_many([(p.email_id, p.body) for p in prepared])
+            await self.spool.put_many([pair for p in prepared for pair in p.spooled()])
         try:
             outcomes, jobs = await self._commit(calls)
         except BaseException:
@@ -372,7 +428,7 @@ class Acceptor:
         """
         for item in prepared:
             try:
-                await self.spool.delete(item.email_id)
+                await self.spool.delete_many([ref for ref, _ in item.spooled()])
             except Exception as exc:
                 log.warning(
                     "cannot remove the body of unaccepted email_id=%s (orphan cleanup will): %s",
@@ -452,7 +508,7 @@ class Acceptor:
     ) -> tuple[list[Accepted], list[Job]]:
         """The rows, and the bodies too when the spool is in the store, in one transaction."""
         if self.spool.shares_store:
-            await self.spool.put_many([(p.email_id, p.body) for p in prepared], conn)
+            await self.spool.put_many([pair for p in prepared for pair in p.spooled()], conn)
         return await self._insert(conn, prepared)
 
     async def stage_notification(
@@ -567,6 +623,7 @@ class Acceptor:
                 "updated_at": now,
                 "original_email_id": sub.original_email_id,
                 "body_purged_at": None,
+                "bodies": item.bodies,
             }
             email_rows.append(email)
             # The records the event rows are made of, as the store would read them back.

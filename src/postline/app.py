@@ -57,6 +57,7 @@ from postline.store.db import Database
 from postline.store.domains import set_bounce_notifications
 from postline.store.types import Clock, utcnow
 from postline.templates import Renderer
+from postline.tracking.hosts import TrackingBase
 from postline.wakeups import Wakeups
 
 log = logging.getLogger("postline")
@@ -125,7 +126,7 @@ class Services:
             max_message_bytes=settings.max_message_bytes,
             wakeups=wakeups,
             compose_pool=compose_pool,
-            tracking_base=settings.tracking_base,
+            tracking_base=TrackingBase(settings.tracking_base, settings.tracking_host_scheme),
         )
         smtp_settings = SmtpSettings(
             helo_name=settings.hostname,

@@ -116,6 +116,15 @@ class Settings(BaseSettings):
     # Where tracked links, the open pixel and the unsubscribe link point (postline.tracking):
     # a base URL that reaches this API's /t/ routes; empty: http://<POSTLINE_HTTP_ADDR>.
     tracking_url: str = ""
+    # The scheme of links on a domain's own tracking host (postline.tracking.hosts): https,
+    # served by the operator's proxy with a certificate for the host; http only where a
+    # proxy cannot hold one.
+    tracking_host_scheme: str = "https"
+    # The reverse proxies in front of the API (addresses or CIDRs, comma-separated): only
+    # a request whose peer is one of them has its X-Forwarded-For / X-Forwarded-Proto
+    # believed (postline.api.client_address). The default trusts a proxy on this host,
+    # as the deployment docs/OPERATIONS.md describes; empty: no peer, headers ignored.
+    trusted_proxies: str = "127.0.0.1, ::1"
 
     max_message_bytes: int = 25 * 1024 * 1024
     # The whole HTTP request body (a batch included), counted as it arrives; 0: derived
@@ -258,6 +267,23 @@ class Settings(BaseSettings):
     def _check_nameservers(cls, value: str) -> str:
         for item in filter(None, (part.strip() for part in value.split(","))):
             parse_host_port(item, default_port=53)
+        return value
+
+    @field_validator("tracking_host_scheme")
+    @classmethod
+    def _check_tracking_host_scheme(cls, value: str) -> str:
+        if value.strip().lower() not in ("https", "http"):
+            raise ValueError(f"expected https or http, not {value!r}")
+        return value.strip().lower()
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_trusted_proxies(cls, value: str) -> str:
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network (CIDR)") from None
         return value
 
     @field_validator("delivery_port")
@@ -470,6 +496,12 @@ class Settings(BaseSettings):
             return self.tracking_url.rstrip("/")
         host, port = self.http_host_port
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    @property
+    def trusted_proxy_networks(self) -> list[str]:
+        """POSTLINE_TRUSTED_PROXIES as networks (an address is its /32 or /128)."""
+        items = filter(None, (part.strip() for part in self.trusted_proxies.split(",")))
+        return [str(ipaddress.ip_network(item, strict=False)) for item in items]
 
     @property
     def http_host_port(self) -> tuple[str, int]:

@@ -69,10 +69,14 @@ def inbound_mx(name: str, hostname: str) -> DnsRecord:
 
 
 def dns_records(
-    domain: Domain, hostname: str, inbound_domains: Sequence[str] = ()
+    domain: Domain,
+    hostname: str,
+    inbound_domains: Sequence[str] = (),
+    tracking_target: str = "",
 ) -> list[DnsRecord]:
-    """The records an operator publishes so receivers trust mail from this domain, and
-    the MX of each domain its inbound routes take mail for."""
+    """The records an operator publishes so receivers trust mail from this domain, the
+    MX of each domain its inbound routes take mail for, and the CNAME of its tracking
+    host (to ``tracking_target``, ``postline.tracking.hosts.cname_target``)."""
     records: list[DnsRecord] = []
     if domain.dkim_private_key:
         records.append(
@@ -90,6 +94,10 @@ def dns_records(
         DnsRecord("TXT", f"_dmarc.{domain.name}", "v=DMARC1; p=none;", "dmarc"),
     ]
     records += [inbound_mx(name, hostname) for name in sorted(set(inbound_domains))]
+    if domain.tracking_host:
+        records.append(
+            DnsRecord("CNAME", domain.tracking_host, tracking_target or hostname, "tracking")
+        )
     return records
 
 
@@ -129,6 +137,9 @@ def _matches(record: DnsRecord, found: list[str]) -> bool:
     if record.purpose == "dkim":
         wanted = record.value.replace(" ", "")
         return any(text.replace(" ", "") == wanted for text in found)
+    if record.purpose == "tracking":
+        wanted = record.value.rstrip(".").lower()
+        return any(text.rstrip(".").lower() == wanted for text in found)
     if record.purpose in ("return_path", "inbound"):
         host = record.value.split()[-1].lower()
         return any(line.split()[-1].lower() == host for line in found)
@@ -137,11 +148,16 @@ def _matches(record: DnsRecord, found: list[str]) -> bool:
 
 
 async def verify_domain(
-    db: Database, resolver: dns.asyncresolver.Resolver, domain: Domain, hostname: str
+    db: Database,
+    resolver: dns.asyncresolver.Resolver,
+    domain: Domain,
+    hostname: str,
+    tracking_target: str = "",
 ) -> Domain:
-    """Look the domain's records up in DNS now and store what was found."""
+    """Look the domain's records up in DNS now and store what was found. The tracking
+    host's CNAME gets a status too; ``verified`` still means DKIM and SPF."""
     checks: dict[str, str] = {}
-    for record in dns_records(domain, hostname):
+    for record in dns_records(domain, hostname, tracking_target=tracking_target):
         found = await lookup_texts(resolver, record.name, record.type)
         checks[record.purpose] = (
             "verified" if _matches(record, found) else ("mismatch" if found else "missing")

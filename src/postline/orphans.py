@@ -5,7 +5,8 @@ commit, or when its email is long finished. Deleting one that is still needed
 would lose mail, so the rule is strict: only bodies older than
 ``max_age``, referenced by no queue job and by no email still waiting for
 delivery; and when the queue cannot list its references completely, nothing
-is deleted at all.
+is deleted at all. A recipient's own copy of a tracked email's body
+(``spool.base.copy_ref``) is judged by its email's ref: kept while that is.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from postline.queue.base import Queue, QueueError
-from postline.spool.base import Spool
+from postline.spool.base import Spool, owner_ref
 from postline.store import retention as retention_store
 from postline.store.db import Database
 from postline.store.recovery import waiting_body_refs
@@ -54,7 +55,8 @@ async def clean_orphans(
             # Kept on purpose for support (POSTLINE_BODY_RETENTION_SECONDS), even past max_age.
             final_after = now - timedelta(seconds=body_retention_seconds)
             waiting |= await retention_store.bodies_kept_since(conn, final_after)
-    orphans = candidates - queued - waiting
+    needed = queued | waiting
+    orphans = {ref for ref in candidates if ref not in needed and owner_ref(ref) not in needed}
     for ref in sorted(orphans):
         await spool.delete(ref)
     if orphans:

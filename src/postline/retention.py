@@ -59,7 +59,7 @@ async def free_bodies(
             )
         if not kept:
             break
-        await spool.delete_many([k.body_ref for k in kept])
+        await spool.delete_many([ref for k in kept for ref in k.refs])
         async with db.write() as conn:
             # Two workers may free the same batch at once; only one marks each email.
             freed += await retention_store.mark_bodies_freed(conn, [k.email_id for k in kept], now)
@@ -92,7 +92,7 @@ async def purge_emails(
                 conn, final_before=final_before, limit=batch
             )
             await retention_store.delete_emails(conn, [e.email_id for e in emails])
-        await spool.delete_many([e.body_ref for e in emails if not e.body_freed])
+        await spool.delete_many([ref for e in emails if not e.body_freed for ref in e.refs])
         purged += len(emails)
         if len(emails) < batch:
             break
@@ -118,8 +118,8 @@ async def retention_pass(
 
 
 async def purge_unmatched(db: Database, now: datetime, retention_days: float) -> int:
-    """Inbound reports that were never applied (``GET /v1/inbound``), and the mail inbound
-    routes took (``GET /v1/inbound/{id}/raw``), live as long as emails: kept
+    """Inbound reports that were never applied (``GET /v1/inbound/reports``), and the mail inbound
+    routes took (``GET /v1/inbound``), live as long as emails: kept
     ``retention_days`` after they arrived, then deleted."""
     cutoff = now - timedelta(days=retention_days)
     async with db.write() as conn:

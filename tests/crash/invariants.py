@@ -44,7 +44,7 @@ from postline.orphans import CleanupReport, clean_orphans
 from postline.queue.base import Queue
 from postline.queue.embedded import EmbeddedQueue
 from postline.queue.redis import RedisQueue
-from postline.spool.base import Spool
+from postline.spool.base import Spool, owner_ref
 from postline.spool.database import DatabaseSpool
 from postline.spool.files import FileSpool
 from postline.store.db import Database
@@ -533,7 +533,12 @@ async def check_invariants(
             if r.status in _PENDING and r.email_id in store.emails
         }
         report.spool_left = len(entries)
-        orphans = [entry for entry, ref in entries.items() if not ref or ref not in live | queued]
+        # A tracked email's copy per recipient lives and goes with its email's body.
+        orphans = [
+            entry
+            for entry, ref in entries.items()
+            if not ref or (ref not in live | queued and owner_ref(ref) not in live | queued)
+        ]
         report.orphan_spool_files = len(orphans)
         found.add("spool entries without a live reference after cleanup", sorted(orphans))
         held = set(entries.values())

@@ -80,6 +80,8 @@ async def test_every_paginated_list_refuses_a_bad_cursor_and_takes_its_own(
         "/v1/emails": "em_01jc3w8y9k2m4n6p8r0t2v4x6z",
         "/v1/suppressions": "sup_01jc3w8y9k2m4n6p8r0t2v4x6z",
         deliveries: "whd_01jc3w8y9k2m4n6p8r0t2v4x6z",
+        "/v1/inbound": "inm_01jc3w8y9k2m4n6p8r0t2v4x6z",
+        "/v1/inbound/reports": "inb_01jc3w8y9k2m4n6p8r0t2v4x6z",
     }
     for path, cursor in own.items():
         good = await pl.client.get(path, params={"cursor": cursor}, headers=pl.auth())

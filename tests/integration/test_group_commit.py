@@ -24,6 +24,7 @@ from postline.app import build_spool
 from postline.keys import Principal
 from postline.message import Content
 from postline.model import EmailSource
+from postline.spool.base import copy_ref, copy_refs
 from postline.spool.files import FileSpool
 from postline.store.db import Database
 from postline.store.schema import sent_emails
@@ -248,6 +249,54 @@ async def test_a_failed_commit_fails_the_whole_group_and_leaves_nothing(
     assert await stored_ids(pl) == set()
     assert await stored_bodies(pl) == set()
     assert await queued(pl) == 0
+
+
+def tracked_submission(number: int) -> Submission:
+    """Tracked, to two recipients: a body for each (the second ``copy_ref(id, 1)``)."""
+    addresses = [f"r{number}@dest.test", f"s{number}@other.test"]
+    return Submission(
+        content=Content(
+            from_name="Sender",
+            from_address="sender@example.test",
+            to=addresses,
+            subject=f"number {number}",
+            html=f"<p>body {number}</p>",
+        ),
+        recipients=[Recipient(address, "to") for address in addresses],
+        track_opens=True,
+    )
+
+
+async def test_the_copies_of_tracked_emails_are_durable_with_them_or_not_at_all(
+    postline_factory: Factory, adapters: dict[str, Any]
+) -> None:
+    pl = await postline_factory(engine=False, **adapters)
+    calls = [(tracked_submission(i) if i % 2 else submission(i), None) for i in range(CALLS)]
+    answers = await accept_held(pl, calls, CALLS)
+    ids = [answer[0].id for answer in answers if isinstance(answer, list)]
+    assert len(ids) == CALLS
+    copies = {copy_ref(email_id, 1) for email_id in ids[1::2]}
+    assert await stored_bodies(pl) == set(ids) | copies
+    for email_id in ids[1::2]:
+        first, second = [await pl.services.spool.get(r) for r in copy_refs(email_id, 2)]
+        assert first != second and b"DKIM-Signature:" in first and b"DKIM-Signature:" in second
+
+    # A failed commit leaves none of them.
+    engine = pl.services.db.engine.sync_engine
+
+    @event.listens_for(engine, "commit")
+    def _refuse(conn: Any) -> None:
+        if conn.info.pop("accepting", False):
+            raise RuntimeError("the commit failed")
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _accepting(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO SENT_EMAILS"):
+            conn.info["accepting"] = True
+
+    failed = await accept_held(pl, [(tracked_submission(i), None) for i in range(4)], 4)
+    assert all(isinstance(a, RuntimeError) for a in failed), failed
+    assert await stored_bodies(pl) == set(ids) | copies
 
 
 async def test_idempotency_keys_in_concurrent_sends(

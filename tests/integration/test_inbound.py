@@ -80,7 +80,7 @@ async def suppressions(pl: PostlineUnderTest) -> dict[str, str]:
 
 
 async def unmatched(pl: PostlineUnderTest) -> list[dict[str, Any]]:
-    response = await pl.client.get("/v1/inbound", headers=pl.auth())
+    response = await pl.client.get("/v1/inbound/reports", headers=pl.auth())
     assert response.status_code == 200, response.text
     data: list[dict[str, Any]] = response.json()["data"]
     return data
@@ -278,10 +278,10 @@ async def test_what_cannot_be_applied_is_stored_listed_and_counted(
     metrics = (await pl.client.get("/metrics")).text
     assert 'postline_inbound_reports_total{kind="bounce",result="unmatched"} 3.0' in metrics
 
-    page = await pl.client.get("/v1/inbound", params={"limit": 2}, headers=pl.auth())
+    page = await pl.client.get("/v1/inbound/reports", params={"limit": 2}, headers=pl.auth())
     assert [s["id"] for s in page.json()["data"]] == [s["id"] for s in stored[:2]]
     rest = await pl.client.get(
-        "/v1/inbound", params={"cursor": page.json()["next_cursor"]}, headers=pl.auth()
+        "/v1/inbound/reports", params={"cursor": page.json()["next_cursor"]}, headers=pl.auth()
     )
     assert [s["id"] for s in rest.json()["data"]] == [s["id"] for s in stored[2:]]
 
@@ -379,5 +379,5 @@ async def test_only_admin_keys_list_unmatched_reports(pl: PostlineUnderTest) -> 
         "/v1/api-keys", json={"name": "scoped", "domain": "example.test"}, headers=pl.auth()
     )
     scoped = response.json()["key"]
-    assert (await pl.client.get("/v1/inbound", headers=pl.auth(scoped))).status_code == 403
-    assert (await pl.client.get("/v1/inbound")).status_code == 401
+    assert (await pl.client.get("/v1/inbound/reports", headers=pl.auth(scoped))).status_code == 403
+    assert (await pl.client.get("/v1/inbound/reports")).status_code == 401

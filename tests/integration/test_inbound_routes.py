@@ -243,3 +243,88 @@ def _smtp_reply(port: int, rcpt: str) -> str:
         code, answer = smtp.data(MESSAGE)
         assert code == 250, answer
         return answer.decode()
+
+
+async def test_received_mail_is_listed_and_read_as_its_event_said_scoped_by_domain(
+    pl: PostlineUnderTest, inbound: InboundListener, receiver: WebhookReceiver
+) -> None:
+    await route(pl, "support@in.example.test")
+    await route(pl, "help@other.test")
+    hook = {"url": receiver.url, "events": ["email.received"], "domain": "example.test"}
+    assert (await pl.client.post("/v1/webhooks", json=hook, headers=pl.auth())).status_code == 201
+    for _ in range(3):
+        await mail(inbound, "support@in.example.test")
+    other = MESSAGE.replace(b"Need_h=C3=A9lp", b"Other_domain_private")
+    await mail(inbound, "help@other.test", other)
+    hooks = await receiver.wait_until(lambda hs: len(hs) >= 3, what="three email.received")
+    events = {h.json["data"]["inbound_id"]: h.json["data"] for h in hooks}
+
+    # A read key of example.test pages through its three, newest first, and no other.
+    reader = await key(pl, "example.test", ["read"])
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = await pl.client.get("/v1/inbound", params=params, headers=pl.auth(reader))
+        assert page.status_code == 200, page.text
+        seen += page.json()["data"]
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert [m["id"] for m in seen] == sorted(events, reverse=True)
+    first = seen[0]
+    assert first["object"] == "inbound_message"
+    assert (first["domain"], first["mail_from"], first["rcpt_to"]) == (
+        "example.test",
+        "customer@far.test",
+        "support@in.example.test",
+    )
+    assert (first["from"], first["to"], first["subject"]) == (
+        "customer@far.test",
+        ["support@in.example.test"],
+        "Need hélp",
+    )
+    assert (first["size"], first["raw_url"]) == (len(MESSAGE), f"/v1/inbound/{first['id']}/raw")
+
+    # One message: the fields of its email.received event, parsed again from the bytes.
+    detail = await pl.client.get(f"/v1/inbound/{first['id']}", headers=pl.auth(reader))
+    assert detail.status_code == 200, detail.text
+    body = detail.json()
+    assert (body.pop("object"), body.pop("id")) == ("inbound_message", first["id"])
+    assert body == events[first["id"]]
+
+    # The admin key sees both domains, and filters by one; another domain's key gets
+    # the other's message only, and the same 403 for a domain not its own.
+    everything = await pl.client.get("/v1/inbound", headers=pl.auth())
+    assert len(everything.json()["data"]) == 4
+    filtered = await pl.client.get(
+        "/v1/inbound", params={"domain": "other.test"}, headers=pl.auth()
+    )
+    (theirs,) = filtered.json()["data"]
+    assert theirs["subject"] == "Other domain private"
+    stranger = await key(pl, "other.test", ["read"])
+    listed = await pl.client.get("/v1/inbound", headers=pl.auth(stranger))
+    assert [m["id"] for m in listed.json()["data"]] == [theirs["id"]]
+    named = await pl.client.get(
+        "/v1/inbound", params={"domain": "example.test"}, headers=pl.auth(stranger)
+    )
+    assert named.status_code == 403, named.text
+    hidden = await pl.client.get(f"/v1/inbound/{first['id']}", headers=pl.auth(stranger))
+    assert hidden.status_code == 404, hidden.text
+    # A key without the read scope lists nothing.
+    sender = await key(pl, "example.test", ["send"])
+    refused = await pl.client.get("/v1/inbound", headers=pl.auth(sender))
+    assert refused.status_code == 403, refused.text
+
+
+async def test_a_message_that_does_not_parse_is_still_listed_and_read(
+    pl: PostlineUnderTest, inbound: InboundListener
+) -> None:
+    await route(pl, "odd@example.test")
+    odd = b"Subject: \xff\xfe broken\r\nContent-Type: multipart/mixed\r\n\r\nno boundary\r\n"
+    await mail(inbound, "odd@example.test", odd)
+    (listed,) = (await pl.client.get("/v1/inbound", headers=pl.auth())).json()["data"]
+    assert listed["from"] is None and listed["to"] == []
+    detail = await pl.client.get(f"/v1/inbound/{listed['id']}", headers=pl.auth())
+    assert detail.status_code == 200, detail.text
+    assert detail.json()["size"] == len(odd)

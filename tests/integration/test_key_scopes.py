@@ -30,9 +30,11 @@ def _scope_of(method: str, path: str) -> str:
     if path.startswith("/v1/emails"):
         return "read" if method == "GET" else "send"
     if path.startswith(("/v1/events", "/v1/recipients")) or (
-        path.startswith("/v1/inbound/") and path.endswith("/raw")
+        path.startswith("/v1/inbound")
+        and path.split("/")[2] == "inbound"
+        and path != "/v1/inbound/reports"
     ):
-        return "read"
+        return "read"  # mail inbound routes took: /v1/inbound, /{inbound_id}, /{inbound_id}/raw
     if path.startswith("/v1/stats"):
         return "stats"
     if path.startswith("/v1/domains"):

@@ -18,7 +18,7 @@ from postline.orphans import clean_orphans
 from postline.queue.base import QueueError
 from postline.queue.embedded import EmbeddedQueue
 from postline.queue.redis import RedisQueue
-from postline.spool.base import SpoolMissing
+from postline.spool.base import SpoolMissing, copy_ref
 from postline.store.db import Database
 from postline.store.types import utcnow
 from tests.harness.postline import PostlineUnderTest
@@ -143,3 +143,35 @@ async def test_nothing_is_deleted_when_the_queue_cannot_list_its_bodies(
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warned == [f"orphan cleanup deleted nothing: {report.refused}"]
     assert await _exists(postline, "em_stray0000000000000000")
+
+
+async def test_the_copies_of_a_tracked_email_stay_and_go_with_its_body(
+    postline: PostlineUnderTest,
+) -> None:
+    # A tracked email to several: one body per recipient, the first under its own ref.
+    sent = await postline.send(
+        to=["a@dest.test", "b@dest.test"], cc=["c@other.test"], track={"opens": True}, html="<p>x"
+    )
+    copies = [copy_ref(sent["id"], position) for position in range(3)]
+    # What accept leaves when it dies between writing such copies and the commit.
+    stray = [copy_ref("em_stray0000000000000000", position) for position in range(2)]
+    for ref in stray:
+        await postline.services.spool.put(ref, b"Subject: lost\r\n\r\nx\r\n")
+    report = await _clean(postline)
+    assert (report.candidates, report.deleted) == (5, 2)
+    assert [await _exists(postline, ref) for ref in copies] == [True, True, True]
+    assert [await _exists(postline, ref) for ref in stray] == [False, False]
+
+    # Waiting without a job (an ack lost): the email's rows keep every copy.
+    for job in await postline.services.queue.lease("test", 10, 60):
+        await postline.services.queue.ack(job)
+    assert (await _clean(postline)).deleted == 0
+
+    # Finished (cancelled), past max_age: all of them go.
+    cancelled = await postline.client.post(
+        f"/v1/emails/{sent['id']}/cancel", headers=postline.auth()
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    report = await _clean(postline)
+    assert (report.candidates, report.deleted) == (3, 3)
+    assert [await _exists(postline, ref) for ref in copies] == [False, False, False]

@@ -107,3 +107,57 @@ async def test_a_scoped_key_sends_only_from_its_own_domain(postline: PostlineUnd
     assert status == 403, problem
     status, accepted = await _post(postline, _body(RAW, ["a@dest.test"]), key)
     assert status == 202, accepted
+
+
+async def test_tags_are_kept_and_reach_the_events(postline: PostlineUnderTest) -> None:
+    body = {**_body(RAW, ["reader@dest.test"]), "tags": [{"name": "campaign", "value": "raw_1"}]}
+    status, accepted = await _post(postline, body)
+    assert status == 202, accepted
+    detail = await postline.wait_for_status(accepted["id"], ["delivered"])
+    assert detail["tags"] == {"campaign": "raw_1"}
+    feed = await postline.client.get("/v1/events", headers=postline.auth())
+    delivered = [e for e in feed.json()["data"] if e["type"] == "email.delivered"]
+    assert [e["data"]["tags"] for e in delivered] == [{"campaign": "raw_1"}]
+
+
+async def test_an_idempotency_key_sends_once_and_replays_the_answer(
+    postline_factory: Factory,
+) -> None:
+    pl = await postline_factory(engine=False)
+    body = _body(RAW, ["reader@dest.test"])
+    keyed = {**pl.auth(), "Idempotency-Key": "raw-order-7"}
+    first = await pl.client.post("/v1/emails/raw", json=body, headers=keyed)
+    again = await pl.client.post("/v1/emails/raw", json=body, headers=keyed)
+    assert (first.status_code, again.status_code) == (202, 202), again.text
+    assert again.json() == first.json()
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    listed = await pl.client.get("/v1/emails", headers=pl.auth())
+    assert [e["id"] for e in listed.json()["data"]] == [first.json()["id"]]
+
+    other = await pl.client.post(
+        "/v1/emails/raw", json=_body(RAW, ["other@dest.test"]), headers=keyed
+    )
+    assert other.status_code == 409, other.text
+    assert other.json()["name"] == "invalid_idempotent_request"
+    # The same key on POST /v1/emails is another request too.
+    email = {"from": "app@example.test", "to": ["reader@dest.test"], "subject": "s", "text": "t"}
+    crossed = await pl.client.post("/v1/emails", json=email, headers=keyed)
+    assert crossed.status_code == 409, crossed.text
+    empty = await pl.client.post(
+        "/v1/emails/raw", json=body, headers={**pl.auth(), "Idempotency-Key": ""}
+    )
+    assert empty.status_code == 400, empty.text
+
+
+async def test_a_refused_raw_message_does_not_burn_its_idempotency_key(
+    postline_factory: Factory,
+) -> None:
+    pl = await postline_factory(engine=False)
+    keyed = {**pl.auth(), "Idempotency-Key": "fix-then-retry"}
+    bad = await pl.client.post(
+        "/v1/emails/raw", json=_body(RAW.replace(b"\r\n", b"\n"), ["a@dest.test"]), headers=keyed
+    )
+    assert bad.status_code == 422, bad.text
+    good = await pl.client.post("/v1/emails/raw", json=_body(RAW, ["a@dest.test"]), headers=keyed)
+    assert good.status_code == 202, good.text

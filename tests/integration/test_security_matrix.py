@@ -101,6 +101,8 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("GET", "/t/c/{token}"): Case("public", status=404),
     ("GET", "/t/u/{token}"): Case("public", status=404),
     ("POST", "/t/u/{token}"): Case("public", status=404),
+    # A proxy's on-demand TLS question: 404 for a name that is no tracking host.
+    ("GET", "/t/tls"): Case("public", status=404, queries=lambda w: [{"domain": "t.b.test"}]),
     # --- emails
     ("POST", "/v1/emails"): Case(
         "send", body=lambda w: _email("Intruder <intruder@b.test>", "victim@dest.test")
@@ -156,12 +158,16 @@ MATRIX: dict[tuple[str, str], Case] = {
         "list", own="email_id", queries=lambda w: [{}, {"type": "email.queued"}, {"limit": "1000"}]
     ),
     # --- inbound reports that could not be applied
-    ("GET", "/v1/inbound"): Case("admin"),
+    ("GET", "/v1/inbound/reports"): Case("admin"),
     # --- inbound routes and the mail they took
     ("GET", "/v1/inbound-routes"): Case("list", own="route_id"),
     ("POST", "/v1/inbound-routes"): Case("send", body=lambda w: {"match": "new@b.test"}),
     ("GET", "/v1/inbound-routes/{route_id}"): Case("owner"),
     ("DELETE", "/v1/inbound-routes/{route_id}"): Case("owner"),
+    ("GET", "/v1/inbound"): Case(
+        "list", own="inbound_id", queries=lambda w: [{}, {"domain": "b.test"}]
+    ),
+    ("GET", "/v1/inbound/{inbound_id}"): Case("owner"),
     ("GET", "/v1/inbound/{inbound_id}/raw"): Case("owner"),
     # --- suppressions
     ("GET", "/v1/suppressions"): Case(

@@ -13,6 +13,7 @@ import pytest_asyncio
 
 from postline.config import normalize_database_url
 from postline.spool import Spool, SpoolError, SpoolMissing
+from postline.spool.base import copy_ref, copy_refs, owner_ref
 from postline.spool.database import DatabaseSpool
 from postline.spool.files import FileSpool
 from postline.store.db import Database
@@ -191,6 +192,40 @@ async def test_a_ref_of_64_characters_is_fine(spool: Spool) -> None:
     ref = "em_" + "x" * 61
     await spool.put(ref, b"x")
     assert await spool.get(ref) == b"x"
+
+
+async def test_a_recipients_copies_are_bodies_like_any_other(spool: Spool) -> None:
+    """A tracked email's copy per recipient (``copy_ref``): kept, read, listed and
+    removed on its own, beside its email's body and not mistaken for it."""
+    email_id = "em_01m95a5vv69pqrjv35dsc0sb1z"
+    refs = copy_refs(email_id, 3)
+    assert refs == [email_id, f"{email_id}_r1", f"{email_id}_r2"]
+    await spool.put_many([(ref, ref.encode()) for ref in refs])
+    assert [await spool.get(ref) for ref in refs] == [ref.encode() for ref in refs]
+    assert sorted(await spool.refs_older_than(utcnow() + FUTURE)) == sorted(refs)
+    await spool.delete_many(refs[1:])
+    assert await spool.get(email_id) == email_id.encode()
+    for ref in refs[1:]:
+        with pytest.raises(SpoolMissing):
+            await spool.get(ref)
+
+
+def test_a_copy_names_its_email() -> None:
+    assert owner_ref(copy_ref("em_abc", 7)) == "em_abc"
+    assert copy_ref("em_abc", 0) == "em_abc" and owner_ref("em_abc") == "em_abc"
+    # Only "_r" and a position from 1 is a copy: an id's own characters never are.
+    for ref in ("em_abc_r0", "em_abc_r", "em_abc_rx", "em_r1x", "x_r01"):
+        assert owner_ref(ref) == ref
+    assert copy_refs("em_abc", 1) == ["em_abc"] == copy_refs("em_abc", 0)
+
+
+async def test_a_copy_is_filed_beside_its_email(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path / "spool")
+    await spool.put_many([("em_abc", b"x"), (copy_ref("em_abc", 12), b"y")])
+    assert sorted(p.name for p in (tmp_path / "spool" / "bc").iterdir()) == [
+        "em_abc.eml",
+        "em_abc_r12.eml",
+    ]
 
 
 async def test_no_temporary_files_left(tmp_path: Path) -> None:

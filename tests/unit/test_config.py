@@ -178,6 +178,8 @@ BAD_ENV: list[tuple[str, str]] = [
     ("POSTLINE_CONCURRENCY", "0"),
     ("POSTLINE_MAX_AGE_SECONDS", "-1"),
     ("POSTLINE_SANDBOX", "maybe"),
+    ("POSTLINE_TRUSTED_PROXIES", "10.0.0.0/8, proxy.example"),
+    ("POSTLINE_TRUSTED_PROXIES", "10.0.0.0/33"),
 ]
 
 
@@ -514,3 +516,10 @@ def test_named_in_environment_reads_as_the_settings_do(monkeypatch: pytest.Monke
     assert named_in_environment("POSTLINE_DATA_DIR")
     monkeypatch.setenv("postline_data_dir", "  ")
     assert not named_in_environment("POSTLINE_DATA_DIR")
+
+
+def test_trusted_proxies_are_networks() -> None:
+    settings = load_settings(trusted_proxies=" 10.1.2.3, 192.168.0.0/16,,::1 ")
+    assert settings.trusted_proxy_networks == ["10.1.2.3/32", "192.168.0.0/16", "::1/128"]
+    assert load_settings().trusted_proxy_networks == ["127.0.0.1/32", "::1/128"]
+    assert load_settings(trusted_proxies="").trusted_proxy_networks == []

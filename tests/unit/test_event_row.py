@@ -42,6 +42,7 @@ EMAIL = Email(
     updated_at=NOW,
     original_email_id=None,
     body_purged_at=None,
+    bodies=1,
 )
 
 RECIPIENT = Recipient(

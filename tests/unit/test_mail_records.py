@@ -35,6 +35,7 @@ def email(**overrides: object) -> Email:
         "updated_at": NOW,
         "original_email_id": None,
         "body_purged_at": None,
+        "bodies": 1,
     }
     return Email.from_mapping(columns | overrides)
 

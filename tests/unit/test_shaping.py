@@ -53,6 +53,24 @@ async def test_messages_per_minute_are_paced() -> None:
     assert abs(now - 3.0) < 1e-6
 
 
+async def test_more_messages_in_one_slot_pay_a_turn_each() -> None:
+    now = 0.0
+
+    def clock() -> float:
+        return now
+
+    async def sleep(seconds: float) -> None:
+        nonlocal now
+        now += seconds
+
+    shaper = Shaper(Limits(per_minute=60), clock=clock, sleep=sleep)  # one a second
+    async with shaper.slot("slow.test"):
+        for _ in range(7):  # a tracked email's further copies, on the slot's connection
+            await shaper.pace("slow.test")
+    # Eight messages, as eight slots of one each: a burst of five, then one per second.
+    assert abs(now - 3.0) < 1e-6
+
+
 def test_parse_limits() -> None:
     assert parse_limits({"gmail.com": {"connections": 5, "per_minute": 600}}) == {
         "gmail.com": Limits(connections=5, per_minute=600)

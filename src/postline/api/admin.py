@@ -7,6 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.api import answers
 from postline.api.auth import Admin, Caller, Operator, Reader, Svc
@@ -15,6 +17,7 @@ from postline.api.problems import Problem
 from postline.api.responses import problem_responses
 from postline.api.schemas import DomainIn, DomainPatch, KeyIn
 from postline.api.views import page, rfc3339
+from postline.config import Settings
 from postline.domains import DomainError, create_domain, dns_records, verify_domain
 from postline.keys import SCOPES, create_key, key_scopes
 from postline.store import domains as domain_store
@@ -22,6 +25,7 @@ from postline.store import inbound_routes as route_store
 from postline.store import keys as key_store
 from postline.store.domains import Domain
 from postline.store.keys import ApiKey
+from postline.tracking.hosts import check_tracking_host, cname_target
 
 router = APIRouter(
     prefix="/v1",
@@ -34,10 +38,13 @@ router = APIRouter(
 _DOMAIN: dict[str, Any] = {"response_model": answers.Domain, "response_model_exclude_unset": True}
 
 
-def domain_view(row: Domain, hostname: str, inbound_domains: Sequence[str] = ()) -> dict[str, Any]:
+def domain_view(
+    row: Domain, settings: Settings, inbound_domains: Sequence[str] = ()
+) -> dict[str, Any]:
     checks = row.verification or {}
     records = []
-    for record in dns_records(row, hostname, inbound_domains):
+    target = cname_target(settings.tracking_url, settings.hostname)
+    for record in dns_records(row, settings.hostname, inbound_domains, target):
         item = {
             "type": record.type,
             "name": record.name,
@@ -57,7 +64,11 @@ def domain_view(row: Domain, hostname: str, inbound_domains: Sequence[str] = ())
         "verified": row.verified,
         "status": domain_status(row.verified, checks),
         "bounce_notifications": row.bounce_notifications,
-        "tracking": {"opens": row.track_opens, "clicks": row.track_clicks},
+        "tracking": {
+            "opens": row.track_opens,
+            "clicks": row.track_clicks,
+            "host": row.tracking_host,
+        },
         "created_at": rfc3339(row.created_at),
     }
 
@@ -95,7 +106,11 @@ async def _routed_view(svc: Svc, row: Domain) -> dict[str, Any]:
     """``domain_view`` with the MX of each domain the domain's inbound routes take mail for."""
     async with svc.db.read() as conn:
         matches = await route_store.route_matches_of(conn, row.id)
-    return domain_view(row, svc.settings.hostname, [m.rpartition("@")[2] for m in matches])
+    return domain_view(row, svc.settings, _inbound_domains(matches))
+
+
+def _inbound_domains(matches: Sequence[str]) -> list[str]:
+    return [m.rpartition("@")[2] for m in matches]
 
 
 async def _visible_domain(svc: Svc, caller: Caller, domain_id: str) -> Domain:
@@ -119,7 +134,7 @@ async def add_domain(svc: Svc, _: Admin, body: DomainIn) -> dict[str, Any]:
     except DomainError as exc:
         status = 409 if "already exists" in str(exc) else 422
         raise Problem(status, str(exc), [{"field": "name", "message": str(exc)}]) from None
-    return domain_view(row, svc.settings.hostname)
+    return domain_view(row, svc.settings)
 
 
 @router.get(
@@ -140,27 +155,60 @@ async def get_domain(svc: Svc, caller: Reader, domain_id: str) -> dict[str, Any]
     return await _routed_view(svc, await _visible_domain(svc, caller, domain_id))
 
 
-@router.patch("/domains/{domain_id}", summary="Change a domain's settings", **_DOMAIN)
+@router.patch(
+    "/domains/{domain_id}",
+    summary="Change a domain's settings",
+    responses=problem_responses(409),
+    **_DOMAIN,
+)
 async def patch_domain(
     svc: Svc, caller: Operator, domain_id: str, body: DomainPatch
 ) -> dict[str, Any]:
-    await _visible_domain(svc, caller, domain_id)
-    if body.bounce_notifications is not None:
+    row = await _visible_domain(svc, caller, domain_id)
+    tracking = body.tracking
+    try:
         async with svc.db.write() as conn:
-            await domain_store.set_bounce_notifications(conn, domain_id, body.bounce_notifications)
-    if body.tracking is not None:
-        async with svc.db.write() as conn:
-            await domain_store.set_tracking(
-                conn, domain_id, opens=body.tracking.opens, clicks=body.tracking.clicks
-            )
-    return domain_view(await _visible_domain(svc, caller, domain_id), svc.settings.hostname)
+            if tracking is not None and "host" in tracking.model_fields_set:
+                host = await _tracking_host(conn, row, tracking.host)
+                await domain_store.set_tracking_host(conn, domain_id, host)
+            if body.bounce_notifications is not None:
+                await domain_store.set_bounce_notifications(
+                    conn, domain_id, body.bounce_notifications
+                )
+            if tracking is not None:
+                await domain_store.set_tracking(
+                    conn, domain_id, opens=tracking.opens, clicks=tracking.clicks
+                )
+    except IntegrityError:
+        # Another domain took the host between the check and the update (unique index).
+        raise Problem(409, "that tracking host is another domain's") from None
+    return await _routed_view(svc, await _visible_domain(svc, caller, domain_id))
+
+
+async def _tracking_host(conn: AsyncConnection, row: Domain, host: str | None) -> str | None:
+    """The host asked for, checked: a name under the domain with no other record of the
+    domain at it, and no other domain's tracking host (409)."""
+    if host is None:
+        return None
+    taken = set(_inbound_domains(await route_store.route_matches_of(conn, row.id)))
+    try:
+        name = check_tracking_host(row.name, host, taken)
+    except DomainError as exc:
+        errors = [{"field": "tracking.host", "message": str(exc)}]
+        raise Problem(422, f"tracking.host: {exc}", errors) from None
+    owner = await domain_store.domain_with_tracking_host(conn, name)
+    if owner is not None and owner != row.id:
+        raise Problem(409, f"{name} is the tracking host of another domain")
+    return name
 
 
 @router.post("/domains/{domain_id}/verify", summary="Check the domain's DNS records now", **_DOMAIN)
 async def verify(svc: Svc, caller: Operator, domain_id: str) -> dict[str, Any]:
     row = await _visible_domain(svc, caller, domain_id)
-    checked = await verify_domain(svc.db, svc.router.resolver, row, svc.settings.hostname)
-    return domain_view(checked, svc.settings.hostname)
+    settings = svc.settings
+    target = cname_target(settings.tracking_url, settings.hostname)
+    checked = await verify_domain(svc.db, svc.router.resolver, row, settings.hostname, target)
+    return await _routed_view(svc, checked)
 
 
 @router.delete(

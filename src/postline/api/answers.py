@@ -199,6 +199,17 @@ class DomainTracking(_Answer):
 
     opens: bool
     clicks: bool
+    host: str | None = Field(
+        description="The domain's own tracking host (its CNAME is in `dns_records`);"
+        " null: links use POSTLINE_TRACKING_URL"
+    )
+
+
+class TrackingHost(_Answer):
+    """``GET /t/tls``: the name is a domain's tracking host (a proxy may get it a
+    certificate)."""
+
+    host: str
 
 
 class Domain(_Answer):
@@ -315,7 +326,7 @@ class RecipientLookup(_Answer):
 
 
 class InboundUnmatched(_Answer):
-    object: Literal["inbound_message"]
+    object: Literal["inbound_report"]
     id: str
     received_at: str | None
     mail_from: str = Field(description="The envelope sender (empty for a null sender)")
@@ -331,6 +342,67 @@ class InboundUnmatched(_Answer):
 
 class InboundUnmatchedList(_Page):
     data: list[InboundUnmatched]
+
+
+class InboundMessage(_Answer):
+    """Mail an inbound route took, in a list: read from its header."""
+
+    object: Literal["inbound_message"]
+    id: str
+    route_id: str | None = Field(description="The route that took it (it may since be deleted)")
+    domain: str = Field(description="The sending domain the route belongs to")
+    received_at: str | None
+    mail_from: str = Field(description="The envelope sender (empty for a null sender)")
+    rcpt_to: str = Field(description="The routed address it came to")
+    size: int = Field(description="Bytes, as received")
+    from_: str | None = Field(alias="from", description="The From header's address")
+    to: list[str] = Field(description="The To header's addresses")
+    subject: str | None
+    raw_url: str = Field(description="`GET` it with the API key: the message as received")
+
+
+class InboundMessageList(_Page):
+    data: list[InboundMessage]
+
+
+class InboundAttachment(_Answer):
+    filename: str | None
+    content_type: str
+    content_id: str | None
+    size: int
+
+
+class InboundMessageDetail(_Answer):
+    """One message an inbound route took: the ``data`` of its ``email.received`` event."""
+
+    object: Literal["inbound_message"]
+    id: str
+    inbound_id: str = Field(description="The same as `id` (the event's name for it)")
+    route_id: str | None
+    domain: str
+    received_at: str | None
+    mail_from: str
+    rcpt_to: str
+    size: int
+    raw_url: str
+    parsed: bool = Field(description="False: the message did not parse; only `raw_url` has it")
+    from_: str | None = Field(default=None, alias="from")
+    from_header: str | None = None
+    to: list[str] = Field(default_factory=list)
+    cc: list[str] = Field(default_factory=list)
+    reply_to: list[str] = Field(default_factory=list)
+    subject: str | None = None
+    message_id: str | None = None
+    date: str | None = None
+    text: str | None = None
+    html: str | None = None
+    truncated: bool = Field(default=False, description="`text` or `html` was cut at 256 KiB")
+    attachments: list[InboundAttachment] = Field(default_factory=list)
+    headers: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Spam-relevant headers: `authentication-results`, `received-spf`,"
+        " `arc-authentication-results`, `dkim_signature`, `x_spam`",
+    )
 
 
 # -- templates ------------------------------------------------------------------------------

@@ -8,12 +8,14 @@ from postline import __version__
 from postline.api import (
     admin,
     body_guard,
+    client_address,
     destinations,
     docs,
     emails,
     events,
     health,
     inbound,
+    inbound_messages,
     inbound_routes,
     index,
     problems,
@@ -52,6 +54,8 @@ def create_api(services: Services) -> FastAPI:
     app.add_middleware(body_guard.BodyGuard, db=services.db, limit=services.settings.request_limit)
     # Outside it: its problems too are relabelled for clients that want plain JSON.
     app.add_middleware(problems.NegotiatedProblems)
+    # Outermost: every layer inside sees the client a trusted proxy names.
+    client_address.install(app, services.settings)
 
     for router in (
         emails.router,
@@ -62,7 +66,8 @@ def create_api(services: Services) -> FastAPI:
         webhooks.router,
         destinations.router,
         health.router,
-        inbound.router,
+        inbound.router,  # /v1/inbound/reports before /v1/inbound/{inbound_id}
+        inbound_messages.router,
         inbound_routes.router,
         events.router,
         templates.router,

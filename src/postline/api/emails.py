@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -14,15 +13,15 @@ from typing import Annotated, Any, TypeVar
 import pydantic_core
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from postline.accept import MAX_SCHEDULE_AHEAD, Accepted, Recipient, Submission
+from postline.accept import MAX_SCHEDULE_AHEAD, Recipient, Submission
 from postline.api import answers, ratelimit
 from postline.api.auth import Caller, Reader, Sender, Svc, domain_in_scope
 from postline.api.cursors import page_after
+from postline.api.idempotent import Shape, accept_once
 from postline.api.problems import Problem
 from postline.api.responses import problem_responses
 from postline.api.schemas import Batch, BatchBody, EmailBody, EmailIn, RescheduleIn, Timestamp
@@ -43,7 +42,6 @@ from postline.outcomes import Outcome, apply_outcome, is_customer_mail, refresh_
 from postline.queue.base import Job
 from postline.spool import SpoolMissing
 from postline.store import emails as email_store
-from postline.store import idempotency
 from postline.store.emails import Email
 from postline.store.emails import Recipient as EmailRecipient
 from postline.store.types import utcnow
@@ -186,69 +184,22 @@ async def _accept(
     emails: list[EmailIn],
     sent: list[Any],
     idempotency_key: str | None,
-    shape: Any,
+    shape: Shape,
     endpoint: str,
 ) -> Response:
     started = time.monotonic()
     rendered = await render_sends(svc, caller, emails, batch=endpoint == "batch")
     submissions = [to_submission(e) for e in rendered]
-    if idempotency_key is not None:
-        if not idempotency_key.strip():
-            # Not "no key": a client that meant to send one would lose its protection
-            # against sending twice without a word.
-            message = "is empty: send a key unique to this request, or leave the header out"
-            errors = [{"field": "Idempotency-Key", "message": message}]
-            raise Problem(400, f"Idempotency-Key {message}", errors, name="invalid_idempotency_key")
-        if not 1 <= len(idempotency_key) <= 256:
-            raise Problem(
-                422, "Idempotency-Key must be 1 to 256 characters", name="invalid_idempotency_key"
-            )
-        # The endpoint is part of the body: one email and a batch of that one email differ.
-        request = {
-            "endpoint": endpoint,
-            "emails": [_fingerprint(e, r) for e, r in zip(emails, sent, strict=True)],
-        }
-        digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
-        now = utcnow()
-        async with svc.db.write() as conn:
-            previous = await idempotency.find(conn, caller.key_id, idempotency_key, now)
-            if previous is not None:
-                if previous.request_hash != digest:
-                    raise Problem(
-                        409,
-                        "this Idempotency-Key was used with a different body",
-                        name="invalid_idempotent_request",
-                    )
-                if previous.state != "done":
-                    raise _still_running()
-                return _json(202, previous.response, replayed=True)
-            if not await idempotency.insert_running(
-                conn, caller.key_id, idempotency_key, digest, now
-            ):
-                raise _still_running()
-
-    async def remember(conn: AsyncConnection, results: list[Accepted]) -> None:
-        if idempotency_key is not None:
-            await idempotency.complete(conn, caller.key_id, idempotency_key, shape(results))
-
-    try:
-        results = await svc.acceptor.accept(submissions, caller, on_commit=remember)
-    except BaseException:
-        if idempotency_key is not None:
-            async with svc.db.write() as conn:
-                await idempotency.forget(conn, caller.key_id, idempotency_key)
-        raise
-    svc.metrics.accept_seconds.observe(time.monotonic() - started)
-    return _json(202, shape(results))
-
-
-def _still_running() -> Problem:
-    """Another request with this key is being accepted (or was claimed a moment ago)."""
-    return Problem(
-        409,
-        "a request with this Idempotency-Key is still running",
-        name="concurrent_idempotent_requests",
+    # The endpoint is part of the body: one email and a batch of that one email differ.
+    request = {
+        "endpoint": endpoint,
+        "emails": [_fingerprint(e, r) for e, r in zip(emails, sent, strict=True)],
+    }
+    answered = await accept_once(
+        svc, caller, submissions, key=idempotency_key, request=request, shape=shape
     )
+    svc.metrics.accept_seconds.observe(time.monotonic() - started)
+    return answered
 
 
 def _fingerprint(email: EmailIn, sent: Any) -> dict[str, Any]:
@@ -259,13 +210,6 @@ def _fingerprint(email: EmailIn, sent: Any) -> dict[str, Any]:
     if isinstance(sent, dict) and isinstance(sent.get("scheduled_at"), str):
         fields["scheduled_at"] = sent["scheduled_at"]
     return fields
-
-
-def _json(status: int, body: Any, replayed: bool = False) -> Response:
-    """A send's answer, built here for the replay header: rendered as FastAPI renders
-    every other answer (compact), so one client sees one JSON style."""
-    headers = {"Idempotent-Replayed": "true"} if replayed else None
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 @router.post(
@@ -456,16 +400,40 @@ _RAW_MESSAGE = {
     response_class=Response,
     responses=_RAW_MESSAGE,
 )
-async def get_email_content(svc: Svc, caller: Reader, email_id: str) -> Response:
+async def get_email_content(
+    svc: Svc,
+    caller: Reader,
+    email_id: str,
+    recipient: Annotated[
+        str | None,
+        Query(
+            max_length=320,
+            description="The copy sent to this recipient (an address of the email; 404"
+            " otherwise). A tracked email to several recipients has one copy each, whose"
+            " tracking links name that recipient; without it, the first recipient's.",
+        ),
+    ] = None,
+) -> Response:
     """410 once housekeeping removed the body: after the email became final and
     ``POSTLINE_BODY_RETENTION_SECONDS`` passed (or a crash lost a body nobody needed)."""
+    position = 0
     async with svc.db.read() as conn:
         email = await _visible_email(conn, caller, email_id)
+        if recipient is not None:
+            wanted = recipient.strip().lower()
+            found = [
+                r.position
+                for r in await email_store.get_recipients(conn, email_id)
+                if r.address.lower() == wanted
+            ]
+            if not found:
+                raise Problem(404, f"{email_id} has no such recipient")
+            position = found[0]
     gone = Problem(410, f"the content of {email_id} is no longer kept (body retention)")
     if email.body_purged_at is not None:
         raise gone
     try:
-        body = await svc.spool.get(email.body_ref)
+        body = await svc.spool.get(email.body_ref_of(position))
     except SpoolMissing:
         # Freed between the read above and now, by another process's housekeeping.
         raise gone from None

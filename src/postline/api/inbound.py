@@ -1,24 +1,22 @@
-"""/v1/inbound: what the inbound listener took and could not apply (admin keys only),
-and the raw bytes of mail an inbound route took (``read`` keys of its domain).
+"""/v1/inbound/reports: what the inbound listener took and could not apply (admin keys
+only).
 
 Late bounces and complaints that parsed and matched show on their emails; this lists
 the rest with the reason, so that nothing mailed to a return path vanishes unseen.
+The mail inbound routes take is ``/v1/inbound`` itself (``api.inbound_messages``).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query
 
 from postline.api import answers
-from postline.api.auth import Admin, Reader, Svc
+from postline.api.auth import Admin, Svc
 from postline.api.cursors import page_after
-from postline.api.problems import Problem
-from postline.api.responses import problem_responses
 from postline.api.views import keyset_page, rfc3339
 from postline.store import inbound as inbound_store
-from postline.store import inbound_routes as route_store
 from postline.store.inbound import Unmatched
 
 router = APIRouter(prefix="/v1/inbound", tags=["inbound"])
@@ -26,7 +24,7 @@ router = APIRouter(prefix="/v1/inbound", tags=["inbound"])
 
 def view(row: Unmatched) -> dict[str, Any]:
     return {
-        "object": "inbound_message",
+        "object": "inbound_report",
         "id": row.id,
         "received_at": rfc3339(row.received_at),
         "mail_from": row.mail_from,
@@ -42,7 +40,7 @@ def view(row: Unmatched) -> dict[str, Any]:
 
 
 @router.get(
-    "",
+    "/reports",
     summary="Inbound reports that could not be applied",
     response_model=answers.InboundUnmatchedList,
 )
@@ -56,23 +54,3 @@ async def list_unmatched(
     async with svc.db.read() as conn:
         rows = await inbound_store.list_unmatched(conn, after, limit + 1)
     return keyset_page(rows, limit, view)
-
-
-@router.get(
-    "/{inbound_id}/raw",
-    summary="The raw message an inbound route took, byte for byte",
-    response_class=Response,
-    responses={
-        200: {
-            "content": {"message/rfc822": {"schema": {"type": "string", "format": "binary"}}},
-            "description": "The message as received",
-        },
-        **problem_responses(404),
-    },
-)
-async def raw_message(svc: Svc, caller: Reader, inbound_id: str) -> Response:
-    async with svc.db.read() as conn:
-        row = await route_store.get_message(conn, inbound_id)
-    if row is None or not caller.may_see(row.domain_id):
-        raise Problem(404, f"no inbound message {inbound_id}")
-    return Response(content=row.raw, media_type="message/rfc822")

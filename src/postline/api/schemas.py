@@ -380,6 +380,7 @@ class RawEmailIn(BaseModel):
     raw: str = Field(
         min_length=1, description="The RFC 5322 message, base64; every line ends with CRLF"
     )
+    tags: Tags = Field(default_factory=dict)
 
     @field_validator("to")
     @classmethod
@@ -439,10 +440,23 @@ class DomainIn(BaseModel):
     name: str = Field(min_length=1, max_length=253)
 
 
+class DomainTrackingIn(TrackIn):
+    """A domain's tracking defaults, and its own tracking host (``host``: a name under
+    the domain, ``track.example.com``; null: none, POSTLINE_TRACKING_URL). A member left
+    out stays as it is."""
+
+    host: str | None = Field(
+        default=None,
+        max_length=253,
+        description="A host name under the domain, published as a CNAME (`dns_records`);"
+        " null removes it",
+    )
+
+
 class DomainPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     bounce_notifications: bool | None = None
-    tracking: TrackIn | None = None
+    tracking: DomainTrackingIn | None = None
 
 
 #: An API key's scopes (``postline.keys.SCOPES``).

@@ -155,4 +155,7 @@ def server_config(app: Any, settings: Settings) -> uvicorn.Config:
         access_log=False,
         lifespan="off",
         server_header=False,
+        # X-Forwarded-For is believed only from POSTLINE_TRUSTED_PROXIES, in the app
+        # (postline.api.client_address); uvicorn's default would trust any loopback peer.
+        proxy_headers=False,
     )

@@ -3,19 +3,25 @@
 They need no API key: the token in the path is the authority, signed by Postline
 (``postline.tracking.tokens``). A token that does not check is a 404 problem, so a
 link can only ever redirect to the URL it was made for (never an open redirect).
+They answer on any ``Host``: a domain's own tracking host (``postline.tracking.hosts``)
+is a CNAME to the same server.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
+from postline.api import answers
 from postline.api.auth import Svc
 from postline.api.problems import Problem
 from postline.api.responses import problem_responses
+from postline.domains import DomainError, normalize_domain
+from postline.store import domains as domain_store
 from postline.store.types import utcnow
 from postline.tracking.record import record
 from postline.tracking.tokens import Kind, Token
@@ -44,6 +50,28 @@ async def _record(svc: Svc, request: Request, token: Token) -> None:
         ip=request.client.host if request.client else "",
         now=utcnow(),
     )
+
+
+@router.get(
+    "/tls",
+    summary="For a proxy's on-demand TLS: 200 when `domain` is a domain's tracking host",
+    response_model=answers.TrackingHost,
+)
+async def tls_ask(
+    svc: Svc, domain: Annotated[str, Query(min_length=1, max_length=253)]
+) -> dict[str, str]:
+    """Caddy's ``on_demand_tls`` ``ask`` (docs/OPERATIONS.md): a proxy obtains a
+    certificate for a tracking host the first time a reader's mail program asks for it,
+    and only for a host this answers 200 for, so nobody makes it request certificates
+    for names of their choosing."""
+    try:
+        name = normalize_domain(domain)
+    except DomainError:
+        raise Problem(404, "not a tracking host") from None
+    async with svc.db.read() as conn:
+        if await domain_store.domain_with_tracking_host(conn, name) is None:
+            raise Problem(404, "not a tracking host")
+    return {"host": name}
 
 
 @router.get(

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from postline.backoff import Backoff
 from postline.config import Settings
-from postline.delivery.breaker import Breakers, BreakerState, attempt_verdict
+from postline.delivery.breaker import Breakers, BreakerState, Verdict, attempt_verdict
 from postline.delivery.lease import LeaseGuard, LeaseLost
 from postline.delivery.policies import TlsPolicies
 from postline.delivery.record import RecipientResult, Recorder, Wait
@@ -41,6 +41,7 @@ from postline.model import PENDING_STATUSES, AttemptScope, BounceType, Recipient
 from postline.outcomes import Outcome, activate_scheduled
 from postline.queue import Job, Queue
 from postline.spool import Spool, SpoolMissing
+from postline.spool.base import copy_ref
 from postline.store import breakers as breaker_store
 from postline.store import emails as email_store
 from postline.store.attempts import recent_attempts
@@ -464,19 +465,43 @@ class Engine:
             tls=attempt.tls,
         )
 
+    async def _bodies(
+        self, job: Job, email: Email, recipients: list[Recipient]
+    ) -> tuple[list[tuple[bytes, list[Recipient]]], list[Recipient]]:
+        """What to send, as (body, its recipients) transactions, and whose body is lost.
+
+        One transaction with every recipient, as nearly every email is; a tracked
+        email with several recipients (``email.bodies`` > 1) has a body for each,
+        whose tokens name that recipient only, so one transaction each.
+        """
+        if email.bodies <= 1:
+            try:
+                return [(await self.spool.get(job.body_ref), recipients)], []
+            except SpoolMissing:
+                return [], recipients
+        parcels: list[tuple[bytes, list[Recipient]]] = []
+        lost: list[Recipient] = []
+        for recipient in recipients:
+            try:
+                body = await self.spool.get(copy_ref(job.body_ref, recipient.position))
+            except SpoolMissing:
+                lost.append(recipient)
+                continue
+            parcels.append((body, [recipient]))
+        return parcels, lost
+
     async def _attempt(
         self, job: Job, email: Email, recipients: list[Recipient], guard: LeaseGuard
     ) -> _AttemptOutcome:
         """One delivery attempt for these recipients."""
         if not recipients:
             return _AttemptOutcome([])
-        try:
-            body = await self.spool.get(job.body_ref)
-        except SpoolMissing:
-            lost = Outcome(status=RecipientStatus.FAILED, reason="the message body was lost")
-            return _AttemptOutcome(
-                [RecipientResult(r.id, lost, AttemptScope.LOCAL) for r in recipients]
-            )
+        parcels, lost = await self._bodies(job, email, recipients)
+        gone = Outcome(status=RecipientStatus.FAILED, reason="the message body was lost")
+        failed = [RecipientResult(r.id, gone, AttemptScope.LOCAL) for r in lost]
+        if not parcels:
+            return _AttemptOutcome(failed)
+        to_send = [r for _, group in parcels for r in group]
         try:
             targets = await self.router.route(job.destination)
             targets, plan = await self.tls_policies.plan(job.destination, targets)
@@ -487,7 +512,8 @@ class Engine:
                 tls = TlsInfo(exc.policy, failure=exc.result_type)
                 self.tls_counts.note(job.destination, None, tls)
             return _AttemptOutcome(
-                [RecipientResult(r.id, outcome, AttemptScope.LOCAL) for r in recipients], tls=tls
+                failed + [RecipientResult(r.id, outcome, AttemptScope.LOCAL) for r in to_send],
+                tls=tls,
             )
         destination = job.destination
         if not self.breakers.admits(destination):
@@ -501,18 +527,36 @@ class Engine:
                 admitted = self.breakers.allow(destination)
                 if not admitted:
                     return _AttemptOutcome([], wait=self._wait(destination))
-                result = await self.delivery.send(
-                    targets,
-                    email.envelope_from,
-                    [r.address for r in recipients],
-                    body,
-                    plan,
-                    guard.still_mine,
-                )
-                for mx_host, tls in result.tls_sessions:
-                    self.tls_counts.note(destination, mx_host, tls)
+                results: list[RecipientResult] = []
+                duration_ms = 0
+                result = TransactionResult()
+                for index, (body, group) in enumerate(parcels):
+                    if index:  # the slot paid the first message's turn, not the others'
+                        await self.shaper.pace(key)
+                        guard.check()
+                    result = await self.delivery.send(
+                        targets,
+                        email.envelope_from,
+                        [r.address for r in group],
+                        body,
+                        plan,
+                        guard.still_mine,
+                    )
+                    duration_ms += result.duration_ms
+                    for mx_host, tls in result.tls_sessions:
+                        self.tls_counts.note(destination, mx_host, tls)
+                    own = self._results(group, result)
+                    results += own
+                    if attempt_verdict((r.scope, r.outcome.status) for r in own) is (
+                        Verdict.FAILURE
+                    ):
+                        # The destination failed a whole transaction (down, TLS, 4xx on
+                        # MAIL or DATA): the copies not sent yet share its fate, as they
+                        # would have in one transaction, rather than each wait for it.
+                        for _, rest in parcels[index + 1 :]:
+                            results += self._results(rest, result)
+                        break
                 # Settled before the slot is given back: the next job in line sees it.
-                results = self._results(recipients, result)
                 verdict = attempt_verdict((r.scope, r.outcome.status) for r in results)
                 error = result.error.line if result.error is not None else None
                 reopened = self.breakers.settle(destination, verdict, error)
@@ -522,7 +566,7 @@ class Engine:
             raise
         if reopened:
             await self._release_parked(destination)
-        return _AttemptOutcome(results, result.mx_host, result.duration_ms, tls=result.tls)
+        return _AttemptOutcome(failed + results, result.mx_host, duration_ms, tls=result.tls)
 
     @staticmethod
     def _results(recipients: list[Recipient], result: TransactionResult) -> list[RecipientResult]:

@@ -295,7 +295,8 @@ def _is_ip(text: str) -> bool:
 
 
 async def lookup_texts(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str) -> list[str]:
-    """TXT strings (joined per record) or MX 'pref host' lines; [] when absent or unreachable."""
+    """TXT strings (joined per record), CNAME targets or MX 'pref host' lines; [] when
+    absent or unreachable."""
     try:
         answer = await resolver.resolve(name, rdtype)
     except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN, dns.resolver.NoNameservers):
@@ -304,4 +305,6 @@ async def lookup_texts(resolver: dns.asyncresolver.Resolver, name: str, rdtype: 
         return []
     if rdtype == "TXT":
         return [b"".join(r.strings).decode(errors="replace") for r in answer]
+    if rdtype == "CNAME":
+        return [r.target.to_text(omit_final_dot=True) for r in answer]
     return [f"{r.preference} {r.exchange.to_text(omit_final_dot=True)}" for r in answer]

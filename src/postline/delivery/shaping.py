@@ -81,15 +81,25 @@ class Shaper:
         limits = self.limits(key)
         semaphore = self._slots.setdefault(key, asyncio.Semaphore(limits.connections))
         async with semaphore:
-            if limits.per_minute > 0:
-                bucket = self._buckets.setdefault(key, _Bucket(limits.per_minute, self.clock))
-                while (delay := bucket.wait_time()) > 0:
-                    await self.sleep(delay)
+            await self.pace(key)
             self.in_use[key] = self.in_use.get(key, 0) + 1
             try:
                 yield
             finally:
                 self.in_use[key] -= 1
+
+    async def pace(self, key: str) -> None:
+        """Wait for a message's turn in ``key``'s per-minute budget.
+
+        A slot takes one turn for its first message; a delivery that sends more
+        messages in its slot (a tracked email's copy per recipient) takes one more
+        for each, so the budget counts messages, not slots.
+        """
+        limits = self.limits(key)
+        if limits.per_minute > 0:
+            bucket = self._buckets.setdefault(key, _Bucket(limits.per_minute, self.clock))
+            while (delay := bucket.wait_time()) > 0:
+                await self.sleep(delay)
 
 
 def parse_limits(value: dict[str, dict[str, int]]) -> dict[str, Limits]:

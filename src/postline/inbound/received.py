@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from email import policy
 from email.message import EmailMessage, Message
-from email.parser import BytesParser
+from email.parser import BytesHeaderParser, BytesParser
 from email.utils import getaddresses
 from typing import Any
 
@@ -91,4 +91,18 @@ def describe(raw: bytes) -> dict[str, Any]:
         "truncated": text_cut or html_cut,
         "attachments": _attachments(message),
         "headers": spam_headers(message),
+    }
+
+
+def summarize(head: bytes) -> dict[str, Any]:
+    """``from``, ``to`` and ``subject`` from the start of a message (its header; what
+    follows a cut header is read as far as it goes): a list's line, without parsing
+    each message whole."""
+    header = head.split(b"\r\n\r\n", 1)[0]
+    message = BytesHeaderParser(policy=policy.default).parsebytes(header)
+    from_ = _addresses(message, "From")
+    return {
+        "from": from_[0] if from_ else None,
+        "to": _addresses(message, "To"),
+        "subject": _text(message.get("Subject", "")) or None,
     }

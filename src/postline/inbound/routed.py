@@ -54,7 +54,7 @@ class RoutedMail:
 
     async def take(self, route: InboundRoute, mail_from: str, rcpt_to: str, raw: bytes) -> str:
         """Store the message (and its event, when the route asks for events); its id."""
-        parsed = await asyncio.to_thread(_describe, raw)
+        parsed = await asyncio.to_thread(parse_received, raw)
         now = self.clock()
         message_id = new_id("inm_")
         async with self.db.write() as conn:
@@ -83,7 +83,9 @@ class RoutedMail:
         return message_id
 
 
-def _describe(raw: bytes) -> dict[str, Any] | None:
+def parse_received(raw: bytes) -> dict[str, Any] | None:
+    """The parsed members of an ``email.received`` event, or None when the message does
+    not parse (it is kept and announced all the same)."""
     try:
         return describe(raw)
     except Exception:  # stored and announced all the same: the raw bytes are the truth
@@ -103,18 +105,7 @@ def _event_row(
 ) -> dict[str, Any]:
     """The outbox row: no email of Postline's (``email_id`` NULL), the route's domain."""
     stamp = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    data: dict[str, Any] = {
-        "inbound_id": message_id,
-        "route_id": route.id,
-        "domain": domain,
-        "mail_from": mail_from,
-        "rcpt_to": rcpt_to,
-        "received_at": stamp,
-        "size": len(raw),
-        "raw_url": raw_path(message_id),
-        "parsed": parsed is not None,
-        **(parsed or {}),
-    }
+    data = received_data(message_id, route.id, domain, mail_from, rcpt_to, stamp, len(raw), parsed)
     return {
         "id": new_id("evt_"),
         "type": str(EventType.RECEIVED),
@@ -124,4 +115,29 @@ def _event_row(
         "sequence": 1,
         "created_at": now,
         "payload": {"type": str(EventType.RECEIVED), "created_at": stamp, "data": data},
+    }
+
+
+def received_data(
+    message_id: str,
+    route_id: str | None,
+    domain: str,
+    mail_from: str,
+    rcpt_to: str,
+    received_at: str | None,
+    size: int,
+    parsed: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """What ``email.received`` says of a message, and ``GET /v1/inbound/{id}`` too."""
+    return {
+        "inbound_id": message_id,
+        "route_id": route_id,
+        "domain": domain,
+        "mail_from": mail_from,
+        "rcpt_to": rcpt_to,
+        "received_at": received_at,
+        "size": size,
+        "raw_url": raw_path(message_id),
+        "parsed": parsed is not None,
+        **(parsed or {}),
     }

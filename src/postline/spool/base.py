@@ -11,6 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 # Email ids: letters, digits and "_". Nothing that could name a path or need quoting.
 _REF = re.compile(r"[A-Za-z0-9_]{1,64}")
+# A recipient's own copy of an email's body: the email's ref, "_r" and its position.
+_COPY = re.compile(r"([A-Za-z0-9_]+)_r([1-9][0-9]{0,5})")
 
 
 class SpoolError(Exception):
@@ -34,6 +36,33 @@ def check_ref(ref: str) -> str:
     if not _REF.fullmatch(ref):
         raise SpoolError(f"invalid body reference {ref!r}")
     return ref
+
+
+def copy_ref(ref: str, position: int) -> str:
+    """The reference of the copy of body ``ref`` sent to the recipient at ``position``.
+
+    A tracked email with several recipients has one body per recipient, since each
+    copy's tokens name its own recipient (``postline.tracking``). The first copy is
+    stored under the email's own ref, so whatever reads "the email's body" (the
+    content endpoint, a DSN's quoted headers) finds one; the others under
+    ``{ref}_r{position}``, which an email id never looks like (``owner_ref``).
+    """
+    return ref if position == 0 else f"{ref}_r{position}"
+
+
+def copy_refs(ref: str, bodies: int) -> list[str]:
+    """Every reference of an email whose spool holds ``bodies`` copies (1: one for all)."""
+    return [copy_ref(ref, position) for position in range(max(bodies, 1))]
+
+
+def owner_ref(ref: str) -> str:
+    """The email's own ref of a recipient's copy (``copy_ref``); any other ref itself.
+
+    Orphan cleanup keeps a copy exactly while its email's own ref is kept, and the
+    file spool shards a copy beside it.
+    """
+    match = _COPY.fullmatch(ref)
+    return match.group(1) if match else ref
 
 
 class Spool(ABC):

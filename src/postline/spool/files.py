@@ -15,7 +15,14 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from postline.spool.base import Spool, SpoolError, SpoolFull, SpoolMissing, check_ref
+from postline.spool.base import (
+    Spool,
+    SpoolError,
+    SpoolFull,
+    SpoolMissing,
+    check_ref,
+    owner_ref,
+)
 
 
 class FileSpool(Spool):
@@ -24,8 +31,9 @@ class FileSpool(Spool):
 
     def _path(self, ref: str) -> Path:
         check_ref(ref)
-        # Ids start with the time; their last characters are random, so shard on those.
-        return self.root / ref[-2:] / f"{ref}.eml"
+        # Ids start with the time; their last characters are random, so shard on those
+        # (a recipient's copy of a body on its email's, beside it).
+        return self.root / owner_ref(ref)[-2:] / f"{ref}.eml"
 
     def _write_all(self, items: Sequence[tuple[str, bytes]]) -> None:
         written: list[Path] = []

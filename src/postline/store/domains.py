@@ -28,8 +28,16 @@ class Domain(Record):
     bounce_notifications: bool
     track_opens: bool
     track_clicks: bool
+    tracking_host: str | None
     created_at: datetime
     updated_at: datetime
+
+    @property
+    def live_tracking_host(self) -> str | None:
+        """The tracking host once its CNAME checked out (``verify``); before, links use
+        POSTLINE_TRACKING_URL, so none leads to a name that does not resolve yet."""
+        checks = self.verification or {}
+        return self.tracking_host if checks.get("tracking") == "verified" else None
 
 
 async def insert_domain(
@@ -93,6 +101,31 @@ async def set_tracking(
     if clicks is not None:
         values["track_clicks"] = clicks
     await conn.execute(update(domains).where(domains.c.id == domain_id).values(**values))
+
+
+async def set_tracking_host(conn: AsyncConnection, domain_id: str, host: str | None) -> None:
+    """The domain's own tracking host, or None for POSTLINE_TRACKING_URL. The caller
+    checked that no other domain has it (the unique index says so too). A new host's
+    CNAME is unchecked: the last check's ``tracking`` status was about another name."""
+    current = (
+        await conn.execute(
+            select(domains.c.tracking_host, domains.c.verification).where(domains.c.id == domain_id)
+        )
+    ).first()
+    if current is None or current.tracking_host == host:
+        return
+    checks = {k: v for k, v in (current.verification or {}).items() if k != "tracking"}
+    await conn.execute(
+        update(domains)
+        .where(domains.c.id == domain_id)
+        .values(tracking_host=host, verification=checks or None, updated_at=utcnow())
+    )
+
+
+async def domain_with_tracking_host(conn: AsyncConnection, host: str) -> str | None:
+    """The id of the domain whose tracking host ``host`` is, or None."""
+    found = await conn.scalar(select(domains.c.id).where(domains.c.tracking_host == host))
+    return None if found is None else str(found)
 
 
 async def set_verification(

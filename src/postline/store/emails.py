@@ -21,6 +21,7 @@ from postline.model import (
     TlsInfo,
     TlsPolicySource,
 )
+from postline.spool.base import copy_ref, copy_refs
 from postline.store.records import Record
 from postline.store.schema import (
     delivery_attempts,
@@ -54,6 +55,18 @@ class Email(Record):
     original_email_id: str | None
     #: When housekeeping removed the body from the spool; None while it is kept.
     body_purged_at: datetime | None
+    #: Bodies in the spool: 1, one for all recipients; n > 1, one per recipient position
+    #: (a tracked email to several, whose tokens name each one: ``copy_ref``).
+    bodies: int
+
+    def body_ref_of(self, position: int) -> str:
+        """The spool reference of the body sent to the recipient at ``position``."""
+        return copy_ref(self.body_ref, position) if self.bodies > 1 else self.body_ref
+
+    @property
+    def body_refs(self) -> list[str]:
+        """Every spool reference of its bodies: all are kept, freed and purged together."""
+        return copy_refs(self.body_ref, self.bodies)
 
     @property
     def due_at(self) -> datetime:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.store.records import Record
@@ -37,6 +37,26 @@ class InboundMessage(Record):
     rcpt_to: str
     size: int
     raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class InboundSummary(Record):
+    """A message a route took, for a list: its first bytes (the header, mostly) in place
+    of the whole message, and the name of its domain."""
+
+    id: str
+    route_id: str | None
+    domain_id: str
+    domain: str
+    received_at: datetime
+    mail_from: str
+    rcpt_to: str
+    size: int
+    head: bytes
+
+
+#: How much of each message a list reads: enough for the header of nearly all mail.
+HEAD_BYTES = 16 * 1024
 
 
 async def add_route(conn: AsyncConnection, values: dict[str, Any]) -> None:
@@ -86,6 +106,36 @@ async def add_message(conn: AsyncConnection, values: dict[str, Any]) -> None:
 async def get_message(conn: AsyncConnection, message_id: str) -> InboundMessage | None:
     statement = select(inbound_messages).where(inbound_messages.c.id == message_id)
     return InboundMessage.from_optional((await conn.execute(statement)).first())
+
+
+async def list_messages(
+    conn: AsyncConnection, domain_id: str | None, before_id: str | None, limit: int
+) -> list[InboundSummary]:
+    """Newest first (ids are time-ordered), ``limit`` of them from before ``before_id``;
+    only the domain's when named. Each carries the message's first ``HEAD_BYTES``."""
+    m = inbound_messages.c
+    statement = (
+        select(
+            m.id,
+            m.route_id,
+            m.domain_id,
+            domains.c.name.label("domain"),
+            m.received_at,
+            m.mail_from,
+            m.rcpt_to,
+            m.size,
+            func.substr(m.raw, 1, HEAD_BYTES).label("head"),
+        )
+        .join(domains, domains.c.id == m.domain_id)
+        .order_by(m.id.desc())
+        .limit(limit)
+    )
+    if domain_id is not None:
+        statement = statement.where(m.domain_id == domain_id)
+    if before_id:
+        statement = statement.where(m.id < before_id)
+    rows = (await conn.execute(statement)).all()
+    return [InboundSummary.from_mapping({**r._mapping, "head": bytes(r.head)}) for r in rows]
 
 
 async def domain_name(conn: AsyncConnection, domain_id: str) -> str | None:

@@ -1,8 +1,9 @@
 """Named statements of the two retention sweeps: bodies of final emails, and old emails.
 
 A body is needed only while a recipient of its email may still be attempted
-(each email has its own body, DSNs included, and the engine reads a body only
-for pending recipients), so once every recipient is final it may go. Rows are
+(each email has its own body, DSNs included, or one per recipient when tracked,
+and the engine reads a body only for pending recipients), so once every
+recipient is final it may go, all of its copies together. Rows are
 history: they stay ``POSTLINE_RETENTION_DAYS`` and are then purged whole,
 except while a webhook still has to tell someone about them.
 
@@ -21,6 +22,7 @@ from sqlalchemy import Select, delete, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.model import FINAL_EMAIL_STATUSES, PENDING_STATUSES
+from postline.spool.base import copy_refs
 from postline.store.schema import (
     delivery_attempts,
     email_recipients,
@@ -61,6 +63,11 @@ class KeptBody:
 
     email_id: str
     body_ref: str
+    bodies: int  # how many copies (``spool.base.copy_refs``)
+
+    @property
+    def refs(self) -> list[str]:
+        return copy_refs(self.body_ref, self.bodies)
 
 
 @dataclass(frozen=True)
@@ -68,11 +75,16 @@ class PurgedEmail:
     email_id: str
     body_ref: str
     body_freed: bool  # False: its body may still be in the spool
+    bodies: int
+
+    @property
+    def refs(self) -> list[str]:
+        return copy_refs(self.body_ref, self.bodies)
 
 
-def _bodies_to_free(final_before: datetime, limit: int) -> Select[tuple[str, str]]:
+def _bodies_to_free(final_before: datetime, limit: int) -> Select[tuple[str, str, int]]:
     return (
-        select(sent_emails.c.id, sent_emails.c.body_ref)
+        select(sent_emails.c.id, sent_emails.c.body_ref, sent_emails.c.bodies)
         .where(
             sent_emails.c.body_purged_at.is_(None),
             sent_emails.c.status.in_(_FINAL_EMAIL_STATUSES),
@@ -88,7 +100,7 @@ async def bodies_to_free(
 ) -> list[KeptBody]:
     """Up to ``limit`` emails final since ``final_before`` or earlier whose body is kept."""
     rows = await conn.execute(_bodies_to_free(final_before, limit))
-    return [KeptBody(row.id, row.body_ref) for row in rows]
+    return [KeptBody(row.id, row.body_ref, row.bodies) for row in rows]
 
 
 async def mark_bodies_freed(conn: AsyncConnection, email_ids: Sequence[str], now: datetime) -> int:
@@ -122,7 +134,12 @@ async def claim_purgeable(
     """Up to ``limit`` emails final before ``final_before`` with no webhook left to send,
     locked for this transaction (PostgreSQL skips those another purge holds)."""
     statement = (
-        select(sent_emails.c.id, sent_emails.c.body_ref, sent_emails.c.body_purged_at)
+        select(
+            sent_emails.c.id,
+            sent_emails.c.body_ref,
+            sent_emails.c.body_purged_at,
+            sent_emails.c.bodies,
+        )
         .where(
             sent_emails.c.status.in_(_FINAL_EMAIL_STATUSES),
             sent_emails.c.updated_at < final_before,
@@ -135,7 +152,10 @@ async def claim_purgeable(
     if conn.dialect.name != "sqlite":
         statement = statement.with_for_update(skip_locked=True, of=sent_emails)
     rows = await conn.execute(statement)
-    return [PurgedEmail(row.id, row.body_ref, row.body_purged_at is not None) for row in rows]
+    return [
+        PurgedEmail(row.id, row.body_ref, row.body_purged_at is not None, row.bodies)
+        for row in rows
+    ]
 
 
 async def delete_emails(conn: AsyncConnection, email_ids: Sequence[str]) -> None:

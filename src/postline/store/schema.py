@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 
 from postline.store.types import UTCDateTime
@@ -51,6 +52,9 @@ domains = Table(
     # Open and click tracking for its mail unless a send says otherwise (off by default).
     Column("track_opens", Boolean, nullable=False, server_default=false()),
     Column("track_clicks", Boolean, nullable=False, server_default=false()),
+    # Its own host for tracked links (a CNAME under it, ``track.example.com``); NULL:
+    # POSTLINE_TRACKING_URL. Unique: a host names one domain.
+    Column("tracking_host", String(253), nullable=True, index=True, unique=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
@@ -97,6 +101,9 @@ sent_emails = Table(
     # When housekeeping removed the body from the spool (store/retention.py); NULL while
     # it is kept: the email still waits, or is final but inside the body retention.
     Column("body_purged_at", UTCDateTime, nullable=True),
+    # How many bodies the spool holds for it: 1, one for every recipient (untracked mail);
+    # n > 1, one per recipient position (tracked mail to several: postline.spool.base).
+    Column("bodies", Integer, nullable=False, server_default=text("1")),
     # The body sweep seeks (NULL, each final status) and reads only those final long
     # enough: neither waiting mail nor bodies inside their retention are scanned.
     Index(
@@ -396,7 +403,7 @@ rate_buckets = Table(
 
 # Mail that reached the inbound listener (postline.inbound) and could not be applied:
 # not a report Postline can read, or about no email or recipient it knows (a purged
-# email included). Kept for the operator (GET /v1/inbound), never dropped silently.
+# email included). Kept for the operator (GET /v1/inbound/reports), never dropped silently.
 inbound_unmatched = Table(
     "inbound_unmatched",
     metadata,

@@ -70,6 +70,9 @@ async def record(
         data: dict[str, Any] = {
             **email_data(email, token.recipient or None),
             "user_agent": user_agent or None,
+            # The reader's address (or the proxy's that fetched): the peer, or the client
+            # a trusted reverse proxy named (postline.api.client_address).
+            "ip": ip or None,
             "machine": proxy is not None,
             "machine_by": proxy,
             "tags": dict(email.tags or {}),

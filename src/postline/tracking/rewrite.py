@@ -7,8 +7,9 @@ left as it is (a plain-text reader sees the real address, and a rewritten one lo
 like phishing). Opens add a 1x1 image at the end of the HTML body. Unsubscribe adds
 ``List-Unsubscribe`` and ``List-Unsubscribe-Post`` (RFC 8058).
 
-The body is built once per email and sent to all its recipients, so a token names
-the recipient only when the email has exactly one (docs/API.md, "Tracking").
+A tracked email is built once per recipient (``postline.accept``), each copy with a
+:class:`Linker` for its recipient, so every token names who it was sent to
+(docs/API.md, "Tracking"). It runs in the compose pool, with the build.
 """
 
 from __future__ import annotations

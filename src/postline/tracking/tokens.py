@@ -28,8 +28,9 @@ KINDS: tuple[Kind, ...] = ("o", "c", "u")
 
 @dataclass(frozen=True)
 class Token:
-    """What a checked token names. ``recipient``: empty when the email had several
-    recipients (one body is sent to all of them); ``url``: a click's target."""
+    """What a checked token names. ``recipient``: the address its copy was sent to
+    (empty only in tokens made before each recipient had a copy of its own, when an
+    email to several shared one body); ``url``: a click's target."""
 
     kind: Kind
     email_id: str
