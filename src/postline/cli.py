@@ -248,14 +248,17 @@ def worker(
 def delivery_process(
     ctx: typer.Context,
     wake_fd: Annotated[int, typer.Option()],
+    events_fd: Annotated[int, typer.Option()],
     parent_pid: Annotated[int, typer.Option()],
     route: Annotated[list[str] | None, typer.Option()] = None,
 ) -> None:
-    """``postline serve``'s child: delivery, webhooks and housekeeping
+    """``postline serve``'s child: delivery and housekeeping
     (postline.delivery_process). Started by ``serve``, not by hand."""
     from postline.delivery_process import ChildLink, parse_route
 
-    link = ChildLink(wake_fd, parent_pid, dict(parse_route(text) for text in route or []))
+    link = ChildLink(
+        wake_fd, events_fd, parent_pid, dict(parse_route(text) for text in route or [])
+    )
     link.die_with_parent()
     run_parts(settings_or_exit(ctx), api=False, engine=True, child=link)
 
@@ -294,8 +297,8 @@ def run_parts(
         stop = asyncio.Event()
         if child is not None:
             services.router.static.update(child.routes)
-            wakeups = services.wakeups
-            child.listen(wakeups.work_arrived, wakeups.events_written, stop.set)
+            child.listen(services.engine.wake, stop.set)
+            services.wakeups.on_events(child.events_written)
         else:
             for line in start_warnings(settings):
                 logging.getLogger("postline").warning(line)
@@ -311,6 +314,7 @@ def run_parts(
             ready=ready,
             stop=stop,
             delivery_process=split,
+            webhooks=child is None,
         )
         if announcer is not None:
             announcer.cancel()

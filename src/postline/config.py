@@ -179,7 +179,7 @@ class Settings(BaseSettings):
     tlsrpt_contact: str = ""
     tlsrpt_from: str = ""
     shutdown_timeout: float = 30.0
-    # ``postline serve`` delivers (engine, webhooks, housekeeping) in a child process of
+    # ``postline serve`` delivers (engine, housekeeping) in a child process of
     # its own, so that accepting and delivering each have a core (postline.delivery_process).
     delivery_process: bool = True
     poll_interval: float = 0.5

@@ -1,19 +1,22 @@
-"""``postline serve``'s delivery process: the engine, the webhook dispatcher and
-housekeeping run in a child process, the API and the SMTP doors in the parent.
+"""``postline serve``'s delivery process: the engine and housekeeping run in a child
+process; the API, the SMTP doors and the webhook dispatcher in the parent.
 
 One Python process has one core's worth of GIL: accepting (HTTP, validation, the
 accept commit) and delivering (SMTP, recording, webhook POSTs) took turns on it while
-the machine's other core idled. The child is ``postline worker`` in all but name, so
-it shares the database, queue and spool with the parent exactly as workers of the
-distributed topology share them with API processes: leases, not the process, decide
-who delivers what, and the code paths are the ones the scale-out tests cover.
+the machine's other core idled. The child is a ``postline worker`` without a webhook
+dispatcher, so it shares the database, queue and spool with the parent exactly as
+workers of the distributed topology share them with API processes: leases, not the
+process, decide who delivers what, and the code paths are the ones the scale-out tests
+cover. The webhook POSTs stay with the parent because they balance the load: a
+profile of ``serve`` put accepting at about a fifth of its CPU, delivering and
+recording at about half and the webhooks at about a third.
 
 What the single process had for free, the pair keeps:
 
-- Wake-ups. The parent writes a byte to a pipe after each commit of work (``w``: jobs
-  and their events, ``e``: events only), and the child wakes its engine or dispatcher
-  at once instead of at its next poll. The pipe is never waited on: a full pipe means
-  a wake-up is pending already.
+- Wake-ups. The parent writes a byte to a pipe after each commit of jobs, and the
+  child wakes its engine at once instead of at its next poll; the child writes one to
+  a second pipe after each commit of events (outcomes), and the parent wakes its
+  dispatcher. Neither pipe is ever waited on: a full pipe holds a wake-up already.
 - Fate. The child dies with its parent (``PR_SET_PDEATHSIG`` on Linux; elsewhere it
   stops when the pipe's write end closes), so killing ``postline serve`` kills all of
   it, as before; SIGTERM to the parent reaches the child, which drains as a worker does.
@@ -43,7 +46,7 @@ from postline.config import Settings
 
 log = logging.getLogger("postline")
 
-#: A byte on the wake pipe: jobs (and their events) were committed, or events only.
+#: A byte on a wake pipe: jobs were committed (to the child), or events (to the parent).
 WORK = b"w"
 EVENTS = b"e"
 #: prometheus_client reads this when it is first imported; set before that.
@@ -84,26 +87,22 @@ class DeliveryProcess:
     settings: Settings
     #: Static routes the child's engine needs (the sandbox simulator's address).
     routes: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: Called when the child committed events (the parent's dispatcher wakes).
+    events_written: Callable[[], None] = lambda: None
     process: asyncio.subprocess.Process | None = None
     _wake_fd: int | None = None
+    _events_fd: int | None = None
 
     def wake_work(self) -> None:
-        self._send(WORK)
-
-    def wake_events(self) -> None:
-        self._send(EVENTS)
-
-    def _send(self, byte: bytes) -> None:
-        if self._wake_fd is None:
-            return
-        # A full pipe already holds a wake-up; a closed one belongs to a dead child,
-        # whose successor leases what is due when it starts.
-        with contextlib.suppress(BlockingIOError, BrokenPipeError):
-            os.write(self._wake_fd, byte)
+        # A closed pipe belongs to a dead child, whose successor leases what is due
+        # when it starts.
+        if self._wake_fd is not None:
+            send_wake(self._wake_fd, WORK)
 
     async def start(self) -> None:
         read_fd, write_fd = os.pipe()
         os.set_blocking(write_fd, False)
+        events_read, events_write = os.pipe()
         args = [
             sys.executable,
             "-m",
@@ -111,6 +110,8 @@ class DeliveryProcess:
             "delivery-process",
             "--wake-fd",
             str(read_fd),
+            "--events-fd",
+            str(events_write),
             "--parent-pid",
             str(os.getpid()),
         ]
@@ -123,17 +124,30 @@ class DeliveryProcess:
         }
         try:
             self.process = await asyncio.create_subprocess_exec(
-                *args, pass_fds=(read_fd,), env=env, stdin=asyncio.subprocess.DEVNULL
+                *args,
+                pass_fds=(read_fd, events_write),
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
             )
         except BaseException:
             os.close(write_fd)
+            os.close(events_read)
             raise
         finally:
             os.close(read_fd)
-        old, self._wake_fd = self._wake_fd, write_fd
-        if old is not None:
-            os.close(old)
+            os.close(events_write)
+        self._close_pipes()
+        self._wake_fd, self._events_fd = write_fd, events_read
+        read_wakes(events_read, lambda data: self.events_written(), lambda: None)
         log.info("delivery process %d started", self.process.pid)
+
+    def _close_pipes(self) -> None:
+        if self._events_fd is not None:
+            asyncio.get_running_loop().remove_reader(self._events_fd)
+            os.close(self._events_fd)
+        if self._wake_fd is not None:
+            os.close(self._wake_fd)
+        self._wake_fd = self._events_fd = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep a child running until ``stop``; then stop it gracefully."""
@@ -180,9 +194,7 @@ class DeliveryProcess:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
-        if self._wake_fd is not None:
-            os.close(self._wake_fd)
-            self._wake_fd = None
+        self._close_pipes()
 
 
 @dataclass(frozen=True)
@@ -190,6 +202,7 @@ class ChildLink:
     """The child's side: what its parent passed on the command line."""
 
     wake_fd: int
+    events_fd: int
     parent_pid: int
     routes: dict[str, tuple[str, int]]
 
@@ -202,31 +215,41 @@ class ChildLink:
         if os.getppid() != self.parent_pid:
             raise SystemExit(0)
 
-    def listen(
-        self,
-        work_arrived: Callable[[], None],
-        events_written: Callable[[], None],
-        parent_gone: Callable[[], None],
-    ) -> None:
-        """Call the wake-ups the parent sends; ``parent_gone`` when the pipe closes."""
-        loop = asyncio.get_running_loop()
-        os.set_blocking(self.wake_fd, False)
+    def listen(self, work_arrived: Callable[[], None], parent_gone: Callable[[], None]) -> None:
+        """Call ``work_arrived`` when the parent says so; ``parent_gone`` when its pipe closes."""
+        os.set_blocking(self.events_fd, False)
+        read_wakes(self.wake_fd, lambda data: work_arrived(), parent_gone)
 
-        def readable() -> None:
-            try:
-                data = os.read(self.wake_fd, 4096)
-            except BlockingIOError:
-                return
-            if not data:
-                loop.remove_reader(self.wake_fd)
-                parent_gone()
-                return
-            if WORK in data:
-                work_arrived()  # wakes the dispatcher too
-            else:
-                events_written()
+    def events_written(self) -> None:
+        """Tell the parent's dispatcher that events were committed here."""
+        send_wake(self.events_fd, EVENTS)
 
-        loop.add_reader(self.wake_fd, readable)
+
+def send_wake(fd: int, byte: bytes) -> None:
+    """Write a wake-up without waiting: a full pipe holds one already, a closed one has
+    nobody left to wake."""
+    with contextlib.suppress(BlockingIOError, BrokenPipeError):
+        os.write(fd, byte)
+
+
+def read_wakes(fd: int, woken: Callable[[bytes], None], closed: Callable[[], None]) -> None:
+    """Call ``woken`` with what arrived on ``fd`` whenever it is readable (many wake-ups
+    read as one), ``closed`` once its writer is gone."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        if not data:
+            loop.remove_reader(fd)
+            closed()
+            return
+        woken(data)
+
+    loop.add_reader(fd, readable)
 
 
 def parse_route(text: str) -> tuple[str, tuple[str, int]]:

@@ -65,11 +65,13 @@ async def serve(
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
     delivery_process: bool = False,
+    webhooks: bool = True,
 ) -> None:
     """Run the chosen parts until SIGTERM/SIGINT (or ``stop``), then shut down gracefully.
 
-    ``delivery_process``: the engine, the dispatcher and housekeeping run in a child
-    process (postline.delivery_process) instead of in this one.
+    ``delivery_process``: the engine and housekeeping run in a child process
+    (postline.delivery_process), the webhook dispatcher in this one. ``webhooks``: an
+    ``engine`` runs the dispatcher too (the delivery process does not).
     """
     stop = stop or asyncio.Event()
     host, port = services.settings.http_host_port
@@ -109,17 +111,19 @@ async def serve(
         tasks.append(asyncio.create_task(server.serve(sockets=[listener]), name="api"))
     if engine and not delivery_process:
         tasks.append(asyncio.create_task(services.engine.run(stop), name="engine"))
-        tasks.append(asyncio.create_task(services.dispatcher.run(stop), name="webhooks"))
         tasks.append(asyncio.create_task(housekeeping(services, stop), name="housekeeping"))
+    if (engine and webhooks) or delivery_process:
+        tasks.append(asyncio.create_task(services.dispatcher.run(stop), name="webhooks"))
     if server is not None:
         while not server.started and not tasks[0].done():  # noqa: ASYNC110 - uvicorn has no event
             await asyncio.sleep(0.02)
     if delivery_process:
         # Started once the API answers: its start-up (imports, recovery, warm-up) would
         # otherwise compete with the parent's for the CPU and the database.
-        child = DeliveryProcess(services.settings, dict(services.router.static))
+        child = DeliveryProcess(
+            services.settings, dict(services.router.static), services.dispatcher.wake
+        )
         services.wakeups.on_work(child.wake_work)
-        services.wakeups.on_events(child.wake_events)
         tasks.append(asyncio.create_task(child.run(stop), name="delivery process"))
     if ready is not None:
         ready.set()
