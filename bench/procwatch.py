@@ -65,6 +65,11 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def child_name(pid: int, name: str) -> str:
+    """How a child is shown: ``serve``'s delivery process by its part, others by name."""
+    return "delivery process" if "delivery-process" in command_line(pid) else name
+
+
 def command_line(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -117,7 +122,7 @@ class ProcessWatch:
             while stack:
                 pid = stack.pop()
                 if (reading := read(pid)) is not None:
-                    line = label if pid == root else f"{label} > {reading.name}"
+                    line = label if pid == root else f"{label} > {child_name(pid, reading.name)}"
                     self.last[pid] = (line, reading)
                 stack.extend(children(pid))
 

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -35,6 +35,7 @@ from postline.delivery.tlsa import TlsaLookup, validating_resolver
 from postline.delivery.tlsrpt import TlsCounts
 from postline.delivery.tlsrpt_mail import MailedReports
 from postline.delivery.tlsrpt_send import TlsReporter
+from postline.delivery_process import METRICS_DIR_ENV
 from postline.domains import SANDBOX_DOMAIN, SIMULATOR_DOMAIN, ensure_domain
 from postline.events.dispatcher import Dispatcher
 from postline.inbound.apply import InboundReports
@@ -85,6 +86,9 @@ class Services:
     mta_sts: MtaSts | None = None
     #: Sends the daily TLS reports (housekeeping).
     tls_reporter: TlsReporter | None = None
+    #: Who is told of committed work: this process's engine and dispatcher, and the
+    #: delivery process of ``postline serve`` (postline.delivery_process).
+    wakeups: Wakeups = field(default_factory=Wakeups)
 
     @classmethod
     def build(
@@ -101,7 +105,7 @@ class Services:
         db = Database(settings.database_url, load_box(settings))
         spool = build_spool(settings, db)
         queue = build_queue(settings, db)
-        metrics = Metrics()
+        metrics = Metrics(os.environ.get(METRICS_DIR_ENV))
         # The engine and the dispatcher listen here; the acceptor and the recorder
         # tell it when they commit work, without needing either to exist first.
         wakeups = Wakeups()
@@ -188,6 +192,7 @@ class Services:
             Renderer(output_limit=settings.max_message_bytes),
             mta_sts,
             tls_reporter,
+            wakeups,
         )
 
     async def close(self) -> None:

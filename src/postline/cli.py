@@ -43,6 +43,7 @@ from postline.store.types import utcnow
 
 if TYPE_CHECKING:
     from postline.app import Services
+    from postline.delivery_process import ChildLink
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Postline: transactional email.")
 domains_app = typer.Typer(no_args_is_help=True, help="Sending domains.")
@@ -243,8 +244,38 @@ def worker(
     run_parts(settings_or_exit(ctx, may_create=True, **overrides), api=False, engine=True)
 
 
-def run_parts(settings: Settings, *, api: bool, engine: bool) -> None:
-    """Start the chosen parts under the supervisor, after one-line checks of everything."""
+@app.command("delivery-process", hidden=True)
+def delivery_process(
+    ctx: typer.Context,
+    wake_fd: Annotated[int, typer.Option()],
+    events_fd: Annotated[int, typer.Option()],
+    parent_pid: Annotated[int, typer.Option()],
+    route: Annotated[list[str] | None, typer.Option()] = None,
+) -> None:
+    """``postline serve``'s child: delivery and housekeeping
+    (postline.delivery_process). Started by ``serve``, not by hand."""
+    from postline.delivery_process import ChildLink, parse_route
+
+    link = ChildLink(
+        wake_fd, events_fd, parent_pid, dict(parse_route(text) for text in route or [])
+    )
+    link.die_with_parent()
+    run_parts(settings_or_exit(ctx), api=False, engine=True, child=link)
+
+
+def run_parts(
+    settings: Settings, *, api: bool, engine: bool, child: ChildLink | None = None
+) -> None:
+    """Start the chosen parts under the supervisor, after one-line checks of everything.
+
+    ``serve`` (``api`` and ``engine``) delivers in a child process unless
+    POSTLINE_DELIVERY_PROCESS is off; ``child``: this is that process.
+    """
+    split = api and engine and settings.delivery_process
+    if split:
+        from postline.delivery_process import share_metrics
+
+        share_metrics(settings)  # before prometheus_client is imported
     from postline.app import check_reachable, start_warnings
     from postline.supervisor import serve as supervise
 
@@ -258,16 +289,35 @@ def run_parts(settings: Settings, *, api: bool, engine: bool) -> None:
                 check_port_free(settings.submission_tls_addr, "POSTLINE_SUBMISSION_TLS_ADDR")
         except ConfigError as exc:
             fail(str(exc), 2)
-    migrate_or_exit(settings)
+    if child is None:
+        migrate_or_exit(settings)  # the parent of a child has migrated
 
     async def main(services: Services) -> None:
         await check_reachable(services)
-        for line in start_warnings(settings):
-            logging.getLogger("postline").warning(line)
+        stop = asyncio.Event()
+        if child is not None:
+            services.router.static.update(child.routes)
+            child.listen(services.engine.wake, stop.set)
+            services.wakeups.on_events(child.events_written)
+        else:
+            for line in start_warnings(settings):
+                logging.getLogger("postline").warning(line)
         ready = asyncio.Event()
-        announcer = asyncio.create_task(announce(services, ready, api=api, engine=engine))
-        await supervise(services, api=api, engine=engine, sandbox=settings.sandbox, ready=ready)
-        announcer.cancel()
+        announcer = None
+        if child is None:
+            announcer = asyncio.create_task(announce(services, ready, api=api, engine=engine))
+        await supervise(
+            services,
+            api=api,
+            engine=engine,
+            sandbox=settings.sandbox,
+            ready=ready,
+            stop=stop,
+            delivery_process=split,
+            webhooks=child is None,
+        )
+        if announcer is not None:
+            announcer.cancel()
 
     run_with_services(settings, main)
 

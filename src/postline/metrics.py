@@ -1,12 +1,22 @@
-"""Prometheus metrics, in a registry owned by the application (no globals)."""
+"""Prometheus metrics, in a registry owned by the application (no globals).
+
+``postline serve`` counts in two processes (postline.delivery_process): then
+prometheus_client keeps the values in files of a shared directory, and ``render``
+sums what every process of the installation counted. A gauge is then the value most
+recently set by any of them.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, shared_dir: str | None = None) -> None:
+        """``shared_dir``: the multiprocess directory this process counts into (set
+        in the environment before prometheus_client was imported), None for none."""
+        self.shared_dir = shared_dir
         self.registry = CollectorRegistry()
         self.emails_accepted = Counter(
             "postline_emails_accepted",
@@ -21,10 +31,16 @@ class Metrics:
             registry=self.registry,
         )
         self.queue_depth = Gauge(
-            "postline_queue_depth", "Delivery jobs waiting or leased", registry=self.registry
+            "postline_queue_depth",
+            "Delivery jobs waiting or leased",
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
         )
         self.queue_in_flight = Gauge(
-            "postline_queue_in_flight", "Delivery jobs leased right now", registry=self.registry
+            "postline_queue_in_flight",
+            "Delivery jobs leased right now",
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
         )
         self.accept_seconds = Histogram(
             "postline_accept_seconds",
@@ -93,4 +109,8 @@ class Metrics:
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        summed = CollectorRegistry()
+        MultiProcessCollector(summed, self.shared_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(summed)

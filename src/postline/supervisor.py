@@ -20,6 +20,7 @@ from postline.api.app import create_api
 from postline.api.server import server_config
 from postline.app import Services, inbound_listener, start_sandbox
 from postline.config import ConfigError
+from postline.delivery_process import DeliveryProcess
 from postline.housekeeping import housekeeping
 from postline.inbound.listener import InboundListener
 from postline.sandbox.simulator import Simulator
@@ -63,8 +64,15 @@ async def serve(
     sandbox: bool = False,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    delivery_process: bool = False,
+    webhooks: bool = True,
 ) -> None:
-    """Run the chosen parts until SIGTERM/SIGINT (or ``stop``), then shut down gracefully."""
+    """Run the chosen parts until SIGTERM/SIGINT (or ``stop``), then shut down gracefully.
+
+    ``delivery_process``: the engine and housekeeping run in a child process
+    (postline.delivery_process), the webhook dispatcher in this one. ``webhooks``: an
+    ``engine`` runs the dispatcher too (the delivery process does not).
+    """
     stop = stop or asyncio.Event()
     host, port = services.settings.http_host_port
     listener = listen(host, port) if api else None
@@ -101,13 +109,22 @@ async def serve(
         config = server_config(create_api(services), services.settings)
         server = _Server(config)
         tasks.append(asyncio.create_task(server.serve(sockets=[listener]), name="api"))
-    if engine:
+    if engine and not delivery_process:
         tasks.append(asyncio.create_task(services.engine.run(stop), name="engine"))
-        tasks.append(asyncio.create_task(services.dispatcher.run(stop), name="webhooks"))
         tasks.append(asyncio.create_task(housekeeping(services, stop), name="housekeeping"))
+    if (engine and webhooks) or delivery_process:
+        tasks.append(asyncio.create_task(services.dispatcher.run(stop), name="webhooks"))
     if server is not None:
         while not server.started and not tasks[0].done():  # noqa: ASYNC110 - uvicorn has no event
             await asyncio.sleep(0.02)
+    if delivery_process:
+        # Started once the API answers: its start-up (imports, recovery, warm-up) would
+        # otherwise compete with the parent's for the CPU and the database.
+        child = DeliveryProcess(
+            services.settings, dict(services.router.static), services.dispatcher.wake
+        )
+        services.wakeups.on_work(child.wake_work)
+        tasks.append(asyncio.create_task(child.run(stop), name="delivery process"))
     if ready is not None:
         ready.set()
     stopper = asyncio.create_task(stop.wait(), name="stop")

@@ -311,7 +311,7 @@ async def send_test(svc: Svc, caller: WebhookManager, webhook_id: str) -> dict[s
                 )
             ],
         )
-    svc.dispatcher.wake()
+    svc.wakeups.events_written()
     return {"event_id": event_id, "delivery_id": delivery_id}
 
 
@@ -350,7 +350,7 @@ async def replay(
             raise Problem(404, f"no delivery {delivery_id} for this webhook")
         await webhook_store.replay_delivery(conn, delivery_id, utcnow())
         delivery = await webhook_store.get_delivery(conn, delivery_id)
-    svc.dispatcher.wake()
+    svc.wakeups.events_written()
     assert delivery is not None
     return delivery_view(delivery)
 

@@ -1,0 +1,6 @@
+"""``python -m postline``: the CLI, as the ``postline`` script runs it (and how
+``postline serve`` starts its delivery process)."""
+
+from postline.cli import main
+
+main()
