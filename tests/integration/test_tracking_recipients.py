@@ -12,10 +12,8 @@ import email.policy
 import re
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import dkim
-import pytest
 import pytest_asyncio
 from sqlalchemy import select
 
@@ -27,7 +25,8 @@ from tests.harness import FakeDNS, FakeMX
 from tests.harness.polling import poll
 from tests.harness.postline import Factory, PostlineUnderTest
 from tests.integration.test_dkim_delivery import _dns_via
-from tests.integration.test_retention import all_dispatched
+from tests.integration.test_retention import all_dispatched, topology
+from tests.integration.test_tracking import _html_of, _path
 
 BASE = "http://postline"
 TARGET = "https://shop.example/orders?id=42"
@@ -35,35 +34,12 @@ HTML = f'<html><body><p>Your order: <a href="{TARGET}">view</a></p></body></html
 ADA, BOB, CY = "ada@dest.test", "bob@other.test", "cy@dest.test"
 #: To, cc and bcc; two destinations, two of the recipients at one of them.
 SEVERAL: dict[str, Any] = {"to": [ADA], "cc": [BOB], "bcc": [CY]}
-
-
-@pytest.fixture(params=["file-sqlite", "file-postgresql", "database-postgresql"])
-def topology(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Where bodies and rows live. The database spool needs PostgreSQL (config.py)."""
-    spool, store = str(request.param).split("-")
-    overrides: dict[str, Any] = {}
-    if store == "postgresql":
-        overrides["database_url"] = request.getfixturevalue("postgres_url")
-    if spool == "database":
-        overrides["spool_url"] = "database"
-    return overrides
+__all__ = ["topology"]  # the fixture, shared with test_retention
 
 
 @pytest_asyncio.fixture
 async def pl(postline_factory: Factory, topology: dict[str, Any]) -> PostlineUnderTest:
     return await postline_factory(tracking_url=BASE, **topology)
-
-
-def _html_of(raw: bytes) -> str:
-    message = email.message_from_bytes(raw, policy=email.policy.default)
-    part = message.get_body(("html",))
-    assert part is not None
-    return str(part.get_content())
-
-
-def _path(url: str) -> str:
-    assert url.startswith(BASE + "/t/"), url
-    return urlsplit(url).path
 
 
 def _copies(fake_mx: FakeMX, sent: dict[str, Any]) -> dict[str, bytes]:
