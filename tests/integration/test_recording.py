@@ -12,9 +12,10 @@ from sqlalchemy import Table, func, select, update
 
 from postline.delivery.record import RecipientResult, Wait
 from postline.ids import new_id
-from postline.model import AttemptScope, BounceType, RecipientStatus
+from postline.model import AttemptScope, BounceType, RecipientStatus, TlsInfo, TlsPolicySource
 from postline.outcomes import Outcome
 from postline.queue import Job
+from postline.store import emails as email_store
 from postline.store.schema import delivery_attempts, events, queue_jobs
 from postline.store.types import utcnow
 from tests.harness import FakeMX
@@ -278,3 +279,108 @@ async def test_a_batch_with_a_lost_and_a_kept_lease_counts_only_the_lost_one(
     ]
     assert await queue.depth() == {"dest.test": 1}  # the new owner's, still leased
     assert await queue.ack(taken)
+
+
+async def _rows(pl: PostlineUnderTest, table: Table, email_id: str) -> list[dict[str, Any]]:
+    async with pl.services.db.read() as conn:
+        result = await conn.execute(select(table).where(table.c.email_id == email_id))
+        return [dict(row) for row in result.mappings()]
+
+
+async def test_one_attempt_writes_each_recipients_row_event_and_retry(
+    postline_factory: Factory,
+) -> None:
+    """Field by field, one attempt of three recipients (delivered, deferred, bounced):
+    one attempt id and the attempt's MX, duration and TLS on each timeline row, the
+    next attempt only on the deferred one, the events numbered on after those of the
+    accept, the deferred one alone pending and retried."""
+    pl = await postline_factory(engine=False)
+    sent = await pl.send(to=["ok@dest.test", "later@dest.test", "gone@dest.test"])
+    async with pl.services.db.read() as conn:
+        recipients = {r.address: r for r in await email_store.get_recipients(conn, sent["id"])}
+    ok, later, gone = (recipients[f"{n}@dest.test"] for n in ("ok", "later", "gone"))
+    queue = pl.services.queue
+    (job,) = await poll(lambda: queue.lease("worker", 1, 60), timeout=10, what="the job")
+    retry_at = utcnow() + timedelta(hours=1)
+    results = [
+        (ok, Outcome(status=RecipientStatus.DELIVERED, smtp_code=250, response="250 ok")),
+        (later, Outcome(status=RecipientStatus.DEFERRED, smtp_code=451, response="451 later")),
+        (gone, Outcome(status=RecipientStatus.BOUNCED, smtp_code=550, response="550 gone")),
+    ]
+    pending = await pl.services.engine.recorder.record(
+        job,
+        [RecipientResult(r.id, outcome, AttemptScope.RECIPIENT) for r, outcome in results],
+        mx_host="mx.dest.test",
+        duration_ms=321,
+        retry_at=retry_at,
+        tls=TlsInfo(TlsPolicySource.OPPORTUNISTIC, "TLSv1.3"),
+    )
+    assert pending == [later.id]
+    rows = {row["recipient_id"]: row for row in await _rows(pl, delivery_attempts, sent["id"])}
+    assert len({row["attempt_id"] for row in rows.values()}) == 1
+    for recipient, outcome in results:
+        row = rows[recipient.id]
+        assert row["attempt_id"].startswith("att_")
+        assert (row["attempt"], row["status"], row["scope"]) == (1, outcome.status, "recipient")
+        assert (row["mx_host"], row["duration_ms"]) == ("mx.dest.test", 321)
+        assert (row["smtp_code"], row["response"]) == (outcome.smtp_code, outcome.response)
+        assert (row["tls_policy"], row["tls_version"]) == ("opportunistic", "TLSv1.3")
+    async with pl.services.db.read() as conn:
+        after = {r.id: r for r in await email_store.get_recipients(conn, sent["id"])}
+    assert after[later.id].next_attempt_at == retry_at
+    assert after[ok.id].next_attempt_at is None
+    assert after[gone.id].next_attempt_at is None
+    assert {r.attempts for r in after.values()} == {1}
+    moves = sorted(
+        (e["sequence"], e["recipient_id"], e["type"])
+        for e in await _rows(pl, events, sent["id"])
+        if e["type"] != "email.queued"
+    )
+    assert moves == [
+        (4, ok.id, "email.delivered"),
+        (5, later.id, "email.deferred"),
+        (6, gone.id, "email.bounced"),
+    ]
+    assert await queue.in_flight() == {}
+    assert await queue.depth() == {"dest.test": 1}  # the deferred recipient's, in an hour
+    assert await queue.lease("worker", 1, 60) == []
+
+
+async def test_an_attempt_past_max_age_fails_its_deferral_with_the_last_answer(
+    postline_factory: Factory,
+) -> None:
+    """The deferral of an attempt made after ``max_age`` is recorded as ``failed``,
+    keeping everything the MX said, with the count of attempts as its reason."""
+    clock = MovableClock()
+    pl = await postline_factory(engine=False, clock=clock)
+    sent = await pl.send(to="stuck@dest.test")
+    queue = pl.services.queue
+    (job,) = await poll(lambda: queue.lease("worker", 1, 60), timeout=10, what="the job")
+    clock.offset = timedelta(days=6)
+    deferral = Outcome(
+        status=RecipientStatus.DEFERRED,
+        smtp_code=451,
+        enhanced_code="4.2.1",
+        response="451 4.2.1 mailbox busy",
+        bounce_type=BounceType.SOFT,
+        bounce_rule="test.busy",
+    )
+    pending = await pl.services.engine.recorder.record(
+        job,
+        [RecipientResult(job.recipient_ids[0], deferral, AttemptScope.RECIPIENT)],
+        mx_host="mx.dest.test",
+        duration_ms=5,
+        retry_at=utcnow() + timedelta(hours=1),
+    )
+    assert pending == []
+    (row,) = await _rows(pl, delivery_attempts, sent["id"])
+    assert {k: row[k] for k in ("status", "smtp_code", "enhanced_code", "response")} == {
+        "status": "failed",
+        "smtp_code": 451,
+        "enhanced_code": "4.2.1",
+        "response": "451 4.2.1 mailbox busy",
+    }
+    assert (row["bounce_type"], row["bounce_rule"]) == ("soft", "test.busy")
+    (failed,) = [e for e in await _rows(pl, events, sent["id"]) if e["type"] == "email.failed"]
+    assert failed["payload"]["data"]["reason"] == "expired after 1 attempts"
+    assert await queue.depth() == {}
