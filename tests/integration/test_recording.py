@@ -384,3 +384,52 @@ async def test_an_attempt_past_max_age_fails_its_deferral_with_the_last_answer(
     (failed,) = [e for e in await _rows(pl, events, sent["id"]) if e["type"] == "email.failed"]
     assert failed["payload"]["data"]["reason"] == "expired after 1 attempts"
     assert await queue.depth() == {}
+
+
+async def test_a_refused_move_leaves_its_event_number_to_the_next_move(
+    postline_factory: Factory,
+) -> None:
+    """A late outcome for a final recipient writes nothing, so the next move of the
+    email in the same attempt takes the number it did not use."""
+    pl = await postline_factory(engine=False)
+    sent = await pl.send(to=["done@dest.test", "open@dest.test"])
+    queue = pl.services.queue
+    (job,) = await poll(lambda: queue.lease("worker", 1, 60), timeout=10, what="the job")
+    done, still = job.recipient_ids
+    recorder = pl.services.engine.recorder
+    delivered = Outcome(status=RecipientStatus.DELIVERED, smtp_code=250)
+    deferred = Outcome(status=RecipientStatus.DEFERRED, smtp_code=451)
+    await recorder.record(
+        job,
+        [
+            RecipientResult(done, delivered, AttemptScope.RECIPIENT),
+            RecipientResult(still, deferred, AttemptScope.RECIPIENT),
+        ],
+        mx_host="mx.dest.test",
+        duration_ms=5,
+        retry_at=utcnow(),
+    )
+    (again,) = await poll(lambda: queue.lease("worker", 1, 60), timeout=10, what="the retry")
+    late = Outcome(status=RecipientStatus.BOUNCED, smtp_code=550, response="550 late")
+    pending = await recorder.record(
+        again,
+        [
+            RecipientResult(done, late, AttemptScope.RECIPIENT),
+            RecipientResult(still, delivered, AttemptScope.RECIPIENT),
+        ],
+        mx_host="mx.dest.test",
+        duration_ms=5,
+        retry_at=utcnow(),
+    )
+    assert pending == []
+    moves = sorted(
+        (e["sequence"], e["recipient_id"], e["type"]) for e in await _rows(pl, events, sent["id"])
+    )
+    assert moves == [
+        (1, done, "email.queued"),
+        (2, still, "email.queued"),
+        (3, done, "email.delivered"),
+        (4, still, "email.deferred"),
+        (5, still, "email.delivered"),
+    ]
+    assert await queue.depth() == {}
