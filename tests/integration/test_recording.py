@@ -433,3 +433,53 @@ async def test_a_refused_move_leaves_its_event_number_to_the_next_move(
         (5, still, "email.delivered"),
     ]
     assert await queue.depth() == {}
+
+
+@pytest.mark.parametrize("how", ["record", "park"])
+async def test_a_result_for_a_recipient_of_another_email_is_skipped(
+    postline_factory: Factory, how: str
+) -> None:
+    """A result naming a recipient the job's email does not have changes nothing, and
+    the results after it are recorded: for an attempt, and for a park, whose timeline
+    row counts no attempt and names no MX."""
+    pl = await postline_factory(engine=False)
+    other = await pl.send(to="other@dest.test")
+    sent = await pl.send(to="mine@dest.test")
+    queue = pl.services.queue
+    leased = await poll(lambda: queue.lease("worker", 2, 60), timeout=10, what="the jobs")
+    by_email = {job.email_id: job for job in leased}
+    job = by_email[sent["id"]]
+    (foreign,) = by_email[other["id"]].recipient_ids
+    (mine,) = job.recipient_ids
+    until = utcnow() + timedelta(hours=1)
+    recorder = pl.services.engine.recorder
+    if how == "park":
+        await recorder.park(job, [foreign, mine], Wait(utcnow(), until, "waiting: next trial"))
+    else:
+        deferred = Outcome(status=RecipientStatus.DEFERRED, smtp_code=451)
+        await recorder.record(
+            job,
+            [RecipientResult(r, deferred, AttemptScope.RECIPIENT) for r in (foreign, mine)],
+            mx_host="mx.dest.test",
+            duration_ms=5,
+            retry_at=until,
+        )
+    assert [r["status"] for r in (await pl.email(other["id"]))["recipients"]] == ["queued"]
+    assert await _rows(pl, delivery_attempts, other["id"]) == []
+    async with pl.services.db.read() as conn:
+        (recipient,) = await email_store.get_recipients(conn, sent["id"])
+    assert (recipient.status, recipient.next_attempt_at) == (RecipientStatus.DEFERRED, until)
+    (row,) = await _rows(pl, delivery_attempts, sent["id"])
+    assert row["attempt_id"].startswith("att_")
+    if how == "park":
+        assert recipient.attempts == 0
+        assert (row["attempt"], row["scope"], row["mx_host"], row["duration_ms"]) == (
+            0,
+            "breaker",
+            None,
+            0,
+        )
+        assert row["response"] == "waiting: next trial"
+    else:
+        assert recipient.attempts == 1
+        assert (row["attempt"], row["scope"], row["mx_host"]) == (1, "recipient", "mx.dest.test")
