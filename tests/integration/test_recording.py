@@ -483,3 +483,69 @@ async def test_a_result_for_a_recipient_of_another_email_is_skipped(
     else:
         assert recipient.attempts == 1
         assert (row["attempt"], row["scope"], row["mx_host"]) == (1, "recipient", "mx.dest.test")
+
+
+async def test_a_recipient_suppressed_at_send_gets_its_event_but_no_attempt(
+    postline_factory: Factory,
+) -> None:
+    """A move decided without the MX (listed after the accept) is recorded beside the
+    attempt: its event, but no timeline row and no attempt counted."""
+    pl = await postline_factory(engine=False)
+    sent = await pl.send(to=["listed@dest.test", "sent@dest.test"])
+    queue = pl.services.queue
+    (job,) = await poll(lambda: queue.lease("worker", 1, 60), timeout=10, what="the job")
+    listed, sent_to = job.recipient_ids
+    suppressed = Outcome(status=RecipientStatus.SUPPRESSED, reason="on the suppression list")
+    delivered = Outcome(status=RecipientStatus.DELIVERED, smtp_code=250)
+    await pl.services.engine.recorder.record(
+        job,
+        [
+            RecipientResult(listed, suppressed, AttemptScope.RECIPIENT, attempted=False),
+            RecipientResult(sent_to, delivered, AttemptScope.RECIPIENT),
+        ],
+        mx_host="mx.dest.test",
+        duration_ms=5,
+        retry_at=utcnow(),
+    )
+    rows = await _rows(pl, delivery_attempts, sent["id"])
+    assert [row["recipient_id"] for row in rows] == [sent_to]
+    async with pl.services.db.read() as conn:
+        after = {r.id: r for r in await email_store.get_recipients(conn, sent["id"])}
+    assert (after[listed].status, after[listed].attempts) == (RecipientStatus.SUPPRESSED, 0)
+    assert (after[sent_to].status, after[sent_to].attempts) == (RecipientStatus.DELIVERED, 1)
+    types = {e["recipient_id"]: e["type"] for e in await _rows(pl, events, sent["id"])}
+    assert types == {listed: "email.suppressed", sent_to: "email.delivered"}
+
+
+async def test_two_attempts_for_one_recipient_in_one_batch_count_two(
+    postline_factory: Factory,
+) -> None:
+    """A stale worker's deferral and the new owner's delivery of the same job, recorded
+    in one group commit: the second sees the first's attempt, so the recipient has two
+    and its timeline numbers them 1 and 2."""
+    pl = await postline_factory(engine=False)
+    sent = await pl.send(to="twice@dest.test")
+    queue = pl.services.queue
+    (stale,) = await poll(lambda: queue.lease("stale-worker", 1, 0.01), timeout=10, what="job")
+    (taken,) = await poll(lambda: queue.lease("new-owner", 1, 60), timeout=10, what="lapse")
+    (recipient_id,) = taken.recipient_ids
+    deferred = Outcome(status=RecipientStatus.DEFERRED, smtp_code=451)
+    delivered = Outcome(status=RecipientStatus.DELIVERED, smtp_code=250)
+    recorder = pl.services.engine.recorder
+    await asyncio.gather(
+        *(
+            recorder.record(
+                job,
+                [RecipientResult(recipient_id, outcome, AttemptScope.RECIPIENT)],
+                mx_host="mx.dest.test",
+                duration_ms=5,
+                retry_at=utcnow(),
+            )
+            for job, outcome in ((stale, deferred), (taken, delivered))
+        )
+    )
+    detail = await pl.email(sent["id"])
+    (recipient,) = detail["recipients"]
+    assert (recipient["status"], recipient["attempts"]) == ("delivered", 2)
+    rows = sorted(await _rows(pl, delivery_attempts, sent["id"]), key=lambda row: row["id"])
+    assert [(row["attempt"], row["status"]) for row in rows] == [(1, "deferred"), (2, "delivered")]
