@@ -316,3 +316,26 @@ def _lease(pl: PostlineUnderTest) -> Any:
         return await pl.services.queue.lease("test", 10, 60)
 
     return lease
+
+
+async def test_a_park_tells_a_recipient_not_told_yet_after_one_told_already(
+    postline_factory: Factory,
+) -> None:
+    """Parked twice in one opening, first for one recipient, then for both: the one
+    told already is left as it is, and the other still gets its row and event."""
+    pl = await postline_factory(engine=False)
+    accepted = await pl.send(to=["a@dest.test", "b@dest.test"])
+    recorder = pl.services.engine.recorder
+    opened = utcnow()
+    job: Job = (await poll(_lease(pl), timeout=10, what="the email's job"))[0]
+    first, second = job.recipient_ids
+    until = utcnow() + timedelta(hours=1)
+    await recorder.park(job, [first], Wait(opened, until, "waiting: next trial"))
+    assert await pl.services.queue.release_parked("dest.test") == 1
+    job = (await poll(_lease(pl), timeout=10, what="the email's job"))[0]
+    await recorder.park(job, [first, second], Wait(opened, until, "waiting: next trial"))
+    detail = await pl.email(accepted["id"])
+    assert [len(r["timeline"]) for r in detail["recipients"]] == [1, 1]
+    assert {r["status"] for r in detail["recipients"]} == {"deferred"}
+    assert Counter(e["type"] for e in detail["events"])["email.deferred"] == 2
+    assert await pl.services.queue.release_parked("dest.test") == 1  # parked, not acked
