@@ -304,6 +304,11 @@ async def test_a_park_tells_each_recipient_once_per_opening_and_never_expires_it
         assert [t["response"][:19] for t in recipient["timeline"]] == ["waiting: next trial"]
     types = Counter(e["type"] for e in detail["events"])
     assert types["email.deferred"] == 2
+    async with pl.services.db.read() as conn:  # one park's two events numbered apart
+        numbers = await conn.execute(
+            select(events.c.sequence).where(events.c.email_id == accepted["id"])
+        )
+        assert sorted(numbers.scalars()) == [1, 2, 3, 4]
     await park(utcnow() + timedelta(days=6))  # a new opening, on the recorder's clock
     detail = await pl.email(accepted["id"])
     assert [len(r["timeline"]) for r in detail["recipients"]] == [2, 2]
