@@ -517,12 +517,13 @@ async def test_a_recipient_suppressed_at_send_gets_its_event_but_no_attempt(
     assert types == {listed: "email.suppressed", sent_to: "email.delivered"}
 
 
+@pytest.mark.parametrize("first", ["deferral", "park"])
 async def test_two_attempts_for_one_recipient_in_one_batch_count_two(
-    postline_factory: Factory,
+    postline_factory: Factory, first: str
 ) -> None:
-    """A stale worker's deferral and the new owner's delivery of the same job, recorded
-    in one group commit: the second sees the first's attempt, so the recipient has two
-    and its timeline numbers them 1 and 2."""
+    """A stale worker's deferral (or park) and the new owner's delivery of the same job,
+    recorded in one group commit: the second sees the first's move, so the recipient has
+    as many attempts as were made (a park makes none) and its timeline numbers them."""
     pl = await postline_factory(engine=False)
     sent = await pl.send(to="twice@dest.test")
     queue = pl.services.queue
@@ -532,20 +533,28 @@ async def test_two_attempts_for_one_recipient_in_one_batch_count_two(
     deferred = Outcome(status=RecipientStatus.DEFERRED, smtp_code=451)
     delivered = Outcome(status=RecipientStatus.DELIVERED, smtp_code=250)
     recorder = pl.services.engine.recorder
-    await asyncio.gather(
-        *(
-            recorder.record(
-                job,
-                [RecipientResult(recipient_id, outcome, AttemptScope.RECIPIENT)],
-                mx_host="mx.dest.test",
-                duration_ms=5,
-                retry_at=utcnow(),
-            )
-            for job, outcome in ((stale, deferred), (taken, delivered))
+
+    def attempt(job: Job, outcome: Outcome) -> Any:
+        return recorder.record(
+            job,
+            [RecipientResult(recipient_id, outcome, AttemptScope.RECIPIENT)],
+            mx_host="mx.dest.test",
+            duration_ms=5,
+            retry_at=utcnow(),
         )
-    )
+
+    if first == "park":
+        until = utcnow() + timedelta(hours=1)
+        stale_move = recorder.park(stale, [recipient_id], Wait(utcnow(), until, "waiting"))
+    else:
+        stale_move = attempt(stale, deferred)
+    await asyncio.gather(stale_move, attempt(taken, delivered))
+    made = 1 if first == "park" else 2
     detail = await pl.email(sent["id"])
     (recipient,) = detail["recipients"]
-    assert (recipient["status"], recipient["attempts"]) == ("delivered", 2)
+    assert (recipient["status"], recipient["attempts"]) == ("delivered", made)
     rows = sorted(await _rows(pl, delivery_attempts, sent["id"]), key=lambda row: row["id"])
-    assert [(row["attempt"], row["status"]) for row in rows] == [(1, "deferred"), (2, "delivered")]
+    assert [(row["attempt"], row["status"]) for row in rows] == [
+        (made - 1, "deferred"),
+        (made, "delivered"),
+    ]
