@@ -5,14 +5,24 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import timedelta
+from typing import Any
 
 import pytest
+from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from postline.accept import COMPOSE_CHUNK, Accepted, Recipient, Submission
+from postline.accept import COMPOSE_CHUNK, Accepted, Acceptor, Recipient, Submission
+from postline.ids import new_id
 from postline.keys import Principal
 from postline.message import Content
-from tests.harness.postline import Factory
+from postline.store import domains as domain_store
+from postline.store import suppressions as suppression_store
+from postline.store.schema import email_recipients, events, queue_jobs, sent_emails
+from postline.store.types import utcnow
+from tests.harness.postline import Factory, PostlineUnderTest
+
+ADMIN = Principal(key_id="key_test", name="test", domain_id=None, domain_name=None)
 
 
 async def test_each_email_of_a_batch_gets_its_own_message(postline_factory: Factory) -> None:
@@ -94,3 +104,155 @@ async def test_a_body_that_cannot_be_removed_after_a_failed_commit_is_named_for_
         f"cannot remove the body of unaccepted email_id={refused[0]} (orphan cleanup will):"
         " IsADirectoryError"
     ]
+
+
+async def _rows(pl: PostlineUnderTest, table: Table, email_id: str) -> list[dict[str, Any]]:
+    key = table.c.id if table is sent_emails else table.c.email_id
+    async with pl.services.db.read() as conn:
+        result = await conn.execute(select(table).where(key == email_id).order_by(table.c.id))
+        return [dict(row) for row in result.mappings()]
+
+
+async def test_an_accepted_email_writes_every_column_of_its_rows_and_jobs(
+    postline_factory: Factory,
+) -> None:
+    """Field by field: a renamed key of a row is dropped without an error (its column
+    stays NULL or takes its default), so only reading the rows shows it. A scheduled
+    email of four recipients on two destinations, one of them suppressed: one job per
+    destination due at the schedule, of the recipients not suppressed."""
+    pl = await postline_factory(engine=False)
+    acceptor: Acceptor = pl.services.acceptor
+    async with pl.services.db.write() as conn:
+        domain = await domain_store.get_domain_by_name(conn, "example.test")
+        assert domain is not None
+        await suppression_store.add_suppression(
+            conn,
+            suppression_id=new_id("sup_"),
+            domain_id=domain.id,
+            address="gone@dest.test",
+            reason="hard_bounce",
+            now=utcnow(),
+        )
+    scheduled = utcnow() + timedelta(hours=1)
+    addresses = [("a@dest.test", "to"), ("b@other.test", "cc"), ("gone@dest.test", "cc")]
+    addresses.append(("c@dest.test", "bcc"))
+    submission = Submission(
+        content=Content(
+            from_name="The Sender",
+            from_address="sender@example.test",
+            to=["a@dest.test"],
+            cc=["b@other.test", "gone@dest.test"],
+            subject="S" * 1001,
+            text="hello",
+        ),
+        recipients=[Recipient(address, kind) for address, kind in addresses],
+        tags={"campaign": "field-by-field"},
+        scheduled_at=scheduled,
+    )
+    before = utcnow()
+    (accepted,) = await acceptor.accept([submission], ADMIN)
+    statuses = ["scheduled", "scheduled", "suppressed", "scheduled"]
+    assert accepted.recipients == [(a, s) for (a, _), s in zip(addresses, statuses, strict=True)]
+    (email,) = await _rows(pl, sent_emails, accepted.id)
+    created = email["created_at"]
+    assert before <= created <= utcnow()
+    body = await pl.services.spool.get(accepted.id)
+    assert email == {
+        "id": accepted.id,
+        "domain_id": domain.id,
+        "source": "api",
+        "message_id": accepted.message_id,
+        "from_header": "The Sender <sender@example.test>",
+        "from_address": "sender@example.test",
+        "envelope_from": acceptor.return_paths.address(accepted.id, "example.test"),
+        "subject": "S" * 1000,
+        "size": len(body),
+        "body_ref": accepted.id,
+        "tags": {"campaign": "field-by-field"},
+        "status": "scheduled",
+        "scheduled_at": scheduled,
+        "created_at": created,
+        "updated_at": created,
+        "original_email_id": None,
+        "body_purged_at": None,
+    } | {k: v for k, v in email.items() if k not in _ACCEPT_COLUMNS}
+    recipients = await _rows(pl, email_recipients, accepted.id)
+    recipients.sort(key=lambda r: r["position"])
+    for position, (row, (address, kind), status) in enumerate(
+        zip(recipients, addresses, statuses, strict=True)
+    ):
+        assert row["id"].startswith("rcp_")
+        assert {k: v for k, v in row.items() if k != "id"} == {
+            "email_id": accepted.id,
+            "position": position,
+            "address": address,
+            "destination": address.rpartition("@")[2],
+            "kind": kind,
+            "status": status,
+            "smtp_code": None,
+            "enhanced_code": None,
+            "response": None,
+            "bounce_type": None,
+            "bounce_rule": None,
+            "attempts": 0,
+            "next_attempt_at": None,
+            "created_at": created,
+            "updated_at": created,
+        } | {k: v for k, v in row.items() if k not in _RECIPIENT_COLUMNS}
+    ids = [row["id"] for row in recipients]
+    outbox = sorted(await _rows(pl, events, accepted.id), key=lambda e: e["sequence"])
+    assert [(e["sequence"], e["recipient_id"], e["type"]) for e in outbox] == [
+        (1, ids[0], "email.queued"),
+        (2, ids[1], "email.queued"),
+        (3, ids[2], "email.suppressed"),
+        (4, ids[3], "email.queued"),
+    ]
+    assert outbox[2]["payload"]["data"]["reason"] == "on the suppression list"
+    assert outbox[0]["payload"]["data"]["reason"] is None
+    assert {e["payload"]["data"]["attempt"] for e in outbox} == {0}
+    jobs = {job["destination"]: job for job in await _rows(pl, queue_jobs, accepted.id)}
+    assert {d: (j["recipient_ids"], j["body_ref"], j["due_at"]) for d, j in jobs.items()} == {
+        "dest.test": ([ids[0], ids[3]], accepted.id, scheduled),
+        "other.test": ([ids[1]], accepted.id, scheduled),
+    }
+    assert all(j["id"].startswith("job_") for j in jobs.values())
+
+
+#: The columns the accept writes (the others are set later, by their defaults).
+_ACCEPT_COLUMNS = {
+    "id",
+    "domain_id",
+    "source",
+    "message_id",
+    "from_header",
+    "from_address",
+    "envelope_from",
+    "subject",
+    "size",
+    "body_ref",
+    "tags",
+    "status",
+    "scheduled_at",
+    "created_at",
+    "updated_at",
+    "original_email_id",
+    "body_purged_at",
+}
+_RECIPIENT_COLUMNS = {
+    "id",
+    "email_id",
+    "position",
+    "address",
+    "destination",
+    "kind",
+    "status",
+    "smtp_code",
+    "enhanced_code",
+    "response",
+    "bounce_type",
+    "bounce_rule",
+    "attempts",
+    "next_attempt_at",
+    "created_at",
+    "updated_at",
+}

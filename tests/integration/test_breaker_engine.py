@@ -11,10 +11,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from postline.delivery.breaker import BreakerPolicy, Breakers, BreakerState
-from postline.delivery.record import Wait
+from postline.delivery.record import RecipientResult, Wait
+from postline.model import AttemptScope, RecipientStatus
+from postline.outcomes import Outcome
 from postline.queue import Job
 from postline.store.schema import delivery_attempts, email_recipients, events
 from postline.store.types import utcnow
@@ -304,6 +306,11 @@ async def test_a_park_tells_each_recipient_once_per_opening_and_never_expires_it
         assert [t["response"][:19] for t in recipient["timeline"]] == ["waiting: next trial"]
     types = Counter(e["type"] for e in detail["events"])
     assert types["email.deferred"] == 2
+    async with pl.services.db.read() as conn:  # one park's two events numbered apart
+        numbers = await conn.execute(
+            select(events.c.sequence).where(events.c.email_id == accepted["id"])
+        )
+        assert sorted(numbers.scalars()) == [1, 2, 3, 4]
     await park(utcnow() + timedelta(days=6))  # a new opening, on the recorder's clock
     detail = await pl.email(accepted["id"])
     assert [len(r["timeline"]) for r in detail["recipients"]] == [2, 2]
@@ -316,3 +323,65 @@ def _lease(pl: PostlineUnderTest) -> Any:
         return await pl.services.queue.lease("test", 10, 60)
 
     return lease
+
+
+async def test_a_park_tells_a_recipient_not_told_yet_after_one_told_already(
+    postline_factory: Factory,
+) -> None:
+    """Parked twice in one opening, first for one recipient, then for both: the one
+    told already is left as it is, and the other still gets its row and event."""
+    pl = await postline_factory(engine=False)
+    accepted = await pl.send(to=["a@dest.test", "b@dest.test"])
+    recorder = pl.services.engine.recorder
+    opened = utcnow()
+    job: Job = (await poll(_lease(pl), timeout=10, what="the email's job"))[0]
+    first, second = job.recipient_ids
+    until = utcnow() + timedelta(hours=1)
+    await recorder.park(job, [first], Wait(opened, until, "waiting: next trial"))
+    assert await pl.services.queue.release_parked("dest.test") == 1
+    job = (await poll(_lease(pl), timeout=10, what="the email's job"))[0]
+    await recorder.park(job, [first, second], Wait(opened, until, "waiting: next trial"))
+    detail = await pl.email(accepted["id"])
+    assert [len(r["timeline"]) for r in detail["recipients"]] == [1, 1]
+    assert {r["status"] for r in detail["recipients"]} == {"deferred"}
+    assert Counter(e["type"] for e in detail["events"])["email.deferred"] == 2
+    assert await pl.services.queue.release_parked("dest.test") == 1  # parked, not acked
+
+
+async def test_a_park_records_a_skipped_and_a_refused_recipient_apart_from_the_waiting_one(
+    postline_factory: Factory,
+) -> None:
+    """One park with a recipient suppressed at send (its event, no timeline row), one
+    already final (refused: nothing written, its event number left unused) and one to
+    wait: the last still gets its row and event, numbered right after the first's."""
+    pl = await postline_factory(engine=False)
+    accepted = await pl.send(to=["listed@dest.test", "done@dest.test", "wait@dest.test"])
+    job: Job = (await poll(_lease(pl), timeout=10, what="the email's job"))[0]
+    listed, done, waiting = job.recipient_ids
+    async with pl.services.db.write() as conn:  # delivered by an earlier attempt
+        await conn.execute(
+            update(email_recipients).where(email_recipients.c.id == done).values(status="delivered")
+        )
+    suppressed = Outcome(status=RecipientStatus.SUPPRESSED, reason="on the suppression list")
+    skipped = [RecipientResult(listed, suppressed, AttemptScope.RECIPIENT, attempted=False)]
+    until = utcnow() + timedelta(hours=1)
+    wait = Wait(utcnow(), until, "waiting: next trial")
+    await pl.services.engine.recorder.park(job, [done, waiting], wait, skipped)
+    detail = await pl.email(accepted["id"])
+    assert [(r["address"], r["status"], len(r["timeline"])) for r in detail["recipients"]] == [
+        ("listed@dest.test", "suppressed", 0),
+        ("done@dest.test", "delivered", 0),
+        ("wait@dest.test", "deferred", 1),
+    ]
+    assert detail["status"] == "deferred"
+    async with pl.services.db.read() as conn:
+        moves = await conn.execute(
+            select(events.c.sequence, events.c.recipient_id, events.c.type)
+            .where(events.c.email_id == accepted["id"])
+            .where(events.c.sequence > 3)
+        )
+        assert sorted(moves.all()) == [
+            (4, listed, "email.suppressed"),
+            (5, waiting, "email.deferred"),
+        ]
+    assert await pl.services.queue.release_parked("dest.test") == 1

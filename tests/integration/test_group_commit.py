@@ -198,10 +198,20 @@ async def test_a_call_refused_for_its_own_data_fails_alone(
         refused_ids.extend(r.id for r in results)
         raise ValueError("refused by on_commit")
 
+    seen_in_commit: list[int] = []
+
+    async def note(conn: AsyncConnection, results: list[Accepted]) -> None:
+        # An on_commit that writes with the connection it is given (as the API's
+        # idempotency record does), in a group written again call by call.
+        found = select(func.count()).select_from(sent_emails)
+        found = found.where(sent_emails.c.id.in_([r.id for r in results]))
+        seen_in_commit.append((await conn.execute(found)).scalar_one())
+
     calls: list[tuple[Submission, Any]] = [(submission(i), None) for i in range(CALLS)]
     calls[3] = (raw_submission(3, "<taken@example.test>"), None)
     calls[5] = (submission(5), refuse)
     calls[7] = (submission(7, sender="sender@unknown.test"), None)
+    calls[9] = (submission(9), note)
     answers = await accept_held(pl, calls, CALLS - 1)  # the unknown domain never joins
     assert isinstance(answers[3], IntegrityError), answers[3]
     assert isinstance(answers[5], ValueError), answers[5]
@@ -218,6 +228,7 @@ async def test_a_call_refused_for_its_own_data_fails_alone(
     assert await stored_bodies(pl) == expected
     assert await queued(pl) == len(expected)
     assert refused_ids and not set(refused_ids) & expected
+    assert seen_in_commit[-1] == 1  # its own row, inside its own savepoint
 
 
 async def test_a_failed_commit_fails_the_whole_group_and_leaves_nothing(

@@ -12,9 +12,10 @@ from sqlalchemy import Table, func, select, update
 
 from postline.delivery.record import RecipientResult, Wait
 from postline.ids import new_id
-from postline.model import AttemptScope, BounceType, RecipientStatus
+from postline.model import AttemptScope, BounceType, RecipientStatus, TlsInfo, TlsPolicySource
 from postline.outcomes import Outcome
 from postline.queue import Job
+from postline.store import emails as email_store
 from postline.store.schema import delivery_attempts, events, queue_jobs
 from postline.store.types import utcnow
 from tests.harness import FakeMX
@@ -278,3 +279,282 @@ async def test_a_batch_with_a_lost_and_a_kept_lease_counts_only_the_lost_one(
     ]
     assert await queue.depth() == {"dest.test": 1}  # the new owner's, still leased
     assert await queue.ack(taken)
+
+
+async def _rows(pl: PostlineUnderTest, table: Table, email_id: str) -> list[dict[str, Any]]:
+    async with pl.services.db.read() as conn:
+        result = await conn.execute(select(table).where(table.c.email_id == email_id))
+        return [dict(row) for row in result.mappings()]
+
+
+async def test_one_attempt_writes_each_recipients_row_event_and_retry(
+    postline_factory: Factory,
+) -> None:
+    """Field by field, one attempt of three recipients (delivered, deferred, bounced):
+    one attempt id and the attempt's MX, duration and TLS on each timeline row, the
+    next attempt only on the deferred one, the events numbered on after those of the
+    accept, the deferred one alone pending and retried."""
+    pl = await postline_factory(engine=False)
+    sent = await pl.send(to=["ok@dest.test", "later@dest.test", "gone@dest.test"])
+    async with pl.services.db.read() as conn:
+        recipients = {r.address: r for r in await email_store.get_recipients(conn, sent["id"])}
+    ok, later, gone = (recipients[f"{n}@dest.test"] for n in ("ok", "later", "gone"))
+    queue = pl.services.queue
+    (job,) = await poll(lambda: queue.lease("worker", 1, 60), timeout=10, what="the job")
+    retry_at = utcnow() + timedelta(hours=1)
+    results = [
+        (ok, Outcome(status=RecipientStatus.DELIVERED, smtp_code=250, response="250 ok")),
+        (later, Outcome(status=RecipientStatus.DEFERRED, smtp_code=451, response="451 later")),
+        (gone, Outcome(status=RecipientStatus.BOUNCED, smtp_code=550, response="550 gone")),
+    ]
+    pending = await pl.services.engine.recorder.record(
+        job,
+        [RecipientResult(r.id, outcome, AttemptScope.RECIPIENT) for r, outcome in results],
+        mx_host="mx.dest.test",
+        duration_ms=321,
+        retry_at=retry_at,
+        tls=TlsInfo(TlsPolicySource.OPPORTUNISTIC, "TLSv1.3"),
+    )
+    assert pending == [later.id]
+    rows = {row["recipient_id"]: row for row in await _rows(pl, delivery_attempts, sent["id"])}
+    assert len({row["attempt_id"] for row in rows.values()}) == 1
+    for recipient, outcome in results:
+        row = rows[recipient.id]
+        assert row["attempt_id"].startswith("att_")
+        assert (row["attempt"], row["status"], row["scope"]) == (1, outcome.status, "recipient")
+        assert (row["mx_host"], row["duration_ms"]) == ("mx.dest.test", 321)
+        assert (row["smtp_code"], row["response"]) == (outcome.smtp_code, outcome.response)
+        assert (row["tls_policy"], row["tls_version"]) == ("opportunistic", "TLSv1.3")
+    async with pl.services.db.read() as conn:
+        after = {r.id: r for r in await email_store.get_recipients(conn, sent["id"])}
+    assert after[later.id].next_attempt_at == retry_at
+    assert after[ok.id].next_attempt_at is None
+    assert after[gone.id].next_attempt_at is None
+    assert {r.attempts for r in after.values()} == {1}
+    moves = sorted(
+        (e["sequence"], e["recipient_id"], e["type"])
+        for e in await _rows(pl, events, sent["id"])
+        if e["type"] != "email.queued"
+    )
+    assert moves == [
+        (4, ok.id, "email.delivered"),
+        (5, later.id, "email.deferred"),
+        (6, gone.id, "email.bounced"),
+    ]
+    assert await queue.in_flight() == {}
+    assert await queue.depth() == {"dest.test": 1}  # the deferred recipient's, in an hour
+    assert await queue.lease("worker", 1, 60) == []
+
+
+async def test_an_attempt_past_max_age_fails_its_deferral_with_the_last_answer(
+    postline_factory: Factory,
+) -> None:
+    """The deferral of an attempt made after ``max_age`` is recorded as ``failed``,
+    keeping everything the MX said, with the count of attempts as its reason."""
+    clock = MovableClock()
+    pl = await postline_factory(engine=False, clock=clock)
+    sent = await pl.send(to="stuck@dest.test")
+    queue = pl.services.queue
+    (job,) = await poll(lambda: queue.lease("worker", 1, 60), timeout=10, what="the job")
+    clock.offset = timedelta(days=6)
+    deferral = Outcome(
+        status=RecipientStatus.DEFERRED,
+        smtp_code=451,
+        enhanced_code="4.2.1",
+        response="451 4.2.1 mailbox busy",
+        bounce_type=BounceType.SOFT,
+        bounce_rule="test.busy",
+    )
+    pending = await pl.services.engine.recorder.record(
+        job,
+        [RecipientResult(job.recipient_ids[0], deferral, AttemptScope.RECIPIENT)],
+        mx_host="mx.dest.test",
+        duration_ms=5,
+        retry_at=utcnow() + timedelta(hours=1),
+    )
+    assert pending == []
+    (row,) = await _rows(pl, delivery_attempts, sent["id"])
+    assert {k: row[k] for k in ("status", "smtp_code", "enhanced_code", "response")} == {
+        "status": "failed",
+        "smtp_code": 451,
+        "enhanced_code": "4.2.1",
+        "response": "451 4.2.1 mailbox busy",
+    }
+    assert (row["bounce_type"], row["bounce_rule"]) == ("soft", "test.busy")
+    (failed,) = [e for e in await _rows(pl, events, sent["id"]) if e["type"] == "email.failed"]
+    assert failed["payload"]["data"]["reason"] == "expired after 1 attempts"
+    assert await queue.depth() == {}
+
+
+async def test_a_refused_move_leaves_its_event_number_to_the_next_move(
+    postline_factory: Factory,
+) -> None:
+    """A late outcome for a final recipient writes nothing, so the next move of the
+    email in the same attempt takes the number it did not use."""
+    pl = await postline_factory(engine=False)
+    sent = await pl.send(to=["done@dest.test", "open@dest.test"])
+    queue = pl.services.queue
+    (job,) = await poll(lambda: queue.lease("worker", 1, 60), timeout=10, what="the job")
+    done, still = job.recipient_ids
+    recorder = pl.services.engine.recorder
+    delivered = Outcome(status=RecipientStatus.DELIVERED, smtp_code=250)
+    deferred = Outcome(status=RecipientStatus.DEFERRED, smtp_code=451)
+    await recorder.record(
+        job,
+        [
+            RecipientResult(done, delivered, AttemptScope.RECIPIENT),
+            RecipientResult(still, deferred, AttemptScope.RECIPIENT),
+        ],
+        mx_host="mx.dest.test",
+        duration_ms=5,
+        retry_at=utcnow(),
+    )
+    (again,) = await poll(lambda: queue.lease("worker", 1, 60), timeout=10, what="the retry")
+    late = Outcome(status=RecipientStatus.BOUNCED, smtp_code=550, response="550 late")
+    pending = await recorder.record(
+        again,
+        [
+            RecipientResult(done, late, AttemptScope.RECIPIENT),
+            RecipientResult(still, delivered, AttemptScope.RECIPIENT),
+        ],
+        mx_host="mx.dest.test",
+        duration_ms=5,
+        retry_at=utcnow(),
+    )
+    assert pending == []
+    moves = sorted(
+        (e["sequence"], e["recipient_id"], e["type"]) for e in await _rows(pl, events, sent["id"])
+    )
+    assert moves == [
+        (1, done, "email.queued"),
+        (2, still, "email.queued"),
+        (3, done, "email.delivered"),
+        (4, still, "email.deferred"),
+        (5, still, "email.delivered"),
+    ]
+    assert await queue.depth() == {}
+
+
+@pytest.mark.parametrize("how", ["record", "park"])
+async def test_a_result_for_a_recipient_of_another_email_is_skipped(
+    postline_factory: Factory, how: str
+) -> None:
+    """A result naming a recipient the job's email does not have changes nothing, and
+    the results after it are recorded: for an attempt, and for a park, whose timeline
+    row counts no attempt and names no MX."""
+    pl = await postline_factory(engine=False)
+    other = await pl.send(to="other@dest.test")
+    sent = await pl.send(to="mine@dest.test")
+    queue = pl.services.queue
+    leased = await poll(lambda: queue.lease("worker", 2, 60), timeout=10, what="the jobs")
+    by_email = {job.email_id: job for job in leased}
+    job = by_email[sent["id"]]
+    (foreign,) = by_email[other["id"]].recipient_ids
+    (mine,) = job.recipient_ids
+    until = utcnow() + timedelta(hours=1)
+    recorder = pl.services.engine.recorder
+    if how == "park":
+        await recorder.park(job, [foreign, mine], Wait(utcnow(), until, "waiting: next trial"))
+    else:
+        deferred = Outcome(status=RecipientStatus.DEFERRED, smtp_code=451)
+        await recorder.record(
+            job,
+            [RecipientResult(r, deferred, AttemptScope.RECIPIENT) for r in (foreign, mine)],
+            mx_host="mx.dest.test",
+            duration_ms=5,
+            retry_at=until,
+        )
+    assert [r["status"] for r in (await pl.email(other["id"]))["recipients"]] == ["queued"]
+    assert await _rows(pl, delivery_attempts, other["id"]) == []
+    async with pl.services.db.read() as conn:
+        (recipient,) = await email_store.get_recipients(conn, sent["id"])
+    assert (recipient.status, recipient.next_attempt_at) == (RecipientStatus.DEFERRED, until)
+    (row,) = await _rows(pl, delivery_attempts, sent["id"])
+    assert row["attempt_id"].startswith("att_")
+    if how == "park":
+        assert recipient.attempts == 0
+        assert (row["attempt"], row["scope"], row["mx_host"], row["duration_ms"]) == (
+            0,
+            "breaker",
+            None,
+            0,
+        )
+        assert row["response"] == "waiting: next trial"
+    else:
+        assert recipient.attempts == 1
+        assert (row["attempt"], row["scope"], row["mx_host"]) == (1, "recipient", "mx.dest.test")
+
+
+async def test_a_recipient_suppressed_at_send_gets_its_event_but_no_attempt(
+    postline_factory: Factory,
+) -> None:
+    """A move decided without the MX (listed after the accept) is recorded beside the
+    attempt: its event, but no timeline row and no attempt counted."""
+    pl = await postline_factory(engine=False)
+    sent = await pl.send(to=["listed@dest.test", "sent@dest.test"])
+    queue = pl.services.queue
+    (job,) = await poll(lambda: queue.lease("worker", 1, 60), timeout=10, what="the job")
+    listed, sent_to = job.recipient_ids
+    suppressed = Outcome(status=RecipientStatus.SUPPRESSED, reason="on the suppression list")
+    delivered = Outcome(status=RecipientStatus.DELIVERED, smtp_code=250)
+    await pl.services.engine.recorder.record(
+        job,
+        [
+            RecipientResult(listed, suppressed, AttemptScope.RECIPIENT, attempted=False),
+            RecipientResult(sent_to, delivered, AttemptScope.RECIPIENT),
+        ],
+        mx_host="mx.dest.test",
+        duration_ms=5,
+        retry_at=utcnow(),
+    )
+    rows = await _rows(pl, delivery_attempts, sent["id"])
+    assert [row["recipient_id"] for row in rows] == [sent_to]
+    async with pl.services.db.read() as conn:
+        after = {r.id: r for r in await email_store.get_recipients(conn, sent["id"])}
+    assert (after[listed].status, after[listed].attempts) == (RecipientStatus.SUPPRESSED, 0)
+    assert (after[sent_to].status, after[sent_to].attempts) == (RecipientStatus.DELIVERED, 1)
+    types = {e["recipient_id"]: e["type"] for e in await _rows(pl, events, sent["id"])}
+    assert types == {listed: "email.suppressed", sent_to: "email.delivered"}
+
+
+@pytest.mark.parametrize("first", ["deferral", "park"])
+async def test_two_attempts_for_one_recipient_in_one_batch_count_two(
+    postline_factory: Factory, first: str
+) -> None:
+    """A stale worker's deferral (or park) and the new owner's delivery of the same job,
+    recorded in one group commit: the second sees the first's move, so the recipient has
+    as many attempts as were made (a park makes none) and its timeline numbers them."""
+    pl = await postline_factory(engine=False)
+    sent = await pl.send(to="twice@dest.test")
+    queue = pl.services.queue
+    (stale,) = await poll(lambda: queue.lease("stale-worker", 1, 0.01), timeout=10, what="job")
+    (taken,) = await poll(lambda: queue.lease("new-owner", 1, 60), timeout=10, what="lapse")
+    (recipient_id,) = taken.recipient_ids
+    deferred = Outcome(status=RecipientStatus.DEFERRED, smtp_code=451)
+    delivered = Outcome(status=RecipientStatus.DELIVERED, smtp_code=250)
+    recorder = pl.services.engine.recorder
+
+    def attempt(job: Job, outcome: Outcome) -> Any:
+        return recorder.record(
+            job,
+            [RecipientResult(recipient_id, outcome, AttemptScope.RECIPIENT)],
+            mx_host="mx.dest.test",
+            duration_ms=5,
+            retry_at=utcnow(),
+        )
+
+    if first == "park":
+        until = utcnow() + timedelta(hours=1)
+        stale_move = recorder.park(stale, [recipient_id], Wait(utcnow(), until, "waiting"))
+    else:
+        stale_move = attempt(stale, deferred)
+    await asyncio.gather(stale_move, attempt(taken, delivered))
+    made = 1 if first == "park" else 2
+    detail = await pl.email(sent["id"])
+    (recipient,) = detail["recipients"]
+    assert (recipient["status"], recipient["attempts"]) == ("delivered", made)
+    rows = sorted(await _rows(pl, delivery_attempts, sent["id"]), key=lambda row: row["id"])
+    assert [(row["attempt"], row["status"]) for row in rows] == [
+        (made - 1, "deferred"),
+        (made, "delivered"),
+    ]
