@@ -74,9 +74,15 @@ class VirtualTime:
         return self.clock()
 
     async def _idle(self) -> bool:
-        """Nothing leased, nothing due that the engine has yet to lease, and ``quiet``."""
-        if not await self.quiet():
-            return False
+        """Nothing leased, nothing due that the engine has yet to lease, and ``quiet``.
+
+        The queue is asked first: a delivery commits its outcome, its events and the
+        end of its job together, so once no job is leased or due no event is still to
+        come, and ``quiet`` (the webhook outbox) is asked about all of them. Asked the
+        other way round, a delivery finishing between the two answers wrote events
+        after ``quiet`` said yes, and the jump expired the lease of their webhook POST
+        in flight: the receiver got it twice (a test's race, seen under load in CI).
+        """
         now = utcnow()
         c = queue_jobs.c
         async with self.pl.services.db.read() as conn:
@@ -85,7 +91,9 @@ class VirtualTime:
                 .select_from(queue_jobs)
                 .where(or_(c.lease_until >= now, c.due_at <= now))
             )
-            return int(busy.scalar_one()) == 0
+            if int(busy.scalar_one()) != 0:
+                return False
+        return await self.quiet()
 
     async def next_due(self) -> datetime | None:
         """Once idle: the virtual instant the earliest queued job is due (None: no job)."""

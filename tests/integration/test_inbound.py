@@ -381,3 +381,27 @@ async def test_only_admin_keys_list_unmatched_reports(pl: PostlineUnderTest) -> 
     scoped = response.json()["key"]
     assert (await pl.client.get("/v1/inbound/reports", headers=pl.auth(scoped))).status_code == 403
     assert (await pl.client.get("/v1/inbound/reports")).status_code == 401
+
+
+async def test_a_report_before_its_delivery_is_recorded_is_asked_for_again(
+    postline_factory: Factory,
+) -> None:
+    """A complaint that crossed the recording of its delivery (the recipient still
+    ``queued``: here, no engine runs) gets a 451, so the reporter's MTA offers it again
+    once the outcome is there; nothing is stored as unmatched."""
+    pl = await postline_factory(engine=False)
+    listener = inbound_listener(pl.services, "127.0.0.1", 0)
+    await listener.start()
+    try:
+        sent = await pl.send(to=["early@dest.test"])
+        return_path = pl.services.acceptor.return_paths.address(sent["id"], "example.test")
+        report = reports.microsoft_jmrp(return_path, "early@dest.test", sent["message_id"])
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            await mail(listener, return_path, report)
+    finally:
+        await listener.stop()
+    assert refused.value.smtp_code == 451
+    assert b"not recorded yet" in refused.value.smtp_error
+    assert await unmatched(pl) == []
+    assert (await pl.email(sent["id"]))["recipients"][0]["status"] == "queued"
+    assert counted(pl, "inbound_reports", kind="complaint", result="unmatched") == 0

@@ -37,6 +37,7 @@ from postline.wakeups import Wakeups
 
 log = logging.getLogger("postline.inbound")
 
+_NOT_RECORDED = "the recipient is queued: its delivery is not recorded yet"
 #: What of an unmatched message is kept for the operator to look at.
 EXCERPT_BYTES = 8 * 1024
 COMPLAINT_TYPES = frozenset({"abuse"})
@@ -53,11 +54,19 @@ class Received:
     raw: bytes
 
 
+class TooEarly(Exception):
+    """The report names a delivery not recorded yet (its recipient still ``queued``): the
+    receiver's 250 and the report crossed the recording. Nothing is stored; the reporter
+    is asked to try again (451), as any MTA does, and by then the outcome is there."""
+
+
 @dataclass
 class _Result:
     applied: int = 0
     reasons: list[str] = field(default_factory=list)
     email_id: str | None = None
+    #: A recipient named by the report is still queued (see TooEarly).
+    too_early: bool = False
 
 
 class InboundReports:
@@ -89,6 +98,8 @@ class InboundReports:
                 result = _Result(reasons=[unparsed or "unreadable"], email_id=received.email_id)
             else:
                 result = await self._apply(conn, received, report, now)
+            if not result.applied and result.too_early:
+                raise TooEarly(result.reasons[0])
             if not result.applied:
                 await inbound_store.add_unmatched(
                     conn, _unmatched_row(received, report, result, now)
@@ -154,6 +165,7 @@ class InboundReports:
                 result.applied += 1
             else:
                 result.reasons.append(reason)
+                result.too_early = result.too_early or reason == _NOT_RECORDED
         if result.applied:
             await refresh_email_status(conn, email, now)
         return result
@@ -180,6 +192,8 @@ class InboundReports:
             conn, email=email, recipient=recipient, outcome=outcome, now=now
         )
         if not moved:
+            if recipient.status == RecipientStatus.QUEUED:
+                return _NOT_RECORDED
             return f"the recipient is {recipient.status}, not delivered"
         # A timeline row, so the email's detail shows when and why it turned.
         await email_store.insert_attempts(conn, [_timeline_row(email, recipient, outcome, now)])

@@ -23,7 +23,7 @@ import logging
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from postline.delivery.replies import sanitize
-from postline.inbound.apply import InboundReports, Received
+from postline.inbound.apply import InboundReports, Received, TooEarly
 from postline.inbound.returnpath import ReturnPaths
 from postline.inbound.routed import RoutedMail
 from postline.metrics import Metrics
@@ -99,6 +99,9 @@ class InboundHandler:
                     words.append(await self.reports.take(received))
                 else:
                     words.append(await self._take_routed(mail_from, rcpt, raw))
+        except TooEarly as exc:
+            log.info("inbound report before its delivery was recorded, asked to retry: %s", exc)
+            return "451 4.3.0 The delivery reported on is not recorded yet, try again later"
         except Exception as exc:  # the store is away: the sender keeps it and retries
             log.warning("inbound report not stored, asked to retry: %s", type(exc).__name__)
             return "451 4.3.0 Temporary failure, please try again later"

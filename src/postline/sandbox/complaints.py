@@ -7,6 +7,7 @@ suppression) runs in ``make run`` without the internet.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from email import policy
 from email.message import EmailMessage
@@ -18,6 +19,8 @@ from postline.domains import SIMULATOR_DOMAIN
 from postline.store.types import utcnow
 
 log = logging.getLogger("postline.sandbox")
+#: How long a complaint answered 4xx is offered again (seconds of waiting in all).
+_RETRY_FOR = 60.0
 
 REPORTER = f"feedback@{SIMULATOR_DOMAIN}"
 _HEADERS_ONLY = 64 * 1024
@@ -63,14 +66,29 @@ def build_arf(return_path: str, complainant: str, original: bytes) -> bytes:
 async def file_complaint(
     inbound: tuple[str, int], return_path: str, complainant: str, original: bytes
 ) -> None:
-    """Mail the report to the inbound listener, as a provider's loop would (null sender)."""
-    client = aiosmtplib.SMTP(
-        hostname=inbound[0], port=inbound[1], timeout=30, start_tls=False, use_tls=False
-    )
-    try:
-        async with client:
-            await client.sendmail("", [return_path], build_arf(return_path, complainant, original))
-    except (aiosmtplib.SMTPException, OSError) as exc:
-        log.warning(
-            "simulated complaint not delivered to the inbound listener: %s", type(exc).__name__
+    """Mail the report to the inbound listener, as a provider's loop would (null sender),
+    and, as its MTA would, again after a 4xx: the simulator files it the moment it
+    accepts the message, which may be before Postline has recorded that delivery."""
+    report = build_arf(return_path, complainant, original)
+    delay, waited = 0.1, 0.0
+    while True:
+        client = aiosmtplib.SMTP(
+            hostname=inbound[0], port=inbound[1], timeout=30, start_tls=False, use_tls=False
         )
+        try:
+            async with client:
+                await client.sendmail("", [return_path], report)
+            return
+        except aiosmtplib.SMTPResponseException as exc:
+            if not 400 <= exc.code < 500 or waited >= _RETRY_FOR:
+                log.warning("simulated complaint refused by the inbound listener: %d", exc.code)
+                return
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            log.warning(
+                "simulated complaint not delivered to the inbound listener: %s",
+                type(exc).__name__,
+            )
+            return
+        await asyncio.sleep(delay)  # a retry's wait, as an MTA's queue would
+        waited += delay
+        delay = min(delay * 2, 5.0)
