@@ -303,6 +303,7 @@ def run_parts(
             for line in start_warnings(settings):
                 logging.getLogger("postline").warning(line)
         ready = asyncio.Event()
+        told = None if child is None else asyncio.create_task(child.tell_ready(ready))
         announcer = None
         if child is None:
             announcer = asyncio.create_task(announce(services, ready, api=api, engine=engine))
@@ -316,8 +317,9 @@ def run_parts(
             delivery_process=split,
             webhooks=child is None,
         )
-        if announcer is not None:
-            announcer.cancel()
+        for task in (announcer, told):
+            if task is not None:
+                task.cancel()
 
     run_with_services(settings, main)
 

@@ -49,6 +49,10 @@ log = logging.getLogger("postline")
 #: A byte on a wake pipe: jobs were committed (to the child), or events (to the parent).
 WORK = b"w"
 EVENTS = b"e"
+#: The child's first byte once its engine runs: ``serve`` announces itself after it.
+READY = b"r"
+#: How long ``serve`` waits for that before it announces itself anyway.
+READY_TIMEOUT = 60.0
 #: prometheus_client reads this when it is first imported; set before that.
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _PR_SET_PDEATHSIG = 1
@@ -90,6 +94,8 @@ class DeliveryProcess:
     #: Called when the child committed events (the parent's dispatcher wakes).
     events_written: Callable[[], None] = lambda: None
     process: asyncio.subprocess.Process | None = None
+    #: Set once the (first) child said it runs.
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
     _wake_fd: int | None = None
     _events_fd: int | None = None
 
@@ -138,8 +144,13 @@ class DeliveryProcess:
             os.close(events_write)
         self._close_pipes()
         self._wake_fd, self._events_fd = write_fd, events_read
-        read_wakes(events_read, lambda data: self.events_written(), lambda: None)
+        read_wakes(events_read, self._heard, lambda: None)
         log.info("delivery process %d started", self.process.pid)
+
+    def _heard(self, data: bytes) -> None:
+        if READY in data:
+            self.ready.set()
+        self.events_written()
 
     def _close_pipes(self) -> None:
         if self._events_fd is not None:
@@ -223,6 +234,11 @@ class ChildLink:
     def events_written(self) -> None:
         """Tell the parent's dispatcher that events were committed here."""
         send_wake(self.events_fd, EVENTS)
+
+    async def tell_ready(self, ready: asyncio.Event) -> None:
+        """Tell the parent once this process runs (``ready``)."""
+        await ready.wait()
+        send_wake(self.events_fd, READY)
 
 
 def send_wake(fd: int, byte: bytes) -> None:

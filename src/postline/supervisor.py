@@ -20,7 +20,7 @@ from postline.api.app import create_api
 from postline.api.server import server_config
 from postline.app import Services, inbound_listener, start_sandbox
 from postline.config import ConfigError
-from postline.delivery_process import DeliveryProcess
+from postline.delivery_process import READY_TIMEOUT, DeliveryProcess
 from postline.housekeeping import housekeeping
 from postline.inbound.listener import InboundListener
 from postline.sandbox.simulator import Simulator
@@ -125,6 +125,12 @@ async def serve(
         )
         services.wakeups.on_work(child.wake_work)
         tasks.append(asyncio.create_task(child.run(stop), name="delivery process"))
+        # Announced once delivery runs too: "running" means all of it, and the child's
+        # start-up (imports, recovery) does not compete with the first requests.
+        waits = [asyncio.create_task(child.ready.wait()), asyncio.create_task(stop.wait())]
+        await asyncio.wait(waits, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
     if ready is not None:
         ready.set()
     stopper = asyncio.create_task(stop.wait(), name="stop")
