@@ -105,8 +105,12 @@ async def test_a_delivery_longer_than_its_lease_keeps_it(
     An engine that did not renew would lose the job to the second one, which would
     connect again (the guard before the final dot would still keep it to one copy)."""
     caplog.set_level(logging.WARNING, logger="postline.engine")
-    postline = await postline_factory(lease_seconds=2)
-    fake_mx.stall("rcpt", 2.5)  # two recipients: five seconds, past two leases and more
+    # Two recipients: nine seconds, past two leases. A lease of 4 s rather than 2: the
+    # renewal every third of it, and the finish after the dot (the confirmation before
+    # it leaves at least two thirds), must each fit in what is left, which on a loaded
+    # 2-core machine running the suite in three workers 1.3 s did not always.
+    postline = await postline_factory(lease_seconds=4)
+    fake_mx.stall("rcpt", 4.5)
     second = second_engine(postline.services.engine)
     stop = asyncio.Event()
     running = asyncio.create_task(second.run(stop))
