@@ -190,11 +190,14 @@ async def _accept(
     started = time.monotonic()
     rendered = await render_sends(svc, caller, emails, batch=endpoint == "batch")
     submissions = [to_submission(e) for e in rendered]
-    # The endpoint is part of the body: one email and a batch of that one email differ.
-    request = {
-        "endpoint": endpoint,
-        "emails": [_fingerprint(e, r) for e, r in zip(emails, sent, strict=True)],
-    }
+
+    def request() -> dict[str, Any]:
+        # The endpoint is part of the body: one email and a batch of that one email differ.
+        return {
+            "endpoint": endpoint,
+            "emails": [_fingerprint(e, r) for e, r in zip(emails, sent, strict=True)],
+        }
+
     answered = await accept_once(
         svc, caller, submissions, key=idempotency_key, request=request, shape=shape
     )

@@ -66,14 +66,19 @@ async def accept_once(
     submissions: Sequence[Submission],
     *,
     key: str | None,
-    request: dict[str, Any],
+    request: Callable[[], dict[str, Any]],
     shape: Shape,
 ) -> Response:
-    """Accept ``submissions`` and answer 202; under ``key``, only once per ``request``
-    (the endpoint and what was sent, as JSON: equal requests must give equal JSON)."""
+    """Accept ``submissions`` and answer 202; under ``key``, only once per ``request()``
+    (the endpoint and what was sent, as JSON: equal requests must give equal JSON).
+
+    ``request`` is called only under a key: dumping the largest batch's 500 emails to
+    compare them took the event loop 8-20 ms that a send without a key does not need.
+    """
     check_key(key)
     if key is not None:
-        digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+        fingerprint = json.dumps(request(), sort_keys=True).encode()
+        digest = hashlib.sha256(fingerprint).hexdigest()
         now = utcnow()
         async with svc.db.write() as conn:
             previous = await idempotency.find(conn, caller.key_id, key, now)

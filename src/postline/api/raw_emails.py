@@ -59,13 +59,15 @@ async def send_raw(
     submission = dataclasses.replace(submission, tags=body.tags)
     # As POST /v1/emails does; the endpoint is part of the request, so the same key on
     # another send route is the same key with a different body (409).
-    request = {"endpoint": "raw", "emails": [body.model_dump(mode="json", by_alias=True)]}
     answered = await accept_once(
         svc,
         caller,
         [submission],
         key=idempotency_key,
-        request=request,
+        request=lambda: {
+            "endpoint": "raw",
+            "emails": [body.model_dump(mode="json", by_alias=True)],
+        },
         shape=lambda results: results[0].as_dict(),
     )
     svc.metrics.accept_seconds.observe(time.monotonic() - started)
