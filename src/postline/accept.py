@@ -60,6 +60,11 @@ SUPPRESSION_CHUNK = 5000
 #: weigh this many times ``POSTLINE_MAX_MESSAGE_BYTES`` together (413 above), so that
 #: 1,000 recipients of a large message cannot hold gigabytes of copies in memory.
 COPIES_FACTOR = 4
+#: Emails whose rows are built between two yields to the event loop: the rows of the
+#: largest batch (500 emails, 1,000 recipients and their events) took it 50-100 ms of
+#: pure Python in one stretch, during which no other request was answered.
+_ROWS_BETWEEN_YIELDS = 50
+
 #: Emails committed together at most by one group commit (a batch counts all its
 #: emails; a batch larger than this is a group of its own).
 GROUP_EMAILS = 500
@@ -590,7 +595,9 @@ class Acceptor:
         recipient_rows: list[dict[str, Any]] = []
         event_rows: list[dict[str, Any]] = []
         suppressed = await self._suppressed(conn, prepared)
-        for item in prepared:
+        for count, item in enumerate(prepared, 1):
+            if count % _ROWS_BETWEEN_YIELDS == 0:
+                await asyncio.sleep(0)
             sub = item.submission
             now = item.now
             scheduled = sub.scheduled_at is not None and sub.scheduled_at > now

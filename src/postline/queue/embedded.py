@@ -62,6 +62,7 @@ from postline.queue.base import CONFIRM_SHARE, Job, Queue, QueueError, Tokens, c
 from postline.queue.buckets import BucketTaker
 from postline.store.db import Database
 from postline.store.gathering import GroupRead
+from postline.store.inserts import insert_in_parts
 from postline.store.schema import queue_jobs as jobs_table
 from postline.store.schema import worker_heartbeats as heartbeats_table
 from postline.store.types import UTCDateTime, utcnow
@@ -512,8 +513,7 @@ class EmbeddedQueue(Queue):
                     "created_at": now,
                 }
             )
-        if rows:
-            await conn.execute(insert(jobs_table), rows)
+        await insert_in_parts(conn, jobs_table, rows)
         # Before the caller commits, if it does: a destination noted for nothing
         # only costs a look at it in the next lease.
         for job in new:

@@ -22,6 +22,7 @@ from postline.model import (
     TlsPolicySource,
 )
 from postline.spool.base import copy_ref, copy_refs
+from postline.store.inserts import insert_in_parts
 from postline.store.records import Record
 from postline.store.schema import (
     delivery_attempts,
@@ -187,18 +188,15 @@ _MOVE_RECIPIENTS = update(email_recipients).where(
 
 
 async def insert_emails(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        await conn.execute(insert(sent_emails), list(rows))
+    await insert_in_parts(conn, sent_emails, rows)
 
 
 async def insert_recipients(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        await conn.execute(insert(email_recipients), list(rows))
+    await insert_in_parts(conn, email_recipients, rows)
 
 
 async def insert_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        await conn.execute(insert(events), list(rows))
+    await insert_in_parts(conn, events, rows)
 
 
 async def insert_attempts(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
