@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib.metadata import version as package_version
@@ -33,7 +33,7 @@ from postline.config import (
 )
 from postline.domains import DomainError, create_domain, dns_records
 from postline.keys import SCOPES, AmbiguousKey, CreatedKey, create_key, revoke_by_prefix
-from postline.secrets import prepare_secrets
+from postline.secrets import load_box, prepare_secrets
 from postline.store import domains as domain_store
 from postline.store import emails as email_store
 from postline.store import keys as key_store
@@ -44,6 +44,7 @@ from postline.store.types import utcnow
 if TYPE_CHECKING:
     from postline.app import Services
     from postline.delivery_process import ChildLink
+    from postline.store.db import Database
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Postline: transactional email.")
 domains_app = typer.Typer(no_args_is_help=True, help="Sending domains.")
@@ -175,6 +176,29 @@ def run_with_services(settings: Settings, work: Callable[[Services], Awaitable[T
         finally:
             await services.close()
 
+    return run_main(settings, main)
+
+
+def run_with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    """For the commands that only read and write rows (keys, domains): the database
+    alone, without the API, the engine and the drivers of ``Services``, whose imports
+    are about a second of each such command."""
+    from postline.store.db import Database
+
+    async def main() -> T:
+        db = Database(settings.database_url, load_box(settings))
+        try:
+            await prepare_secrets(db)
+            return await work(db)
+        finally:
+            await db.close()
+
+    return run_main(settings, main)
+
+
+def run_main(settings: Settings, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a command's ``main`` on Postline's event loop; a one-line message for the
+    failures an operator can fix (the secret key, the database, the queue)."""
     try:
         with asyncio.Runner(loop_factory=event_loop_factory(settings)) as runner:
             return runner.run(main())
@@ -198,10 +222,10 @@ def migrate(ctx: typer.Context) -> None:
     settings = settings_or_exit(ctx, may_create=True)
     migrate_or_exit(settings)
 
-    async def nothing(_services: Services) -> None:
-        """Opening the services checks the secret key and seals plaintext secrets."""
+    async def nothing(_db: Database) -> None:
+        """Opening the database checks the secret key and seals plaintext secrets."""
 
-    run_with_services(settings, nothing)
+    run_with_database(settings, nothing)
     typer.echo("database is up to date")
 
 
@@ -393,11 +417,11 @@ def domains_add(ctx: typer.Context, name: str) -> None:
     settings = settings_or_exit(ctx)
     migrate_or_exit(settings)
 
-    async def work(services: Services) -> Domain:
-        return await create_domain(services.db, name)
+    async def work(db: Database) -> Domain:
+        return await create_domain(db, name)
 
     try:
-        row = run_with_services(settings, work)
+        row = run_with_database(settings, work)
     except DomainError as exc:
         fail(str(exc))
         return
@@ -413,12 +437,12 @@ def domains_list(ctx: typer.Context) -> None:
     settings = settings_or_exit(ctx)
     migrate_or_exit(settings)
 
-    async def work(services: Services) -> list[Domain]:
-        async with services.db.read() as conn:
+    async def work(db: Database) -> list[Domain]:
+        async with db.read() as conn:
             return await domain_store.list_domains(conn)
 
     table = Table("id", "name", "verified")
-    for row in run_with_services(settings, work):
+    for row in run_with_database(settings, work):
         table.add_row(row.id, row.name, "yes" if row.verified else "no")
     out.print(table)
 
@@ -443,11 +467,11 @@ def keys_create(
     migrate_or_exit(settings)
     expires_at = utcnow() + timedelta(days=expires_in_days) if expires_in_days else None
 
-    async def work(services: Services) -> CreatedKey:
-        return await create_key(services.db, name, domain, scopes=scope, expires_at=expires_at)
+    async def work(db: Database) -> CreatedKey:
+        return await create_key(db, name, domain, scopes=scope, expires_at=expires_at)
 
     try:
-        created = run_with_services(settings, work)
+        created = run_with_database(settings, work)
     except (DomainError, ValueError) as exc:
         fail(str(exc))
         return
@@ -467,11 +491,11 @@ def keys_list(ctx: typer.Context) -> None:
     settings = settings_or_exit(ctx)
     migrate_or_exit(settings)
 
-    async def work(services: Services) -> list[ApiKey]:
-        async with services.db.read() as conn:
+    async def work(db: Database) -> list[ApiKey]:
+        async with db.read() as conn:
             return await key_store.list_keys(conn)
 
-    rows = run_with_services(settings, work)
+    rows = run_with_database(settings, work)
     if not rows:
         typer.echo("no active keys")
         return
@@ -495,11 +519,11 @@ def keys_revoke(
     settings = settings_or_exit(ctx)
     migrate_or_exit(settings)
 
-    async def work(services: Services) -> str | None:
-        return await revoke_by_prefix(services.db, key_id)
+    async def work(db: Database) -> str | None:
+        return await revoke_by_prefix(db, key_id)
 
     try:
-        revoked = run_with_services(settings, work)
+        revoked = run_with_database(settings, work)
     except AmbiguousKey as exc:
         fail(str(exc))
         return
