@@ -42,7 +42,7 @@ test: $(VENV)/.dev $(NODE_SDK)/node_modules/.package-lock.json
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest -n $(TEST_WORKERS) -m "not solo" $(PYTEST_ARGS) || test $$? -eq 5
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal -m "not solo" $(PYTEST_ARGS) || test $$? -eq 5
 	$(BIN)/pytest -m solo $(PYTEST_ARGS) || test $$? -eq 5
 
 lint: $(VENV)/.dev
