@@ -11,7 +11,7 @@ from typing import cast
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import select, text, update
+from sqlalchemy import event, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.config import normalize_database_url
@@ -363,6 +363,34 @@ async def test_body_refs_fail_closed_when_the_store_cannot_answer(queue: Queue) 
 async def test_enqueue_nothing_or_one(queue: Queue, count: int) -> None:
     await queue.enqueue([job() for _ in range(count)])
     assert sum((await queue.depth()).values()) == count
+
+
+@pytest.mark.parametrize(
+    "adapter",
+    ["embedded-sqlite", pytest.param("embedded-postgresql", marks=pytest.mark.postgres)],
+    indirect=True,
+)
+async def test_an_enqueue_looks_its_emails_up_a_thousand_at_a_time(queue: Queue) -> None:
+    """Which pairs have a job already is read once per 1,000 emails of the batch, not once
+    per email: a group commit enqueues hundreds of emails in its transaction, on SQLite
+    under the one writer. (Mutation testing: a lookup per email, or a thousand lookups,
+    found the same pairs, and every test passed.)"""
+    assert isinstance(queue, EmbeddedQueue)
+    lookups = 0
+
+    def _count(conn: object, cursor: object, statement: str, *_: object) -> None:
+        nonlocal lookups
+        if statement.lstrip().upper().startswith("SELECT") and "queue_jobs" in statement:
+            lookups += 1
+
+    engine = queue.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", _count)
+    try:
+        await queue.enqueue([job() for _ in range(1001)])
+    finally:
+        event.remove(engine, "before_cursor_execute", _count)
+    assert lookups == 2
+    assert await queue.depth() == {"dest.test": 1001}
 
 
 async def test_one_job_per_email_and_destination(queue: Queue) -> None:

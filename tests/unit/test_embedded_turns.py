@@ -2,10 +2,10 @@
 
 A lease takes the destinations it picks out of the view until it settles; mutation
 testing showed that nothing checked what a failed lease gives back (``restore``), nor
-which destination a released job, or a released park, gives back
-(``EmbeddedQueue.release``, ``release_parked``): only the order of later leases shows
-either, never whether a job can be leased. The tests of ``release``,
-``release_parked`` and of a failed ``lease`` run the queue on a SQLite file of their own.
+which destination an enqueued or released job, or a released park, gives the view
+(``EmbeddedQueue.enqueue``, ``release``, ``release_parked``): only the order of later
+leases shows either, never whether a job can be leased. The tests of the queue run it
+on a SQLite file of their own.
 """
 
 from __future__ import annotations
@@ -69,6 +69,13 @@ def _job(destination: str) -> Job:
 async def _queue(tmp_path: Path) -> AsyncIterator[EmbeddedQueue]:
     async with embedded_queue(normalize_database_url(f"sqlite:///{tmp_path}/postline.db")) as q:
         yield q
+
+
+async def test_an_enqueued_job_gives_its_destination_to_the_view(tmp_path: Path) -> None:
+    async with _queue(tmp_path) as queue:
+        assert await queue.lease("worker-1", 1, 60) == []  # the view is read: it is active
+        await queue.enqueue([_job("a.test")])
+        assert queue._turns.pick(utcnow(), 2) == ["a.test"]
 
 
 async def test_a_released_job_gives_its_destination_back_to_the_view(tmp_path: Path) -> None:
