@@ -210,6 +210,7 @@ async def test_an_accepted_email_writes_every_column_of_its_rows_and_jobs(
     assert outbox[2]["payload"]["data"]["reason"] == "on the suppression list"
     assert outbox[0]["payload"]["data"]["reason"] is None
     assert {e["payload"]["data"]["attempt"] for e in outbox} == {0}
+    assert [e["payload"]["data"]["status"] for e in outbox] == statuses
     jobs = {job["destination"]: job for job in await _rows(pl, queue_jobs, accepted.id)}
     assert {d: (j["recipient_ids"], j["body_ref"], j["due_at"]) for d, j in jobs.items()} == {
         "dest.test": ([ids[0], ids[3]], accepted.id, scheduled),
