@@ -210,12 +210,40 @@ async def test_an_accepted_email_writes_every_column_of_its_rows_and_jobs(
     assert outbox[2]["payload"]["data"]["reason"] == "on the suppression list"
     assert outbox[0]["payload"]["data"]["reason"] is None
     assert {e["payload"]["data"]["attempt"] for e in outbox} == {0}
+    assert [e["payload"]["data"]["status"] for e in outbox] == statuses
     jobs = {job["destination"]: job for job in await _rows(pl, queue_jobs, accepted.id)}
     assert {d: (j["recipient_ids"], j["body_ref"], j["due_at"]) for d, j in jobs.items()} == {
         "dest.test": ([ids[0], ids[3]], accepted.id, scheduled),
         "other.test": ([ids[1]], accepted.id, scheduled),
     }
     assert all(j["id"].startswith("job_") for j in jobs.values())
+
+
+async def test_an_email_scheduled_for_a_time_gone_by_is_queued_as_it_is_accepted(
+    postline_factory: Factory,
+) -> None:
+    """A schedule already past (a client's clock behind, an old request sent again) is
+    no schedule: the email is queued, and its job is due when it was accepted, not at
+    that past time, which would put it ahead of mail accepted before it. (Mutation
+    testing: a job due at a past schedule passed every test.)"""
+    pl = await postline_factory(engine=False)
+    submission = Submission(
+        content=Content(
+            from_name="Sender",
+            from_address="sender@example.test",
+            to=["a@dest.test"],
+            subject="late",
+            text="Hello",
+        ),
+        recipients=[Recipient("a@dest.test", "to")],
+        scheduled_at=utcnow() - timedelta(hours=1),
+    )
+    (accepted,) = await pl.services.acceptor.accept([submission], ADMIN)
+    assert accepted.recipients == [("a@dest.test", "queued")]
+    (email,) = await _rows(pl, sent_emails, accepted.id)
+    assert (email["status"], email["scheduled_at"]) == ("queued", None)
+    (job,) = await _rows(pl, queue_jobs, accepted.id)
+    assert job["due_at"] == email["created_at"]
 
 
 #: The columns the accept writes (the others are set later, by their defaults).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
@@ -10,15 +11,15 @@ from typing import cast
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import select
+from sqlalchemy import event, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.config import normalize_database_url
 from postline.ids import new_id
-from postline.queue import Job, Queue
+from postline.queue import Job, Queue, QueueError
 from postline.queue.embedded import EmbeddedQueue
 from postline.queue.redis import RedisQueue
-from postline.store.schema import worker_heartbeats
+from postline.store.schema import queue_jobs, worker_heartbeats
 from postline.store.types import utcnow
 from tests.harness.polling import poll
 from tests.harness.stores import embedded_queue
@@ -333,10 +334,63 @@ async def test_body_refs_depth_and_in_flight(queue: Queue) -> None:
     assert sum((await queue.in_flight()).values()) == 1
 
 
+@pytest.mark.parametrize(
+    "adapter",
+    ["embedded-sqlite", pytest.param("embedded-postgresql", marks=pytest.mark.postgres)],
+    indirect=True,
+)
+async def test_body_refs_fail_closed_when_the_store_cannot_answer(queue: Queue) -> None:
+    """Orphan cleanup deletes the spooled bodies ``body_refs`` does not name: a store that
+    cannot answer must reach it as a QueueError naming the cause, never as no bodies.
+    (Mutation testing: the error's text and cause were read by no test.)"""
+    assert isinstance(queue, EmbeddedQueue)
+    await queue.enqueue([job()])
+    async with queue.db.write() as conn:
+        await conn.execute(text("ALTER TABLE queue_jobs RENAME TO queue_jobs_away"))
+    try:
+        with pytest.raises(QueueError) as raised:
+            await queue.body_refs()
+    finally:
+        async with queue.db.write() as conn:
+            await conn.execute(text("ALTER TABLE queue_jobs_away RENAME TO queue_jobs"))
+    cause = raised.value.__cause__
+    assert cause is not None
+    assert str(raised.value) == f"cannot list queued bodies: {type(cause).__name__}"
+    assert len(await queue.body_refs()) == 1
+
+
 @pytest.mark.parametrize("count", [0, 1])
 async def test_enqueue_nothing_or_one(queue: Queue, count: int) -> None:
     await queue.enqueue([job() for _ in range(count)])
     assert sum((await queue.depth()).values()) == count
+
+
+@pytest.mark.parametrize(
+    "adapter",
+    ["embedded-sqlite", pytest.param("embedded-postgresql", marks=pytest.mark.postgres)],
+    indirect=True,
+)
+async def test_an_enqueue_looks_its_emails_up_a_thousand_at_a_time(queue: Queue) -> None:
+    """Which pairs have a job already is read once per 1,000 emails of the batch, not once
+    per email: a group commit enqueues hundreds of emails in its transaction, on SQLite
+    under the one writer. (Mutation testing: a lookup per email, or a thousand lookups,
+    found the same pairs, and every test passed.)"""
+    assert isinstance(queue, EmbeddedQueue)
+    lookups = 0
+
+    def _count(conn: object, cursor: object, statement: str, *_: object) -> None:
+        nonlocal lookups
+        if statement.lstrip().upper().startswith("SELECT") and "queue_jobs" in statement:
+            lookups += 1
+
+    engine = queue.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", _count)
+    try:
+        await queue.enqueue([job() for _ in range(1001)])
+    finally:
+        event.remove(engine, "before_cursor_execute", _count)
+    assert lookups == 2
+    assert await queue.depth() == {"dest.test": 1001}
 
 
 async def test_one_job_per_email_and_destination(queue: Queue) -> None:
@@ -407,6 +461,19 @@ async def test_a_lease_takes_no_more_than_its_limit(queue: Queue) -> None:
     await queue.enqueue([job("x.test", due_in=-1) for _ in range(5)])
     leased = await queue.lease("w1", 3, 60)
     assert Counter(j.destination for j in leased) == {"a.test": 1, "x.test": 2}
+
+
+async def test_a_rebuilt_job_keeps_its_attempt_count(queue: Queue) -> None:
+    """Recovery enqueues a job again with the attempts its recipients had
+    (``recovery.restore_missing_jobs``): the count goes on from there, not from 0."""
+    rebuilt = dataclasses.replace(job(), attempt=3)
+    await queue.enqueue([rebuilt])
+    (leased,) = await queue.lease("w1", 10, 60)
+    assert (leased.id, leased.attempt) == (rebuilt.id, 3)
+    assert leased.recipient_ids == rebuilt.recipient_ids
+    await queue.retry(leased, utcnow() - timedelta(seconds=1), leased.recipient_ids)
+    (again,) = await queue.lease("w1", 10, 60)
+    assert again.attempt == 4
 
 
 async def test_retry_and_release_keep_the_job_fields(queue: Queue) -> None:
@@ -660,6 +727,48 @@ async def test_a_parked_job_retried_later_is_not_released(queue: Queue) -> None:
     assert await queue.lease("w1", 10, 60) == []
 
 
+async def test_release_parked_leaves_a_park_that_ended_alone(queue: Queue) -> None:
+    """A park that has ended is due already, in its place among the earliest due:
+    releasing moves it to nothing, and counts it not. (Mutation testing: without
+    the ``due_at > now`` condition every contract test still passed.)"""
+    await queue.enqueue([job()])
+    (leased,) = await queue.lease("w1", 10, 60)
+    ended = utcnow() - timedelta(seconds=1)
+    assert await queue.park(leased, ended)
+    assert await queue.release_parked("dest.test") == 0
+    (again,) = await queue.lease("w1", 10, 60)
+    assert abs(again.due_at - ended) < timedelta(milliseconds=1)
+
+
+@pytest.mark.parametrize(
+    "adapter",
+    ["embedded-sqlite", pytest.param("embedded-postgresql", marks=pytest.mark.postgres)],
+    indirect=True,
+)
+async def test_release_parked_leaves_a_leased_job_to_its_worker(queue: Queue) -> None:
+    """Processes sharing PostgreSQL each read their own clock: one whose clock runs ahead
+    may lease a parked job that another still sees parked. Releasing there leaves the
+    lease as it is. (The row is leased here by hand: one clock cannot run ahead of
+    itself. Mutation testing: without the ``not leased`` condition every contract test
+    still passed.)"""
+    assert isinstance(queue, EmbeddedQueue)
+    await queue.enqueue([job()])
+    (leased,) = await queue.lease("w1", 10, 60)
+    until = utcnow() + timedelta(hours=1)
+    assert await queue.park(leased, until)
+    lease_until = utcnow() + timedelta(seconds=60)
+    async with queue.db.write() as conn:
+        await conn.execute(
+            update(queue_jobs)
+            .where(queue_jobs.c.id == leased.id)
+            .values(lease_owner="w2", lease_until=lease_until)
+        )
+    assert await queue.release_parked("dest.test") == 0
+    async with queue.db.read() as conn:
+        row = (await conn.execute(select(queue_jobs).where(queue_jobs.c.id == leased.id))).one()
+    assert (row.lease_owner, row.due_at, row.parked_until) == ("w2", until, until)
+
+
 async def poll_lease(queue: Queue, owner: str = "w1", lease_seconds: float = 60) -> Job:
     """The next job ``queue`` leases, once one comes due."""
     leased = await poll(
@@ -748,6 +857,39 @@ async def test_the_embedded_queue_finishes_a_job_in_the_callers_transaction(
             raise _RolledBack
     assert await queue.in_flight() == {"dest.test": 1}  # still w1's, not finished
     assert await queue.ack(leased)
+
+
+@pytest.mark.parametrize(
+    "adapter",
+    ["embedded-sqlite", pytest.param("embedded-postgresql", marks=pytest.mark.postgres)],
+    indirect=True,
+)
+@pytest.mark.parametrize("call", ["enqueue", "discard"])
+async def test_the_embedded_queue_enqueues_and_discards_in_the_callers_transaction(
+    queue: Queue, call: str
+) -> None:
+    """Accept writes its jobs, and a cancellation removes them, in the transaction of the
+    email's rows: a rollback leaves the jobs as they were, a commit changes them.
+    (Mutation testing: an enqueue or a discard in a write of its own passed every
+    contract test, none of which gave them a transaction.)"""
+    assert isinstance(queue, EmbeddedQueue)
+    given = job()
+    if call == "discard":
+        await queue.enqueue([given])
+    change: Callable[[AsyncConnection], Awaitable[object]] = {
+        "enqueue": lambda conn: queue.enqueue([given], conn),
+        "discard": lambda conn: queue.discard(given.email_id, [given.destination], conn),
+    }[call]
+    before = {"enqueue": {}, "discard": {"dest.test": 1}}[call]
+    after = {"enqueue": {"dest.test": 1}, "discard": {}}[call]
+    with pytest.raises(_RolledBack):
+        async with queue.db.write() as conn:
+            await change(conn)
+            raise _RolledBack
+    assert await queue.depth() == before
+    async with queue.db.write() as conn:
+        await change(conn)
+    assert await queue.depth() == after
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,10 @@
 
 A lease takes the destinations it picks out of the view until it settles; mutation
 testing showed that nothing checked what a failed lease gives back (``restore``), nor
-which destination a released job gives back (``EmbeddedQueue.release``): only the
-order of later leases shows either, never whether a job can be leased. The tests of
-``release`` and of a failed ``lease`` run the queue on a SQLite file of their own.
+which destination an enqueued or released job, or a released park, gives the view
+(``EmbeddedQueue.enqueue``, ``release``, ``release_parked``): only the order of later
+leases shows either, never whether a job can be leased. The tests of the queue run it
+on a SQLite file of their own.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from postline.config import normalize_database_url
 from postline.ids import new_id
 from postline.queue import Job
 from postline.queue.embedded import EmbeddedQueue, _Turns
+from postline.store.schema import queue_jobs
 from postline.store.types import utcnow
 from tests.harness.polling import poll
 from tests.harness.stores import embedded_queue
@@ -68,6 +71,13 @@ async def _queue(tmp_path: Path) -> AsyncIterator[EmbeddedQueue]:
         yield q
 
 
+async def test_an_enqueued_job_gives_its_destination_to_the_view(tmp_path: Path) -> None:
+    async with _queue(tmp_path) as queue:
+        assert await queue.lease("worker-1", 1, 60) == []  # the view is read: it is active
+        await queue.enqueue([_job("a.test")])
+        assert queue._turns.pick(utcnow(), 2) == ["a.test"]
+
+
 async def test_a_released_job_gives_its_destination_back_to_the_view(tmp_path: Path) -> None:
     async with _queue(tmp_path) as queue:
         await queue.enqueue([_job("a.test")])
@@ -76,6 +86,25 @@ async def test_a_released_job_gives_its_destination_back_to_the_view(tmp_path: P
         assert queue._turns.pick(utcnow(), 2) == []
         assert await queue.release(leased)
         assert queue._turns.pick(utcnow(), 2) == ["a.test"]
+
+
+async def test_released_parked_jobs_give_their_destination_back_to_the_view(
+    tmp_path: Path,
+) -> None:
+    """A parked job waits in the view until its park ends; ``release_parked`` makes it due
+    now, and its destination's turn with it. (Mutation testing: the view learning of
+    another destination, or of none, passed every contract test: only the order of later
+    leases shows it.)"""
+    async with _queue(tmp_path) as queue:
+        await queue.enqueue([_job("a.test")])
+        [leased] = await queue.lease("worker-1", 2, 60)
+        assert await queue.park(leased, utcnow() + timedelta(hours=1))
+        assert queue._turns.pick(utcnow(), 2) == []  # its turn is in an hour
+        assert await queue.release_parked("a.test") == 1
+        assert queue._turns.pick(utcnow(), 2) == ["a.test"]
+        async with queue.db.read() as conn:
+            parked_until = await conn.scalar(select(queue_jobs.c.parked_until))
+        assert parked_until is None  # released: no longer parked
 
 
 async def test_a_lease_that_fails_in_its_write_gives_the_picked_turns_back(
