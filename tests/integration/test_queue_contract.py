@@ -107,11 +107,38 @@ def job(
 async def test_lease_gives_due_jobs_once(queue: Queue) -> None:
     due, later = job(), job(due_in=3600)
     await queue.enqueue([due, later])
+    before = utcnow()
     first = await queue.lease("w1", 10, 60)
+    after = utcnow()
     assert [j.id for j in first] == [due.id]
     assert first[0].recipient_ids == due.recipient_ids
     assert first[0].lease_owner == "w1"
+    # The lease's end, as the queue keeps it: 60 s from the lease, on the store's (or the
+    # Redis server's) clock, which is this host's give or take a second.
+    lease_until = first[0].lease_until
+    assert lease_until is not None
+    assert before + timedelta(seconds=59) < lease_until < after + timedelta(seconds=61)
     assert await queue.lease("w2", 10, 60) == []
+
+
+async def test_each_leased_job_carries_its_own_fields(queue: Queue) -> None:
+    """A lease of several jobs: each has the email, destination, recipients, body and due
+    time of the job enqueued under its id. (Mutation testing: the Redis queue pairing
+    each id with its neighbour's fields passed every test that leased one job, or
+    counted destinations.)"""
+    jobs = {j.id: j for j in (job(f"d{i}.test", due_in=-i) for i in range(3))}
+    await queue.enqueue(list(jobs.values()))
+    leased = await queue.lease("w1", 10, 60)
+    assert sorted(j.id for j in leased) == sorted(jobs)
+    for got in leased:
+        want = jobs[got.id]
+        assert (got.email_id, got.destination, got.recipient_ids, got.body_ref) == (
+            want.email_id,
+            want.destination,
+            want.recipient_ids,
+            want.body_ref,
+        )
+        assert abs(got.due_at - want.due_at) < timedelta(milliseconds=1)
 
 
 async def test_concurrent_leases_never_share_a_job(queue: Queue) -> None:
@@ -425,6 +452,8 @@ async def test_lease_is_fair_across_destinations(queue: Queue) -> None:
     small = [job("small.test", due_in=-1) for _ in range(10)]
     await queue.enqueue(big)
     await queue.enqueue(small)
+    # All 2000 of one enqueue, which the Redis queue sends in scripts of 500 jobs.
+    assert await queue.depth() == {"big.test": 2000, "small.test": 10}
     served: list[str] = []
     for _ in range(20):
         (leased,) = await queue.lease("w1", 1, 60)

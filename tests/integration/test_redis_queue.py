@@ -74,7 +74,7 @@ async def test_two_prefixes_do_not_see_each_other(make: Make) -> None:
 
 async def test_body_refs_fails_closed_when_redis_is_unreachable(make: Make) -> None:
     queue = make(url=f"redis://127.0.0.1:{closed_port()}/0")
-    with pytest.raises(QueueError):
+    with pytest.raises(QueueError, match=r"^cannot list queued bodies: "):
         await queue.body_refs()
 
 
@@ -97,6 +97,29 @@ async def test_body_refs_fails_closed_when_redis_does_not_answer(redis_prefix: s
         server.close()
 
 
+async def test_a_broken_connection_is_tried_again_once(make: Make) -> None:
+    """One quick retry, not redis-py's default of three with waits of seconds (which would
+    hold an accept for seconds while Redis is away): redis-py applies it to the connect
+    (and its handshake) and to the command, so a server that hangs up at once is
+    connected to 2 x 2 times for one call, and the caller gets the error."""
+    accepted = 0
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        queue = make(url=f"redis://127.0.0.1:{port}/0")
+        with pytest.raises(QueueError, match=r"^cannot list queued bodies: "):
+            await queue.body_refs()
+    finally:
+        server.close()
+    assert accepted == 4
+
+
 async def test_body_refs_fails_closed_on_a_corrupted_key(
     make: Make, raw: aioredis.Redis, redis_prefix: str
 ) -> None:
@@ -104,8 +127,56 @@ async def test_body_refs_fails_closed_on_a_corrupted_key(
     await queue.enqueue([job()])
     await raw.delete(f"{redis_prefix}:bodies")
     await raw.set(f"{redis_prefix}:bodies", "not a hash")
-    with pytest.raises(QueueError):
+    with pytest.raises(QueueError, match=r"^cannot list queued bodies: WRONGTYPE"):
         await queue.body_refs()
+
+
+async def test_body_refs_fails_closed_on_an_empty_reference(
+    make: Make, raw: aioredis.Redis, redis_prefix: str
+) -> None:
+    """An empty body reference names no body: orphan cleanup must not go on from it."""
+    queue = make()
+    await queue.enqueue([job()])
+    await raw.hset(f"{redis_prefix}:bodies", "job_garbled", "")
+    with pytest.raises(QueueError, match=r"^unexpected body reference in the queue: ''$"):
+        await queue.body_refs()
+
+
+async def test_a_queue_needs_decoded_replies_and_a_key_prefix(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Refused when built, with the reason, rather than failing at the first call."""
+    replying_bytes = aioredis.Redis.from_url(redis_url)
+    decoded = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        with pytest.raises(
+            ValueError, match=r"^RedisQueue needs a client made with decode_responses=True$"
+        ):
+            RedisQueue.from_client(replying_bytes, prefix=redis_prefix)
+        with pytest.raises(ValueError, match=r"^the Redis key prefix must not be empty$"):
+            RedisQueue.from_client(decoded, prefix="")
+    finally:
+        await replying_bytes.aclose()
+        await decoded.aclose()
+
+
+async def test_a_prefix_with_glob_characters_lists_its_own_workers_only(make: Make) -> None:
+    """``workers`` scans for ``{prefix}:worker:*``: the prefix's own ``[``, ``]``, ``*``
+    and ``?`` are matched as themselves (as a pattern ``a[b]c`` matches ``abc``'s
+    workers, not its own)."""
+    globbed, plain = make(":a[b]c"), make(":abc")
+    await globbed.beat("mine", 60)
+    await plain.beat("theirs", 60)
+    assert await globbed.workers() == {"mine"}
+    assert await plain.workers() == {"theirs"}
+
+
+async def test_a_heartbeat_lives_its_ttl_to_the_millisecond(
+    make: Make, raw: aioredis.Redis, redis_prefix: str
+) -> None:
+    queue = make()
+    await queue.beat("w1", 10)
+    assert 9_000 < await raw.pttl(f"{redis_prefix}:worker:w1") <= 10_000
 
 
 async def test_separate_clients_leasing_at_once_never_share_a_job(make: Make) -> None:
@@ -143,12 +214,18 @@ async def test_key_layout_and_exact_times(
     assert stored["email_id"] == original.email_id
     assert stored["recipient_ids"] == original.recipient_ids
     assert await raw.zscore(f"{redis_prefix}:leased", original.id) is not None
+    assert await raw.hget(f"{redis_prefix}:bodies", original.id) == original.body_ref
+    assert await raw.hget(f"{redis_prefix}:depth", "dest.test") == "1"
+    assert await raw.hget(f"{redis_prefix}:inflight", "dest.test") == "1"
+    assert await raw.zscore(f"{redis_prefix}:domains", "dest.test") is None  # none pending
     retry_at = datetime(2024, 5, 17, 8, 31, 0, 654321, tzinfo=UTC)
     await queue.retry(leased, retry_at, [])
     stored = json.loads(await raw.hget(f"{redis_prefix}:jobs", original.id) or "{}")
     assert stored["recipient_ids"] == [] and stored["lease_owner"] is None
     assert datetime.fromtimestamp(stored["due_at"], UTC) == retry_at
     assert await raw.zscore(f"{redis_prefix}:due:dest.test", original.id) is not None
+    assert await raw.zscore(f"{redis_prefix}:domains", "dest.test") is not None
+    assert await raw.hget(f"{redis_prefix}:inflight", "dest.test") is None
     assert await raw.hget(f"{redis_prefix}:pairs", f"{original.email_id}|dest.test") == (
         original.id
     )

@@ -25,7 +25,7 @@ from sqlalchemy import insert, select
 from postline.api.views import rfc3339
 from postline.events.dispatcher import FAN_OUT_BATCH
 from postline.ids import new_id
-from postline.store.schema import events, webhook_attempts, webhook_deliveries
+from postline.store.schema import events, webhook_attempts, webhook_deliveries, webhooks
 from postline.store.types import utcnow
 from tests.harness.polling import poll
 from tests.harness.postline import Factory, PostlineUnderTest
@@ -135,9 +135,12 @@ async def register(pl: PostlineUnderTest, url: str, events_: list[str] | None = 
     return response.json()
 
 
-async def insert_events(pl: PostlineUnderTest, count: int, *, wake: bool = True) -> list[str]:
-    """``count`` undispatched email.delivered events in the outbox, in one executemany;
-    ``wake=False``: as another process writes them, unknown to this dispatcher."""
+async def insert_events(
+    pl: PostlineUnderTest, count: int, *, wake: bool = True, domain_id: str | None = None
+) -> list[str]:
+    """``count`` undispatched email.delivered events (of ``domain_id``) in the outbox, in
+    one executemany; ``wake=False``: as another process writes them, unknown to this
+    dispatcher."""
     now = utcnow()
     ids = [new_id("evt_") for _ in range(count)]
     rows: list[dict[str, Any]] = []
@@ -149,7 +152,7 @@ async def insert_events(pl: PostlineUnderTest, count: int, *, wake: bool = True)
                 "type": "email.delivered",
                 "email_id": None,
                 "recipient_id": None,
-                "domain_id": None,
+                "domain_id": domain_id,
                 "sequence": i,
                 "payload": {
                     "type": "email.delivered",
@@ -267,6 +270,51 @@ async def test_a_backlog_drains_without_waiting_for_a_poll(
     assert len(receiver.arrivals) == count
 
 
+async def test_one_pass_fans_out_one_batch_and_leases_what_fits(
+    postline_factory: Factory, receivers: Receivers
+) -> None:
+    """One pass, called by hand (the dispatcher is not running): with nothing in the
+    outbox it finds no work; then it fans out one batch of the oldest events, a
+    delivery each, and leases what fits in the work queue; with the work queue full, the
+    next pass fans out the rest and leases nothing."""
+    pl = await postline_factory(engine=False, webhook_allow_private=True)
+    receiver = await receivers()
+    endpoint = await register(pl, receiver.url, ["email.delivered"])
+    dispatcher = pl.services.dispatcher
+    work: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+    assert await dispatcher.pass_once(work) is False
+
+    ids = await insert_events(pl, FAN_OUT_BATCH + 1, wake=False)
+
+    async def undispatched() -> set[str]:
+        query = select(events.c.id).where(events.c.dispatched_at.is_(None))
+        async with pl.services.db.read() as conn:
+            return set((await conn.execute(query)).scalars()) & set(ids)
+
+    async def fanned_out() -> list[Any]:
+        query = select(
+            webhook_deliveries.c.id, webhook_deliveries.c.event_id, webhook_deliveries.c.webhook_id
+        )
+        async with pl.services.db.read() as conn:
+            return list(await conn.execute(query))
+
+    assert await dispatcher.pass_once(work) is True
+    assert await undispatched() == {max(ids)}  # the newest waits for the next batch
+    rows = await fanned_out()
+    assert sorted(row.event_id for row in rows) == sorted(ids)[:FAN_OUT_BATCH]
+    assert {row.webhook_id for row in rows} == {endpoint["id"]}
+    assert all(row.id.startswith("whd_") for row in rows), rows[0]
+    assert work.qsize() == 1
+    leased = work.get_nowait()
+    assert leased.id in {row.id for row in rows}
+
+    work.put_nowait(leased)  # the work queue full again
+    assert await dispatcher.pass_once(work) is True
+    assert await undispatched() == set()
+    assert len(await fanned_out()) == FAN_OUT_BATCH + 1
+    assert work.qsize() == 1
+
+
 async def test_events_written_without_a_wake_go_out_at_the_next_poll(
     postline_factory: Factory, receivers: Receivers
 ) -> None:
@@ -284,6 +332,62 @@ async def test_events_written_without_a_wake_go_out_at_the_next_poll(
             what=f"event {round_}, found by the poll",
         )
     await pl.stop_engine()
+
+
+async def test_an_endpoint_of_a_domain_hears_only_that_domains_events(
+    postline_factory: Factory,
+) -> None:
+    """An endpoint made with a domain's key gets deliveries of that domain's events only;
+    one made with an account-wide key gets every event's. (One fan-out, called by hand.)"""
+    pl = await postline_factory(engine=False, webhook_allow_private=True)
+    created = await pl.client.post(
+        "/v1/api-keys", json={"name": "s", "domain": "example.test"}, headers=pl.auth()
+    )
+    assert created.status_code == 201, created.text
+    everywhere = await register(pl, "http://127.0.0.1:9/all", ["email.delivered"])
+    response = await pl.client.post(
+        "/v1/webhooks",
+        json={"url": "http://127.0.0.1:9/mine", "events": ["email.delivered"]},
+        headers=pl.auth(created.json()["key"]),
+    )
+    assert response.status_code == 201, response.text
+    mine = response.json()
+    query = select(webhooks.c.domain_id).where(webhooks.c.id == mine["id"])
+    async with pl.services.db.read() as conn:
+        domain_id = (await conn.execute(query)).scalar_one()
+    assert domain_id is not None
+    (of_domain,) = await insert_events(pl, 1, domain_id=domain_id, wake=False)
+    (of_none,) = await insert_events(pl, 1, wake=False)
+
+    assert await pl.services.dispatcher.pass_once(asyncio.Queue(maxsize=10)) is True
+    fanned = select(webhook_deliveries.c.event_id, webhook_deliveries.c.webhook_id)
+    async with pl.services.db.read() as conn:
+        pairs = {tuple(row) for row in await conn.execute(fanned)}
+    assert pairs == {
+        (of_domain, everywhere["id"]),
+        (of_domain, mine["id"]),
+        (of_none, everywhere["id"]),
+    }
+
+
+async def test_the_dispatchers_own_transport_sends_over_its_lanes(
+    postline_factory: Factory, receivers: Receivers
+) -> None:
+    """Without a transport of the test's (as ``serve`` runs it), the dispatcher sends over
+    its own pooled lanes (``events.lanes``), each sender on its lane; here to a receiver
+    on loopback."""
+    pl = await postline_factory(engine=False, webhook_allow_private=True, webhook_concurrency=4)
+    pl.services.dispatcher.transport = None
+    receiver = await receivers()
+    await register(pl, receiver.url, ["email.delivered"])
+    ids = await insert_events(pl, 8)
+    pl.start_engine()
+    await receiver.wait_until(
+        lambda _: len(receiver.acknowledged) >= len(ids), timeout=30, what="8 events"
+    )
+    await pl.stop_engine()
+    assert set(receiver.acknowledged) == set(ids)
+    assert len(receiver.arrivals) == len(ids)
 
 
 async def test_a_redirect_is_not_followed(postline_factory: Factory, receivers: Receivers) -> None:
