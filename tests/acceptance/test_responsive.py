@@ -29,12 +29,11 @@ from tests.harness.raw_http import DEADLINE, read_answer
 #: The one wall-clock bound of the suite: run alone (``make test``'s second phase).
 pytestmark = pytest.mark.solo
 
-#: A hang catcher, not a speed figure (speed is measured in bench/, never asserted): the
-#: issue's 100 ms for /healthz during the largest batch is printed by this test (figures
-#: in docs/PERFORMANCE.md, "/healthz during the largest batch": the worst was a full pass
-#: of the garbage collector until start-up's objects were frozen); what is asserted is
-#: that the loop kept answering during the batch.
-BOUND = 1.0
+#: The issue's requirement, run alone (``make test``'s second phase). The worst answer was
+#: 213-317 ms on an idle 2-core machine until start-up's objects were frozen out of the
+#: garbage collector's full passes, 33-40 ms since (docs/PERFORMANCE.md, "/healthz during
+#: the largest batch"); the worst time is printed.
+BOUND = 0.100
 EVERY = 0.020
 
 
