@@ -65,7 +65,9 @@ def freeze_start_up_objects() -> None:
     triggers one: with start-up's objects in sight it held the event loop for 0.25 to
     0.9 s on a loaded 2-core machine (the longest stall while the largest batch was
     accepted; /healthz waited for it); frozen, no pass over 5 ms was seen. What is
-    frozen is never collected, which is what start-up's objects need anyway.
+    frozen is never collected, which is what start-up's objects need anyway; it is
+    undone when ``serve`` returns (``gc.unfreeze``), for a process that serves again (the
+    tests run it in process, one test after another).
     """
     gc.collect()
     gc.freeze()
@@ -162,4 +164,5 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signum)
+    gc.unfreeze()
     log.info("stopped")
