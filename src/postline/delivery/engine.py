@@ -53,8 +53,12 @@ from postline.store.types import utcnow
 
 log = logging.getLogger("postline.engine")
 
-#: How often a worker looks for breakers opened or closed by hand elsewhere.
-COMMAND_SYNC_SECONDS = 2.0
+#: How often a worker looks for breakers opened or closed by hand elsewhere (a read):
+#: `serve`'s delivery process learns of an operator's command this way, so it must
+#: come before the mail the operator sends next (2 s let such mail through).
+COMMAND_SYNC_SECONDS = 0.25
+#: How often a worker writes its counts of TLS outcomes.
+TLS_FLUSH_SECONDS = 2.0
 
 #: After a delivery failed in an unexpected way, when its job is first tried again;
 #: each further failure doubles the wait (see :func:`unexpected_retry_delay`).
@@ -269,11 +273,14 @@ class Engine:
         backoff = Backoff("leasing delivery jobs")
         loop = asyncio.get_running_loop()
         next_sync = loop.time() + COMMAND_SYNC_SECONDS
+        next_flush = loop.time() + TLS_FLUSH_SECONDS
         while not stop.is_set():
             if loop.time() >= next_sync:
                 next_sync = loop.time() + COMMAND_SYNC_SECONDS
                 with contextlib.suppress(Exception):  # storage outages are the lease's to report
                     await self.sync_commands()
+            if loop.time() >= next_flush:
+                next_flush = loop.time() + TLS_FLUSH_SECONDS
                 with contextlib.suppress(Exception):  # kept in memory until the next try
                     await self.tls_counts.flush()
             free = self.settings.concurrency - len(self._active)
