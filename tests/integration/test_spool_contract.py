@@ -235,3 +235,21 @@ async def test_no_temporary_files_left(tmp_path: Path) -> None:
     assert leftovers == []
     modes = {oct(os.stat(p).st_mode & 0o777) for p in (tmp_path / "spool").rglob("*.eml")}
     assert modes == {"0o600"}
+
+
+async def test_a_batch_written_by_several_writers_is_still_all_or_none(tmp_path: Path) -> None:
+    """A large batch is split between threads by directory; when one part cannot be
+    written (here: a file stands where its directory should be), the bodies the other
+    parts wrote are removed too, and the error is the spool's."""
+    root = tmp_path / "spool"
+    root.mkdir()
+    (root / "zz").write_bytes(b"not a directory")
+    # 64 refs over 64 directories (a directory is named by a ref's last two characters).
+    batch = [(f"em_{i:03d}{chr(97 + i % 26)}{chr(97 + i // 26)}", b"body") for i in range(64)]
+    batch.append(("em_blockedzz", b"body"))
+    spool = FileSpool(root)
+    assert len(spool._parts(batch)) > 1  # the batch is large enough for several writers
+    with pytest.raises(SpoolError):
+        await spool.put_many(batch)
+    left = sorted(p.name for p in root.rglob("*") if p.is_file())
+    assert left == ["zz"]
