@@ -89,6 +89,8 @@ class Result:
     end_to_end_per_s: float = 0.0
     latencies: list[float] = field(default_factory=list)  # seconds, accept to delivered
     usage: list[Usage] = field(default_factory=list)
+    # Seconds from the first submission until each part of the end was reached.
+    phases: dict[str, float] = field(default_factory=dict)
     error: str = ""
 
 
@@ -228,6 +230,7 @@ async def run_postfix(emails: int) -> Result:
                 injectors.append(injector)
             codes = await asyncio.gather(*(injector.wait() for injector in injectors))
             result.accepted_per_s = emails / (time.perf_counter() - started)
+            result.phases["all accepted"] = time.perf_counter() - started
             if any(codes):
                 raise RunFailed(f"smtp-source failed: {instance.log_tail()}")
 
@@ -236,6 +239,7 @@ async def run_postfix(emails: int) -> Result:
 
             await wait_for(counted, lambda: sink.count, "the sink")
             result.end_to_end_per_s = emails / (time.perf_counter() - started)
+            result.phases["sink has all"] = time.perf_counter() - started
             result.usage = await watch.stop()
             # The log is written by postlogd, a moment after the deliveries.
             deadline = time.monotonic() + 10
@@ -597,6 +601,7 @@ async def measure(
             submit = submit_batches if submission == "batch" else submit_singles
             await submit(connect, bodies, accepted)
         result.accepted_per_s = emails / (time.perf_counter() - started)
+        result.phases["all accepted"] = time.perf_counter() - started
 
         async def counted() -> bool:
             return sink.count >= emails
@@ -610,10 +615,13 @@ async def measure(
             return await api_reads_all_delivered(client)
 
         await wait_for(counted, lambda: sink.count, "the sink")
+        result.phases["sink has all"] = time.perf_counter() - started
         # Each poll is a request to a process being measured: not too often.
         await wait_for(webhooks_in, lambda: reported, "the webhooks", 0.05)
+        result.phases["webhooks in"] = time.perf_counter() - started
         await wait_for(api_done, lambda: 0, "the API", 0.1)
         result.end_to_end_per_s = emails / (time.perf_counter() - started)
+        result.phases["API reads delivered"] = time.perf_counter() - started
         result.usage = await watch.stop()
         if (delivered := await count_delivered(client)) != emails:
             raise RunFailed(f"{delivered} emails read delivered, not {emails}")
@@ -657,6 +665,8 @@ def report(results: list[Result], emails: int) -> None:
         if result.error:
             continue
         print(f"{result.name} / {result.submission}:")
+        if result.phases:
+            print("  reached at: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.phases.items()))
         for usage in sorted(result.usage, key=lambda u: u.label):
             count = f"x{usage.processes}" if usage.processes > 1 else ""
             print(
