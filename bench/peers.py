@@ -91,6 +91,7 @@ class Result:
     usage: list[Usage] = field(default_factory=list)
     # Seconds from the first submission until each part of the end was reached.
     phases: dict[str, float] = field(default_factory=dict)
+    sunk_at_accepted: int = 0  # what the sink had counted when the last submission was accepted
     error: str = ""
 
 
@@ -231,6 +232,7 @@ async def run_postfix(emails: int) -> Result:
             codes = await asyncio.gather(*(injector.wait() for injector in injectors))
             result.accepted_per_s = emails / (time.perf_counter() - started)
             result.phases["all accepted"] = time.perf_counter() - started
+            result.sunk_at_accepted = sink.count
             if any(codes):
                 raise RunFailed(f"smtp-source failed: {instance.log_tail()}")
 
@@ -602,6 +604,7 @@ async def measure(
             await submit(connect, bodies, accepted)
         result.accepted_per_s = emails / (time.perf_counter() - started)
         result.phases["all accepted"] = time.perf_counter() - started
+        result.sunk_at_accepted = sink.count
 
         async def counted() -> bool:
             return sink.count >= emails
@@ -667,6 +670,7 @@ def report(results: list[Result], emails: int) -> None:
         print(f"{result.name} / {result.submission}:")
         if result.phases:
             print("  reached at: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.phases.items()))
+            print(f"  the sink had {result.sunk_at_accepted} when all were accepted")
         for usage in sorted(result.usage, key=lambda u: u.label):
             count = f"x{usage.processes}" if usage.processes > 1 else ""
             print(
