@@ -208,7 +208,7 @@ async def _send_body(
     """
     if reader.unread:
         raise OutOfStep("the server sent more than the 354 before the message body")
-    protocol.write(_wire_content(body))
+    protocol.write(wire_content(body))
     if not await still_mine():
         raise LeaseLost("the job's lease was lost before the end of DATA")
     reader.owe(1)
@@ -274,10 +274,20 @@ def _batch(sender: str, options: list[str], recipients: list[str]) -> bytes:
 _END_OF_DATA = b".\r\n"
 
 
-def _wire_content(body: bytes) -> bytes:
+def wire_content(body: bytes) -> bytes:
     """The body as aiosmtplib sends it, without the end dot: CRLF line endings (one
-    at the end too), dot-stuffed."""
-    return _LEADING_DOT.sub(b"..", normalize_message_line_endings(body))
+    at the end too), dot-stuffed.
+
+    Bodies Postline composed have CRLF endings already and seldom a line that starts
+    with a dot: counting (C speed) tells, and the regular expressions, which rebuild
+    the whole body line by line (some 70 µs for 5 KB), run only when there is work.
+    """
+    crlf = body.count(b"\r\n")
+    if not (crlf == body.count(b"\n") == body.count(b"\r") and body.endswith(b"\r\n")):
+        body = normalize_message_line_endings(body)
+    if body.startswith(b".") or b"\n." in body:
+        body = _LEADING_DOT.sub(b"..", body)
+    return body
 
 
 class _ReplyReader(asyncio.Protocol):
