@@ -215,3 +215,23 @@ async def test_a_batch_suppresses_per_sending_domain(postline_factory: Factory) 
         {"gone@dest.test": "queued"},
         {"gone@dest.test": "suppressed"},
     ]
+
+
+async def test_a_suppressed_address_is_suppressed_whatever_case_it_is_sent_in(
+    postline: PostlineUnderTest, fake_mx: FakeMX
+) -> None:
+    """The list keeps addresses in lower case, and so does the accept: a send that spells
+    a listed address with capitals is suppressed at accept all the same."""
+    created = await postline.client.post(
+        "/v1/suppressions",
+        json={"address": "gone@dest.test", "domain": "example.test"},
+        headers=postline.auth(),
+    )
+    assert created.status_code == 201, created.text
+    sent = await postline.send(to=["Gone@Dest.TEST", "fine@dest.test"])
+    assert {r["address"]: r["status"] for r in sent["recipients"]} == {
+        "gone@dest.test": "suppressed",
+        "fine@dest.test": "queued",
+    }
+    await postline.wait_for_status(sent["id"], ["partially_delivered"])
+    assert [m.rcpt_tos for m in fake_mx.received] == [["fine@dest.test"]]
