@@ -16,7 +16,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from sqlalchemy import event, make_url, text
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util import await_only
 
 from postline.store.sealing import OPTION, SecretBox
 
@@ -77,13 +79,31 @@ def create_engine(url: str, secrets: SecretBox | None = None) -> AsyncEngine:
         engine = create_async_engine(url, pool_size=8, max_overflow=8, execution_options=options)
         _install_sqlite_hooks(engine)
         return engine
-    return create_async_engine(
-        url,
-        pool_size=_PG_POOL_SIZE,
-        max_overflow=_PG_MAX_OVERFLOW,
-        pool_pre_ping=True,
-        execution_options=options,
+    engine = create_async_engine(
+        url, pool_size=_PG_POOL_SIZE, max_overflow=_PG_MAX_OVERFLOW, execution_options=options
     )
+    _install_postgresql_ping(engine)
+    return engine
+
+
+def _install_postgresql_ping(engine: AsyncEngine) -> None:
+    """Ping every connection as it leaves the pool, in one round trip.
+
+    A connection that died while pooled (PostgreSQL restarted, the backend terminated)
+    is then replaced before the caller's first statement, so no request fails for it.
+    SQLAlchemy's own ``pool_pre_ping`` does the same in three round trips on asyncpg
+    (BEGIN, the ping, ROLLBACK, for pgbouncer's transaction mode, which Postline does
+    not use): about a third of a one-statement read's time, and 8.5% of a distributed
+    worker's CPU samples. A ``DisconnectionError`` raised here makes the pool discard
+    the connection and check out another (documented pessimistic disconnect handling).
+    """
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _ping(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        try:
+            await_only(record.driver_connection.fetchrow(";"))
+        except Exception as exc:
+            raise DisconnectionError(f"a pooled connection failed its ping: {exc}") from exc
 
 
 class Database:
