@@ -78,7 +78,7 @@ async def test_still_mine_says_no_once_another_worker_took_the_job(queue: Embedd
     guard = LeaseGuard(queue, stale, lease_seconds=60)
     assert await guard.still_mine() is False
     assert guard.lost is True  # remembered: it never comes back
-    with pytest.raises(LeaseLost):
+    with pytest.raises(LeaseLost, match=stale.id):
         guard.check()
     # w2's lease is untouched by w1's question, and w2's own guard still says yes.
     assert await LeaseGuard(queue, taken, lease_seconds=60).still_mine() is True
@@ -111,12 +111,17 @@ async def test_still_mine_says_no_when_the_queue_cannot_answer(
 
 
 async def test_keep_stops_and_marks_the_lease_lost_when_it_was_taken(
-    queue: EmbeddedQueue,
+    queue: EmbeddedQueue, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Once the queue says the lease is another worker's, ``keep`` marks it lost, says so
+    once with the job's id, and returns."""
     stale, _taken = await taken_over(queue)
     guard = LeaseGuard(queue, stale, lease_seconds=1.5)  # renews every 0.5 s
-    await asyncio.wait_for(guard.keep(), timeout=30)  # returns by itself once lost
+    with caplog.at_level(logging.WARNING, logger="postline.engine"):
+        await asyncio.wait_for(guard.keep(), timeout=30)  # returns by itself once lost
     assert guard.lost is True
+    said = [r.getMessage() for r in caplog.records if r.name == "postline.engine"]
+    assert said == [f"lease lost job_id={stale.id}"]
 
 
 async def lease_until(queue: EmbeddedQueue, job: Job) -> object:
@@ -166,3 +171,56 @@ async def test_concurrent_confirmations_share_reads_and_each_get_their_answer(
     guards = [LeaseGuard(queue, job, lease_seconds=60) for job in [*mine, stale]]
     answers = await asyncio.gather(*(guard.still_mine() for guard in guards))
     assert answers == [True] * 9 + [False]
+
+
+async def test_keep_renews_a_short_lease_before_it_runs_out(queue: EmbeddedQueue) -> None:
+    """A lease of 1.2 s is renewed every 0.4 s (a third of it; the floor of 0.5 s is for
+    leases of 1.5 s and more): another worker asking all along never gets the job, until
+    the lease has been carried past three of its lengths."""
+    await queue.enqueue([a_job()])
+    (leased,) = await queue.lease("w1", 1, 1.2)
+    first = await lease_until(queue, leased)
+    assert isinstance(first, datetime)
+    guard = LeaseGuard(queue, leased, lease_seconds=1.2)
+    keeper = asyncio.create_task(guard.keep())
+    try:
+
+        async def carried_past_three_lengths() -> bool:
+            assert await queue.lease("w2", 1, 60) == [], "the kept lease ran out"
+            until = await lease_until(queue, leased)
+            assert isinstance(until, datetime)
+            return until - first > timedelta(seconds=2.4)
+
+        await poll(carried_past_three_lengths, timeout=15, what="the lease to be renewed")
+    finally:
+        keeper.cancel()
+    assert guard.lost is False
+
+
+async def test_keep_logs_a_queue_that_cannot_extend_and_tries_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The queue is away (Redis on port 9 of loopback: refused at once): each failed renewal
+    is a warning naming the job and the error, and the guard goes on trying (the lease
+    still runs; an away queue is not a lost lease)."""
+    queue = RedisQueue("redis://127.0.0.1:9/0", prefix=new_id("pl_"))
+    job = replace(a_job(), lease_owner="w1")
+    guard = LeaseGuard(queue, job, lease_seconds=1.5)  # a try every 0.5 s
+    caplog.set_level(logging.WARNING, logger="postline.engine")
+    keeper = asyncio.create_task(guard.keep())
+    try:
+
+        async def warned_twice() -> list[str]:
+            said = [r.getMessage() for r in caplog.records if r.name == "postline.engine"]
+            return said if len(said) >= 2 else []
+
+        said = await poll(warned_twice, timeout=15, what="two failed renewals")
+        assert not keeper.done()
+    finally:
+        keeper.cancel()
+        await queue.close()
+    prefix = f"extending the lease of job_id={job.id} failed: "
+    for message in said:
+        assert message.startswith(prefix), message
+        assert message.removeprefix(prefix) not in {"", "None"}, message
+    assert guard.lost is False

@@ -390,6 +390,47 @@ async def test_the_dispatchers_own_transport_sends_over_its_lanes(
     assert len(receiver.arrivals) == len(ids)
 
 
+async def test_an_idle_dispatcher_answers_a_wake_and_a_stop_at_once(
+    postline_factory: Factory, receivers: Receivers
+) -> None:
+    """With a poll interval of an hour, a dispatcher with nothing to do waits for a wake or
+    a stop: an event written with a wake (as the recorder does) goes out at once, and a stop
+    ends the dispatcher at once (``serve``'s shutdown). The first event is in the outbox
+    before the start, so the second arrives while the dispatcher waits, its passes done."""
+    pl = await postline_factory(engine=False, webhook_allow_private=True, poll_interval=3600)
+    receiver = await receivers()
+    endpoint = await register(pl, receiver.url, ["email.delivered"])
+
+    async def goes_out(event_id: str, count: int) -> None:
+        await receiver.wait_until(
+            lambda _: event_id in receiver.acknowledged,
+            timeout=30,
+            what=f"event {count}, without waiting for the poll",
+        )
+
+        async def recorded() -> bool:
+            found = await deliveries(pl, endpoint["id"])
+            return len(found) == count and all(d["status"] == "succeeded" for d in found)
+
+        await poll(recorded, timeout=30, what=f"delivery {count} to be recorded")
+
+    (first,) = await insert_events(pl, 1)
+    pl.start_engine()
+    await goes_out(first, 1)
+    (second,) = await insert_events(pl, 1)
+    await goes_out(second, 2)
+
+    dispatcher = pl.dispatcher_task
+    assert dispatcher is not None
+    pl.stop.set()
+
+    async def stopped() -> bool:
+        return dispatcher.done()
+
+    await poll(stopped, timeout=10, what="the dispatcher to stop, without waiting for the poll")
+    await pl.stop_engine()
+
+
 async def test_a_redirect_is_not_followed(postline_factory: Factory, receivers: Receivers) -> None:
     """A 307 is the endpoint's answer, recorded and retried: the POST never goes to the
     address it names (which the endpoint's check never saw)."""
@@ -415,8 +456,11 @@ async def test_a_pass_that_fails_is_logged_once_and_retried_until_it_works(
 ) -> None:
     """The store refuses the fan-out (a SQLite trigger on the outbox): the dispatcher
     says so once with the cause, keeps trying with backoff, says when it works again,
-    and the event goes out."""
-    caplog.set_level(logging.WARNING, logger="postline")
+    and the event goes out. Its second try waits the backoff's first step (0.5 s, give or
+    take a fifth): a loop that tried again at once would ask a failing store as fast as it
+    can answer. (Nothing wakes the dispatcher meanwhile: the event's wake came before its
+    first pass.)"""
+    caplog.set_level(logging.DEBUG, logger="postline")
     pl = await postline_factory(engine=False, webhook_allow_private=True)
     receiver = await receivers()
     await register(pl, receiver.url, ["email.delivered"])
@@ -428,23 +472,32 @@ async def test_a_pass_that_fails_is_logged_once_and_retried_until_it_works(
     (event_id,) = await insert_events(pl, 1)
     pl.start_engine()
 
-    def said(start: str) -> list[str]:
-        return [m for r in caplog.records if (m := r.getMessage()).startswith(start)]
+    def said(start: str, level: int = logging.DEBUG) -> list[logging.LogRecord]:
+        return [
+            r
+            for r in caplog.records
+            if r.levelno >= level and r.name == "postline" and r.getMessage().startswith(start)
+        ]
 
-    async def failing() -> list[str]:
-        return said("webhook dispatch failed")
+    async def failed_twice() -> list[logging.LogRecord]:
+        return said("webhook dispatch failed again (2): ")
 
-    await poll(failing, timeout=30, what="the failed pass to be logged")
+    (second,) = await poll(failed_twice, timeout=30, what="the second failed pass")
     async with pl.services.db.write() as conn:
         await conn.exec_driver_sql("DROP TRIGGER refuse_fan_out")
     await receiver.wait_until(
         lambda _: event_id in receiver.acknowledged, timeout=30, what="the event"
     )
     await pl.stop_engine()
-    assert said("webhook dispatch failed") == [
+    (first,) = said("webhook dispatch failed", logging.WARNING)
+    assert first.getMessage() == (
         "webhook dispatch failed, retrying with backoff: IntegrityError: refused"
-    ]
-    assert len(said("webhook dispatch works again after ")) == 1
+    )
+    assert second.getMessage() == "webhook dispatch failed again (2): IntegrityError: refused"
+    assert second.created - first.created >= 0.39, (first.created, second.created)
+    (again,) = [r.getMessage() for r in said("webhook dispatch works again after ")]
+    tries = again.removeprefix("webhook dispatch works again after ").removesuffix(" failed tries")
+    assert tries.isdigit() and int(tries) >= 2, again
 
 
 # --- stopping --------------------------------------------------------------------------------

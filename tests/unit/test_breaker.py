@@ -487,6 +487,29 @@ def test_warm_up_replays_in_time_order_whatever_the_row_order() -> None:
     assert warmed(rows).view(D).consecutive_failures == 0
 
 
+def test_warm_up_replays_attempts_of_one_instant_in_the_order_of_their_rows() -> None:
+    """Attempts recorded at the same instant (one group commit) are replayed in the order
+    their rows came: four failures, a success and a failure all at once leave one failure
+    counted, and four failures after a success at that instant leave four."""
+    at = ago(1)
+    rows = [row for _ in range(4) for row in attempt(at, "failure")]
+    rows += attempt(at, "delivered") + attempt(at, "failure")
+    assert warmed(rows).view(D).consecutive_failures == 1
+    rows = attempt(at, "delivered") + [row for _ in range(4) for row in attempt(at, "failure")]
+    assert warmed(rows).view(D).consecutive_failures == 4
+
+
+def test_warm_up_keeps_the_error_of_the_transaction_not_of_a_refused_recipient() -> None:
+    """One transaction: the server refused the first recipient at RCPT (550), then failed
+    the transaction at DATA (421). The breaker's last error is the 421, what a live
+    breaker keeps (the transaction's error), never the one recipient's refusal."""
+    rows = attempt(ago(1), "user_unknown", attempt_id="att_both")
+    rows += attempt(ago(1), "failure", recipients=2, attempt_id="att_both")
+    view = warmed(rows).view(D)
+    assert view.consecutive_failures == 1
+    assert view.last_error == "421 4.4.2 timeout"
+
+
 def test_warm_up_groups_by_lower_case_destination() -> None:
     rows = [
         row
@@ -725,6 +748,10 @@ def test_warm_up_matches_living_through_the_same_history(
         (["dns"], Verdict.NEUTRAL),
         (["waiting"], Verdict.NEUTRAL),
         ([], Verdict.NEUTRAL),
+        # A row that never reached the server comes first: the rows after it still count.
+        (["no_smtputf8", "failure"], Verdict.FAILURE),
+        (["too_big", "delivered"], Verdict.SUCCESS),
+        (["dns", "user_unknown"], Verdict.SUCCESS),
     ],
 )
 def test_attempt_verdict(outcomes: list[str], verdict: Verdict) -> None:
@@ -773,6 +800,19 @@ def test_settle_says_when_parked_jobs_may_go(breakers: Breakers, clock: FakeCloc
     assert breakers.settle(D, Verdict.SUCCESS)  # a slot freed: the next trial may go
     assert breakers.settle(D, Verdict.SUCCESS)  # closed
     assert state(breakers) is BreakerState.CLOSED
+
+
+def test_settle_lets_no_parked_job_go_while_an_operator_holds_the_breaker_open(
+    breakers: Breakers,
+) -> None:
+    """A success or a neutral verdict of a transaction admitted before the operator forced
+    the breaker open changes nothing: the breaker stays open, so the jobs parked behind it
+    stay parked (a True would make them due, only to be refused and parked again)."""
+    assert breakers.allow(D)
+    breakers.force_open(D)
+    assert not breakers.settle(D, Verdict.SUCCESS)
+    assert not breakers.settle(D, Verdict.NEUTRAL)
+    assert state(breakers) is BreakerState.OPEN
 
 
 def test_waiting_names_the_opening_and_the_next_trial(breakers: Breakers, clock: FakeClock) -> None:
