@@ -431,6 +431,41 @@ async def test_an_idle_dispatcher_answers_a_wake_and_a_stop_at_once(
     await pl.stop_engine()
 
 
+async def test_a_wake_during_an_idle_pass_is_not_lost(
+    postline_factory: Factory, receivers: Receivers
+) -> None:
+    """Events written with a wake while a pass that found nothing is ending (after its
+    read of the outbox) go out at once, not at the next poll (an hour here): the wake is
+    kept for the wait that follows the pass. The race is made certain by writing the
+    event at the end of the dispatcher's first idle pass."""
+    pl = await postline_factory(engine=False, webhook_allow_private=True, poll_interval=3600)
+    receiver = await receivers()
+    await register(pl, receiver.url, ["email.delivered"])
+    dispatcher = pl.services.dispatcher
+    pass_once = dispatcher.pass_once
+    written: list[str] = []
+
+    async def pass_with_a_late_writer(work: Any, *, fan_out: bool = True) -> bool:
+        busy = await pass_once(work, fan_out=fan_out)
+        if not busy and not written:
+            written.extend(await insert_events(pl, 1))  # with a wake, as the recorder does
+        return busy
+
+    dispatcher.pass_once = pass_with_a_late_writer  # type: ignore[method-assign]
+
+    async def idle_pass_ended() -> bool:
+        return bool(written)
+
+    pl.start_engine()
+    await poll(idle_pass_ended, timeout=30, what="the first idle pass")
+    await receiver.wait_until(
+        lambda _: written[0] in receiver.acknowledged,
+        timeout=30,
+        what="the event written during the idle pass, without waiting for the poll",
+    )
+    await pl.stop_engine()
+
+
 async def test_a_redirect_is_not_followed(postline_factory: Factory, receivers: Receivers) -> None:
     """A 307 is the endpoint's answer, recorded and retried: the POST never goes to the
     address it names (which the endpoint's check never saw)."""

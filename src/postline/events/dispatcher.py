@@ -133,15 +133,18 @@ class Dispatcher:
                     wait = self.settings.poll_interval
                     if fan_out:
                         self._events.clear()  # what arrives from now on waits for the next pass
+                    # Cleared before the pass, not after it: a wake that comes while the pass
+                    # runs (events written after its read) ends the wait below at once.
+                    self._wake.clear()
                     try:
                         busy = await self.pass_once(work, fan_out=fan_out)
                         backoff.succeeded()
                     except Exception as exc:
                         busy, wait = False, backoff.failed(exc)
+                        self._wake.clear()  # a failing store is tried after the backoff
                     fan_out = True
                     if busy:
                         continue
-                    self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(_first(self._wake.wait(), stop.wait()), timeout=wait)
                         # Woken only because senders have room for more: lease, no fan-out.
