@@ -207,7 +207,12 @@ def test_a_destination_is_handed_out_once_until_its_lease_settles() -> None:
     turns.settle(NOW, {"a.test": 1}, [_leased("a.test", NOW - timedelta(minutes=2))])
     turns.note("a.test", NOW - timedelta(minutes=5))  # earlier, but served since: same turn
     turns.read([("b.test", NOW - timedelta(minutes=1))], last=False)  # the same due again
-    assert turns.pick(NOW + timedelta(seconds=1), 3) == ["b.test", "a.test"]
+    later = NOW + timedelta(seconds=1)
+    assert [turns.pick(later, 1), turns.pick(later, 1), turns.pick(later, 1)] == [
+        ["b.test"],
+        ["a.test"],
+        [],
+    ]
     turns.note("c.test", NOW - timedelta(minutes=1))
     assert turns.pick(NOW + timedelta(seconds=1), 3) == ["c.test"]
 
@@ -340,3 +345,25 @@ async def test_a_lease_after_a_failed_read_of_the_view_still_leases(tmp_path: Pa
                 await conn.execute(text("ALTER TABLE queue_jobs_away RENAME TO queue_jobs"))
         [leased] = await queue.lease("worker-1", 1, 60)
         assert leased.destination == "a.test"
+
+
+def test_a_view_compacts_its_heap_and_keeps_every_turn() -> None:
+    """Every change of a turn adds an entry and leaves the old one behind; past a
+    thousand or so of those, the heap is built again from the view alone."""
+    turns = _view("a.test", "b.test")
+    for i in range(1100):  # a.test noted ever earlier: a new entry each time
+        turns.note("a.test", NOW - timedelta(hours=1, seconds=i))
+    assert len(turns._heap) < 100
+    assert turns.pick(NOW, 3) == ["a.test", "b.test"]
+
+
+def test_a_view_of_many_destinations_is_not_compacted_while_its_leases_are_under_way() -> None:
+    """The heap is built again only once it holds more than twice as many entries as
+    there are destinations (and a thousand more), not each time it passes a thousand:
+    building it again puts back the destinations a lease has picked and not settled."""
+    names = [f"{i:04d}.test" for i in range(1100)]
+    turns = _Turns()
+    turns.read([(name, NOW - timedelta(seconds=2000 - i)) for i, name in enumerate(names)], True)
+    assert turns.pick(NOW, 1) == [names[0]]
+    turns.note("new.test", NOW)
+    assert turns.pick(NOW, 1) == [names[1]]
