@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -23,6 +23,23 @@ from postline.store.types import utcnow
 from tests.harness.postline import Factory, PostlineUnderTest
 
 ADMIN = Principal(key_id="key_test", name="test", domain_id=None, domain_name=None)
+
+
+def _one_recipient(
+    subject: str, *, from_name: str = "Sender", scheduled_at: datetime | None = None
+) -> Submission:
+    """An email from sender@example.test to a@dest.test alone, as the API would pass it."""
+    return Submission(
+        content=Content(
+            from_name=from_name,
+            from_address="sender@example.test",
+            to=["a@dest.test"],
+            subject=subject,
+            text="Hello",
+        ),
+        recipients=[Recipient("a@dest.test", "to")],
+        scheduled_at=scheduled_at,
+    )
 
 
 async def test_each_email_of_a_batch_gets_its_own_message(postline_factory: Factory) -> None:
@@ -73,17 +90,7 @@ async def test_a_body_that_cannot_be_removed_after_a_failed_commit_is_named_for_
     is what the caller hears, and a warning names the email whose body is left for
     orphan cleanup, and why."""
     pl = await postline_factory(engine=False)
-    submission = Submission(
-        content=Content(
-            from_name="Sender",
-            from_address="sender@example.test",
-            to=["a@dest.test"],
-            subject="never accepted",
-            text="Hello",
-        ),
-        recipients=[Recipient("a@dest.test", "to")],
-    )
-    principal = Principal(key_id="key_test", name="test", domain_id=None, domain_name=None)
+    submission = _one_recipient("never accepted")
     refused: list[str] = []
 
     async def fail(conn: AsyncConnection, results: list[Accepted]) -> None:
@@ -98,7 +105,7 @@ async def test_a_body_that_cannot_be_removed_after_a_failed_commit_is_named_for_
         caplog.at_level(logging.WARNING, logger="postline.accept"),
         pytest.raises(RuntimeError, match="commit refused"),
     ):
-        await pl.services.acceptor.accept([submission], principal, on_commit=fail)
+        await pl.services.acceptor.accept([submission], ADMIN, on_commit=fail)
     lines = [r.getMessage() for r in caplog.records if r.name == "postline.accept"]
     assert lines == [
         f"cannot remove the body of unaccepted email_id={refused[0]} (orphan cleanup will):"
@@ -227,23 +234,25 @@ async def test_an_email_scheduled_for_a_time_gone_by_is_queued_as_it_is_accepted
     that past time, which would put it ahead of mail accepted before it. (Mutation
     testing: a job due at a past schedule passed every test.)"""
     pl = await postline_factory(engine=False)
-    submission = Submission(
-        content=Content(
-            from_name="Sender",
-            from_address="sender@example.test",
-            to=["a@dest.test"],
-            subject="late",
-            text="Hello",
-        ),
-        recipients=[Recipient("a@dest.test", "to")],
-        scheduled_at=utcnow() - timedelta(hours=1),
-    )
+    submission = _one_recipient("late", scheduled_at=utcnow() - timedelta(hours=1))
     (accepted,) = await pl.services.acceptor.accept([submission], ADMIN)
     assert accepted.recipients == [("a@dest.test", "queued")]
     (email,) = await _rows(pl, sent_emails, accepted.id)
     assert (email["status"], email["scheduled_at"]) == ("queued", None)
     (job,) = await _rows(pl, queue_jobs, accepted.id)
     assert job["due_at"] == email["created_at"]
+
+
+async def test_an_email_without_a_senders_name_is_listed_from_its_address_alone(
+    postline_factory: Factory,
+) -> None:
+    """``from_header`` is the From that lists and the email's detail show: the name and
+    the address in angle brackets, or the bare address when the send named nobody.
+    (Mutation testing: every test of the accept's rows gave a name.)"""
+    pl = await postline_factory(engine=False)
+    (accepted,) = await pl.services.acceptor.accept([_one_recipient("x", from_name="")], ADMIN)
+    (email,) = await _rows(pl, sent_emails, accepted.id)
+    assert email["from_header"] == "sender@example.test"
 
 
 #: The columns the accept writes (the others are set later, by their defaults).

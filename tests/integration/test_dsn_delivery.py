@@ -69,6 +69,13 @@ async def test_bounces_produce_one_dsn_with_a_block_per_recipient(
     assert "Remote-MTA" in per_recipient["rfc822; gone@dest.test"]
     headers = next(p for p in report.walk() if p.get_content_type() == "text/rfc822-headers")
     assert sent["message_id"].encode() in headers.get_payload(decode=True)
+    # Counted as accepted mail of its own source, apart from the customer's.
+    metrics = (await pl.client.get("/metrics")).text.splitlines()
+    accepted = [line for line in metrics if line.startswith("postline_emails_accepted_total")]
+    assert sorted(accepted) == [
+        'postline_emails_accepted_total{source="api"} 1.0',
+        'postline_emails_accepted_total{source="dsn"} 1.0',
+    ]
 
 
 async def test_no_dsn_when_the_domain_switches_them_off(
@@ -191,7 +198,20 @@ async def test_a_dsn_is_not_the_customers_mail(
     assert [e["id"] for e in await _listed(pl, source="api")] == [sent["id"]]
     (listed_dsn,) = await _listed(pl, source="dsn")
     assert (listed_dsn["id"], listed_dsn["original_email_id"]) == (dsn_id, sent["id"])
-    assert (await pl.email(dsn_id))["recipients"][0]["status"] == "delivered"
+    # Listed as what it is: an email id like any other, from the mail system, and the
+    # subject every MTA's bounce has.
+    assert dsn_id.startswith("em_")
+    sender = f"MAILER-DAEMON@{pl.services.acceptor.hostname}"
+    assert (listed_dsn["from"], listed_dsn["subject"]) == (
+        f"Mail Delivery System <{sender}>",
+        "Undelivered Mail Returned to Sender",
+    )
+    (recipient,) = (await pl.email(dsn_id))["recipients"]
+    assert (recipient["address"], recipient["kind"], recipient["status"]) == (
+        "sender@example.test",
+        "to",
+        "delivered",
+    )
 
     # A domain's key sees its email and the DSN in its detail, never the DSN itself.
     scoped = (await create_key(pl.services.db, "shop", "example.test")).key

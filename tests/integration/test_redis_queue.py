@@ -120,6 +120,32 @@ async def test_a_broken_connection_is_tried_again_once(make: Make) -> None:
     assert accepted == 4
 
 
+async def test_a_call_that_times_out_is_not_tried_again(make: Make) -> None:
+    """A Redis that stops answering fails the call after the socket timeout, once: a
+    timed-out script may well have run, so it is not sent again (only a broken connection
+    is). URL options take precedence over the client's own; without one the timeout is
+    10 s, read here from the pool's settings (a test that waited it out would take 10 s),
+    never none, which would hold every caller for as long as Redis stays silent."""
+    accepted = 0
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        await reader.read()  # never answers
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        queue = make(url=f"redis://127.0.0.1:{port}/0?socket_timeout=0.3")
+        with pytest.raises(QueueError, match=r"^cannot list queued bodies: "):
+            await queue.body_refs()
+    finally:
+        server.close()
+    assert accepted == 1
+    assert make().client.connection_pool.connection_kwargs["socket_timeout"] == 10
+
+
 async def test_body_refs_fails_closed_on_a_corrupted_key(
     make: Make, raw: aioredis.Redis, redis_prefix: str
 ) -> None:
