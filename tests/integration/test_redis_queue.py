@@ -4,10 +4,11 @@ several processes at once, and the key layout other tools read."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 
@@ -78,23 +79,33 @@ async def test_body_refs_fails_closed_when_redis_is_unreachable(make: Make) -> N
         await queue.body_refs()
 
 
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def fake_redis(handler: Handler) -> AsyncIterator[str]:
+    """A server on a loopback port that plays a broken Redis (``handler`` per connection);
+    yields its URL."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    try:
+        yield f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
+    finally:
+        server.close()
+
+
 async def test_body_refs_fails_closed_when_redis_does_not_answer(redis_prefix: str) -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # never answers
         writer.close()
 
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = aioredis.Redis.from_url(
-        f"redis://127.0.0.1:{port}/0", decode_responses=True, socket_timeout=0.3, retry=None
-    )
-    queue = RedisQueue.from_client(client, prefix=redis_prefix)
-    try:
-        with pytest.raises(QueueError):
-            await queue.body_refs()
-    finally:
-        await queue.close()
-        server.close()
+    async with fake_redis(silent) as url:
+        client = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=0.3, retry=None)
+        queue = RedisQueue.from_client(client, prefix=redis_prefix)
+        try:
+            with pytest.raises(QueueError):
+                await queue.body_refs()
+        finally:
+            await queue.close()
 
 
 async def test_a_broken_connection_is_tried_again_once(make: Make) -> None:
@@ -109,14 +120,9 @@ async def test_a_broken_connection_is_tried_again_once(make: Make) -> None:
         accepted += 1
         writer.close()
 
-    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        queue = make(url=f"redis://127.0.0.1:{port}/0")
+    async with fake_redis(hang_up) as url:
         with pytest.raises(QueueError, match=r"^cannot list queued bodies: "):
-            await queue.body_refs()
-    finally:
-        server.close()
+            await make(url=url).body_refs()
     assert accepted == 4
 
 
@@ -134,14 +140,9 @@ async def test_a_call_that_times_out_is_not_tried_again(make: Make) -> None:
         await reader.read()  # never answers
         writer.close()
 
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        queue = make(url=f"redis://127.0.0.1:{port}/0?socket_timeout=0.3")
+    async with fake_redis(silent) as url:
         with pytest.raises(QueueError, match=r"^cannot list queued bodies: "):
-            await queue.body_refs()
-    finally:
-        server.close()
+            await make(url=f"{url}?socket_timeout=0.3").body_refs()
     assert accepted == 1
     assert make().client.connection_pool.connection_kwargs["socket_timeout"] == 10
 

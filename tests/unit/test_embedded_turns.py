@@ -56,14 +56,15 @@ def test_a_failed_lease_gives_its_destinations_their_turns_back() -> None:
     assert turns.pick(NOW, 3) == ["a.test", "b.test", "c.test"]
 
 
-def _job(destination: str) -> Job:
+def _job(destination: str, due: datetime | None = None) -> Job:
+    """A job for ``destination``, due ``due`` (now if not given)."""
     return Job(
         id=new_id("job_"),
         email_id=new_id("em_"),
         destination=destination,
         recipient_ids=[new_id("rcp_")],
         body_ref="body",
-        due_at=utcnow(),
+        due_at=due or utcnow(),
     )
 
 
@@ -148,17 +149,6 @@ async def test_a_lease_cancelled_while_it_waits_for_the_writer_ends_cancelled(
 # microsecond) goes after every one of them.
 
 
-def _leased(destination: str, due: datetime) -> Job:
-    return Job(
-        id=new_id("job_"),
-        email_id=new_id("em_"),
-        destination=destination,
-        recipient_ids=[new_id("rcp_")],
-        body_ref="body",
-        due_at=due,
-    )
-
-
 def test_a_served_destination_goes_after_the_others_and_stays_if_it_gave_all_asked() -> None:
     """A destination's turn is the later of its earliest due job and when it was last
     served; one that gave every job asked of it may have more, so it stays in the view,
@@ -166,7 +156,7 @@ def test_a_served_destination_goes_after_the_others_and_stays_if_it_gave_all_ask
     turns = _view("a.test", "b.test", "c.test")
     turns.note("later.test", NOW + timedelta(hours=1))
     assert turns.pick(NOW, 1) == ["a.test"]
-    turns.settle(NOW, {"a.test": 1}, [_leased("a.test", NOW - timedelta(minutes=3))])
+    turns.settle(NOW, {"a.test": 1}, [_job("a.test", NOW - timedelta(minutes=3))])
     assert turns.turn("a.test") == NOW + timedelta(microseconds=1)
     assert turns.turn("b.test") == NOW - timedelta(minutes=2)
     assert turns.pick(NOW + timedelta(seconds=1), 5) == ["b.test", "c.test", "a.test"]
@@ -180,7 +170,7 @@ def test_a_destination_that_gave_less_than_asked_leaves_the_view() -> None:
     turns = _view("a.test", "b.test", "c.test", "d.test")
     assert turns.pick(NOW, 3) == ["a.test", "b.test", "c.test"]
     turns.read([("c.test", None)], last=False)  # c.test's jobs leased elsewhere meanwhile
-    a, b = (_leased(d, NOW - timedelta(minutes=4)) for d in ("a.test", "b.test"))
+    a, b = (_job(d, NOW - timedelta(minutes=4)) for d in ("a.test", "b.test"))
     turns.settle(NOW, {"a.test": 2, "b.test": 1, "c.test": 1}, [a, b])
     turns.read([("d.test", None)], last=False)
     assert turns.pick(NOW + timedelta(seconds=1), 4) == ["b.test"]
@@ -193,7 +183,7 @@ def test_served_destinations_are_stamped_in_the_order_they_were_served() -> None
     turns = _view("z.test", "y.test", "x.test")
     assert turns.pick(NOW, 3) == ["z.test", "y.test", "x.test"]
     due = NOW - timedelta(minutes=10)
-    leased = [_leased(d, due) for d in ("z.test", "z.test", "y.test", "x.test", "w.test")]
+    leased = [_job(d, due) for d in ("z.test", "z.test", "y.test", "x.test", "w.test")]
     turns.settle(NOW, {"z.test": 2, "y.test": 1, "x.test": 1}, leased)
     assert turns.pick(NOW + timedelta(seconds=1), 5) == ["y.test", "x.test", "w.test", "z.test"]
 
@@ -204,7 +194,7 @@ def test_a_destination_is_handed_out_once_until_its_lease_settles() -> None:
     noting another destination does not give back those picked."""
     turns = _view("a.test", "b.test")
     assert turns.pick(NOW, 1) == ["a.test"]
-    turns.settle(NOW, {"a.test": 1}, [_leased("a.test", NOW - timedelta(minutes=2))])
+    turns.settle(NOW, {"a.test": 1}, [_job("a.test", NOW - timedelta(minutes=2))])
     turns.note("a.test", NOW - timedelta(minutes=5))  # earlier, but served since: same turn
     turns.read([("b.test", NOW - timedelta(minutes=1))], last=False)  # the same due again
     later = NOW + timedelta(seconds=1)
@@ -268,7 +258,7 @@ def test_a_destination_forgotten_by_a_round_of_reads_comes_back_afresh() -> None
     again its turn is theirs."""
     turns = _view("a.test", "b.test", "c.test")
     assert turns.pick(NOW, 2) == ["a.test", "b.test"]
-    turns.settle(NOW, {"a.test": 2, "b.test": 1}, [_leased("a.test", NOW)])
+    turns.settle(NOW, {"a.test": 2, "b.test": 1}, [_job("a.test", NOW)])
     turns.reading()
     turns.read([], last=True)
     assert turns.due == {} and turns.served == {}
@@ -284,7 +274,7 @@ def test_a_destination_served_during_a_round_of_reads_is_not_forgotten_at_its_en
     turns = _view("a.test", "b.test")
     turns.reading()
     assert turns.pick(NOW, 1) == ["a.test"]
-    turns.settle(NOW, {"a.test": 1}, [_leased("a.test", NOW - timedelta(minutes=2))])
+    turns.settle(NOW, {"a.test": 1}, [_job("a.test", NOW - timedelta(minutes=2))])
     turns.read([("b.test", NOW - timedelta(minutes=1))], last=True)
     assert turns.pick(NOW + timedelta(seconds=1), 2) == ["b.test", "a.test"]
 
