@@ -2,7 +2,8 @@
 field (prefixed with the email's index in a batch of two or more) and a message naming the
 limit; and that a submission exactly at a limit passes. Called on the acceptor, as the API
 and the submission port call it. (Mutation testing: the API's tests of these refusals read
-the status and the field only, and none sent a batch of exactly two or a size at a limit.)"""
+the status and the field only, and none sent a size at a limit or tracked copies in a
+batch.)"""
 
 from __future__ import annotations
 
