@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Table, select
+from sqlalchemy import Table, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.accept import COMPOSE_CHUNK, Accepted, Acceptor, Recipient, Submission
@@ -18,7 +18,7 @@ from postline.keys import Principal
 from postline.message import Content
 from postline.store import domains as domain_store
 from postline.store import suppressions as suppression_store
-from postline.store.schema import email_recipients, events, queue_jobs, sent_emails
+from postline.store.schema import domains, email_recipients, events, queue_jobs, sent_emails
 from postline.store.types import utcnow
 from tests.harness.postline import Factory, PostlineUnderTest
 
@@ -126,7 +126,8 @@ async def test_an_accepted_email_writes_every_column_of_its_rows_and_jobs(
     """Field by field: a renamed key of a row is dropped without an error (its column
     stays NULL or takes its default), so only reading the rows shows it. A scheduled
     email of four recipients on two destinations, one of them suppressed: one job per
-    destination due at the schedule, of the recipients not suppressed."""
+    destination due at the schedule, of the recipients not suppressed; a recipient named
+    twice is one recipient, of the kind it was first named with."""
     pl = await postline_factory(engine=False)
     acceptor: Acceptor = pl.services.acceptor
     async with pl.services.db.write() as conn:
@@ -152,7 +153,9 @@ async def test_an_accepted_email_writes_every_column_of_its_rows_and_jobs(
             subject="S" * 1001,
             text="hello",
         ),
-        recipients=[Recipient(address, kind) for address, kind in addresses],
+        recipients=[
+            Recipient(address, kind) for address, kind in [*addresses, ("a@dest.test", "bcc")]
+        ],
         tags={"campaign": "field-by-field"},
         scheduled_at=scheduled,
     )
@@ -160,6 +163,7 @@ async def test_an_accepted_email_writes_every_column_of_its_rows_and_jobs(
     (accepted,) = await acceptor.accept([submission], ADMIN)
     statuses = ["scheduled", "scheduled", "suppressed", "scheduled"]
     assert accepted.recipients == [(a, s) for (a, _), s in zip(addresses, statuses, strict=True)]
+    assert re.fullmatch(r"em_[0-9a-z]{26}", accepted.id)
     (email,) = await _rows(pl, sent_emails, accepted.id)
     created = email["created_at"]
     assert before <= created <= utcnow()
@@ -293,3 +297,20 @@ _RECIPIENT_COLUMNS = {
     "created_at",
     "updated_at",
 }
+
+
+async def test_an_email_from_a_domain_without_a_dkim_key_is_accepted_unsigned(
+    postline_factory: Factory,
+) -> None:
+    """The key column may be empty (a domain row written without one, as by hand or a
+    tool): its mail is accepted and goes out unsigned rather than failing to compose.
+    (Mutation testing: every test's domain had a key, so a signer made of nothing passed.)"""
+    pl = await postline_factory(engine=False)
+    async with pl.services.db.write() as conn:
+        await conn.execute(
+            update(domains).where(domains.c.name == "example.test").values(dkim_private_key=None)
+        )
+    (accepted,) = await pl.services.acceptor.accept([_one_recipient("unsigned")], ADMIN)
+    body = await pl.services.spool.get(accepted.id)
+    assert b"\r\nSubject: unsigned\r\n" in body
+    assert b"DKIM-Signature" not in body

@@ -1,0 +1,124 @@
+"""What the accept refuses before it writes anything, and what it says why: the status, the
+field (prefixed with the email's index in a batch of two or more) and a message naming the
+limit; and that a submission exactly at a limit passes. Called on the acceptor, as the API
+and the submission port call it. (Mutation testing: the API's tests of these refusals read
+the status and the field only, and none sent a size at a limit or tracked copies in a
+batch.)"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from postline.accept import COPIES_FACTOR, AcceptError, Acceptor, Recipient, Submission
+from postline.keys import Principal
+from postline.message import Content
+from postline.store.schema import sent_emails
+from postline.store.types import utcnow
+from tests.harness.postline import Factory, PostlineUnderTest
+
+ADMIN = Principal(key_id="key_test", name="test", domain_id=None, domain_name=None)
+TRACKING_BASE = "http://postline"
+
+
+def _submission(
+    recipients: int = 1,
+    *,
+    text: str | None = "Hello",
+    html: str | None = None,
+    scheduled_at: datetime | None = None,
+    track_opens: bool | None = None,
+) -> Submission:
+    """An email from sender@example.test to ``recipients`` addresses at dest.test."""
+    addresses = [f"r{i}@dest.test" for i in range(recipients)]
+    return Submission(
+        content=Content(
+            from_name="Sender",
+            from_address="sender@example.test",
+            to=addresses,
+            subject="Hi",
+            text=text,
+            html=html,
+        ),
+        recipients=[Recipient(address, "to") for address in addresses],
+        scheduled_at=scheduled_at,
+        track_opens=track_opens,
+    )
+
+
+async def _refusal(acceptor: Acceptor, submissions: list[Submission]) -> tuple[int, str, str]:
+    """The status, field and message of the AcceptError that ``submissions`` are refused with."""
+    with pytest.raises(AcceptError) as refused:
+        await acceptor.accept(submissions, ADMIN)
+    return refused.value.status, refused.value.field, refused.value.message
+
+
+async def _size(pl: PostlineUnderTest, email_id: str) -> int:
+    async with pl.services.db.read() as conn:
+        size = await conn.scalar(select(sent_emails.c.size).where(sent_emails.c.id == email_id))
+    assert isinstance(size, int)
+    return size
+
+
+async def test_a_schedule_more_than_thirty_days_ahead_is_refused_naming_the_email(
+    postline_factory: Factory,
+) -> None:
+    """A client reads the field and the message to fix its request; in a batch the
+    field must say which email is wrong, from two emails on."""
+    pl = await postline_factory(engine=False)
+    acceptor = pl.services.acceptor
+    too_far = _submission(scheduled_at=utcnow() + timedelta(days=31))
+    expected = "must be at most 30 days ahead"
+    assert await _refusal(acceptor, [too_far]) == (422, "scheduled_at", expected)
+    # In a batch, even of two, the field names the email by its index.
+    assert await _refusal(acceptor, [_submission(), too_far]) == (422, "[1].scheduled_at", expected)
+
+
+async def test_a_message_over_the_size_limit_is_refused_and_one_at_it_accepted(
+    postline_factory: Factory,
+) -> None:
+    """The limit is compared with the built message (headers, encoding, signature), which
+    the accept alone knows: one email is built first, and the limit then set to its size
+    (the next build of the same content has the same size: only the ids' random digits
+    and the time differ)."""
+    pl = await postline_factory(engine=False)
+    acceptor = pl.services.acceptor
+    email = _submission(text="x" * 3000)
+    (first,) = await acceptor.accept([email], ADMIN)
+    size = await _size(pl, first.id)
+    acceptor.max_message_bytes = size
+    (at_the_limit,) = await acceptor.accept([email], ADMIN)
+    assert await _size(pl, at_the_limit.id) == size
+    acceptor.max_message_bytes = size - 1
+    expected = f"the message is {size} bytes; the limit is {size - 1}"
+    assert await _refusal(acceptor, [email]) == (413, "body", expected)
+    assert await _refusal(acceptor, [_submission(), email]) == (413, "[1]", expected)
+
+
+async def test_tracked_copies_may_weigh_the_limit_together_and_not_a_byte_more(
+    postline_factory: Factory,
+) -> None:
+    """A tracked email is built once per recipient; the copies of one request may weigh
+    ``COPIES_FACTOR`` times the message limit together, counted over the whole batch
+    from what their parts weigh (the html here; each copy well under the message limit).
+    A tracked email to one recipient is one body, not copies: it is not counted."""
+    limit = 40_000
+    pl = await postline_factory(engine=False, tracking_url=TRACKING_BASE, max_message_bytes=limit)
+    acceptor = pl.services.acceptor
+    share = COPIES_FACTOR * limit // 10  # what each of 10 copies may weigh
+    exact = [_submission(2, text=None, html="x" * share, track_opens=True) for _ in range(5)]
+    accepted = await acceptor.accept(exact, ADMIN)
+    assert [len(a.recipients) for a in accepted] == [2] * 5
+    heavier = _submission(2, text=None, html="x" * (share + 1), track_opens=True)
+    status, field, message = await _refusal(acceptor, [*exact[:4], heavier])
+    assert (status, field) == (413, "[4].track")
+    assert message == (
+        "a tracked email is built once per recipient, and this request's copies would be"
+        f" about {COPIES_FACTOR * limit + 2} bytes; the limit is {COPIES_FACTOR * limit}"
+        f" ({COPIES_FACTOR} times POSTLINE_MAX_MESSAGE_BYTES): send it to fewer recipients"
+        " at once, or untracked"
+    )
+    alone = [_submission(1, text=None, html="x" * share, track_opens=True) for _ in range(11)]
+    assert len(await acceptor.accept(alone, ADMIN)) == 11
