@@ -558,3 +558,45 @@ async def test_two_attempts_for_one_recipient_in_one_batch_count_two(
         (made - 1, "deferred"),
         (made, "delivered"),
     ]
+
+
+async def test_each_recorded_outcome_is_logged_and_counted_by_its_status(
+    postline_factory: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One INFO line per recorded outcome, whole (the log privacy test only looks for its
+    start), and ``postline_recipient_outcomes_total`` counted by each outcome's status:
+    mutation testing showed an id, a status or the destination could be logged as None."""
+    pl = await postline_factory(engine=False)
+    sent = await pl.send(to=["ok@dest.test", "later@dest.test", "gone@dest.test"])
+    async with pl.services.db.read() as conn:
+        recipients = {r.address: r for r in await email_store.get_recipients(conn, sent["id"])}
+    ok, later, gone = (recipients[f"{n}@dest.test"] for n in ("ok", "later", "gone"))
+    queue = pl.services.queue
+    (job,) = await poll(lambda: queue.lease("worker", 1, 60), timeout=10, what="the job")
+    results = [
+        (ok, RecipientStatus.DELIVERED),
+        (later, RecipientStatus.DEFERRED),
+        (gone, RecipientStatus.BOUNCED),
+    ]
+    caplog.set_level(logging.INFO, logger="postline.delivery")
+    await pl.services.engine.recorder.record(
+        job,
+        [RecipientResult(r.id, Outcome(status=s), AttemptScope.RECIPIENT) for r, s in results],
+        mx_host="mx.dest.test",
+        duration_ms=5,
+        retry_at=utcnow() + timedelta(hours=1),
+    )
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "postline.delivery" and r.getMessage().startswith("outcome ")
+    ]
+    assert sorted(lines) == sorted(
+        f"outcome email_id={sent['id']} recipient_id={r.id} status={s} destination=dest.test"
+        for r, s in results
+    )
+    response = await pl.client.get("/metrics")
+    assert response.status_code == 200, response.text
+    samples = response.text.splitlines()
+    for status in ("delivered", "deferred", "bounced"):
+        assert f'postline_recipient_outcomes_total{{status="{status}"}} 1.0' in samples, status

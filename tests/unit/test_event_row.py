@@ -19,7 +19,7 @@ from postline.model import (
     EventType,
     RecipientStatus,
 )
-from postline.outcomes import Outcome, event_row
+from postline.outcomes import Outcome, email_data, event_row
 from postline.store.emails import Email, Recipient
 
 NOW = datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=UTC)
@@ -219,3 +219,11 @@ def test_event_row_domain_is_after_the_last_at_sign() -> None:
         now=NOW,
     )
     assert row["payload"]["data"]["domain"] == "example.test"
+
+
+def test_an_event_about_no_recipient_names_nobody() -> None:
+    """A tracking token made before each recipient had a copy of its own names no
+    address (tracking/tokens.py): its event's ``to`` is empty, not ``[None]``."""
+    data = email_data(EMAIL, None)
+    assert (data["to"], data["recipient"]) == ([], None)
+    assert data["email_id"] == "em_1"
