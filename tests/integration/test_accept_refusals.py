@@ -14,7 +14,8 @@ from sqlalchemy import select
 
 from postline.accept import COPIES_FACTOR, AcceptError, Acceptor, Recipient, Submission
 from postline.keys import Principal
-from postline.message import Content
+from postline.message import Attachment, Content
+from postline.store import domains as domain_store
 from postline.store.schema import sent_emails
 from postline.store.types import utcnow
 from tests.harness.postline import Factory, PostlineUnderTest
@@ -30,17 +31,20 @@ def _submission(
     html: str | None = None,
     scheduled_at: datetime | None = None,
     track_opens: bool | None = None,
+    attachments: tuple[Attachment, ...] = (),
+    from_address: str = "sender@example.test",
 ) -> Submission:
     """An email from sender@example.test to ``recipients`` addresses at dest.test."""
     addresses = [f"r{i}@dest.test" for i in range(recipients)]
     return Submission(
         content=Content(
             from_name="Sender",
-            from_address="sender@example.test",
+            from_address=from_address,
             to=addresses,
             subject="Hi",
             text=text,
             html=html,
+            attachments=list(attachments),
         ),
         recipients=[Recipient(address, "to") for address in addresses],
         scheduled_at=scheduled_at,
@@ -48,10 +52,12 @@ def _submission(
     )
 
 
-async def _refusal(acceptor: Acceptor, submissions: list[Submission]) -> tuple[int, str, str]:
+async def _refusal(
+    acceptor: Acceptor, submissions: list[Submission], principal: Principal = ADMIN
+) -> tuple[int, str, str]:
     """The status, field and message of the AcceptError that ``submissions`` are refused with."""
     with pytest.raises(AcceptError) as refused:
-        await acceptor.accept(submissions, ADMIN)
+        await acceptor.accept(submissions, principal)
     return refused.value.status, refused.value.field, refused.value.message
 
 
@@ -122,3 +128,61 @@ async def test_tracked_copies_may_weigh_the_limit_together_and_not_a_byte_more(
     )
     alone = [_submission(1, text=None, html="x" * share, track_opens=True) for _ in range(11)]
     assert len(await acceptor.accept(alone, ADMIN)) == 11
+
+
+async def test_tracked_copies_count_the_text_the_html_and_the_attachments_in_base64(
+    postline_factory: Factory,
+) -> None:
+    """What a copy weighs, known before it is built: its text, its html and its
+    attachments as base64 carries them (4 bytes for 3, rounded down). Here 5000 + 4999 +
+    7501 * 4 // 3 = 20000 bytes a copy, eight copies: the limit exactly, which passes,
+    and one byte of text more, which does not. (Mutation testing: the earlier test's
+    emails had html alone, so neither the text nor an attachment was ever counted.)"""
+    limit = 40_000
+    pl = await postline_factory(engine=False, tracking_url=TRACKING_BASE, max_message_bytes=limit)
+    acceptor = pl.services.acceptor
+    attachment = Attachment("data.bin", b"\x00" * 7501)  # 10001 bytes of base64, and a third
+
+    def tracked(text_bytes: int) -> Submission:
+        return _submission(
+            8, text="t" * text_bytes, html="h" * 4999, track_opens=True, attachments=(attachment,)
+        )
+
+    assert COPIES_FACTOR * limit == 8 * (5000 + 4999 + 10001)
+    (accepted,) = await acceptor.accept([tracked(5000)], ADMIN)
+    assert len(accepted.recipients) == 8
+    status, field, message = await _refusal(acceptor, [tracked(5001)])
+    assert (status, field) == (413, "track")
+    assert f"copies would be about {COPIES_FACTOR * limit + 8} bytes" in message
+
+
+async def test_a_sender_from_no_sending_domain_or_another_keys_is_refused_naming_it(
+    postline_factory: Factory,
+) -> None:
+    """A sender whose domain is not a sending domain is a 422 naming the domain; a key
+    scoped to one domain sending from any other, known or not, is a 403 naming the one
+    it may send from, and sends from its own. (Mutation testing: the API's tests of these
+    refusals read the status and the field only.)"""
+    pl = await postline_factory(engine=False, domains=("example.test", "second.test"))
+    acceptor = pl.services.acceptor
+    async with pl.services.db.read() as conn:
+        domain = await domain_store.get_domain_by_name(conn, "example.test")
+    assert domain is not None
+    scoped = Principal(
+        key_id="key_scoped", name="scoped", domain_id=domain.id, domain_name="example.test"
+    )
+    unknown = _submission(from_address="someone@Unknown-Domain.TEST")
+    expected = "unknown-domain.test is not a sending domain; add it with POST /v1/domains"
+    assert await _refusal(acceptor, [unknown]) == (422, "from", expected)
+    assert await _refusal(acceptor, [_submission(), unknown]) == (422, "[1].from", expected)
+    only_its_own = "this API key may only send from example.test"
+    for foreign in ("x@second.test", "someone@unknown-domain.test"):
+        refused = _submission(from_address=foreign)
+        assert await _refusal(acceptor, [refused], scoped) == (403, "from", only_its_own)
+        batch = [_submission(), refused]
+        assert await _refusal(acceptor, batch, scoped) == (403, "[1].from", only_its_own)
+    # Its own domain, twice in one batch (the domain read once), and the admin's other one.
+    accepted = await acceptor.accept([_submission(), _submission()], scoped)
+    assert len(accepted) == 2
+    (other,) = await acceptor.accept([_submission(from_address="x@second.test")], ADMIN)
+    assert other.recipients == [("r0@dest.test", "queued")]

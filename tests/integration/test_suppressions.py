@@ -5,9 +5,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import event
+
 from postline.config import normalize_database_url
 from postline.domains import create_domain
 from postline.ids import new_id
+from postline.store import domains as domain_store
 from postline.store import suppressions as suppression_store
 from postline.store.db import Database
 from postline.store.migrate import upgrade_async
@@ -205,8 +208,17 @@ async def test_a_batch_suppresses_per_sending_domain(postline_factory: Factory) 
         {"from": "c@example.test", "to": ["gone@dest.test"]},
     ]
     body = [{**email, "subject": "Hi", "text": "Hi"} for email in emails]
+    asked: list[str] = []
+
+    @event.listens_for(pl.services.db.engine.sync_engine, "before_cursor_execute")
+    def _count(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if "FROM suppressions" in statement:
+            asked.append(statement)
+
     response = await pl.client.post("/v1/emails/batch", json=body, headers=pl.auth())
     assert response.status_code == 202, response.text
+    # Once per sending domain, both addresses of example.test in one question.
+    assert len(asked) == 2, asked
     statuses = [
         {r["address"]: r["status"] for r in item["recipients"]} for item in response.json()["data"]
     ]
@@ -235,3 +247,39 @@ async def test_a_suppressed_address_is_suppressed_whatever_case_it_is_sent_in(
     }
     await postline.wait_for_status(sent["id"], ["partially_delivered"])
     assert [m.rcpt_tos for m in fake_mx.received] == [["fine@dest.test"]]
+
+
+async def test_a_suppression_that_expires_suppresses_at_accept_until_it_ends(
+    postline_factory: Factory,
+) -> None:
+    """A domain-level bounce suppresses until a time: a send before then is suppressed,
+    one after it is not; a permanent entry always is. (Mutation testing: every listing
+    the accept had met was permanent, and none was the first of its domain's addresses
+    in order, which the accept asks about in sorted chunks.)"""
+    pl = await postline_factory(engine=False)
+    now = utcnow()
+    listed = {
+        "a-until-tomorrow@dest.test": now + timedelta(days=1),
+        "b-ended@dest.test": now - timedelta(hours=1),
+        "c-for-good@dest.test": None,
+    }
+    async with pl.services.db.write() as conn:
+        domain = await domain_store.get_domain_by_name(conn, "example.test")
+        assert domain is not None
+        for address, expires_at in listed.items():
+            await suppression_store.add_suppression(
+                conn,
+                suppression_id=new_id("sup_"),
+                domain_id=domain.id,
+                address=address,
+                reason="hard_bounce",
+                now=now - timedelta(days=1),
+                expires_at=expires_at,
+            )
+    sent = await pl.send(to=[*listed, "d-never-listed@dest.test"])
+    assert {r["address"]: r["status"] for r in sent["recipients"]} == {
+        "a-until-tomorrow@dest.test": "suppressed",
+        "b-ended@dest.test": "queued",
+        "c-for-good@dest.test": "suppressed",
+        "d-never-listed@dest.test": "queued",
+    }

@@ -23,10 +23,11 @@ import pytest_asyncio
 from sqlalchemy import insert, select
 
 from postline.api.views import rfc3339
-from postline.events.dispatcher import FAN_OUT_BATCH
+from postline.events.dispatcher import FAN_OUT_BATCH, AttemptResult
 from postline.ids import new_id
 from postline.store.schema import events, webhook_attempts, webhook_deliveries, webhooks
 from postline.store.types import utcnow
+from postline.store.webhooks import DueDelivery
 from tests.harness.polling import poll
 from tests.harness.postline import Factory, PostlineUnderTest
 from tests.harness.receiver import LoopbackOnly, WebhookReceiver
@@ -688,6 +689,58 @@ async def test_endpoint_failing_continuously_is_disabled_and_then_left_alone(
     assert len(failing.arrivals) == attempts, failing.arrivals
     assert (await one_delivery(pl, endpoint["id"]))["attempts"] == attempts
     assert (await webhook(pl, endpoint["id"]))["enabled"] is False
+
+
+async def test_an_endpoints_health_after_each_kind_of_answer(postline_factory: Factory) -> None:
+    """What the dispatcher writes to the endpoint after an attempt, answer by answer, at
+    the edge of the period (which the real-time test above only passes by some amount):
+    nothing after a success of a healthy endpoint (no write at all), health restored
+    after a success of a failing one, failure counted from its first attempt, disabled
+    after failing for the whole period and not a microsecond sooner, disabled on 410
+    at once, each with its reason. (Mutation testing: no test wrote a success after a
+    failure, a period ended to the microsecond, or read the 410 reason whole.)"""
+    period = 3600
+    pl = await postline_factory(engine=False, webhook_disable_after_seconds=period)
+    dispatcher = pl.services.dispatcher
+    now = utcnow()
+    since = now - timedelta(seconds=period)
+
+    def health(code: int | None, failing_since: datetime | None) -> dict[str, Any]:
+        row = DueDelivery(
+            id="wdl_1",
+            event_id="evt_1",
+            webhook_id="wh_1",
+            attempts=1,
+            payload={},
+            url="http://127.0.0.1/hook",
+            secret="whsec_x",
+            previous_secret=None,
+            secret_rotated_at=None,
+            enabled=True,
+            failing_since=failing_since,
+        )
+        error = "ConnectError: refused" if code is None else None
+        return dispatcher._endpoint_health(row, AttemptResult(code, None, error, 5), now)
+
+    assert health(200, None) == {}
+    assert health(204, since) == {"failing_since": None}
+    assert health(500, None) == {"failing_since": now}
+    assert health(None, None) == {"failing_since": now}
+    assert health(500, since + timedelta(microseconds=1)) == {}
+    failed_for_the_period = {
+        "enabled": False,
+        "disabled_reason": f"failing continuously since {since.isoformat()}",
+        "updated_at": now,
+    }
+    assert health(503, since) == failed_for_the_period
+    assert health(None, since) == failed_for_the_period
+    gone = {
+        "enabled": False,
+        "disabled_reason": "the endpoint answered 410 Gone",
+        "updated_at": now,
+    }
+    assert health(410, None) == gone
+    assert health(410, now) == gone
 
 
 @pytest.mark.parametrize(

@@ -128,7 +128,7 @@ async def test_410_disables_the_endpoint(pl: PostlineUnderTest, receiver: Webhoo
     assert delivery["status"] == "failed" and delivery["response_code"] == 410
     body = (await pl.client.get(f"/v1/webhooks/{endpoint['id']}", headers=pl.auth())).json()
     assert body["enabled"] is False
-    assert "410" in body["disabled_reason"]
+    assert body["disabled_reason"] == "the endpoint answered 410 Gone"
 
 
 async def test_test_event_replay_and_secret_rotation(
