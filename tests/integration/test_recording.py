@@ -287,6 +287,20 @@ async def _rows(pl: PostlineUnderTest, table: Table, email_id: str) -> list[dict
         return [dict(row) for row in result.mappings()]
 
 
+async def _three_recipients_leased(
+    pl: PostlineUnderTest,
+) -> tuple[dict[str, Any], tuple[email_store.Recipient, ...], Job]:
+    """One email to ok@, later@ and gone@dest.test, accepted (its answer); its recipients in
+    that order; its job, leased by "worker"."""
+    sent = await pl.send(to=["ok@dest.test", "later@dest.test", "gone@dest.test"])
+    async with pl.services.db.read() as conn:
+        recipients = {r.address: r for r in await email_store.get_recipients(conn, sent["id"])}
+    ok, later, gone = (recipients[f"{n}@dest.test"] for n in ("ok", "later", "gone"))
+    queue = pl.services.queue
+    (job,) = await poll(lambda: queue.lease("worker", 1, 60), timeout=10, what="the job")
+    return sent, (ok, later, gone), job
+
+
 async def test_one_attempt_writes_each_recipients_row_event_and_retry(
     postline_factory: Factory,
 ) -> None:
@@ -295,12 +309,8 @@ async def test_one_attempt_writes_each_recipients_row_event_and_retry(
     next attempt only on the deferred one, the events numbered on after those of the
     accept, the deferred one alone pending and retried."""
     pl = await postline_factory(engine=False)
-    sent = await pl.send(to=["ok@dest.test", "later@dest.test", "gone@dest.test"])
-    async with pl.services.db.read() as conn:
-        recipients = {r.address: r for r in await email_store.get_recipients(conn, sent["id"])}
-    ok, later, gone = (recipients[f"{n}@dest.test"] for n in ("ok", "later", "gone"))
+    sent, (ok, later, gone), job = await _three_recipients_leased(pl)
     queue = pl.services.queue
-    (job,) = await poll(lambda: queue.lease("worker", 1, 60), timeout=10, what="the job")
     retry_at = utcnow() + timedelta(hours=1)
     results = [
         (ok, Outcome(status=RecipientStatus.DELIVERED, smtp_code=250, response="250 ok")),
@@ -567,12 +577,7 @@ async def test_each_recorded_outcome_is_logged_and_counted_by_its_status(
     start), and ``postline_recipient_outcomes_total`` counted by each outcome's status:
     mutation testing showed an id, a status or the destination could be logged as None."""
     pl = await postline_factory(engine=False)
-    sent = await pl.send(to=["ok@dest.test", "later@dest.test", "gone@dest.test"])
-    async with pl.services.db.read() as conn:
-        recipients = {r.address: r for r in await email_store.get_recipients(conn, sent["id"])}
-    ok, later, gone = (recipients[f"{n}@dest.test"] for n in ("ok", "later", "gone"))
-    queue = pl.services.queue
-    (job,) = await poll(lambda: queue.lease("worker", 1, 60), timeout=10, what="the job")
+    sent, (ok, later, gone), job = await _three_recipients_leased(pl)
     results = [
         (ok, RecipientStatus.DELIVERED),
         (later, RecipientStatus.DEFERRED),
