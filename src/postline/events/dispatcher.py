@@ -269,7 +269,8 @@ class Dispatcher:
             extensions["sni_hostname"] = target.sni_hostname
         # Built whole and sent straight to the transport: no client between them to merge
         # headers, keep cookies or follow redirects (a 3xx is the endpoint's answer). The
-        # client's layers cost more CPU than the POST itself on a busy dispatcher.
+        # client's layers did none of that here but cost CPU on every POST (bench/webhooks.py:
+        # about 8% of the dispatcher's CPU per event).
         request = httpx.Request(
             "POST", target.url, content=body, headers=headers, extensions=extensions
         )
