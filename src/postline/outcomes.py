@@ -247,30 +247,40 @@ def suppression_expiry(outcome: Outcome, now: datetime) -> datetime | None:
     return now + DOMAIN_SUPPRESSION if outcome.domain_level else None
 
 
-async def apply_outcome(
-    conn: AsyncConnection,
+@dataclass(frozen=True)
+class Move:
+    """A recipient's move the state machine allows, decided but not yet written.
+
+    Deciding and writing are apart so that a caller moving many recipients (the
+    recorder's batch) writes all their moves in one statement, then records the
+    ones that moved.
+    """
+
+    email: Email
+    recipient: Recipient
+    outcome: Outcome
+    attempt: AttemptInfo | None
+    #: The recipient's ``attempts`` after the move.
+    attempts: int
+    row: email_store.RecipientMove
+
+
+def plan_move(
     *,
     email: Email,
     recipient: Recipient,
     outcome: Outcome,
     now: datetime,
     attempt: AttemptInfo | None = None,
-    sequence: int | None = None,
-    rows: OutcomeRows | None = None,
-) -> bool:
-    """Move a recipient if the state machine allows it; False (and nothing written) if not.
-
-    ``sequence``: the event's place in the email's events, when the caller keeps
-    count (else read from the store). ``rows``: where to put the timeline and event
-    rows for the caller to flush before it commits (else inserted here).
-    """
+) -> Move | None:
+    """The move of ``recipient`` to ``outcome``, or None if the state machine refuses it."""
     current = recipient.status
     if not can_transition(current, outcome.status):
-        return False
+        return None
     if attempt is not None and current in FINAL_STATUSES:
         # delivered -> bounced is for an asynchronous DSN, never for a late SMTP
         # attempt of a stale worker: an attempt only ever moves a pending recipient.
-        return False
+        return None
     attempts = recipient.attempts + (1 if attempt is not None and attempt.counted else 0)
     values: dict[str, Any] = {"updated_at": now, "attempts": attempts}
     # A bounce out of a final status is a late report (postline.inbound): the recipient
@@ -285,13 +295,22 @@ async def apply_outcome(
             "bounce_rule": outcome.bounce_rule,
             "next_attempt_at": attempt.next_attempt_at if attempt is not None else None,
         }
-    moved = await email_store.set_recipient_status(
-        conn, recipient.id, outcome.status, allowed_sources(outcome.status), values
+    row = email_store.RecipientMove(
+        recipient.id, outcome.status, tuple(sorted(allowed_sources(outcome.status))), values
     )
-    if not moved:  # someone else moved it first, inside their own transaction
-        return False
-    own_rows = rows is None
-    rows = OutcomeRows() if rows is None else rows
+    return Move(email, recipient, outcome, attempt, attempts, row)
+
+
+async def record_move(
+    conn: AsyncConnection,
+    move: Move,
+    now: datetime,
+    rows: OutcomeRows,
+    sequence: int | None = None,
+) -> None:
+    """What a move that was written brings with it: its timeline row, its suppression
+    and its event (``sequence``: the event's place among the email's, else read)."""
+    email, recipient, outcome, attempt = move.email, move.recipient, move.outcome, move.attempt
     if attempt is not None:
         rows.attempts.append(
             {
@@ -339,13 +358,31 @@ async def apply_outcome(
                 recipient=recipient,
                 event_type=EVENT_FOR_STATUS[outcome.status],
                 outcome=outcome,
-                attempt=attempts,
+                attempt=move.attempts,
                 sequence=sequence,
                 now=now,
             )
         )
-    if own_rows:
-        await rows.flush(conn)
+
+
+async def apply_outcome(
+    conn: AsyncConnection,
+    *,
+    email: Email,
+    recipient: Recipient,
+    outcome: Outcome,
+    now: datetime,
+    attempt: AttemptInfo | None = None,
+) -> bool:
+    """Move a recipient if the state machine allows it; False (and nothing written) if not."""
+    move = plan_move(email=email, recipient=recipient, outcome=outcome, now=now, attempt=attempt)
+    if move is None:
+        return False
+    if not await email_store.move_recipients(conn, [move.row]):
+        return False  # someone else moved it first, inside their own transaction
+    rows = OutcomeRows()
+    await record_move(conn, move, now, rows)
+    await rows.flush(conn)
     return True
 
 

@@ -232,3 +232,42 @@ async def test_one_batch_holding_both_jobs_of_each_email_keeps_them_apart(
     assert pending == [[]] * (2 * ROUNDS)
     for email_id in email_ids:
         _check(await _recorded(installation.db, email_id), email_id)
+
+
+async def test_one_batch_moving_a_recipient_twice_writes_both_moves_in_order(
+    installation: Installation,
+) -> None:
+    """A batch writes its moves in one statement per status, so a recipient moved twice
+    in one batch (a deferral, then the delivery: the same job recorded twice at once)
+    must have the first move written before the second is decided: both timeline rows
+    and both events, in order, and the recipient delivered after two attempts."""
+    first, _ = installation.workers
+    email_id = await _accept(installation.acceptor, 0)
+    job = next(
+        j for j in await first.queue.lease(first.name, 2, 60) if j.destination == "alpha.test"
+    )
+    deferred = Outcome(status=RecipientStatus.DEFERRED, smtp_code=451, response="451 4.7.1 later")
+
+    def record(outcome: Outcome) -> Any:
+        return first.recorder.record(
+            job,
+            [RecipientResult(rid, outcome, AttemptScope.RECIPIENT) for rid in job.recipient_ids],
+            mx_host="mx.alpha.test",
+            duration_ms=3,
+            retry_at=utcnow(),
+        )
+
+    # Submitted in the same moment, so the recorder takes both as one batch.
+    pending = await asyncio.wait_for(asyncio.gather(record(deferred), record(DELIVERED)), 60)
+    assert pending == [list(job.recipient_ids), []]
+    recorded = await _recorded(installation.db, email_id)
+    (recipient,) = [r for r in recorded["recipients"] if r.destination == "alpha.test"]
+    assert (recipient.status, recipient.attempts, recipient.smtp_code) == (
+        RecipientStatus.DELIVERED,
+        2,
+        250,
+    )
+    attempts = [(a.status, a.attempt) for a in recorded["attempts"]]
+    assert attempts == [("deferred", 1), ("delivered", 2)]
+    outcome_events = [(e.type, e.sequence) for e in recorded["events"] if e.type != "email.queued"]
+    assert outcome_events == [("email.deferred", 3), ("email.delivered", 4)]

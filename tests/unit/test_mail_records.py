@@ -88,8 +88,8 @@ def test_a_batch_sees_its_own_moves_without_changing_what_it_read() -> None:
     handed out before a move stay as they were (they are frozen)."""
     first, second = recipient(), recipient(id="rcp_2", position=1, attempts=0, status="queued")
     state = _BatchState([email()], [first, second], {})
-    state.moved(first, RecipientStatus.DELIVERED, attempted=True)
-    state.moved(second, RecipientStatus.DEFERRED, attempted=False)
+    state.moved(first, RecipientStatus.DELIVERED, attempts=3)
+    state.moved(second, RecipientStatus.DEFERRED, attempts=0)
     now = state.recipients_of("em_1")
     assert [(r.id, r.status, r.attempts) for r in now] == [
         ("rcp_1", RecipientStatus.DELIVERED, 3),

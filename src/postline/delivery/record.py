@@ -27,9 +27,11 @@ from postline.metrics import Metrics
 from postline.model import PENDING_STATUSES, AttemptScope, RecipientStatus
 from postline.outcomes import (
     AttemptInfo,
+    Move,
     Outcome,
     OutcomeRows,
-    apply_outcome,
+    plan_move,
+    record_move,
     store_email_statuses,
 )
 from postline.queue import Job, Queue
@@ -91,6 +93,24 @@ class _Attempt:
     wait: Wait | None = None
 
 
+@dataclass(frozen=True)
+class _Step:
+    """One recipient of an attempt, decided before the batch's moves are written."""
+
+    recipient_id: str
+    #: None: the recipient stays as it is (the state machine refused, or a park
+    #: found it told of this opening already).
+    move: Move | None
+    #: For a recipient left as it is: whether the job still holds it (parked again).
+    keep_pending: bool = False
+
+
+def _touches(wave: Sequence[tuple[_Attempt, list[_Step]]], attempt: _Attempt) -> bool:
+    """Whether ``attempt`` moves a recipient the wave moves already."""
+    waiting = {step.recipient_id for _, steps in wave for step in steps}
+    return any(result.recipient_id in waiting for result in attempt.results)
+
+
 class _BatchState:
     """What a recorder batch reads before it writes, kept current as it moves recipients.
 
@@ -126,11 +146,7 @@ class _BatchState:
         self._sequences[email_id] = self._sequences.get(email_id, 0) + 1
         return self._sequences[email_id]
 
-    def unused_sequence(self, email_id: str) -> None:
-        self._sequences[email_id] -= 1
-
-    def moved(self, recipient: Recipient, status: RecipientStatus, *, attempted: bool) -> None:
-        attempts = recipient.attempts + (1 if attempted else 0)
+    def moved(self, recipient: Recipient, status: RecipientStatus, *, attempts: int) -> None:
         self.recipients[recipient.id] = dataclasses.replace(
             recipient, status=status, attempts=attempts
         )
@@ -214,13 +230,19 @@ class Recorder:
         async with self.db.write() as conn:
             state = await _BatchState.read(conn, [attempt.job.email_id for attempt in batch])
             rows = OutcomeRows()
+            wave: list[tuple[_Attempt, list[_Step]]] = []
             for attempt in sorted(batch, key=lambda a: a.job.email_id):
                 attempt.recorded.clear()
                 attempt.pending.clear()
+                if _touches(wave, attempt):  # the same recipient twice: the first move first
+                    await self._settle(conn, wave, now, state, rows)
+                    wave = []
                 if attempt.wait is None:
-                    await self._apply(conn, attempt, now, state, rows)
+                    steps = self._plan(attempt, now, state)
                 else:
-                    await self._apply_wait(conn, attempt, attempt.wait, now, state, rows)
+                    steps = await self._plan_wait(conn, attempt, attempt.wait, now, state)
+                wave.append((attempt, steps))
+            await self._settle(conn, wave, now, state, rows)
             await rows.flush(conn)
             await store_email_statuses(
                 conn,
@@ -255,21 +277,14 @@ class Recorder:
                 type(exc).__name__,
             )
 
-    async def _apply(
-        self,
-        conn: AsyncConnection,
-        attempt: _Attempt,
-        now: datetime,
-        state: _BatchState,
-        rows: OutcomeRows,
-    ) -> None:
+    def _plan(self, attempt: _Attempt, now: datetime, state: _BatchState) -> list[_Step]:
         job = attempt.job
         email = state.emails.get(job.email_id)
         if email is None:  # deleted while queued: nothing left to do
-            return
+            return []
         expired = self.expired(email, now)
         attempt_id = new_id("att_")
-        failures: list[Failure] = []
+        steps: list[_Step] = []
         for result in attempt.results:
             recipient = state.recipients.get(result.recipient_id)
             if recipient is None or recipient.email_id != email.id:
@@ -296,38 +311,24 @@ class Recorder:
                 if outcome.status is RecipientStatus.DEFERRED
                 else None,
             )
-            moved = await apply_outcome(
-                conn,
+            move = plan_move(
                 email=email,
                 recipient=recipient,
                 outcome=outcome,
                 now=now,
                 attempt=info if result.attempted else None,
-                sequence=state.next_sequence(email.id),
-                rows=rows,
             )
-            if moved:
-                state.moved(recipient, outcome.status, attempted=result.attempted)
-                attempt.recorded.append((recipient.id, outcome.status))
-                if outcome.status is RecipientStatus.DEFERRED:
-                    attempt.pending.append(recipient.id)
-                if outcome.status in (RecipientStatus.BOUNCED, RecipientStatus.FAILED):
-                    failures.append(Failure(recipient, outcome, attempt.mx_host))
-            else:
-                state.unused_sequence(email.id)
-        attempt.dsn_jobs = []
-        if self.bounces is not None:
-            attempt.dsn_jobs = await self.bounces.notify(conn, email, failures, now)
+            steps.append(_Step(recipient.id, move))
+        return steps
 
-    async def _apply_wait(
+    async def _plan_wait(
         self,
         conn: AsyncConnection,
         attempt: _Attempt,
         wait: Wait,
         now: datetime,
         state: _BatchState,
-        rows: OutcomeRows,
-    ) -> None:
+    ) -> list[_Step]:
         """A park's moves: no expiry and no attempt counted, as nothing was tried.
 
         A recipient already told of this opening is left as it is (no row, no
@@ -335,17 +336,17 @@ class Recorder:
         """
         email = state.emails.get(attempt.job.email_id)
         if email is None:
-            return
+            return []
         waiting = [r.recipient_id for r in attempt.results if r.scope is AttemptScope.BREAKER]
         told = await attempt_store.waited_since(conn, waiting, wait.since)
         attempt_id = new_id("att_")
+        steps: list[_Step] = []
         for result in attempt.results:
             recipient = state.recipients.get(result.recipient_id)
             if recipient is None or recipient.email_id != email.id:
                 continue
             if recipient.id in told:
-                if recipient.status in PENDING_STATUSES:
-                    attempt.pending.append(recipient.id)
+                steps.append(_Step(recipient.id, None, recipient.status in PENDING_STATUSES))
                 continue
             info = AttemptInfo(
                 attempt_id=attempt_id,
@@ -356,23 +357,54 @@ class Recorder:
                 next_attempt_at=wait.until,
                 counted=False,
             )
-            moved = await apply_outcome(
-                conn,
+            move = plan_move(
                 email=email,
                 recipient=recipient,
                 outcome=result.outcome,
                 now=now,
                 attempt=info if result.attempted else None,
-                sequence=state.next_sequence(email.id),
-                rows=rows,
             )
-            if not moved:
-                state.unused_sequence(email.id)
-                continue
-            state.moved(recipient, result.outcome.status, attempted=False)
-            attempt.recorded.append((recipient.id, result.outcome.status))
-            if result.outcome.status is RecipientStatus.DEFERRED:
-                attempt.pending.append(recipient.id)
+            steps.append(_Step(recipient.id, move))
+        return steps
+
+    async def _settle(
+        self,
+        conn: AsyncConnection,
+        wave: Sequence[tuple[_Attempt, list[_Step]]],
+        now: datetime,
+        state: _BatchState,
+        rows: OutcomeRows,
+    ) -> None:
+        """Write the wave's moves in one statement per status, then what the moved ones bring.
+
+        The guard in the statement has the last word: a recipient another writer
+        moved first gets no row, no event and no sequence number.
+        """
+        moves = [step.move.row for _, steps in wave for step in steps if step.move is not None]
+        moved = await email_store.move_recipients(conn, moves) if moves else set()
+        for attempt, steps in wave:
+            failures: list[Failure] = []
+            for step in steps:
+                move = step.move
+                if move is None or step.recipient_id not in moved:
+                    if step.keep_pending:
+                        attempt.pending.append(step.recipient_id)
+                    continue
+                status = move.outcome.status
+                await record_move(
+                    conn, move, now, rows, sequence=state.next_sequence(move.email.id)
+                )
+                state.moved(move.recipient, status, attempts=move.attempts)
+                attempt.recorded.append((step.recipient_id, status))
+                if status is RecipientStatus.DEFERRED:
+                    attempt.pending.append(step.recipient_id)
+                if status in (RecipientStatus.BOUNCED, RecipientStatus.FAILED):
+                    failures.append(Failure(move.recipient, move.outcome, attempt.mx_host))
+            email = state.emails.get(attempt.job.email_id)
+            if attempt.wait is None and email is not None:
+                attempt.dsn_jobs = []
+                if self.bounces is not None:
+                    attempt.dsn_jobs = await self.bounces.notify(conn, email, failures, now)
 
     async def _finish(self, attempt: _Attempt, conn: AsyncConnection | None) -> None:
         if attempt.pending and attempt.wait is not None:

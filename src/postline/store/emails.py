@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, select, update
+from sqlalchemy import and_, bindparam, column, func, insert, literal, select, update
+from sqlalchemy import values as values_list
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.model import (
@@ -315,18 +317,70 @@ async def next_event_sequence(conn: AsyncConnection, email_id: str) -> int:
     return int((await conn.execute(statement)).scalar_one()) + 1
 
 
-async def set_recipient_status(
-    conn: AsyncConnection,
-    recipient_id: str,
-    new_status: RecipientStatus,
-    allowed_from: Iterable[RecipientStatus],
-    values: dict[str, Any],
-) -> bool:
-    """Move one recipient, guarded in SQL by the statuses it may come from."""
-    result = await conn.execute(
-        _MOVE_RECIPIENTS, _move(new_status, [recipient_id], allowed_from, values)
+@dataclass(frozen=True)
+class RecipientMove:
+    """One recipient's new status and columns, guarded by the statuses it may come from."""
+
+    recipient_id: str
+    status: RecipientStatus
+    allowed_from: tuple[RecipientStatus, ...]
+    values: dict[str, Any]
+
+
+#: Rows per statement: a move binds one parameter per column (up to nine), and
+#: PostgreSQL takes at most 32,767 parameters in one statement.
+_MOVES_PER_STATEMENT = 500
+
+
+async def move_recipients(conn: AsyncConnection, moves: Sequence[RecipientMove]) -> set[str]:
+    """Move many recipients; return the ids of those whose guard let them move.
+
+    One ``UPDATE ... FROM (VALUES ...) RETURNING`` per new status (and set of
+    columns), not one per recipient: on SQLite every statement is a round trip
+    to the database thread while the write lock is held and the other writers wait.
+    """
+    groups: dict[tuple[Any, ...], list[RecipientMove]] = defaultdict(list)
+    for move in moves:
+        groups[(move.status, move.allowed_from, tuple(move.values))].append(move)
+    moved: set[str] = set()
+    for (status, allowed_from, names), group in groups.items():
+        for start in range(0, len(group), _MOVES_PER_STATEMENT):
+            part = group[start : start + _MOVES_PER_STATEMENT]
+            statement = _move_statement(names, part)
+            result = await conn.execute(
+                statement, {"status": str(status), "allowed_from": [str(s) for s in allowed_from]}
+            )
+            moved.update(result.scalars())
+    return moved
+
+
+def _move_statement(names: tuple[str, ...], moves: Sequence[RecipientMove]) -> Any:
+    columns = [column("id", email_recipients.c.id.type)] + [
+        column(name, email_recipients.c[name].type) for name in names
+    ]
+    rows = (
+        values_list(*columns, name="moves")
+        .data(
+            [
+                (
+                    literal(move.recipient_id, email_recipients.c.id.type),
+                    *(literal(move.values[name], email_recipients.c[name].type) for name in names),
+                )
+                for move in moves
+            ]
+        )
+        # A named CTE, not ``(VALUES ...) AS moves (id, ...)``: SQLite reads only the former.
+        .cte("moves")
     )
-    return bool(result.rowcount)
+    return (
+        update(email_recipients)
+        .where(
+            email_recipients.c.id == rows.c.id,
+            email_recipients.c.status.in_(bindparam("allowed_from", expanding=True)),
+        )
+        .values({"status": bindparam("status"), **{name: rows.c[name] for name in names}})
+        .returning(email_recipients.c.id)
+    )
 
 
 async def set_recipients_status(
@@ -336,7 +390,7 @@ async def set_recipients_status(
     allowed_from: Iterable[RecipientStatus],
     values: dict[str, Any],
 ) -> None:
-    """:func:`set_recipient_status` for many, when the caller need not know which moved."""
+    """Move many recipients to one status, when the caller need not know which moved."""
     if recipient_ids:
         await conn.execute(_MOVE_RECIPIENTS, _move(new_status, recipient_ids, allowed_from, values))
 
