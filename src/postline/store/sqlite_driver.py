@@ -1,0 +1,146 @@
+"""SQLAlchemy's aiosqlite adapter, with one trip to the database thread per statement.
+
+aiosqlite runs each sqlite3 call in the connection's own thread and hands the
+answer back to the event loop; SQLAlchemy's adapter makes four such calls per
+statement (open a cursor, execute, fetch the rows, close the cursor). Every trip
+waits for the event loop to come round again, and on SQLite a write
+transaction holds the database's one write lock through all of its trips: in a
+process busy with 32 SMTP sessions each trip is a loop iteration of everybody
+else's work. Here the cursor is opened, executed, read and closed in one
+function run in that thread, so a statement costs one trip.
+
+It keeps to aiosqlite's own machinery (``Connection._execute`` runs a function
+in the connection's thread, as aiosqlite's public methods do); the rest is
+SQLAlchemy's adapter as it is.
+"""
+
+from __future__ import annotations
+
+import collections
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import aiosqlite
+from sqlalchemy.dialects.sqlite.aiosqlite import (
+    AsyncAdapt_aiosqlite_connection,
+    AsyncAdapt_aiosqlite_cursor,
+    AsyncAdapt_aiosqlite_dbapi,
+)
+from sqlalchemy.util import EMPTY_DICT
+
+#: What one trip brings back: description, rowcount, lastrowid and the rows.
+_Answer = tuple[Any, int, int | None, list[Any]]
+
+
+def _execute(conn: sqlite3.Connection, operation: str, parameters: Any) -> _Answer:
+    cursor = conn.cursor()
+    try:
+        cursor.execute(operation, parameters)
+        description = cursor.description
+        rows = cursor.fetchall() if description else []
+        return description, cursor.rowcount, cursor.lastrowid, rows
+    finally:
+        cursor.close()
+
+
+def _executemany(conn: sqlite3.Connection, operation: str, parameters: Any) -> _Answer:
+    cursor = conn.cursor()
+    try:
+        cursor.executemany(operation, parameters)
+        return cursor.description, cursor.rowcount, cursor.lastrowid, []
+    finally:
+        cursor.close()
+
+
+class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
+    """A cursor whose statement is executed, read and closed in the thread at once."""
+
+    __slots__ = ("_answer_description", "_answer_lastrowid", "_answer_rowcount", "_arraysize")
+
+    _awaitable_cursor_close = False
+
+    def __init__(self, adapt_connection: Any) -> None:
+        # No sqlite3 cursor is opened here (that is a trip of its own): each
+        # execute opens and closes its own in the thread.
+        self._adapt_connection = adapt_connection
+        self._connection = adapt_connection._connection
+        self._soft_closed_memoized = EMPTY_DICT
+        self._rows: collections.deque[Any] = collections.deque()
+        self._answer_description: Any = None
+        self._answer_rowcount = -1
+        self._answer_lastrowid: int | None = None
+        self._arraysize = 1
+
+    @property
+    def description(self) -> Any:
+        return self._answer_description
+
+    @property
+    def rowcount(self) -> int:
+        return self._answer_rowcount
+
+    @property
+    def lastrowid(self) -> Any:
+        return self._answer_lastrowid
+
+    @property
+    def arraysize(self) -> int:
+        return self._arraysize
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._arraysize = value
+
+    async def _execute_async(self, operation: Any, parameters: Any) -> None:
+        await self._run(_execute, operation, () if parameters is None else parameters)
+
+    async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> None:
+        await self._run(_executemany, operation, seq_of_parameters)
+
+    async def _run(self, work: Any, operation: Any, parameters: Any) -> None:
+        connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+        async with self._adapt_connection._execute_mutex:
+            answer: _Answer = await connection._execute(  # type: ignore[no-untyped-call]
+                work, connection._conn, operation, parameters
+            )
+        description, rowcount, lastrowid, rows = answer
+        self._answer_description = description
+        self._answer_rowcount = rowcount
+        self._answer_lastrowid = lastrowid
+        self._rows = collections.deque(rows)
+
+    async def _async_soft_close(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self._rows.clear()
+
+    def setinputsizes(self, *inputsizes: Any) -> None:
+        return None
+
+    def nextset(self) -> None:
+        return None
+
+    def fetchall(self) -> Sequence[Any]:
+        rows = list(self._rows)
+        self._rows.clear()
+        return rows
+
+
+class OneTripConnection(AsyncAdapt_aiosqlite_connection):
+    __slots__ = ()
+    _cursor_cls = OneTripCursor
+
+
+class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
+    """Hands SQLAlchemy :class:`OneTripConnection` instead of the adapter's own."""
+
+    def connect(self, *arg: Any, **kw: Any) -> OneTripConnection:
+        adapted = super().connect(*arg, **kw)
+        return OneTripConnection(self, adapted._connection)
+
+
+def one_trip_dbapi() -> OneTripDBAPI:
+    """The ``module`` for ``create_async_engine`` on a ``sqlite+aiosqlite`` URL."""
+    return OneTripDBAPI(aiosqlite, sqlite3)
