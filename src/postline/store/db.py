@@ -2,9 +2,13 @@
 
 SQLite needs care to be both durable and concurrent: WAL, synchronous=FULL
 (the 202 promise), a busy timeout for other processes, ``BEGIN IMMEDIATE``
-for writes so two writers never deadlock on a lock upgrade, and one writer at
-a time inside this process so they queue on an asyncio lock instead of
-spinning in the busy handler.
+for writes so two writers never deadlock on a lock upgrade, one writer at a
+time inside this process so they queue on an asyncio lock instead of spinning
+in the busy handler, and a lock file taken by every writer of every process
+(``store.writer_turn``) so the write lock passes to the next process the moment
+it is free instead of at the end of a busy-handler sleep. Each statement is
+one trip to the connection's thread (``store.sqlite_driver``): a write
+transaction holds the lock across its trips.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.util import await_only
 
 from postline.store.sealing import OPTION, SecretBox
+from postline.store.sqlite_driver import one_trip_dbapi
+from postline.store.writer_turn import WriterTurn
 
 _SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -61,8 +67,8 @@ def _create_private_sqlite_file(url: str) -> None:
     """Create a new SQLite database file 0600 before SQLite does (with the umask's
     0644): it holds the sealed secrets and every email, and SQLite gives the -wal and
     -shm files it creates next to it the database file's own mode."""
-    path = make_url(url).database
-    if not path or path == ":memory:" or path.startswith("file:"):
+    path = _sqlite_path(url)
+    if path is None:
         return
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -72,11 +78,30 @@ def _create_private_sqlite_file(url: str) -> None:
     os.close(fd)
 
 
+def _sqlite_path(url: str) -> str | None:
+    """The database file of a SQLite URL; None for one in memory or given as a URI."""
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    return path
+
+
+def _writer_turn(url: str) -> WriterTurn | None:
+    path = _sqlite_path(url)
+    return WriterTurn(f"{path}-writer") if path is not None else None
+
+
 def create_engine(url: str, secrets: SecretBox | None = None) -> AsyncEngine:
     options: dict[str, Any] = {OPTION: secrets} if secrets is not None else {}
     if url.startswith("sqlite"):
         _create_private_sqlite_file(url)
-        engine = create_async_engine(url, pool_size=8, max_overflow=8, execution_options=options)
+        engine = create_async_engine(
+            url,
+            pool_size=8,
+            max_overflow=8,
+            execution_options=options,
+            module=one_trip_dbapi(),
+        )
         _install_sqlite_hooks(engine)
         return engine
     engine = create_async_engine(
@@ -121,6 +146,7 @@ class Database:
         self.engine = create_engine(url, secrets)
         self.is_sqlite = url.startswith("sqlite")
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._turn = _writer_turn(url) if self.is_sqlite else None
         # Reads on PostgreSQL without BEGIN and ROLLBACK: two round trips fewer per read.
         # At PostgreSQL's READ COMMITTED every statement takes its own snapshot inside a
         # transaction too, so a read block sees nothing different. SQLite keeps its read
@@ -138,7 +164,8 @@ class Database:
             async with self.engine.begin() as conn:
                 yield conn
             return
-        async with self._write_lock, self.engine.connect() as conn:
+        turn = self._turn.held() if self._turn is not None else contextlib.nullcontext()
+        async with self._write_lock, turn, self.engine.connect() as conn:
             conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
             async with conn.begin():
                 yield conn
@@ -174,3 +201,5 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self._turn is not None:
+            self._turn.close()
