@@ -16,6 +16,7 @@ from postline.spool import Spool, SpoolError, SpoolMissing
 from postline.spool.base import copy_ref, copy_refs, owner_ref
 from postline.spool.database import DatabaseSpool
 from postline.spool.files import FileSpool
+from postline.spool.syncfs import linux_syncfs
 from postline.store.db import Database
 from postline.store.migrate import upgrade_async
 from postline.store.types import utcnow
@@ -24,25 +25,26 @@ FUTURE = timedelta(seconds=5)
 
 
 @pytest.fixture(
-    params=["file", "sqlite", "postgresql"],
-    ids=["file", "database-sqlite", "database-postgresql"],
+    params=["file", "file-fsync", "sqlite", "postgresql"],
+    ids=["file", "file-fsync-each", "database-sqlite", "database-postgresql"],
 )
 def store_backend(request: pytest.FixtureRequest) -> str:
-    """Overrides conftest's: where bodies live, files or the database spool on each store."""
+    """Overrides conftest's: where bodies live, files (made durable by one syncfs per
+    batch, or by an fsync per body as off Linux) or the database spool on each store."""
     return str(request.param)
 
 
 @pytest.fixture
 def spool_database_url(store_backend: str, request: pytest.FixtureRequest) -> str | None:
     """The database behind the database spool (conftest's ``database_url``); None for files."""
-    if store_backend == "file":
+    if store_backend.startswith("file"):
         return None
     return normalize_database_url(str(request.getfixturevalue("database_url")))
 
 
 @pytest_asyncio.fixture
 async def open_spool(
-    spool_database_url: str | None, tmp_path: Path
+    spool_database_url: str | None, store_backend: str, tmp_path: Path
 ) -> AsyncIterator[Callable[[], Spool]]:
     """Open spools over one store: each call is another process, or host, reaching it."""
     if spool_database_url is not None:
@@ -51,7 +53,7 @@ async def open_spool(
 
     def open_one() -> Spool:
         if spool_database_url is None:
-            return FileSpool(tmp_path / "spool")
+            return FileSpool(tmp_path / "spool", fsync_each=store_backend == "file-fsync")
         db = Database(spool_database_url)
         databases.append(db)
         return DatabaseSpool(db)
@@ -237,19 +239,42 @@ async def test_no_temporary_files_left(tmp_path: Path) -> None:
     assert modes == {"0o600"}
 
 
-async def test_a_batch_written_by_several_writers_is_still_all_or_none(tmp_path: Path) -> None:
-    """A large batch is split between threads by directory; when one part cannot be
-    written (here: a file stands where its directory should be), the bodies the other
-    parts wrote are removed too, and the error is the spool's."""
+@pytest.mark.parametrize("fsync_each", [False, True], ids=["syncfs", "fsync-each"])
+async def test_a_batch_that_cannot_be_written_whole_leaves_nothing(
+    tmp_path: Path, fsync_each: bool
+) -> None:
+    """One body of a large batch cannot be written (a file stands where its directory
+    should be): the bodies written before it are removed, and the error is the spool's."""
     root = tmp_path / "spool"
     root.mkdir()
     (root / "zz").write_bytes(b"not a directory")
     # 64 refs over 64 directories (a directory is named by a ref's last two characters).
     batch = [(f"em_{i:03d}{chr(97 + i % 26)}{chr(97 + i // 26)}", b"body") for i in range(64)]
     batch.append(("em_blockedzz", b"body"))
-    spool = FileSpool(root)
-    assert len(spool._parts(batch)) > 1  # the batch is large enough for several writers
+    spool = FileSpool(root, fsync_each=fsync_each)
     with pytest.raises(SpoolError):
         await spool.put_many(batch)
     left = sorted(p.name for p in root.rglob("*") if p.is_file())
     assert left == ["zz"]
+
+
+async def test_a_batch_is_made_durable_by_one_syncfs_on_linux(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Linux no body is fsynced on its own: the batch's durability is the one syncfs."""
+    if linux_syncfs() is None:
+        pytest.skip("syncfs is Linux's")
+    fsyncs: list[int] = []
+    monkeypatch.setattr(os, "fsync", fsyncs.append)
+    spool = FileSpool(tmp_path / "spool")
+    calls: list[int] = []
+    real = spool._syncfs
+    assert real is not None
+
+    def counted(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    spool._syncfs = counted
+    await spool.put_many([(f"em_{i:03d}ab", b"body") for i in range(40)])
+    assert (len(calls), fsyncs) == (1, [])

@@ -1,7 +1,14 @@
 """The default spool: one file per body under the data dir.
 
-A body is written to a temporary name, fsynced, renamed into place and the
-directory fsynced, so after a crash a body either exists whole or not at all.
+A body is written to a temporary name and renamed into place, so a name holds a
+whole body or nothing; then the batch is made durable at once, before
+``put_many`` returns (and so before its email is committed and accepted). On
+Linux that is one ``syncfs`` of the spool's filesystem for the whole batch: the
+journal commits every body, name and directory in one go, where an ``fsync``
+per body pays a journal commit each (bench/spool.py: 500 bodies of 5 KB in 15 to
+28 ms against 110 to 330 ms with eight threads fsyncing; one body 1.3 ms either
+way). Elsewhere each body and directory is fsynced. A crash before it returns
+leaves at most bodies no committed email names, which orphan cleanup removes.
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ import asyncio
 import contextlib
 import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,18 +31,15 @@ from postline.spool.base import (
     check_ref,
     owner_ref,
 )
-
-#: Bodies of one batch are written by up to this many threads at once, each fsyncing its
-#: own: the filesystem's journal commits fsyncs that are in flight together as one, where
-#: one thread pays a journal commit per body (bench/spool.py).
-WRITERS = 8
-#: Fewer bodies than this per writer is not worth another thread.
-BODIES_PER_WRITER = 16
+from postline.spool.syncfs import linux_syncfs
 
 
 class FileSpool(Spool):
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, fsync_each: bool = False) -> None:
         self.root = root
+        #: Makes a whole filesystem durable (``syncfs``), or None: fsync body by body
+        #: (off Linux, or asked for).
+        self._syncfs: Callable[[int], None] | None = None if fsync_each else linux_syncfs()
 
     def _path(self, ref: str) -> Path:
         check_ref(ref)
@@ -46,6 +50,7 @@ class FileSpool(Spool):
     def _write_all(self, items: Sequence[tuple[str, bytes]]) -> None:
         written: list[Path] = []
         dirs: set[Path] = set()
+        each = self._syncfs is None
         try:
             for ref, body in items:
                 path = self._path(ref)
@@ -57,16 +62,19 @@ class FileSpool(Spool):
                     view = memoryview(body)
                     while view:
                         view = view[os.write(fd, view) :]
-                    os.fsync(fd)
+                    if each:
+                        os.fsync(fd)
                 finally:
                     os.close(fd)
                 os.replace(tmp, path)
                 written.append(path)
                 dirs.add(path.parent)
+            if self._syncfs is not None:
+                dirs = {self.root}  # one syncfs, through any descriptor on the filesystem
             for directory in dirs:
                 dir_fd = os.open(directory, os.O_RDONLY)
                 try:
-                    os.fsync(dir_fd)
+                    (self._syncfs or os.fsync)(dir_fd)
                 finally:
                     os.close(dir_fd)
         except OSError as exc:
@@ -87,32 +95,7 @@ class FileSpool(Spool):
             check_ref(ref)
         if not items:
             return
-        parts = self._parts(items)
-        results = await asyncio.gather(
-            *(asyncio.to_thread(self._write_all, part) for part in parts), return_exceptions=True
-        )
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            # Each part removed its own bodies; the parts that succeeded are removed too, so a
-            # put that fails leaves nothing, as one writer's would.
-            written = [part for part, r in zip(parts, results, strict=True) if r is None]
-            await asyncio.to_thread(
-                self._unlink_all, [self._path(ref) for p in written for ref, _ in p]
-            )
-            full = [f for f in failures if isinstance(f, SpoolFull)]
-            raise (full or failures)[0]
-
-    def _parts(self, items: Sequence[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
-        """The bodies split between writers, each directory's in one part: a directory is
-        fsynced once, by the writer that renamed every new name in it."""
-        writers = max(1, min(WRITERS, len(items) // BODIES_PER_WRITER))
-        by_directory: dict[Path, list[tuple[str, bytes]]] = {}
-        for item in items:
-            by_directory.setdefault(self._path(item[0]).parent, []).append(item)
-        parts: list[list[tuple[str, bytes]]] = [[] for _ in range(writers)]
-        for n, group in enumerate(by_directory.values()):
-            parts[n % writers] += group
-        return [part for part in parts if part]
+        await asyncio.to_thread(self._write_all, items)
 
     async def get(self, ref: str) -> bytes:
         path = self._path(ref)
