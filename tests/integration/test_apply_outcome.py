@@ -98,6 +98,14 @@ async def test_a_complaint_suppresses_with_its_own_reason(
     assert moved is True
     _, after = await _read(postline, sent["id"])
     assert (after.status, after.updated_at) == (RecipientStatus.COMPLAINED, later)
+    # A complaint is no bounce: the recipient keeps its delivery's reply (mutation
+    # testing: taking every move out of a final status for a late bounce blanked it).
+    assert recipient.smtp_code == 250
+    assert (after.smtp_code, after.response, after.bounce_type) == (
+        recipient.smtp_code,
+        recipient.response,
+        recipient.bounce_type,
+    )
     async with postline.services.db.read() as conn:
         where = suppression_store.SuppressionFilter(email.domain_id, "annoyed@dest.test")
         suppressed = await suppression_store.list_suppressions(conn, where, None, 10)
