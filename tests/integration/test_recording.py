@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Table, func, select, text, update
 
 from postline.delivery.record import RecipientResult, Wait
 from postline.ids import new_id
@@ -527,13 +527,84 @@ async def test_a_recipient_suppressed_at_send_gets_its_event_but_no_attempt(
     assert types == {listed: "email.suppressed", sent_to: "email.delivered"}
 
 
+async def test_a_recipient_another_writer_moved_first_gets_nothing_from_the_batch(
+    postline_factory: Factory, postgres_url: str
+) -> None:
+    """The statement's guard has the last word on PostgreSQL: a writer that moved a
+    recipient while the batch waited on its row (committed after the batch read it as
+    queued) wins, and the batch writes no timeline row, event or sequence number for it
+    and keeps no retry for it; the job's other recipients move as usual.
+
+    Postline's own writers lock the email first, so they never meet the guard here; the
+    writer below moves the row alone, as an operator's UPDATE would (mutation testing:
+    recording a move the statement refused went unseen)."""
+    pl = await postline_factory(engine=False, database_url=postgres_url)
+    sent, (ok, later, gone), job = await _three_recipients_leased(pl)
+    before = await _rows(pl, events, sent["id"])
+    last = max(row["sequence"] for row in before)
+    recorder = pl.services.engine.recorder
+    results = [
+        RecipientResult(ok.id, Outcome(RecipientStatus.DELIVERED, 250), AttemptScope.RECIPIENT),
+        RecipientResult(later.id, Outcome(RecipientStatus.DEFERRED, 451), AttemptScope.RECIPIENT),
+        RecipientResult(gone.id, Outcome(RecipientStatus.DEFERRED, 451), AttemptScope.RECIPIENT),
+    ]
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+
+    async def blocked() -> bool:
+        async with pl.services.db.read() as conn:
+            return int((await conn.execute(waiting)).scalar_one()) > 0
+
+    async with pl.services.db.write() as conn:
+        cancel = email_store.RecipientMove(
+            gone.id,
+            RecipientStatus.CANCELLED,
+            (RecipientStatus.QUEUED,),
+            {"updated_at": utcnow(), "attempts": 0},
+        )
+        assert await email_store.move_recipients(conn, [cancel]) == {gone.id}
+        recording = asyncio.create_task(
+            recorder.record(job, results, mx_host="mx.dest.test", duration_ms=5, retry_at=utcnow())
+        )
+        await poll(blocked, timeout=10, what="the batch waiting on the cancelled recipient's row")
+    pending = await asyncio.wait_for(recording, 30)
+    assert pending == [later.id]
+    after = {r.id: r for r in await _recipients_of(pl, sent["id"])}
+    assert [after[r.id].status for r in (ok, later, gone)] == [
+        RecipientStatus.DELIVERED,
+        RecipientStatus.DEFERRED,
+        RecipientStatus.CANCELLED,
+    ]
+    timeline = await _rows(pl, delivery_attempts, sent["id"])
+    assert sorted((row["recipient_id"], row["status"]) for row in timeline) == sorted(
+        [(ok.id, "delivered"), (later.id, "deferred")]
+    )
+    new = [row for row in await _rows(pl, events, sent["id"]) if row["sequence"] > last]
+    assert sorted((row["sequence"], row["recipient_id"], row["type"]) for row in new) == [
+        (last + 1, ok.id, "email.delivered"),
+        (last + 2, later.id, "email.deferred"),
+    ]
+
+
+async def _recipients_of(pl: PostlineUnderTest, email_id: str) -> list[email_store.Recipient]:
+    async with pl.services.db.read() as conn:
+        return await email_store.get_recipients(conn, email_id)
+
+
 @pytest.mark.parametrize("first", ["deferral", "park"])
 async def test_two_attempts_for_one_recipient_in_one_batch_count_two(
     postline_factory: Factory, first: str
 ) -> None:
     """A stale worker's deferral (or park) and the new owner's delivery of the same job,
     recorded in one group commit: the second sees the first's move, so the recipient has
-    as many attempts as were made (a park makes none) and its timeline numbers them."""
+    as many attempts as were made (a park makes none) and its timeline numbers them.
+
+    Both rows carry the batch's one clock reading: a batch that fails is written again
+    item by item, each with its own, and those items alone would pass the rest of this
+    test (mutation testing: the first move's attempt count lost from the batch's view
+    raised in the second move's plan, and went unseen)."""
     pl = await postline_factory(engine=False)
     sent = await pl.send(to="twice@dest.test")
     queue = pl.services.queue
@@ -568,6 +639,7 @@ async def test_two_attempts_for_one_recipient_in_one_batch_count_two(
         (made - 1, "deferred"),
         (made, "delivered"),
     ]
+    assert rows[0]["created_at"] == rows[1]["created_at"]  # one batch, one transaction
 
 
 async def test_each_recorded_outcome_is_logged_and_counted_by_its_status(
