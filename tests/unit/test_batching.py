@@ -22,7 +22,7 @@ async def test_concurrent_submissions_share_batches() -> None:
     assert len(batches) < 50
 
 
-async def test_a_failing_item_fails_alone() -> None:
+async def test_a_failing_item_fails_alone(caplog: pytest.LogCaptureFixture) -> None:
     written: list[int] = []
 
     async def write(items: list[int]) -> None:
@@ -35,6 +35,9 @@ async def test_a_failing_item_fails_alone() -> None:
     assert isinstance(results[3], ValueError)
     assert [r for i, r in enumerate(results) if i != 3] == [None] * 5
     assert sorted(written) == [0, 1, 2, 4, 5]
+    # The failed batch is said, once, before its items are written alone.
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["test: a batch of 6 failed (ValueError); writing its items one by one"]
 
 
 async def test_a_cancelled_caller_still_gets_its_item_written() -> None:

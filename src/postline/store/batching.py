@@ -76,6 +76,15 @@ class Batcher(Generic[T]):
                     log.warning("%s: connection lost while writing; retrying", self._name)
                     await asyncio.sleep(pause)
                     continue
+                if len(batch) > 1:
+                    # Said out loud: a batch that fails every time (a bug that breaks only
+                    # batches) would otherwise show as nothing but lost throughput.
+                    log.warning(
+                        "%s: a batch of %d failed (%s); writing its items one by one",
+                        self._name,
+                        len(batch),
+                        type(exc).__name__,
+                    )
                 if len(batch) == 1:
                     log.exception("%s: writing one item failed", self._name)
                     _, done = batch[0]
