@@ -105,12 +105,6 @@ class _Step:
     keep_pending: bool = False
 
 
-def _touches(wave: Sequence[tuple[_Attempt, list[_Step]]], attempt: _Attempt) -> bool:
-    """Whether ``attempt`` moves a recipient the wave moves already."""
-    waiting = {step.recipient_id for _, steps in wave for step in steps}
-    return any(result.recipient_id in waiting for result in attempt.results)
-
-
 class _BatchState:
     """What a recorder batch reads before it writes, kept current as it moves recipients.
 
@@ -231,17 +225,21 @@ class Recorder:
             state = await _BatchState.read(conn, [attempt.job.email_id for attempt in batch])
             rows = OutcomeRows()
             wave: list[tuple[_Attempt, list[_Step]]] = []
+            moving: set[str] = set()  # the recipients of the wave's steps
             for attempt in sorted(batch, key=lambda a: a.job.email_id):
                 attempt.recorded.clear()
                 attempt.pending.clear()
-                if _touches(wave, attempt):  # the same recipient twice: the first move first
+                if any(result.recipient_id in moving for result in attempt.results):
+                    # The same recipient twice: the first move is written, then the second
+                    # decided on its result.
                     await self._settle(conn, wave, now, state, rows)
-                    wave = []
+                    wave, moving = [], set()
                 if attempt.wait is None:
                     steps = self._plan(attempt, now, state)
                 else:
                     steps = await self._plan_wait(conn, attempt, attempt.wait, now, state)
                 wave.append((attempt, steps))
+                moving.update(step.recipient_id for step in steps)
             await self._settle(conn, wave, now, state, rows)
             await rows.flush(conn)
             await store_email_statuses(
