@@ -51,7 +51,7 @@ async def _busy(stop: asyncio.Event, counter: list[int]) -> None:
 
 async def run(driver: str, transactions: int, statements: int, busy: int) -> None:
     if driver == "adapter":
-        db_module.create_engine = _adapter_engine  # type: ignore[assignment]
+        db_module.create_engine = _adapter_engine
     with tempfile.TemporaryDirectory() as tmp:
         db = Database(f"sqlite+aiosqlite:///{Path(tmp) / 'writes.db'}")
         try:

@@ -259,7 +259,7 @@ async def test_one_batch_moving_a_recipient_twice_writes_both_moves_in_order(
 
     # Submitted in the same moment, so the recorder takes both as one batch.
     pending = await asyncio.wait_for(asyncio.gather(record(deferred), record(DELIVERED)), 60)
-    assert pending == [list(job.recipient_ids), []]
+    assert list(pending) == [list(job.recipient_ids), []]
     recorded = await _recorded(installation.db, email_id)
     (recipient,) = [r for r in recorded["recipients"] if r.destination == "alpha.test"]
     assert (recipient.status, recipient.attempts, recipient.smtp_code) == (

@@ -38,7 +38,7 @@ async def test_a_statement_is_one_trip_to_the_database_thread(
 
     async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
         trips.append(fn)
-        return await real(self, fn, *args, **kwargs)
+        return await real(self, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
 
     async with db.read() as conn:
         await conn.execute(text("SELECT 0"))  # the read's BEGIN goes with its first statement
