@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from postline.backoff import Backoff
 from postline.config import Settings
 from postline.delivery.breaker import Breakers, BreakerState, Verdict, attempt_verdict
@@ -186,6 +188,10 @@ class Engine:
         self._command_cursor = 0
         self._wake = asyncio.Event()
         self._active: dict[asyncio.Task[None], Job] = {}
+        #: Set when the loop ends: no more jobs are taken, with the outcomes or alone.
+        self._stopping = False
+        #: Jobs leased with outcomes as the engine stopped, being given back.
+        self._releasing: set[asyncio.Future[int]] = set()
         #: Scheduled recipients whose delivery starts: (email id, recipient ids), activated
         #: before sending, with those of every other delivery starting at the same time.
         self._activator: Batcher[tuple[str, list[str]]] = Batcher(self._activate, name="activator")
@@ -253,6 +259,9 @@ class Engine:
             log.exception("breaker warm-up failed; starting with every breaker closed")
         log.info("engine started owner=%s concurrency=%d", self.owner, self.settings.concurrency)
         self.running = True
+        self._stopping = False
+        if self.queue.shares_store:
+            self.recorder.refill = self
         try:
             await self.heartbeat.beat()  # before the first lease; the loop keeps trying
         except Exception as exc:
@@ -263,6 +272,9 @@ class Engine:
         try:
             await self._loop(stop)
         finally:
+            self._stopping = True
+            if self.recorder.refill is self:
+                self.recorder.refill = None
             self.running = False
             beating.set()
             with contextlib.suppress(Exception):
@@ -292,10 +304,7 @@ class Engine:
                     backoff.succeeded()
                 except Exception as exc:
                     wait = backoff.failed(exc)
-            for job in leased:
-                task = asyncio.create_task(self._process(job), name=f"deliver:{job.id}")
-                self._active[task] = job
-                task.add_done_callback(self._done)
+            self.start(leased)
             if leased and len(self._active) < self.settings.concurrency:
                 continue
             self._wake.clear()
@@ -304,9 +313,43 @@ class Engine:
                 await asyncio.wait(waiters, timeout=wait, return_when="FIRST_COMPLETED")
             for waiter in waiters:
                 waiter.cancel()
+        self._stopping = True
         await self._drain()
         with contextlib.suppress(Exception):
             await self.tls_counts.flush()
+
+    def start(self, jobs: list[Job]) -> None:
+        """Deliver leased jobs, each in a task of its own (the recorder's ``Refill``).
+
+        Jobs the recorder leased for a stopping engine are given back instead: the
+        drain has taken its list of deliveries to wait for already.
+        """
+        if self._stopping:
+            releasing = asyncio.ensure_future(self._release_all(jobs))
+            self._releasing.add(releasing)
+            releasing.add_done_callback(self._releasing.discard)
+            return
+        for job in jobs:
+            task = asyncio.create_task(self._process(job), name=f"deliver:{job.id}")
+            self._active[task] = job
+            task.add_done_callback(self._done)
+
+    def wanted(self, finishing: int) -> int:
+        """The slots ``finishing`` deliveries leave free once recorded, none while
+        stopping or while the heartbeat says this worker may be presumed dead."""
+        if self._stopping or not self.heartbeat.live:
+            return 0
+        return max(0, self.settings.concurrency - len(self._active) + finishing)
+
+    async def lease_in(self, conn: AsyncConnection, limit: int) -> list[Job]:
+        return await self.queue.lease_in(conn, self.owner, limit, self.settings.lease_seconds)
+
+    async def _release_all(self, jobs: list[Job]) -> int:
+        released = 0
+        for job in jobs:
+            with contextlib.suppress(Exception):
+                released += await self.queue.release(job)
+        return released
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._active.pop(task, None)
@@ -316,18 +359,19 @@ class Engine:
 
     async def _drain(self) -> None:
         """Let in-flight deliveries finish up to the timeout; release the rest."""
-        if not self._active:
-            return
+        if self._active:
+            await self._drain_active()
+        # Jobs leased with the outcomes of the last deliveries, given back (``start``).
+        await asyncio.gather(*self._releasing, return_exceptions=True)
+
+    async def _drain_active(self) -> None:
         log.info("draining %d in-flight deliveries", len(self._active))
         _, pending = await asyncio.wait(list(self._active), timeout=self.settings.shutdown_timeout)
         jobs = [self._active[task] for task in pending if task in self._active]
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        released = 0
-        for job in jobs:
-            with contextlib.suppress(Exception):
-                released += await self.queue.release(job)
+        released = await self._release_all(jobs)
         log.info("drained; released %d unfinished jobs", released)
         if released < len(jobs):
             log.info(

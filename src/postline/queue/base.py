@@ -116,6 +116,14 @@ class Queue(ABC):
         expired lease counts as due.
         """
 
+    async def lease_in(
+        self, conn: AsyncConnection, owner: str, limit: int, lease_seconds: float
+    ) -> list[Job]:
+        """:meth:`lease` inside the caller's store transaction; only a queue that
+        ``shares_store`` can (the recorder takes the engine's next jobs in the
+        transaction that finishes its last ones: one turn at SQLite's writer, not two)."""
+        raise NotImplementedError(f"{type(self).__name__} does not share the store")
+
     @abstractmethod
     async def extend(self, job: Job, lease_seconds: float) -> bool:
         """Push the lease further out; False if it was lost to another worker."""

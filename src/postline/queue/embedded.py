@@ -524,25 +524,32 @@ class EmbeddedQueue(Queue):
             return []
         if time.monotonic() >= self._read_after:
             await self._read_destinations()
+        async with self.db.write() as conn:
+            # Inside the write: on SQLite, this process's leases take turns one after
+            # the other, each seeing the turns the one before it left.
+            return await self.lease_in(conn, owner, limit, lease_seconds)
+
+    async def lease_in(
+        self, conn: AsyncConnection, owner: str, limit: int, lease_seconds: float
+    ) -> list[Job]:
+        if limit <= 0:
+            return []
         picked: list[str] = []
         try:
-            async with self.db.write() as conn:
-                # Inside the write: on SQLite, this process's leases take turns one after
-                # the other, each seeing the turns the one before it left.
-                now = utcnow()
-                picked = self._turns.pick(now, limit)
-                share, extra = divmod(limit, len(picked)) if picked else (0, 0)
-                quotas = {d: share + (i < extra) for i, d in enumerate(picked)}
-                params: dict[str, Any] = {
-                    "now": now,
-                    "owner": owner,
-                    "until": now + timedelta(seconds=lease_seconds),
-                }
-                rows = await self._claim_by_turns(conn, quotas, params)
-                if len(rows) < limit:
-                    params |= {"limit": limit - len(rows), "taken": [row.id for row in rows]}
-                    claim = _claim_earliest(self.db.is_sqlite)
-                    rows += (await conn.execute(claim, params)).all()
+            now = utcnow()
+            picked = self._turns.pick(now, limit)
+            share, extra = divmod(limit, len(picked)) if picked else (0, 0)
+            quotas = {d: share + (i < extra) for i, d in enumerate(picked)}
+            params: dict[str, Any] = {
+                "now": now,
+                "owner": owner,
+                "until": now + timedelta(seconds=lease_seconds),
+            }
+            rows = await self._claim_by_turns(conn, quotas, params)
+            if len(rows) < limit:
+                params |= {"limit": limit - len(rows), "taken": [row.id for row in rows]}
+                claim = _claim_earliest(self.db.is_sqlite)
+                rows += (await conn.execute(claim, params)).all()
         except BaseException:
             self._turns.restore(picked)
             raise
