@@ -5,9 +5,10 @@ whole body or nothing; then the batch is made durable at once, before
 ``put_many`` returns (and so before its email is committed and accepted). On
 Linux that is one ``syncfs`` of the spool's filesystem for the whole batch: the
 journal commits every body, name and directory in one go, where an ``fsync``
-per body pays a journal commit each (bench/spool.py: 500 bodies of 5 KB in 15 to
-28 ms against 110 to 330 ms with eight threads fsyncing; one body 1.3 ms either
-way). Elsewhere each body and directory is fsynced. A crash before it returns
+per body pays a journal commit each (a loop of the same os calls on the
+machine of docs/PERFORMANCE.md: 500 bodies of 5 KB in 15 to 28 ms against 110 to
+330 ms with eight threads fsyncing; one body 1.3 ms either way; bench/spool.py
+times the spool itself). Elsewhere each body and directory is fsynced. A crash before it returns
 leaves at most bodies no committed email names, which orphan cleanup removes.
 """
 
