@@ -271,25 +271,26 @@ class Recorder:
                 ],
                 now,
             )
+            # The engine as it was when leasing: one that stops meanwhile (and unhooks
+            # itself) still hears of the jobs it was given, and gives them back.
+            refill = self.refill if self.db.is_sqlite else None
             refilled: list[Job] = []
             if self.queue.shares_store:
                 await self._finish_all(batch, conn)
-                refilled = await self._refill(conn, len(batch))
-        if refilled and self.refill is not None:
-            self.refill.start(refilled)
+                if refill is not None:
+                    refilled = await self._refill(conn, refill, len(batch))
+        if refill is not None and refilled:
+            refill.start(refilled)
         self.wakeups.events_written()
         for attempt in batch:
             if not self.queue.shares_store:
                 await self._finish_outside(attempt)
             self._report(attempt)
 
-    async def _refill(self, conn: AsyncConnection, finishing: int) -> list[Job]:
+    async def _refill(self, conn: AsyncConnection, refill: Refill, finishing: int) -> list[Job]:
         """The engine's next jobs, leased in this transaction (SQLite only: a statement
         that fails there is undone alone, so the outcomes still commit; on PostgreSQL it
         would abort them, and PostgreSQL has no one writer to save turns at)."""
-        refill = self.refill
-        if refill is None or not self.db.is_sqlite:
-            return []
         wanted = refill.wanted(finishing)
         if wanted <= 0:
             return []
