@@ -159,3 +159,13 @@ async def test_a_move_from_a_stale_record_is_refused_by_the_store(
     assert [e.type for e in events if e.recipient_id == stale.id][-1] == "email.delivered"
     assert [a.status for a in attempts] == [RecipientStatus.DELIVERED]
     assert (await _recipients(pl, sent["id"]))["late@dest.test"].status is RecipientStatus.DELIVERED
+
+
+def test_the_move_statement_is_built_once_per_shape_and_sqlalchemy_can_cache_it() -> None:
+    """A ``values()`` list made every batch compile its statement afresh (and asyncpg
+    prepare it anew); the text is built once per set of columns and row count."""
+    names = ("updated_at", "attempts")
+    statement = email_store._move_statement(names, 3)
+    assert email_store._move_statement(names, 3) is statement
+    assert email_store._move_statement(names, 4) is not statement
+    assert statement._generate_cache_key() is not None

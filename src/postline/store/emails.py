@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, column, func, insert, literal, select, update
-from sqlalchemy import values as values_list
+from sqlalchemy import TextualSelect, and_, bindparam, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.model import (
@@ -346,41 +346,71 @@ async def move_recipients(conn: AsyncConnection, moves: Sequence[RecipientMove])
     for (status, allowed_from, names), group in groups.items():
         for start in range(0, len(group), _MOVES_PER_STATEMENT):
             part = group[start : start + _MOVES_PER_STATEMENT]
-            statement = _move_statement(names, part)
             result = await conn.execute(
-                statement, {"status": str(status), "allowed_from": [str(s) for s in allowed_from]}
+                _move_statement(names, len(part)),
+                _move_parameters(status, allowed_from, names, part),
             )
             moved.update(result.scalars())
     return moved
 
 
-def _move_statement(names: tuple[str, ...], moves: Sequence[RecipientMove]) -> Any:
-    columns = [column("id", email_recipients.c.id.type)] + [
-        column(name, email_recipients.c[name].type) for name in names
+@functools.lru_cache(maxsize=1024)
+def _move_statement(names: tuple[str, ...], rows: int) -> TextualSelect:
+    """The statement that moves ``rows`` recipients setting ``names``, built once per shape.
+
+    Text with typed parameters, not ``values()``: SQLAlchemy cannot cache a statement
+    holding a ``VALUES`` list, so each batch compiled its statement afresh (with
+    literals, ~9% of a delivery process's CPU in a profile), and asyncpg prepared each
+    one anew. This text is compiled once per shape, and on PostgreSQL each parameter
+    carries its cast (``$2::TIMESTAMP WITH TIME ZONE``) as it did.
+    """
+    types = {"id": email_recipients.c.id.type} | {
+        name: email_recipients.c[name].type for name in names
+    }
+    columns = ", ".join(types)
+    tuples = ", ".join(
+        "(" + ", ".join(f":m{row}_{name}" for name in types) + ")" for row in range(rows)
+    )
+    sets = ", ".join(["status=:status", *(f"{name}=moves.{name}" for name in names)])
+    # Only column names the table has (``email_recipients.c`` raises on any other) and
+    # parameter names go into the text; every value is bound.
+    sql = (
+        f"WITH moves({columns}) AS (VALUES {tuples}) "  # noqa: S608
+        f"UPDATE email_recipients SET {sets} FROM moves "
+        "WHERE email_recipients.id = moves.id AND email_recipients.status IN :allowed_from "
+        "RETURNING email_recipients.id"
+    )
+    binds = [
+        bindparam(f"m{row}_{name}", type_=type_)
+        for row in range(rows)
+        for name, type_ in types.items()
     ]
-    rows = (
-        values_list(*columns, name="moves")
-        .data(
-            [
-                (
-                    literal(move.recipient_id, email_recipients.c.id.type),
-                    *(literal(move.values[name], email_recipients.c[name].type) for name in names),
-                )
-                for move in moves
-            ]
-        )
-        # A named CTE, not ``(VALUES ...) AS moves (id, ...)``: SQLite reads only the former.
-        .cte("moves")
-    )
     return (
-        update(email_recipients)
-        .where(
-            email_recipients.c.id == rows.c.id,
-            email_recipients.c.status.in_(bindparam("allowed_from", expanding=True)),
+        text(sql)
+        .bindparams(
+            bindparam("status", type_=email_recipients.c.status.type),
+            bindparam("allowed_from", expanding=True, type_=email_recipients.c.status.type),
+            *binds,
         )
-        .values({"status": bindparam("status"), **{name: rows.c[name] for name in names}})
-        .returning(email_recipients.c.id)
+        .columns(id=email_recipients.c.id.type)
     )
+
+
+def _move_parameters(
+    status: RecipientStatus,
+    allowed_from: tuple[RecipientStatus, ...],
+    names: tuple[str, ...],
+    moves: Sequence[RecipientMove],
+) -> dict[str, Any]:
+    parameters: dict[str, Any] = {
+        "status": str(status),
+        "allowed_from": [str(s) for s in allowed_from],
+    }
+    for row, move in enumerate(moves):
+        parameters[f"m{row}_id"] = move.recipient_id
+        for name in names:
+            parameters[f"m{row}_{name}"] = move.values[name]
+    return parameters
 
 
 async def set_recipients_status(
