@@ -10,6 +10,9 @@ machine of docs/PERFORMANCE.md: 500 bodies of 5 KB in 15 to 28 ms against 110 to
 330 ms with eight threads fsyncing; one body 1.3 ms either way; bench/spool.py
 times the spool itself). Elsewhere each body and directory is fsynced. A crash before it returns
 leaves at most bodies no committed email names, which orphan cleanup removes.
+
+A deleted body's file is emptied and kept as a spare for a later body
+(``spool.spares``): creating a file is what a body costs most.
 """
 
 from __future__ import annotations
@@ -32,12 +35,20 @@ from postline.spool.base import (
     check_ref,
     owner_ref,
 )
+from postline.spool.spares import Spares
 from postline.spool.syncfs import linux_syncfs
+
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 
 
 class FileSpool(Spool):
     def __init__(self, root: Path, *, fsync_each: bool = False) -> None:
         self.root = root
+        self._root_name = os.fspath(root)
+        #: Files of deleted bodies, kept empty for new ones: a new file costs far more.
+        self._spares = Spares(self._root_name)
+        #: Shard directories this spool has seen exist (none is ever removed).
+        self._shards: set[str] = set()
         #: Makes a whole filesystem durable (``syncfs``), or None: fsync body by body
         #: (off Linux, or asked for).
         self._syncfs: Callable[[int], None] | None = None if fsync_each else linux_syncfs()
@@ -48,17 +59,35 @@ class FileSpool(Spool):
         # (a recipient's copy of a body on its email's, beside it).
         return self.root / owner_ref(ref)[-2:] / f"{ref}.eml"
 
+    def _name(self, ref: str) -> str:
+        """``_path`` as a string, for the batch loops."""
+        check_ref(ref)
+        return f"{self._root_name}/{owner_ref(ref)[-2:]}/{ref}.eml"
+
+    def _open_new(self, tmp: str) -> int:
+        """``tmp`` open for a new body: a spare file renamed to it, else a new file (0600;
+        its shard directory 0700, like the data dir: ``postline.private_files``)."""
+        shard = os.path.dirname(tmp)
+        if shard not in self._shards:
+            os.makedirs(shard, mode=0o700, exist_ok=True)
+            self._shards.add(shard)
+        if self._spares.take(tmp):
+            return os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+        try:
+            return os.open(tmp, _NEW, 0o600)
+        except FileNotFoundError:  # the shard directory was removed behind our back
+            os.makedirs(shard, mode=0o700, exist_ok=True)
+            return os.open(tmp, _NEW, 0o600)
+
     def _write_all(self, items: Sequence[tuple[str, bytes]]) -> None:
-        written: list[Path] = []
-        dirs: set[Path] = set()
+        written: list[str] = []
+        dirs: set[str] = set()
         each = self._syncfs is None
         try:
             for ref, body in items:
-                path = self._path(ref)
-                # 0700 like the data dir (postline.private_files), the bodies 0600.
-                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                name = self._name(ref)
+                tmp = name.removesuffix(".eml") + ".tmp"
+                fd = self._open_new(tmp)
                 try:
                     view = memoryview(body)
                     while view:
@@ -67,11 +96,11 @@ class FileSpool(Spool):
                         os.fsync(fd)
                 finally:
                     os.close(fd)
-                os.replace(tmp, path)
-                written.append(path)
-                dirs.add(path.parent)
+                os.replace(tmp, name)
+                written.append(name)
+                dirs.add(os.path.dirname(name))
             if self._syncfs is not None:
-                dirs = {self.root}  # one syncfs, through any descriptor on the filesystem
+                dirs = {self._root_name}  # one syncfs, through any descriptor on the filesystem
             for directory in dirs:
                 dir_fd = os.open(directory, os.O_RDONLY)
                 try:
@@ -80,9 +109,12 @@ class FileSpool(Spool):
                     os.close(dir_fd)
         except OSError as exc:
             # Best effort: the failure may be the directory itself (not one, gone, full).
-            for path in [*written, *(self._path(ref).with_suffix(".tmp") for ref, _ in items)]:
+            for name in [
+                *written,
+                *(self._name(ref).removesuffix(".eml") + ".tmp" for ref, _ in items),
+            ]:
                 with contextlib.suppress(OSError):
-                    path.unlink(missing_ok=True)
+                    os.unlink(name)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise SpoolFull("the spool is full") from exc
             raise SpoolError(f"cannot write to the spool: {exc.strerror}") from exc
@@ -106,13 +138,15 @@ class FileSpool(Spool):
             raise SpoolMissing(ref) from None
 
     def _unlink_all(self, paths: Sequence[Path]) -> None:
-        # os.unlink on names: pathlib's objects cost more than the unlink on a busy engine.
+        # os calls on names: pathlib's objects cost more than the unlink on a busy engine.
         for path in paths:
             name = os.fspath(path)
-            # A write cut short by a crash (SIGKILL before the rename) left only the .tmp.
-            for victim in (name, name.removesuffix(".eml") + ".tmp"):
+            if not self._spares.keep(name):
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(victim)
+                    os.unlink(name)
+            # A write cut short by a crash (SIGKILL before the rename) left only the .tmp.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name.removesuffix(".eml") + ".tmp")
 
     async def delete(self, ref: str) -> None:
         await self.delete_many([ref])
