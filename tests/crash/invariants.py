@@ -47,6 +47,7 @@ from postline.queue.redis import RedisQueue
 from postline.spool.base import Spool, owner_ref
 from postline.spool.database import DatabaseSpool
 from postline.spool.files import FileSpool
+from postline.spool.spares import SPARE_DIR
 from postline.store.db import Database
 from postline.store.schema import email_recipients, events, sent_emails, spool_bodies
 from postline.store.types import utcnow
@@ -350,8 +351,16 @@ async def _spool_entries(db: Database, spool: Path | str) -> dict[str, str]:
     return {
         str(path.relative_to(root)): path.stem if path.suffix == ".eml" else ""
         for path in root.rglob("*")
-        if path.is_file()
+        if path.is_file() and path.parent.name != SPARE_DIR
     }
+
+
+def _full_spares(spool: Path | str) -> list[str]:
+    """Spare files (deleted bodies' files kept for reuse) that still hold content."""
+    spares = Path(spool) / SPARE_DIR
+    if spool == DATABASE_SPOOL or not spares.exists():
+        return []
+    return sorted(path.name for path in spares.iterdir() if path.stat().st_size)
 
 
 # ------------------------------------------------------------------------- the check
@@ -413,6 +422,7 @@ async def check_invariants(
         store = await _read_store(db)
         if spool is not None:
             entries = await _spool_entries(db, spool)
+            found.add("spare files holding a deleted body's content", _full_spares(spool))
             queued = await queue.body_refs()
         else:
             entries, queued = {}, set()

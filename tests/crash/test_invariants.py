@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from postline.retention import free_bodies
+from postline.spool.spares import SPARE_DIR
 from postline.store.types import utcnow
 from tests.crash.invariants import (
     Expectation,
@@ -162,6 +163,18 @@ async def test_a_temp_file_left_by_a_write_cut_short_is_cleaned(run: Run) -> Non
     report = await run.check()
     assert report.violations == [], report.violations
     assert report.spool_temp_files == 1 and not left.exists()
+
+
+async def test_a_spare_file_still_holding_a_body_is_a_violation(run: Run) -> None:
+    """Freed bodies' files are kept as spares for reuse, empty: content left in one is a
+    delivered body still on disk."""
+    services = run.postline.services
+    assert await free_bodies(services.db, services.spool, utcnow(), 0) == 3
+    spares = sorted((run.spool / SPARE_DIR).iterdir())
+    assert len(spares) == 3 and all(p.stat().st_size == 0 for p in spares)
+    assert (await run.check()).violations == []
+    spares[0].write_bytes(b"Subject: still here\r\n\r\n")
+    only(await run.check(), "spare files holding a deleted body's content")
 
 
 async def test_bodies_freed_once_final_are_no_loss(run: Run) -> None:

@@ -28,6 +28,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from postline.spool.spares import SPARE_DIR
 from postline.store.schema import (
     email_recipients,
     events,
@@ -111,8 +112,13 @@ def db_disk(tmp_path: Path) -> Iterator[Tmpfs]:
 
 
 def spool_files(root: Path) -> list[str]:
-    """Every body in the spool, whole (``.eml``) or not (``.tmp``)."""
-    return sorted(str(p.relative_to(root)) for p in root.glob("*/*") if p.is_file())
+    """Every body in the spool, whole (``.eml``) or not (``.tmp``); not the spare files,
+    which hold none (``spool.spares``: emptied when their body was removed)."""
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.glob("*/*")
+        if p.is_file() and (p.parent.name != SPARE_DIR or p.stat().st_size)
+    )
 
 
 async def store_counts(app: PostlineUnderTest) -> dict[str, int]:
