@@ -23,11 +23,12 @@ import pytest_asyncio
 from sqlalchemy import insert, select
 
 from postline.api.views import rfc3339
-from postline.events.dispatcher import FAN_OUT_BATCH, AttemptResult
+from postline.events.dispatcher import FAN_OUT_BATCH, LEASE_MARGIN, LEASED_AHEAD, AttemptResult
 from postline.ids import new_id
 from postline.store.schema import events, webhook_attempts, webhook_deliveries, webhooks
 from postline.store.types import utcnow
 from postline.store.webhooks import DueDelivery
+from tests.harness.clock import MovableClock
 from tests.harness.polling import poll
 from tests.harness.postline import Factory, PostlineUnderTest
 from tests.harness.receiver import LoopbackOnly, WebhookReceiver
@@ -546,11 +547,15 @@ async def leases(pl: PostlineUnderTest) -> dict[str, datetime | None]:
         return {row.event_id: row.lease_until for row in await conn.execute(query)}
 
 
+#: What the work queue of a dispatcher with two senders holds.
+QUEUED = 2 * LEASED_AHEAD
+
+
 async def full_work_queue(
     postline_factory: Factory, receivers: Receivers
 ) -> tuple[PostlineUnderTest, HoldingTransport, list[str]]:
-    """A running dispatcher whose two senders hold a POST each while two more leased
-    deliveries wait in its full work queue; 10 events in all."""
+    """A running dispatcher whose two senders hold a POST each while ``LEASED_AHEAD``
+    more per sender wait in its full work queue, with 10 events more than fit."""
     transport = HoldingTransport()
     pl = await postline_factory(
         engine=False,
@@ -561,21 +566,21 @@ async def full_work_queue(
     )
     receiver = await receivers()
     await register(pl, receiver.url, ["email.delivered"])
-    ids = await insert_events(pl, 10)
+    ids = await insert_events(pl, QUEUED + 2 + 10)
     pl.start_engine()
 
     async def queue_full() -> bool:
         leased = [e for e, until in (await leases(pl)).items() if until is not None]
-        return len(transport.held) == 2 and len(leased) == 4
+        return len(transport.held) == 2 and len(leased) == QUEUED + 2
 
-    await poll(queue_full, timeout=30, what="two POSTs started and two more leased")
+    await poll(queue_full, timeout=30, what="two POSTs started and the work queue full")
     return pl, transport, ids
 
 
 async def test_a_stopped_dispatcher_gives_back_what_it_leased_but_did_not_start(
     postline_factory: Factory, receivers: Receivers
 ) -> None:
-    """The two leased deliveries left in the work queue are given back (no lease) for
+    """The leased deliveries left in the work queue are given back (no lease) for
     another worker to send at once; the two started keep their lease, since their POST
     may have arrived."""
     pl, transport, ids = await full_work_queue(postline_factory, receivers)
@@ -601,8 +606,130 @@ async def test_a_dispatcher_that_cannot_give_back_its_leases_still_stops(
     await pl.stop_engine()  # fails the test if the dispatcher crashed
 
     still_leased = [e for e, until in (await leases(pl)).items() if until is not None]
-    assert len(still_leased) == 4
+    assert len(still_leased) == QUEUED + 2
     assert set(transport.held) < set(still_leased)
+
+
+async def test_a_sender_sends_on_while_its_attempts_wait_to_be_recorded(
+    postline_factory: Factory, receivers: Receivers, database_url: str
+) -> None:
+    """One sender, its first POST held while the rest are leased; then the store takes
+    no write (the test holds a write transaction, on PostgreSQL one that locks the
+    attempts' table) and the POSTs go. Every leased delivery reaches the receiver, none
+    recorded yet; once the store takes writes again, each is recorded as succeeded. A
+    sender that waited for each record sent one POST, then waited."""
+    transport = HoldingTransport()
+    pl = await postline_factory(
+        engine=False,
+        database_url=database_url,
+        webhook_allow_private=True,
+        webhook_concurrency=1,
+        webhook_transport=transport,
+    )
+    receiver = await receivers()
+    endpoint = await register(pl, receiver.url, ["email.delivered"])
+    ids = await insert_events(pl, 1 + LEASED_AHEAD)
+    pl.start_engine()
+
+    async def all_leased() -> bool:
+        leased = [e for e, until in (await leases(pl)).items() if until is not None]
+        return len(transport.held) == 1 and len(leased) == len(ids)
+
+    await poll(all_leased, timeout=30, what="one POST started and the rest leased")
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def hold_the_store() -> None:
+        async with pl.services.db.write() as conn:
+            if conn.dialect.name == "postgresql":
+                await conn.exec_driver_sql("LOCK TABLE webhook_attempts IN EXCLUSIVE MODE")
+            held.set()
+            await release.wait()
+
+    holder = asyncio.create_task(hold_the_store())
+    try:
+        await asyncio.wait_for(held.wait(), timeout=30)
+        transport.go.set()
+        await receiver.wait_until(
+            lambda _: set(receiver.acknowledged) == set(ids),
+            timeout=30,
+            what="every leased delivery while the store takes no write",
+        )
+        # From the store: the API's authentication writes, which the held store refuses.
+        async with pl.services.db.read() as conn:
+            query = select(webhook_deliveries.c.attempts)
+            assert set((await conn.execute(query)).scalars()) == {0}
+    finally:
+        release.set()
+        await holder
+
+    async def statuses() -> set[str] | None:
+        found = {d["status"] for d in await deliveries(pl, endpoint["id"])}
+        return found if found == {"succeeded"} else None
+
+    await poll(statuses, timeout=30, what="every attempt recorded")
+    assert sorted(receiver.acknowledged.values()) == [1] * len(ids)
+    await pl.stop_engine()
+
+
+async def test_a_delivery_whose_lease_would_lapse_during_its_post_waits_for_a_new_lease(
+    postline_factory: Factory, receivers: Receivers, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One sender held on its first POST while the rest wait, leased, in its work queue;
+    the dispatcher's clock then moves until their leases have less left than a POST may
+    take (``webhook_timeout`` and ``LEASE_MARGIN``): another worker could lease them
+    again before such a POST ended. None is sent on that lease; each is sent once, after
+    its lease lapsed and it was leased again."""
+    clock = MovableClock()
+    sent_at: dict[str, datetime] = {}
+
+    class ClockedTransport(HoldingTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            sent_at[request.headers["webhook-id"]] = clock()
+            return await super().handle_async_request(request)
+
+    transport = ClockedTransport()
+    pl = await postline_factory(
+        engine=False,
+        webhook_allow_private=True,
+        webhook_concurrency=1,
+        webhook_transport=transport,
+        clock=clock,
+    )
+    receiver = await receivers()
+    await register(pl, receiver.url, ["email.delivered"])
+    ids = await insert_events(pl, 1 + LEASED_AHEAD)
+    pl.start_engine()
+
+    async def all_leased() -> dict[str, datetime] | None:
+        found = {e: until for e, until in (await leases(pl)).items() if until is not None}
+        return found if len(transport.held) == 1 and len(found) == len(ids) else None
+
+    first_leases = await poll(all_leased, timeout=30, what="one POST started, the rest leased")
+    waiting = set(ids) - set(transport.held)
+    lapse = max(first_leases[e] for e in waiting)
+    timeout = timedelta(seconds=pl.services.settings.webhook_timeout)
+    # Less left of every waiting lease than a POST and the margin: the lease is kept, but
+    # the POST must not start on it.
+    clock.offset = lapse - timeout - LEASE_MARGIN / 2 - clock()
+    caplog.set_level(logging.INFO, logger="postline.webhooks")
+    transport.go.set()
+
+    async def passed_over() -> bool:
+        said = [r.getMessage() for r in caplog.records if "waited past its lease" in r.getMessage()]
+        return len(said) == len(waiting)
+
+    await poll(passed_over, timeout=30, what="the waiting deliveries to be passed over")
+    assert set(sent_at) == set(transport.held)
+    moved_on = lapse + timedelta(seconds=1)
+    clock.offset += moved_on - clock()
+    await receiver.wait_until(
+        lambda _: set(receiver.acknowledged) == set(ids),
+        timeout=30,
+        what="the waiting deliveries, on new leases",
+    )
+    assert sorted(receiver.acknowledged.values()) == [1] * len(ids)
+    assert all(sent_at[e] >= moved_on for e in waiting), sent_at
+    await pl.stop_engine()
 
 
 async def test_a_sender_whose_delivery_cannot_be_recorded_logs_it_and_goes_on(

@@ -9,6 +9,14 @@ Two steps, both safe with several worker processes at once:
    recorded, then the row is succeeded, rescheduled or failed, many attempts
    to one transaction (group commit).
 
+A sender does not wait for its attempt's record before it sends the next one, and
+the dispatcher leases several deliveries per sender ahead (``LEASED_AHEAD``): each
+lease and each record is a write transaction that waits its turn behind the
+accept path's and the recorder's, and a sender that waited for both sent only a
+few dozen POSTs a second. A process that dies between a POST and its record
+leaves the delivery leased; the lease lapses and it is sent again, with the same
+webhook-id, as after a crash in the middle of a POST.
+
 Per delivery the hot path does no more than it must: one long-lived client over
 small connection pools (``events.lanes``), the endpoint's checked address kept
 for its DNS TTL (``events.ssrf.Targets``), its secret decoded once
@@ -56,6 +64,16 @@ MAX_RETRY_AFTER = 24 * 3600.0
 #: Every delivery carries ``<prefix>-id``, ``<prefix>-timestamp`` and ``<prefix>-signature``.
 SIGNATURE_HEADER_PREFIXES = ("webhook", "svix")
 USER_AGENT = "Postline-Webhooks/1"
+#: Deliveries leased ahead per sender, and attempts sent but not yet recorded per
+#: sender. One lease waited 50-300 ms for SQLite's write lock in an embedded
+#: benchmark run (bench/peers.py), so 32 senders that leased 32 at a time and
+#: waited for each record sent about 220 POSTs a second while deliveries were
+#: recorded at 400 a second.
+LEASED_AHEAD = 8
+#: A leased delivery is sent only while its lease will outlast the POST's timeout by
+#: this much; one that waited longer behind a slow endpoint is left to lapse and
+#: is leased again, so that no other worker can be sending it at the same time.
+LEASE_MARGIN = timedelta(seconds=5)
 
 
 def matches(webhook: Webhook, event_type: str, domain_id: str | None) -> bool:
@@ -108,6 +126,8 @@ class Dispatcher:
         # Long enough for one POST and its recording; short enough that a crashed
         # worker's deliveries are picked up again soon.
         self.lease_time = timedelta(seconds=settings.webhook_timeout * 2 + 10)
+        #: Records of attempts made, not yet committed (``_sender``).
+        self._recording: set[asyncio.Task[None]] = set()
         self._batcher: Batcher[tuple[DueDelivery, AttemptResult]] = Batcher(
             self._write, name="webhooks"
         )
@@ -118,12 +138,15 @@ class Dispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         size = self.settings.webhook_concurrency
-        work: asyncio.Queue[DueDelivery] = asyncio.Queue(maxsize=size)
+        work: asyncio.Queue[DueDelivery] = asyncio.Queue(maxsize=size * LEASED_AHEAD)
+        unrecorded = asyncio.Semaphore(size * LEASED_AHEAD)
         # One transport for the life of the process: keep-alive connections, one TLS
         # context. Requests reach it whole (``attempt``): headers, timeout and lane are theirs.
         async with self.transport or LaneTransport(size) as transport:
             senders = [
-                asyncio.create_task(self._sender(transport, work, i), name=f"webhook-sender-{i}")
+                asyncio.create_task(
+                    self._sender(transport, work, unrecorded, i), name=f"webhook-sender-{i}"
+                )
                 for i in range(size)
             ]
             backoff = Backoff("webhook dispatch")
@@ -156,6 +179,8 @@ class Dispatcher:
                 for sender in senders:
                     sender.cancel()
                 await asyncio.gather(*senders, return_exceptions=True)
+                # Every attempt made is recorded before the process goes.
+                await asyncio.gather(*self._recording, return_exceptions=True)
                 await self._release(work)
 
     async def _release(self, work: asyncio.Queue[DueDelivery]) -> None:
@@ -207,13 +232,25 @@ class Dispatcher:
         return await webhook_store.lease_due_deliveries(conn, now, limit, self.lease_time)
 
     async def _sender(
-        self, transport: httpx.AsyncBaseTransport, work: asyncio.Queue[DueDelivery], lane: int
+        self,
+        transport: httpx.AsyncBaseTransport,
+        work: asyncio.Queue[DueDelivery],
+        unrecorded: asyncio.Semaphore,
+        lane: int,
     ) -> None:
+        """Send what is leased, one at a time; the records follow in the background
+        (at most ``unrecorded``'s count waiting), grouped into transactions."""
         low_water = work.maxsize // 2
         while True:
             row = await work.get()
             try:
-                await self.deliver(transport, row, lane)
+                # A disabled endpoint's lease lapses; the row waits until it is enabled again.
+                if row.enabled and self._lease_holds(row):
+                    result = await self.attempt(transport, row, lane)
+                    await unrecorded.acquire()
+                    task = asyncio.create_task(self._record_logged(row, result, unrecorded))
+                    self._recording.add(task)
+                    task.add_done_callback(self._recording.discard)
             except Exception:
                 log.exception("webhook delivery %s failed unexpectedly", row.id)
             finally:
@@ -223,13 +260,26 @@ class Dispatcher:
                 if self._more_due and work.qsize() <= low_water:
                     self._wake.set()
 
-    async def deliver(
-        self, transport: httpx.AsyncBaseTransport, row: DueDelivery, lane: int = 0
+    def _lease_holds(self, row: DueDelivery) -> bool:
+        """Whether the lease outlasts a POST started now: one that lapsed meanwhile may be
+        another worker's already."""
+        if row.lease_until is None:
+            return True
+        left = row.lease_until - self.clock()
+        if left >= timedelta(seconds=self.settings.webhook_timeout) + LEASE_MARGIN:
+            return True
+        log.info("webhook delivery_id=%s waited past its lease; sent once leased again", row.id)
+        return False
+
+    async def _record_logged(
+        self, row: DueDelivery, result: AttemptResult, unrecorded: asyncio.Semaphore
     ) -> None:
-        if not row.enabled:
-            return  # the lease lapses; the row waits until the endpoint is enabled again
-        result = await self.attempt(transport, row, lane)
-        await self.record(row, result)
+        try:
+            await self.record(row, result)
+        except Exception:
+            log.exception("webhook delivery %s failed unexpectedly", row.id)
+        finally:
+            unrecorded.release()
 
     async def attempt(
         self, transport: httpx.AsyncBaseTransport, row: DueDelivery, lane: int = 0

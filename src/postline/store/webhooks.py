@@ -73,6 +73,8 @@ class DueDelivery(Record):
     secret_rotated_at: datetime | None
     enabled: bool
     failing_since: datetime | None
+    #: Until when this lease keeps other workers off it (None: not leased, as in a test).
+    lease_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
