@@ -34,7 +34,7 @@ from postline.model import EmailSource, EventType, RecipientStatus, derive_email
 from postline.outcomes import Outcome, event_row, is_customer_mail
 from postline.queue import Job, Queue
 from postline.spool import Spool
-from postline.spool.base import copy_ref
+from postline.spool.base import copy_ref, copy_refs, owner_ref
 from postline.store import domains as domain_store
 from postline.store import emails as email_store
 from postline.store.batching import connection_broke
@@ -218,18 +218,50 @@ class Acceptor:
         """Accept calls waiting for the next group commit (the one running not counted)."""
         return self._group.waiting
 
-    async def _compose_all(self, items: list[Composition]) -> list[bytes]:
-        """Build and sign in the pool, all at once: the loop only waits.
+    async def _build(
+        self, compositions: list[Composition], refs: list[str], owners: list[str]
+    ) -> list[bytes]:
+        """Build and sign in the pool, in chunks (``COMPOSE_CHUNK``), each one trip to a
+        worker rather than a trip per email; the chunks spread over every worker.
 
-        In chunks (``COMPOSE_CHUNK``), each one trip to a worker, rather than a trip
-        per email; the chunks still spread over every worker of the pool.
+        A file spool takes each chunk's bodies (``refs``) as it comes back, while the
+        next chunks are still being built: the group commit then only makes them
+        durable. ``owners`` names each composition's field for a 413. On any error the
+        bodies written are removed again (orphan cleanup removes those a crash leaves).
         """
         loop = asyncio.get_running_loop()
-        chunks = [items[i : i + COMPOSE_CHUNK] for i in range(0, len(items), COMPOSE_CHUNK)]
-        built = await asyncio.gather(
-            *(loop.run_in_executor(self.compose_pool, compose_many, chunk) for chunk in chunks)
-        )
-        return [body for chunk in built for body in chunk]
+        chunks = [
+            range(start, min(start + COMPOSE_CHUNK, len(compositions)))
+            for start in range(0, len(compositions), COMPOSE_CHUNK)
+        ]
+        built = [
+            loop.run_in_executor(self.compose_pool, compose_many, [compositions[i] for i in chunk])
+            for chunk in chunks
+        ]
+        early = not self.spool.shares_store
+        bodies: list[bytes] = []
+        written: list[str] = []
+        try:
+            for chunk, future in zip(chunks, built, strict=True):
+                own = await future
+                for i, body in zip(chunk, own, strict=True):
+                    if len(body) > self.max_message_bytes:
+                        raise AcceptError(
+                            413,
+                            owners[i],
+                            f"the message is {len(body)} bytes;"
+                            f" the limit is {self.max_message_bytes}",
+                        )
+                bodies += own
+                if early:
+                    await self.spool.write_many([(refs[i], own[k]) for k, i in enumerate(chunk)])
+                    written += [refs[i] for i in chunk]
+        except BaseException:
+            for future in built:
+                future.cancel()
+            await self._discard_refs(written)
+            raise
+        return bodies
 
     async def sending_domain(
         self,
@@ -262,6 +294,9 @@ class Acceptor:
         compositions: list[Composition] = []
         #: How many of ``compositions`` each email has: 1, or one per recipient (tracked).
         counts: list[int] = []
+        #: Each composition's ref in the spool (``_Prepared.spooled``), and its field.
+        refs: list[str] = []
+        owners: list[str] = []
         #: About what the copies of this request's tracked emails weigh (``COPIES_FACTOR``).
         copies_bytes = 0
         cache: dict[str, Domain | None] = {}
@@ -300,9 +335,12 @@ class Acceptor:
                         " POSTLINE_MAX_MESSAGE_BYTES): send it to fewer recipients at once,"
                         " or untracked",
                     )
+            owner = f"[{index}]" if many else "body"
             if tracking is None:
                 compositions.append(Composition(submission.content, message_id, now, raw, signer))
                 counts.append(1)
+                refs.append(email_id)
+                owners.append(owner)
             else:
                 # One copy per recipient, each with tokens naming its recipient, so that an
                 # open, a click or a one-click unsubscribe is that recipient's alone
@@ -322,19 +360,14 @@ class Acceptor:
                     for name in names
                 )
                 counts.append(len(names))
+                refs += copy_refs(email_id, len(names)) if len(names) > 1 else [email_id]
+                owners += [owner] * len(names)
             prepared.append(
                 _Prepared(email_id, message_id, domain, submission, b"", recipients, now)
             )
-        bodies = iter(await self._compose_all(compositions))
-        for index, (item, count) in enumerate(zip(prepared, counts, strict=True)):
+        bodies = iter(await self._build(compositions, refs, owners))
+        for item, count in zip(prepared, counts, strict=True):
             own = [next(bodies) for _ in range(count)]
-            for body in own:
-                if len(body) > self.max_message_bytes:
-                    raise AcceptError(
-                        413,
-                        f"[{index}]" if many else "body",
-                        f"the message is {len(body)} bytes; the limit is {self.max_message_bytes}",
-                    )
             item.body, item.copies = own[0], own[1:]
         return prepared
 
@@ -401,10 +434,10 @@ class Acceptor:
         # Bodies in the store are written by the transaction itself (``_write``) and
         # undone with it; files are fsynced first and removed again when it fails.
         files = not self.spool.shares_store
-        if files:
-            # A full spool raises SpoolFull here having kept none of the bodies.
-            await self.spool.put_many([pair for p in prepared for pair in p.spooled()])
         try:
+            if files:
+                # Written as they were built (``_build``); durable now, before the commit.
+                await self.spool.sync()
             outcomes, jobs = await self._commit(calls)
         except BaseException:
             if files:
@@ -432,14 +465,20 @@ class Acceptor:
         now is unreferenced, so orphan cleanup removes it later.
         """
         for item in prepared:
-            try:
-                await self.spool.delete_many([ref for ref, _ in item.spooled()])
-            except Exception as exc:
-                log.warning(
-                    "cannot remove the body of unaccepted email_id=%s (orphan cleanup will): %s",
-                    item.email_id,
-                    type(exc).__name__,
-                )
+            await self._discard_refs([ref for ref, _ in item.spooled()])
+
+    async def _discard_refs(self, refs: list[str]) -> None:
+        """``_discard_bodies`` for bodies by ref: tried, and a failure only logged."""
+        if not refs:
+            return
+        try:
+            await self.spool.delete_many(refs)
+        except Exception as exc:
+            log.warning(
+                "cannot remove the body of unaccepted email_id=%s (orphan cleanup will): %s",
+                owner_ref(refs[0]),
+                type(exc).__name__,
+            )
 
     async def enqueue_after_commit(self, jobs: list[Job]) -> None:
         """The email is durable already (accepted or rescheduled), so a queue outage must not

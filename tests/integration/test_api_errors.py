@@ -20,6 +20,7 @@ import httpx
 import pytest
 from sqlalchemy import update
 
+from postline.accept import COMPOSE_CHUNK
 from postline.spool.spares import SPARE_DIR
 from postline.store.schema import idempotency_keys
 from tests.harness.postline import Factory, PostlineUnderTest
@@ -364,6 +365,11 @@ async def test_message_larger_than_the_limit_is_413_and_nothing_is_accepted(
     # One oversized item refuses the whole batch.
     batch = [valid_email(), valid_email(), big_text]
     assert_problem(await post_json(postline, batch, path="/v1/emails/batch"), 413)
+    # Also when it is built after the bodies of a first chunk were written to the spool
+    # (accept.py ``_build``): those are removed again.
+    late = COMPOSE_CHUNK + 1
+    batch = [valid_email() for _ in range(late)] + [big_text]
+    assert_problem(await post_json(postline, batch, path="/v1/emails/batch"), 413, f"[{late}]")
     # A request body far beyond the limit is refused before it is even parsed.
     huge = valid_email(text="y" * 2_000_000)
     assert_problem(await post_json(postline, huge), 413)

@@ -258,10 +258,10 @@ async def test_a_batch_that_cannot_be_written_whole_leaves_nothing(
     assert left == ["zz"]
 
 
-async def test_a_batch_is_made_durable_by_one_syncfs_on_linux(
+def counting_syncfs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """On Linux no body is fsynced on its own: the batch's durability is the one syncfs."""
+) -> tuple[FileSpool, list[int], list[int]]:
+    """A file spool whose syncfs calls are counted, and every os.fsync (none made)."""
     if linux_syncfs() is None:
         pytest.skip("syncfs is Linux's")
     fsyncs: list[int] = []
@@ -276,5 +276,37 @@ async def test_a_batch_is_made_durable_by_one_syncfs_on_linux(
         real(fd)
 
     spool._syncfs = counted
+    return spool, calls, fsyncs
+
+
+async def test_a_batch_is_made_durable_by_one_syncfs_on_linux(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Linux no body is fsynced on its own: the batch's durability is the one syncfs."""
+    spool, calls, fsyncs = counting_syncfs(tmp_path, monkeypatch)
     await spool.put_many([(f"em_{i:03d}ab", b"body") for i in range(40)])
     assert (len(calls), fsyncs) == (1, [])
+
+
+async def test_bodies_written_in_chunks_are_made_durable_by_one_syncfs_at_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The accept path's way (``write_many`` per chunk as the bodies are built, then
+    ``sync`` for the group): each body readable once written, none fsynced on its own,
+    and one syncfs in all, at ``sync``."""
+    spool, calls, fsyncs = counting_syncfs(tmp_path, monkeypatch)
+    for chunk in range(3):
+        refs = [f"em_{chunk}{i:02d}ab" for i in range(25)]
+        await spool.write_many([(ref, ref.encode()) for ref in refs])
+        assert [await spool.get(ref) for ref in refs] == [ref.encode() for ref in refs]
+    assert (calls, fsyncs) == ([], [])
+    await spool.sync()
+    assert (len(calls), fsyncs) == (1, [])
+
+
+async def test_written_bodies_can_be_read_and_synced_on_every_spool(spool: Spool) -> None:
+    """``write_many`` then ``sync`` on every adapter: where writes are durable at once
+    (the database, fsync per body) ``sync`` has nothing left to do."""
+    await spool.write_many([("em_w1", b"one"), ("em_w2", b"two")])
+    await spool.sync()
+    assert [await spool.get("em_w1"), await spool.get("em_w2")] == [b"one", b"two"]

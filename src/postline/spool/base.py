@@ -101,3 +101,15 @@ class Spool(ABC):
 
     async def put(self, ref: str, body: bytes) -> None:
         await self.put_many([(ref, body)])
+
+    async def write_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Store bodies, all or none, not yet durable: ``sync`` makes them so.
+
+        For the accept path, which writes a batch's bodies while the rest of it is still
+        being built and makes the whole group durable at once before its commit. Where
+        writing and making durable are one step, this is ``put_many``.
+        """
+        await self.put_many(items)
+
+    async def sync(self) -> None:  # noqa: B027 - nothing to do where writes are durable
+        """Make every body ``write_many`` stored so far durable."""
