@@ -6,10 +6,11 @@ transaction, and only then does the caller answer 2xx. A crash before the
 commit leaves at most an unreferenced body, which orphan cleanup removes.
 
 Concurrent calls share that work (group commit): each call validates and
-composes on its own, then joins the group waiting for the next commit, which
-starts as soon as the one before it has finished. The group's bodies go to the
-spool in one pass and its rows into one transaction, as a batch's do; each
-call still hears only its own answer (``_commit``).
+composes on its own, writing its bodies to a file spool chunk by chunk as they
+are built (``_build``), then joins the group waiting for the next commit, which
+starts as soon as the one before it has finished. The group's bodies are made
+durable at once (one syncfs) and its rows go into one transaction, as a batch's
+do; each call still hears only its own answer (``_commit``).
 """
 
 from __future__ import annotations
@@ -422,7 +423,7 @@ class Acceptor:
         return results
 
     async def _commit_group(self, calls: list[_Call]) -> list[list[Accepted] | Exception]:
-        """Make a group of calls durable: one spool pass, one transaction, one enqueue.
+        """Make a group of calls durable: one spool sync, one transaction, one enqueue.
 
         Nothing is answered before both the spool and the commit are durable. A
         spool or commit that fails fails every call of the group, and none of
