@@ -65,10 +65,10 @@ MAX_RETRY_AFTER = 24 * 3600.0
 SIGNATURE_HEADER_PREFIXES = ("webhook", "svix")
 USER_AGENT = "Postline-Webhooks/1"
 #: Deliveries leased ahead per sender, and attempts sent but not yet recorded per
-#: sender. One lease waited 50-300 ms for SQLite's write lock in an embedded
+#: sender. A lease waited up to 360 ms for SQLite's write lock in an embedded
 #: benchmark run (bench/peers.py), so 32 senders that leased 32 at a time and
-#: waited for each record sent about 220 POSTs a second while deliveries were
-#: recorded at 400 a second.
+#: waited for each record sent 190-250 POSTs a second while deliveries were
+#: recorded at 400 a second (docs/PERFORMANCE.md, stop 32).
 LEASED_AHEAD = 8
 #: A leased delivery is sent only while its lease will outlast the POST's timeout by
 #: this much; one that waited longer behind a slow endpoint is left to lapse and
