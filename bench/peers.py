@@ -11,7 +11,10 @@ about 5 KB, one recipient each, spread over 10 destination domains):
 each Postline topology with submission in batches of 500 on ``POST /v1/emails/batch``,
 then with single sends on ``POST /v1/emails`` from 32 concurrent clients, then through
 the SMTP submission port from 10 concurrent sessions logged in with the API key (as
-many as the ``smtp-source`` processes feeding Postfix); ``--submission`` picks some.
+many as the ``smtp-source`` processes feeding Postfix), then with single sends paced at
+``--rate`` per second (200 by default), each started on its schedule whether or not the
+ones before it were answered, so a slow answer delays none of the later ones (an open
+loop); ``--submission`` picks some.
 The receiving MX of all 10 domains is Postfix's C ``smtp-sink`` on loopback, found by
 Postline through a DNS server on loopback (``mxdns.py``). Postline runs as users run it:
 a sending domain with its DKIM key (every message is signed), a webhook endpoint for
@@ -20,7 +23,9 @@ a sending domain with its DKIM key (every message is signed), a webhook endpoint
 Per run: accepted/s; end to end/s, from the first submission until the sink counted
 N, every email reads ``delivered`` in the API and the receiver has an
 ``email.delivered`` webhook for each (Postfix: until the sink counted N);
-accept-to-delivered latency p50/p95/p99; CPU seconds and peak RSS per process.
+accept-to-delivered latency p50/p95/p99; CPU seconds and peak RSS per process; for the
+paced run also the accept latency p50/p95/p99, from the moment a send was due to its
+202.
 The output ends with two lines, the end-to-end rates with batch submission over
 Postfix's: ``ratio embedded/postfix: X.XX`` and ``ratio distributed/postfix: X.XX``.
 
@@ -28,7 +33,8 @@ Everything listens on 127.0.0.1; every file goes to a temporary directory, remov
 at the end. Postfix's daemons start as root: run it as root (it installs Debian's
 postfix package when smtp-sink, smtp-source or postfix is missing).
 
-Usage: .venv/bin/python bench/peers.py [--emails 20000] [--submission all|both|batch|single|smtp]
+Usage: .venv/bin/python bench/peers.py [--emails 20000]
+       [--submission all|both|batch|single|smtp|paced] [--rate 200]
        [--topologies postfix embedded distributed]
 """
 
@@ -69,6 +75,7 @@ DOMAINS = [f"dest{i}.test" for i in range(10)]
 SENDER = "bench.test"
 BATCH = 500
 CLIENTS = 32
+PACED_CONNECTIONS = 256  # the paced run's client pool: well below the server's 1,000
 INJECTORS = len(DOMAINS)  # smtp-source processes, one session each, one per domain
 TEXT = ("x" * 70 + "\n") * 70  # ~5 KB with the headers
 PENDING = ("queued", "scheduled", "sending", "deferred")
@@ -88,6 +95,8 @@ class Result:
     accepted_per_s: float = 0.0
     end_to_end_per_s: float = 0.0
     latencies: list[float] = field(default_factory=list)  # seconds, accept to delivered
+    # Seconds from the moment each paced send was due until its 202 (paced runs only).
+    accept_latencies: list[float] = field(default_factory=list)
     usage: list[Usage] = field(default_factory=list)
     # Seconds from the first submission until each part of the end was reached.
     phases: dict[str, float] = field(default_factory=dict)
@@ -95,10 +104,12 @@ class Result:
     error: str = ""
 
 
-def submission_label(submission: str) -> str:
-    return {"smtp": f"smtp x{INJECTORS}", "batch": f"batch {BATCH}"}.get(
-        submission, f"single x{CLIENTS}"
-    )
+def submission_label(submission: str, rate: int = 0) -> str:
+    return {
+        "smtp": f"smtp x{INJECTORS}",
+        "batch": f"batch {BATCH}",
+        "paced": f"single {rate}/s",
+    }.get(submission, f"single x{CLIENTS}")
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -427,6 +438,52 @@ async def submit_singles(
     await asyncio.gather(*(sender() for _ in range(CLIENTS)))
 
 
+async def submit_paced(
+    connect: Callable[[], RawClient],
+    bodies: list[bytes],
+    accepted: dict[str, float],
+    rate: int,
+    waits: list[float],
+) -> None:
+    """One single send every 1/rate s, each due at a fixed moment from the start.
+
+    A send goes out on an idle connection, or a new one while fewer than
+    ``PACED_CONNECTIONS`` are open, so a slow answer holds up no later send (an
+    open loop, as independent callers load a server); past that many it waits
+    for a connection, as an application's client pool makes it wait. Its latency
+    runs from the moment it was due, so time spent waiting on the client's side
+    counts against the server, never for it.
+    """
+    idle: asyncio.Queue[RawClient] = asyncio.Queue()
+    opened: list[RawClient] = []
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+
+    async def send(body: bytes, due: float) -> None:
+        if idle.empty() and len(opened) < PACED_CONNECTIONS:
+            client = connect()
+            opened.append(client)
+        else:
+            client = await idle.get()
+        status, answer = await client.post("/v1/emails", body)
+        if status != 202:
+            raise RunFailed(f"send answered {status}: {answer[:300]!r}")
+        waits.append(loop.time() - due)
+        accepted[json.loads(answer)["id"]] = time.time()
+        idle.put_nowait(client)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for number, body in enumerate(bodies):
+                due = start + number / rate
+                if (ahead := due - loop.time()) > 0:
+                    await asyncio.sleep(ahead)
+                group.create_task(send(body, due))
+    finally:
+        for client in opened:
+            await client.close()
+
+
 def smtp_messages(emails: int) -> list[tuple[str, bytes]]:
     """The workload as (recipient, message bytes) for the submission port, built before
     the clock starts: what an application hands its SMTP library."""
@@ -496,8 +553,10 @@ async def count_delivered(client: httpx.AsyncClient) -> int:
             return count
 
 
-async def run_postline(topology: str, submission: str, emails: int, dns_port: str) -> Result:
-    result = Result(topology, submission_label(submission), emails)
+async def run_postline(
+    topology: str, submission: str, emails: int, dns_port: str, rate: int
+) -> Result:
+    result = Result(topology, submission_label(submission, rate), emails)
     sink = Sink()
     watch = ProcessWatch()
     hook_port = free_port()
@@ -545,7 +604,7 @@ async def run_postline(topology: str, submission: str, emails: int, dns_port: st
             watch.add(receiver.pid, "webhook receiver")
             watch.add_single(os.getpid(), "bench client")
             key = (Path(tmp) / "admin-key.txt").read_text().strip()
-            await measure(result, submission, emails, inst, key, hook_port, sink, watch)
+            await measure(result, submission, rate, inst, key, hook_port, sink, watch)
         finally:
             await watch.stop()
             for process in reversed(inst.processes):
@@ -560,13 +619,14 @@ async def run_postline(topology: str, submission: str, emails: int, dns_port: st
 async def measure(
     result: Result,
     submission: str,
-    emails: int,
+    rate: int,
     inst: Installation,
     key: str,
     hook_port: int,
     sink: Sink,
     watch: ProcessWatch,
 ) -> None:
+    emails = result.emails
     limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
     async with (
         httpx.AsyncClient(
@@ -599,6 +659,8 @@ async def measure(
 
         if submission == "smtp":
             await submit_smtp(inst.smtp_port, key, messages, accepted)
+        elif submission == "paced":
+            await submit_paced(connect, bodies, accepted, rate, result.accept_latencies)
         else:
             submit = submit_batches if submission == "batch" else submit_singles
             await submit(connect, bodies, accepted)
@@ -668,6 +730,11 @@ def report(results: list[Result], emails: int) -> None:
         if result.error:
             continue
         print(f"{result.name} / {result.submission}:")
+        if result.accept_latencies:
+            p50, p95, p99 = (
+                percentile(result.accept_latencies, s) * 1000 for s in (0.5, 0.95, 0.99)
+            )
+            print(f"  accept latency: p50 {p50:.0f} ms, p95 {p95:.0f} ms, p99 {p99:.0f} ms")
         if result.phases:
             print("  reached at: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.phases.items()))
             print(f"  the sink had {result.sunk_at_accepted} when all were accepted")
@@ -700,7 +767,12 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--emails", type=int, default=20_000)
     parser.add_argument(
-        "--submission", choices=["all", "both", "batch", "single", "smtp"], default="all"
+        "--submission",
+        choices=["all", "both", "batch", "single", "smtp", "paced"],
+        default="all",
+    )
+    parser.add_argument(
+        "--rate", type=int, default=200, help="single sends per second in the paced run"
     )
     parser.add_argument(
         "--topologies",
@@ -719,7 +791,9 @@ async def main() -> int:
     if "postfix" in args.topologies and os.geteuid() != 0:
         print("bench: Postfix's daemons start as root: run make bench as root", file=sys.stderr)
         return 2
-    submissions = {"all": ["batch", "single", "smtp"], "both": ["batch", "single"]}.get(
+    if args.rate < 1:
+        parser.error("--rate must be 1 or more")
+    submissions = {"all": ["batch", "single", "smtp", "paced"], "both": ["batch", "single"]}.get(
         args.submission, [args.submission]
     )
     plan: list[tuple[str, str]] = []
@@ -736,10 +810,11 @@ async def main() -> int:
                 if name == "postfix":
                     result = await run_postfix(args.emails)
                 else:
-                    result = await run_postline(name, submission, args.emails, dns_port)
+                    result = await run_postline(name, submission, args.emails, dns_port, args.rate)
             except Exception as exc:  # one failed run does not stop the others
                 error = str(exc) if isinstance(exc, RunFailed | PeerError) else repr(exc)
-                result = Result(name, submission_label(submission), args.emails, error=error)
+                label = submission_label(submission, args.rate)
+                result = Result(name, label, args.emails, error=error)
             print(row(result), flush=True)
             results.append(result)
     finally:
