@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import httpx
 
 from postline.accept import Acceptor
 from postline.backoff import first_line
-from postline.compose import new_pool
+from postline.compose import RenewingPool, new_pool
 from postline.config import ConfigError, Settings
 from postline.delivery.bounces import BounceNotifier
 from postline.delivery.breaker import Breakers
@@ -77,7 +76,7 @@ class Services:
     engine: Engine
     dispatcher: Dispatcher
     #: Where messages are built and signed, off the event loop; shut down by :meth:`close`.
-    compose_pool: Executor
+    compose_pool: RenewingPool
     #: Applies the late bounces and complaints the inbound listener takes.
     inbound: InboundReports
     #: Renders email templates (a send naming one, and the preview).

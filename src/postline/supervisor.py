@@ -134,6 +134,9 @@ async def serve(
     if server is not None:
         while not server.started and not tasks[0].done():  # noqa: ASYNC110 - uvicorn has no event
             await asyncio.sleep(0.02)
+    if api:
+        # Once the API answers, as the delivery process below: not on the first email.
+        services.compose_pool.start()
     if delivery_process:
         # Started once the API answers: its start-up (imports, recovery, warm-up) would
         # otherwise compete with the parent's for the CPU and the database.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime
 
@@ -37,6 +38,21 @@ def test_the_pool_starts_afresh_after_a_worker_dies() -> None:
     try:
         with pytest.raises(BrokenProcessPool):
             pool.submit(functools.partial(os._exit, 1)).result(timeout=120)
+        assert pool.submit(abs, -3).result(timeout=120) == 3
+    finally:
+        pool.shutdown()
+
+
+def test_start_starts_every_worker_before_anything_is_composed() -> None:
+    """Workers start on demand otherwise: the first email waited for the forkserver."""
+    pool = new_pool(2)
+    try:
+        assert pool.running == 0
+        pool.start()
+        deadline = time.monotonic() + 120
+        while pool.running < 2:
+            assert time.monotonic() < deadline, f"{pool.running} of 2 workers started"
+            time.sleep(0.05)
         assert pool.submit(abs, -3).result(timeout=120) == 3
     finally:
         pool.shutdown()
