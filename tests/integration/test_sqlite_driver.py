@@ -3,6 +3,9 @@ everything SQLAlchemy reads off a cursor as the stock adapter gives it."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -29,10 +32,8 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
         await database.close()
 
 
-async def test_a_statement_is_one_trip_to_the_database_thread(
-    db: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The stock adapter makes four (cursor, execute, fetch, close); each waits for the loop."""
+def count_trips(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """From now on, every function run in a connection's database thread, in order."""
     trips: list[Any] = []
     real = aiosqlite.Connection._execute
 
@@ -40,13 +41,67 @@ async def test_a_statement_is_one_trip_to_the_database_thread(
         trips.append(fn)
         return await real(self, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
 
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    return trips
+
+
+async def test_a_statement_is_one_trip_to_the_database_thread(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stock adapter makes four (cursor, execute, fetch, close); each waits for the loop."""
     async with db.read() as conn:
         await conn.execute(text("SELECT 0"))  # the read's BEGIN goes with its first statement
-        monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+        trips = count_trips(monkeypatch)
         rows = (await conn.execute(text("SELECT 1 UNION ALL SELECT 2"))).all()
         monkeypatch.undo()
     assert [tuple(r) for r in rows] == [(1,), (2,)]
     assert len(trips) == 1
+
+
+async def test_begin_goes_with_the_first_statement_and_a_transaction_without_one_costs_none(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-statement read or write is two trips (the statement, then ROLLBACK or
+    COMMIT), not three: BEGIN makes no trip of its own."""
+    async with db.read() as conn:
+        await conn.execute(text("SELECT 0"))  # the pool's first connection, opened
+    trips = count_trips(monkeypatch)
+    async with db.read() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar_one() == 0
+    assert len(trips) == 2
+    trips.clear()
+    async with db.write() as conn:
+        await conn.execute(text("INSERT INTO t (name, n) VALUES ('a', 1)"))
+    assert len(trips) == 2, trips
+    trips.clear()
+    async with db.write():
+        pass
+    async with db.read():
+        pass
+    assert trips == []
+    async with db.read() as conn:
+        assert (await conn.execute(text("SELECT n FROM t"))).scalar_one() == 1
+
+
+async def test_a_read_block_keeps_one_snapshot_and_a_write_holds_the_lock(
+    db: Database, tmp_path: Path
+) -> None:
+    """The kept BEGIN is run: DEFERRED for a read (later statements see what the first
+    saw), IMMEDIATE for a write (the write lock is taken with the first statement)."""
+    other = sqlite3.connect(tmp_path / "driver.db", timeout=0, isolation_level=None)
+    try:
+        async with db.read() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar_one() == 0
+            other.execute("INSERT INTO t (name, n) VALUES ('elsewhere', 1)")
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar_one() == 0
+        async with db.write() as conn:
+            await conn.execute(text("SELECT 1"))  # reads nothing, yet takes the write lock
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
 
 
 async def test_what_sqlalchemy_reads_off_the_cursor_is_there(db: Database) -> None:
@@ -88,3 +143,47 @@ async def test_errors_come_as_sqlalchemys_and_the_transaction_goes_on(db: Databa
     async with db.read() as conn:
         names = (await conn.execute(text("SELECT name FROM t ORDER BY id"))).scalars().all()
     assert names == ["x", "y"]
+
+
+async def test_a_write_cancelled_during_its_first_statement_leaves_no_lock_behind(
+    db: Database, tmp_path: Path
+) -> None:
+    """The statement (with its BEGIN IMMEDIATE) still runs in the database thread after
+    its caller was cancelled; the ROLLBACK queued behind it must run too, or the pooled
+    connection would keep SQLite's write lock for ever."""
+    entered, release = threading.Event(), threading.Event()
+
+    def slow() -> int:
+        entered.set()
+        release.wait(10)
+        return 1
+
+    async with db.write() as conn:
+        raw = await conn.get_raw_connection()
+        await raw.driver_connection.create_function("slow", 0, slow)  # type: ignore[union-attr]
+
+    async def write() -> None:
+        async with db.write() as conn:
+            await conn.execute(text("INSERT INTO t (name, n) VALUES ('late', slow())"))
+
+    task = asyncio.create_task(write())
+    assert await asyncio.to_thread(entered.wait, 10)
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    other = sqlite3.connect(tmp_path / "driver.db", timeout=0, isolation_level=None)
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError:
+                assert asyncio.get_running_loop().time() < deadline, "the write lock was kept"
+                await asyncio.sleep(0.02)
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    async with db.read() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar_one() == 0
