@@ -75,8 +75,15 @@ def dkim_dns_value(private_key_pem: str) -> str:
 
     A 2048-bit ``p=`` is longer than one 255-byte TXT string; splitting it into
     several strings of one record is the DNS publisher's job, not this one's.
+
+    Only the key's public half is read here, so the checks of the private half that
+    loading runs by default (54 ms of CPU for a 2048-bit key, on the event loop, for
+    each domain of every ``GET /v1/domains``) are skipped: 0.03 ms. The key that signs
+    is loaded with them (``DkimKey``).
     """
-    key = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
+    key = serialization.load_pem_private_key(
+        private_key_pem.encode(), password=None, unsafe_skip_rsa_key_validation=True
+    )
     der = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
