@@ -134,8 +134,7 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         adapted = cast("OneTripConnection", self._adapt_connection)
         async with adapted._execute_mutex:
             begin, adapted.pending_begin = adapted.pending_begin, None
-            if begin is not None:
-                adapted.transaction_ended = False
+            adapted.transaction_ended = False  # any statement may leave one open
             answer: _Answer = await connection._execute(  # type: ignore[no-untyped-call]
                 _after_begin, connection._conn, begin, work, operation, parameters
             )
@@ -172,7 +171,7 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
     def __init__(self, dbapi: Any, connection: Any) -> None:
         super().__init__(dbapi, connection)
         self.pending_begin: str | None = None
-        #: No transaction opened since the last COMMIT or ROLLBACK (``_transaction_open``).
+        #: No statement run since the last COMMIT or ROLLBACK (``_transaction_open``).
         self.transaction_ended = True
 
     def commit(self) -> None:
@@ -192,7 +191,8 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         transaction was committed: without this that was one more trip per write.
         Kept on this side, not asked of SQLite: a statement whose caller was
         cancelled may still be waiting for the database thread, and the ROLLBACK
-        queued behind it must not be skipped.
+        queued behind it must not be skipped. Any statement counts as opening one,
+        whatever its text.
         """
         if self.pending_begin is not None:
             self.pending_begin = None  # no statement ran: SQLite never opened it
