@@ -146,7 +146,10 @@ class Settings(BaseSettings):
     webhooks_per_domain: int = 20
     max_age_seconds: int = 5 * 24 * 3600
     retry_schedule: str = "60,300,900,1800,3600,7200,14400,21600"
-    concurrency: int = 32
+    # Deliveries in flight per process, as Postfix's default_process_limit: fewer left a
+    # fast destination waiting on each outcome's commit (docs/PERFORMANCE.md, stop 34).
+    # Each holds its message in memory, so the worst case is this times max_message_bytes.
+    concurrency: int = 100
     # A lease is renewed while its delivery runs; a worker that stops beating for
     # heartbeat_timeout seconds has its jobs taken over (queue.base.Queue.recover_expired).
     lease_seconds: int = 30
