@@ -66,8 +66,13 @@ def children(pid: int) -> list[int]:
 
 
 def child_name(pid: int, name: str) -> str:
-    """How a child is shown: ``serve``'s delivery process by its part, others by name."""
-    return "delivery process" if "delivery-process" in command_line(pid) else name
+    """How a child is shown: ``serve``'s delivery and webhook processes by their part,
+    others by name."""
+    command = command_line(pid)
+    for part in ("delivery", "webhook"):
+        if f"{part}-process" in command:
+            return f"{part} process"
+    return name
 
 
 def command_line(pid: int) -> str:

@@ -276,24 +276,56 @@ def delivery_process(
     parent_pid: Annotated[int, typer.Option()],
     route: Annotated[list[str] | None, typer.Option()] = None,
 ) -> None:
-    """``postline serve``'s child: delivery and housekeeping
+    """``postline serve``'s child for delivery and housekeeping
     (postline.delivery_process). Started by ``serve``, not by hand."""
+    run_child(ctx, wake_fd, events_fd, parent_pid, route, engine=True)
+
+
+@app.command("webhook-process", hidden=True)
+def webhook_process(
+    ctx: typer.Context,
+    wake_fd: Annotated[int, typer.Option()],
+    events_fd: Annotated[int, typer.Option()],
+    parent_pid: Annotated[int, typer.Option()],
+    route: Annotated[list[str] | None, typer.Option()] = None,
+) -> None:
+    """``postline serve``'s child for the webhook dispatcher
+    (postline.delivery_process). Started by ``serve``, not by hand."""
+    run_child(ctx, wake_fd, events_fd, parent_pid, route, engine=False)
+
+
+def run_child(
+    ctx: typer.Context,
+    wake_fd: int,
+    events_fd: int,
+    parent_pid: int,
+    route: list[str] | None,
+    *,
+    engine: bool,
+) -> None:
+    """One of ``serve``'s children: the engine (``engine``) or the webhook dispatcher."""
     from postline.delivery_process import ChildLink, parse_route
 
     link = ChildLink(
         wake_fd, events_fd, parent_pid, dict(parse_route(text) for text in route or [])
     )
     link.die_with_parent()
-    run_parts(settings_or_exit(ctx), api=False, engine=True, child=link)
+    run_parts(settings_or_exit(ctx), api=False, engine=engine, webhooks=not engine, child=link)
 
 
 def run_parts(
-    settings: Settings, *, api: bool, engine: bool, child: ChildLink | None = None
+    settings: Settings,
+    *,
+    api: bool,
+    engine: bool,
+    webhooks: bool | None = None,
+    child: ChildLink | None = None,
 ) -> None:
     """Start the chosen parts under the supervisor, after one-line checks of everything.
 
-    ``serve`` (``api`` and ``engine``) delivers in a child process unless
-    POSTLINE_DELIVERY_PROCESS is off; ``child``: this is that process.
+    ``webhooks``: run the webhook dispatcher (None: where the engine runs). ``serve``
+    (``api`` and ``engine``) delivers and sends webhooks in child processes unless
+    POSTLINE_DELIVERY_PROCESS is off; ``child``: this is one of them.
     """
     split = api and engine and settings.delivery_process
     if split:
@@ -321,8 +353,9 @@ def run_parts(
         stop = asyncio.Event()
         if child is not None:
             services.router.static.update(child.routes)
-            child.listen(services.engine.wake, stop.set)
-            services.wakeups.on_events(child.events_written)
+            child.listen(services.engine.wake if engine else services.dispatcher.wake, stop.set)
+            if engine:
+                services.wakeups.on_events(child.events_written)
         else:
             for line in start_warnings(settings):
                 logging.getLogger("postline").warning(line)
@@ -339,7 +372,7 @@ def run_parts(
             ready=ready,
             stop=stop,
             delivery_process=split,
-            webhooks=child is None,
+            webhooks=engine if webhooks is None else webhooks,
         )
         for task in (announcer, told):
             if task is not None:

@@ -1,29 +1,34 @@
-"""``postline serve``'s delivery process: the engine and housekeeping run in a child
-process; the API, the SMTP doors and the webhook dispatcher in the parent.
+"""``postline serve``'s child processes: the delivery engine and housekeeping run in
+one, the webhook dispatcher in another; the API and the SMTP doors in the parent.
 
 One Python process has one core's worth of GIL: accepting (HTTP, validation, the
-accept commit) and delivering (SMTP, recording, webhook POSTs) took turns on it while
-the machine's other core idled. The child is a ``postline worker`` without a webhook
-dispatcher, so it shares the database, queue and spool with the parent exactly as
+accept commit), delivering (SMTP, recording) and the webhook POSTs took turns on it
+while the machine's other core idled. Each child is a ``postline worker`` with one of
+its two parts, so it shares the database, queue and spool with the parent exactly as
 workers of the distributed topology share them with API processes: leases, not the
-process, decide who delivers what, and the code paths are the ones the scale-out tests
-cover. The webhook POSTs stay with the parent because they balance the load: a
-profile of ``serve`` put accepting at about a fifth of its CPU, delivering and
-recording at about half and the webhooks at about a third.
+process, decide who delivers or sends what, and the code paths are the ones the
+scale-out tests cover. The webhook POSTs have a process of their own because no two
+of the three loads share one core's GIL well on a 2-core machine: with the dispatcher
+in the parent, the parent was held to one core while accepting, with a tenth to a fifth
+of the machine idle; beside the engine, delivery finished last (docs/PERFORMANCE.md,
+stop 34). Three processes let the kernel give the cores to whichever load has work.
 
-What the single process had for free, the pair keeps:
+What the single process had for free, the children keep:
 
-- Wake-ups. The parent writes a byte to a pipe after each commit of jobs, and the
-  child wakes its engine at once instead of at its next poll; the child writes one to
-  a second pipe after each commit of events (outcomes), and the parent wakes its
-  dispatcher. Neither pipe is ever waited on: a full pipe holds a wake-up already.
-- Fate. The child dies with its parent (``PR_SET_PDEATHSIG`` on Linux; elsewhere it
+- Wake-ups. The parent writes a byte to a pipe after each commit of jobs (to the
+  delivery process) and of events (to the webhook process), and the child wakes its
+  engine or its dispatcher at once instead of at its next poll; the delivery process
+  writes one to a second pipe after each commit of events (outcomes), which the parent
+  passes on to the webhook process. Neither pipe is ever waited on: a full pipe holds a
+  wake-up already.
+- Fate. A child dies with its parent (``PR_SET_PDEATHSIG`` on Linux; elsewhere it
   stops when the pipe's write end closes), so killing ``postline serve`` kills all of
-  it, as before; SIGTERM to the parent reaches the child, which drains as a worker does.
+  it, as before; SIGTERM to the parent reaches the children, which drain as a worker
+  does.
 - A child that dies on its own is started again, after 1 s, doubling to at most 30 s
   while it keeps dying young; its leases are recovered like any dead worker's.
-- Metrics. Both processes count into prometheus_client's multiprocess files under the
-  data dir, and the parent's ``/metrics`` sums them (``Metrics``).
+- Metrics. All three processes count into prometheus_client's multiprocess files
+  under the data dir, and the parent's ``/metrics`` sums them (``Metrics``).
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from postline.config import Settings
 
 log = logging.getLogger("postline")
 
-#: A byte on a wake pipe: jobs were committed (to the child), or events (to the parent).
+#: A byte on a wake pipe: work was committed (to a child), or events (to the parent).
 WORK = b"w"
 EVENTS = b"e"
 #: The child's first byte once its engine runs: ``serve`` announces itself after it.
@@ -84,14 +89,23 @@ def share_metrics(settings: Settings) -> None:
     os.environ[METRICS_DIR_ENV] = str(directory)
 
 
+#: What a child runs: its hidden command (``postline delivery-process`` or
+#: ``postline webhook-process``), by the part's name.
+DELIVERY = "delivery"
+WEBHOOKS = "webhook"
+COMMANDS = {DELIVERY: "delivery-process", WEBHOOKS: "webhook-process"}
+
+
 @dataclass
-class DeliveryProcess:
+class ChildProcess:
     """The parent's side: starts the child, wakes it, restarts it, stops it."""
 
     settings: Settings
+    #: DELIVERY (the engine and housekeeping) or WEBHOOKS (the dispatcher).
+    part: str = DELIVERY
     #: Static routes the child's engine needs (the sandbox simulator's address).
     routes: dict[str, tuple[str, int]] = field(default_factory=dict)
-    #: Called when the child committed events (the parent's dispatcher wakes).
+    #: Called when the child committed events (the webhook process is woken).
     events_written: Callable[[], None] = lambda: None
     process: asyncio.subprocess.Process | None = None
     #: Set once the (first) child said it runs.
@@ -113,7 +127,7 @@ class DeliveryProcess:
             sys.executable,
             "-m",
             "postline",
-            "delivery-process",
+            COMMANDS[self.part],
             "--wake-fd",
             str(read_fd),
             "--events-fd",
@@ -145,7 +159,12 @@ class DeliveryProcess:
         self._close_pipes()
         self._wake_fd, self._events_fd = write_fd, events_read
         read_wakes(events_read, self._heard, lambda: None)
-        log.info("delivery process %d started", self.process.pid)
+        log.info("%s %d started", self.name, self.process.pid)
+
+    @property
+    def name(self) -> str:
+        """How the logs call it: "delivery process" or "webhook process"."""
+        return f"{self.part} process"
 
     def _heard(self, data: bytes) -> None:
         if READY in data:
@@ -180,7 +199,8 @@ class DeliveryProcess:
                 if time.monotonic() - started > _YOUNG_SECONDS:
                     delay = _FIRST_RESTART_DELAY
                 log.error(
-                    "delivery process %d exited with %s; starting another in %.0f s",
+                    "%s %d exited with %s; starting another in %.0f s",
+                    self.name,
                     self.process.pid,
                     code,
                     delay,
@@ -201,7 +221,7 @@ class DeliveryProcess:
             try:
                 await asyncio.wait_for(process.wait(), self.settings.shutdown_timeout + 10)
             except TimeoutError:
-                log.error("delivery process %d did not stop; killing it", process.pid)
+                log.error("%s %d did not stop; killing it", self.name, process.pid)
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
@@ -232,7 +252,7 @@ class ChildLink:
         read_wakes(self.wake_fd, lambda data: work_arrived(), parent_gone)
 
     def events_written(self) -> None:
-        """Tell the parent's dispatcher that events were committed here."""
+        """Tell the parent that events were committed here (for the webhook process)."""
         send_wake(self.events_fd, EVENTS)
 
     async def tell_ready(self, ready: asyncio.Event) -> None:

@@ -21,7 +21,7 @@ from postline.api.app import create_api
 from postline.api.server import server_config
 from postline.app import Services, inbound_listener, start_sandbox
 from postline.config import ConfigError
-from postline.delivery_process import READY_TIMEOUT, DeliveryProcess
+from postline.delivery_process import DELIVERY, READY_TIMEOUT, WEBHOOKS, ChildProcess
 from postline.housekeeping import housekeeping
 from postline.inbound.listener import InboundListener
 from postline.sandbox.simulator import Simulator
@@ -73,6 +73,11 @@ def freeze_start_up_objects() -> None:
     gc.freeze()
 
 
+async def _all_set(*events: asyncio.Event) -> None:
+    for event in events:
+        await event.wait()
+
+
 async def serve(
     services: Services,
     *,
@@ -86,9 +91,9 @@ async def serve(
 ) -> None:
     """Run the chosen parts until SIGTERM/SIGINT (or ``stop``), then shut down gracefully.
 
-    ``delivery_process``: the engine and housekeeping run in a child process
-    (postline.delivery_process), the webhook dispatcher in this one. ``webhooks``: an
-    ``engine`` runs the dispatcher too (the delivery process does not).
+    ``engine``: the delivery engine and housekeeping; ``webhooks``: the webhook
+    dispatcher. ``delivery_process``: neither runs here but each in a child process of
+    its own (postline.delivery_process), this one keeping the API and the SMTP doors.
     """
     stop = stop or asyncio.Event()
     host, port = services.settings.http_host_port
@@ -129,7 +134,7 @@ async def serve(
     if engine and not delivery_process:
         tasks.append(asyncio.create_task(services.engine.run(stop), name="engine"))
         tasks.append(asyncio.create_task(housekeeping(services, stop), name="housekeeping"))
-    if (engine and webhooks) or delivery_process:
+    if webhooks and not delivery_process:
         tasks.append(asyncio.create_task(services.dispatcher.run(stop), name="webhooks"))
     if server is not None:
         while not server.started and not tasks[0].done():  # noqa: ASYNC110 - uvicorn has no event
@@ -138,19 +143,27 @@ async def serve(
         # Once the API answers, as the delivery process below: not on the first email.
         services.compose_pool.start()
     if delivery_process:
-        # Started once the API answers: its start-up (imports, recovery, warm-up) would
+        # Started once the API answers: their start-up (imports, recovery, warm-up) would
         # otherwise compete with the parent's for the CPU and the database.
-        child = DeliveryProcess(
-            services.settings, dict(services.router.static), services.dispatcher.wake
+        hooks = ChildProcess(services.settings, WEBHOOKS)
+        child = ChildProcess(
+            services.settings, DELIVERY, dict(services.router.static), hooks.wake_work
         )
+        # Jobs wake the engine; events (an accept's, or the outcomes the delivery process
+        # tells of) wake the dispatcher.
         services.wakeups.on_work(child.wake_work)
+        services.wakeups.on_events(hooks.wake_work)
         tasks.append(asyncio.create_task(child.run(stop), name="delivery process"))
-        # Announced once delivery runs too: "running" means all of it, and the child's
+        tasks.append(asyncio.create_task(hooks.run(stop), name="webhook process"))
+        # Announced once both run: "running" means all of it, and the children's
         # start-up (imports, recovery) does not compete with the first requests.
-        waits = [asyncio.create_task(child.ready.wait()), asyncio.create_task(stop.wait())]
-        await asyncio.wait(waits, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
-        for wait in waits:
-            wait.cancel()
+        started = asyncio.ensure_future(_all_set(child.ready, hooks.ready))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait(
+            [started, stopping], timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+        for waiter in (started, stopping):
+            waiter.cancel()
     freeze_start_up_objects()
     if ready is not None:
         ready.set()

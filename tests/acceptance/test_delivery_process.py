@@ -1,6 +1,7 @@
-"""``postline serve`` delivers in a child process (POSTLINE_DELIVERY_PROCESS, on by
-default): the child is woken by the parent's commits, counts into the parent's
-``/metrics``, is started again when it dies alone, and dies with the parent.
+"""``postline serve`` delivers in a child process and sends webhooks from another
+(POSTLINE_DELIVERY_PROCESS, on by default): each child is woken by the commits that
+concern it, counts into the parent's ``/metrics``, is started again when it dies alone,
+and dies with the parent.
 
 Real processes, a FakeMX found through FakeDNS, every setting but the MX's address at
 its default.
@@ -19,12 +20,14 @@ from tests.acceptance.harness import Install, Server
 from tests.acceptance.test_serve import add_domain, only_recipient, route_to
 from tests.harness.fake_dns import FakeDNS
 from tests.harness.fake_mx import FakeMX
+from tests.harness.receiver import WebhookReceiver
 
 EXIT_BOUND = 60.0
 
 
-def delivery_children(parent: int) -> list[int]:
-    """Pids of ``parent``'s children running ``postline delivery-process``."""
+def delivery_children(parent: int, command: bytes = b"delivery-process") -> list[int]:
+    """Pids of ``parent``'s children running ``postline delivery-process`` (or
+    ``command``)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -35,7 +38,7 @@ def delivery_children(parent: int) -> list[int]:
         except OSError:
             continue
         ppid = int(stat.rpartition(")")[2].split()[1])
-        if ppid == parent and b"delivery-process" in argv:
+        if ppid == parent and command in argv:
             found.append(int(entry.name))
     return found
 
@@ -58,14 +61,16 @@ async def poll(what: str, check: object, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def the_child(server: Server, timeout: float = 30.0) -> int:
+async def the_child(
+    server: Server, timeout: float = 30.0, command: bytes = b"delivery-process"
+) -> int:
     children: list[int] = []
 
     def found() -> bool:
-        children[:] = delivery_children(server.pid)
+        children[:] = delivery_children(server.pid, command)
         return len(children) == 1
 
-    await poll(f"one delivery process under {server.pid}", found, timeout)
+    await poll(f"one {command.decode()} under {server.pid}", found, timeout)
     return children[0]
 
 
@@ -145,9 +150,9 @@ async def test_sigterm_stops_the_child_before_the_parent_exits(
     server.signal(signal.SIGTERM)
     assert await server.wait_exit(EXIT_BOUND) == 0, server.describe()
     assert not alive(child)
-    # Both processes drained: two "stopped" lines, the parent's last.
+    # All three processes drained: three "stopped" lines, the parent's last.
     stops = [line for line in server.stderr if line.endswith("INFO postline stopped")]
-    assert len(stops) == 2, server.describe()
+    assert len(stops) == 3, server.describe()
 
 
 async def test_delivery_process_off_delivers_in_serve_itself(
@@ -159,3 +164,54 @@ async def test_delivery_process_off_delivers_in_serve_itself(
     await deliver_one(server, key, "solo@dest.test")
     assert delivery_children(server.pid) == []
     assert await outcomes(server, "delivered") == 1.0
+
+
+async def delivered_hook(receiver: WebhookReceiver, email_id: str) -> None:
+    """Wait for the ``email.delivered`` webhook of ``email_id``."""
+
+    def arrived() -> bool:
+        return any(
+            hook.json["type"] == "email.delivered" and hook.json["data"]["email_id"] == email_id
+            for hook in receiver.received
+        )
+
+    await poll(f"email.delivered of {email_id}", arrived)
+
+
+async def test_webhooks_go_out_from_a_child_of_their_own_that_is_started_again(
+    install: Install,
+    launch: Launcher,
+    fake_dns: FakeDNS,
+    fake_mx: FakeMX,
+    receiver: WebhookReceiver,
+) -> None:
+    server, key = await started(
+        install, launch, fake_dns, fake_mx, POSTLINE_WEBHOOK_ALLOW_PRIVATE="true"
+    )
+    hooks = await the_child(server, command=b"webhook-process")
+    delivery = await the_child(server)
+    assert hooks != delivery
+    answer = await server.client.post(
+        "/v1/webhooks",
+        json={"url": receiver.url, "events": ["email.delivered"]},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert answer.status_code == 201, answer.text
+    first = await server.send(key, to="first@dest.test")
+    await delivered_hook(receiver, first["id"])
+
+    os.kill(hooks, signal.SIGKILL)
+    await server.wait_for_line(
+        rf"webhook process {hooks} exited with -9", stream="stderr", timeout=30
+    )
+    replacement = await the_child(server, command=b"webhook-process")
+    assert replacement != hooks
+    # The delivery process goes on meanwhile; its events wait for the new dispatcher.
+    assert delivery_children(server.pid) == [delivery]
+    second = await server.send(key, to="second@dest.test")
+    await delivered_hook(receiver, second["id"])
+
+    server.proc.kill()
+    assert await server.wait_exit(EXIT_BOUND) == -signal.SIGKILL, server.describe()
+    await poll("both children to die with their parent", lambda: not alive(replacement))
+    await poll("the delivery process to die with its parent", lambda: not alive(delivery))
