@@ -86,7 +86,7 @@ class Services:
     #: Sends the daily TLS reports (housekeeping).
     tls_reporter: TlsReporter | None = None
     #: Who is told of committed work: this process's engine and dispatcher, and the
-    #: delivery process of ``postline serve`` (postline.delivery_process).
+    #: delivery and webhook processes of ``postline serve`` (postline.delivery_process).
     wakeups: Wakeups = field(default_factory=Wakeups)
 
     @classmethod

@@ -182,8 +182,9 @@ class Settings(BaseSettings):
     tlsrpt_contact: str = ""
     tlsrpt_from: str = ""
     shutdown_timeout: float = 30.0
-    # ``postline serve`` delivers (engine, housekeeping) in a child process of
-    # its own, so that accepting and delivering each have a core (postline.delivery_process).
+    # ``postline serve`` delivers (engine, housekeeping) in one child process and sends
+    # webhooks from another, so that accepting, delivering and the webhook POSTs each get
+    # a core when they have work (postline.delivery_process).
     delivery_process: bool = True
     poll_interval: float = 0.5
     housekeeping_interval: float = 30.0

@@ -1,6 +1,6 @@
 """Prometheus metrics, in a registry owned by the application (no globals).
 
-``postline serve`` counts in two processes (postline.delivery_process): then
+``postline serve`` counts in three processes (postline.delivery_process): then
 prometheus_client keeps the values in files of a shared directory, and ``render``
 sums what every process of the installation counted. A gauge is then the value most
 recently set by any of them.

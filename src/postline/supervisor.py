@@ -140,7 +140,7 @@ async def serve(
         while not server.started and not tasks[0].done():  # noqa: ASYNC110 - uvicorn has no event
             await asyncio.sleep(0.02)
     if api:
-        # Once the API answers, as the delivery process below: not on the first email.
+        # Once the API answers, as the child processes below: not on the first email.
         services.compose_pool.start()
     if delivery_process:
         # Started once the API answers: their start-up (imports, recovery, warm-up) would
