@@ -117,6 +117,18 @@ async def test_get_of_an_unknown_ref_is_spool_missing(spool: Spool) -> None:
         await spool.get("em_never_put")
 
 
+async def test_bodies_asked_for_at_once_each_get_their_own_answer(spool: Spool) -> None:
+    """Reads that start together may share a trip (the file spool's group read): a
+    missing body fails its own caller only, and every other caller gets its own body."""
+    refs = [f"em_together{n}" for n in range(30)]
+    await spool.put_many([(ref, ref.encode()) for ref in refs if ref != "em_together7"])
+    answers = await asyncio.gather(*(spool.get(ref) for ref in refs), return_exceptions=True)
+    assert isinstance(answers[7], SpoolMissing)
+    assert [a for n, a in enumerate(answers) if n != 7] == [
+        ref.encode() for ref in refs if ref != "em_together7"
+    ]
+
+
 async def test_delete_of_a_missing_ref_is_fine(spool: Spool) -> None:
     await spool.delete("em_never_put")
     await spool.put("em_once", b"x")

@@ -15,6 +15,10 @@ The accept path writes a batch's bodies chunk by chunk as they are built
 
 A deleted body's file is emptied and kept as a spare for a later body
 (``spool.spares``): creating a file is what a body costs most.
+
+Reads go to a thread, as writes do, but the deliveries that start together share
+one trip (``store.gathering.GroupRead``): a thread hop per 5 KB body cost the
+delivery process more than reading it (docs/PERFORMANCE.md, stop 34).
 """
 
 from __future__ import annotations
@@ -39,8 +43,11 @@ from postline.spool.base import (
 )
 from postline.spool.spares import Spares
 from postline.spool.syncfs import linux_syncfs
+from postline.store.gathering import GroupRead
 
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+#: Bodies read in one trip to a thread at most: a delivery engine's window is 100.
+_READ_BATCH = 100
 
 
 class FileSpool(Spool):
@@ -54,6 +61,10 @@ class FileSpool(Spool):
         #: Makes a whole filesystem durable (``syncfs``), or None: fsync body by body
         #: (off Linux, or asked for).
         self._syncfs: Callable[[int], None] | None = None if fsync_each else linux_syncfs()
+        #: Bodies asked for at once, read in one trip to a thread.
+        self._reads: GroupRead[str, bytes] = GroupRead(
+            self._read_many, name="spool reads", max_batch=_READ_BATCH
+        )
 
     def _path(self, ref: str) -> Path:
         check_ref(ref)
@@ -157,11 +168,12 @@ class FileSpool(Spool):
             raise _spool_error(exc) from exc
 
     async def get(self, ref: str) -> bytes:
-        path = self._path(ref)
-        try:
-            return await asyncio.to_thread(path.read_bytes)
-        except FileNotFoundError:
-            raise SpoolMissing(ref) from None
+        check_ref(ref)
+        return await self._reads.get(ref)
+
+    async def _read_many(self, refs: list[str]) -> list[bytes | Exception]:
+        names = [self._name(ref) for ref in refs]
+        return await asyncio.to_thread(_read_all, names, refs)
 
     def _unlink_all(self, paths: Sequence[Path]) -> None:
         # os calls on names: pathlib's objects cost more than the unlink on a busy engine.
@@ -204,3 +216,17 @@ def _spool_error(exc: OSError) -> SpoolError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return SpoolFull("the spool is full")
     return SpoolError(f"cannot write to the spool: {exc.strerror}")
+
+
+def _read_all(names: list[str], refs: list[str]) -> list[bytes | Exception]:
+    """Each body, or the error of its own read (only its caller hears it)."""
+    bodies: list[bytes | Exception] = []
+    for name, ref in zip(names, refs, strict=True):
+        try:
+            with open(name, "rb") as file:
+                bodies.append(file.read())
+        except FileNotFoundError:
+            bodies.append(SpoolMissing(ref))
+        except OSError as exc:
+            bodies.append(exc)
+    return bodies
