@@ -268,49 +268,36 @@ def worker(
     run_parts(settings_or_exit(ctx, may_create=True, **overrides), api=False, engine=True)
 
 
-@app.command("delivery-process", hidden=True)
-def delivery_process(
-    ctx: typer.Context,
-    wake_fd: Annotated[int, typer.Option()],
-    events_fd: Annotated[int, typer.Option()],
-    parent_pid: Annotated[int, typer.Option()],
-    route: Annotated[list[str] | None, typer.Option()] = None,
-) -> None:
-    """``postline serve``'s child for delivery and housekeeping
-    (postline.delivery_process). Started by ``serve``, not by hand."""
-    run_child(ctx, wake_fd, events_fd, parent_pid, route, engine=True)
+def child_command(*, engine: bool) -> Callable[..., None]:
+    """The hidden command of one of ``postline serve``'s children (postline.delivery_process):
+    the engine and housekeeping (``engine``) or the webhook dispatcher. Started by
+    ``serve``, not by hand."""
+
+    def command(
+        ctx: typer.Context,
+        wake_fd: Annotated[int, typer.Option()],
+        events_fd: Annotated[int, typer.Option()],
+        parent_pid: Annotated[int, typer.Option()],
+        route: Annotated[list[str] | None, typer.Option()] = None,
+    ) -> None:
+        from postline.delivery_process import ChildLink, parse_route
+
+        routes = dict(parse_route(text) for text in route or [])
+        link = ChildLink(wake_fd, events_fd, parent_pid, routes)
+        link.die_with_parent()
+        settings = settings_or_exit(ctx)
+        run_parts(settings, api=False, engine=engine, webhooks=not engine, child=link)
+
+    return command
 
 
-@app.command("webhook-process", hidden=True)
-def webhook_process(
-    ctx: typer.Context,
-    wake_fd: Annotated[int, typer.Option()],
-    events_fd: Annotated[int, typer.Option()],
-    parent_pid: Annotated[int, typer.Option()],
-    route: Annotated[list[str] | None, typer.Option()] = None,
-) -> None:
-    """``postline serve``'s child for the webhook dispatcher
-    (postline.delivery_process). Started by ``serve``, not by hand."""
-    run_child(ctx, wake_fd, events_fd, parent_pid, route, engine=False)
-
-
-def run_child(
-    ctx: typer.Context,
-    wake_fd: int,
-    events_fd: int,
-    parent_pid: int,
-    route: list[str] | None,
-    *,
-    engine: bool,
-) -> None:
-    """One of ``serve``'s children: the engine (``engine``) or the webhook dispatcher."""
-    from postline.delivery_process import ChildLink, parse_route
-
-    link = ChildLink(
-        wake_fd, events_fd, parent_pid, dict(parse_route(text) for text in route or [])
-    )
-    link.die_with_parent()
-    run_parts(settings_or_exit(ctx), api=False, engine=engine, webhooks=not engine, child=link)
+_CHILD_HELP = "`postline serve`'s child for {}. Started by `serve`, not by hand."
+app.command("delivery-process", hidden=True, help=_CHILD_HELP.format("delivery"))(
+    child_command(engine=True)
+)
+app.command("webhook-process", hidden=True, help=_CHILD_HELP.format("webhooks"))(
+    child_command(engine=False)
+)
 
 
 def run_parts(
