@@ -18,6 +18,7 @@ database spool.
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import sqlite3
 from collections.abc import Iterable
@@ -117,10 +118,11 @@ async def sigterm_busy(process: Server, destinations: Destinations) -> Shutdown:
     assert code == 0, process.describe()
     assert not any("Traceback" in line for line in process.stderr), process.describe()
     # The drain, by the process's own clock: from the signal's log line to the last one,
-    # with the deliveries given back in between.
+    # with the deliveries given back in between. ``serve`` and each of its children log
+    # "stopped"; the parent, which waits for its children, does so last.
     began = await logged_at(process, r"INFO postline shutting down$")
     gave_back = await logged_at(process, r"drained; released \d+ unfinished jobs$")
-    ended = await logged_at(process, r"INFO postline stopped$")
+    ended = last_logged_at(process, r"INFO postline stopped$")
     assert began <= gave_back <= ended, process.describe()
     drain = ended - began
     match = await process.wait_for_line(r"drained; released (\d+) unfinished", stream="stderr")
@@ -134,7 +136,19 @@ async def sigterm_busy(process: Server, destinations: Destinations) -> Shutdown:
 async def logged_at(process: Server, pattern: str) -> float:
     """When ``process`` logged its first stderr line matching ``pattern`` (epoch seconds)."""
     match = await process.wait_for_line(rf"^(\S+ \S+) .*{pattern}", stream="stderr")
-    return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return _epoch(match.group(1))
+
+
+def last_logged_at(process: Server, pattern: str) -> float:
+    """When ``process``, which has exited, logged its last stderr line matching
+    ``pattern`` (epoch seconds)."""
+    found = [m for line in process.stderr if (m := re.match(rf"^(\S+ \S+) .*{pattern}", line))]
+    assert found, process.describe()
+    return _epoch(found[-1].group(1))
+
+
+def _epoch(logged: str) -> float:
+    return datetime.strptime(logged, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 async def start_api(rig: Rig, *command: str) -> tuple[Server, str]:
