@@ -11,8 +11,8 @@ the server (``api.server.GuardedHttp``) reads nothing more of the connection and
 it a little later, so that the client can read the answer first.
 
 A keyed upload is read up to the limit before it is refused, and the allocator may keep
-what its chunks took (one run of the HTTP door test kept 20 MB of a 36 MB limit after a
-60 MB upload): after such a refusal the freed memory is handed back to the system
+what its chunks took (the HTTP door test's 60 MB upload left 7 to 20 MB of a 36 MB limit
+behind in 3 of 8 runs): after such a refusal the freed memory is handed back to the system
 (glibc's ``malloc_trim``), so that refused uploads leave nothing behind.
 """
 
