@@ -9,6 +9,8 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from postline.store.gathering import GroupRead
+
 # Email ids: letters, digits and "_". Nothing that could name a path or need quoting.
 _REF = re.compile(r"[A-Za-z0-9_]{1,64}")
 # A recipient's own copy of an email's body: the email's ref, "_r" and its position.
@@ -65,10 +67,23 @@ def owner_ref(ref: str) -> str:
     return match.group(1) if match else ref
 
 
+#: Bodies read together at most: a delivery engine's window is 100.
+READ_BATCH = 100
+
+
 class Spool(ABC):
     #: Whether bodies live in the store's database, so that they can be written in the
     #: same transaction as the rows that name them (``put_many(items, conn)``).
     shares_store: bool = False
+
+    def __init__(self) -> None:
+        #: Bodies asked for at once, read together (``read_many``): the deliveries that
+        #: start at the same time read theirs in one trip to a thread or one statement,
+        #: where a trip each cost the delivery process more than the reading
+        #: (docs/PERFORMANCE.md, stop 34).
+        self._reads: GroupRead[str, bytes] = GroupRead(
+            self.read_many, name="spool reads", max_batch=READ_BATCH
+        )
 
     @abstractmethod
     async def put_many(
@@ -80,8 +95,15 @@ class Spool(ABC):
         bodies are then durable when, and only if, that transaction commits.
         """
 
+    async def get(self, ref: str) -> bytes:
+        """The body of ``ref``; ``SpoolMissing`` if there is none."""
+        check_ref(ref)
+        return await self._reads.get(ref)
+
     @abstractmethod
-    async def get(self, ref: str) -> bytes: ...
+    async def read_many(self, refs: list[str]) -> list[bytes | Exception]:
+        """The body of each ref (checked already), in order, or the error its own read
+        met (``SpoolMissing`` for none): only that ref's caller hears it."""
 
     @abstractmethod
     async def delete(self, ref: str) -> None:

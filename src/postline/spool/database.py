@@ -7,7 +7,7 @@ place. A body is durable when ``put_many`` returns because the commit is
 transaction per batch gives all or none for free. The acceptor writes bodies in
 its own transaction (``shares_store``): one commit for the bodies and their rows.
 The deliveries that start together read their bodies in one statement
-(``store.gathering.GroupRead``), as they read their emails.
+(``Spool.get``), as they read their emails.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from postline.spool.base import Spool, SpoolError, SpoolFull, SpoolMissing, check_ref
 from postline.store.db import Database
 from postline.store.errors import is_disk_full
-from postline.store.gathering import GroupRead
 from postline.store.schema import spool_bodies
 from postline.store.types import utcnow
 
@@ -46,8 +45,6 @@ def _spool_errors(action: str) -> Iterator[None]:
         raise SpoolError(f"cannot {action} the database spool: {_reason(exc)}") from exc
 
 
-#: Bodies read in one statement at most: a delivery engine's window is 100.
-_READ_BATCH = 100
 _READ = select(spool_bodies.c.ref, spool_bodies.c.body).where(
     spool_bodies.c.ref.in_(bindparam("refs", expanding=True))
 )
@@ -57,11 +54,8 @@ class DatabaseSpool(Spool):
     shares_store = True
 
     def __init__(self, db: Database) -> None:
+        super().__init__()
         self.db = db
-        #: Bodies asked for at once, read in one statement.
-        self._reads: GroupRead[str, bytes] = GroupRead(
-            self._read_many, name="spool reads", max_batch=_READ_BATCH
-        )
 
     def _upsert(self) -> postgresql.Insert | sqlite.Insert:
         """Re-putting a ref replaces the body and its age, as a rename does in the file spool."""
@@ -93,11 +87,7 @@ class DatabaseSpool(Spool):
             async with self.db.write() as own:
                 await own.execute(self._upsert(), rows)
 
-    async def get(self, ref: str) -> bytes:
-        check_ref(ref)
-        return await self._reads.get(ref)
-
-    async def _read_many(self, refs: list[str]) -> list[bytes | Exception]:
+    async def read_many(self, refs: list[str]) -> list[bytes | Exception]:
         with _spool_errors("read from"):
             async with self.db.read() as conn:
                 rows = (await conn.execute(_READ, {"refs": sorted(set(refs))})).all()

@@ -16,10 +16,9 @@ The accept path writes a batch's bodies chunk by chunk as they are built
 A deleted body's file is emptied and kept as a spare for a later body
 (``spool.spares``): creating a file is what a body costs most.
 
-Reads go to a thread, as writes do, but the deliveries that start together share
-one trip (``store.gathering.GroupRead``): with a thread hop per 5 KB body, reading
-bodies was 6.7% of the delivery process's samples, most of it the hop
-(docs/PERFORMANCE.md, stop 34).
+Reads go to a thread, as writes do, one trip for the bodies asked for together
+(``Spool.get``): with a thread hop per 5 KB body, reading bodies was 6.7% of the
+delivery process's samples, most of it the hop (docs/PERFORMANCE.md, stop 34).
 """
 
 from __future__ import annotations
@@ -44,15 +43,13 @@ from postline.spool.base import (
 )
 from postline.spool.spares import Spares
 from postline.spool.syncfs import linux_syncfs
-from postline.store.gathering import GroupRead
 
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-#: Bodies read in one trip to a thread at most: a delivery engine's window is 100.
-_READ_BATCH = 100
 
 
 class FileSpool(Spool):
     def __init__(self, root: Path, *, fsync_each: bool = False) -> None:
+        super().__init__()
         self.root = root
         self._root_name = os.fspath(root)
         #: Files of deleted bodies, kept empty for new ones: a new file costs far more.
@@ -62,10 +59,6 @@ class FileSpool(Spool):
         #: Makes a whole filesystem durable (``syncfs``), or None: fsync body by body
         #: (off Linux, or asked for).
         self._syncfs: Callable[[int], None] | None = None if fsync_each else linux_syncfs()
-        #: Bodies asked for at once, read in one trip to a thread.
-        self._reads: GroupRead[str, bytes] = GroupRead(
-            self._read_many, name="spool reads", max_batch=_READ_BATCH
-        )
 
     def _path(self, ref: str) -> Path:
         check_ref(ref)
@@ -168,11 +161,7 @@ class FileSpool(Spool):
         except OSError as exc:
             raise _spool_error(exc) from exc
 
-    async def get(self, ref: str) -> bytes:
-        check_ref(ref)
-        return await self._reads.get(ref)
-
-    async def _read_many(self, refs: list[str]) -> list[bytes | Exception]:
+    async def read_many(self, refs: list[str]) -> list[bytes | Exception]:
         names = [self._name(ref) for ref in refs]
         return await asyncio.to_thread(_read_all, names, refs)
 
