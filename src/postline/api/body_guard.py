@@ -121,7 +121,10 @@ def _memory_giver() -> Callable[[], None]:
     """What hands freed memory back to the system: glibc's ``malloc_trim(0)``, or nothing
     where there is no glibc."""
     name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    try:
+        trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:  # a C library that cannot be loaded: nothing to hand memory back with
+        trim = None
     if trim is None:
         return lambda: None
 
