@@ -213,5 +213,5 @@ async def test_webhooks_go_out_from_a_child_of_their_own_that_is_started_again(
 
     server.proc.kill()
     assert await server.wait_exit(EXIT_BOUND) == -signal.SIGKILL, server.describe()
-    await poll("both children to die with their parent", lambda: not alive(replacement))
+    await poll("the new webhook process to die with its parent", lambda: not alive(replacement))
     await poll("the delivery process to die with its parent", lambda: not alive(delivery))
