@@ -385,3 +385,30 @@ async def test_a_park_records_a_skipped_and_a_refused_recipient_apart_from_the_w
             (5, waiting, "email.deferred"),
         ]
     assert await pl.services.queue.release_parked("dest.test") == 1
+
+
+async def test_the_engines_leases_give_a_destination_its_breaker_refuses_its_turns_only(
+    postline_factory: Factory,
+) -> None:
+    """Jobs of a destination whose breaker is open are leased only to be parked: a
+    backlog of them must not take the slots the rest of the mail leaves (it held 90%
+    of them and slowed the rest by 88%). Both of the engine's leases, its own and the
+    recorder's refill, tell the queue which destinations to hold back."""
+    pl = await postline_factory(engine=False)
+    engine = pl.services.engine
+    for _ in range(12):
+        await pl.send(to="someone@held.test")
+    await pl.send(to="someone@open.test")
+    engine.breakers.force_open("held.test")
+
+    async def refill(limit: int) -> list[Job]:
+        async with pl.services.db.write() as conn:
+            return await engine.lease_in(conn, limit)
+
+    for lease in (engine.lease, refill):
+        leased = await lease(10)
+        counts = Counter(job.destination for job in leased)
+        # Each destination's turn (5 of 10 slots), and no more: 9 held.test without it.
+        assert counts == {"held.test": 5, "open.test": 1}, (lease, counts)
+        for job in leased:
+            await pl.services.queue.release(job)

@@ -121,6 +121,41 @@ def test_domains_are_independent(breakers: Breakers) -> None:
     assert state(breakers, "alive.test") is BreakerState.CLOSED
 
 
+def test_held_back_names_the_domains_whose_jobs_allow_would_refuse(
+    breakers: Breakers, clock: FakeClock
+) -> None:
+    """What the engine tells the queue at every lease (``Queue.lease``)."""
+    trip(breakers, "dead.test")
+    fail(breakers, 2, "sick.test")  # failing, still closed
+    assert breakers.held_back() == {"dead.test"}
+    clock.advance(OPEN.total_seconds())  # half-open: trial slots free
+    assert breakers.held_back() == set()
+    assert breakers.allow("dead.test") and breakers.allow("dead.test")
+    assert breakers.held_back() == {"dead.test"}  # every trial slot taken
+    breakers.success("dead.test")
+    breakers.success("dead.test")
+    assert breakers.held_back() == set()
+    trip(breakers, "dead.test")  # tripped again after closing
+    assert breakers.held_back() == {"dead.test"}
+
+
+def test_a_breaker_warmed_up_open_is_held_back(clock: FakeClock) -> None:
+    rows = [
+        AttemptRow(
+            "dead.test",
+            f"att_{i}",
+            AttemptScope.TRANSACTION,
+            RecipientStatus.DEFERRED,
+            clock.now,
+            "timed out",
+        )
+        for i in range(5)
+    ]
+    breakers = Breakers(clock=clock)
+    breakers.warm_up(rows)
+    assert breakers.held_back() == {"dead.test"}
+
+
 # -- trap 1: open until last failure + open time, and recovery -------------------------
 
 
@@ -663,6 +698,11 @@ class BreakerMachine(RuleBasedStateMachine):
             if period == self.period and self.clock.now - t < self.open_for
         ]
         assert len(in_flight) <= self.policy.half_open_trials + self.credit
+
+    @invariant()
+    def held_back_is_what_allow_would_refuse(self) -> None:
+        refused = not self.breakers.admits(D)
+        assert self.breakers.held_back() == ({D} if refused else set())
 
     @invariant()
     def closed_means_below_the_threshold(self) -> None:

@@ -174,6 +174,9 @@ class Breakers:
         self.clock = clock
         self._open_for = timedelta(seconds=policy.open_seconds)
         self._breakers: dict[str, _Breaker] = {}
+        #: Every domain tripped since it was last seen closed: a superset of the open and
+        #: half-open ones, so that :meth:`held_back` looks at those only.
+        self._tripped: set[str] = set()
 
     # -- what the engine calls ------------------------------------------------
 
@@ -199,6 +202,25 @@ class Breakers:
         """Whether :meth:`allow` would say True now, without taking a trial slot."""
         breaker = self._breakers.get(_key(domain))
         return breaker is None or self._admits(breaker, self.clock())
+
+    def held_back(self) -> frozenset[str]:
+        """The domains :meth:`allow` would refuse now: open, or half-open with every
+        trial slot taken.
+
+        Asked at every lease, so that the queue gives the jobs of these domains only
+        their own turns, not the slots the others leave: each such job is leased only
+        to be parked, and a backlog parked job by job would keep the rest of the mail
+        waiting (``Queue.lease``). Costs a look at the tripped breakers, not at all.
+        """
+        now = self.clock()
+        held: set[str] = set()
+        for domain in list(self._tripped):
+            breaker = self._breakers.get(domain)
+            if breaker is None or not breaker.tripped:
+                self._tripped.discard(domain)
+            elif not self._admits(breaker, now):
+                held.add(domain)
+        return frozenset(held)
 
     def waiting(self, domain: str) -> Waiting:
         """For a job :meth:`allow` refused: its opening, and when the next trial is due.
@@ -264,9 +286,11 @@ class Breakers:
         """
         if until is not None and until.tzinfo is None:
             raise ValueError("force_open needs an aware datetime; use datetime.now(UTC)")
-        breaker = self._breakers.setdefault(_key(domain), _Breaker())
+        key = _key(domain)
+        breaker = self._breakers.setdefault(key, _Breaker())
         _trip(breaker, self.clock(), until)
         breaker.forced = True
+        self._tripped.add(key)
 
     def force_close(self, domain: str) -> None:
         """Back to closed with a clean count: the operator vouches for the destination."""
@@ -368,6 +392,7 @@ class Breakers:
         if state is BreakerState.CLOSED:
             if breaker.failures >= self.policy.failure_threshold:
                 _trip(breaker, at, at + self._open_for)
+                self._tripped.add(domain)
         elif state is BreakerState.OPEN:
             # A late verdict of a transaction admitted before it opened: open
             # until this, the latest failure, + open time — never "now" at a check.

@@ -300,7 +300,7 @@ class Engine:
             wait = self.settings.poll_interval
             if free > 0 and self.heartbeat.live:
                 try:
-                    leased = await self.queue.lease(self.owner, free, self.settings.lease_seconds)
+                    leased = await self.lease(free)
                     backoff.succeeded()
                 except Exception as exc:
                     wait = backoff.failed(exc)
@@ -341,8 +341,17 @@ class Engine:
             return 0
         return max(0, self.settings.concurrency - len(self._active) + finishing)
 
+    async def lease(self, limit: int) -> list[Job]:
+        """This worker's next jobs: those of destinations its breakers refuse get
+        their turns only (``Queue.lease``), as they are leased only to be parked."""
+        held_back = self.breakers.held_back()
+        return await self.queue.lease(self.owner, limit, self.settings.lease_seconds, held_back)
+
     async def lease_in(self, conn: AsyncConnection, limit: int) -> list[Job]:
-        return await self.queue.lease_in(conn, self.owner, limit, self.settings.lease_seconds)
+        held_back = self.breakers.held_back()
+        return await self.queue.lease_in(
+            conn, self.owner, limit, self.settings.lease_seconds, held_back
+        )
 
     async def _release_all(self, jobs: list[Job]) -> int:
         released = 0

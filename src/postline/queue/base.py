@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -107,17 +107,34 @@ class Queue(ABC):
         """
 
     @abstractmethod
-    async def lease(self, owner: str, limit: int, lease_seconds: float) -> list[Job]:
+    async def lease(
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        held_back: Collection[str] = frozenset(),
+    ) -> list[Job]:
         """Claim up to ``limit`` due jobs atomically for ``owner``, sorted by due time.
 
         Fair across destinations: one due job per destination in turn, the one
         served least recently first, round after round, so that a destination
         with a huge backlog cannot starve the others, even at ``limit=1``. An
         expired lease counts as due.
+
+        ``held_back``: destinations whose breaker is open for the caller. Their
+        jobs are leased only to be parked, so once another destination has jobs
+        in this lease they get their own turns only, never the slots the others
+        leave: a backlog behind an open breaker, parked job by job, must not hold
+        the rest of the mail's slots. Alone, they get every slot, as any destination.
         """
 
     async def lease_in(
-        self, conn: AsyncConnection, owner: str, limit: int, lease_seconds: float
+        self,
+        conn: AsyncConnection,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        held_back: Collection[str] = frozenset(),
     ) -> list[Job]:
         """:meth:`lease` inside the caller's store transaction; only a queue that
         ``shares_store`` can (the recorder takes the engine's next jobs in the

@@ -22,7 +22,11 @@ PostgreSQL: the view decides the order, never whether a job may be leased.
 What this object enqueues, leases, retries and releases keeps the view
 current. Besides, leases read from the store each destination with jobs and
 the earliest due of each, ``_READ_CHUNK`` destinations at a time: a few index
-probes per destination, not per job. A round of reads over all of them starts
+probes per destination, not per job. A lease inside another transaction (the
+recorder's refill, which is how a busy engine leases) starts that read beside
+it, for the leases after it: a process that leases only that way would otherwise
+never learn of destinations another process enqueued, and would serve them only
+after the earliest due jobs of every destination it knows. A round of reads over all of them starts
 at most once a second, and reads are spaced so that they take about 5% of the
 time when there are very many destinations. Within one process fairness is as
 exact as the view; several processes sharing a PostgreSQL database are each
@@ -31,12 +35,14 @@ fair on their own.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import heapq
+import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -66,6 +72,8 @@ from postline.store.inserts import insert_in_parts
 from postline.store.schema import queue_jobs as jobs_table
 from postline.store.schema import worker_heartbeats as heartbeats_table
 from postline.store.types import UTCDateTime, utcnow
+
+log = logging.getLogger("postline.queue")
 
 #: Destinations per statement when leasing by turn on SQLite, which allows at
 #: most 500 parts in one UNION.
@@ -219,11 +227,12 @@ def _claim_by_turns_postgresql() -> Any:
 
 
 @functools.cache
-def _claim_earliest(sqlite: bool) -> Any:
-    """Lease the earliest available jobs of any destination.
+def _claim_earliest(sqlite: bool, holding_back: bool) -> Any:
+    """Lease the earliest available jobs of any destination (``holding_back``: but
+    those of ``held``).
 
     Parameters: ``limit``; ``taken``, the jobs this transaction leased already;
-    ``now``, ``owner``, ``until``.
+    ``held``, if ``holding_back``; ``now``, ``owner``, ``until``.
     """
     now = bindparam("now", type_=UTCDateTime())
     candidates = (
@@ -232,6 +241,10 @@ def _claim_earliest(sqlite: bool) -> Any:
         .order_by(jobs_table.c.due_at)
         .limit(bindparam("limit", type_=Integer()))
     )
+    if holding_back:
+        candidates = candidates.where(
+            jobs_table.c.destination.not_in(bindparam("held", expanding=True))
+        )
     if not sqlite:
         candidates = candidates.with_for_update(skip_locked=True)
     return _claim(candidates, now)
@@ -462,6 +475,8 @@ class EmbeddedQueue(Queue):
         #: The last destination read in this round of reads ("": a round begins).
         self._read_from = ""
         self._buckets = BucketTaker(db)
+        #: Reads of the destinations started by ``lease_in`` (kept referenced until done).
+        self._reading: set[asyncio.Task[None]] = set()
         #: The leases that ``confirm`` asks about at the same time, read in one go.
         self._leases: GroupRead[str, tuple[str | None, datetime | None] | None] = GroupRead(
             self._read_leases, name="lease confirmations"
@@ -519,7 +534,13 @@ class EmbeddedQueue(Queue):
         for job in new:
             self._turns.note(job.destination, job.due_at)
 
-    async def lease(self, owner: str, limit: int, lease_seconds: float) -> list[Job]:
+    async def lease(
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        held_back: Collection[str] = frozenset(),
+    ) -> list[Job]:
         if limit <= 0:
             return []
         if time.monotonic() >= self._read_after:
@@ -527,13 +548,25 @@ class EmbeddedQueue(Queue):
         async with self.db.write() as conn:
             # Inside the write: on SQLite, this process's leases take turns one after
             # the other, each seeing the turns the one before it left.
-            return await self.lease_in(conn, owner, limit, lease_seconds)
+            return await self.lease_in(conn, owner, limit, lease_seconds, held_back)
 
     async def lease_in(
-        self, conn: AsyncConnection, owner: str, limit: int, lease_seconds: float
+        self,
+        conn: AsyncConnection,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        held_back: Collection[str] = frozenset(),
     ) -> list[Job]:
         if limit <= 0:
             return []
+        if time.monotonic() >= self._read_after:
+            # Inside the caller's transaction (the recorder's refill, which may lease
+            # for as long as deliveries finish): read beside it, for the next lease.
+            self._read_after = math.inf
+            reading = asyncio.create_task(self._read_in_background(), name="queue turns read")
+            self._reading.add(reading)
+            reading.add_done_callback(self._reading.discard)
         picked: list[str] = []
         try:
             now = utcnow()
@@ -546,16 +579,35 @@ class EmbeddedQueue(Queue):
                 "until": now + timedelta(seconds=lease_seconds),
             }
             rows = await self._claim_by_turns(conn, quotas, params)
-            if len(rows) < limit:
-                params |= {"limit": limit - len(rows), "taken": [row.id for row in rows]}
-                claim = _claim_earliest(self.db.is_sqlite)
-                rows += (await conn.execute(claim, params)).all()
+            if len(rows) < limit and held_back:
+                # The held back destinations had their turns: the slots left go to
+                # the others' earliest jobs (``Queue.lease``), theirs only if alone.
+                rows += await self._claim_earliest(conn, limit, rows, params, held_back)
+            others = held_back and any(row.destination not in held_back for row in rows)
+            if len(rows) < limit and not others:
+                rows += await self._claim_earliest(conn, limit, rows, params)
         except BaseException:
             self._turns.restore(picked)
             raise
         jobs = sorted((Job.from_row(row) for row in rows), key=lambda job: job.due_at)
         self._turns.settle(now, quotas, jobs)
         return jobs
+
+    async def _claim_earliest(
+        self,
+        conn: AsyncConnection,
+        limit: int,
+        rows: list[Any],
+        params: dict[str, Any],
+        held_back: Collection[str] = (),
+    ) -> list[Any]:
+        """Lease the earliest available jobs, but those of ``held_back``, up to ``limit``
+        with ``rows`` (those this lease took already)."""
+        params = params | {"limit": limit - len(rows), "taken": [row.id for row in rows]}
+        if held_back:
+            params["held"] = list(held_back)
+        claim = _claim_earliest(self.db.is_sqlite, bool(held_back))
+        return list((await conn.execute(claim, params)).all())
 
     async def _claim_by_turns(
         self, conn: AsyncConnection, quotas: dict[str, int], params: dict[str, Any]
@@ -577,6 +629,19 @@ class EmbeddedQueue(Queue):
             claim = _claim_by_turns_sqlite(len(part))
             rows += (await conn.execute(claim, params | turns)).all()
         return rows
+
+    async def close(self) -> None:
+        for reading in list(self._reading):
+            reading.cancel()
+        await asyncio.gather(*self._reading, return_exceptions=True)
+
+    async def _read_in_background(self) -> None:
+        """``_read_destinations`` for a lease that could not wait for it: a failure
+        leaves the view as it was until the next read (a second later)."""
+        try:
+            await self._read_destinations()
+        except Exception as exc:
+            log.warning("reading the destinations with jobs failed: %s", type(exc).__name__)
 
     async def _read_destinations(self) -> None:
         """Read the next destinations with jobs, and the earliest due of each, into the view.

@@ -41,7 +41,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -175,10 +175,16 @@ class RedisQueue(Queue):
                 ]
             await self._run(self._enqueue, *args)
 
-    async def lease(self, owner: str, limit: int, lease_seconds: float) -> list[Job]:
+    async def lease(
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        held_back: Collection[str] = frozenset(),
+    ) -> list[Job]:
         if limit <= 0:
             return []
-        reply = await self._run(self._lease, owner, lease_seconds, limit, _BATCH)
+        reply = await self._run(self._lease, owner, lease_seconds, limit, _BATCH, *held_back)
         jobs = [_job(reply[i], reply[i + 1]) for i in range(0, len(reply), 2)]
         return sorted(jobs, key=lambda job: job.due_at)
 

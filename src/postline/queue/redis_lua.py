@@ -132,8 +132,8 @@ return added
 """
 )
 
-#: ARGV: due prefix, owner, lease seconds, limit, most expired leases to recover first.
-#: Returns a flat array: id, JSON, id, JSON...
+#: ARGV: due prefix, owner, lease seconds, limit, most expired leases to recover first,
+#: then the held back destinations. Returns a flat array: id, JSON, id, JSON...
 #:
 #: Fair across destinations: ``domains`` holds each destination with pending jobs, scored
 #: by its turn: the due time of its earliest job or, if later, when it was last served.
@@ -142,7 +142,9 @@ return added
 #: keep this call's order), behind every destination waiting longer. So the one served
 #: least recently goes first, in this call and the next: a destination with 100k due jobs
 #: gets one turn per round like one with ten, even at limit=1. Turns stay at or below the
-#: server's clock, so a destination with jobs due is due for every caller.
+#: server's clock, so a destination with jobs due is due for every caller. A held back
+#: destination (its breaker is open for the caller) gets one job in a call that serves
+#: another destination too, not one per round: the rounds are the others' (``Queue.lease``).
 LEASE = (
     _COMMON
     + r"""
@@ -152,6 +154,8 @@ local lease_until = now + tonumber(ARGV[3])
 recover(now, tonumber(ARGV[5]))
 
 local taken, count = {}, 0
+local held, others = {}, 0
+for i = 6, #ARGV do held[ARGV[i]] = false end
 
 -- Lease the earliest job of `destination` if it is due and send the destination to the
 -- back of the line; true if it has another job due now.
@@ -179,6 +183,7 @@ local function serve(destination)
       redis.call('ZADD', LEASED, score(lease_until), id)
       redis.call('HINCRBY', INFLIGHT, destination, 1)
       count = count + 1
+      if held[destination] == nil then others = others + 1 else held[destination] = true end
       taken[#taken + 1] = id
       taken[#taken + 1] = encoded
       local after = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
@@ -203,7 +208,10 @@ while count < limit do
     local still = {}
     for _, destination in ipairs(ready) do
       if count >= limit then break end
-      if serve(destination) then still[#still + 1] = destination end
+      -- A held back destination served already waits while others are served.
+      if not (held[destination] and others > 0) and serve(destination) then
+        still[#still + 1] = destination
+      end
     end
     ready = still
   end
