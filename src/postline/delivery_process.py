@@ -45,6 +45,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from postline.config import Settings
@@ -89,11 +90,16 @@ def share_metrics(settings: Settings) -> None:
     os.environ[METRICS_DIR_ENV] = str(directory)
 
 
-#: What a child runs: its hidden command (``postline delivery-process`` or
-#: ``postline webhook-process``), by the part's name.
-DELIVERY = "delivery"
-WEBHOOKS = "webhook"
-COMMANDS = {DELIVERY: "delivery-process", WEBHOOKS: "webhook-process"}
+class Part(StrEnum):
+    """What a child runs; its value names it in the logs ("delivery process")."""
+
+    DELIVERY = "delivery"  # the engine and housekeeping
+    WEBHOOKS = "webhook"  # the dispatcher
+
+    @property
+    def command(self) -> str:
+        """Its hidden command: ``postline delivery-process`` or ``postline webhook-process``."""
+        return f"{self.value}-process"
 
 
 @dataclass
@@ -101,8 +107,7 @@ class ChildProcess:
     """The parent's side: starts the child, wakes it, restarts it, stops it."""
 
     settings: Settings
-    #: DELIVERY (the engine and housekeeping) or WEBHOOKS (the dispatcher).
-    part: str = DELIVERY
+    part: Part = Part.DELIVERY
     #: Static routes the child's engine needs (the sandbox simulator's address).
     routes: dict[str, tuple[str, int]] = field(default_factory=dict)
     #: Called when the child committed events (the webhook process is woken).
@@ -127,7 +132,7 @@ class ChildProcess:
             sys.executable,
             "-m",
             "postline",
-            COMMANDS[self.part],
+            self.part.command,
             "--wake-fd",
             str(read_fd),
             "--events-fd",
@@ -164,7 +169,7 @@ class ChildProcess:
     @property
     def name(self) -> str:
         """How the logs call it: "delivery process" or "webhook process"."""
-        return f"{self.part} process"
+        return f"{self.part.value} process"
 
     def _heard(self, data: bytes) -> None:
         if READY in data:

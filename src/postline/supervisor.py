@@ -21,7 +21,7 @@ from postline.api.app import create_api
 from postline.api.server import server_config
 from postline.app import Services, inbound_listener, start_sandbox
 from postline.config import ConfigError
-from postline.delivery_process import DELIVERY, READY_TIMEOUT, WEBHOOKS, ChildProcess
+from postline.delivery_process import READY_TIMEOUT, ChildProcess, Part
 from postline.housekeeping import housekeeping
 from postline.inbound.listener import InboundListener
 from postline.sandbox.simulator import Simulator
@@ -145,9 +145,9 @@ async def serve(
     if delivery_process:
         # Started once the API answers: their start-up (imports, recovery, warm-up) would
         # otherwise compete with the parent's for the CPU and the database.
-        hooks = ChildProcess(services.settings, WEBHOOKS)
+        hooks = ChildProcess(services.settings, Part.WEBHOOKS)
         child = ChildProcess(
-            services.settings, DELIVERY, dict(services.router.static), hooks.wake_work
+            services.settings, Part.DELIVERY, dict(services.router.static), hooks.wake_work
         )
         # Jobs wake the engine; events (an accept's, or the outcomes the delivery process
         # tells of) wake the dispatcher.
