@@ -3,6 +3,8 @@ and a resolver that lies (NXDOMAIN for a domain that exists) suppressing nobody.
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from typing import Any
 
 from tests.harness import FakeDNS, FakeMX, FakeMXFactory
@@ -142,3 +144,29 @@ async def test_mx_answers_are_cached_for_their_ttl(
         await pl.wait_for_status(sent["id"], ["delivered"])
     assert len(fake_dns.queries_for("dest.test", "MX")) == 1
     assert len(fake_dns.queries_for("mx.dest.test", "A")) == 1
+
+
+async def test_deliveries_that_miss_the_dns_caches_together_share_each_lookup(
+    postline_factory: Factory, fake_dns: FakeDNS, fake_mx: FakeMX
+) -> None:
+    """A hundred deliveries to a domain not looked up yet start together (a new
+    domain's first lease): its MX, its MX host's addresses, its MTA-STS record and
+    any TLSA record are each asked for once, not once per delivery. Mutation testing:
+    without ``SingleFlight`` each of the 20 here asked for every one of them."""
+    fake_dns.add_mx("new.test", (10, "mx.new.test"))
+    fake_dns.add_a("mx.new.test", "127.0.0.1")
+    pl = await postline_factory(engine=False)
+    engine = pl.services.engine
+
+    async def plan() -> None:
+        targets = await engine.router.route("new.test")
+        await engine.tls_policies.plan("new.test", targets)
+        assert [target.host for target in targets] == ["mx.new.test"]
+        assert await engine.router.addresses("mx.new.test") == ["127.0.0.1"]
+
+    await asyncio.gather(*(plan() for _ in range(20)))
+    asked = Counter(fake_dns.queries)
+    assert asked[("new.test", "MX")] == 1
+    assert asked[("_mta-sts.new.test", "TXT")] == 1
+    assert asked[("mx.new.test", "A")] == 1
+    assert asked and set(asked.values()) == {1}, asked

@@ -29,6 +29,7 @@ import dns.resolver
 
 from postline.model import BounceType
 from postline.netpolicy import describe, is_public
+from postline.singleflight import SingleFlight
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,9 @@ class Router:
         self.resolver = resolver
         # (kind, name) -> (absolute expiry, records): DNS answers live for their TTL.
         self._cache: dict[tuple[str, str], tuple[float, list[tuple[int, str]]]] = {}
+        #: The lookups under way, shared by the deliveries that missed the cache together.
+        self._mx_lookups: SingleFlight[str, list[tuple[int, str]]] = SingleFlight()
+        self._address_lookups: SingleFlight[str, list[str]] = SingleFlight()
         self.canary = canary.strip().rstrip(".")
         # Domains that resolved, in the order last seen: an NXDOMAIN for one of them
         # says more about the resolver than about the domain.
@@ -165,7 +169,7 @@ class Router:
         if cached is not None and cached[0] > time.time():
             return cached[1]
         try:
-            records = await self._lookup_mx(domain)
+            records = await self._mx_lookups.run(domain, lambda: self._lookup_mx(domain))
         except RouteError as exc:
             if exc.permanent:
                 raise await self._judge(domain, exc) from None
@@ -254,6 +258,9 @@ class Router:
         cached = self._cache.get(("ADDR", host))
         if cached is not None and cached[0] > time.time():
             return [address for _, address in cached[1]]
+        return list(await self._address_lookups.run(host, lambda: self._lookup_addresses(host)))
+
+    async def _lookup_addresses(self, host: str) -> list[str]:
         found: list[str] = []
         expiration = time.time() + 60
         for rdtype in ("A", "AAAA"):

@@ -34,6 +34,7 @@ import dns.resolver
 
 from postline.delivery.mtasts import StsMode, StsPolicy, parse_txt
 from postline.delivery.sts_fetch import FetchError, PolicyFetcher
+from postline.singleflight import SingleFlight
 from postline.store import mta_sts as sts_store
 from postline.store.db import Database
 from postline.store.types import Clock, utcnow
@@ -86,6 +87,7 @@ class MtaSts:
         self._memo: dict[str, _Memo] = {}
         self._refreshing: dict[str, asyncio.Task[None]] = {}
         self._fetching: dict[str, asyncio.Lock] = {}
+        self._looking_up: SingleFlight[str, StsPolicy | None] = SingleFlight()
 
     async def policy(self, domain: str) -> StsPolicy | None:
         """The policy in force (enforce or testing), None when there is none."""
@@ -94,6 +96,11 @@ class MtaSts:
             if memo.refresh_at is not None and self.clock() >= memo.refresh_at:
                 self._refresh_later(domain, memo.policy.policy_id if memo.policy else "")
             return _in_force(memo.policy)
+        return await self._looking_up.run(domain, lambda: self._look_up(domain))
+
+    async def _look_up(self, domain: str) -> StsPolicy | None:
+        """:meth:`policy` when this process has no memo of ``domain``: DNS, the
+        store, maybe a fetch (once for the deliveries that missed together)."""
         txt = await self._txt(domain)
         async with self.db.read() as conn:
             stored = await sts_store.get_policy(conn, domain)

@@ -35,6 +35,7 @@ from postline.delivery import dane
 from postline.delivery.dnssec_validate import Bogus, Status, Unanswered, Validator
 from postline.delivery.routing import Target
 from postline.delivery.tls import PolicySource, Tlsa, TlsDemand, TlsLevel
+from postline.singleflight import SingleFlight
 
 #: How long a negative or insecure answer is believed.
 NEGATIVE_TTL = 300.0
@@ -82,6 +83,7 @@ class TlsaLookup:
         self.resolver = resolver
         self.validator = validator
         self._cache: dict[tuple[str, str], _Answer] = {}
+        self._asking: SingleFlight[tuple[str, str], _Answer] = SingleFlight()
 
     async def demands(self, domain: str, targets: list[Target]) -> dict[str, TlsDemand]:
         """The DANE demand of each MX host that has one (``unusable`` for a host whose
@@ -139,6 +141,12 @@ class TlsaLookup:
         cached = self._cache.get(key)
         if cached is not None and cached.until > time.monotonic():
             return cached
+        return await self._asking.run(key, lambda: self._look_up(key))
+
+    async def _look_up(self, key: tuple[str, str]) -> _Answer:
+        """The answer for ``key`` from DNS, remembered until its TTL (once for the
+        deliveries that missed the cache together: ``SingleFlight``)."""
+        rdtype, name = key
         found = await (self._validate if self.validator else self._trust_ad)(name, rdtype)
         self._cache.pop(key, None)
         self._cache[key] = found
