@@ -16,6 +16,7 @@ operator's own choice and are not filtered.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 import time
@@ -293,7 +294,9 @@ def _lookup_failed(domain: str, exc: Exception) -> RouteError:
     return RouteError(f"DNS lookup for {domain} failed: {exc}", permanent=False)
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_ip(text: str) -> bool:
+    """Remembered, as ``shaping.provider``: asked for every connection."""
     try:
         ipaddress.ip_address(text)
     except ValueError:
