@@ -26,8 +26,8 @@ probes per destination, not per job. A lease inside another transaction (the
 recorder's refill, which is how a busy engine leases) starts that read beside
 it, for the leases after it: a process that leases only that way would otherwise
 never learn of destinations another process enqueued, and would serve them only
-after the earliest due jobs of every destination it knows. A round of reads over all of them starts
-at most once a second, and reads are spaced so that they take about 5% of the
+after the earliest due jobs of every destination it knows. A round of reads over
+all of them starts at most once a second, and reads are spaced so that they take about 5% of the
 time when there are very many destinations. Within one process fairness is as
 exact as the view; several processes sharing a PostgreSQL database are each
 fair on their own.
