@@ -18,6 +18,7 @@ registries, RFC 6890) decide; then anything outside IPv6 global unicast
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
@@ -99,6 +100,20 @@ def embedded_ipv4(ip: IPv6Address) -> list[tuple[str, IPv4Address]]:
         client = IPv4Address(~int(ip) & 0xFFFFFFFF)  # RFC 4380 4: stored inverted
         return [("Teredo server", server), ("Teredo client", client)]
     return []
+
+
+@functools.lru_cache(maxsize=4096)
+def is_address(text: str) -> bool:
+    """Whether ``text`` is an IP address rather than a host name.
+
+    Remembered per text: the engine asks for every delivery (its MX host), and
+    ``ip_address`` only says no by raising, which was 3.6% of the delivery process.
+    """
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def refusal(address: str | IPAddress) -> str | None:

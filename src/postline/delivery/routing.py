@@ -16,8 +16,6 @@ operator's own choice and are not filtered.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import random
 import time
 from dataclasses import dataclass, replace
@@ -29,7 +27,7 @@ import dns.rdatatype
 import dns.resolver
 
 from postline.model import BounceType
-from postline.netpolicy import describe, is_public
+from postline.netpolicy import describe, is_address, is_public
 from postline.singleflight import SingleFlight
 
 
@@ -254,7 +252,7 @@ class Router:
 
     async def addresses(self, host: str) -> list[str]:
         """Resolve an MX host name through our resolver (not the system's), TTL-cached."""
-        if _is_ip(host):
+        if is_address(host):
             return [host]
         cached = self._cache.get(("ADDR", host))
         if cached is not None and cached[0] > time.time():
@@ -292,16 +290,6 @@ def _no_such_domain(domain: str) -> RouteError:
 
 def _lookup_failed(domain: str, exc: Exception) -> RouteError:
     return RouteError(f"DNS lookup for {domain} failed: {exc}", permanent=False)
-
-
-@functools.lru_cache(maxsize=4096)
-def _is_ip(text: str) -> bool:
-    """Remembered, as ``shaping.provider``: asked for every connection."""
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 async def lookup_texts(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str) -> list[str]:
