@@ -1,7 +1,7 @@
 """One lookup per key at a time: callers that ask while it runs share its answer.
 
 A cache miss is rarely alone. When mail for a new domain arrives, the engine starts
-a hundred deliveries to it at once, and each found the MX, MTA-STS and TLSA caches
+up to a hundred deliveries to it at once, and each found the MX, MTA-STS and TLSA caches
 empty: each sent its own DNS queries for the same names, and the first answer to
 come back made the others' redundant. With ``SingleFlight`` they wait for the one
 lookup instead (the same answer, or the same error, as their own would have been).

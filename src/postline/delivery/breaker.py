@@ -210,7 +210,7 @@ class Breakers:
         Asked at every lease, so that the queue gives the jobs of these domains only
         their own turns, not the slots the others leave: each such job is leased only
         to be parked, and a backlog parked job by job would keep the rest of the mail
-        waiting (``Queue.lease``). Costs a look at the tripped breakers, not at all.
+        waiting (``Queue.lease``). Looks at the tripped breakers only, not at every one.
         """
         now = self.clock()
         held: set[str] = set()

@@ -582,10 +582,10 @@ class EmbeddedQueue(Queue):
             if len(rows) < limit and held_back:
                 # The held back destinations had their turns: the slots left go to
                 # the others' earliest jobs (``Queue.lease``), theirs only if alone.
-                rows += await self._claim_earliest(conn, limit, rows, params, held_back)
+                rows += await self._fill(conn, limit, rows, params, held_back)
             others = held_back and any(row.destination not in held_back for row in rows)
             if len(rows) < limit and not others:
-                rows += await self._claim_earliest(conn, limit, rows, params)
+                rows += await self._fill(conn, limit, rows, params)
         except BaseException:
             self._turns.restore(picked)
             raise
@@ -593,7 +593,7 @@ class EmbeddedQueue(Queue):
         self._turns.settle(now, quotas, jobs)
         return jobs
 
-    async def _claim_earliest(
+    async def _fill(
         self,
         conn: AsyncConnection,
         limit: int,
