@@ -33,6 +33,14 @@ class SingleFlight(Generic[K, V]):
             running.add_done_callback(lambda done: self._finished(key, done))
         return await asyncio.shield(running)
 
+    async def close(self) -> None:
+        """Cancel the lookups under way: no caller waits for them after a shutdown, and
+        one may be slow (the MTA-STS cache's may fetch a policy over HTTPS)."""
+        running = list(self._running.values())
+        for lookup in running:
+            lookup.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
     def _finished(self, key: K, done: asyncio.Future[V]) -> None:
         if self._running.get(key) is done:
             del self._running[key]

@@ -73,3 +73,16 @@ async def test_a_cancelled_caller_does_not_cancel_the_lookup_for_the_others() ->
     lookup.release.set()
     assert await staying == "answer 1"
     assert leaving.cancelled() and lookup.runs == 1
+
+
+async def test_close_cancels_the_lookups_under_way() -> None:
+    flight: SingleFlight[str, str] = SingleFlight()
+    lookup = Lookup()  # never released
+    caller = asyncio.ensure_future(flight.run("a", lookup))
+    while lookup.runs == 0:  # the caller, then the lookup's task, have started
+        await asyncio.sleep(0)
+    await asyncio.wait_for(flight.close(), 10)  # a lookup left running: TimeoutError
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    lookup.release.set()
+    assert await flight.run("a", lookup) == "answer 2"  # a new lookup, not the cancelled one

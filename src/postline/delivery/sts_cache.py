@@ -137,6 +137,7 @@ class MtaSts:
         for task in list(self._refreshing.values()):
             task.cancel()
         await asyncio.gather(*self._refreshing.values(), return_exceptions=True)
+        await self._looking_up.close()
 
     async def _txt(self, domain: str) -> _Txt:
         name = f"_mta-sts.{domain}"
