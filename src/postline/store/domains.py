@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.store.records import AnyRow, Record
@@ -70,9 +70,12 @@ async def get_domain(conn: AsyncConnection, domain_id: str) -> Domain | None:
     return None if row is None else _domain(conn, row)
 
 
+#: Built once: each send reads its sending domain (``store.keys`` says why).
+_BY_NAME = select(domains).where(domains.c.name == bindparam("name"))
+
+
 async def get_domain_by_name(conn: AsyncConnection, name: str) -> Domain | None:
-    statement = select(domains).where(domains.c.name == name.lower())
-    row = (await conn.execute(statement)).first()
+    row = (await conn.execute(_BY_NAME, {"name": name.lower()})).first()
     return None if row is None else _domain(conn, row)
 
 

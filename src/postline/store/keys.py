@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.store.records import Record
@@ -58,18 +58,27 @@ async def insert_key(
 _WITH_DOMAIN = select(api_keys, domains.c.name.label("domain_name")).select_from(
     api_keys.outerjoin(domains, api_keys.c.domain_id == domains.c.id)
 )
+#: Built once: every authenticated request runs one of these, and building the statement
+#: and its cache key anew took 30-35 us, 3% of the API process's samples at 200 single
+#: sends a second (a built statement's cache key is remembered).
+_ACTIVE_BY_HASH = _WITH_DOMAIN.where(
+    api_keys.c.key_hash == bindparam("key_hash"), api_keys.c.revoked_at.is_(None)
+)
+_ACTIVE_BY_ID = _WITH_DOMAIN.where(
+    api_keys.c.id == bindparam("key_id"), api_keys.c.revoked_at.is_(None)
+)
 
 
 async def find_active_key(conn: AsyncConnection, key_hash: str) -> ApiKey | None:
     """The hash is the lookup key: the comparison happens inside the index, not in Python."""
-    statement = _WITH_DOMAIN.where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
-    return ApiKey.from_optional((await conn.execute(statement)).first())
+    found = await conn.execute(_ACTIVE_BY_HASH, {"key_hash": key_hash})
+    return ApiKey.from_optional(found.first())
 
 
 async def get_active_key(conn: AsyncConnection, key_id: str) -> ApiKey | None:
     """An active key by id: a dashboard session stands for a key until it is revoked."""
-    statement = _WITH_DOMAIN.where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-    return ApiKey.from_optional((await conn.execute(statement)).first())
+    found = await conn.execute(_ACTIVE_BY_ID, {"key_id": key_id})
+    return ApiKey.from_optional(found.first())
 
 
 async def list_keys(conn: AsyncConnection) -> list[ApiKey]:
