@@ -275,7 +275,7 @@ class Acceptor:
         (AcceptError 403 if not, 422 if it is none); ``cache`` keeps what was read."""
         name = _destination(from_address)
         if name not in cache:
-            async with self.db.read() as conn:
+            async with self.db.lookup() as conn:
                 cache[name] = await domain_store.get_domain_by_name(conn, name)
         row = cache[name]
         if principal.domain_id is not None and (row is None or row.id != principal.domain_id):

@@ -148,7 +148,7 @@ async def revoke_by_prefix(db: Database, id_or_prefix: str) -> str | None:
 async def authenticate(db: Database, secret: str) -> Principal | None:
     """The principal for a presented key, or None (unknown, revoked or expired)."""
     digest = hash_api_key(secret)
-    async with db.read() as conn:
+    async with db.lookup() as conn:
         row = await key_store.find_active_key(conn, digest)
     if row is None or not hmac.compare_digest(row.key_hash, digest):
         return None

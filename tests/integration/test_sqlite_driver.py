@@ -83,6 +83,30 @@ async def test_begin_goes_with_the_first_statement_and_a_transaction_without_one
         assert (await conn.execute(text("SELECT n FROM t"))).scalar_one() == 1
 
 
+async def test_a_lookup_is_one_trip_and_reads_each_statement_at_its_own_moment(
+    db: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``Database.lookup`` runs outside a transaction: no ROLLBACK to send afterwards,
+    and no snapshot held between its statements (as ``read`` on PostgreSQL)."""
+    async with db.lookup() as conn:
+        await conn.execute(text("SELECT 0"))  # the pool's first connection, opened
+    trips = count_trips(monkeypatch)
+    async with db.lookup() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar_one() == 0
+    assert len(trips) == 1, trips
+    monkeypatch.undo()
+    other = sqlite3.connect(tmp_path / "driver.db", timeout=0, isolation_level=None)
+    try:
+        async with db.lookup() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar_one() == 0
+            other.execute("INSERT INTO t (name, n) VALUES ('elsewhere', 1)")
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar_one() == 1
+    finally:
+        other.close()
+    async with db.read() as conn:  # the same pooled connections: a read still keeps one
+        assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar_one() == 1
+
+
 async def test_a_read_block_keeps_one_snapshot_and_a_write_holds_the_lock(
     db: Database, tmp_path: Path
 ) -> None:

@@ -73,11 +73,12 @@ def _executemany(conn: sqlite3.Connection, operation: str, parameters: Any) -> _
 
 def _after_begin(
     conn: sqlite3.Connection, begin: str | None, work: Any, operation: str, parameters: Any
-) -> _Answer:
+) -> tuple[_Answer, bool]:
+    """The statement's answer, and whether a transaction is open after it."""
     if begin is not None:
         conn.execute(begin)
     answer: _Answer = work(conn, operation, parameters)
-    return answer
+    return answer, conn.in_transaction
 
 
 class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
@@ -136,10 +137,13 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         adapted = cast("OneTripConnection", self._adapt_connection)
         async with adapted._execute_mutex:
             begin, adapted.pending_begin = adapted.pending_begin, None
-            adapted.transaction_ended = False  # any statement may leave one open
-            answer: _Answer = await connection._execute(  # type: ignore[no-untyped-call]
+            # Any statement may leave one open; if its caller is cancelled before the
+            # answer comes, the ROLLBACK that follows must be sent.
+            adapted.transaction_ended = False
+            answer, open_after = await connection._execute(  # type: ignore[no-untyped-call]
                 _after_begin, connection._conn, begin, work, operation, parameters
             )
+            adapted.transaction_ended = not open_after
         description, rowcount, lastrowid, rows = answer
         self._answer_description = description
         self._answer_rowcount = rowcount
@@ -191,10 +195,12 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
 
         SQLAlchemy also rolls back every connection it is given back, after the
         transaction was committed: without this that was one more trip per write.
-        Kept on this side, not asked of SQLite: a statement whose caller was
-        cancelled may still be waiting for the database thread, and the ROLLBACK
-        queued behind it must not be skipped. Any statement counts as opening one,
-        whatever its text.
+        Kept on this side, not asked of SQLite at the end: a statement whose caller
+        was cancelled may still be waiting for the database thread, and the ROLLBACK
+        queued behind it must not be skipped. So a statement counts as opening one
+        until its trip brings back SQLite's own word (``in_transaction``), taken in the
+        same trip: a statement run outside a transaction (``Database.lookup``) then
+        leaves nothing to end.
         """
         if self.pending_begin is not None:
             self.pending_begin = None  # no statement ran: SQLite never opened it
