@@ -40,7 +40,7 @@ from postline.events.dispatcher import Dispatcher
 from postline.inbound.apply import InboundReports
 from postline.inbound.listener import InboundHandler, InboundListener
 from postline.inbound.routed import RoutedMail
-from postline.keys import create_key
+from postline.keys import Authenticator, create_key
 from postline.metrics import Metrics
 from postline.private_files import permission_warnings
 from postline.queue import Queue
@@ -73,6 +73,8 @@ class Services:
     metrics: Metrics
     router: Router
     acceptor: Acceptor
+    #: Turns presented API keys into principals (the API, the dashboard, SMTP AUTH).
+    authenticator: Authenticator
     engine: Engine
     dispatcher: Dispatcher
     #: Where messages are built and signed, off the event loop; shut down by :meth:`close`.
@@ -184,6 +186,7 @@ class Services:
             metrics,
             router,
             acceptor,
+            Authenticator(db),
             engine,
             dispatcher,
             compose_pool,

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from typer.testing import CliRunner
 
 from postline.cli import app as cli
-from postline.keys import authenticate, create_key
+from postline.keys import create_key
 from postline.store.schema import api_keys
 from postline.store.types import utcnow
 from tests.harness.postline import TEST_SECRET_KEY, Factory, PostlineUnderTest
@@ -71,7 +71,7 @@ async def test_presented_keys_are_compared_with_compare_digest(
 
     # postline.keys calls hmac.compare_digest through the module: the spy sees each call.
     monkeypatch.setattr(hmac, "compare_digest", spy)
-    principal = await authenticate(pl.services.db, created.key)
+    principal = await pl.services.authenticator.authenticate(created.key)
     assert principal is not None and principal.domain_name == "example.test"
     digest = hashlib.sha256(created.key.encode()).hexdigest()
     assert calls == [(digest, digest)]
@@ -80,8 +80,48 @@ async def test_presented_keys_are_compared_with_compare_digest(
     for other in "AB":
         changed = created.key[:-1] + (other if created.key[-1] != other else "C")
         assert changed != created.key
-        assert await authenticate(pl.services.db, changed) is None
-    assert await authenticate(pl.services.db, digest) is None
+        assert await pl.services.authenticator.authenticate(changed) is None
+    assert await pl.services.authenticator.authenticate(digest) is None
+
+
+async def test_keys_presented_together_are_read_in_one_statement_each_with_its_own_answer(
+    postline_factory: Factory, database_url: str
+) -> None:
+    """Concurrent requests share a key lookup (``keys.Authenticator``): one statement
+    for all of them, yet each caller hears only its own key's answer, and a key revoked
+    before the lookup is refused."""
+    pl = await postline_factory(engine=False, database_url=database_url)
+    db = pl.services.db
+    scoped = await create_key(db, "scoped", "example.test")
+    admin = await create_key(db, "admin")
+    revoked = await create_key(db, "revoked", "example.test")
+    async with db.write() as conn:
+        await conn.execute(
+            update(api_keys).where(api_keys.c.id == revoked.id).values(revoked_at=utcnow())
+        )
+    # Used just now: no last_used_at write to count among the statements.
+    for created in (scoped, admin):
+        assert await pl.services.authenticator.authenticate(created.key) is not None
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "api_keys" in statement:
+            statements.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        presented = [scoped.key, admin.key, revoked.key, "pl_unknown", scoped.key] * 4
+        found = await asyncio.gather(
+            *(pl.services.authenticator.authenticate(key) for key in presented)
+        )
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", seen)
+    assert len(statements) == 1, statements
+    expected = {scoped.key: "scoped", admin.key: "admin", revoked.key: None, "pl_unknown": None}
+    assert [p.name if p is not None else None for p in found] == [
+        expected[key] for key in presented
+    ]
+    assert all(p.domain_name == "example.test" for p in found[::5] if p is not None)
 
 
 def _cli_revoke(pl: PostlineUnderTest, key_id: str) -> str:

@@ -51,7 +51,11 @@ def create_api(services: Services) -> FastAPI:
     problems.install(app)
     responses.document_problems(app)
     # Nothing reads a body before it has counted it.
-    app.add_middleware(body_guard.BodyGuard, db=services.db, limit=services.settings.request_limit)
+    app.add_middleware(
+        body_guard.BodyGuard,
+        authenticator=services.authenticator,
+        limit=services.settings.request_limit,
+    )
     # Outside it: its problems too are relabelled for clients that want plain JSON.
     app.add_middleware(problems.NegotiatedProblems)
     # Outermost: every layer inside sees the client a trusted proxy names.

@@ -13,9 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from postline.api import ratelimit
 from postline.api.problems import Problem
 from postline.app import Services
-from postline.keys import Principal, authenticate
+from postline.keys import Authenticator, Principal
 from postline.store import domains as domain_store
-from postline.store.db import Database
 
 #: RFC 6750: a 401 names the scheme the client should use, and why a key was refused.
 _NO_KEY = {"WWW-Authenticate": 'Bearer realm="postline"'}
@@ -38,12 +37,12 @@ async def _services_dependency(request: Request) -> Services:
 SCOPE_KEY = "postline.principal"
 
 
-async def identify(db: Database, header: str) -> Principal:
+async def identify(authenticator: Authenticator, header: str) -> Principal:
     """The principal of an ``Authorization`` header, or a 401 Problem."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Problem(401, "missing API key: send 'Authorization: Bearer <key>'", headers=_NO_KEY)
-    found = await authenticate(db, token.strip())
+    found = await authenticator.authenticate(token.strip())
     if found is None:
         raise Problem(401, "invalid or revoked API key", headers=_BAD_KEY, name="invalid_api_key")
     return found
@@ -68,7 +67,9 @@ async def principal(
     # A request with a body was authenticated before it was read (api.body_guard).
     found = request.scope.get(SCOPE_KEY)
     if not isinstance(found, Principal):
-        found = await identify(services(request).db, request.headers.get("authorization", ""))
+        found = await identify(
+            services(request).authenticator, request.headers.get("authorization", "")
+        )
     await ratelimit.enforce(request, found)
     return found
 

@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from postline.api.auth import SCOPE_KEY, identify
 from postline.api.problems import Problem, problem_response, storage_unavailable
-from postline.store.db import Database
+from postline.keys import Authenticator
 
 #: Paths whose requests need an API key; the operations endpoints take none.
 AUTHENTICATED_PREFIX = "/v1/"
@@ -45,9 +45,9 @@ class BodyGuard:
     """Authenticate, then read the body up to ``limit`` bytes, then run the application
     with the body it would have read itself."""
 
-    def __init__(self, app: ASGIApp, *, db: Database, limit: int) -> None:
+    def __init__(self, app: ASGIApp, *, authenticator: Authenticator, limit: int) -> None:
         self.app = app
-        self.db = db
+        self.authenticator = authenticator
         self.limit = limit
         self._give_back = _memory_giver()
 
@@ -61,7 +61,9 @@ class BodyGuard:
             return
         if scope["path"].startswith(AUTHENTICATED_PREFIX):
             try:
-                scope[SCOPE_KEY] = await identify(self.db, headers.get("authorization", ""))
+                scope[SCOPE_KEY] = await identify(
+                    self.authenticator, headers.get("authorization", "")
+                )
             except Problem as exc:
                 await self._refuse(
                     scope, receive, send, exc.status, exc.detail, exc.headers, exc.name

@@ -20,7 +20,6 @@ from postline.dashboard import session, web
 from postline.dashboard.content import shown
 from postline.dashboard.guard import Form, Me, PageRoute, require
 from postline.dashboard.overview import WINDOWS, overview, window
-from postline.keys import authenticate
 from postline.model import PENDING_STATUSES, EmailStatus, RecipientStatus
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
@@ -113,7 +112,7 @@ async def sign_in(request: Request) -> Response:
         response.headers["Retry-After"] = str(decision.retry_after)
         return response
     key = fields.get("key", "").strip()
-    caller = await authenticate(svc.db, key) if key and len(key) <= 200 else None
+    caller = await svc.authenticator.authenticate(key) if key and len(key) <= 200 else None
     if caller is None:
         return _signin_page(request, 401, "That API key is not valid, or it was revoked.")
     token = await session.start(svc.db, caller)

@@ -18,7 +18,7 @@ from typing import Any
 
 from postline.app import Services
 from postline.config import ConfigError, Settings, parse_host_port
-from postline.keys import Principal, authenticate
+from postline.keys import Principal
 from postline.ratelimit import RateLimiter
 from postline.sockets import listen
 from postline.submission.handler import SubmissionHandler
@@ -72,7 +72,7 @@ class SubmissionServer:
     async def _verify(self, secret: str) -> Principal | None:
         """The key's principal if it may send: a key without the ``send`` scope (a
         read-only key, say) is refused at AUTH as a wrong password is."""
-        found = await authenticate(self.services.db, secret)
+        found = await self.services.authenticator.authenticate(secret)
         return found if found is not None and "send" in found.scopes else None
 
     def _factory(self, tls: TlsMaterial, *, implicit: bool) -> Any:
