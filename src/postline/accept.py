@@ -207,6 +207,11 @@ class Acceptor:
         #: or the sending domain's own tracking host).
         self.tracking_tokens = Tokens.of(db.secrets)
         self.tracking_base = tracking_base or TrackingBase("")
+        #: Sending domains asked for while a lookup runs are read together when it
+        #: ends (as ``keys.Authenticator`` reads keys).
+        self._domains: GroupRead[str, Domain | None] = GroupRead(
+            self._look_up_domains, name="sending domain lookups"
+        )
         self._group: GroupRead[_Call, list[Accepted]] = GroupRead(
             self._commit_group,
             name="accept group commit",
@@ -275,8 +280,7 @@ class Acceptor:
         (AcceptError 403 if not, 422 if it is none); ``cache`` keeps what was read."""
         name = _destination(from_address)
         if name not in cache:
-            async with self.db.lookup() as conn:
-                cache[name] = await domain_store.get_domain_by_name(conn, name)
+            cache[name] = await self._domains.get(name)
         row = cache[name]
         if principal.domain_id is not None and (row is None or row.id != principal.domain_id):
             raise AcceptError(
@@ -287,6 +291,11 @@ class Acceptor:
                 422, field_name, f"{name} is not a sending domain; add it with POST /v1/domains"
             )
         return row
+
+    async def _look_up_domains(self, names: list[str]) -> list[Domain | None]:
+        async with self.db.lookup() as conn:
+            found = await domain_store.get_domains_by_name(conn, names)
+        return [found.get(name) for name in names]
 
     async def _prepare(
         self, submissions: Sequence[Submission], principal: Principal, now: datetime

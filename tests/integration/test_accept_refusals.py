@@ -7,10 +7,12 @@ batch.)"""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from postline.accept import COPIES_FACTOR, AcceptError, Acceptor, Recipient, Submission
 from postline.keys import Principal
@@ -186,3 +188,35 @@ async def test_a_sender_from_no_sending_domain_or_another_keys_is_refused_naming
     assert len(accepted) == 2
     (other,) = await acceptor.accept([_submission(from_address="x@second.test")], ADMIN)
     assert other.recipients == [("r0@dest.test", "queued")]
+
+
+async def test_sending_domains_asked_for_together_are_read_in_one_statement(
+    postline_factory: Factory,
+) -> None:
+    """Concurrent sends share the sending-domain lookup: one statement for all of them,
+    and each hears its own domain, or its own refusal."""
+    pl = await postline_factory(engine=False, domains=("example.test", "second.test"))
+    acceptor = pl.services.acceptor
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "FROM domains" in statement:
+            statements.append(statement)
+
+    senders = ["a@example.test", "b@Second.test", "c@unknown.test", "d@example.test"] * 3
+
+    async def domain_of(sender: str) -> str:
+        try:
+            found = await acceptor.sending_domain(ADMIN, sender, "from", {})
+        except AcceptError as exc:
+            return f"{exc.status} {exc}"
+        return found.name
+
+    event.listen(pl.services.db.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        answers = await asyncio.gather(*(domain_of(sender) for sender in senders))
+    finally:
+        event.remove(pl.services.db.engine.sync_engine, "before_cursor_execute", seen)
+    assert len(statements) == 1, statements
+    unknown = "422 unknown.test is not a sending domain; add it with POST /v1/domains"
+    assert answers == ["example.test", "second.test", unknown, "example.test"] * 3

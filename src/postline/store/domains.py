@@ -71,12 +71,17 @@ async def get_domain(conn: AsyncConnection, domain_id: str) -> Domain | None:
 
 
 #: Built once: each send reads its sending domain (``store.keys`` says why).
-_BY_NAME = select(domains).where(domains.c.name == bindparam("name"))
+_BY_NAMES = select(domains).where(domains.c.name.in_(bindparam("names", expanding=True)))
 
 
 async def get_domain_by_name(conn: AsyncConnection, name: str) -> Domain | None:
-    row = (await conn.execute(_BY_NAME, {"name": name.lower()})).first()
-    return None if row is None else _domain(conn, row)
+    return (await get_domains_by_name(conn, [name])).get(name.lower())
+
+
+async def get_domains_by_name(conn: AsyncConnection, names: list[str]) -> dict[str, Domain]:
+    """The sending domains of these names (any case), by their lower-case name."""
+    found = await conn.execute(_BY_NAMES, {"names": sorted({name.lower() for name in names})})
+    return {row.name: _domain(conn, row) for row in found}
 
 
 async def list_domains(conn: AsyncConnection, only_id: str | None = None) -> list[Domain]:
