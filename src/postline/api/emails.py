@@ -119,14 +119,24 @@ _ONE = TypeAdapter(EmailIn)
 _MANY = TypeAdapter(Batch)
 
 
-async def validated(adapter: TypeAdapter[T], body: Any) -> T:
-    """Validate a send request's body in a worker thread, not on the event loop.
+#: A request body up to this many bytes is validated on the event loop: a typical single
+#: send (5 KB) validates in 7.5 us, and the hand-off to a thread and back cost more than
+#: that (5.1% of the API process's samples at 200 single sends a second). A 9 MB
+#: attachment takes 25 ms, which the loop must not wait for.
+VALIDATED_IN_PLACE_BYTES = 64 * 1024
+
+
+async def validated(adapter: TypeAdapter[T], body: Any, size: int) -> T:
+    """Validate a send request's body, of ``size`` bytes, in a worker
+    thread unless it is small (``VALIDATED_IN_PLACE_BYTES``).
 
     The thread holds the GIL while it runs, but validators are Python and the
     interpreter hands the GIL to the loop every switch interval, so the loop keeps
     answering. A refusal is the same 422 FastAPI gives for a body it validates.
     """
     try:
+        if size <= VALIDATED_IN_PLACE_BYTES:
+            return adapter.validate_python(body)
         return await asyncio.to_thread(adapter.validate_python, body)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
@@ -225,12 +235,13 @@ def _fingerprint(email: EmailIn, sent: Any) -> dict[str, Any]:
     responses=_SCOPE,
 )
 async def send_email(
+    request: Request,
     svc: Svc,
     caller: Sender,
     body: Annotated[EmailBody, Body()],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
-    email = await validated(_ONE, body)
+    email = await validated(_ONE, body, len(await request.body()))
     return await _accept(
         svc, caller, [email], [body], idempotency_key, lambda r: r[0].as_dict(), "email"
     )
@@ -246,12 +257,13 @@ async def send_email(
     responses=_SCOPE,
 )
 async def send_batch(
+    request: Request,
     svc: Svc,
     caller: Sender,
     body: Annotated[BatchBody, Body(title="Emails")],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
-    emails = await validated(_MANY, body)
+    emails = await validated(_MANY, body, len(await request.body()))
     return await _accept(
         svc,
         caller,
