@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import pydantic_core
-from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
@@ -93,12 +93,13 @@ _SCOPE = problem_responses(403)
 
 
 async def within_limits(request: Request, svc: Svc, caller: Caller, *, batch: bool) -> None:
-    """Count what the request asks for before FastAPI validates a field of it.
+    """Count what the request asks for before a field of it is validated.
 
-    FastAPI parses the JSON before it solves dependencies and validates the body
-    after them; Starlette keeps the parsed JSON on the request (``_json``), so this
-    counts it without parsing again. Then the rest of the rate-limit tokens are
-    taken: one per recipient, the request's own token (``api.auth``) included.
+    The send endpoints take their body as parsed JSON (``schemas.EmailBody``) and call
+    this before they validate it; Starlette keeps the parsed JSON on the request
+    (``_json``), so this counts it without parsing again. Then the rest of the
+    rate-limit tokens are taken: one per recipient, the request's own token
+    (``api.auth``) included.
     """
     parsed = getattr(request, "_json", None)  # absent: not JSON, which validation refuses
     if parsed is None:
@@ -143,14 +144,6 @@ async def validated(adapter: TypeAdapter[T], body: Any, size: int) -> T:
         raise RequestValidationError(
             [{**error, "loc": ("body", *error["loc"])} for error in errors]
         ) from None
-
-
-async def _one_within_limits(request: Request, svc: Svc, caller: Sender) -> None:
-    await within_limits(request, svc, caller, batch=False)
-
-
-async def _batch_within_limits(request: Request, svc: Svc, caller: Sender) -> None:
-    await within_limits(request, svc, caller, batch=True)
 
 
 def to_submission(email: EmailIn) -> Submission:
@@ -231,7 +224,6 @@ def _fingerprint(email: EmailIn, sent: Any) -> dict[str, Any]:
     summary="Send an email",
     response_model=answers.EmailAccepted,
     openapi_extra=answers.email_links(202, "/id"),
-    dependencies=[Depends(_one_within_limits)],
     responses=_SCOPE,
 )
 async def send_email(
@@ -241,6 +233,9 @@ async def send_email(
     body: Annotated[EmailBody, Body()],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
+    # Counted in the endpoint, not in a dependency of its own: the body is validated
+    # here too (``validated``), and each dependency costs FastAPI's solver on every send.
+    await within_limits(request, svc, caller, batch=False)
     email = await validated(_ONE, body, len(await request.body()))
     return await _accept(
         svc, caller, [email], [body], idempotency_key, lambda r: r[0].as_dict(), "email"
@@ -253,7 +248,6 @@ async def send_email(
     summary="Send up to 500 emails",
     response_model=answers.BatchAccepted,
     openapi_extra=answers.email_links(202, "/data/0/id"),
-    dependencies=[Depends(_batch_within_limits)],
     responses=_SCOPE,
 )
 async def send_batch(
@@ -263,6 +257,7 @@ async def send_batch(
     body: Annotated[BatchBody, Body(title="Emails")],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
+    await within_limits(request, svc, caller, batch=True)
     emails = await validated(_MANY, body, len(await request.body()))
     return await _accept(
         svc,
