@@ -161,6 +161,10 @@ class Authenticator:
         self._lookups: GroupRead[str, key_store.ApiKey | None] = GroupRead(
             self._look_up, name="API key lookups"
         )
+        #: Keys whose use this process is recording now: the callers of one shared
+        #: lookup all read the same stale ``last_used_at``, and each would otherwise
+        #: queue the same write for SQLite's one writer.
+        self._recording: set[str] = set()
 
     async def authenticate(self, secret: str) -> Principal | None:
         """The principal for a presented key, or None (unknown, revoked or expired)."""
@@ -171,12 +175,16 @@ class Authenticator:
         now = utcnow()
         if row.expires_at is not None and row.expires_at <= now:
             return None
-        if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+        stale = row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION
+        if stale and row.id not in self._recording:
+            self._recording.add(row.id)
             try:
                 async with self.db.write() as conn:
                     await key_store.touch_key(conn, row.id, now, LAST_USED_RESOLUTION)
             except Exception as exc:  # bookkeeping: never the reason a request fails
                 log.warning("recording the use of key_id=%s failed: %s", row.id, type(exc).__name__)
+            finally:
+                self._recording.discard(row.id)
         return principal_of(row)
 
     async def _look_up(self, digests: list[str]) -> list[key_store.ApiKey | None]:

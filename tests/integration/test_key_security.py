@@ -124,6 +124,36 @@ async def test_keys_presented_together_are_read_in_one_statement_each_with_its_o
     assert all(p.domain_name == "example.test" for p in found[::5] if p is not None)
 
 
+async def test_requests_sharing_a_lookup_record_the_keys_use_once(
+    postline_factory: Factory, database_url: str
+) -> None:
+    """The callers of one shared lookup all read the same stale ``last_used_at``: one of
+    them records the use, the others do not queue the same write behind it."""
+    pl = await postline_factory(engine=False, database_url=database_url)
+    db = pl.services.db
+    created = await create_key(db, "app", "example.test")
+    writes: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE API_KEYS"):
+            writes.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        found = await asyncio.gather(
+            *(pl.services.authenticator.authenticate(created.key) for _ in range(10))
+        )
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", seen)
+    assert all(principal is not None for principal in found)
+    assert len(writes) == 1, writes
+    async with db.read() as conn:
+        used = (
+            await conn.execute(select(api_keys.c.last_used_at).where(api_keys.c.id == created.id))
+        ).scalar_one()
+    assert used is not None
+
+
 def _cli_revoke(pl: PostlineUnderTest, key_id: str) -> str:
     env = {
         "POSTLINE_DATA_DIR": str(pl.settings.data_dir),
