@@ -168,7 +168,13 @@ def declare_problems(router: APIRouter) -> APIRouter:
         if isinstance(route, APIRoute) and route.include_in_schema:
             derived = problem_responses(*route_problems(route))
             route.responses = {**derived, **route.responses}
+            if auth.principal in {part.call for part in _dependants(route.dependant)}:
+                route.openapi_extra = {**(route.openapi_extra or {}), "security": _BEARER}
     return router
+
+
+#: An operation's ``security``: the API key scheme (``auth.bearer``), no OAuth scopes.
+_BEARER: list[dict[str, list[str]]] = [{auth.bearer.scheme_name: []}]
 
 
 def _without_fastapi_422(document: dict[str, Any]) -> None:
@@ -187,15 +193,19 @@ def _without_fastapi_422(document: dict[str, Any]) -> None:
 
 
 def document_problems(app: FastAPI) -> None:
-    """Add the ``Problem`` component that the declared responses refer to."""
+    """Add the ``Problem`` component that the declared responses refer to, and the API
+    key scheme the operations' ``security`` names (``declare_problems``)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             document = build()
             _without_fastapi_422(document)
-            schemas = document.setdefault("components", {}).setdefault("schemas", {})
-            schemas["Problem"] = PROBLEM_SCHEMA
+            components = document.setdefault("components", {})
+            components.setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+            components.setdefault("securitySchemes", {})[auth.bearer.scheme_name] = (
+                auth.bearer.model.model_dump(by_alias=True, exclude_none=True, mode="json")
+            )
             app.openapi_schema = document
         return app.openapi_schema
 
