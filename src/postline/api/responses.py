@@ -166,9 +166,9 @@ def declare_problems(router: APIRouter) -> APIRouter:
     them through this."""
     for route in router.routes:
         if isinstance(route, APIRoute) and route.include_in_schema:
-            derived = problem_responses(*route_problems(route))
-            route.responses = {**derived, **route.responses}
-            if auth.principal in {part.call for part in _dependants(route.dependant)}:
+            statuses = route_problems(route)
+            route.responses = {**problem_responses(*statuses), **route.responses}
+            if 401 in statuses:  # it needs a key (``AUTHENTICATED``)
                 route.openapi_extra = {**(route.openapi_extra or {}), "security": _BEARER}
     return router
 
