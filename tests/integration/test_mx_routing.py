@@ -103,9 +103,11 @@ async def test_nxdomain_while_the_canary_fails_too_is_a_deferral(
     assert recipient["bounce_type"] is None
     assert recipient["timeline"][-1]["bounce_type"] == "soft"
     assert await _suppressions(pl, "someone@filtered.test") == []
-    # Once the resolver tells the truth again, the mail goes out.
-    fake_dns.add_mx("canary.missing.test", (10, "mx.dest.test"))
+    # Once the resolver tells the truth again, the mail goes out. The domain first: the
+    # fake DNS server answers from its own thread, and a retry that found the domain
+    # missing and then the canary present would rightly bounce.
     fake_dns.add_mx("filtered.test", (10, "mx.dest.test"))
+    fake_dns.add_mx("canary.missing.test", (10, "mx.dest.test"))
     await pl.wait_for_status(sent["id"], ["delivered"])
 
 
