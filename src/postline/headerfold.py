@@ -31,6 +31,7 @@ __all__ = [
     "fold_addresses",
     "fold_unstructured",
     "protected_address_field",
+    "protected_unstructured_field",
     "stdlib_fold",
 ]
 
@@ -205,7 +206,11 @@ def _fold_words(state: _Lines, value: str) -> str | None:
 
 def fold_unstructured(name: str, value: str) -> str:
     """A field of free text (Subject, X-*): ``Name: value`` folded, CRLF-terminated."""
-    return _fast_unstructured(name, value) or stdlib_fold(name, value)
+    return (
+        _fast_unstructured(name, value)
+        or protected_unstructured_field(name, value)
+        or stdlib_fold(name, value)
+    )
 
 
 def _display_name_line(display_name: str, address: str) -> str | None:
@@ -313,12 +318,14 @@ def _risky_name(display_name: str) -> bool:
     return "=?" in display_name or not _SPECIALS.isdisjoint(display_name)
 
 
-def _encoded_words(text: str) -> list[str]:
-    """``text`` as encoded words of at most 75 characters, split between characters."""
+def _encoded_words(text: str, first_max: int = _EW_MAX) -> list[str]:
+    """``text`` as encoded words of at most 75 characters (the first at most
+    ``first_max``), split between characters."""
     words: list[str] = []
     chunk = ""
     for char in text:
-        if chunk and len(encoded_word(chunk + char)) > _EW_MAX:
+        limit = first_max if not words else _EW_MAX
+        if chunk and len(encoded_word(chunk + char)) > limit:
             words.append(encoded_word(chunk))
             chunk = ""
         chunk += char
@@ -375,6 +382,30 @@ def protected_address_field(name: str, mailboxes: list[tuple[str, str]]) -> str 
         else:
             lines.append(" " + token)
     return CRLF.join(lines) + CRLF
+
+
+def protected_unstructured_field(name: str, value: str) -> str | None:
+    """The field as RFC 2047 encoded words if the email package would change its text.
+
+    The email package decodes whatever in a free-text value reads as an encoded word,
+    and drops a malformed one: ``=??Q??= and =?utf-8?q?hi?=`` went out as ``Subject:
+    and hi``. Such a value is written here as encoded words of the whole text, which
+    every reader decodes back to exactly what the client gave. Other values (no
+    ``=?``, or one the email package keeps as it is) get None and are folded as before.
+    """
+    if "=?" not in value or name.lower() in _STRUCTURED_NAMES:
+        return None
+    if str(policy.SMTP.header_store_parse(name, value)[1]) == value:
+        return None
+    # Adjacent encoded words decode with the white space between them dropped, so the
+    # spaces of the text travel inside them; the first word fits on the label's line.
+    words = _encoded_words(value, first_max=max(MAX_LINE - len(name) - 2, 16))
+    return f"{name}: " + f"{CRLF} ".join(words) + CRLF
+
+
+#: Fields the email package parses by their own grammar (addresses, dates, ids): never
+#: free text to write as encoded words. Subject is free text.
+_STRUCTURED_NAMES = frozenset(policy.SMTP.header_factory.registry) - {"subject"}  # type: ignore[attr-defined]
 
 
 def fold_addresses(name: str, mailboxes: list[tuple[str, str]]) -> str:

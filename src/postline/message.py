@@ -29,6 +29,7 @@ from postline.headerfold import (
     fold_addresses,
     fold_unstructured,
     protected_address_field,
+    protected_unstructured_field,
     stdlib_fold,
 )
 
@@ -89,11 +90,11 @@ def build_message_stdlib(content: Content, *, message_id: str, date: datetime) -
         _set_addresses(msg, "Cc", [("", a) for a in content.cc])
     if content.reply_to:
         _set_addresses(msg, "Reply-To", [("", a) for a in content.reply_to])
-    msg["Subject"] = content.subject
+    _set_unstructured(msg, "Subject", content.subject)
     msg["Date"] = format_datetime(date)
     msg["Message-ID"] = message_id
     for name, value in content.headers.items():
-        msg[name] = value
+        _set_unstructured(msg, name, value)
     html_part: EmailMessage | None = None
     if content.text is not None:
         msg.set_content(content.text)
@@ -152,6 +153,16 @@ def _set_addresses(msg: EmailMessage, name: str, mailboxes: list[tuple[str, str]
     protected = protected_address_field(name, mailboxes)
     if protected is None:
         msg[name] = [_address(display, address) for display, address in mailboxes]
+    else:
+        msg.set_raw(name, protected[len(name) + 2 : -len(CRLF)])  # after the label
+
+
+def _set_unstructured(msg: EmailMessage, name: str, value: str) -> None:
+    """``msg[name] = value``, but never through the email package's decoding of text
+    that reads as an encoded word (:func:`postline.headerfold.protected_unstructured_field`)."""
+    protected = protected_unstructured_field(name, value)
+    if protected is None:
+        msg[name] = value
     else:
         msg.set_raw(name, protected[len(name) + 2 : -len(CRLF)])  # after the label
 

@@ -8,6 +8,7 @@ The reference is :func:`postline.message.build_message_stdlib`, the builder as i
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.headerregistry import Address
@@ -18,7 +19,7 @@ from hypothesis import Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from postline import headerfold, message
-from postline.headerfold import fold_addresses, fold_unstructured, stdlib_fold
+from postline.headerfold import MAX_LINE, fold_addresses, fold_unstructured, stdlib_fold
 from postline.message import Attachment, Content, build_message, build_message_stdlib
 
 DATE = datetime(2026, 12, 6, 1, 2, 3, tzinfo=UTC)
@@ -119,7 +120,38 @@ def test_same_bytes_as_the_email_package(content: Content, seed: int) -> None:
 @EXACT
 @given(name=st.sampled_from(["Subject", "X-Campaign", "List-Unsubscribe"]), value=HEADER_TEXT)
 def test_unstructured_field_folds_as_the_email_package(name: str, value: str) -> None:
+    # Text the email package would decode as encoded words is written by
+    # protected_unstructured_field instead; both builders share it.
+    assume(headerfold.protected_unstructured_field(name, value) is None)
     assert fold_unstructured(name, value) == stdlib_fold(name, value)
+
+
+ENCODED_WORD_LOOKALIKES = [
+    "=??Q??= and =?utf-8?q?hi?=",
+    "=??Q??=",
+    "=?utf-8?q?hi?=\t=?utf-8?q?ho?=",
+    "price =?utf-8?b?w7w=?= " + "ü" * 90 + "  end ",
+]
+
+
+@pytest.mark.parametrize("builder", [build_message, build_message_stdlib])
+@pytest.mark.parametrize("value", ENCODED_WORD_LOOKALIKES)
+def test_text_that_reads_as_encoded_words_arrives_as_given(
+    builder: Callable[..., bytes], value: str
+) -> None:
+    content = Content(
+        from_name="",
+        from_address="sender@example.test",
+        to=["rcpt@example.test"],
+        subject=value,
+        text="Hi",
+        headers={"X-Campaign": value, "X-A-Header-Name-Long-Enough-To-Crowd-The-Line": value},
+    )
+    raw = builder(content, message_id=MESSAGE_ID, date=DATE)
+    parsed = message_from_bytes(raw, policy=policy.default)
+    for name in ("Subject", *content.headers):
+        assert str(parsed[name]) == value
+    assert all(len(line) <= MAX_LINE for line in raw.split(b"\r\n"))
 
 
 @EXACT
