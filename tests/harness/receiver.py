@@ -121,8 +121,16 @@ class LoopbackOnly(httpx.AsyncBaseTransport):
     """The dispatcher's transport in tests: any connection off loopback fails the test."""
 
     def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
+        # Made at the first request: most tests never send one, and httpx loads its CA
+        # bundle for every transport (24 ms of CPU per test).
+        self._inner: httpx.AsyncHTTPTransport | None = None
         self.violations: list[str] = []
+
+    @property
+    def inner(self) -> httpx.AsyncHTTPTransport:
+        if self._inner is None:
+            self._inner = httpx.AsyncHTTPTransport()
+        return self._inner
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         host = request.url.host
@@ -136,4 +144,5 @@ class LoopbackOnly(httpx.AsyncBaseTransport):
         return await self.inner.handle_async_request(request)
 
     async def aclose(self) -> None:
-        await self.inner.aclose()
+        if self._inner is not None:
+            await self._inner.aclose()
