@@ -19,7 +19,7 @@ import httpcore
 import httpx
 import pytest
 
-from postline.events.lanes import Lane, LaneTransport
+from postline.events.lanes import ENDPOINTS_PER_SENDER, LANE, Lane, LaneTransport
 from postline.events.network import AsyncioBackend
 from tests.harness.tls import ThrowawayCA
 
@@ -96,7 +96,8 @@ async def never(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 async def post(
     transport: httpx.AsyncBaseTransport, url: str, body: bytes = b"{}", **extensions: Any
 ) -> httpx.Response:
-    request = httpx.Request("POST", url, content=body, extensions=extensions)
+    # Sender 0's lane, as the dispatcher names one for every request.
+    request = httpx.Request("POST", url, content=body, extensions={LANE: 0, **extensions})
     answer = await transport.handle_async_request(request)
     try:
         await answer.aread()
@@ -146,6 +147,18 @@ async def test_a_connection_the_endpoint_closed_while_idle_is_replaced_not_faile
     assert endpoint.connections == 2
 
 
+async def test_a_request_without_a_lane_goes_through_the_shared_pool() -> None:
+    network = CountingBackend()
+    async with Endpoint(keep_alive) as endpoint, lane_transport(network) as transport:
+        request = httpx.Request("POST", endpoint.url, content=b"abc")
+        answer = await transport.handle_async_request(request)
+        await answer.aread()
+        await answer.aclose()
+        assert answer.content == b"got 3"
+        assert transport.lanes[0]._pool.connections == []
+    assert network.connects == 0  # httpx's own pool, on its own backend
+
+
 async def test_an_endpoint_that_never_answers_is_a_read_timeout() -> None:
     timeout = httpx.Timeout(5.0, read=0.3).as_dict()
     async with Endpoint(never) as endpoint, lane_transport() as transport:
@@ -193,3 +206,44 @@ async def test_tls_is_checked_against_the_name_asked_for(tmp_path: Path) -> None
             await lane.aclose()
             await stranger.aclose()
     assert answer.content == b"got 3"
+
+
+async def test_a_connection_opened_for_one_tls_name_never_carries_another(tmp_path: Path) -> None:
+    """Two endpoints on one address: each name is checked on a connection of its own.
+
+    httpcore's pool knew a connection by its address alone, so the second name's POST
+    went out over the connection verified for the first (certificate never checked).
+    """
+    ca = ThrowawayCA.create(tmp_path)
+    client_tls = ssl.create_default_context(cafile=str(ca.ca_file))
+    limits = httpx.Limits(max_keepalive_connections=ENDPOINTS_PER_SENDER)
+    async with Endpoint(keep_alive, ca.server_context("hook.example.test")) as endpoint:
+        lane = Lane(client_tls, limits, AsyncioBackend())
+        try:
+            answer = await post(lane, endpoint.url, b"abc", sni_hostname="hook.example.test")
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                await post(lane, endpoint.url, sni_hostname="other.example.test")
+            again = await post(lane, endpoint.url, b"abcd", sni_hostname="hook.example.test")
+        finally:
+            await lane.aclose()
+    assert (answer.content, again.content) == (b"got 3", b"got 4")
+    # One handshake succeeded (the server never sees the refused one), and its connection
+    # was kept for the first name's second POST.
+    assert endpoint.connections == 1
+
+
+async def test_a_sender_keeps_its_most_recently_used_connections_only() -> None:
+    network = CountingBackend()
+    async with contextlib.AsyncExitStack() as stack:
+        endpoints = [
+            await stack.enter_async_context(Endpoint(keep_alive))
+            for _ in range(ENDPOINTS_PER_SENDER + 1)
+        ]
+        transport = await stack.enter_async_context(lane_transport(network))
+        for endpoint in endpoints:
+            assert (await post(transport, endpoint.url)).status_code == 200
+        await until(lambda: endpoints[0].closed == 1)  # the least recently used one
+        assert [e.closed for e in endpoints[1:]] == [0] * ENDPOINTS_PER_SENDER
+        for endpoint in endpoints[1:]:
+            assert (await post(transport, endpoint.url)).status_code == 200
+        assert network.connects == ENDPOINTS_PER_SENDER + 1  # the kept ones were used again
