@@ -282,8 +282,10 @@ class Dispatcher:
             unrecorded.release()
 
     async def attempt(
-        self, transport: httpx.AsyncBaseTransport, row: DueDelivery, lane: int = 0
+        self, transport: httpx.AsyncBaseTransport, row: DueDelivery, lane: int | None = None
     ) -> AttemptResult:
+        """One POST of ``row``; ``lane``: the sender's own (``events.lanes``), or None for
+        a caller that is not one of the senders."""
         started = time.monotonic()
         body = json.dumps(row.payload, separators=(",", ":")).encode()
         now = self.clock()
@@ -314,7 +316,9 @@ class Dispatcher:
                 (f"{prefix}-timestamp", timestamp),
                 (f"{prefix}-signature", signature),
             ]
-        extensions: dict[str, Any] = {"timeout": self._timeout, LANE: lane}
+        extensions: dict[str, Any] = {"timeout": self._timeout}
+        if lane is not None:
+            extensions[LANE] = lane
         if target.sni_hostname is not None:
             extensions["sni_hostname"] = target.sni_hostname
         # Built whole and sent straight to the transport: no client between them to merge
