@@ -214,7 +214,7 @@ def build_mta_sts(
     the SMTP client verifies MX certificates with."""
     https = PinnedHttps(
         router.addresses,
-        smtp.verify_context(),
+        smtp.verify_context,
         timeout=settings.mta_sts_fetch_timeout,
         allow_private=settings.delivery_allow_private,
         max_bytes=MAX_POLICY_BYTES,
@@ -237,7 +237,7 @@ def build_tls_reporter(
         mail = MailedReports(acceptor, settings.tlsrpt_from, organization).send
     https = PinnedHttps(
         router.addresses,
-        smtp.verify_context(),
+        smtp.verify_context,
         timeout=settings.mta_sts_fetch_timeout,
         allow_private=settings.delivery_allow_private,
     )

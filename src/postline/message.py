@@ -154,7 +154,7 @@ def _set_addresses(msg: EmailMessage, name: str, mailboxes: list[tuple[str, str]
     if protected is None:
         msg[name] = [_address(display, address) for display, address in mailboxes]
     else:
-        msg.set_raw(name, protected[len(name) + 2 : -len(CRLF)])  # after the label
+        _set_written(msg, name, protected)
 
 
 def _set_unstructured(msg: EmailMessage, name: str, value: str) -> None:
@@ -164,7 +164,13 @@ def _set_unstructured(msg: EmailMessage, name: str, value: str) -> None:
     if protected is None:
         msg[name] = value
     else:
-        msg.set_raw(name, protected[len(name) + 2 : -len(CRLF)])  # after the label
+        _set_written(msg, name, protected)
+
+
+def _set_written(msg: EmailMessage, name: str, field: str) -> None:
+    """A field written by ``headerfold`` (``Name: value`` folded, CRLF-terminated), set
+    raw so that the email package writes it unchanged (``refold_source="none"``)."""
+    msg.set_raw(name, field[len(name) + 2 : -len(CRLF)])  # after the label
 
 
 def build_message(content: Content, *, message_id: str, date: datetime) -> bytes:

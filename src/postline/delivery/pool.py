@@ -57,26 +57,20 @@ class SmtpSettings:
     idle_seconds: float = 30.0
     ca_file: str | None = None  # extra trust anchors for verified TLS (besides the system's)
 
+    # Each built once per settings and shared by every session: loading the system's
+    # trust anchors takes 22 ms of CPU, which aiosmtplib spent again on each STARTTLS it
+    # was not handed a context for, and the app twice on every start.
+    @cached_property
     def verify_context(self) -> ssl.SSLContext:
         """The system's trust anchors plus ``ca_file``'s, checking the host name."""
-        return self._verify_context
-
-    def opportunistic_context(self) -> ssl.SSLContext:
-        """TLS that takes any certificate: what aiosmtplib builds for ``validate_certs=False``."""
-        return self._opportunistic_context
-
-    # Built once per settings and shared by every session: loading the system's trust
-    # anchors took 22 ms of CPU, which aiosmtplib spent again on each STARTTLS it was
-    # not handed a context for, and the app twice on every start.
-    @cached_property
-    def _verify_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context()
         if self.ca_file:
             context.load_verify_locations(cafile=self.ca_file)
         return context
 
     @cached_property
-    def _opportunistic_context(self) -> ssl.SSLContext:
+    def opportunistic_context(self) -> ssl.SSLContext:
+        """TLS that takes any certificate: what aiosmtplib builds for ``validate_certs=False``."""
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -169,11 +163,11 @@ class SessionPool:
             verified = False
             try:
                 if level is TlsLevel.VERIFY:
-                    context = self.settings.verify_context()
+                    context = self.settings.verify_context
                     await client.starttls(server_hostname=mx_name, tls_context=context)
                     verified = True
                 else:
-                    await client.starttls(tls_context=self.settings.opportunistic_context())
+                    await client.starttls(tls_context=self.settings.opportunistic_context)
             except (aiosmtplib.SMTPException, OSError) as exc:
                 if level is TlsLevel.OPPORTUNISTIC:
                     raise
