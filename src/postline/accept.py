@@ -158,6 +158,27 @@ class _Prepared:
 
 
 @dataclass(frozen=True)
+class _Rows:
+    """What accepting some emails writes (``Acceptor._rows``), and what it answers."""
+
+    results: list[Accepted]
+    jobs: list[Job]
+    emails: list[dict[str, Any]]
+    recipients: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+
+    @staticmethod
+    def joined(parts: list[_Rows]) -> _Rows:
+        return _Rows(
+            [r for part in parts for r in part.results],
+            [j for part in parts for j in part.jobs],
+            [e for part in parts for e in part.emails],
+            [r for part in parts for r in part.recipients],
+            [e for part in parts for e in part.events],
+        )
+
+
+@dataclass(frozen=True)
 class _Call:
     """One ``accept`` call's share of a group commit: all or none of it is accepted."""
 
@@ -515,55 +536,59 @@ class Acceptor:
         the transaction is rolled back and written again with each call in a
         savepoint of its own, so that only the calls whose rows fail are refused.
         A failed commit, or a lost connection, fails them all.
+
+        The suppression list is read and the rows are built before the write begins:
+        on SQLite its lock, which the delivery and webhook processes wait for too, is
+        then held for the INSERTs alone, sent with the COMMIT in one trip
+        (``defer_inserts``). A listing added meanwhile is one added a moment after
+        the commit: the engine looks again before it sends.
         """
+        prepared = [item for call in calls for item in call.prepared]
+        async with self.db.lookup() as conn:
+            suppressed = await self._suppressed(conn, prepared)
+        built = [await self._rows(call.prepared, suppressed) for call in calls]
+        everything = _Rows.joined(built)
         written = False
         try:
-            async with self.db.write() as conn:
-                results, jobs = await self._write(
-                    conn, [item for call in calls for item in call.prepared]
-                )
-                answers: list[list[Accepted] | Exception] = []
-                for call in calls:
-                    own, results = results[: len(call.prepared)], results[len(call.prepared) :]
+            async with self.db.write(defer_inserts=True) as conn:
+                await self._write(conn, prepared, everything)
+                for call, rows in zip(calls, built, strict=True):
                     if call.on_commit is not None:
-                        await call.on_commit(conn, own)
-                    answers.append(own)
+                        await call.on_commit(conn, rows.results)
                 written = True
         except Exception as exc:
             if written or len(calls) == 1 or connection_broke(exc):
                 raise
-            return await self._commit_each(calls)
-        return answers, jobs
+            return await self._commit_each(calls, built)
+        return [rows.results for rows in built], everything.jobs
 
     async def _commit_each(
-        self, calls: list[_Call]
+        self, calls: list[_Call], built: list[_Rows]
     ) -> tuple[list[list[Accepted] | Exception], list[Job]]:
         """The group again, each call in a savepoint: a refused call's rows are undone alone."""
         answers: list[list[Accepted] | Exception] = []
         jobs: list[Job] = []
         async with self.db.write() as conn:
-            for call in calls:
+            for call, rows in zip(calls, built, strict=True):
                 try:
                     async with conn.begin_nested():
-                        own, own_jobs = await self._write(conn, call.prepared)
+                        await self._write(conn, call.prepared, rows)
                         if call.on_commit is not None:
-                            await call.on_commit(conn, own)
+                            await call.on_commit(conn, rows.results)
                 except Exception as exc:
                     if connection_broke(exc):
                         raise
                     answers.append(exc)
                     continue
-                answers.append(own)
-                jobs += own_jobs
+                answers.append(rows.results)
+                jobs += rows.jobs
         return answers, jobs
 
-    async def _write(
-        self, conn: AsyncConnection, prepared: list[_Prepared]
-    ) -> tuple[list[Accepted], list[Job]]:
+    async def _write(self, conn: AsyncConnection, prepared: list[_Prepared], rows: _Rows) -> None:
         """The rows, and the bodies too when the spool is in the store, in one transaction."""
         if self.spool.shares_store:
             await self.spool.put_many([pair for p in prepared for pair in p.spooled()], conn)
-        return await self._insert(conn, prepared)
+        await self._store(conn, rows)
 
     async def stage_notification(
         self,
@@ -606,7 +631,10 @@ class Acceptor:
         prepared = _Prepared(
             email_id, message_id, domain, submission, body, submission.recipients, now
         )
-        _, jobs = await self._insert(conn, [prepared])
+        suppressed = await self._suppressed(conn, [prepared])
+        rows = await self._rows([prepared], suppressed)
+        await self._store(conn, rows)
+        jobs = rows.jobs
         self.metrics.emails_accepted.labels(source=EmailSource.DSN).inc()
         return jobs
 
@@ -634,16 +662,14 @@ class Acceptor:
                 found.update((domain_id, address) for address in listed)
         return found
 
-    async def _insert(
-        self, conn: AsyncConnection, prepared: list[_Prepared]
-    ) -> tuple[list[Accepted], list[Job]]:
-        """Write emails, recipients, events and (embedded) jobs into the caller's transaction."""
+    async def _rows(self, prepared: list[_Prepared], suppressed: set[tuple[str, str]]) -> _Rows:
+        """The emails', recipients', events' rows and the jobs, ``suppressed`` being the
+        (domain id, address) pairs on a suppression list (``_suppressed``)."""
         results: list[Accepted] = []
         jobs: list[Job] = []
         email_rows: list[dict[str, Any]] = []
         recipient_rows: list[dict[str, Any]] = []
         event_rows: list[dict[str, Any]] = []
-        suppressed = await self._suppressed(conn, prepared)
         for count, item in enumerate(prepared, 1):
             if count % _ROWS_BETWEEN_YIELDS == 0:
                 await asyncio.sleep(0)
@@ -750,9 +776,12 @@ class Acceptor:
                     ],
                 )
             )
-        await email_store.insert_emails(conn, email_rows)
-        await email_store.insert_recipients(conn, recipient_rows)
-        await email_store.insert_events(conn, event_rows)
+        return _Rows(results, jobs, email_rows, recipient_rows, event_rows)
+
+    async def _store(self, conn: AsyncConnection, rows: _Rows) -> None:
+        """Write emails, recipients, events and (embedded) jobs into the caller's transaction."""
+        await email_store.insert_emails(conn, rows.emails)
+        await email_store.insert_recipients(conn, rows.recipients)
+        await email_store.insert_events(conn, rows.events)
         if self.queue.shares_store:
-            await self.queue.enqueue(jobs, conn)
-        return results, jobs
+            await self.queue.enqueue(rows.jobs, conn)

@@ -13,7 +13,7 @@ from typing import Any
 import aiosqlite
 import pytest
 import pytest_asyncio
-from sqlalchemy import text
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from postline.store.db import Database
@@ -30,6 +30,21 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
         yield database
     finally:
         await database.close()
+
+
+#: The table ``db`` creates, for Core INSERTs (a ``text`` INSERT is never deferred).
+T = Table(
+    "t",
+    MetaData(),
+    Column("id", Integer, primary_key=True),
+    Column("name", String),
+    Column("n", Integer),
+)
+
+
+async def names(db: Database) -> list[str]:
+    async with db.read() as conn:
+        return list((await conn.execute(text("SELECT name FROM t ORDER BY id"))).scalars())
 
 
 def count_trips(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
@@ -211,3 +226,58 @@ async def test_a_write_cancelled_during_its_first_statement_leaves_no_lock_behin
         other.close()
     async with db.read() as conn:
         assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar_one() == 0
+
+
+async def test_a_write_that_defers_inserts_sends_them_with_its_commit_in_one_trip(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``defer_inserts``: the accept path's group commit holds SQLite's one write lock,
+    which other processes wait for, for one trip instead of one per statement."""
+    async with db.write() as conn:
+        await conn.execute(text("SELECT 0"))  # the pool's first connection, opened
+    trips = count_trips(monkeypatch)
+    async with db.write(defer_inserts=True) as conn:
+        await conn.execute(insert(T), [{"name": "a", "n": 1}, {"name": "b", "n": 2}])
+        await conn.execute(insert(T).values(name="c", n=3))
+        assert trips == []
+    assert len(trips) == 1, trips
+    trips.clear()
+    async with db.write(defer_inserts=True) as conn:
+        await conn.execute(insert(T).values(name="d", n=4))
+        # A statement that answers goes with what was kept, and sees it.
+        assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar_one() == 4
+        returned = await conn.execute(insert(T).values(name="e", n=5).returning(T.c.name))
+        assert returned.scalar_one() == "e"  # an INSERT that returns rows answers at once
+    assert len(trips) == 3, trips
+    trips.clear()
+    async with db.write() as conn:  # without the option, an INSERT is a trip of its own
+        await conn.execute(insert(T).values(name="f", n=6))
+        assert len(trips) == 1
+    monkeypatch.undo()
+    assert await names(db) == ["a", "b", "c", "d", "e", "f"]
+
+
+async def test_a_deferred_insert_that_fails_fails_the_write_and_leaves_nothing(
+    db: Database, tmp_path: Path
+) -> None:
+    """Its error comes from the COMMIT it went with; the transaction is rolled back
+    (nothing of it kept, the write lock let go), and the pooled connection keeps
+    nothing of it for the next write."""
+    async with db.write() as conn:
+        await conn.execute(insert(T).values(name="taken", n=1))
+    with pytest.raises(IntegrityError, match="UNIQUE"):
+        async with db.write(defer_inserts=True) as conn:
+            await conn.execute(insert(T).values(name="fresh", n=2))
+            await conn.execute(insert(T).values(name="taken", n=3))
+    with pytest.raises(RuntimeError):
+        async with db.write(defer_inserts=True) as conn:
+            await conn.execute(insert(T).values(name="never sent", n=4))
+            raise RuntimeError("the caller changed its mind")
+    other = sqlite3.connect(tmp_path / "driver.db", timeout=0, isolation_level=None)
+    try:
+        other.execute("INSERT INTO t (name, n) VALUES ('elsewhere', 5)")  # no lock left held
+    finally:
+        other.close()
+    async with db.write(defer_inserts=True) as conn:
+        await conn.execute(insert(T).values(name="next", n=6))
+    assert await names(db) == ["taken", "elsewhere", "next"]

@@ -23,6 +23,19 @@ shortens how long the lock is held; a ``BEGIN`` that fails
 or ROLLBACK with no transaction open (SQLAlchemy rolls back every connection given
 back to its pool, after a commit too) makes no trip either.
 
+A write may go further and defer its plain INSERTs (``Database.write(defer_inserts=
+True)``; the ``sqlite_defer_inserts`` execution option): each is kept, like the
+``BEGIN``, and run in the trip of the next statement that must answer, or of the
+COMMIT. SQLite has one writer for every process on a file, and the write lock is
+held from the first statement to the COMMIT, across every trip; a trip waits for
+the event loop, which under load is busy with everybody else's requests. The
+accept path's group commit (three INSERTs) held the lock 24 ms at the median at
+200 single sends a second, and the delivery and webhook processes waited behind it;
+in one trip it holds it for SQLite's own work. An INSERT's error (a Message-ID taken)
+is then raised by the statement or COMMIT it ran with, and the transaction is rolled
+back as for any error; a deferred INSERT answers no rowcount and no lastrowid, so
+only callers that read neither ask for it.
+
 It keeps to aiosqlite's own machinery (``Connection._execute`` runs a function
 in the connection's thread, as aiosqlite's public methods do); the rest is
 SQLAlchemy's adapter as it is.
@@ -33,7 +46,7 @@ from __future__ import annotations
 import collections
 import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import aiosqlite
@@ -43,9 +56,12 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_dbapi,
 )
 from sqlalchemy.util import EMPTY_DICT
+from sqlalchemy.util.concurrency import await_
 
 #: What one trip brings back: description, rowcount, lastrowid and the rows.
 _Answer = tuple[Any, int, int | None, list[Any]]
+#: A statement kept for the next trip: the function that runs it, the SQL, its parameters.
+_Deferred = tuple[Callable[[sqlite3.Connection, str, Any], _Answer], str, Any]
 
 #: The statements ``store.db`` opens a transaction with (``BEGIN`` and its modes).
 _BEGIN = re.compile(r"BEGIN(?: DEFERRED| IMMEDIATE| EXCLUSIVE)?", re.IGNORECASE)
@@ -72,19 +88,42 @@ def _executemany(conn: sqlite3.Connection, operation: str, parameters: Any) -> _
 
 
 def _after_begin(
-    conn: sqlite3.Connection, begin: str | None, work: Any, operation: str, parameters: Any
+    conn: sqlite3.Connection,
+    begin: str | None,
+    deferred: list[_Deferred],
+    work: Any,
+    operation: str,
+    parameters: Any,
 ) -> tuple[_Answer, bool]:
     """The statement's answer, and whether a transaction is open after it."""
-    if begin is not None:
-        conn.execute(begin)
+    _catch_up(conn, begin, deferred)
     answer: _Answer = work(conn, operation, parameters)
     return answer, conn.in_transaction
+
+
+def _catch_up(conn: sqlite3.Connection, begin: str | None, deferred: list[_Deferred]) -> None:
+    """Run what was kept for this trip: the transaction's ``BEGIN``, the deferred INSERTs."""
+    if begin is not None:
+        conn.execute(begin)
+    for work, operation, parameters in deferred:
+        work(conn, operation, parameters)
+
+
+def _commit_after(conn: sqlite3.Connection, begin: str | None, deferred: list[_Deferred]) -> None:
+    _catch_up(conn, begin, deferred)
+    conn.commit()
 
 
 class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     """A cursor whose statement is executed, read and closed in the thread at once."""
 
-    __slots__ = ("_answer_description", "_answer_lastrowid", "_answer_rowcount", "_arraysize")
+    __slots__ = (
+        "_answer_description",
+        "_answer_lastrowid",
+        "_answer_rowcount",
+        "_arraysize",
+        "defer",
+    )
 
     _awaitable_cursor_close = False
 
@@ -99,6 +138,8 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         self._answer_rowcount = -1
         self._answer_lastrowid: int | None = None
         self._arraysize = 1
+        #: Set for a plain INSERT of a write that defers them (``defer_inserts``).
+        self.defer = False
 
     @property
     def description(self) -> Any:
@@ -124,24 +165,41 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         if isinstance(operation, str) and _BEGIN.fullmatch(operation) and not parameters:
             # Run with the transaction's first statement (OneTripConnection).
             cast("OneTripConnection", self._adapt_connection).pending_begin = operation
-            self._answer_description, self._answer_rowcount = None, -1
-            self._answer_lastrowid, self._rows = None, collections.deque()
+            self._answer_nothing()
             return
-        await self._run(_execute, operation, () if parameters is None else parameters)
+        parameters = () if parameters is None else parameters
+        if self.defer:
+            self._keep(_execute, operation, parameters)
+            return
+        await self._run(_execute, operation, parameters)
 
     async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> None:
+        if self.defer:
+            self._keep(_executemany, operation, seq_of_parameters)
+            return
         await self._run(_executemany, operation, seq_of_parameters)
+
+    def _keep(self, work: Any, operation: str, parameters: Any) -> None:
+        cast("OneTripConnection", self._adapt_connection).deferred.append(
+            (work, operation, parameters)
+        )
+        self._answer_nothing()
+
+    def _answer_nothing(self) -> None:
+        self._answer_description, self._answer_rowcount = None, -1
+        self._answer_lastrowid, self._rows = None, collections.deque()
 
     async def _run(self, work: Any, operation: Any, parameters: Any) -> None:
         connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
         adapted = cast("OneTripConnection", self._adapt_connection)
         async with adapted._execute_mutex:
             begin, adapted.pending_begin = adapted.pending_begin, None
+            deferred, adapted.deferred = adapted.deferred, []
             # Any statement may leave one open; if its caller is cancelled before the
             # answer comes, the ROLLBACK that follows must be sent.
             adapted.transaction_ended = False
             answer, open_after = await connection._execute(  # type: ignore[no-untyped-call]
-                _after_begin, connection._conn, begin, work, operation, parameters
+                _after_begin, connection._conn, begin, deferred, work, operation, parameters
             )
             adapted.transaction_ended = not open_after
         description, rowcount, lastrowid, rows = answer
@@ -169,23 +227,45 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class OneTripConnection(AsyncAdapt_aiosqlite_connection):
-    """Keeps a transaction's ``BEGIN`` until its first statement (``pending_begin``)."""
+    """Keeps a transaction's ``BEGIN`` until its first statement (``pending_begin``),
+    and deferred INSERTs until the next trip (``deferred``)."""
 
-    __slots__ = ("pending_begin", "transaction_ended")
+    __slots__ = ("deferred", "pending_begin", "transaction_ended")
     _cursor_cls = OneTripCursor
 
     def __init__(self, dbapi: Any, connection: Any) -> None:
         super().__init__(dbapi, connection)
         self.pending_begin: str | None = None
+        self.deferred: list[_Deferred] = []
         #: No statement run since the last COMMIT or ROLLBACK (``_transaction_open``).
         self.transaction_ended = True
 
     def commit(self) -> None:
-        if self._transaction_open():
+        if self.deferred:
+            try:
+                await_(self._commit_deferred())
+            except Exception as error:
+                self._handle_exception(error)
+            self.transaction_ended = True
+        elif self._transaction_open():
             super().commit()
             self.transaction_ended = True
 
+    async def _commit_deferred(self) -> None:
+        """The deferred INSERTs and the COMMIT in one trip. When one fails the
+        transaction stays open (``transaction_ended`` is not set), so the ROLLBACK
+        that follows is sent."""
+        connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+        async with self._execute_mutex:
+            begin, self.pending_begin = self.pending_begin, None
+            deferred, self.deferred = self.deferred, []
+            self.transaction_ended = False
+            await connection._execute(  # type: ignore[no-untyped-call]
+                _commit_after, connection._conn, begin, deferred
+            )
+
     def rollback(self) -> None:
+        self.deferred = []  # never sent: nothing of them to undo
         if self._transaction_open():
             super().rollback()
             self.transaction_ended = True
