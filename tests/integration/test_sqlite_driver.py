@@ -281,3 +281,23 @@ async def test_a_deferred_insert_that_fails_fails_the_write_and_leaves_nothing(
     async with db.write(defer_inserts=True) as conn:
         await conn.execute(insert(T).values(name="next", n=6))
     assert await names(db) == ["taken", "elsewhere", "next"]
+
+
+async def test_a_write_whose_deferred_insert_failed_never_commits(db: Database) -> None:
+    """The INSERT's error is raised by the next statement; a caller that takes it for
+    that statement's own and goes on still cannot commit without the INSERT's rows."""
+    async with db.write() as conn:
+        await conn.execute(insert(T).values(name="taken", n=1))
+    with pytest.raises(OperationalError, match="deferred INSERT of this transaction failed"):
+        async with db.write(defer_inserts=True) as conn:
+            await conn.execute(insert(T).values(name="kept for later", n=2))
+            await conn.execute(insert(T).values(name="taken", n=3))
+            with pytest.raises(IntegrityError):  # raised by the UPDATE: it went with it
+                await conn.execute(text("UPDATE t SET n = n + 10"))
+            await conn.execute(text("UPDATE t SET n = n + 100"))
+    async with db.read() as conn:
+        rows = (await conn.execute(text("SELECT name, n FROM t"))).all()
+    assert [tuple(r) for r in rows] == [("taken", 1)]
+    async with db.write(defer_inserts=True) as conn:  # the pooled connection is clean
+        await conn.execute(insert(T).values(name="next", n=4))
+    assert await names(db) == ["taken", "next"]

@@ -190,8 +190,10 @@ class Database:
         ``defer_inserts``: on SQLite the block's plain INSERTs go to the database with
         its next statement that answers, or with the COMMIT (store.sqlite_driver), so
         the one write lock is held for fewer trips. For a block that reads no rowcount
-        or lastrowid of an INSERT, and lets an INSERT's error come from a later
-        statement of the block or from its end. Nothing changes on PostgreSQL.
+        or lastrowid of an INSERT: an INSERT's error then comes from a later statement
+        of the block or from its end, and a block whose INSERT failed never commits,
+        even if it caught that error as another statement's. Nothing changes on
+        PostgreSQL.
         """
         if self._write_lock is None:
             async with self.engine.begin() as conn:

@@ -33,8 +33,10 @@ accept path's group commit (three INSERTs) held the lock 24 ms at the median at
 200 single sends a second, and the delivery and webhook processes waited behind it;
 in one trip it holds it for SQLite's own work. An INSERT's error (a Message-ID taken)
 is then raised by the statement or COMMIT it ran with, and the transaction is rolled
-back as for any error; a deferred INSERT answers no rowcount and no lastrowid, so
-only callers that read neither ask for it.
+back as for any error. A caller that catches that statement's error as its own (a
+statement SQLite undoes alone) cannot commit the transaction without the INSERT: its
+COMMIT is refused (``failed_insert``). A deferred INSERT answers no rowcount and no
+lastrowid, so only callers that read neither ask for it.
 
 It keeps to aiosqlite's own machinery (``Connection._execute`` runs a function
 in the connection's thread, as aiosqlite's public methods do); the rest is
@@ -101,12 +103,21 @@ def _after_begin(
     return answer, conn.in_transaction
 
 
+#: Set on the error of a deferred INSERT (``_catch_up``): the statement it is raised
+#: from did not fail, so the transaction must not commit even if that error is caught.
+_DEFERRED_FAILED = "postline_deferred_insert_failed"
+
+
 def _catch_up(conn: sqlite3.Connection, begin: str | None, deferred: list[_Deferred]) -> None:
     """Run what was kept for this trip: the transaction's ``BEGIN``, the deferred INSERTs."""
     if begin is not None:
         conn.execute(begin)
     for work, operation, parameters in deferred:
-        work(conn, operation, parameters)
+        try:
+            work(conn, operation, parameters)
+        except Exception as exc:
+            setattr(exc, _DEFERRED_FAILED, True)
+            raise
 
 
 def _commit_after(conn: sqlite3.Connection, begin: str | None, deferred: list[_Deferred]) -> None:
@@ -198,9 +209,14 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
             # Any statement may leave one open; if its caller is cancelled before the
             # answer comes, the ROLLBACK that follows must be sent.
             adapted.transaction_ended = False
-            answer, open_after = await connection._execute(  # type: ignore[no-untyped-call]
-                _after_begin, connection._conn, begin, deferred, work, operation, parameters
-            )
+            try:
+                answer, open_after = await connection._execute(  # type: ignore[no-untyped-call]
+                    _after_begin, connection._conn, begin, deferred, work, operation, parameters
+                )
+            except Exception as exc:
+                if getattr(exc, _DEFERRED_FAILED, False):
+                    adapted.failed_insert = exc
+                raise
             adapted.transaction_ended = not open_after
         description, rowcount, lastrowid, rows = answer
         self._answer_description = description
@@ -230,17 +246,25 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
     """Keeps a transaction's ``BEGIN`` until its first statement (``pending_begin``),
     and deferred INSERTs until the next trip (``deferred``)."""
 
-    __slots__ = ("deferred", "pending_begin", "transaction_ended")
+    __slots__ = ("deferred", "failed_insert", "pending_begin", "transaction_ended")
     _cursor_cls = OneTripCursor
 
     def __init__(self, dbapi: Any, connection: Any) -> None:
         super().__init__(dbapi, connection)
         self.pending_begin: str | None = None
         self.deferred: list[_Deferred] = []
+        #: The error of a deferred INSERT of this transaction: it is never committed.
+        self.failed_insert: Exception | None = None
         #: No statement run since the last COMMIT or ROLLBACK (``_transaction_open``).
         self.transaction_ended = True
 
     def commit(self) -> None:
+        if self.failed_insert is not None:
+            # Raised by a later statement, whose caller may have caught it as its own:
+            # the transaction lacks that INSERT's rows, so it is rolled back instead.
+            raise self.dbapi.sqlite.OperationalError(
+                f"not committed: a deferred INSERT of this transaction failed: {self.failed_insert}"
+            )
         if self.deferred:
             try:
                 await_(self._commit_deferred())
@@ -266,6 +290,7 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
 
     def rollback(self) -> None:
         self.deferred = []  # never sent: nothing of them to undo
+        self.failed_insert = None
         if self._transaction_open():
             super().rollback()
             self.transaction_ended = True
