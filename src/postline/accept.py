@@ -301,7 +301,7 @@ class Acceptor:
         (AcceptError 403 if not, 422 if it is none); ``cache`` keeps what was read."""
         name = _destination(from_address)
         if name not in cache:
-            cache[name] = await self._domains.get(name)
+            cache[name] = await self.domain_of(from_address)
         row = cache[name]
         if principal.domain_id is not None and (row is None or row.id != principal.domain_id):
             raise AcceptError(
@@ -312,6 +312,11 @@ class Acceptor:
                 422, field_name, f"{name} is not a sending domain; add it with POST /v1/domains"
             )
         return row
+
+    async def domain_of(self, address: str) -> Domain | None:
+        """The sending domain ``address`` is at, if it is one: read with the lookups
+        asked for meanwhile, in one statement outside a transaction (``db.lookup``)."""
+        return await self._domains.get(_destination(address))
 
     async def _look_up_domains(self, names: list[str]) -> list[Domain | None]:
         async with self.db.lookup() as conn:

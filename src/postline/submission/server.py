@@ -60,7 +60,6 @@ class SubmissionServer:
         self.services = services
         settings = services.settings
         self.handler = SubmissionHandler(
-            services.db,
             services.acceptor,
             RateLimiter.from_settings(settings, services.queue, services.metrics),
             services.metrics,
