@@ -324,7 +324,11 @@ class Acceptor:
         return [found.get(name) for name in names]
 
     async def _prepare(
-        self, submissions: Sequence[Submission], principal: Principal, now: datetime
+        self,
+        submissions: Sequence[Submission],
+        principal: Principal,
+        now: datetime,
+        cache: dict[str, Domain | None],
     ) -> list[_Prepared]:
         prepared: list[_Prepared] = []
         compositions: list[Composition] = []
@@ -335,7 +339,6 @@ class Acceptor:
         owners: list[str] = []
         #: About what the copies of this request's tracked emails weigh (``COPIES_FACTOR``).
         copies_bytes = 0
-        cache: dict[str, Domain | None] = {}
         many = len(submissions) > 1
         for index, submission in enumerate(submissions):
             prefix = f"[{index}]." if many else ""
@@ -427,14 +430,18 @@ class Acceptor:
         principal: Principal,
         *,
         on_commit: OnCommit | None = None,
+        domains: dict[str, Domain | None] | None = None,
     ) -> list[Accepted]:
         """Accept all submissions or none. ``on_commit(conn, results)`` runs inside the commit.
+
+        ``domains``: sending domains the caller read for these submissions a moment
+        ago, by name (the submission port's, at MAIL and DATA); the rest are read here.
 
         The commit is shared with the calls made meanwhile (``_commit_group``); what
         this returns or raises is this call's own.
         """
         now = utcnow()
-        prepared = await self._prepare(submissions, principal, now)
+        prepared = await self._prepare(submissions, principal, now, dict(domains or {}))
         results = await self._group.get(_Call(prepared, on_commit))
         # Recipients suppressed at accept are final already: an outcome like any other.
         suppressed = sum(

@@ -20,8 +20,10 @@ from postline.metrics import Metrics
 from postline.model import EmailSource
 from postline.ratelimit import RateLimiter, smtp_refusal
 from postline.spool import SpoolFull
+from postline.store.domains import Domain
 from postline.store.types import utcnow
 from postline.submission.headers import HeaderError
+from postline.submission.protocol import SubmissionEnvelope
 from postline.submission.raw import raw_submission
 from postline.validation import normalize_address
 
@@ -62,13 +64,18 @@ class SubmissionHandler:
         lines = [r for r in responses[:-1] if allowed or not r.startswith("250-AUTH")]
         return [*lines, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250 HELP"]
 
-    async def _domain_refusal(self, principal: Principal, address: str, which: str) -> str | None:
+    async def _domain_refusal(
+        self, principal: Principal, address: str, which: str, envelope: Envelope
+    ) -> str | None:
         """Why ``principal`` may not send from ``address``'s domain, or None when it may."""
         name = address.rpartition("@")[2].lower()
-        # The acceptor's lookup: shared with the sessions' and the API's meanwhile, and no
-        # read transaction (its BEGIN and ROLLBACK were 9% of the API process's samples
-        # with ten sessions submitting).
-        row = await self.acceptor.domain_of(address)
+        known = _known_domains(envelope)
+        if name not in known:
+            # The acceptor's lookup: shared with the sessions' and the API's meanwhile,
+            # and no read transaction (its BEGIN and ROLLBACK were 9% of the API
+            # process's samples with ten sessions submitting).
+            known[name] = await self.acceptor.domain_of(address)
+        row = known[name]
         if principal.domain_id is not None and (row is None or row.id != principal.domain_id):
             return (
                 f"550 5.7.1 The {which} domain {name} is not one this API key may send from"
@@ -101,7 +108,7 @@ class SubmissionHandler:
             sender = normalize_address(address)
         except ValueError:
             return "553 5.1.7 The envelope sender is not a valid address"
-        refusal = await self._domain_refusal(principal, sender, "envelope sender's")
+        refusal = await self._domain_refusal(principal, sender, "envelope sender's", envelope)
         if refusal is None:
             # The message's own token, taken before its body is sent; the recipients'
             # after DATA, as the API takes one per recipient.
@@ -145,13 +152,17 @@ class SubmissionHandler:
         except HeaderError as exc:
             return f"550 5.6.0 {exc}"
         from_address = submission.content.from_address
-        refusal = await self._domain_refusal(principal, from_address, "From header's")
+        refusal = await self._domain_refusal(principal, from_address, "From header's", envelope)
         if refusal is None and len(envelope.rcpt_tos) > 1:
             refusal = await self._take_tokens(principal, len(envelope.rcpt_tos) - 1)
         if refusal is not None:
             return refusal
         try:
-            accepted = (await self.acceptor.accept([submission], principal))[0]
+            accepted = (
+                await self.acceptor.accept(
+                    [submission], principal, domains=_known_domains(envelope)
+                )
+            )[0]
         except AcceptError as exc:
             return _refusal(exc)
         except SpoolFull:
@@ -166,6 +177,11 @@ class SubmissionHandler:
         """The database or the spool failed: the client keeps the message and retries."""
         log.warning("a submission failed: %s", type(error).__name__)
         return TRY_LATER
+
+
+def _known_domains(envelope: Envelope) -> dict[str, Domain | None]:
+    """The sending domains read for this message so far (``SubmissionEnvelope``)."""
+    return envelope.domains if isinstance(envelope, SubmissionEnvelope) else {}
 
 
 def _refusal(error: AcceptError) -> str:

@@ -25,9 +25,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from postline.keys import Principal
+from postline.store.domains import Domain
 from postline.submission.replies import enhance
 
 log = logging.getLogger("postline.submission")
@@ -78,6 +79,19 @@ def is_loopback(peer: Any) -> bool:
     return address.is_loopback
 
 
+class SubmissionEnvelope(Envelope):
+    """One mail transaction's envelope, and the sending domains read for it.
+
+    MAIL checks the envelope sender's domain, DATA the From header's (most often the
+    same), and the acceptor needs the From header's row again: read once per message,
+    not three times. A new transaction (after DATA, or RSET) starts a new envelope.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.domains: dict[str, Domain | None] = {}
+
+
 class SubmissionSMTP(SMTP):
     """A session; ``verify(password)`` is the API's key check (``keys.authenticate``)."""
 
@@ -107,6 +121,9 @@ class SubmissionSMTP(SMTP):
 
     def _create_session(self) -> Session:
         return _Session(self.loop)
+
+    def _create_envelope(self) -> Envelope:
+        return SubmissionEnvelope()
 
     def connection_made(self, transport: Any) -> None:
         first = self._session_timer is None and self._original_transport is None
