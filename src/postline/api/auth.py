@@ -117,12 +117,16 @@ async def domain_in_scope(conn: AsyncConnection, caller: Principal, name: str) -
     return row.id
 
 
+#: The caller of a send: a key with the ``send`` scope (``Sender``; the send routes'
+#: handler calls it as FastAPI would, ``api.emails.SendRoute``).
+sender = needs("send")
+
 #: Any valid key, whatever its scopes: for what every key may do.
 Caller = Annotated[Principal, Depends(principal)]
 #: An unscoped key with the ``admin`` scope.
 Admin = Annotated[Principal, Depends(admin)]
 #: A key with the named scope, scoped to a domain or not.
-Sender = Annotated[Principal, Depends(needs("send"))]
+Sender = Annotated[Principal, Depends(sender)]
 Reader = Annotated[Principal, Depends(needs("read"))]
 TemplateEditor = Annotated[Principal, Depends(needs("templates"))]
 WebhookManager = Annotated[Principal, Depends(needs("webhooks"))]
