@@ -257,14 +257,19 @@ async def test_a_write_that_defers_inserts_sends_them_with_its_commit_in_one_tri
     assert await names(db) == ["a", "b", "c", "d", "e", "f"]
 
 
+async def write_taken(db: Database) -> None:
+    """The row named ``taken``: a deferred INSERT of that name fails (UNIQUE)."""
+    async with db.write() as conn:
+        await conn.execute(insert(T).values(name="taken", n=1))
+
+
 async def test_a_deferred_insert_that_fails_fails_the_write_and_leaves_nothing(
     db: Database, tmp_path: Path
 ) -> None:
     """Its error comes from the COMMIT it went with; the transaction is rolled back
     (nothing of it kept, the write lock let go), and the pooled connection keeps
     nothing of it for the next write."""
-    async with db.write() as conn:
-        await conn.execute(insert(T).values(name="taken", n=1))
+    await write_taken(db)
     with pytest.raises(IntegrityError, match="UNIQUE"):
         async with db.write(defer_inserts=True) as conn:
             await conn.execute(insert(T).values(name="fresh", n=2))
@@ -286,8 +291,7 @@ async def test_a_deferred_insert_that_fails_fails_the_write_and_leaves_nothing(
 async def test_a_write_whose_deferred_insert_failed_never_commits(db: Database) -> None:
     """The INSERT's error is raised by the next statement; a caller that takes it for
     that statement's own and goes on still cannot commit without the INSERT's rows."""
-    async with db.write() as conn:
-        await conn.execute(insert(T).values(name="taken", n=1))
+    await write_taken(db)
     with pytest.raises(OperationalError, match="deferred INSERT of this transaction failed"):
         async with db.write(defer_inserts=True) as conn:
             await conn.execute(insert(T).values(name="kept for later", n=2))
