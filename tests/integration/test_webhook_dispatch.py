@@ -1052,3 +1052,39 @@ async def test_two_dispatchers_on_one_store_never_double_send(
     assert len(receiver.arrivals) == count + refused
     assert sum(a.status == 503 for a in receiver.arrivals) == refused
     assert all(shares), f"one dispatcher sent nothing: {shares}"
+
+
+async def test_a_pass_that_took_everything_waits_for_the_next_wake(
+    postline_factory: Factory, receivers: Receivers
+) -> None:
+    """An event written with a wake is fanned out and leased in one pass; the dispatcher
+    then waits for the next wake instead of passing again at once: that pass found
+    nothing, a write transaction holding SQLite's one lock after every pass when events
+    come a few at a time. (A pass that may have left work passes again at once:
+    ``test_one_pass_fans_out_one_batch_and_leases_what_fits``, the batches after it.)"""
+    pl = await postline_factory(engine=False, webhook_allow_private=True, poll_interval=3600)
+    receiver = await receivers()
+    await register(pl, receiver.url, ["email.delivered"])
+    dispatcher = pl.services.dispatcher
+    pass_once = dispatcher.pass_once
+    passes: list[bool | None] = []
+
+    async def counted(work: Any, *, fan_out: bool = True) -> bool:
+        passes.append(None)  # entered: a pass right after another is entered at once
+        busy = await pass_once(work, fan_out=fan_out)
+        passes[-1] = busy
+        return busy
+
+    dispatcher.pass_once = counted  # type: ignore[method-assign]
+
+    async def first_pass_ended() -> bool:
+        return passes == [False]
+
+    pl.start_engine()
+    await poll(first_pass_ended, timeout=30, what="the first, idle pass")
+    (event_id,) = await insert_events(pl, 1)  # with a wake, as the recorder does
+    await receiver.wait_until(
+        lambda _: event_id in receiver.acknowledged, timeout=30, what="the event's webhook"
+    )
+    assert passes == [False, True]
+    await pl.stop_engine()

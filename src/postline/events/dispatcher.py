@@ -123,6 +123,8 @@ class Dispatcher:
         # Set by wake(): events or deliveries may be waiting (new ones, a replay).
         self._events = asyncio.Event()
         self._more_due = False  # the last lease took all it asked for
+        #: The last pass left nothing a pass at once could do (``pass_once``).
+        self._took_all = False
         # Long enough for one POST and its recording; short enough that a crashed
         # worker's deliveries are picked up again soon.
         self.lease_time = timedelta(seconds=settings.webhook_timeout * 2 + 10)
@@ -166,8 +168,8 @@ class Dispatcher:
                         busy, wait = False, backoff.failed(exc)
                         self._wake.clear()  # a failing store is tried after the backoff
                     fan_out = True
-                    if busy:
-                        continue
+                    if busy and not self._took_all:
+                        continue  # more may be waiting; else the wake says (set meanwhile)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(_first(self._wake.wait(), stop.wait()), timeout=wait)
                         # Woken only because senders have room for more: lease, no fan-out.
@@ -207,6 +209,11 @@ class Dispatcher:
             # A full lease: more may be due, so senders with room ask for them at once.
             # (No lease, a full queue: what the last lease said still holds.)
             self._more_due = len(leased) == free
+        # Every undispatched event claimed, and every due delivery leased (or none new
+        # fanned out while the queue was full): a pass at once would find nothing. That
+        # empty pass, a write transaction holding SQLite's one lock, followed every pass
+        # when events came a few at a time (single sends, SMTP submission).
+        self._took_all = fanned < FAN_OUT_BATCH and (len(leased) < free if free > 0 else not fanned)
         for row in leased:
             await work.put(row)
         return bool(fanned or leased)
