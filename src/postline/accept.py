@@ -796,4 +796,4 @@ class Acceptor:
         await email_store.insert_recipients(conn, rows.recipients)
         await email_store.insert_events(conn, rows.events)
         if self.queue.shares_store:
-            await self.queue.enqueue(rows.jobs, conn)
+            await self.queue.enqueue(rows.jobs, conn, fresh=True)

@@ -11,6 +11,7 @@ import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
+import aiosqlite
 import pytest
 from sqlalchemy import event, select
 
@@ -220,3 +221,32 @@ async def test_sending_domains_asked_for_together_are_read_in_one_statement(
     assert len(statements) == 1, statements
     unknown = "422 unknown.test is not a sending domain; add it with POST /v1/domains"
     assert answers == ["example.test", "second.test", unknown, "example.test"] * 3
+
+
+async def test_a_group_commit_holds_sqlites_write_lock_for_one_trip(
+    postline_factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rows of a group commit are built and the suppression list read before the
+    write begins, its INSERTs go with its COMMIT, and the embedded queue does not look
+    for jobs of emails that are new: the write (BEGIN IMMEDIATE, the INSERTs of the
+    emails, recipients, events and jobs, COMMIT) is one trip to the database thread, so
+    the lock the delivery and webhook processes wait for is held for that trip only."""
+    pl = await postline_factory(engine=False)
+    trips: list[tuple[str, tuple[Any, ...]]] = []
+    real = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append((fn.__name__, args))
+        return await real(self, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    await asyncio.gather(*(pl.services.acceptor.accept([_submission()], ADMIN) for _ in range(3)))
+    monkeypatch.undo()
+    # One group commit, or two (the first call's, then the others' that came meanwhile).
+    writes = [(name, args) for name, args in trips if "BEGIN IMMEDIATE" in args]
+    assert 1 <= len(writes) <= 2, writes
+    for name, args in writes:
+        assert name == "_commit_after", writes
+        _conn, _begin, deferred = args
+        tables = [operation.split()[2] for _work, operation, _params in deferred]
+        assert tables == ["sent_emails", "email_recipients", "events", "queue_jobs"]

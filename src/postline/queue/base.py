@@ -96,7 +96,9 @@ class Queue(ABC):
     shares_store: bool = False
 
     @abstractmethod
-    async def enqueue(self, jobs: Sequence[Job], conn: AsyncConnection | None = None) -> None:
+    async def enqueue(
+        self, jobs: Sequence[Job], conn: AsyncConnection | None = None, *, fresh: bool = False
+    ) -> None:
         """Add jobs, at most one per (email_id, destination).
 
         A job whose pair already has a job (queued earlier, or earlier in
@@ -104,6 +106,8 @@ class Queue(ABC):
         sweep that rebuilds jobs from the database after a queue loss
         (``postline.recovery``) relies on this to run again and again safely.
         ``conn``: the store transaction to write in, for queues that share it.
+        ``fresh``: the jobs' emails were accepted in that transaction, one job per
+        destination each, so none has a job yet and a queue need not look.
         """
 
     @abstractmethod

@@ -482,23 +482,27 @@ class EmbeddedQueue(Queue):
             self._read_leases, name="lease confirmations"
         )
 
-    async def enqueue(self, jobs: Sequence[Job], conn: AsyncConnection | None = None) -> None:
+    async def enqueue(
+        self, jobs: Sequence[Job], conn: AsyncConnection | None = None, *, fresh: bool = False
+    ) -> None:
         if not jobs:
             return
         if conn is not None:
-            await self._insert_new(conn, jobs)
+            await self._insert_new(conn, jobs, fresh)
             return
         async with self.db.write() as own:
-            await self._insert_new(own, jobs)
+            await self._insert_new(own, jobs, fresh)
 
-    async def _insert_new(self, conn: AsyncConnection, jobs: Sequence[Job]) -> None:
+    async def _insert_new(self, conn: AsyncConnection, jobs: Sequence[Job], fresh: bool) -> None:
         """Insert the jobs whose (email_id, destination) has none yet (``Queue.enqueue``).
 
         One lookup for the batch, in the caller's transaction. SQLite runs one writer
         at a time, so the check is exact there; on PostgreSQL two transactions could
-        both insert the same new pair, which only a unique index would prevent.
+        both insert the same new pair, which only a unique index would prevent. Jobs of
+        ``fresh`` emails skip it: the lookup was a trip of its own while the accept's
+        write held SQLite's lock, which its INSERTs otherwise leave after one.
         """
-        email_ids = sorted({job.email_id for job in jobs})
+        email_ids = [] if fresh else sorted({job.email_id for job in jobs})
         seen: set[tuple[str, str]] = set()
         for start in range(0, len(email_ids), _LOOKUP_CHUNK):
             chunk = email_ids[start : start + _LOOKUP_CHUNK]

@@ -161,7 +161,9 @@ class RedisQueue(Queue):
     async def _run(self, script: AsyncScript, *args: Any) -> Any:
         return await script(keys=self._keys, args=[self._due, *args])
 
-    async def enqueue(self, jobs: Sequence[Job], conn: AsyncConnection | None = None) -> None:
+    async def enqueue(
+        self, jobs: Sequence[Job], conn: AsyncConnection | None = None, *, fresh: bool = False
+    ) -> None:
         for start in range(0, len(jobs), _BATCH):
             args: list[str | float] = []
             for job in jobs[start : start + _BATCH]:
