@@ -118,7 +118,7 @@ async def domain_in_scope(conn: AsyncConnection, caller: Principal, name: str) -
 
 
 #: The caller of a send: a key with the ``send`` scope (``Sender``; the send routes'
-#: handler calls it as FastAPI would, ``api.emails.SendRoute``).
+#: handler calls it as FastAPI would, ``api.emails._SendRoute``).
 sender = needs("send")
 
 #: Any valid key, whatever its scopes: for what every key may do.
