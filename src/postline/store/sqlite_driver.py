@@ -29,10 +29,10 @@ True)``; the ``sqlite_defer_inserts`` execution option): each is kept, like the
 COMMIT. SQLite has one writer for every process on a file, and the write lock is
 held from the first statement to the COMMIT, across every trip; a trip waits for
 the event loop, which under load is busy with everybody else's requests. At 200
-single sends a second the accept path's group commit (a read and four INSERTs) held
-the lock 26-34 ms on average, and the delivery and webhook processes waited behind it;
-sent as one trip it held it 7.5-7.7 ms (interleaved runs, docs/PERFORMANCE.md,
-"Stop 38"). An INSERT's error (a Message-ID taken)
+single sends a second the accept path's group commit (seven trips: two reads, four
+INSERTs, the COMMIT) held the lock 26-34 ms on average, and the delivery and webhook
+processes waited behind it; sent as one trip it held it 7.5-7.7 ms (interleaved
+runs, docs/PERFORMANCE.md, "Stop 38"). An INSERT's error (a Message-ID taken)
 is then raised by the statement or COMMIT it ran with, and the transaction is rolled
 back as for any error. A caller that catches that statement's error as its own (a
 statement SQLite undoes alone) cannot commit the transaction without the INSERT: its
