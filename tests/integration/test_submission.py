@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import smtplib
+import threading
 from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
+from postline.domains import create_domain
 from postline.keys import create_key
 from tests.harness import FakeDNS, FakeMX
 from tests.harness.fake_mx import FakeMXFactory
@@ -362,3 +364,31 @@ async def test_a_message_reads_its_sending_domain_once_outside_a_transaction(
         event.remove(engine, "before_cursor_execute", watch)
     assert code == 250, reply
     assert modes == ["none"], modes  # once, by Database.lookup: no BEGIN, no ROLLBACK
+
+
+async def test_a_sender_refused_for_an_unknown_domain_may_try_again_once_it_is_added(
+    postline_factory: Factory,
+) -> None:
+    """The envelope keeps the sending domains it found, not the refusals: MAIL from a
+    domain added since it was refused, in the same transaction, is taken."""
+    pl = await postline_factory(engine=False)
+    added, refused = threading.Event(), threading.Event()
+
+    def session(address: tuple[str, int]) -> list[int]:
+        codes = []
+        with smtplib.SMTP(address[0], address[1], timeout=30) as client:
+            client.ehlo("app.example.test")
+            client.user, client.password = "anything", pl.admin_key
+            client.auth("PLAIN", client.auth_plain)
+            codes.append(client.mail("app@later.test")[0])
+            refused.set()
+            assert added.wait(30)
+            codes.append(client.mail("app@later.test")[0])
+        return codes
+
+    async with running_submission(pl) as listening:
+        codes = asyncio.create_task(asyncio.to_thread(session, listening.starttls))
+        assert await asyncio.to_thread(refused.wait, 30)
+        await create_domain(pl.services.db, "later.test")
+        added.set()
+        assert await codes == [550, 250]

@@ -70,12 +70,15 @@ class SubmissionHandler:
         """Why ``principal`` may not send from ``address``'s domain, or None when it may."""
         name = address.rpartition("@")[2].lower()
         known = _known_domains(envelope)
-        if name not in known:
+        row = known.get(name)
+        if row is None:
             # The acceptor's lookup: shared with the sessions' and the API's meanwhile,
             # and no read transaction (its BEGIN and ROLLBACK were 9% of the API
-            # process's samples with ten sessions submitting).
-            known[name] = await self.acceptor.domain_of(address)
-        row = known[name]
+            # process's samples with ten sessions submitting). Only a domain found is
+            # kept: a client refused here may add the domain and try MAIL again.
+            row = await self.acceptor.domain_of(address)
+            if row is not None:
+                known[name] = row
         if principal.domain_id is not None and (row is None or row.id != principal.domain_id):
             return (
                 f"550 5.7.1 The {which} domain {name} is not one this API key may send from"

@@ -85,6 +85,7 @@ class SubmissionEnvelope(Envelope):
     MAIL checks the envelope sender's domain, DATA the From header's (most often the
     same), and the acceptor needs the From header's row again: read once per message,
     not three times. A new transaction (after DATA, or RSET) starts a new envelope.
+    Only domains found are kept (``SubmissionHandler._domain_refusal``).
     """
 
     def __init__(self) -> None:
