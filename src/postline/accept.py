@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -430,7 +430,7 @@ class Acceptor:
         principal: Principal,
         *,
         on_commit: OnCommit | None = None,
-        domains: dict[str, Domain | None] | None = None,
+        domains: Mapping[str, Domain] | None = None,
     ) -> list[Accepted]:
         """Accept all submissions or none. ``on_commit(conn, results)`` runs inside the commit.
 

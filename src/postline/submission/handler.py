@@ -182,7 +182,7 @@ class SubmissionHandler:
         return TRY_LATER
 
 
-def _known_domains(envelope: Envelope) -> dict[str, Domain | None]:
+def _known_domains(envelope: Envelope) -> dict[str, Domain]:
     """The sending domains read for this message so far (``SubmissionEnvelope``)."""
     return envelope.domains if isinstance(envelope, SubmissionEnvelope) else {}
 

@@ -90,7 +90,7 @@ class SubmissionEnvelope(Envelope):
 
     def __init__(self) -> None:
         super().__init__()
-        self.domains: dict[str, Domain | None] = {}
+        self.domains: dict[str, Domain] = {}
 
 
 class SubmissionSMTP(SMTP):
