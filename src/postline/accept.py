@@ -562,7 +562,7 @@ class Acceptor:
         everything = _Rows.joined(built)
         written = False
         try:
-            async with self.db.write(defer_inserts=True) as conn:
+            async with self.db.write(defer_inserts=True, urgent=True) as conn:
                 await self._write(conn, prepared, everything)
                 for call, rows in zip(calls, built, strict=True):
                     if call.on_commit is not None:
@@ -580,7 +580,7 @@ class Acceptor:
         """The group again, each call in a savepoint: a refused call's rows are undone alone."""
         answers: list[list[Accepted] | Exception] = []
         jobs: list[Job] = []
-        async with self.db.write() as conn:
+        async with self.db.write(urgent=True) as conn:
             for call, rows in zip(calls, built, strict=True):
                 try:
                     async with conn.begin_nested():

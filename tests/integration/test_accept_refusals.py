@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiosqlite
 import pytest
 from sqlalchemy import event, select
+from sqlalchemy.engine import make_url
 
 from postline.accept import COPIES_FACTOR, AcceptError, Acceptor, Recipient, Submission
 from postline.keys import Principal
@@ -21,6 +23,7 @@ from postline.message import Attachment, Content
 from postline.store import domains as domain_store
 from postline.store.schema import sent_emails
 from postline.store.types import utcnow
+from tests.harness.lockfiles import holding, taken_within
 from tests.harness.postline import Factory, PostlineUnderTest
 
 ADMIN = Principal(key_id="key_test", name="test", domain_id=None, domain_name=None)
@@ -221,6 +224,29 @@ async def test_sending_domains_asked_for_together_are_read_in_one_statement(
     assert len(statements) == 1, statements
     unknown = "422 unknown.test is not a sending domain; add it with POST /v1/domains"
     assert answers == ["example.test", "second.test", unknown, "example.test"] * 3
+
+
+async def test_an_accept_goes_ahead_of_the_writes_nobody_waits_on(
+    postline_factory: Factory,
+) -> None:
+    """An accept is a write a client waits on (the 202): it says so while it waits for
+    SQLite's write lock, so the delivery and webhook processes' writes let it go first,
+    and it never waits for another process's urgent writer (store.writer_turn)."""
+    pl = await postline_factory(engine=False)
+    database = make_url(pl.services.db.url).database
+    assert database is not None
+    lock = Path(f"{database}-writer")
+    wanted = Path(f"{database}-writer-wanted")
+    async with holding(wanted, shared=True):  # another accept waits
+        accepted = await asyncio.wait_for(
+            pl.services.acceptor.accept([_submission()], ADMIN), timeout=5
+        )
+    assert len(accepted) == 1
+    async with holding(lock) as holder:  # a delivery write has the lock
+        accepting = asyncio.create_task(pl.services.acceptor.accept([_submission()], ADMIN))
+        assert await taken_within(wanted), "a waiting accept did not say so"
+        await holder.let_go()
+        assert len(await asyncio.wait_for(accepting, 10)) == 1
 
 
 async def test_a_group_commit_holds_sqlites_write_lock_for_one_trip(

@@ -1,77 +1,23 @@
 """The lock file beside a SQLite database: whose turn it is to write, across processes.
 
 Another process stands for the other half of ``postline serve`` here: a small Python
-holding the lock file until told to let go.
+holding the lock file (or, as an urgent writer waiting, the ``-wanted`` file) until
+told to let go.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 from sqlalchemy import text
 
 from postline.store.db import Database
 from postline.store.writer_turn import WriterTurn
-
-HOLDER = """
-import fcntl, os, sys
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
-fcntl.flock(fd, fcntl.LOCK_EX)
-print("held", flush=True)
-sys.stdin.readline()
-"""
-
-
-class Holder:
-    """Another process holding the lock file until :meth:`let_go`."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-
-    async def let_go(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(b"go\n")
-        await self.process.stdin.drain()
-        await asyncio.wait_for(self.process.wait(), 10)
-
-
-async def hold(path: Path) -> Holder:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        HOLDER,
-        str(path),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    assert await asyncio.wait_for(process.stdout.readline(), 10) == b"held\n"
-    return Holder(process)
-
-
-async def free_within(path: Path, seconds: float = 10.0) -> bool:
-    """Whether another open of the lock file can take it before ``seconds`` pass."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = asyncio.get_running_loop().time() + seconds
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if asyncio.get_running_loop().time() > deadline:
-                    return False
-                await asyncio.sleep(0.01)
-                continue
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return True
-    finally:
-        os.close(fd)
+from tests.harness.lockfiles import free_within, hold, holding
 
 
 @pytest_asyncio.fixture
@@ -85,20 +31,29 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
         await database.close()
 
 
-async def _insert(db: Database, n: int) -> None:
-    async with db.write() as conn:
+async def _insert(db: Database, n: int, *, urgent: bool = False) -> None:
+    async with db.write(urgent=urgent) as conn:
         await conn.execute(text("INSERT INTO t (n) VALUES (:n)"), {"n": n})
 
 
+@pytest.mark.parametrize(
+    ("held", "shared"),
+    [
+        ("turn.db-writer", False),  # another process writes
+        # Another process's urgent writer (an accept) waits for the lock: a write that is
+        # not urgent (delivery, webhooks) lets it go first, though the lock itself is free.
+        ("turn.db-writer-wanted", True),
+    ],
+)
 async def test_a_write_waits_for_the_other_process_and_goes_on_when_it_lets_go(
-    db: Database, tmp_path: Path
+    db: Database, tmp_path: Path, held: str, shared: bool
 ) -> None:
-    holder = await hold(tmp_path / "turn.db-writer")
-    writing = asyncio.create_task(_insert(db, 1))
-    done, _ = await asyncio.wait({writing}, timeout=0.5)
-    assert not done, "the write went ahead while another process held the lock file"
-    await holder.let_go()
-    await asyncio.wait_for(writing, 10)
+    async with holding(tmp_path / held, shared=shared) as holder:
+        writing = asyncio.create_task(_insert(db, 1))
+        done, _ = await asyncio.wait({writing}, timeout=0.5)
+        assert not done, f"the write went ahead while another process held {held}"
+        await holder.let_go()
+        await asyncio.wait_for(writing, 10)
     async with db.read() as conn:
         assert (await conn.execute(text("SELECT n FROM t"))).scalars().all() == [1]
     assert await free_within(tmp_path / "turn.db-writer")
@@ -138,3 +93,64 @@ async def test_a_lock_file_held_too_long_is_left_to_sqlites_own_locking(tmp_path
     async with turn.held():  # and it is taken as usual afterwards
         assert not await free_within(path, 0.1)
     turn.close()
+
+
+async def test_an_urgent_write_goes_ahead_of_the_writes_that_are_not(
+    db: Database, tmp_path: Path
+) -> None:
+    """Two urgent writers both go in their turn; and while one waits for the lock it
+    says so, and no longer once it has it."""
+    wanted = tmp_path / "turn.db-writer-wanted"
+    async with holding(wanted, shared=True):
+        await asyncio.wait_for(_insert(db, 1, urgent=True), 10)
+
+    inside = asyncio.Event()
+    leave = asyncio.Event()
+
+    async def write() -> None:
+        async with db.write(urgent=True) as conn:
+            inside.set()
+            await conn.execute(text("INSERT INTO t (n) VALUES (2)"))
+            await leave.wait()
+
+    async with holding(tmp_path / "turn.db-writer") as holder:
+        writing = asyncio.create_task(write())
+        await asyncio.sleep(0)  # the write starts: it waits for the holder
+        assert not await free_within(wanted, 0.5), "an urgent writer waiting did not say so"
+        await holder.let_go()
+        await asyncio.wait_for(inside.wait(), 10)
+        assert await free_within(wanted, 0.1), "an urgent writer said so once it had the lock"
+        leave.set()
+        await asyncio.wait_for(writing, 10)
+    async with db.read() as conn:
+        assert (await conn.execute(text("SELECT n FROM t ORDER BY n"))).scalars().all() == [1, 2]
+
+
+async def test_a_writer_that_is_not_urgent_hands_back_a_lock_an_urgent_one_waits_for(
+    tmp_path: Path,
+) -> None:
+    """It was already waiting for the lock itself when the urgent writer came: it lets
+    the lock go at once, and takes it again once nobody urgent waits."""
+    path = tmp_path / "t.db-writer"
+    turn = WriterTurn(str(path))
+    entered = asyncio.Event()
+
+    async def write() -> None:
+        async with turn.held():
+            entered.set()
+
+    try:
+        async with holding(path) as holder:
+            writing = asyncio.create_task(write())
+            # Its thread now waits in flock() for the holder; then the urgent one comes.
+            assert not await free_within(path, 0.3)
+            async with holding(tmp_path / "t.db-writer-wanted", shared=True) as urgent:
+                await holder.let_go()
+                assert await free_within(path), "the lock was kept while an urgent one waited"
+                assert not entered.is_set()
+                await urgent.let_go()
+                await asyncio.wait_for(writing, 10)
+        assert entered.is_set()
+        assert await free_within(path)
+    finally:
+        turn.close()

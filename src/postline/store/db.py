@@ -184,8 +184,14 @@ class Database:
         )
 
     @contextlib.asynccontextmanager
-    async def write(self, *, defer_inserts: bool = False) -> AsyncIterator[AsyncConnection]:
+    async def write(
+        self, *, defer_inserts: bool = False, urgent: bool = False
+    ) -> AsyncIterator[AsyncConnection]:
         """A read-write transaction, committed when the block ends without error.
+
+        ``urgent``: a client is waiting on this write (an accept). On SQLite the
+        writes of every process that are not urgent let it have the one write lock
+        first (store.writer_turn). Nothing changes on PostgreSQL.
 
         ``defer_inserts``: on SQLite the block's plain INSERTs go to the database with
         its next statement that answers, or with the COMMIT (store.sqlite_driver), so
@@ -199,7 +205,9 @@ class Database:
             async with self.engine.begin() as conn:
                 yield conn
             return
-        turn = self._turn.held() if self._turn is not None else contextlib.nullcontext()
+        turn = (
+            self._turn.held(urgent=urgent) if self._turn is not None else contextlib.nullcontext()
+        )
         async with self._write_lock, turn, self.engine.connect() as conn:
             conn = await conn.execution_options(
                 sqlite_begin="IMMEDIATE", **{_DEFER_INSERTS: defer_inserts}
