@@ -478,10 +478,9 @@ class Acceptor:
         # undone with it; files are fsynced first and removed again when it fails.
         files = not self.spool.shares_store
         try:
-            if files:
-                # Written as they were built (``_build``); durable now, before the commit.
-                await self.spool.sync()
-            outcomes, jobs = await self._commit(calls)
+            # Files were written as they were built (``_build``); made durable now, while
+            # the suppression list is read, and before the commit.
+            outcomes, jobs = await self._commit(calls, self.spool.sync if files else None)
         except BaseException:
             if files:
                 await self._discard_bodies(prepared)
@@ -540,7 +539,7 @@ class Acceptor:
             )
 
     async def _commit(
-        self, calls: list[_Call]
+        self, calls: list[_Call], sync: Callable[[], Awaitable[None]] | None = None
     ) -> tuple[list[list[Accepted] | Exception], list[Job]]:
         """Every call's rows in one transaction, as one batch; each call's own answer.
 
@@ -554,11 +553,25 @@ class Acceptor:
         then held for the INSERTs alone, sent with the COMMIT in one trip
         (``defer_inserts``). A listing added meanwhile is one added a moment after
         the commit: the engine looks again before it sends.
+
+        ``sync``: makes the bodies durable (the file spool's one ``syncfs``), run
+        meanwhile; the write begins once it is done, and its error is the group's.
         """
         prepared = [item for call in calls for item in call.prepared]
-        async with self.db.lookup() as conn:
-            suppressed = await self._suppressed(conn, prepared)
-        built = [await self._rows(call.prepared, suppressed) for call in calls]
+        syncing = asyncio.ensure_future(sync()) if sync is not None else None
+        try:
+            async with self.db.lookup() as conn:
+                suppressed = await self._suppressed(conn, prepared)
+            built = [await self._rows(call.prepared, suppressed) for call in calls]
+        except BaseException:
+            if syncing is not None:
+                # Its bodies are removed next (``_commit_group``): not while it runs.
+                await asyncio.wait([syncing])
+                if not syncing.cancelled():
+                    syncing.exception()  # retrieved: the lookup's error is the one raised
+            raise
+        if syncing is not None:
+            await syncing
         everything = _Rows.joined(built)
         written = False
         try:

@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from postline.accept import COPIES_FACTOR, AcceptError, Acceptor, Recipient, Submission
 from postline.keys import Principal
 from postline.message import Attachment, Content
+from postline.spool.base import SpoolError
 from postline.store import domains as domain_store
 from postline.store.schema import sent_emails
 from postline.store.types import utcnow
@@ -247,6 +248,58 @@ async def test_an_accept_goes_ahead_of_the_writes_nobody_waits_on(
         assert await taken_within(wanted), "a waiting accept did not say so"
         await holder.let_go()
         assert len(await asyncio.wait_for(accepting, 10)) == 1
+
+
+async def test_the_spools_sync_runs_while_the_suppression_list_is_read(
+    postline_factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bodies' fsync (one ``syncfs``) and the group commit's lookup overlap: a sync
+    that waits for the lookup to begin would wait for ever if they ran one after the
+    other. The write still begins only once the sync is done."""
+    pl = await postline_factory(engine=False)
+    acceptor = pl.services.acceptor
+    looked = asyncio.Event()
+    synced = asyncio.Event()
+    real_sync = acceptor.spool.sync
+    real_suppressed = acceptor._suppressed
+
+    async def sync() -> None:
+        await asyncio.wait_for(looked.wait(), 5)
+        await real_sync()
+        synced.set()
+
+    async def suppressed(*args: Any) -> Any:
+        looked.set()
+        return await real_suppressed(*args)
+
+    real_write = pl.services.db.write
+
+    def write(**options: Any) -> Any:
+        assert synced.is_set(), "the write began before the bodies were durable"
+        return real_write(**options)
+
+    monkeypatch.setattr(acceptor.spool, "sync", sync)
+    monkeypatch.setattr(acceptor, "_suppressed", suppressed)
+    monkeypatch.setattr(pl.services.db, "write", write)
+    assert len(await acceptor.accept([_submission()], ADMIN)) == 1
+
+
+async def test_a_sync_that_fails_fails_the_group_and_leaves_no_body(
+    postline_factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pl = await postline_factory(engine=False)
+    acceptor = pl.services.acceptor
+
+    async def sync() -> None:
+        await asyncio.sleep(0)
+        raise SpoolError("cannot write to the spool: Input/output error")
+
+    monkeypatch.setattr(acceptor.spool, "sync", sync)
+    with pytest.raises(SpoolError):
+        await acceptor.accept([_submission()], ADMIN)
+    async with pl.services.db.read() as conn:
+        assert (await conn.execute(select(sent_emails.c.id))).all() == []
+    assert list(pl.settings.spool_path.glob("*/*.eml")) == []
 
 
 async def test_a_group_commit_holds_sqlites_write_lock_for_one_trip(
