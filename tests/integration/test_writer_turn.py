@@ -95,7 +95,7 @@ async def test_a_lock_file_held_too_long_is_left_to_sqlites_own_locking(tmp_path
     turn.close()
 
 
-async def test_an_urgent_write_goes_ahead_of_the_writes_that_are_not(
+async def test_an_urgent_writer_says_it_waits_until_it_has_the_lock_and_never_waits_for_another(
     db: Database, tmp_path: Path
 ) -> None:
     """Two urgent writers both go in their turn; and while one waits for the lock it
