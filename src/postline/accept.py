@@ -249,7 +249,8 @@ class Acceptor:
         self, compositions: list[Composition], refs: list[str], owners: list[str]
     ) -> list[bytes]:
         """Build and sign in the pool, in chunks (``COMPOSE_CHUNK``), each one trip to a
-        worker rather than a trip per email; the chunks spread over every worker.
+        worker rather than a trip per email; the chunks spread over every worker. A
+        small email that comes alone (``_small``) is built here, on the loop.
 
         A file spool takes each chunk's bodies (``refs``) as it comes back, while the
         next chunks are still being built: the group commit then only makes them
@@ -261,10 +262,18 @@ class Acceptor:
             range(start, min(start + COMPOSE_CHUNK, len(compositions)))
             for start in range(0, len(compositions), COMPOSE_CHUNK)
         ]
-        built = [
-            loop.run_in_executor(self.compose_pool, compose_many, [compositions[i] for i in chunk])
-            for chunk in chunks
-        ]
+        built: list[asyncio.Future[list[bytes]]]
+        if len(compositions) == 1 and _small(compositions[0]):
+            here: asyncio.Future[list[bytes]] = loop.create_future()
+            here.set_result(compose_many(compositions))
+            built = [here]
+        else:
+            built = [
+                loop.run_in_executor(
+                    self.compose_pool, compose_many, [compositions[i] for i in chunk]
+                )
+                for chunk in chunks
+            ]
         early = not self.spool.shares_store
         bodies: list[bytes] = []
         written: list[str] = []
@@ -810,3 +819,24 @@ class Acceptor:
         await email_store.insert_events(conn, rows.events)
         if self.queue.shares_store:
             await self.queue.enqueue(rows.jobs, conn, fresh=True)
+
+
+#: The most text and HTML (in characters), or received message (in bytes), of an email
+#: that is built and signed on the event loop when it comes alone (``_build``).
+SMALL_MESSAGE = 16 * 1024
+
+
+def _small(item: Composition) -> bool:
+    """Whether building ``item`` costs the loop less than a worker's round trip: 0.5-0.7 ms
+    for 5-16 KB with its DKIM signature, against 9 ms at the median (29 at the 99th
+    percentile) for the trip at 200 single sends a second, most of it the worker waiting
+    for a core."""
+    if item.tracking is not None:
+        return False  # a copy per recipient, each link rewritten and signed
+    if item.raw is not None:
+        return len(item.raw) <= SMALL_MESSAGE
+    content = item.content
+    return (
+        not content.attachments
+        and len(content.text or "") + len(content.html or "") <= SMALL_MESSAGE
+    )

@@ -15,6 +15,8 @@ there, the body back, done by the executor's own threads) and start-up: workers
 come from a ``forkserver`` that preloads this module, so a new one costs a fork,
 not an interpreter. Keys cross as PEM and are parsed once per worker
 (:func:`_signing_key`); the tracking key crosses with the linker of a tracked copy.
+A small email that comes alone is the exception: the acceptor builds it on the loop
+(``accept._small``), where it costs less than the trip.
 """
 
 from __future__ import annotations

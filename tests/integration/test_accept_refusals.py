@@ -8,6 +8,7 @@ batch.)"""
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Executor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,14 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.engine import make_url
 
-from postline.accept import COPIES_FACTOR, AcceptError, Acceptor, Recipient, Submission
+from postline.accept import (
+    COPIES_FACTOR,
+    SMALL_MESSAGE,
+    AcceptError,
+    Acceptor,
+    Recipient,
+    Submission,
+)
 from postline.keys import Principal
 from postline.message import Attachment, Content
 from postline.spool.base import SpoolError
@@ -300,6 +308,50 @@ async def test_a_sync_that_fails_fails_the_group_and_leaves_no_body(
     async with pl.services.db.read() as conn:
         assert (await conn.execute(select(sent_emails.c.id))).all() == []
     assert list(pl.settings.spool_path.glob("*/*.eml")) == []
+
+
+class _CountingPool(Executor):
+    """The compose pool, counting the emails handed to it."""
+
+    def __init__(self, inner: Executor) -> None:
+        self.inner = inner
+        self.emails = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.emails += len(args[0])
+        return self.inner.submit(fn, *args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("submissions", "in_the_pool"),
+    [
+        ([_submission()], 0),
+        ([_submission(text="x" * SMALL_MESSAGE)], 0),
+        ([_submission(text="x" * (SMALL_MESSAGE + 1))], 1),
+        ([_submission(attachments=(Attachment("a.txt", b"hi"),))], 1),
+        ([_submission(track_opens=True, html="<p>hi</p>")], 1),
+        ([_submission(), _submission()], 2),
+    ],
+    ids=["small", "at-the-limit", "over-it", "attachment", "tracked", "two"],
+)
+async def test_a_small_email_that_comes_alone_is_built_on_the_event_loop(
+    postline_factory: Factory,
+    monkeypatch: pytest.MonkeyPatch,
+    submissions: list[Submission],
+    in_the_pool: int,
+) -> None:
+    """A worker's round trip costs a lone small email more than building it; a large one,
+    one with attachments or tracking, or a batch, is built in the pool, off the loop."""
+    pl = await postline_factory(engine=False)
+    acceptor = pl.services.acceptor
+    pool = _CountingPool(acceptor.compose_pool)
+    monkeypatch.setattr(acceptor, "compose_pool", pool)
+    accepted = await acceptor.accept(submissions, ADMIN)
+    assert pool.emails == in_the_pool
+    assert len(accepted) == len(submissions)
+    if not submissions[0].track_opens:  # a tracked email's copies are spooled apart
+        for body in await acceptor.spool.read_many([item.id for item in accepted]):
+            assert isinstance(body, bytes) and b"\r\nSubject: Hi\r\n" in body
 
 
 async def test_a_group_commit_holds_sqlites_write_lock_for_one_trip(
