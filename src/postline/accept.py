@@ -829,10 +829,10 @@ def _small(item: Composition) -> bool:
 
     Measured in one process: 0.5-0.7 ms for 5-16 KB of text and HTML with its DKIM
     signature, and 2.7 ms with 1,000 addresses and 50 custom headers of 300 characters
-    (the most a request may carry). The step of the accept that sent it to the pool (the sending domain, the
-    trip, the spool write) took 9 ms at the median and 29 at the 99th percentile at
-    200 single sends a second; built here, the accept answered 10-15 ms sooner at the
-    median (docs/PERFORMANCE.md, "Stop 39").
+    (the most a request may carry). The step of the accept that sent it to the pool
+    (the sending domain, the trip, the spool write) took 9 ms at the median and 29 at
+    the 99th percentile at 200 single sends a second; built here, the accept answered
+    10-15 ms sooner at the median (docs/PERFORMANCE.md, "Stop 39").
     """
     if item.tracking is not None:
         return False  # a copy per recipient, each link rewritten and signed
