@@ -251,7 +251,9 @@ async def test_parked_jobs_come_back_when_the_next_trial_is_due(
     postline_factory: Factory, fake_mx: FakeMX
 ) -> None:
     """Without any release, a parked job is due again at the end of the open period."""
-    policy = BreakerPolicy(failure_threshold=1, open_seconds=1, half_open_trials=1, close_after=1)
+    # Open long enough that a loaded machine stops the engine before the trial is due: a
+    # trial against the MX still refusing would add a failure and a wait to the timeline.
+    policy = BreakerPolicy(failure_threshold=1, open_seconds=5, half_open_trials=1, close_after=1)
     pl = await postline_factory(engine=False, destination_connections=1, breakers=Breakers(policy))
     fake_mx.on_greeting("421 4.3.2 service shutting down")
     first = await pl.send(to="first@dest.test")
