@@ -112,7 +112,7 @@ async def main() -> None:
 
     # Start the process pool's workers (and parse the key in each) before timing.
     await pooled(_batch()[: pool_size() * 2], processes)()
-    print(f"workers per pool: {pool_size()} (cores less one)  tick: {TICK * 1000:.0f} ms")
+    print(f"workers per pool: {pool_size()} (one per core)  tick: {TICK * 1000:.0f} ms")
     for label, contents in (("batch 500 x 2 rcpt", _batch()), ("one 17 MiB attachment", _large())):
         for mode, work in (
             ("inline", inline(contents)),

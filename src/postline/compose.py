@@ -99,16 +99,20 @@ def compose_many(items: list[Composition]) -> list[bytes]:
 
 
 def pool_size() -> int:
-    """A worker per core this process may use, but one: the event loop keeps a core.
+    """A worker per core this process may use.
 
-    Workers on every core made the loop wait its turn for the CPU behind them
-    (``tests/acceptance/test_responsive.py`` measured /healthz at ~200 ms on two cores).
+    One core was left to the event loop until stop 40: on two cores that built a batch
+    of 500 with one worker, 0.4-0.7 s of the request's 0.5-0.8 s, while the loop mostly
+    waited. With a worker per core the batch intake rose by about a sixth (interleaved
+    runs, docs/PERFORMANCE.md "Stop 40"); ``tests/acceptance/test_responsive.py`` still
+    sees /healthz answer within 26-77 ms during the largest batch. A third worker on two
+    cores was slower again.
     """
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on every platform
         cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+    return max(1, cores)
 
 
 def _process_pool(workers: int) -> ProcessPoolExecutor:

@@ -56,3 +56,13 @@ def test_start_starts_every_worker_before_anything_is_composed() -> None:
         assert pool.submit(abs, -3).result(timeout=120) == 3
     finally:
         pool.shutdown()
+
+
+def test_the_pool_has_a_worker_for_each_core_the_process_may_use() -> None:
+    """Not one fewer: with one worker on two cores a batch of 500 was built one chunk
+    after another while the loop waited (docs/PERFORMANCE.md, "Stop 40")."""
+    pool = new_pool()
+    try:
+        assert pool.workers == len(os.sched_getaffinity(0))
+    finally:
+        pool.shutdown()
