@@ -42,6 +42,7 @@ from postline.spool.base import (
     owner_ref,
 )
 from postline.spool.spares import Spares
+from postline.spool.spread import spread_subdirectories
 from postline.spool.syncfs import linux_syncfs
 
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
@@ -76,6 +77,9 @@ class FileSpool(Spool):
         its shard directory 0700, like the data dir: ``postline.private_files``)."""
         shard = os.path.dirname(tmp)
         if shard not in self._shards:
+            if not self._shards:  # before the first shard this spool makes (``spool.spread``)
+                os.makedirs(self._root_name, mode=0o700, exist_ok=True)
+                spread_subdirectories(self._root_name)
             os.makedirs(shard, mode=0o700, exist_ok=True)
             self._shards.add(shard)
         if self._spares.take(tmp):

@@ -8,6 +8,10 @@ empties it instead of unlinking it, and a new body takes a spare by renaming it 
 its temporary name. A rename is atomic: two processes sharing the spool never take
 the same spare (the loser goes on to the next). There are never more spares than
 bodies the spool once held at one time, and a spare holds no content.
+
+Why a new file cost so much there: that ext4 has no journal, and then it skips every
+recently deleted inode of the block group when it allocates one (``spool.spread``,
+which spreads the shards over the groups, cut it to 0.03 ms).
 """
 
 from __future__ import annotations
