@@ -4,8 +4,8 @@ ext4 puts a new directory beside its parent, and a new file in its directory's b
 group. Without a journal (the machine in docs/PERFORMANCE.md has none), ext4 skips
 every inode of that group deleted in the last one to five minutes when it allocates
 one, reading each skipped inode's dtime: after a run of deliveries, creating a body's
-file cost 0.5-0.8 ms of CPU there, against 0.03 ms in a fresh group (``bench/spool.py``
-and docs/PERFORMANCE.md, "Stop 40"). A directory marked as the top of a hierarchy
+file cost 0.5-0.8 ms of CPU there, against 0.03 ms with the shards spread
+(docs/PERFORMANCE.md, "Stop 40"). A directory marked as the top of a hierarchy
 (``chattr +T``, ``FS_TOPDIR_FL``) has its subdirectories spread over the groups like
 top-level ones, so each shard's files are created, and deleted, in a group of their own.
 
