@@ -27,7 +27,7 @@ _FS_IOC_GETFLAGS = 0x80086601
 def inode_flags(path: Path) -> int:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        flags = array.array("l", [0])
+        flags = array.array("I", [0])
         fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags, True)
         return int(flags[0])
     finally:

@@ -22,7 +22,8 @@ import os
 
 log = logging.getLogger("postline.spool")
 
-#: From <linux/fs.h>: the inode flags' ioctls and the Orlov flag.
+#: From <linux/fs.h>: the inode flags' ioctls and the Orlov flag. The ioctls are declared
+#: with a long, but the kernel reads and writes an unsigned int (as chattr passes).
 _FS_IOC_GETFLAGS = 0x80086601
 _FS_IOC_SETFLAGS = 0x40086602
 FS_TOPDIR_FL = 0x00020000
@@ -39,7 +40,7 @@ def spread_subdirectories(path: str) -> bool:
     except OSError:
         return False
     try:
-        flags = array.array("l", [0])
+        flags = array.array("I", [0])
         fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags, True)
         if not flags[0] & FS_TOPDIR_FL:
             flags[0] |= FS_TOPDIR_FL
