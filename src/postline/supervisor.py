@@ -134,6 +134,10 @@ async def serve(
     if engine and not delivery_process:
         tasks.append(asyncio.create_task(services.engine.run(stop), name="engine"))
         tasks.append(asyncio.create_task(housekeeping(services, stop), name="housekeeping"))
+        # Jobs that an API in another process queues wake the engine (and the dispatcher,
+        # for their events) at once, not at the next poll; the embedded queue has none.
+        watch = services.queue.watch_work(services.wakeups.work_arrived, stop)
+        tasks.append(asyncio.create_task(watch, name="queue watch"))
     if webhooks and not delivery_process:
         tasks.append(asyncio.create_task(services.dispatcher.run(stop), name="webhooks"))
     if server is not None:

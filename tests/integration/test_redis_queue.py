@@ -279,3 +279,48 @@ async def test_counters_stay_exact_under_stale_calls(make: Make) -> None:
     assert await queue.body_refs() == set()
     assert await queue.lease("w2", 10, 60) == []
     assert await queue.extend(again, 60) is False
+
+
+async def test_a_watching_worker_hears_of_each_enqueue_under_its_own_prefix_only(
+    make: Make,
+) -> None:
+    api, other_install, worker = make(), make(":other"), make()
+    heard: list[int] = []
+    told = asyncio.Event()
+
+    def work_arrived() -> None:
+        heard.append(1)
+        told.set()
+
+    async def told_again() -> None:
+        await asyncio.wait_for(told.wait(), timeout=10)
+        told.clear()
+
+    stop = asyncio.Event()
+    watching = asyncio.create_task(worker.watch_work(work_arrived, stop))
+    try:
+        await told_again()  # subscribed: whatever was queued before, look now
+        await other_install.enqueue([job("a.test")])  # another installation's channel
+        await api.enqueue([])  # nothing queued: nothing to announce
+        await api.enqueue([job("a.test")])
+        await told_again()
+        # In Redis's order: the other prefix's or the empty enqueue would have come first.
+        assert len(heard) == 2
+    finally:
+        stop.set()
+        await asyncio.wait_for(watching, timeout=10)
+
+
+async def test_watching_an_unreachable_redis_backs_off_until_stopped(
+    make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = make(url=f"redis://127.0.0.1:{closed_port()}/0")
+    stop = asyncio.Event()
+    watching = asyncio.create_task(queue.watch_work(lambda: None, stop))
+    deadline = asyncio.get_running_loop().time() + 10
+    while "watching the Redis queue for new jobs failed" not in caplog.text:
+        assert not watching.done(), "the watch gave up instead of backing off"
+        assert asyncio.get_running_loop().time() < deadline, caplog.text
+        await asyncio.sleep(0.02)
+    stop.set()
+    await asyncio.wait_for(watching, timeout=10)  # ended, not raised

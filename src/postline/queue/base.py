@@ -18,9 +18,10 @@ leases end (``recover_expired``).
 
 from __future__ import annotations
 
+import asyncio
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -260,6 +261,16 @@ class Queue(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+    async def watch_work(self, work_arrived: Callable[[], None], stop: asyncio.Event) -> None:
+        """Call ``work_arrived`` each time another process queues jobs, until ``stop`` is set.
+
+        So that a worker looks at once, not at its next poll (``POSTLINE_POLL_INTERVAL``),
+        when an API on another host queues mail. The embedded queue has nothing to
+        watch: its writers are this process, or ``postline serve``, which wakes the
+        delivery process it started itself (``postline.delivery_process``).
+        """
+        await stop.wait()
 
     @abstractmethod
     async def park(self, job: Job, until: datetime, conn: AsyncConnection | None = None) -> bool:

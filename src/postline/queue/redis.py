@@ -24,6 +24,8 @@ one Redis:
 ``parked:{d}`` zset   job ids of destination d parked behind its breaker, scored by the
                       time they wait for (``park``, ``release_parked``)
 ``worker:{o}`` string heartbeat of worker o, with a TTL: o is alive while it exists
+``work``       channel a message after every enqueue, so that idle workers lease within
+                      0.1 s rather than at their next poll (``watch_work``)
 
 Every change is one Lua script (``redis_lua``), so the keys always agree
 with each other; Redis must not evict keys on its own either
@@ -38,10 +40,13 @@ embedded queue stops counting a lease when it expires).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
+import logging
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,9 +58,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from postline.backoff import Backoff
 from postline.queue import redis_lua
 from postline.queue.base import Job, Queue, QueueError, Tokens, check_bucket, wait_for_token
 
+log = logging.getLogger("postline.queue")
+
+#: How often a watcher of the ``work`` channel looks whether it should stop.
+_WATCH_STOP_SECONDS = 1.0
+#: How long a watcher gathers announcements before it wakes its worker (``watch_work``).
+_GATHER_SECONDS = 0.1
 #: Jobs per enqueue script, and expired leases made pending per script: a script
 #: holds up every other client of Redis while it runs, so big batches go in pieces.
 _BATCH = 500
@@ -147,6 +159,7 @@ class RedisQueue(Queue):
             for name in ("jobs", "bodies", "pairs", "domains", "leased", "depth", "inflight")
         ]
         self._due = f"{prefix}:due:"
+        self._work = f"{prefix}:work"
         self._worker = f"{prefix}:worker:"
         self._enqueue = client.register_script(redis_lua.ENQUEUE)
         self._lease = client.register_script(redis_lua.LEASE)
@@ -176,6 +189,52 @@ class RedisQueue(Queue):
                     _encode(job),
                 ]
             await self._run(self._enqueue, *args)
+        if jobs:
+            await self._announce()
+
+    async def _announce(self) -> None:
+        """Tell the workers watching (``watch_work``) that jobs were queued.
+
+        Only a wake-up: a worker that misses it finds the jobs at its next poll, and
+        the jobs are queued already, so a failure here is not the caller's error.
+        """
+        try:
+            await self.client.publish(self._work, "jobs")
+        except (RedisError, OSError) as exc:
+            log.debug("could not announce new jobs on %s: %s", self._work, exc)
+
+    async def watch_work(self, work_arrived: Callable[[], None], stop: asyncio.Event) -> None:
+        """Subscribe to the ``work`` channel: every message is jobs queued somewhere.
+
+        Without it a worker on another host than the API found new mail at its next
+        poll only (``POSTLINE_POLL_INTERVAL``, 0.5 s): ``bench/peers.py``'s distributed
+        run at 200 single sends a second took 396-510 ms from accept to delivery at the
+        95th percentile, 56-78 ms with it. The worker is woken once for the
+        announcements of ``_GATHER_SECONDS``: woken for each one, the workers leased,
+        sent and recorded each email alone, and the accept p50 of that run went from
+        8-16 ms to 37-43 ms (more commits waiting on PostgreSQL's WAL flush, and more
+        CPU), against 13 ms with 0.1 s. A lost subscription is taken again with
+        backoff; meanwhile the polls find the jobs, as before.
+        """
+        backoff = Backoff("watching the Redis queue for new jobs")
+        while not stop.is_set():
+            try:
+                async with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self._work)
+                    backoff.succeeded()
+                    work_arrived()  # anything queued while this was not subscribed
+                    while not stop.is_set():
+                        if await pubsub.get_message(timeout=_WATCH_STOP_SECONDS) is None:
+                            continue
+                        # The enqueues of the next moment too, taken with one lease.
+                        await asyncio.sleep(_GATHER_SECONDS)
+                        while await pubsub.get_message(timeout=0) is not None:
+                            pass
+                        work_arrived()
+            except Exception as exc:  # Redis away, or anything else: the polls go on
+                wait = backoff.failed(exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=wait)
 
     async def lease(
         self,

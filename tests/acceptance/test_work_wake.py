@@ -1,0 +1,47 @@
+"""A worker on another host than the API delivers new mail at once, not at its next poll.
+
+The API announces every enqueue on the Redis queue's ``work`` channel and each worker
+watches it (``RedisQueue.watch_work``). Here the worker polls every ten minutes, far
+past the test's deadline: only the announcement can get the mail delivered in time.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.acceptance.test_graceful_shutdown import start_api
+from tests.acceptance.test_scale_out import (
+    Deployment,
+    RedisQueueKeys,
+    Rig,
+    destinations,
+    redis_queue,
+    rig,
+    send_all,
+    wait_all_final,
+)
+
+__all__ = ["destinations", "redis_queue", "rig"]  # fixtures, imported for pytest
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+#: Far longer than the deadline below: a worker that waited for its poll would fail.
+POLL_INTERVAL = 600
+DEADLINE = 60
+
+
+async def test_an_idle_worker_delivers_mail_another_process_accepted_without_polling(
+    postgres_url: str, redis_queue: RedisQueueKeys, rig: Rig
+) -> None:
+    rig.use_shared_storage(postgres_url, redis_queue.url, redis_queue.prefix)
+    rig.install.extra["POSTLINE_POLL_INTERVAL"] = str(POLL_INTERVAL)
+    api, key = await start_api(rig, "api")
+    worker = await rig.launch(rig.install, "worker")
+    owner = await worker.worker_ready()
+    deployment = Deployment(api, key, workers=[worker], owners=[owner])
+
+    for round_ in range(2):  # the second after the worker went idle again
+        sent = await send_all(api, key, [f"user{round_}@alpha.test", f"user{round_}@beta.test"])
+        statuses = await wait_all_final(deployment, sent, timeout=DEADLINE)
+        assert set(statuses.values()) == {"delivered"}, statuses
+    assert rig.destinations.total() == 4
