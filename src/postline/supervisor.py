@@ -13,12 +13,8 @@ import gc
 import logging
 import signal
 import socket
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import uvicorn
-
-from postline.api.app import create_api
-from postline.api.server import server_config
 from postline.app import Services, inbound_listener, start_sandbox
 from postline.config import ConfigError
 from postline.delivery_process import READY_TIMEOUT, ChildProcess, Part
@@ -26,17 +22,12 @@ from postline.housekeeping import housekeeping
 from postline.inbound.listener import InboundListener
 from postline.sandbox.simulator import Simulator
 from postline.sockets import listen
-from postline.submission.server import SubmissionServer
+
+if TYPE_CHECKING:
+    from postline.api.server import QuietServer
+    from postline.submission.server import SubmissionServer
 
 log = logging.getLogger("postline")
-
-
-class _Server(uvicorn.Server):
-    """Uvicorn without its own signal handling: the supervisor owns the signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def _loopback(host: str) -> str:
@@ -118,7 +109,14 @@ async def serve(
     complaints_to = (_loopback(inbound.host), inbound.port) if inbound is not None else None
     simulator = await start_sandbox(services, complaints_to) if sandbox else None
     # The SMTP submission door opens with the HTTP one: both accept mail.
-    submission = SubmissionServer(services) if api else None
+    submission: SubmissionServer | None = None
+    if api:
+        # Imported here, with the API's: a worker or ``serve``'s children never serve
+        # them, and FastAPI, uvicorn and the rest cost each of them 0.3-0.4 s of CPU
+        # at every start (``python -X importtime``).
+        from postline.submission.server import SubmissionServer
+
+        submission = SubmissionServer(services)
     if submission is not None:
         try:
             await submission.start()
@@ -126,10 +124,12 @@ async def serve(
             await _close(listener, simulator, inbound)
             raise
     tasks: list[asyncio.Task[None]] = []
-    server: _Server | None = None
+    server: QuietServer | None = None
     if listener is not None:
-        config = server_config(create_api(services), services.settings)
-        server = _Server(config)
+        from postline.api.app import create_api
+        from postline.api.server import QuietServer, server_config
+
+        server = QuietServer(server_config(create_api(services), services.settings))
         tasks.append(asyncio.create_task(server.serve(sockets=[listener]), name="api"))
     if engine and not delivery_process:
         tasks.append(asyncio.create_task(services.engine.run(stop), name="engine"))

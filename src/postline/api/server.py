@@ -21,6 +21,8 @@ read further: the connection stops reading and is closed after the same timeout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from typing import Any, cast
 
 import uvicorn
@@ -159,3 +161,11 @@ def server_config(app: Any, settings: Settings) -> uvicorn.Config:
         # (postline.api.client_address); uvicorn's default would trust any loopback peer.
         proxy_headers=False,
     )
+
+
+class QuietServer(uvicorn.Server):
+    """Uvicorn without its own signal handling: the supervisor owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
