@@ -1,8 +1,9 @@
 """A worker on another host than the API delivers new mail at once, not at its next poll.
 
-The API announces every enqueue on the Redis queue's ``work`` channel and each worker
-watches it (``RedisQueue.watch_work``). Here the worker polls every ten minutes, far
-past the test's deadline: only the announcement can get the mail delivered in time.
+The API announces every enqueue, on the Redis queue's ``work`` channel or with
+PostgreSQL's NOTIFY when the embedded queue lives there, and each worker watches for it
+(``Queue.watch_work``). Here the worker polls every ten minutes, far past the test's
+deadline: only the announcement can get the mail delivered in time.
 """
 
 from __future__ import annotations
@@ -23,24 +24,37 @@ from tests.acceptance.test_scale_out import (
 
 __all__ = ["destinations", "redis_queue", "rig"]  # fixtures, imported for pytest
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+pytestmark = pytest.mark.postgres
 
 #: Far longer than the deadline below: a worker that waited for its poll would fail.
 POLL_INTERVAL = 600
 DEADLINE = 60
 
 
-async def test_an_idle_worker_delivers_mail_another_process_accepted_without_polling(
+@pytest.mark.redis
+async def test_an_idle_worker_hears_of_mail_queued_in_redis_without_polling(
     postgres_url: str, redis_queue: RedisQueueKeys, rig: Rig
 ) -> None:
     rig.use_shared_storage(postgres_url, redis_queue.url, redis_queue.prefix)
+    await delivered_without_polling(rig)
+
+
+async def test_an_idle_worker_hears_of_mail_queued_in_postgresql_without_polling(
+    postgres_url: str, rig: Rig
+) -> None:
+    rig.use_shared_storage(postgres_url, "embedded", "postline")  # no Redis: the embedded queue
+    await delivered_without_polling(rig)
+
+
+async def delivered_without_polling(rig: Rig) -> None:
+    """``postline api`` and a ``postline worker`` that polls every ten minutes: two
+    rounds of mail, the second once the worker is idle again, each delivered in time."""
     rig.install.extra["POSTLINE_POLL_INTERVAL"] = str(POLL_INTERVAL)
     api, key = await start_api(rig, "api")
     worker = await rig.launch(rig.install, "worker")
     owner = await worker.worker_ready()
     deployment = Deployment(api, key, workers=[worker], owners=[owner])
-
-    for round_ in range(2):  # the second after the worker went idle again
+    for round_ in range(2):
         sent = await send_all(api, key, [f"user{round_}@alpha.test", f"user{round_}@beta.test"])
         statuses = await wait_all_final(deployment, sent, timeout=DEADLINE)
         assert set(statuses.values()) == {"delivered"}, statuses

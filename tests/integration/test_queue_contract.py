@@ -1017,3 +1017,36 @@ async def test_a_finished_lease_is_nobodys(queue: Queue, finish: str) -> None:
     assert not await queue.confirm(leased, 60)
     assert not await queue.ack(leased)
     assert await queue.depth() == {"dest.test": 1}
+
+
+async def test_a_watching_worker_hears_of_jobs_queued_elsewhere(
+    adapter: str, queue: Queue, elsewhere: Queue
+) -> None:
+    """Redis and PostgreSQL announce each enqueue that adds jobs to the workers that
+    watch (``Queue.watch_work``); SQLite has no one to tell: ``postline serve`` wakes its
+    own children. (That an enqueue adding nothing announces nothing: each adapter's own
+    tests, as a watcher gathers what comes at once into one wake-up.)"""
+    heard: list[None] = []
+    told = asyncio.Event()
+
+    def work_arrived() -> None:
+        heard.append(None)
+        told.set()
+
+    stop = asyncio.Event()
+    watching = asyncio.create_task(queue.watch_work(work_arrived, stop))
+    try:
+        if adapter == "embedded-sqlite":
+            await elsewhere.enqueue([job()])
+            stop.set()
+            await asyncio.wait_for(watching, timeout=10)
+            assert heard == []
+            return
+        await asyncio.wait_for(told.wait(), timeout=10)  # listening: a look at once
+        told.clear()
+        await elsewhere.enqueue([job()])
+        await asyncio.wait_for(told.wait(), timeout=10)
+        assert len(heard) == 2
+    finally:
+        stop.set()
+        await asyncio.wait_for(watching, timeout=10)

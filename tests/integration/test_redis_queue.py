@@ -281,34 +281,28 @@ async def test_counters_stay_exact_under_stale_calls(make: Make) -> None:
     assert await queue.extend(again, 60) is False
 
 
-async def test_a_watching_worker_hears_of_each_enqueue_under_its_own_prefix_only(
-    make: Make,
+async def test_an_enqueue_that_adds_jobs_is_announced_under_its_own_prefix_only(
+    make: Make, raw: aioredis.Redis, redis_prefix: str
 ) -> None:
-    api, other_install, worker = make(), make(":other"), make()
-    heard: list[int] = []
-    told = asyncio.Event()
-
-    def work_arrived() -> None:
-        heard.append(1)
-        told.set()
-
-    async def told_again() -> None:
-        await asyncio.wait_for(told.wait(), timeout=10)
-        told.clear()
-
-    stop = asyncio.Event()
-    watching = asyncio.create_task(worker.watch_work(work_arrived, stop))
-    try:
-        await told_again()  # subscribed: whatever was queued before, look now
+    api, other_install = make(), make(":other")
+    channel = f"{redis_prefix}:work"
+    async with raw.pubsub() as pubsub:
+        await pubsub.subscribe(channel)
+        confirmed = await pubsub.get_message(timeout=10)
+        assert confirmed is not None and confirmed["type"] == "subscribe", confirmed
+        queued = job("a.test")
         await other_install.enqueue([job("a.test")])  # another installation's channel
-        await api.enqueue([])  # nothing queued: nothing to announce
-        await api.enqueue([job("a.test")])
-        await told_again()
-        # In Redis's order: the other prefix's or the empty enqueue would have come first.
-        assert len(heard) == 2
-    finally:
-        stop.set()
-        await asyncio.wait_for(watching, timeout=10)
+        await api.enqueue([])
+        await api.enqueue([queued])
+        await api.enqueue([queued])  # queued already: nothing added
+        await api.enqueue([job("b.test")])
+        await raw.publish(channel, "end")  # after all of them, in Redis's order
+        messages: list[str] = []
+        while not messages or messages[-1] != "end":
+            message = await pubsub.get_message(timeout=10)
+            assert message is not None, f"no message after {messages}"
+            messages.append(message["data"])
+    assert messages == ["jobs", "jobs", "end"]
 
 
 async def test_watching_an_unreachable_redis_backs_off_until_stopped(

@@ -19,6 +19,7 @@ leases end (``recover_expired``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
@@ -28,6 +29,36 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.store.records import Record
+
+#: How long a watcher gathers announcements of new jobs before it wakes its worker
+#: (``Queue.watch_work``): woken for each one, the workers of ``bench/peers.py``'s
+#: distributed run at 200 single sends a second leased, sent and recorded each email
+#: alone, and the accept's p50 went from 8-16 ms to 37-43 ms (more commits waiting on
+#: PostgreSQL's WAL flush, and more CPU), against 13 ms with 0.1 s.
+GATHER_SECONDS = 0.1
+#: How often a watcher looks whether it should stop, or its listening connection closed.
+WATCH_CHECK_SECONDS = 1.0
+
+
+async def relay_announcements(
+    told: asyncio.Event,
+    work_arrived: Callable[[], None],
+    stop: asyncio.Event,
+    listening: Callable[[], bool],
+) -> None:
+    """Wake the worker (``work_arrived``) once for each moment in which ``told`` was set,
+    until ``stop`` is set or ``listening`` says the connection that sets it is gone.
+
+    Once at the start too: jobs may have been queued while nobody listened.
+    """
+    work_arrived()
+    while not stop.is_set() and listening():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(told.wait(), timeout=WATCH_CHECK_SECONDS)
+        if told.is_set():
+            await asyncio.sleep(GATHER_SECONDS)  # the enqueues of that moment, one lease
+            told.clear()
+            work_arrived()
 
 
 class QueueError(Exception):
@@ -266,9 +297,9 @@ class Queue(ABC):
         """Call ``work_arrived`` each time another process queues jobs, until ``stop`` is set.
 
         So that a worker looks at once, not at its next poll (``POSTLINE_POLL_INTERVAL``),
-        when an API on another host queues mail. The embedded queue has nothing to
-        watch: its writers are this process, or ``postline serve``, which wakes the
-        delivery process it started itself (``postline.delivery_process``).
+        when an API on another host queues mail. This one has nothing to watch, as the
+        embedded queue on SQLite: its writers are this process, or ``postline serve``,
+        which wakes the delivery process it started itself (``postline.delivery_process``).
         """
         await stop.wait()
 

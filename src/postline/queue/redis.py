@@ -51,6 +51,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
@@ -60,14 +61,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postline.backoff import Backoff
 from postline.queue import redis_lua
-from postline.queue.base import Job, Queue, QueueError, Tokens, check_bucket, wait_for_token
+from postline.queue.base import (
+    WATCH_CHECK_SECONDS,
+    Job,
+    Queue,
+    QueueError,
+    Tokens,
+    check_bucket,
+    relay_announcements,
+    wait_for_token,
+)
 
 log = logging.getLogger("postline.queue")
 
-#: How often a watcher of the ``work`` channel looks whether it should stop.
-_WATCH_STOP_SECONDS = 1.0
-#: How long a watcher gathers announcements before it wakes its worker (``watch_work``).
-_GATHER_SECONDS = 0.1
 #: Jobs per enqueue script, and expired leases made pending per script: a script
 #: holds up every other client of Redis while it runs, so big batches go in pieces.
 _BATCH = 500
@@ -177,6 +183,7 @@ class RedisQueue(Queue):
     async def enqueue(
         self, jobs: Sequence[Job], conn: AsyncConnection | None = None, *, fresh: bool = False
     ) -> None:
+        added = 0
         for start in range(0, len(jobs), _BATCH):
             args: list[str | float] = []
             for job in jobs[start : start + _BATCH]:
@@ -188,8 +195,8 @@ class RedisQueue(Queue):
                     _epoch(job.due_at),
                     _encode(job),
                 ]
-            await self._run(self._enqueue, *args)
-        if jobs:
+            added += int(await self._run(self._enqueue, *args))
+        if added:
             await self._announce()
 
     async def _announce(self) -> None:
@@ -209,11 +216,7 @@ class RedisQueue(Queue):
         Without it a worker on another host than the API found new mail at its next
         poll only (``POSTLINE_POLL_INTERVAL``, 0.5 s): ``bench/peers.py``'s distributed
         run at 200 single sends a second took 396-510 ms from accept to delivery at the
-        95th percentile, 56-78 ms with it. The worker is woken once for the
-        announcements of ``_GATHER_SECONDS``: woken for each one, the workers leased,
-        sent and recorded each email alone, and the accept p50 of that run went from
-        8-16 ms to 37-43 ms (more commits waiting on PostgreSQL's WAL flush, and more
-        CPU), against 13 ms with 0.1 s. A lost subscription is taken again with
+        95th percentile, 56-78 ms with it. A lost subscription is taken again with
         backoff; meanwhile the polls find the jobs, as before.
         """
         backoff = Backoff("watching the Redis queue for new jobs")
@@ -222,15 +225,7 @@ class RedisQueue(Queue):
                 async with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self._work)
                     backoff.succeeded()
-                    work_arrived()  # anything queued while this was not subscribed
-                    while not stop.is_set():
-                        if await pubsub.get_message(timeout=_WATCH_STOP_SECONDS) is None:
-                            continue
-                        # The enqueues of the next moment too, taken with one lease.
-                        await asyncio.sleep(_GATHER_SECONDS)
-                        while await pubsub.get_message(timeout=0) is not None:
-                            pass
-                        work_arrived()
+                    await _relay(pubsub, work_arrived, stop)
             except Exception as exc:  # Redis away, or anything else: the polls go on
                 wait = backoff.failed(exc)
                 with contextlib.suppress(TimeoutError):
@@ -361,3 +356,28 @@ class RedisQueue(Queue):
     @property
     def _parked(self) -> str:
         return f"{self.prefix}:parked:"
+
+
+async def _relay(pubsub: PubSub, work_arrived: Callable[[], None], stop: asyncio.Event) -> None:
+    """Wake the worker for the messages of ``pubsub`` until ``stop``, or until its
+    connection fails: then with that error."""
+    told = asyncio.Event()
+    reading = asyncio.create_task(_read_announcements(pubsub, told))
+    try:
+        await relay_announcements(told, work_arrived, stop, lambda: not reading.done())
+    finally:
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading  # its error, if any, is the connection's
+
+
+async def _read_announcements(pubsub: PubSub, told: asyncio.Event) -> None:
+    """Set ``told`` for each message on the subscribed channel, until the connection fails.
+
+    A read with a timeout, not one that blocks: each read checks the connection's health
+    first (a PING once it has been idle ``health_check_interval``), so a connection that
+    died without closing is found and the subscription is taken again.
+    """
+    while True:
+        if await pubsub.get_message(timeout=WATCH_CHECK_SECONDS) is not None:
+            told.set()

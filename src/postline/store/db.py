@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from sqlalchemy import event, make_url, text
@@ -256,6 +256,31 @@ class Database:
         """
         async with self._connection(self._looker) as conn:
             yield conn
+
+    @contextlib.asynccontextmanager
+    async def listen(
+        self, channel: str, heard: Callable[[], None]
+    ) -> AsyncIterator[Callable[[], bool]]:
+        """PostgreSQL's LISTEN on ``channel`` for the block, on a pooled connection kept
+        for it: ``heard()`` for each notification. Yields whether that connection is
+        still open; when it is not, the block should end (and listen again).
+        """
+        if self.is_sqlite:
+            raise RuntimeError("LISTEN is PostgreSQL's; SQLite has no notifications")
+        async with self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+
+            def notified(*_: object) -> None:
+                heard()
+
+            await driver.add_listener(channel, notified)
+            try:
+                yield lambda: not driver.is_closed()
+            finally:
+                with contextlib.suppress(Exception):
+                    await driver.remove_listener(channel, notified)
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
