@@ -33,8 +33,8 @@ from postline.store.records import Record
 #: How long a watcher gathers announcements of new jobs before it wakes its worker
 #: (``Queue.watch_work``): woken for each one, the workers of ``bench/peers.py``'s
 #: distributed run at 200 single sends a second leased, sent and recorded each email
-#: alone, and the accept's p50 went from 8-16 ms to 37-43 ms (more commits waiting on
-#: PostgreSQL's WAL flush, and more CPU), against 13 ms with 0.1 s.
+#: alone, and the accept's p50 went from 8-23 ms to 37-43 ms (more commits waiting on
+#: PostgreSQL's WAL flush, and more CPU), against 13-35 ms with 0.1 s.
 GATHER_SECONDS = 0.1
 #: How often a watcher looks whether it should stop, or its listening connection closed.
 WATCH_CHECK_SECONDS = 1.0

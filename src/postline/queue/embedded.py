@@ -86,7 +86,8 @@ from postline.store.types import UTCDateTime, utcnow
 
 log = logging.getLogger("postline.queue")
 
-#: The PostgreSQL channel that every enqueue notifies at its commit (``watch_work``).
+#: The PostgreSQL channel that every enqueue adding jobs notifies at its commit
+#: (``watch_work``).
 WORK_CHANNEL = "postline_work"
 _ANNOUNCE = text(f"NOTIFY {WORK_CHANNEL}")
 

@@ -24,8 +24,8 @@ one Redis:
 ``parked:{d}`` zset   job ids of destination d parked behind its breaker, scored by the
                       time they wait for (``park``, ``release_parked``)
 ``worker:{o}`` string heartbeat of worker o, with a TTL: o is alive while it exists
-``work``       channel a message after every enqueue, so that idle workers lease within
-                      0.1 s rather than at their next poll (``watch_work``)
+``work``       channel a message after every enqueue that adds jobs, so that idle
+                      workers lease within 0.1 s, not at their next poll (``watch_work``)
 
 Every change is one Lua script (``redis_lua``), so the keys always agree
 with each other; Redis must not evict keys on its own either
@@ -215,8 +215,8 @@ class RedisQueue(Queue):
 
         Without it a worker on another host than the API found new mail at its next
         poll only (``POSTLINE_POLL_INTERVAL``, 0.5 s): ``bench/peers.py``'s distributed
-        run at 200 single sends a second took 396-510 ms from accept to delivery at the
-        95th percentile, 56-78 ms with it. A lost subscription is taken again with
+        run at 200 single sends a second took 278-531 ms from accept to delivery at the
+        95th percentile, 57-125 ms with it. A lost subscription is taken again with
         backoff; meanwhile the polls find the jobs, as before.
         """
         backoff = Backoff("watching the Redis queue for new jobs")
