@@ -135,7 +135,7 @@ async def serve(
         tasks.append(asyncio.create_task(services.engine.run(stop), name="engine"))
         tasks.append(asyncio.create_task(housekeeping(services, stop), name="housekeeping"))
         # Jobs that an API in another process queues wake the engine (and the dispatcher,
-        # for their events) at once, not at the next poll; the embedded queue has none.
+        # for their events) at once, not at the next poll; on SQLite nothing to watch.
         watch = services.queue.watch_work(services.wakeups.work_arrived, stop)
         tasks.append(asyncio.create_task(watch, name="queue watch"))
     if webhooks and not delivery_process:

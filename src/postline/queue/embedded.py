@@ -58,7 +58,6 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
-    text,
     true,
     union_all,
     update,
@@ -89,7 +88,6 @@ log = logging.getLogger("postline.queue")
 #: The PostgreSQL channel that every enqueue adding jobs notifies at its commit
 #: (``watch_work``).
 WORK_CHANNEL = "postline_work"
-_ANNOUNCE = text(f"NOTIFY {WORK_CHANNEL}")
 
 #: Destinations per statement when leasing by turn on SQLite, which allows at
 #: most 500 parts in one UNION.
@@ -551,7 +549,7 @@ class EmbeddedQueue(Queue):
         await insert_in_parts(conn, jobs_table, rows)
         if new and not self.db.is_sqlite:
             # Heard at the commit by every worker on this database (``watch_work``).
-            await conn.execute(_ANNOUNCE)
+            await self.db.notify(conn, WORK_CHANNEL)
         # Before the caller commits, if it does: a destination noted for nothing
         # only costs a look at it in the next lease.
         for job in new:

@@ -25,7 +25,7 @@ one Redis:
                       time they wait for (``park``, ``release_parked``)
 ``worker:{o}`` string heartbeat of worker o, with a TTL: o is alive while it exists
 ``work``       channel a message after every enqueue that adds jobs, so that idle
-                      workers lease within 0.1 s, not at their next poll (``watch_work``)
+                      workers look 0.1 s later, not at their next poll (``watch_work``)
 
 Every change is one Lua script (``redis_lua``), so the keys always agree
 with each other; Redis must not evict keys on its own either
