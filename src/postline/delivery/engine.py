@@ -308,11 +308,19 @@ class Engine:
             if leased and len(self._active) < self.settings.concurrency:
                 continue
             self._wake.clear()
+            idle = not self._active
             waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait(waiters, timeout=wait, return_when="FIRST_COMPLETED")
             for waiter in waiters:
                 waiter.cancel()
+            if idle:
+                # An idle engine woken by new mail reads the breaker commands before it
+                # leases: a breaker opened by hand a moment before the mail was accepted
+                # holds it (the dashboard's "open breaker, then send"), where the
+                # COMMAND_SYNC_SECONDS throttle could let it through. A busy engine
+                # keeps the throttle.
+                next_sync = loop.time()
         self._stopping = True
         await self._drain()
         with contextlib.suppress(Exception):
