@@ -16,7 +16,7 @@ import signal
 from pathlib import Path
 
 from tests.acceptance.conftest import Launcher
-from tests.acceptance.harness import Install, Server
+from tests.acceptance.harness import Install, Server, auth
 from tests.acceptance.test_serve import add_domain, only_recipient, route_to
 from tests.harness.fake_dns import FakeDNS
 from tests.harness.fake_mx import FakeMX
@@ -104,6 +104,40 @@ async def outcomes(server: Server, status: str) -> float:
         rf'^postline_recipient_outcomes_total\{{status="{status}"\}} (\S+)$', text, re.M
     )
     return float(match.group(1)) if match else 0.0
+
+
+async def test_a_breaker_opened_by_hand_holds_mail_sent_the_moment_after(
+    install: Install, launch: Launcher, fake_dns: FakeDNS, fake_mx: FakeMX
+) -> None:
+    """The delivery process reads the breaker commands when new mail wakes it while
+    idle, not only every ``COMMAND_SYNC_SECONDS`` (0.25 s): mail sent right after an
+    operator opened a breaker is held, as the dashboard's "open, then send" expects.
+
+    The API applies a command to its own engine at once; in ``serve`` the engine is in
+    the child, which learns of it from the database. Each round the child first
+    delivers an email to other.test, so it has just read the commands, then dest.test's
+    breaker is opened and an email sent there within the throttle. Read on the throttle
+    alone, the commands came after the lease and that email went out (stop 41).
+    """
+    route_to(fake_dns, fake_mx, "other.test")
+    server, key = await started(install, launch, fake_dns, fake_mx)
+    for round_ in range(3):
+        await deliver_one(server, key, f"warm{round_}@other.test")
+        breaker = "/v1/destinations/dest.test/breaker"
+        opened = await server.client.post(breaker, json={"state": "open"}, headers=auth(key))
+        assert opened.status_code == 200, opened.text
+        held = await server.send(key, to=f"held{round_}@dest.test")
+        detail = await server.wait_email(
+            key,
+            held["id"],
+            lambda d: only_recipient(d)["status"] != "queued",
+            what="the held email's first outcome",
+        )
+        assert only_recipient(detail)["status"] == "deferred", detail
+        assert fake_mx.messages_for(f"held{round_}@dest.test") == []
+        closed = await server.client.post(breaker, json={"state": "closed"}, headers=auth(key))
+        assert closed.status_code == 200, closed.text
+        await server.wait_status(key, held["id"], "delivered", timeout=30)
 
 
 async def test_serve_delivers_in_a_child_that_dies_with_it(
