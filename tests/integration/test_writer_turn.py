@@ -8,6 +8,7 @@ told to let go.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -57,6 +58,9 @@ async def test_a_write_waits_for_the_other_process_and_goes_on_when_it_lets_go(
     async with db.read() as conn:
         assert (await conn.execute(text("SELECT n FROM t"))).scalars().all() == [1]
     assert await free_within(tmp_path / "turn.db-writer")
+    # A writer that waited for an urgent one looked with an exclusive lock on the wanted
+    # file: kept, no urgent writer of another process could say it waits any more.
+    assert await free_within(tmp_path / "turn.db-writer-wanted")
 
 
 async def test_a_writer_that_stops_waiting_leaves_the_lock_free(
@@ -154,3 +158,50 @@ async def test_a_writer_that_is_not_urgent_hands_back_a_lock_an_urgent_one_waits
         assert await free_within(path)
     finally:
         turn.close()
+
+
+async def test_a_write_that_comes_while_a_cancelled_writer_still_waits_goes_after_it(
+    db: Database, tmp_path: Path
+) -> None:
+    """A cancelled writer's thread still waits in flock() on the descriptor every write
+    of this handle uses; the lock it gets is let go at once. A write that comes
+    meanwhile waits for that let-go, then takes the lock and holds it for its block: it
+    neither runs while the other process holds the lock nor loses the lock inside."""
+    lock = tmp_path / "turn.db-writer"
+    inside = asyncio.Event()
+    leave = asyncio.Event()
+
+    async def write() -> None:
+        async with db.write() as conn:
+            await conn.execute(text("INSERT INTO t (n) VALUES (2)"))
+            inside.set()
+            await leave.wait()
+
+    async with holding(lock) as holder:
+        cancelled = asyncio.create_task(_insert(db, 1))
+        done, _ = await asyncio.wait({cancelled}, timeout=0.2)
+        assert not done
+        cancelled.cancel()
+        await asyncio.gather(cancelled, return_exceptions=True)
+        writing = asyncio.create_task(write())
+        done, _ = await asyncio.wait({writing}, timeout=0.5)
+        assert not done and not inside.is_set(), "the write went ahead of the other process"
+        await holder.let_go()
+        await asyncio.wait_for(inside.wait(), 10)
+        assert not await free_within(lock, 0.3), "the write lost the lock inside its block"
+        leave.set()
+        await asyncio.wait_for(writing, 10)
+    assert await free_within(lock)
+    async with db.read() as conn:
+        assert (await conn.execute(text("SELECT n FROM t"))).scalars().all() == [2]
+
+
+async def test_writes_keep_no_descriptor_open_beyond_the_lock_files(db: Database) -> None:
+    """The lock files are opened once per process (``WriterTurn._descriptor``): a
+    write that opened them again each time would leak three descriptors a write."""
+    await _insert(db, 0, urgent=True)
+    await _insert(db, 0)
+    before = len(os.listdir("/proc/self/fd"))
+    for n in range(20):
+        await _insert(db, n, urgent=n % 2 == 0)
+    assert len(os.listdir("/proc/self/fd")) <= before + 2
