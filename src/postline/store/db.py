@@ -47,6 +47,9 @@ _PG_POOL_SIZE = 25
 _PG_MAX_OVERFLOW = 5
 
 
+#: ``Database.notify``: NOTIFY with the channel bound, not spliced into the SQL.
+_NOTIFY = text("SELECT pg_notify(:channel, '')")
+
 #: The ``sqlite_begin`` of ``Database.lookup``: statements run in SQLite's autocommit.
 _NO_TRANSACTION = "none"
 #: The execution option of ``Database.write(defer_inserts=True)``.
@@ -285,9 +288,10 @@ class Database:
     @staticmethod
     async def notify(conn: AsyncConnection, channel: str) -> None:
         """PostgreSQL's NOTIFY on ``channel`` in ``conn``'s transaction: heard by every
-        ``listen`` of the database when it commits, and never if it rolls back. One
-        statement, about 80 µs more per transaction on loopback."""
-        await conn.execute(text(f"NOTIFY {channel}"))
+        ``listen`` of the database when it commits, and never if it rolls back.
+        ``pg_notify`` with the channel as a parameter, so that no SQL is built from a
+        string and one statement serves every call."""
+        await conn.execute(_NOTIFY, {"channel": channel})
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
